@@ -1,0 +1,107 @@
+"""How this project imports Jittor: offline-safe switches, CPU fallback, CUDA 13 compatibility.
+
+Every module of `jittor_impl` takes `jt` from here, so the environment is set before Jittor
+reads it. The policy, each part overridable by setting the variable yourself:
+- `use_mkl`, `use_nccl`, `use_cutt`, `use_cutlass`, `use_mpi` default to 0. With them on, Jittor
+  downloads oneDNN/NCCL/cutt/cutlass at import, which fails offline; GPT-2 needs none of them.
+  A user with network who wants one sets it, e.g. `use_mkl=1`.
+- `conv_opt` defaults to 1 so Jittor does not insist on cuDNN (GPT-2 has no convolution).
+- `nvcc_path` defaults to "" (CPU only) when the machine has no NVIDIA driver, because a plain
+  import would otherwise fail on a machine with nvcc but no GPU. With a driver and a CUDA 13
+  toolkit, `cuda_compat` supplies wrapper compilers (set JLA_CUDA13_COMPAT=0 to opt out).
+- `log_silent` defaults to 1 (Jittor logs every import); set JLA_JITTOR_VERBOSE=1 to see them.
+Run `python scripts/jittor_warmup.py` once after installing: it does the first import (Jittor
+compiles its core for 1-2 minutes, and may ask for one rerun) and checks a computation.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+
+OPTIONAL_LIBRARIES = ("use_mkl", "use_nccl", "use_cutt", "use_cutlass", "use_mpi")
+_CUDA_NOTE = ""  # why CUDA is or is not available, for error messages
+
+
+def gpu_present() -> bool:
+    """True when an NVIDIA driver is loaded (not merely a CUDA toolkit installed)."""
+    return os.path.exists("/dev/nvidiactl") or os.path.exists("/proc/driver/nvidia/version")
+
+
+def find_nvcc():
+    for candidate in (shutil.which("nvcc"), "/usr/local/cuda/bin/nvcc", "/usr/bin/nvcc"):
+        if candidate and os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def configure_environment(env=None) -> str:
+    """Set Jittor's switches in `env` (default os.environ); return a note on CUDA."""
+    env = os.environ if env is None else env
+    for name in OPTIONAL_LIBRARIES:
+        env.setdefault(name, "0")
+    env.setdefault("conv_opt", "1")
+    if env.get("JLA_JITTOR_VERBOSE", "0") != "1":
+        env.setdefault("log_silent", "1")
+    if "nvcc_path" in env and not env["nvcc_path"]:
+        return "CUDA disabled: nvcc_path is set to an empty string"
+    if "nvcc_path" not in env and not gpu_present():
+        env["nvcc_path"] = ""
+        return "CUDA disabled: no NVIDIA driver on this machine (/dev/nvidiactl missing)"
+    nvcc = env.get("nvcc_path") or find_nvcc()
+    if not nvcc:
+        env.setdefault("nvcc_path", "")
+        return "CUDA disabled: NVIDIA driver present but no nvcc found (set nvcc_path)"
+    from . import cuda_compat
+    if env.get("JLA_CUDA13_COMPAT", "1") != "0" and "cuda13-compat" not in nvcc \
+            and cuda_compat.needs_compat(nvcc):
+        env.update(cuda_compat.install(nvcc, env.get("cc_path")))
+        return f"CUDA via {nvcc} with the CUDA 13 compatibility wrappers ({env['nvcc_path']})"
+    env["nvcc_path"] = nvcc
+    return f"CUDA via {nvcc}"
+
+
+def _check_numpy():
+    import numpy
+    if int(numpy.__version__.split(".")[0]) >= 2:
+        raise ImportError(f"jittor 1.3.11 needs numpy<2 (found {numpy.__version__}): with numpy 2 "
+                          f"it computes wrong values silently. pip install 'numpy<2'")
+
+
+def _import_jittor():
+    global _CUDA_NOTE
+    _check_numpy()
+    _CUDA_NOTE = configure_environment()
+    try:
+        import jittor
+    except SystemExit as exc:  # jittor calls sys.exit after rebuilding jit_utils
+        raise RuntimeError("Jittor rebuilt its core ('jit_utils updated') and must be imported "
+                           "again in a fresh process: rerun the command. Running "
+                           "`python scripts/jittor_warmup.py` once after installing avoids this.") \
+            from exc
+    return jittor
+
+
+jt = _import_jittor()
+
+
+def use_device(device: str):
+    """Select 'cpu' or 'cuda' for Jittor; a clear error when CUDA is asked for but unusable."""
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if device == "cuda" and not jt.has_cuda:
+        raise RuntimeError(f"--device cuda requested but Jittor has no CUDA: {_CUDA_NOTE}")
+    jt.flags.use_cuda = 1 if device == "cuda" else 0
+
+
+def cuda_note() -> str:
+    return _CUDA_NOTE
+
+
+def self_check() -> str:
+    """Compute a + 1 and compare: catches a broken build (or numpy 2) before real work."""
+    import numpy as np
+    a = jt.array(np.arange(6, dtype=np.float32))
+    got = (a + 1).numpy()
+    if not np.array_equal(got, np.arange(1, 7, dtype=np.float32)):
+        raise RuntimeError(f"jittor self-check failed: a + 1 gave {got}")
+    return f"jittor {jt.__version__} ok (has_cuda={int(jt.has_cuda)}; {_CUDA_NOTE})"

@@ -1,0 +1,229 @@
+"""Checkpoint I/O for both backends: read any supported layout, check it, write atomically.
+
+Weights travel between the backends as numpy arrays under canonical names (see `params.py`).
+Readable layouts:
+- Hugging Face GPT-2: `pytorch_model.bin` or `model.safetensors`, keys with or without a
+  `transformer.` prefix, with or without the `attn.bias`/`attn.masked_bias` buffers, old
+  TF-style `.g/.b/.w` names, a tied `lm_head.weight`;
+- microsoft/LoRA fine-tuned: `{'model_state_dict': ...}` with `module.transformer.` (DDP) or
+  `transformer.` keys, full or LoRA-only;
+- this project's backend-neutral files: `.safetensors` or `.npz` under canonical names, and
+  Jittor's pickled `.pkl` state dicts.
+Nothing is loaded half-way: missing, unexpected and mis-shaped keys are reported together.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from collections import OrderedDict
+
+import numpy as np
+
+from .atomic import atomic_path
+from .config import GPT2Config
+from .params import is_lora_name, parameter_shapes
+
+# Keys that hold no parameter of their own: causal-mask buffers and the tied output head.
+_BUFFER_SUFFIXES = (".attn.bias", ".attn.masked_bias")
+_HEAD_KEYS = ("lm_head.weight", "lm_head.decoder.weight")
+_TF_SUFFIXES = {".g": ".weight", ".b": ".bias", ".w": ".weight"}
+_PREFIXES = ("module.transformer.", "module.", "transformer.")
+_LIST_LIMIT = 12
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded as it is; the message names the file and the keys."""
+
+
+# ----------------------------------------------------------------------------------- reading
+def _to_numpy(value):
+    if isinstance(value, np.ndarray):
+        return value
+    if hasattr(value, "detach"):  # a torch tensor
+        value = value.detach().cpu()
+        return (value.float() if value.dtype.is_floating_point else value).numpy()
+    if hasattr(value, "numpy"):  # a jittor Var
+        return value.numpy()
+    return None
+
+
+def read_checkpoint(path) -> "OrderedDict[str, np.ndarray]":
+    """Load a checkpoint file into a flat {key: numpy array} dict with its keys untouched."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    ext = os.path.splitext(path)[1].lower()
+    try:
+        if ext == ".safetensors":
+            from safetensors.numpy import load_file
+            raw = load_file(path)
+        elif ext == ".npz":
+            with np.load(path, allow_pickle=False) as npz:
+                raw = {k: npz[k] for k in npz.files}
+        elif ext == ".pkl":
+            with open(path, "rb") as f:
+                raw = pickle.load(f)
+        else:  # .bin / .pt / .pth and anything torch.save wrote
+            import torch
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile,
+            EOFError) as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+    return flatten_state_dict(raw, source=path)
+
+
+def flatten_state_dict(raw, source="<state dict>") -> "OrderedDict[str, np.ndarray]":
+    """Unwrap `{'model_state_dict': ...}` and turn every tensor into a numpy array."""
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{source}: expected a dict of tensors, got {type(raw).__name__}")
+    if "model_state_dict" in raw:
+        raw = raw["model_state_dict"]
+        if not isinstance(raw, dict):
+            raise CheckpointError(f"{source}: 'model_state_dict' is not a dict")
+    out = OrderedDict()
+    for key, value in raw.items():
+        array = _to_numpy(value)
+        if array is None:
+            raise CheckpointError(f"{source}: key {key!r} holds a {type(value).__name__}, "
+                                  f"not a tensor")
+        out[str(key)] = array
+    return out
+
+
+def canonical_key(key: str):
+    """Map a key of any supported layout to its canonical name; None for keys that hold no
+    parameter (mask buffers); 'lm_head' for the tied output head."""
+    for prefix in _PREFIXES:
+        if key.startswith(prefix):
+            key = key[len(prefix):]
+            break
+    if key in _HEAD_KEYS:
+        return "lm_head"
+    if key.endswith(_BUFFER_SUFFIXES):
+        return None
+    for old, new in _TF_SUFFIXES.items():
+        if key.endswith(old):
+            key = key[: -len(old)] + new
+            break
+    return "transformer." + key
+
+
+def normalize_state_dict(raw: dict, source="<state dict>") -> "OrderedDict[str, np.ndarray]":
+    """Canonical names, buffers dropped, the tied head checked against `wte` and dropped."""
+    flat = flatten_state_dict(raw, source)
+    out, origin, head = OrderedDict(), {}, None
+    for key, value in flat.items():
+        name = canonical_key(key)
+        if name is None:
+            continue
+        if name == "lm_head":
+            head = (key, value)
+            continue
+        if name in out:
+            raise CheckpointError(f"{source}: keys {origin[name]!r} and {key!r} both map to "
+                                  f"parameter {name!r}")
+        out[name], origin[name] = value, key
+    if head is not None:
+        wte = out.get("transformer.wte.weight")
+        if wte is None:
+            raise CheckpointError(f"{source}: has an output head {head[0]!r} but no token "
+                                  f"embedding wte.weight to tie it to")
+        if wte.shape != head[1].shape or not np.array_equal(wte, head[1]):
+            raise CheckpointError(f"{source}: output head {head[0]!r} differs from wte.weight; "
+                                  f"GPT-2 ties them and an untied head cannot be loaded")
+    return out
+
+
+# ---------------------------------------------------------------------------------- matching
+def _listing(title, items):
+    items = list(items)
+    shown = ", ".join(items[:_LIST_LIMIT])
+    more = f" (+{len(items) - _LIST_LIMIT} more)" if len(items) > _LIST_LIMIT else ""
+    return f"  {title} ({len(items)}): {shown}{more}"
+
+
+def match_state_dict(state: dict, config: GPT2Config, base_loaded: bool = False,
+                     source="<state dict>") -> "OrderedDict[str, np.ndarray]":
+    """Check a canonical state dict against the model's parameters and return what to load.
+
+    Accepted: the full base (with or without LoRA weights; absent LoRA weights keep their
+    current values) or LoRA weights alone on a model whose base is already loaded.
+    """
+    expected = parameter_shapes(config)
+    base_names = [n for n in expected if not is_lora_name(n)]
+    lora_names = [n for n in expected if is_lora_name(n)]
+    unexpected = [k for k in state if k not in expected]
+    misshaped = [f"{k} {tuple(state[k].shape)} != {expected[k]}" for k in state
+                 if k in expected and tuple(state[k].shape) != expected[k]]
+    have_base = [n for n in base_names if n in state]
+    have_lora = [n for n in lora_names if n in state]
+    problems, hints = [], []
+    if unexpected:
+        problems.append(_listing("unexpected keys", unexpected))
+        if config.lora_attn_dim == 0 and any(is_lora_name(k) for k in unexpected):
+            hints.append("the checkpoint holds LoRA weights but the model has lora_dim 0: "
+                         "set --lora_dim to the rank it was trained with")
+    if misshaped:
+        problems.append(_listing("mis-shaped keys (found != expected)", misshaped))
+        if any(is_lora_name(m) for m in misshaped):
+            hints.append("LoRA shapes differ: check --lora_dim")
+        if any(not is_lora_name(m) for m in misshaped):
+            hints.append(f"base shapes differ: check --model_card / --n_embd/--n_layer/--n_head "
+                         f"(model has n_embd={config.n_embd}, n_layer={config.n_layer})")
+    if have_base and len(have_base) < len(base_names):
+        problems.append(_listing("missing keys", [n for n in base_names if n not in state]))
+    if have_lora and len(have_lora) < len(lora_names):
+        problems.append(_listing("missing LoRA keys", [n for n in lora_names if n not in state]))
+    if not have_base and not have_lora and not problems:
+        problems.append("  no GPT-2 parameter found (keys: "
+                        + ", ".join(list(state)[:_LIST_LIMIT]) + ")")
+    if not have_base and have_lora and not base_loaded:
+        problems.append("  it holds LoRA weights only: load a base checkpoint first "
+                        "(--init_checkpoint BASE with --lora_checkpoint THIS in the scripts)")
+    if problems:
+        lines = [f"cannot load {source} into GPT-2 "
+                 f"(n_embd={config.n_embd}, n_layer={config.n_layer}, "
+                 f"lora_dim={config.lora_attn_dim}):"] + problems
+        lines += [f"  hint: {h}" for h in hints]
+        raise CheckpointError("\n".join(lines))
+    return OrderedDict((k, np.ascontiguousarray(v, dtype=np.float32)) for k, v in state.items())
+
+
+def load_for_model(source, config: GPT2Config, base_loaded: bool = False):
+    """Path or state dict -> checked canonical {name: float32 array} ready to assign."""
+    if isinstance(source, (str, os.PathLike)):
+        name = os.fspath(source)
+        raw = read_checkpoint(name)
+    else:
+        name, raw = "<state dict>", source
+    return match_state_dict(normalize_state_dict(raw, name), config, base_loaded, name)
+
+
+# ----------------------------------------------------------------------------------- writing
+def save_checkpoint(path, state: dict, layout: str = "auto"):
+    """Write canonical numpy weights atomically.
+
+    layout 'lora' (the default for .pt/.bin) is microsoft/LoRA's: `{'model_state_dict': ...}`
+    with `module.transformer.` keys as its DDP training writes them, loadable by its
+    `load_weight`; 'neutral' (the default for .safetensors/.npz) keeps canonical names.
+    """
+    path = os.fspath(path)
+    ext = os.path.splitext(path)[1].lower()
+    if layout == "auto":
+        layout = "lora" if ext in (".pt", ".bin", ".pth") else "neutral"
+    arrays = OrderedDict((k, np.ascontiguousarray(v)) for k, v in state.items())
+    with atomic_path(path) as tmp:
+        if layout == "lora":
+            import torch
+            torch.save({"model_state_dict": OrderedDict(
+                ("module." + k, torch.from_numpy(v.copy())) for k, v in arrays.items())}, tmp)
+        elif ext == ".safetensors":
+            from safetensors.numpy import save_file
+            save_file(dict(arrays), tmp)
+        elif ext == ".npz":
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+        else:
+            raise ValueError(f"cannot write {path}: use .safetensors, .npz, .pt or .bin")
+    return path

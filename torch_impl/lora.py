@@ -1,0 +1,96 @@
+"""LoRA for GPT-2's fused attention projection, in PyTorch (twin: jittor_impl/lora.py).
+
+`MergedLinear` computes what loralib's `MergedLinear(..., enable_lora=[True, False, True],
+fan_in_fan_out=True)` does: a frozen (in, out) weight plus low-rank updates of the query and
+value thirds, `scaling = alpha / r`, dropout on the LoRA input only.
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from shared.params import is_lora_name
+
+
+class MergedLinear(nn.Module):
+    def __init__(self, in_features, out_features, r=0, lora_alpha=1, lora_dropout=0.0,
+                 layer_index=0):
+        super().__init__()
+        self.in_features, self.out_features, self.r = in_features, out_features, r
+        self.weight = nn.Parameter(torch.zeros(in_features, out_features))  # (in, out) storage
+        self.bias = nn.Parameter(torch.zeros(out_features))
+        self.layer_index = layer_index  # names this layer's stream in shared dropout masks
+        self.dropout_p = lora_dropout
+        self.shared_dropout = None  # shared.dropout.SharedDropout: backend-neutral masks
+        self.merged = False
+        if r > 0:
+            self.scaling = lora_alpha / r
+            self.lora_A = nn.Parameter(torch.zeros(2 * r, in_features))  # rows: query, value
+            self.lora_B = nn.Parameter(torch.zeros(out_features // 3 * 2, r))
+
+    def lora_dropout(self, x):
+        if not self.training or self.dropout_p == 0.0:
+            return x
+        if self.shared_dropout is not None:
+            mask = self.shared_dropout.mask(self.layer_index, tuple(x.shape))
+            return x * torch.from_numpy(mask).to(device=x.device, dtype=x.dtype)
+        return F.dropout(x, self.dropout_p, training=True)
+
+    def lora_delta(self, x):
+        """x @ dW for the query and value thirds, zero for the key third."""
+        r, e = self.r, self.out_features // 3
+        after_a = x @ self.lora_A.t()  # (..., 2r)
+        delta_q = after_a[..., :r] @ self.lora_B[:e].t()
+        delta_v = after_a[..., r:] @ self.lora_B[e:].t()
+        return torch.cat([delta_q, torch.zeros_like(delta_q), delta_v], dim=-1) * self.scaling
+
+    def delta_weight(self):
+        """The (in, out) update that merging adds to `weight`."""
+        r, e = self.r, self.out_features // 3
+        delta_q = self.lora_A[:r].t() @ self.lora_B[:e].t()
+        delta_v = self.lora_A[r:].t() @ self.lora_B[e:].t()
+        return torch.cat([delta_q, torch.zeros_like(delta_q), delta_v], dim=1) * self.scaling
+
+    def forward(self, x):
+        result = x @ self.weight + self.bias
+        if self.r > 0 and not self.merged:
+            result = result + self.lora_delta(self.lora_dropout(x))
+        return result
+
+    @torch.no_grad()
+    def merge(self):
+        if self.r > 0 and not self.merged:
+            self.weight += self.delta_weight()
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self):
+        if self.r > 0 and self.merged:
+            self.weight -= self.delta_weight()
+            self.merged = False
+
+
+def lora_layers(model):
+    return [m for m in model.modules() if isinstance(m, MergedLinear)]
+
+
+def mark_only_lora_as_trainable(model):
+    """Freeze everything but `lora_A`/`lora_B` (loralib's bias='none')."""
+    for name, p in model.named_parameters():
+        p.requires_grad = is_lora_name(name)
+
+
+def merge_lora(model):
+    """Fold the LoRA updates into the base weights (inference without the extra matmuls)."""
+    for layer in lora_layers(model):
+        layer.merge()
+
+
+def unmerge_lora(model):
+    for layer in lora_layers(model):
+        layer.unmerge()
+
+
+def set_shared_dropout(model, shared_dropout):
+    """Use backend-neutral dropout masks (or None for the framework's own RNG)."""
+    for layer in lora_layers(model):
+        layer.shared_dropout = shared_dropout

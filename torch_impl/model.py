@@ -1,0 +1,236 @@
+"""GPT-2 with LoRA in PyTorch (twin: jittor_impl/model.py, same structure line for line).
+
+Semantics of microsoft/LoRA `examples/NLG/src/model.py`: tanh-approximate GELU, Conv1D weights
+stored (in, out), attention scaled by 1/sqrt(head_dim) with the causal mask applied as
+`w * b - 1e10 * (1 - b)`, no attention/residual dropout, output head tied to `wte`, and
+`forward(input_ids, lm_labels, lm_mask, past, len_past, label_smooth)`. The KV cache `past` is a
+list of per-layer `(key, value)` pairs shaped (batch, head, seq, head_dim); with `len_past` (one
+int per row) a single new token is written at that position of a preallocated cache and keys at
+or beyond `len_past + 1` are masked, which lets rows of different lengths decode together.
+"""
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from shared.checkpoint import load_for_model
+from shared.config import GPT2Config
+from shared.params import init_state_dict, is_lora_name
+
+from .lora import MergedLinear
+
+MASK_VALUE = -1.0e10  # the reference's mask value
+
+
+def causal_mask(nd, ns, device):
+    """(nd, ns) ones on and below the diagonal that ends at (nd-1, ns-1): the last nd rows of
+    a causal mask over ns keys (the reference's `bias[:, :, ns-nd:ns, :ns]`)."""
+    return torch.ones(nd, ns, device=device).tril(diagonal=ns - nd)
+
+
+def gelu(x):
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3))))
+
+
+class LayerNorm(nn.Module):
+    def __init__(self, hidden_size, eps):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.bias = nn.Parameter(torch.zeros(hidden_size))
+        self.eps = eps
+
+    def forward(self, x):
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
+
+
+class Conv1D(nn.Module):
+    """A linear layer whose weight is stored (in, out), as in the GPT-2 checkpoints."""
+
+    def __init__(self, in_features, out_features):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(in_features, out_features))
+        self.bias = nn.Parameter(torch.zeros(out_features))
+
+    def forward(self, x):
+        return x @ self.weight + self.bias
+
+
+class Attention(nn.Module):
+    def __init__(self, config: GPT2Config, layer_index: int):
+        super().__init__()
+        self.n_head, self.split_size = config.n_head, config.n_embd
+        self.c_attn = MergedLinear(config.n_embd, 3 * config.n_embd, r=config.lora_attn_dim,
+                                   lora_alpha=config.lora_attn_alpha,
+                                   lora_dropout=config.lora_dropout, layer_index=layer_index)
+        self.c_proj = Conv1D(config.n_embd, config.n_embd)
+        self.impl = "sdpa"  # "math": the reference's formula; "sdpa": fused kernel, same function
+
+    def split_heads(self, x):  # (B, T, E) -> (B, H, T, D)
+        return x.view(*x.shape[:-1], self.n_head, x.shape[-1] // self.n_head).permute(0, 2, 1, 3)
+
+    def merge_heads(self, x):  # (B, H, T, D) -> (B, T, E)
+        x = x.permute(0, 2, 1, 3).contiguous()
+        return x.view(*x.shape[:-2], x.shape[-2] * x.shape[-1])
+
+    def _attn_math(self, q, k, v, len_kv=None):
+        w = torch.matmul(q, k.transpose(-2, -1))
+        w = w / math.sqrt(v.size(-1))
+        nd, ns = w.size(-2), w.size(-1)
+        b = causal_mask(nd, ns, w.device).to(w.dtype)
+        w = w * b - 1e10 * (1 - b)
+        if len_kv is not None:
+            beyond = torch.arange(ns, device=k.device)[None, :] >= len_kv[:, None]
+            w = w.masked_fill(beyond[:, None, None, :], MASK_VALUE)
+        w = torch.softmax(w, dim=-1)
+        return torch.matmul(w, v)
+
+    def _attn_sdpa(self, q, k, v, len_kv=None):
+        nd, ns = q.size(-2), k.size(-2)
+        if len_kv is None and nd == ns:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        keep = causal_mask(nd, ns, q.device).bool()
+        if len_kv is not None:
+            keep = keep & (torch.arange(ns, device=k.device)[None, :] < len_kv[:, None])[:, None, None, :]
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
+
+    def forward(self, x, layer_past=None, len_past=None):
+        query, key, value = self.c_attn(x).split(self.split_size, dim=2)
+        query, key, value = self.split_heads(query), self.split_heads(key), self.split_heads(value)
+        len_kv = None
+        if layer_past is not None:
+            past_key, past_value = layer_past
+            if len_past is None:  # append to a cache that holds exactly the past tokens
+                key = torch.cat((past_key, key), dim=-2)
+                value = torch.cat((past_value, value), dim=-2)
+            else:  # write one token per row at its own position of a preallocated cache
+                rows = torch.arange(key.shape[0], device=key.device)
+                past_key[rows, :, len_past, :] = key[:, :, 0, :]
+                past_value[rows, :, len_past, :] = value[:, :, 0, :]
+                key, value = past_key, past_value
+                len_kv = len_past + 1
+        present = (key, value)
+        attn = self._attn_math if self.impl == "math" else self._attn_sdpa
+        a = attn(query, key, value, len_kv=len_kv)
+        return self.c_proj(self.merge_heads(a)), present
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPT2Config):
+        super().__init__()
+        self.c_fc = Conv1D(config.n_embd, 4 * config.n_embd)
+        self.c_proj = Conv1D(4 * config.n_embd, config.n_embd)
+
+    def forward(self, x):
+        return self.c_proj(gelu(self.c_fc(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPT2Config, layer_index: int):
+        super().__init__()
+        self.ln_1 = LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.attn = Attention(config, layer_index)
+        self.ln_2 = LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.mlp = MLP(config)
+
+    def forward(self, x, layer_past=None, len_past=None):
+        a, present = self.attn(self.ln_1(x), layer_past=layer_past, len_past=len_past)
+        x = x + a
+        x = x + self.mlp(self.ln_2(x))
+        return x, present
+
+
+class GPT2Model(nn.Module):
+    def __init__(self, config: GPT2Config):
+        super().__init__()
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.n_positions, config.n_embd)
+        self.h = nn.ModuleList([Block(config, i) for i in range(config.n_layer)])
+        self.ln_f = LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+
+    def forward(self, input_ids, past=None, len_past=None):
+        if past is None:
+            past_length, past = 0, [None] * len(self.h)
+        elif len_past is None:
+            past_length = past[0][0].size(-2)
+        if len_past is None:
+            position_ids = torch.arange(past_length, past_length + input_ids.size(-1),
+                                        dtype=torch.long, device=input_ids.device)
+            position_ids = position_ids.unsqueeze(0).expand_as(input_ids)
+        else:
+            position_ids = len_past.unsqueeze(1)
+        hidden_states = self.wte(input_ids) + self.wpe(position_ids)
+        presents = []
+        for block, layer_past in zip(self.h, past):
+            hidden_states, present = block(hidden_states, layer_past=layer_past, len_past=len_past)
+            presents.append(present)
+        return self.ln_f(hidden_states), presents
+
+
+def lm_loss(logits, lm_labels, lm_mask=None, label_smooth=0.0):
+    """Token losses (label-smoothed as the reference does), mask-weighted mean."""
+    flat = logits.reshape(-1, logits.size(-1)).float()
+    smoothing = label_smooth if label_smooth > 0.0001 else 0.0
+    loss = F.cross_entropy(flat, lm_labels.reshape(-1), ignore_index=-1, reduction="none",
+                           label_smoothing=smoothing).view(lm_labels.shape)
+    if lm_mask is None:
+        lm_mask = torch.ones_like(loss)
+    loss = loss * lm_mask
+    return loss.sum() / (lm_mask.sum() + 0.0001)
+
+
+class GPT2LMModel(nn.Module):
+    """GPT-2 language model. New models are initialised by `shared.params.init_state_dict`
+    (seeded numpy), so both backends built with the same config and seed hold equal weights."""
+
+    def __init__(self, config: GPT2Config, seed: int = 0):
+        super().__init__()
+        self.config = config
+        self.transformer = GPT2Model(config)
+        self.base_loaded = False  # True once pretrained base weights are in (LoRA-only loads need it)
+        self.load_state_numpy(init_state_dict(config, seed))
+
+    def set_attention(self, impl: str):
+        if impl not in ("math", "sdpa"):
+            raise ValueError(f"attention implementation must be 'math' or 'sdpa', got {impl!r}")
+        for block in self.transformer.h:
+            block.attn.impl = impl
+
+    def forward(self, input_ids, lm_labels=None, lm_mask=None, past=None, len_past=None,
+                label_smooth=0.0):
+        hidden_states, presents = self.transformer(input_ids, past=past, len_past=len_past)
+        lm_logits = F.linear(hidden_states, self.transformer.wte.weight)  # tied output head
+        if lm_labels is None:
+            return lm_logits, presents
+        return lm_logits, lm_loss(lm_logits, lm_labels, lm_mask, label_smooth)
+
+    # ------------------------------------------------------------------ weights in and out
+    def load_weight(self, state_or_path):
+        """Load a checkpoint (path or state dict) of any supported layout; see shared.checkpoint."""
+        state = load_for_model(state_or_path, self.config, base_loaded=self.base_loaded)
+        self.load_state_numpy(state)
+        if any(not is_lora_name(k) for k in state):
+            self.base_loaded = True
+        return self
+
+    @torch.no_grad()
+    def load_state_numpy(self, state: dict):
+        params = dict(self.named_parameters())
+        for name, value in state.items():
+            param = params[name]
+            param.copy_(torch.from_numpy(np.ascontiguousarray(value)).to(param.dtype))
+
+    def state_dict_numpy(self, lora_only: bool = False) -> dict:
+        """Canonical {name: float32 numpy array}; LoRA merging is undone in what is returned."""
+        out = {}
+        for name, param in self.named_parameters():
+            if lora_only and not is_lora_name(name):
+                continue
+            out[name] = param.detach().float().cpu().numpy().copy()
+        for index, block in enumerate(self.transformer.h):
+            layer = block.attn.c_attn
+            if layer.merged and not lora_only:
+                unmerged = layer.weight - layer.delta_weight()
+                out[f"transformer.h.{index}.attn.c_attn.weight"] = unmerged.detach().float().cpu().numpy()
+        return out
