@@ -1,0 +1,47 @@
+"""Fixtures shared by `tests/` (unit tests) and `alignment/` (backend comparison suite).
+
+Data comes from paths, never from copies in the repository: GPT2_VOCAB_DIR (encoder.json +
+vocab.bpe) and E2E_DATA_DIR ({train,valid,test}.txt). CI points them at ../shared/data.
+"""
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _dir_from_env(name, required_files):
+    path = os.environ.get(name)
+    if not path:
+        pytest.skip(f"{name} is not set (CI sets it to the offline data under ../shared/data)")
+    missing = [f for f in required_files if not os.path.isfile(os.path.join(path, f))]
+    if missing:
+        pytest.fail(f"{name}={path} lacks {missing}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def vocab_dir():
+    return _dir_from_env("GPT2_VOCAB_DIR", ["encoder.json", "vocab.bpe"])
+
+
+@pytest.fixture(scope="session")
+def e2e_dir():
+    return _dir_from_env("E2E_DATA_DIR", ["train.txt", "valid.txt", "test.txt"])
+
+
+def torch_cuda_available():
+    try:
+        import torch
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch_cuda_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
