@@ -80,7 +80,7 @@ class Attention(nn.Module):
         w = jt.matmul(q, k.transpose(-2, -1))
         w = w / math.sqrt(v.shape[-1])
         nd, ns = w.shape[-2], w.shape[-1]
-        b = causal_mask(nd, ns).cast(w.dtype)
+        b = causal_mask(nd, ns)  # float32, as the reference buffer: masks in fp32
         w = w * b - 1e10 * (1 - b)
         if len_kv is not None:
             beyond = jt.arange(ns).reshape(1, ns) >= len_kv.reshape(-1, 1)

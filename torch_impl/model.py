@@ -78,7 +78,7 @@ class Attention(nn.Module):
         w = torch.matmul(q, k.transpose(-2, -1))
         w = w / math.sqrt(v.size(-1))
         nd, ns = w.size(-2), w.size(-1)
-        b = causal_mask(nd, ns, w.device).to(w.dtype)
+        b = causal_mask(nd, ns, w.device)  # float32, as the reference buffer: masks in fp32
         w = w * b - 1e10 * (1 - b)
         if len_kv is not None:
             beyond = torch.arange(ns, device=k.device)[None, :] >= len_kv[:, None]
