@@ -1,0 +1,27 @@
+#!/usr/bin/env python
+"""Raw E2E `MR||text` lines -> `{"context", "completion"}` jsonl, as microsoft/LoRA's script.
+
+Usage: python scripts/format_converting_e2e.py data/e2e/train.txt data/e2e/train_formatted.jsonl
+"""
+import os, sys  # noqa: E401
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import argparse  # noqa: E402
+
+from shared.e2e_data import E2EDataError, format_file  # noqa: E402
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("input", help="raw E2E file, one `MR||text` per line")
+    parser.add_argument("output", help="formatted jsonl to write")
+    args = parser.parse_args(argv)
+    try:
+        n = format_file(args.input, args.output)
+    except (E2EDataError, OSError) as exc:
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
+    print(f"wrote {n} lines to {args.output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+#!/usr/bin/env python
+"""Format and encode (add_bos + add_eos) the E2E train/valid/test splits in one go.
+
+Writes {split}_formatted.jsonl and {split}.jsonl to --out_dir, skipping splits already up to date.
+"""
+import os, sys  # noqa: E401
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import argparse  # noqa: E402
+
+from shared.e2e_data import E2EDataError, prepare_e2e  # noqa: E402
+from shared.paths import DEFAULT_E2E_DIR, E2E_SPLITS, resolve_e2e_dir  # noqa: E402
+from shared.tokenizer import VocabError  # noqa: E402
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data_dir", default=None,
+                        help="folder with {train,valid,test}.txt (default: E2E_DATA_DIR, "
+                             "else data/e2e)")
+    parser.add_argument("--out_dir", default=DEFAULT_E2E_DIR,
+                        help="where the jsonl files go (default: data/e2e)")
+    parser.add_argument("--vocab", default=None,
+                        help="folder with encoder.json + vocab.bpe (default: GPT2_VOCAB_DIR, "
+                             "data/gpt2, else tiktoken's gpt2 download)")
+    args = parser.parse_args(argv)
+    try:
+        data_dir = resolve_e2e_dir(args.data_dir)
+        written = prepare_e2e(data_dir, args.out_dir, vocab_dir=args.vocab)
+    except (E2EDataError, VocabError, OSError) as exc:
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
+    for split in E2E_SPLITS:
+        state = "written" if split in written else "up to date, skipped"
+        print(f"{split}: {state} ({os.path.join(args.out_dir, split + '.jsonl')})")
+
+
+if __name__ == "__main__":
+    main()
