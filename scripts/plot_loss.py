@@ -1,0 +1,49 @@
+#!/usr/bin/env python
+"""Plot the loss curves of one or two runs (and their difference), optionally the LR schedule.
+
+A and B are `train_log.jsonl` files, run folders holding one, or microsoft/LoRA gpt2_ft.py
+stdout logs. Example:
+    python scripts/plot_loss.py runs/torch runs/jittor --labels torch jittor --out loss.png
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from shared.plotting import plot_loss_comparison, plot_lr_schedule  # noqa: E402
+from shared.trainlog import TrainLogError, read_log  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("logs", nargs="+", metavar="LOG", help="one or two logs or run folders (A [B])")
+    p.add_argument("--labels", nargs="+", default=None, help="legend label of each log")
+    p.add_argument("--out", default="loss.png", help="loss plot (PNG)")
+    p.add_argument("--lr_out", default=None, help="also plot the learning rate to this PNG")
+    p.add_argument("--title", default=None)
+    args = p.parse_args(argv)
+    if len(args.logs) > 2:
+        p.error(f"give one or two logs, got {len(args.logs)}")
+    if args.labels is not None and len(args.labels) != len(args.logs):
+        p.error(f"--labels needs {len(args.logs)} label(s), got {len(args.labels)}")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    labels = args.labels or [None] * len(args.logs)
+    try:
+        logs = [read_log(path, label=label) for path, label in zip(args.logs, labels)]
+    except TrainLogError as exc:
+        print(f"plot_loss: error: {exc}", file=sys.stderr)
+        return 2
+    print("wrote", plot_loss_comparison(logs[0], logs[1] if len(logs) > 1 else None, args.out,
+                                        title=args.title))
+    if args.lr_out:
+        print("wrote", plot_lr_schedule(logs, args.lr_out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
