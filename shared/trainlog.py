@@ -91,7 +91,7 @@ _SCHEMA = {
               "lr": (_NUM, False), "grad_norm": (_NUM, False), "tokens_per_s": (_NUM, False),
               "elapsed_s": (_NUM, False), "backend": (str, False)},
     "valid": {"step": (int, True), "valid_loss": (_NUM, True), "valid_ppl": (_NUM, False),
-              "epoch": (int, False), "elapsed_s": (_NUM, False)},
+              "epoch": (int, False), "elapsed_s": (_NUM, False), "backend": (str, False)},
 }
 
 
@@ -169,7 +169,7 @@ _MS_TRAIN = re.compile(
     rf"\s*\|\s*ppl\s+{_F}\s*$")
 _MS_EVAL = re.compile(
     rf"^\s*\|\s*Eval\s+(\d+)\s+at\s+step\s+(\d+)\s*\|\s*time:\s*{_F}\s*s\s*\|"
-    rf"\s*valid\s+loss\s+{_F}\s*\|\s*valid\s+ppl\s+{_F}\s*\|\s*best\s+ppl\s+{_F}\s*\|?\s*$")
+    rf"\s*valid\s+loss\s+{_F}\s*\|\s*valid\s+ppl\s+{_F}\s*(?:\|\s*best\s+ppl\s+{_F}\s*)?\|?\s*$")
 _MS_AVG = re.compile(rf"^\s*average\s+loss\s*:?\s+{_F}\s*$")
 
 
