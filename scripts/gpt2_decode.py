@@ -1,0 +1,43 @@
+#!/usr/bin/env python
+"""Beam samples -> E2E reference and prediction files, as microsoft/LoRA's src/gpt2_decode.py.
+
+Usage: python scripts/gpt2_decode.py --vocab VOCAB_DIR --sample_file predict.jsonl
+           --input_file test_formatted.jsonl --output_ref_file ref.txt
+           --output_pred_file pred.txt [--tokenize] [--lower]
+"""
+import os, sys  # noqa: E401
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import argparse  # noqa: E402
+
+from shared.decode import decode_files  # noqa: E402
+from shared.tokenizer import load_tokenizer  # noqa: E402
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--vocab", default=None,
+                        help="GPT-2 vocab folder (encoder.json, vocab.bpe); default: "
+                             "GPT2_VOCAB_DIR or the project's data folder")
+    parser.add_argument("--sample_file", required=True,
+                        help='beam output jsonl, {"id": i, "predict": [token ids]} per line')
+    parser.add_argument("--input_file", required=True,
+                        help='formatted jsonl, {"context": MR, "completion": text} per line')
+    parser.add_argument("--output_ref_file", required=True, help="references to write")
+    parser.add_argument("--output_pred_file", required=True, help="predictions to write")
+    parser.add_argument("--tokenize", action="store_true",
+                        help="space out non-word characters (LoRA's stardard_tokenize)")
+    parser.add_argument("--lower", action="store_true", help="lowercase both sides")
+    args = parser.parse_args(argv)
+    try:
+        n = decode_files(args.input_file, args.sample_file, load_tokenizer(args.vocab),
+                         args.output_ref_file, args.output_pred_file,
+                         tokenize=args.tokenize, lower=args.lower)
+    except (ValueError, OSError) as exc:
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
+    print(f"wrote {n} reference groups to {args.output_ref_file} and {n} predictions to "
+          f"{args.output_pred_file}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+#!/usr/bin/env python
+"""Score an E2E system output: BLEU, NIST, METEOR, ROUGE_L, CIDEr, as e2e-metrics' script -p.
+
+Usage: python scripts/measure_scores.py REF PRED [-p] [--no_meteor] [--json OUT]
+REF holds the references of each instance on consecutive lines, instances separated by one empty
+line; PRED one output line per instance.
+"""
+import os, sys  # noqa: E401
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import argparse  # noqa: E402
+
+from shared.atomic import write_json  # noqa: E402
+from shared.metrics import format_scores, measure_scores  # noqa: E402
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("ref_file", help="references, groups separated by one empty line")
+    parser.add_argument("pred_file", help="system outputs, one line per instance")
+    parser.add_argument("-p", "--python", action="store_true",
+                        help="accepted for compatibility: BLEU/NIST always come from the "
+                             "Python mteval port, as the official script's -p mode")
+    parser.add_argument("--no_meteor", action="store_true",
+                        help="skip METEOR (its JVM start and paraphrase table take ~20 s)")
+    parser.add_argument("--json", metavar="OUT", help="also write the scores to this JSON file")
+    args = parser.parse_args(argv)
+    try:
+        scores = measure_scores(args.ref_file, args.pred_file, meteor=not args.no_meteor)
+    except (ValueError, OSError, RuntimeError) as exc:
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
+    print("SCORES:\n==============")
+    print(format_scores(scores))
+    if args.json:
+        write_json(args.json, scores)
+
+
+if __name__ == "__main__":
+    main()
