@@ -1,0 +1,114 @@
+"""The Jittor side of training (twin: torch_impl/train.py); the loop is shared/trainer.py.
+
+A backend owns the model and optimizer on its device and does what depends on the framework:
+forward/backward of a micro-batch, the optimizer update, evaluation losses, fetching values,
+and the weights/optimizer state as numpy for backend-neutral checkpoints.
+"""
+import numpy as np
+
+from shared.dropout import SharedDropout
+from shared.seeding import step_seed
+from shared.trainer import optimizer_groups
+
+from . import runtime
+from .lora import mark_only_lora_as_trainable, set_shared_dropout
+from .model import GPT2LMModel
+from .optim import AdamW, grad_norm_and_clip, set_lr
+from .runtime import jt
+
+
+class JittorBackend:
+    name = "jittor"
+
+    def __init__(self, config, args):
+        runtime.use_device(args.device)
+        if args.precision != "fp32":
+            raise NotImplementedError(f"--precision {args.precision} is not supported by the jittor backend yet")
+        self.seed = args.random_seed
+        self.model = GPT2LMModel(config, seed=args.random_seed)
+        if args.init_checkpoint:
+            self.model.load_weight(args.init_checkpoint)
+        if config.lora_attn_dim > 0:
+            mark_only_lora_as_trainable(self.model)
+        self.shared_dropout = SharedDropout(config.lora_dropout, args.random_seed) if args.shared_dropout else None
+        set_shared_dropout(self.model, self.shared_dropout)
+        self.model.set_attention(args.attn or "math")
+        self.params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        groups = optimizer_groups(list(self.params), args.weight_decay, args.no_decay_bias)
+        self.optimizer = AdamW([{"params": [self.params[n] for n in names], "weight_decay": wd}
+                                for names, wd in groups],
+                               lr=args.lr, betas=(args.adam_beta1, args.adam_beta2),
+                               eps=args.adam_epislon, weight_decay=args.weight_decay,
+                               correct_bias=args.correct_bias)
+
+    def to_device(self, batch):
+        return {k: jt.array(np.ascontiguousarray(v)) for k, v in batch.items()}
+
+    def set_step(self, step):
+        jt.set_seed(step_seed(self.seed, step))
+        if self.shared_dropout is not None:
+            self.shared_dropout.set_step(step)
+
+    def forward_backward(self, batch, loss_scale, label_smooth):
+        """Accumulate the gradients of one micro-batch; return its (unscaled) loss on device."""
+        self.model.train()
+        data = self.to_device(batch)
+        _, loss = self.model(data["input"], lm_labels=data["target"], lm_mask=data["mask"],
+                             label_smooth=label_smooth)
+        self.optimizer.backward(loss * loss_scale)
+        loss = loss.detach()
+        jt.sync([loss])  # run the forward now, so the graph behind the loss is not kept alive
+        return loss
+
+    def update(self, lr, clip):
+        """Clip, step with learning rate `lr`, zero the gradients; return the gradient norm."""
+        set_lr(self.optimizer, lr)
+        grad_norm = grad_norm_and_clip(self.optimizer, clip)
+        jt.sync([grad_norm])
+        self.optimizer.step()
+        jt.sync(list(self.params.values()))
+        return grad_norm
+
+    def eval_loss(self, batch):
+        self.model.eval()
+        data = self.to_device(batch)
+        with jt.no_grad():
+            _, loss = self.model(data["input"], lm_labels=data["target"], lm_mask=data["mask"])
+        jt.sync([loss])
+        return loss
+
+    def fetch(self, values):
+        """Lazy scalars -> Python floats in one transfer (the loop's only host sync)."""
+        if not values:
+            return []
+        return jt.concat([v.float32().reshape(1) for v in values]).numpy().tolist()
+
+    def is_out_of_memory(self, exc):
+        return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+    # ------------------------------------------------------------- state for checkpoints
+    def state_numpy(self, lora_only):
+        return self.model.state_dict_numpy(lora_only=lora_only)
+
+    def load_trainable(self, state):
+        self.model.load_state_numpy(state)
+
+    def optimizer_state(self):
+        out = {}
+        index = {id(p): (g, i) for g in self.optimizer.param_groups for i, p in enumerate(g["params"])}
+        for name, p in self.params.items():
+            group, i = index[id(p)]
+            if group["step"][i] > 0:
+                out[f"exp_avg/{name}"] = group["exp_avg"][i].numpy()
+                out[f"exp_avg_sq/{name}"] = group["exp_avg_sq"][i].numpy()
+                out[f"step/{name}"] = np.array(group["step"][i], dtype=np.int64)
+        return out
+
+    def load_optimizer_state(self, arrays):
+        index = {id(p): (g, i) for g in self.optimizer.param_groups for i, p in enumerate(g["params"])}
+        for name, p in self.params.items():
+            if f"step/{name}" in arrays:
+                group, i = index[id(p)]
+                group["step"][i] = int(arrays[f"step/{name}"])
+                group["exp_avg"][i].assign(jt.array(arrays[f"exp_avg/{name}"]))
+                group["exp_avg_sq"][i].assign(jt.array(arrays[f"exp_avg_sq/{name}"]))

@@ -1,0 +1,45 @@
+#!/usr/bin/env python
+"""Fine-tune GPT-2 (+ LoRA) on E2E with the PyTorch or Jittor backend.
+
+Takes microsoft/LoRA `examples/NLG/src/gpt2_ft.py`'s arguments plus `--backend`, e.g.
+  python scripts/gpt2_ft.py --backend jittor --train_data data/e2e/train.jsonl \
+      --valid_data data/e2e/valid.jsonl --model_card gpt2.md --init_checkpoint pretrained.bin \
+      --lora_dim 4 --lora_alpha 32 --lora_dropout 0.1 --lr 0.0002 --max_epoch 5 ...
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from shared.checkpoint import CheckpointError  # noqa: E402
+from shared.train_args import ArgumentProblem, build_parser, validate  # noqa: E402
+from shared.trainer import TrainingError, TrainingInterrupted, train  # noqa: E402
+
+
+def backend_class(name):
+    if name == "torch":
+        from torch_impl.train import TorchBackend
+        return TorchBackend
+    from jittor_impl.train import JittorBackend
+    return JittorBackend
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        validate(args)
+        train(args, backend_class(args.backend))
+    except ArgumentProblem as exc:
+        parser.error(str(exc))
+    except (TrainingError, CheckpointError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except TrainingInterrupted as exc:
+        print(str(exc), file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

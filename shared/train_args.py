@@ -1,0 +1,146 @@
+"""Command-line arguments of the training script, shared by both backends.
+
+Names, meanings and defaults follow microsoft/LoRA `examples/NLG/src/gpt2_ft.py` (and the
+`add_optimizer_params`/`add_gpu_params` it uses), so its commands run here unchanged apart from
+`--backend`. Everything is checked before any work starts.
+"""
+import argparse
+import os
+
+from .config import MODEL_CARDS, GPT2Config
+from .schedule import SCHEDULES
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def add_model_shape_args(parser):
+    parser.add_argument("--model_card", default="gpt2.sm", help="gpt2.sm | gpt2.md | gpt2.lg")
+    parser.add_argument("--n_embd", type=int, default=None, help="override the card's n_embd")
+    parser.add_argument("--n_layer", type=int, default=None, help="override the card's n_layer")
+    parser.add_argument("--n_head", type=int, default=None, help="override the card's n_head")
+    parser.add_argument("--lora_dim", type=int, default=0, help="LoRA rank r (0: no LoRA)")
+    parser.add_argument("--lora_alpha", type=int, default=128, help="LoRA alpha")
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description="GPT-2 + LoRA fine-tuning (microsoft/LoRA gpt2_ft.py "
+                                            "arguments) with a PyTorch or Jittor backend")
+    p.add_argument("--backend", required=True, choices=["torch", "jittor"])
+    p.add_argument("--device", default=None, choices=["cpu", "cuda"],
+                   help="default: cuda when available, else cpu")
+    p.add_argument("--train_data", required=True, help="encoded training jsonl (gpt2_encode.py)")
+    p.add_argument("--valid_data", required=True, help="encoded validation jsonl")
+    p.add_argument("--train_batch_size", type=int, default=8)
+    p.add_argument("--valid_batch_size", type=int, default=4)
+    p.add_argument("--grad_acc", type=int, default=1, help="gradient accumulation steps")
+    p.add_argument("--clip", type=float, default=0.0, help="gradient clip (0: none)")
+    p.add_argument("--seq_len", type=int, default=512)
+    add_model_shape_args(p)
+    p.add_argument("--init_checkpoint", default=None, help="pretrained checkpoint (HF GPT-2, "
+                   "microsoft/LoRA, or this project's .safetensors/.npz); default: seeded init")
+    p.add_argument("--lora_dropout", type=float, default=0.0)
+    p.add_argument("--label_smooth", type=float, default=0.0)
+    p.add_argument("--log_interval", type=int, default=100, help="steps between log lines")
+    p.add_argument("--eval_interval", type=int, default=2000)
+    p.add_argument("--save_interval", type=int, default=500)
+    p.add_argument("--work_dir", default=os.getenv("PT_OUTPUT_DIR", "gpt2_model"))
+    p.add_argument("--random_seed", type=int, default=10)
+    # optimizer (add_optimizer_params)
+    p.add_argument("--lr", type=float, default=0.00001)
+    p.add_argument("--weight_decay", type=float, default=0.01)
+    p.add_argument("--correct_bias", action="store_true", help="correct Adam bias terms")
+    p.add_argument("--adam_epislon", type=float, default=1e-6, help="Adam epsilon (sic)")
+    p.add_argument("--no_decay_bias", action="store_true",
+                   help="no weight decay on biases and LayerNorm weights")
+    p.add_argument("--adam_beta1", type=float, default=0.9)
+    p.add_argument("--adam_beta2", type=float, default=0.98)
+    p.add_argument("--scheduler", default="linear", choices=SCHEDULES)
+    p.add_argument("--max_step", type=int, default=None)
+    p.add_argument("--max_epoch", type=int, default=None)
+    p.add_argument("--warmup_step", type=int, default=0)
+    # ours
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="fp32, or mixed precision on GPUs (bf16 autocast; fp16 with loss scaling)")
+    p.add_argument("--fp16", action="store_true", help="reference flag: same as --precision fp16")
+    p.add_argument("--shared_dropout", action="store_true",
+                   help="draw LoRA dropout masks from one backend-neutral generator, so torch "
+                        "and jittor runs match step for step with dropout on")
+    p.add_argument("--attn", default=None, choices=["math", "sdpa"],
+                   help="torch attention kernel (default sdpa; jittor has math only)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the latest checkpoint in --work_dir")
+    p.add_argument("--max_eval_batches", type=int, default=None,
+                   help="evaluate on at most this many validation batches")
+    p.add_argument("--no_progress", action="store_true", help="no tqdm progress bar")
+    return p
+
+
+class ArgumentProblem(ValueError):
+    pass
+
+
+def validate(args):
+    """Fail before any work on arguments that cannot run; fills derived values."""
+    if args.fp16:
+        args.precision = "fp16"
+    problems = []
+    if args.model_card not in MODEL_CARDS:
+        problems.append(f"unknown --model_card {args.model_card!r}; choose one of "
+                        f"{sorted(MODEL_CARDS)}")
+    for name in ("train_data", "valid_data"):
+        path = getattr(args, name)
+        if not os.path.isfile(path):
+            problems.append(f"--{name} {path}: file not found")
+    if args.init_checkpoint and not os.path.isfile(args.init_checkpoint):
+        problems.append(f"--init_checkpoint {args.init_checkpoint}: file not found")
+    for name in ("train_batch_size", "valid_batch_size", "grad_acc", "seq_len", "log_interval",
+                 "eval_interval", "save_interval"):
+        if getattr(args, name) <= 0:
+            problems.append(f"--{name} must be positive, got {getattr(args, name)}")
+    if args.max_step is None and args.max_epoch is None:
+        problems.append("give --max_step or --max_epoch")
+    if args.max_step is not None and args.max_step <= 0:
+        problems.append(f"--max_step must be positive, got {args.max_step}")
+    if args.max_epoch is not None and args.max_epoch <= 0:
+        problems.append(f"--max_epoch must be positive, got {args.max_epoch}")
+    if args.warmup_step < 0:
+        problems.append(f"--warmup_step must be >= 0, got {args.warmup_step}")
+    if args.max_step is not None and args.warmup_step > args.max_step:
+        problems.append(f"--warmup_step {args.warmup_step} > --max_step {args.max_step}")
+    if args.lr <= 0:
+        problems.append(f"--lr must be positive, got {args.lr}")
+    if not 0.0 <= args.lora_dropout < 1.0:
+        problems.append(f"--lora_dropout must be in [0, 1), got {args.lora_dropout}")
+    if not 0.0 <= args.label_smooth < 1.0:
+        problems.append(f"--label_smooth must be in [0, 1), got {args.label_smooth}")
+    if args.lora_dim < 0:
+        problems.append(f"--lora_dim must be >= 0, got {args.lora_dim}")
+    if args.attn == "sdpa" and args.backend == "jittor":
+        problems.append("--attn sdpa exists for the torch backend only")
+    if args.device is None:
+        args.device = default_device()
+    if args.precision != "fp32" and args.device != "cuda":
+        problems.append(f"--precision {args.precision} needs --device cuda (CPU runs in fp32)")
+    if not problems:
+        try:
+            model_config(args)
+        except ValueError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ArgumentProblem("bad arguments:\n  " + "\n  ".join(problems))
+    return args
+
+
+def default_device():
+    try:
+        import torch
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"
+
+
+def model_config(args) -> GPT2Config:
+    return GPT2Config.from_model_card(
+        args.model_card, n_embd=args.n_embd, n_layer=args.n_layer, n_head=args.n_head,
+        lora_attn_dim=args.lora_dim, lora_attn_alpha=args.lora_alpha,
+        lora_dropout=getattr(args, "lora_dropout", 0.0))
