@@ -10,10 +10,13 @@ import pytest
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
-def _dir_from_env(name, required_files):
+def _dir_from_env(name, required_files, fallback):
     path = os.environ.get(name)
+    if not path and all(os.path.isfile(os.path.join(fallback, f)) for f in required_files):
+        path = fallback  # what scripts/download_data.sh fetched
     if not path:
-        pytest.skip(f"{name} is not set (CI sets it to the offline data under ../shared/data)")
+        pytest.skip(f"{name} is not set and {fallback} is empty (CI sets it to the offline data "
+                    f"under ../shared/data; with internet, run scripts/download_data.sh)")
     missing = [f for f in required_files if not os.path.isfile(os.path.join(path, f))]
     if missing:
         pytest.fail(f"{name}={path} lacks {missing}")
@@ -22,12 +25,14 @@ def _dir_from_env(name, required_files):
 
 @pytest.fixture(scope="session")
 def vocab_dir():
-    return _dir_from_env("GPT2_VOCAB_DIR", ["encoder.json", "vocab.bpe"])
+    return _dir_from_env("GPT2_VOCAB_DIR", ["encoder.json", "vocab.bpe"],
+                         os.path.join(ROOT, "data", "gpt2"))
 
 
 @pytest.fixture(scope="session")
 def e2e_dir():
-    return _dir_from_env("E2E_DATA_DIR", ["train.txt", "valid.txt", "test.txt"])
+    return _dir_from_env("E2E_DATA_DIR", ["train.txt", "valid.txt", "test.txt"],
+                         os.path.join(ROOT, "data", "e2e"))
 
 
 def torch_cuda_available():

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs everything jittor-lora-align needs, in one command:
+#   Java (METEOR 1.5 runs on it), the pinned Python packages, this project, and a Jittor warm-up
+#   (its first import compiles its core for 1-2 minutes and may ask for one rerun).
+# Safe to run again. Non-interactive (CI=true, no stdin needed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+
+if ! command -v java >/dev/null 2>&1; then
+  echo "== Java not found: installing a headless JRE (needed for METEOR) =="
+  if command -v apt-get >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends default-jre-headless
+  else
+    echo "error: install Java 17 (e.g. openjdk-17-jre-headless) yourself, then rerun" >&2
+    exit 1
+  fi
+fi
+java -version 2>&1 | head -1
+
+echo "== Python packages (requirements.txt) =="
+"$PYTHON" -m pip install -q --disable-pip-version-check -r requirements.txt
+echo "== this project (editable) =="
+"$PYTHON" -m pip install -q --disable-pip-version-check --no-deps -e .
+echo "== Jittor warm-up =="
+"$PYTHON" scripts/jittor_warmup.py
+echo "installed."
