@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The end-to-end alignment run: data -> base model -> LoRA fine-tuning with torch and with jittor
+# (identical weights, data order and seeds) -> beam search + E2E metrics -> logits/gradient check
+# -> logs/<run>/report.md with loss-curve plots. `bash work.sh --help` lists every flag.
+# No arguments: a ~15-minute CPU run (or the GPU defaults when a CUDA GPU is present).
+set -euo pipefail
+cd "$(dirname "$0")"
+# Offline data: E2E_DATA_DIR / GPT2_VOCAB_DIR (or --data_dir / --vocab_dir), else data/ from
+# scripts/download_data.sh, else the offline set some machines keep beside the checkout.
+if [ -z "${E2E_DATA_DIR:-}" ] && [ ! -f data/e2e/train.txt ] && [ -f ../shared/data/e2e-offline/train.txt ]; then
+  export E2E_DATA_DIR="$(cd ../shared/data/e2e-offline && pwd)"
+  echo "work.sh: using E2E_DATA_DIR=$E2E_DATA_DIR"
+fi
+if [ -z "${GPT2_VOCAB_DIR:-}" ] && [ ! -f data/gpt2/encoder.json ] && [ -f ../shared/data/gpt2/encoder.json ]; then
+  export GPT2_VOCAB_DIR="$(cd ../shared/data/gpt2 && pwd)"
+  echo "work.sh: using GPT2_VOCAB_DIR=$GPT2_VOCAB_DIR"
+fi
+exec python3 scripts/run_pipeline.py "$@"
