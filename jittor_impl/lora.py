@@ -74,9 +74,18 @@ def lora_layers(model):
 
 
 def mark_only_lora_as_trainable(model):
-    """Freeze everything but `lora_A`/`lora_B` (loralib's bias='none')."""
+    """Freeze everything but `lora_A`/`lora_B` (loralib's bias='none').
+
+    Jittor's `eval()` stops the gradients of all parameters and records in `backup_grad_state`
+    which were trainable; `train()` restores that record. The record is rewritten here too, or
+    freezing a model in eval mode would be undone by its next `train()`."""
     for name, p in model.named_parameters():
         p.requires_grad = is_lora_name(name)
+    for module in model.modules():
+        record = getattr(module, "backup_grad_state", None)
+        if record is not None:
+            for name, p in module.named_parameters():
+                record[id(p)] = is_lora_name(name)
 
 
 def merge_lora(model):

@@ -168,14 +168,25 @@ class GPT2Model(nn.Module):
         return self.ln_f(hidden_states), presents
 
 
+def log_softmax(x):
+    """log_softmax over the last axis, as exact as torch's. Jittor's nn.log_softmax also
+    differentiates through its max shift (zero in exact arithmetic, but in fp32 over 50257
+    classes an error of ~1e-3 of the row's gradient on the argmax logit), and Jittor's CPU
+    reductions add sequentially in the input type (~5e-6 relative error over 50257 fp32 terms;
+    torch sums pairwise). So the shift is held constant and the sum is taken in float64."""
+    shifted = x - x.max(dim=-1, keepdims=True).stop_grad()
+    return shifted - shifted.exp().float64().sum(dim=-1, keepdims=True).log().float32()
+
+
 def lm_loss(logits, lm_labels, lm_mask=None, label_smooth=0.0):
     """Token losses (label-smoothed as the reference does), mask-weighted mean."""
     flat = logits.reshape(-1, logits.shape[-1]).float32()
     labels = lm_labels.reshape(-1)
-    logprobs = nn.log_softmax(flat, dim=-1)
+    logprobs = log_softmax(flat)
     loss = -logprobs.gather(1, labels.maximum(0).reshape(-1, 1)).reshape(-1)
     if label_smooth > 0.0001:
-        loss = (1.0 - label_smooth) * loss + label_smooth * (-logprobs.mean(dim=-1))
+        smooth = -logprobs.float64().mean(dim=-1).float32()  # float64 sum: see log_softmax
+        loss = (1.0 - label_smooth) * loss + label_smooth * smooth
     loss = jt.where(labels == -1, jt.zeros_like(loss), loss).reshape(lm_labels.shape)
     if lm_mask is None:
         lm_mask = jt.ones_like(loss)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import zipfile
 from collections import OrderedDict
 
 import numpy as np
@@ -48,6 +47,28 @@ def _to_numpy(value):
     return None
 
 
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+    """Reads Jittor's pickled state dicts as numpy arrays and nothing else.
+
+    `jittor.Module.save` pickles `{name: jittor Var}`, each Var rebuilt from a numpy array. A
+    plain pickle.load would import jittor behind the runtime's back (jittor_impl.runtime sets
+    its offline switches first) and would run whatever code a hostile file names. Here a Var
+    becomes its array, and any global outside numpy's array rebuilding is refused.
+    """
+
+    _NUMPY_GLOBALS = {("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict")} | {
+        (module, name) for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+        for name in ("_reconstruct", "scalar")}
+
+    def find_class(self, module, name):
+        if (module, name) == ("jittor", "jittor_core.Var"):
+            return np.asarray
+        if (module, name) in self._NUMPY_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: a .pkl checkpoint may "
+                                     f"hold only arrays (jittor Module.save writes that)")
+
+
 def read_checkpoint(path) -> "OrderedDict[str, np.ndarray]":
     """Load a checkpoint file into a flat {key: numpy array} dict with its keys untouched."""
     path = os.fspath(path)
@@ -63,13 +84,14 @@ def read_checkpoint(path) -> "OrderedDict[str, np.ndarray]":
                 raw = {k: npz[k] for k in npz.files}
         elif ext == ".pkl":
             with open(path, "rb") as f:
-                raw = pickle.load(f)
+                raw = _ArraysOnlyUnpickler(f).load()
         else:  # .bin / .pt / .pth and anything torch.save wrote
             import torch
             raw = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile,
-            EOFError) as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - parsers of damaged files raise anything
+        # (IndexError from torch's unpickler, SafetensorError, BadZipFile, EOFError, ...)
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") \
+            from exc
     return flatten_state_dict(raw, source=path)
 
 

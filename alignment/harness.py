@@ -1,0 +1,286 @@
+"""Helpers of the alignment suite: twin models from one seed, numpy views of both, and a recorder.
+
+Every comparison between two arrays goes through `compare`, which measures the largest absolute
+and relative differences, records them with the tolerance and device in the session recorder
+`RECORDER`, and only then asserts, so a report lists failing comparisons too. The recorder is
+written to `$ALIGNMENT_REPORT_DIR/alignment_report.{json,md}` at the end of a pytest session
+(see alignment/conftest.py), with the versions and devices it ran on.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import sys
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pytest
+import torch
+
+from shared.atomic import write_json, write_text
+from shared.config import GPT2Config
+from shared.params import init_state_dict, randomize_lora_B
+
+# Tiny shapes keep the suite fast on 2 CPU cores; the vocabulary stays GPT-2's 50257 because
+# the tied output head over the real vocabulary is part of what must align.
+TINY = dict(n_embd=64, n_layer=2, n_head=4, n_positions=64, n_ctx=64)
+
+# Every cross-backend test runs on the CPU; the CUDA variant is skipped without a GPU.
+DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=pytest.mark.gpu)]
+
+
+def tiny_config(lora_dim: int = 0, **overrides) -> GPT2Config:
+    """A tiny GPT-2 (LoRA rank `lora_dim`, alpha 128 as the reference, LoRA dropout 0)."""
+    return GPT2Config(**{**TINY, "lora_attn_dim": lora_dim, **overrides})
+
+
+def seeded_state(config: GPT2Config, seed: int = 0, lora_nonzero: bool = True) -> dict:
+    """Canonical initial weights; with `lora_nonzero`, lora_B is drawn non-zero so the LoRA path
+    changes the output (at its zero init it contributes nothing and could hide a bug)."""
+    state = init_state_dict(config, seed)
+    return randomize_lora_B(state, seed) if lora_nonzero and config.lora_attn_dim else state
+
+
+# ------------------------------------------------------------------------- building models
+@contextlib.contextmanager
+def jittor_on(device: str):
+    """Run Jittor on `device` inside the block and always fall back to the CPU afterwards, so
+    a failing CUDA test cannot leave later tests on the GPU."""
+    from jittor_impl import runtime
+    runtime.use_device(device)
+    try:
+        yield runtime.jt
+    finally:
+        runtime.use_device("cpu")
+
+
+def build_torch(config: GPT2Config, state: dict, device: str = "cpu", attention: str = "sdpa"):
+    from torch_impl.model import GPT2LMModel
+    model = GPT2LMModel(config)
+    model.load_state_numpy(state)
+    model.set_attention(attention)
+    return model.to(device).eval()
+
+
+def build_jittor(config: GPT2Config, state: dict):
+    """A Jittor model holding `state`; build it inside `jittor_on(device)` for that device."""
+    from jittor_impl.model import GPT2LMModel
+    model = GPT2LMModel(config)
+    model.load_state_numpy(state)
+    model.eval()
+    return model
+
+
+def build_pair(config: GPT2Config, seed: int = 0, device: str = "cpu", lora_nonzero: bool = True):
+    """(torch model, jittor model, numpy state) holding identical weights; call inside
+    `jittor_on(device)`."""
+    state = seeded_state(config, seed, lora_nonzero)
+    return build_torch(config, state, device), build_jittor(config, state), state
+
+
+# ------------------------------------------------------------------------ running, as numpy
+def to_numpy(x) -> np.ndarray:
+    """A torch tensor, jittor Var or array as a float numpy array on the host."""
+    if isinstance(x, np.ndarray):
+        return x
+    if isinstance(x, torch.Tensor):
+        return x.detach().float().cpu().numpy()
+    if hasattr(x, "numpy"):  # a jittor Var
+        return x.numpy()
+    return np.asarray(x)
+
+
+def torch_inputs(device: str, *arrays):
+    """int arrays become int64 tensors, float arrays float32 tensors; None stays None."""
+    out = []
+    for a in arrays:
+        if a is None:
+            out.append(None)
+        elif np.issubdtype(np.asarray(a).dtype, np.integer):
+            out.append(torch.as_tensor(np.asarray(a, dtype=np.int64), device=device))
+        else:
+            out.append(torch.as_tensor(np.asarray(a, dtype=np.float32), device=device))
+    return out if len(out) > 1 else out[0]
+
+
+def jittor_inputs(*arrays):
+    from jittor_impl.runtime import jt
+    out = []
+    for a in arrays:
+        if a is None:
+            out.append(None)
+        elif np.issubdtype(np.asarray(a).dtype, np.integer):
+            out.append(jt.array(np.asarray(a, dtype=np.int64)))
+        else:
+            out.append(jt.array(np.asarray(a, dtype=np.float32)))
+    return out if len(out) > 1 else out[0]
+
+
+def torch_forward(model, input_ids, device="cpu", labels=None, mask=None, label_smooth=0.0):
+    """Logits (and loss when `labels` is given) of the torch model, as numpy."""
+    ids, lab, msk = torch_inputs(device, input_ids, labels, mask)
+    with torch.no_grad():
+        logits, second = model(ids, lm_labels=lab, lm_mask=msk, label_smooth=label_smooth)
+    if labels is None:
+        return to_numpy(logits), [tuple(to_numpy(t) for t in kv) for kv in second]
+    return to_numpy(logits), to_numpy(second)
+
+
+def jittor_forward(model, input_ids, labels=None, mask=None, label_smooth=0.0):
+    """Logits (and loss when `labels` is given) of the jittor model, as numpy."""
+    from jittor_impl.runtime import jt
+    ids, lab, msk = jittor_inputs(input_ids, labels, mask)
+    with jt.no_grad():
+        logits, second = model(ids, lm_labels=lab, lm_mask=msk, label_smooth=label_smooth)
+    if labels is None:
+        return to_numpy(logits), [tuple(to_numpy(t) for t in kv) for kv in second]
+    return to_numpy(logits), to_numpy(second)
+
+
+def torch_grads(model, input_ids, labels, mask=None, label_smooth=0.0, device="cpu"):
+    """(loss, {name: grad or None}) after one backward pass; None where no grad arrived."""
+    ids, lab, msk = torch_inputs(device, input_ids, labels, mask)
+    model.zero_grad(set_to_none=True)
+    _, loss = model(ids, lm_labels=lab, lm_mask=msk, label_smooth=label_smooth)
+    loss.backward()
+    grads = {n: (None if p.grad is None else to_numpy(p.grad)) for n, p in model.named_parameters()}
+    return float(loss.item()), grads
+
+
+def jittor_grads(model, input_ids, labels, mask=None, label_smooth=0.0, names=None):
+    """(loss, {name: grad}) from `jt.grad(loss, params)` for the trainable parameters, or for
+    `names` when given (Jittor returns zeros for a parameter the loss does not reach)."""
+    from jittor_impl.runtime import jt
+    ids, lab, msk = jittor_inputs(input_ids, labels, mask)
+    _, loss = model(ids, lm_labels=lab, lm_mask=msk, label_smooth=label_smooth)
+    params = dict(model.named_parameters())
+    if names is None:
+        names = [n for n, p in params.items() if p.requires_grad]
+    grads = jt.grad(loss, [params[n] for n in names])
+    jt.sync_all(True)
+    return float(loss.item()), {n: to_numpy(g) for n, g in zip(names, grads)}
+
+
+# ------------------------------------------------------------------------------ comparing
+@dataclass
+class Comparison:
+    name: str
+    shape: tuple
+    max_abs: float
+    max_rel: float
+    atol: float
+    rtol: float
+    device: str
+    passed: bool
+
+
+def differences(a: np.ndarray, b: np.ndarray, atol: float, rtol: float):
+    """(max |a-b|, max |a-b|/|b| over the elements where the relative tolerance governs, i.e.
+    rtol*|b| > atol). Near zero the absolute tolerance governs, and a relative difference there
+    would only measure rounding noise around 0."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    diff = np.abs(a - b)
+    if diff.size == 0:
+        return 0.0, 0.0
+    max_abs = float(diff.max())  # NaN when any element is NaN
+    big = np.abs(b) > max(atol / rtol if rtol > 0 else atol, np.finfo(np.float64).tiny)
+    max_rel = float((diff[big] / np.abs(b[big])).max()) if big.any() else 0.0
+    return max_abs, max_rel
+
+
+class ComparisonRecorder:
+    """Collects every comparison of a session, for the terminal table and the report files."""
+
+    def __init__(self):
+        self.records: list[Comparison] = []
+
+    def add(self, record: Comparison):
+        self.records.append(record)
+
+    def groups(self):
+        """Records grouped by the part of their name before '/', in first-seen order."""
+        out = {}
+        for r in self.records:
+            out.setdefault(r.name.split("/", 1)[0], []).append(r)
+        return out
+
+    def summary_lines(self) -> list[str]:
+        """One line per comparison group: count, failures, worst differences, loosest tolerance."""
+        header = (f"{'group':<28} {'n':>4} {'fail':>4} {'max_abs':>10} {'max_rel':>10} "
+                  f"{'atol':>8} {'rtol':>8}  devices")
+        lines = [header, "-" * len(header)]
+        for group, records in self.groups().items():
+            fails = sum(not r.passed for r in records)
+            lines.append(f"{group:<28} {len(records):>4} {fails:>4} "
+                         f"{max(r.max_abs for r in records):>10.3g} "
+                         f"{max(r.max_rel for r in records):>10.3g} "
+                         f"{max(r.atol for r in records):>8.1g} "
+                         f"{max(r.rtol for r in records):>8.1g}  "
+                         f"{','.join(sorted({r.device for r in records}))}")
+        for r in self.records:
+            if not r.passed:
+                lines.append(f"FAILED {r.name} [{r.device}] max_abs={r.max_abs:.3g} "
+                             f"max_rel={r.max_rel:.3g} atol={r.atol:g} rtol={r.rtol:g}")
+        return lines
+
+    def to_markdown(self, environment: dict) -> str:
+        env = "\n".join(f"- {k}: {v}" for k, v in environment.items())
+        rows = "\n".join(
+            f"| {r.name} | {'x'.join(map(str, r.shape)) or 'scalar'} | {r.max_abs:.3g} | "
+            f"{r.max_rel:.3g} | {r.atol:g} | {r.rtol:g} | {r.device} | "
+            f"{'pass' if r.passed else 'FAIL'} |"
+            for r in self.records)
+        return ("# Alignment report\n\n## Environment\n\n" + env
+                + "\n\n## Summary by group\n\n```\n" + "\n".join(self.summary_lines())
+                + "\n```\n\n## Every comparison\n\n"
+                + "| name | shape | max_abs | max_rel | atol | rtol | device | result |\n"
+                + "| --- | --- | --- | --- | --- | --- | --- | --- |\n" + rows + "\n")
+
+    def write(self, folder: str):
+        """alignment_report.json and alignment_report.md in `folder`, each written atomically."""
+        environment = environment_info()
+        write_json(os.path.join(folder, "alignment_report.json"),
+                   {"environment": environment,
+                    "comparisons": [asdict(r) | {"shape": list(r.shape)} for r in self.records]})
+        write_text(os.path.join(folder, "alignment_report.md"), self.to_markdown(environment))
+
+
+RECORDER = ComparisonRecorder()
+
+
+def compare(name: str, a, b, atol: float, rtol: float, device: str = "cpu") -> Comparison:
+    """Record how far `a` is from the reference `b`, then assert |a-b| <= atol + rtol*|b|
+    elementwise (numpy.allclose's rule; NaN never passes) and equal shapes."""
+    a, b = to_numpy(a), to_numpy(b)
+    same_shape = a.shape == b.shape
+    if same_shape:
+        max_abs, max_rel = differences(a, b, atol, rtol)
+        a64, b64 = a.astype(np.float64), b.astype(np.float64)
+        passed = bool(np.all(np.abs(a64 - b64) <= atol + rtol * np.abs(b64)))
+    else:
+        max_abs = max_rel = float("inf")
+        passed = False
+    record = Comparison(name, tuple(int(s) for s in b.shape), max_abs, max_rel, float(atol),
+                        float(rtol), device, passed)
+    RECORDER.add(record)
+    assert same_shape, f"{name}: shapes differ, {a.shape} vs {b.shape}"
+    assert passed, (f"{name} [{device}]: max abs diff {max_abs:.3g}, max rel diff {max_rel:.3g} "
+                    f"exceed atol={atol:g}, rtol={rtol:g}")
+    return record
+
+
+def environment_info() -> dict:
+    """Versions and devices the comparisons ran with."""
+    info = {"python": sys.version.split()[0], "platform": platform.platform(),
+            "numpy": np.__version__, "torch": torch.__version__,
+            "torch_cuda": torch.version.cuda or "none",
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"}
+    try:
+        from jittor_impl import runtime
+        info["jittor"] = runtime.jt.__version__
+        info["jittor_cuda"] = f"has_cuda={int(runtime.jt.has_cuda)}; {runtime.cuda_note()}"
+    except Exception as exc:  # the report must still be written when jittor is broken
+        info["jittor"] = f"unavailable: {exc}"
+    info["devices_compared"] = ",".join(sorted({r.device for r in RECORDER.records})) or "none"
+    return info
