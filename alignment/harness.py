@@ -281,6 +281,7 @@ def environment_info() -> dict:
         info["jittor"] = runtime.jt.__version__
         info["jittor_cuda"] = f"has_cuda={int(runtime.jt.has_cuda)}; {runtime.cuda_note()}"
     except Exception as exc:  # the report must still be written when jittor is broken
-        info["jittor"] = f"unavailable: {exc}"
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        info["jittor"] = f"unavailable: {type(exc).__name__}: {first_line[:300]}"
     info["devices_compared"] = ",".join(sorted({r.device for r in RECORDER.records})) or "none"
     return info

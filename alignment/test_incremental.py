@@ -9,7 +9,7 @@
 Both backends (torch through both attention paths); LoRA on with non-zero B.
 
 Tolerances (fp32): measured on 2 CPU cores, cached logits differ from the full forward by at
-most ~5e-7 abs (the same sums in another order); limits below leave ~10x.
+most ~4e-7 abs (the same sums in another order); limits below leave ~10x.
 """
 import numpy as np
 import pytest
