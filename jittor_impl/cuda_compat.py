@@ -6,8 +6,8 @@ Why: Jittor compiles its core with `-std=c++14` (and rewrites nvcc's `-std=c++17
 uses `cub::Max()`, removed in CCCL 3. Nothing in site-packages is edited. Instead we hand Jittor
 (through its `nvcc_path`/`cc_path` environment variables) two wrapper executables that
 - rewrite `-std=c++14` to `-std=c++17` and drop `-Xcompiler -std:c++14`,
-- force-include a small header aliasing `cub::Max/Min/Sum` to the CCCL 3 functors and mapping
-  the two removed device-property fields to harmless ones.
+- force-include small headers: for nvcc, one aliasing `cub::Max/Min/Sum` to the CCCL 3
+  functors; for both, one mapping the two removed device-property fields to harmless ones.
 Jittor locates CUDA headers and libraries relative to the nvcc it runs (`../include`,
 `../lib64`), so the nvcc wrapper lives in a folder whose siblings link to the real toolkit's.
 Users on CUDA 11/12 never reach this code: it is used only when nvcc reports 13 or newer.
@@ -20,12 +20,17 @@ import re
 import shutil
 import subprocess
 
-COMPAT_HEADER = r"""// Written by jittor_impl/cuda_compat.py: CUDA 13 / CCCL 3 shims for Jittor 1.3.11.
+FIELDS_HEADER = r"""// Written by jittor_impl/cuda_compat.py: CUDA 13 shim for Jittor 1.3.11 (host and device).
 #pragma once
 // cudaDeviceProp lost computeMode and clockRate in CUDA 13; helper_cuda.h only uses them to
 // skip prohibited devices and to rank devices by speed. `major` keeps both uses harmless.
 #define computeMode major
 #define clockRate major
+"""
+
+CUB_HEADER = r"""// Written by jittor_impl/cuda_compat.py: CCCL 3 shims for Jittor 1.3.11 (nvcc only).
+#pragma once
+#include "jla_cuda13_fields.h"
 #if defined(__CUDACC__) && defined(__cplusplus)
 #include <cuda/functional>
 #include <cuda/std/functional>
@@ -51,7 +56,9 @@ for a in "$@"; do
 done
 [ "$drop_next" = 1 ] && args+=("-Xcompiler")
 case " ${{args[*]}} " in
-  *" --version "*|*" -v "*|*" -dumpversion "*|*" -dumpfullversion "*) exec "{real}" "${{args[@]}}" ;;
+  # version queries, and nvcc's own host pass over already-preprocessed files, get no -include
+  *" --version "*|*" -v "*|*" -dumpversion "*|*" -dumpfullversion "*|*.ii" "*|*.i" "*|*cudafe1*)
+    exec "{real}" "${{args[@]}}" ;;
 esac
 exec "{real}" {include} "${{args[@]}}"
 """
@@ -87,17 +94,20 @@ def install(nvcc: str, cc: str | None = None, root: str | None = None) -> dict:
     nvcc = os.path.realpath(nvcc)
     cc = os.path.realpath(cc or shutil.which("g++") or "/usr/bin/g++")
     cuda_home = os.path.dirname(os.path.dirname(nvcc))
-    key = hashlib.sha1(f"{nvcc}|{cc}|{COMPAT_HEADER}|{_WRAPPER}".encode()).hexdigest()[:12]
+    key = hashlib.sha1(f"{nvcc}|{cc}|{FIELDS_HEADER}|{CUB_HEADER}|{_WRAPPER}".encode()).hexdigest()[:12]
     root = root or os.path.join(os.path.expanduser("~"), ".cache", "jittor_lora_align",
                                 f"cuda13-compat-{key}")
     bin_dir = os.path.join(root, "bin")
     os.makedirs(bin_dir, exist_ok=True)
-    header = os.path.join(root, "jla_cuda13_compat.h")
-    _write_if_changed(header, COMPAT_HEADER)
+    fields, cub = os.path.join(root, "jla_cuda13_fields.h"), os.path.join(root, "jla_cuda13_cub.h")
+    _write_if_changed(fields, FIELDS_HEADER)
+    _write_if_changed(cub, CUB_HEADER)
+    # nvcc gets both shims; the host compiler only the field mapping: CCCL headers refuse to be
+    # compiled by g++ alone ("CUDA compiler and CUDA toolkit headers are incompatible")
     _write_if_changed(os.path.join(bin_dir, "nvcc"),
-                      _WRAPPER.format(real=nvcc, include=f'-include "{header}"'), executable=True)
+                      _WRAPPER.format(real=nvcc, include=f'-include "{cub}"'), executable=True)
     _write_if_changed(os.path.join(bin_dir, "g++"),
-                      _WRAPPER.format(real=cc, include=f'-include "{header}"'), executable=True)
+                      _WRAPPER.format(real=cc, include=f'-include "{fields}"'), executable=True)
     for sub in ("include", "lib64", "targets", "nvvm", "lib"):
         link, target = os.path.join(root, sub), os.path.join(cuda_home, sub)
         if os.path.exists(target) and not os.path.lexists(link):

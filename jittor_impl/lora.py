@@ -6,6 +6,7 @@ value thirds, `scaling = alpha / r`, dropout on the LoRA input only.
 """
 from shared.params import is_lora_name
 
+from .precision import matmul
 from .runtime import jt
 
 nn = jt.nn
@@ -38,9 +39,9 @@ class MergedLinear(nn.Module):
     def lora_delta(self, x):
         """x @ dW for the query and value thirds, zero for the key third."""
         r, e = self.r, self.out_features // 3
-        after_a = x @ self.lora_A.transpose(0, 1)  # (..., 2r)
-        delta_q = after_a[..., :r] @ self.lora_B[:e].transpose(0, 1)
-        delta_v = after_a[..., r:] @ self.lora_B[e:].transpose(0, 1)
+        after_a = matmul(x, self.lora_A.transpose(0, 1))  # (..., 2r)
+        delta_q = matmul(after_a[..., :r], self.lora_B[:e].transpose(0, 1))
+        delta_v = matmul(after_a[..., r:], self.lora_B[e:].transpose(0, 1))
         return jt.concat([delta_q, jt.zeros_like(delta_q), delta_v], dim=-1) * self.scaling
 
     def delta_weight(self):
@@ -51,7 +52,7 @@ class MergedLinear(nn.Module):
         return jt.concat([delta_q, jt.zeros_like(delta_q), delta_v], dim=1) * self.scaling
 
     def execute(self, x):
-        result = x @ self.weight + self.bias
+        result = matmul(x, self.weight) + self.bias
         if self.r > 0 and not self.merged:
             result = result + self.lora_delta(self.lora_dropout(x))
         return result

@@ -18,6 +18,7 @@ from shared.config import GPT2Config
 from shared.params import init_state_dict, is_lora_name
 
 from .lora import MergedLinear
+from .precision import matmul, matmul_transpose
 from .runtime import jt
 
 nn = jt.nn
@@ -56,7 +57,7 @@ class Conv1D(nn.Module):
         self.bias = jt.zeros((out_features,))
 
     def execute(self, x):
-        return x @ self.weight + self.bias
+        return matmul(x, self.weight) + self.bias
 
 
 class Attention(nn.Module):
@@ -77,7 +78,7 @@ class Attention(nn.Module):
         return x.reshape(list(x.shape[:-2]) + [x.shape[-2] * x.shape[-1]])
 
     def _attn_math(self, q, k, v, len_kv=None):
-        w = jt.matmul(q, k.transpose(-2, -1))
+        w = matmul(q, k.transpose(-2, -1))
         w = w / math.sqrt(v.shape[-1])
         nd, ns = w.shape[-2], w.shape[-1]
         b = causal_mask(nd, ns)  # float32, as the reference buffer: masks in fp32
@@ -86,7 +87,7 @@ class Attention(nn.Module):
             beyond = jt.arange(ns).reshape(1, ns) >= len_kv.reshape(-1, 1)
             w = w.masked_fill(beyond.reshape(-1, 1, 1, ns), MASK_VALUE)
         w = nn.softmax(w, dim=-1)
-        return jt.matmul(w, v)
+        return matmul(w, v)
 
     def execute(self, x, layer_past=None, len_past=None):
         query, key, value = jt.split(self.c_attn(x), self.split_size, dim=2)
@@ -212,7 +213,7 @@ class GPT2LMModel(nn.Module):
     def execute(self, input_ids, lm_labels=None, lm_mask=None, past=None, len_past=None,
                 label_smooth=0.0):
         hidden_states, presents = self.transformer(input_ids, past=past, len_past=len_past)
-        lm_logits = nn.matmul_transpose(hidden_states, self.transformer.wte.weight)  # tied head
+        lm_logits = matmul_transpose(hidden_states, self.transformer.wte.weight)  # tied head
         if lm_labels is None:
             return lm_logits, presents
         return lm_logits, lm_loss(lm_logits, lm_labels, lm_mask, label_smooth)

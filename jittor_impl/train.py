@@ -14,7 +14,10 @@ from . import runtime
 from .lora import mark_only_lora_as_trainable, set_shared_dropout
 from .model import GPT2LMModel
 from .optim import AdamW, grad_norm_and_clip, set_lr
+from .precision import autocast
 from .runtime import jt
+
+COMPUTE_DTYPES = {"bf16": "bfloat16"}
 
 
 class JittorBackend:
@@ -22,8 +25,10 @@ class JittorBackend:
 
     def __init__(self, config, args):
         runtime.use_device(args.device)
-        if args.precision != "fp32":
-            raise NotImplementedError(f"--precision {args.precision} is not supported by the jittor backend yet")
+        if args.precision == "fp16":
+            raise ValueError("the jittor backend trains in fp32 or bf16 (--precision bf16); fp16 "
+                             "with loss scaling is available with --backend torch")
+        self.compute_dtype = COMPUTE_DTYPES.get(args.precision)
         self.seed = args.random_seed
         self.model = GPT2LMModel(config, seed=args.random_seed)
         if args.init_checkpoint:
@@ -53,8 +58,9 @@ class JittorBackend:
         """Accumulate the gradients of one micro-batch; return its (unscaled) loss on device."""
         self.model.train()
         data = self.to_device(batch)
-        _, loss = self.model(data["input"], lm_labels=data["target"], lm_mask=data["mask"],
-                             label_smooth=label_smooth)
+        with autocast(self.compute_dtype):
+            _, loss = self.model(data["input"], lm_labels=data["target"], lm_mask=data["mask"],
+                                 label_smooth=label_smooth)
         self.optimizer.backward(loss * loss_scale)
         loss = loss.detach()
         jt.sync([loss])  # run the forward now, so the graph behind the loss is not kept alive
@@ -72,7 +78,7 @@ class JittorBackend:
     def eval_loss(self, batch):
         self.model.eval()
         data = self.to_device(batch)
-        with jt.no_grad():
+        with jt.no_grad(), autocast(self.compute_dtype):
             _, loss = self.model(data["input"], lm_labels=data["target"], lm_mask=data["mask"])
         jt.sync([loss])
         return loss

@@ -1,0 +1,41 @@
+"""Mixed precision for the Jittor backend: torch.autocast's rule for matrix products, by hand.
+
+Jittor 1.3.11 has no autocast. Inside `autocast("bfloat16")` the model's matrix products cast
+both operands to bfloat16 (cuBLAS tensor cores, float32 accumulation), and everything else --
+LayerNorm, softmax, the loss, the residual stream, the master weights and their gradients --
+stays float32, because a bfloat16 product plus a float32 bias promotes back to float32. That is
+what `torch.autocast` does for these ops, so the two backends compute comparable functions at
+mixed precision (compared in alignment/test_mixed_precision.py with tolerances that fit bf16).
+"""
+import contextlib
+
+from .runtime import jt
+
+_compute_dtype = [None]  # None: float32 throughout
+
+
+@contextlib.contextmanager
+def autocast(dtype=None):
+    """`dtype` is "bfloat16", "float16" or None (no-op)."""
+    previous = _compute_dtype[0]
+    _compute_dtype[0] = dtype
+    try:
+        yield
+    finally:
+        _compute_dtype[0] = previous
+
+
+def _cast(*tensors):
+    dtype = _compute_dtype[0]
+    return tensors if dtype is None else tuple(t.cast(dtype) for t in tensors)
+
+
+def matmul(a, b):
+    a, b = _cast(a, b)
+    return jt.matmul(a, b)
+
+
+def matmul_transpose(a, b):
+    """a @ b.T without materialising b.T."""
+    a, b = _cast(a, b)
+    return jt.nn.matmul_transpose(a, b)
