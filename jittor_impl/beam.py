@@ -1,0 +1,198 @@
+"""Batched beam search on the model's device, in Jittor (twin: torch_impl/beam.py).
+
+Implements the spec of `shared/beam_spec.py` for B queries x K beams at once: one forward over
+the queries, then one token per row per step into a KV cache preallocated to Tq + eval_len.
+The per-step rules work on whole (rows, V) tensors: no Python loop over rows. Shapes stay
+fixed from step 1 on (histories are (rows, eval_len) with a validity mask rather than growing),
+so Jittor compiles each step's kernels once. Jittor is lazy: the loop state is synced once per
+step, otherwise the graph would keep every step's cache alive until the end.
+Index tensors are int32 here (Jittor's default index type; keys below stay under 3 * K * V).
+"""
+import numpy as np
+
+from shared.beam_spec import BeamSettings
+
+from .runtime import jt
+
+NEG_INF = float("-inf")
+BLOCK = 1024  # candidates per block in `select_top_k`'s first pass
+
+
+# --------------------------------------------------------------------------- selection
+def top_k_small(scores, k):
+    """The k best entries per row by (value desc, index asc), in that order: (values, index).
+
+    topk alone may order equal values either way; here it only finds the k-th value, the kept
+    set is then picked by unique integer keys, and the k kept are ranked pairwise.
+    """
+    n = scores.shape[1]
+    kth = jt.topk(scores, k, dim=1)[0][:, k - 1:k]
+    level = (scores > kth).int32() * 2 + (scores == kth).int32()  # 2 above, 1 tied with kth
+    key = level * n + (n - 1 - jt.arange(n).int32())[None, :]
+    kept = jt.topk(key, k, dim=1)[1].int32()
+    values = scores.gather(1, kept)
+    ahead = (values[:, None, :] > values[:, :, None]) | (
+        (values[:, None, :] == values[:, :, None]) & (kept[:, None, :] < kept[:, :, None]))
+    rank = ahead.int32().sum(2)  # how many kept entries go before each one
+    order = jt.zeros_like(kept).scatter(1, rank, kept)
+    return scores.gather(1, order), order
+
+
+def select_top_k(scores, k):
+    """`top_k_small` over wide rows (K * V candidates) without sorting them all: the k best
+    entries lie in the k blocks whose maxima rank best (same order), so rank blocks first."""
+    rows, n = scores.shape
+    n_blocks = -(-n // BLOCK)
+    padded = jt.concat([scores, jt.full((rows, n_blocks * BLOCK - n), NEG_INF)], dim=1)
+    blocks = padded.reshape(rows, n_blocks, BLOCK)
+    _, best_blocks = top_k_small(blocks.max(dim=2), min(k, n_blocks))
+    best_blocks = jt.argsort(best_blocks, dim=1)[1]  # index order = flat index order
+    pool = blocks.gather(1, best_blocks[:, :, None].expand(rows, best_blocks.shape[1], BLOCK))
+    pool = pool.reshape(rows, -1)
+    pool_index = (best_blocks[:, :, None] * BLOCK
+                  + jt.arange(BLOCK).int32()[None, None, :]).reshape(rows, -1)
+    values, position = top_k_small(pool, k)
+    return values, pool_index.gather(1, position)
+
+
+# ---------------------------------------------------------------------------- the rules
+def token_mask(tokens, valid, vocab_size):
+    """(rows, V) bool: True where a valid entry of `tokens` (rows, L) names that token."""
+    index = jt.ternary(valid, tokens, jt.full_like(tokens, vocab_size))  # spare column V
+    mask = jt.zeros((tokens.shape[0], vocab_size + 1), dtype="bool")
+    return mask.scatter(1, index, jt.array(True))[:, :vocab_size]
+
+
+def generated_token_mask(history, cur_len, vocab_size):
+    """Tokens generated so far in each row (history columns < cur_len)."""
+    columns = jt.arange(history.shape[1]).int32()[None, :]
+    return token_mask(history, (columns < cur_len).expand(history.shape), vocab_size)
+
+
+def banned_ngram_mask(history, cur_len, n, vocab_size):
+    """Tokens that would repeat an n-gram of the row's history (spec rule 2b)."""
+    if cur_len < n:  # no complete n-gram in the history yet
+        return jt.zeros((history.shape[0], vocab_size), dtype="bool")
+    width = history.shape[1] - n + 1  # n-gram start positions j in a full history
+    starts = jt.arange(width).int32()[None, :]
+    match = (starts + n <= cur_len).expand(history.shape[0], width)
+    for t in range(n - 1):
+        last = history[:, cur_len - n + 1 + t:cur_len - n + 2 + t]
+        match = match & (history[:, t:t + width] == last)
+    return token_mask(history[:, n - 1:n - 1 + width], match, vocab_size)
+
+
+def postprocess_scores(logits, history, cur_len, settings: BeamSettings, eos_columns):
+    """Spec rule 2b on all rows: repetition penalty, min_length, no-repeat n-gram."""
+    vocab_size = logits.shape[1]
+    if settings.repetition_penalty != 1.0 and cur_len > 0:
+        p = settings.repetition_penalty
+        seen = generated_token_mask(history, cur_len, vocab_size)
+        logits = jt.ternary(seen, jt.ternary(logits < 0, logits * p, logits / p), logits)
+    if cur_len < settings.min_length:
+        logits = jt.ternary(eos_columns[None, :], jt.full_like(logits, NEG_INF), logits)
+    n = settings.no_repeat_ngram_size
+    if n > 0 and cur_len >= n:  # the spec's cur_len + 1 >= n, less a step that bans nothing
+        banned = banned_ngram_mask(history, cur_len, n, vocab_size)
+        logits = jt.ternary(banned, jt.full_like(logits, NEG_INF), logits)
+    return logits
+
+
+def length_divisor(length, length_penalty):
+    """length ** length_penalty as float32 (the spec's divisor), held in a Python float. Dividing
+    in float64 and rounding gives the correctly rounded float32 quotient on every device; a
+    float32 division may be done as a multiplication by the reciprocal (Jittor, CUDA), 1 ulp off.
+    """
+    return float(np.float32(length ** length_penalty))
+
+
+class BestCandidates:
+    """Per query: best length-normalised score, whether one exists, and its sequence (rule 4)."""
+
+    def __init__(self, batch, eval_len, length_penalty):
+        self.length_penalty = length_penalty
+        self.score = jt.full((batch,), NEG_INF)
+        self.found = jt.zeros((batch,), dtype="bool")
+        self.sequence = jt.zeros((batch, eval_len), dtype="int32")
+
+    def offer(self, beam_scores, history, length, finished):
+        """Offer the `finished` rows (B, K) as rule 4 does, in row order; return the beam
+        scores with those rows set to -inf."""
+        batch, beam = beam_scores.shape
+        normalised = beam_scores.float64() / length_divisor(length, self.length_penalty)
+        normalised.sync()  # fused with the cast below, Jittor would divide in float32 after all
+        score = jt.ternary(finished, normalised.float32(), jt.full_like(beam_scores, NEG_INF))
+        top = score.max(dim=1)
+        columns = jt.arange(beam).int32()[None, :].expand(batch, beam)
+        first = jt.ternary(finished & (score == top[:, None]), columns,
+                           jt.full_like(columns, beam)).min(dim=1)
+        better = finished.any(dim=1) & (jt.logical_not(self.found) | (top > self.score))
+        rows = jt.arange(batch).int32() * beam + first.clamp(max_v=beam - 1)
+        self.sequence = jt.ternary(better[:, None], history[rows], self.sequence)
+        self.score = jt.ternary(better, top, self.score)
+        self.found = self.found | better
+        return jt.ternary(finished, jt.full_like(beam_scores, NEG_INF), beam_scores)
+
+    def state(self):
+        return [self.score, self.found, self.sequence]
+
+
+# -------------------------------------------------------------------------------- cache
+def pad_cache(presents, extra):
+    """Grow each layer's (key, value) of length Tq by `extra` zero positions."""
+    return [tuple(jt.concat([x, jt.zeros((x.shape[0], x.shape[1], extra, x.shape[3]),
+                                         dtype=x.dtype)], dim=2)
+                  for x in layer) for layer in presents]
+
+
+def reorder_cache(past, rows):
+    return [tuple(jt.index_select(x, 0, rows) for x in layer) for layer in past]
+
+
+# --------------------------------------------------------------------------------- search
+def beam_search(model, query, query_len, settings: BeamSettings):
+    """Best sequences (B, eval_len) int64 for queries (B, Tq) right-padded, lengths (B,)."""
+    with jt.no_grad():
+        return _beam_search(model, query, query_len, settings)
+
+
+def _beam_search(model, query, query_len, settings):
+    model.eval()
+    query = jt.array(query).int32()
+    query_len = jt.array(query_len).int32()
+    batch, query_width = query.shape
+    beam, eval_len, vocab_size = settings.beam, settings.eval_len, model.config.vocab_size
+    settings.check_vocab(vocab_size)
+    if query_width + eval_len > model.config.n_positions:
+        raise ValueError(f"query width {query_width} + eval_len {eval_len} exceeds the model's "
+                         f"{model.config.n_positions} positions")
+    eos_columns = jt.zeros((vocab_size,), dtype="bool")
+    eos_columns[list(settings.eos_token_ids)] = True
+    queries = jt.arange(batch).int32()
+
+    logits, presents = model(query)  # one row per query until the first selection
+    logits = logits[queries, query_len - 1]
+    past = pad_cache(presents, eval_len)
+    row_len = query_len[:, None].expand(batch, beam).reshape(-1)
+    beam_scores = jt.zeros((batch, 1))
+    history = jt.zeros((batch, eval_len), dtype="int32")
+    best = BestCandidates(batch, eval_len, settings.length_penalty)
+    for cur_len in range(eval_len):
+        scores = postprocess_scores(logits.float32(), history, cur_len, settings, eos_columns)
+        logprob = jt.log(jt.nn.softmax(scores, dim=-1))
+        rows_per_query = beam_scores.shape[1]
+        next_scores = (beam_scores[:, :, None] + logprob.reshape(batch, rows_per_query, vocab_size))
+        beam_scores, flat = select_top_k(next_scores.reshape(batch, -1), beam)
+        source = (flat // vocab_size + queries[:, None] * rows_per_query).reshape(-1)
+        token = (flat % vocab_size).reshape(-1)
+        past = reorder_cache(past, source)
+        history = jt.index_select(history, 0, source)
+        history[:, cur_len] = token
+        beam_scores = best.offer(beam_scores, history, cur_len + 1,
+                                 eos_columns[token].reshape(batch, beam))
+        if cur_len + 1 < eval_len:  # the new tokens go at position query_len + cur_len
+            logits, past = model(token[:, None], past=past, len_past=row_len + cur_len)
+            logits = logits[:, -1]
+        jt.sync([logits, beam_scores, history] + best.state() + [x for kv in past for x in kv])
+    best.offer(beam_scores, history, eval_len, jt.ones_like(beam_scores).bool())
+    return best.sequence.int64()

@@ -1,0 +1,37 @@
+"""Sampling generation with a KV cache, in Jittor (twin: torch_impl/generate.py).
+
+The model runs here; filtering and the draw happen in numpy (`shared/sampling.py`), so both
+backends sample the same text from the same weights. The cache grows by concatenation (`past`
+without `len_past`): all samples share the prompt and advance one token per step.
+"""
+import numpy as np
+
+from shared.sampling import SampleStreams, SamplingSettings
+
+from .runtime import jt
+
+
+def generate(model, prompt_ids, settings: SamplingSettings, seed: int, num_samples: int = 1):
+    """`num_samples` continuations of `prompt_ids` (lists of ids, eos not included)."""
+    with jt.no_grad():
+        return _generate(model, prompt_ids, settings, seed, num_samples)
+
+
+def _generate(model, prompt_ids, settings, seed, num_samples):
+    model.eval()
+    prompt = np.asarray(prompt_ids, dtype=np.int64).reshape(1, -1)
+    if prompt.shape[1] == 0:
+        raise ValueError("the prompt is empty: give at least one token")
+    if prompt.shape[1] + settings.max_new_tokens - 1 > model.config.n_positions:
+        raise ValueError(f"prompt of {prompt.shape[1]} tokens + max_new_tokens "
+                         f"{settings.max_new_tokens} exceeds the model's "
+                         f"{model.config.n_positions} positions")
+    streams = SampleStreams(settings, seed, num_samples)
+    tokens = jt.array(np.repeat(prompt, num_samples, axis=0))
+    past = None
+    while True:
+        logits, past = model(tokens, past=past)
+        feed = streams.step(logits[:, -1].float32().numpy())
+        if streams.done:
+            return streams.tokens
+        tokens = jt.array(feed[:, None])

@@ -1,0 +1,76 @@
+#!/usr/bin/env python
+"""Sample continuations of a prompt from GPT-2 (+ LoRA) with either backend, e.g.
+  python scripts/generate.py --backend torch --init_checkpoint model.pt --lora_dim 4 \
+      --prompt "name : The Eagle | eatType : coffee shop | area : riverside" --add_bos \
+      --temperature 0.8 --top_k 40 --num_samples 3
+Filtering and drawing happen in numpy from seeded generators (shared/sampling.py), so the two
+backends print the same text for the same weights and --seed.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import argparse  # noqa: E402
+
+from shared.checkpoint import CheckpointError  # noqa: E402
+from shared.inference_model import (add_inference_model_args, inference_model_problems,  # noqa: E402
+                                    load_inference_model)
+from shared.sampling import EOT_ID, SamplingSettings  # noqa: E402
+from shared.tokenizer import VocabError, load_tokenizer  # noqa: E402
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--prompt", default=None, help="prompt text (default: read from stdin)")
+    p.add_argument("--add_bos", action="store_true",
+                   help="append <|endoftext|> to the prompt, as gpt2_encode.py --add_bos does "
+                        "after an E2E context (use it with E2E-fine-tuned models)")
+    p.add_argument("--temperature", type=float, default=1.0, help="<= 0: greedy")
+    p.add_argument("--top_k", type=int, default=0, help="keep the k most likely tokens (0: all)")
+    p.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling mass (1: off)")
+    p.add_argument("--max_new_tokens", type=int, default=64)
+    p.add_argument("--seed", type=int, default=10)
+    p.add_argument("--num_samples", type=int, default=1)
+    p.add_argument("--vocab", default=None,
+                   help="GPT-2 vocab folder (encoder.json, vocab.bpe); default: GPT2_VOCAB_DIR "
+                        "or the project's data folder")
+    add_inference_model_args(p)
+    return p
+
+
+def settings_from_args(args) -> SamplingSettings:
+    return SamplingSettings(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                            max_new_tokens=args.max_new_tokens, eos_token_id=EOT_ID)
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    problems = inference_model_problems(args)
+    if args.num_samples < 1:
+        problems.append(f"--num_samples must be >= 1, got {args.num_samples}")
+    try:
+        settings = settings_from_args(args)
+    except ValueError as exc:
+        problems.append(str(exc))
+    if problems:
+        parser.error("bad arguments:\n  " + "\n  ".join(problems))
+    prompt = args.prompt if args.prompt is not None else sys.stdin.read().rstrip("\n")
+    try:
+        tokenizer = load_tokenizer(args.vocab)
+        prompt_ids = tokenizer.encode(prompt) + ([EOT_ID] if args.add_bos else [])
+        loaded = load_inference_model(args)
+        samples = loaded.sample(prompt_ids, settings, args.seed, args.num_samples)
+    except (CheckpointError, VocabError, FileNotFoundError, RuntimeError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for index, tokens in enumerate(samples):
+        if args.num_samples > 1:
+            print(f"=== sample {index} ===")
+        print(prompt + tokenizer.decode(tokens))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+#!/usr/bin/env python
+"""Beam-search generation for encoded E2E data, as microsoft/LoRA's src/gpt2_beam.py.
+
+Same flags, defaults and output (one line `{"id": i, "predict": [eval_len ids]}` per input line,
+in id order, in WORK_DIR/OUTPUT_FILE), plus `--backend`, e.g.
+  python scripts/gpt2_beam.py --backend jittor --data data/e2e/test.jsonl --batch_size 1 \
+      --seq_len 512 --eval_len 64 --model_card gpt2.md --init_checkpoint model.26290.pt \
+      --lora_dim 4 --lora_alpha 32 --beam 10 --length_penalty 0.8 --no_repeat_ngram_size 4 \
+      --repetition_penalty 1.0 --eos_token_id 628 --work_dir out --output_file predict.jsonl
+`--eos_token_id` appends to the default [50256], as in the reference. The search itself is
+specified in shared/beam_spec.py; its results do not depend on --batch_size.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import random  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from shared.atomic import atomic_open  # noqa: E402
+from shared.batching import FTDataset  # noqa: E402
+from shared.beam_spec import EOT_ID, BeamSettings  # noqa: E402
+from shared.checkpoint import CheckpointError  # noqa: E402
+from shared.e2e_data import E2EDataError  # noqa: E402
+from shared.inference_model import (add_inference_model_args, inference_model_problems,  # noqa: E402
+                                    load_inference_model)
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", required=True, help="encoded jsonl (gpt2_encode.py) to continue")
+    p.add_argument("--batch_size", type=int, default=10, help="queries per search")
+    p.add_argument("--seq_len", type=int, default=512,
+                   help="queries are cut to their last seq_len - eval_len tokens")
+    p.add_argument("--eval_len", type=int, default=256, help="tokens to generate")
+    p.add_argument("--min_length", type=int, default=0, help="no eos before this many tokens")
+    add_inference_model_args(p)
+    p.add_argument("--beam", type=int, default=1, help="beam size")
+    p.add_argument("--length_penalty", type=float, default=1.0)
+    p.add_argument("--no_repeat_ngram_size", type=int, default=4)
+    p.add_argument("--repetition_penalty", type=float, default=1.0)
+    p.add_argument("--eos_token_id", action="append", type=int, default=[EOT_ID],
+                   help="stop token(s); each use adds one to the default 50256")
+    p.add_argument("--work_dir", default=os.getenv("PT_OUTPUT_DIR", "gpt2_model"))
+    p.add_argument("--output_file", default="beam_prediction.jsonl")
+    p.add_argument("--random_seed", type=int, default=10)
+    p.add_argument("--no_progress", action="store_true", help="no tqdm progress bar")
+    return p
+
+
+def settings_from_args(args) -> BeamSettings:
+    return BeamSettings(beam=args.beam, eval_len=args.eval_len, min_length=args.min_length,
+                        length_penalty=args.length_penalty,
+                        no_repeat_ngram_size=args.no_repeat_ngram_size,
+                        repetition_penalty=args.repetition_penalty,
+                        eos_token_ids=tuple(dict.fromkeys(args.eos_token_id)))
+
+
+def validate(args):
+    problems = []
+    if not os.path.isfile(args.data):
+        problems.append(f"--data {args.data}: file not found")
+    if args.batch_size < 1:
+        problems.append(f"--batch_size must be >= 1, got {args.batch_size}")
+    if not 0 < args.eval_len < args.seq_len:
+        problems.append(f"need 0 < --eval_len < --seq_len, got eval_len={args.eval_len}, "
+                        f"seq_len={args.seq_len}")
+    try:
+        settings_from_args(args)
+    except ValueError as exc:
+        problems.append(str(exc))
+    problems += inference_model_problems(args)
+    return problems
+
+
+def set_seeds(seed, backend):
+    """The search is deterministic; seeding keeps parity with the reference's set-up."""
+    random.seed(seed)
+    np.random.seed(seed)
+    if backend == "torch":
+        import torch
+        torch.manual_seed(seed)
+    else:
+        from jittor_impl.runtime import jt
+        jt.set_global_seed(seed)
+
+
+def run(args):
+    settings = settings_from_args(args)
+    dataset = FTDataset.from_file(args.data, args.batch_size, args.seq_len, args.eval_len)
+    report = dataset.truncation_report()
+    if report:
+        print(f"warning: {report}")
+    set_seeds(args.random_seed, args.backend)
+    loaded = load_inference_model(args)
+    print(f"beam search: {dataset.num_examples} queries, backend {args.backend} on "
+          f"{args.device}, beam {settings.beam}, eval_len {settings.eval_len}, "
+          f"eos {list(settings.eos_token_ids)}")
+    predictions = {}
+    started = time.time()
+    batches = tqdm(dataset.query_batches(args.batch_size), total=dataset.num_batches,
+                   desc="beam", unit="batch", disable=args.no_progress)
+    for batch in batches:
+        sequences = loaded.search(batch["query"], batch["query_len"], settings)
+        for query_id, sequence in zip(batch["id"].tolist(), sequences.tolist()):
+            predictions[query_id] = sequence
+    seconds = time.time() - started
+    path = os.path.join(args.work_dir, args.output_file)
+    with atomic_open(path) as f:
+        for query_id in sorted(predictions):
+            f.write(json.dumps({"id": query_id, "predict": predictions[query_id]}) + "\n")
+    print(f"saved {len(predictions)} predictions to {path}")
+    print(f"time taken: {seconds:.1f} s ({len(predictions) / max(seconds, 1e-9):.2f} queries/s)")
+    return path
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    problems = validate(args)
+    if problems:
+        parser.error("bad arguments:\n  " + "\n  ".join(problems))
+    try:
+        run(args)
+    except (CheckpointError, E2EDataError, FileNotFoundError, RuntimeError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

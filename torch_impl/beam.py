@@ -1,0 +1,189 @@
+"""Batched beam search on the model's device, in PyTorch (twin: jittor_impl/beam.py).
+
+Implements the spec of `shared/beam_spec.py` for B queries x K beams at once: one forward over
+the queries, then one token per row per step into a KV cache preallocated to Tq + eval_len.
+The per-step rules work on whole (rows, V) tensors: no Python loop over rows and no host sync.
+Shapes stay fixed from step 1 on (histories are (rows, eval_len) with a validity mask rather
+than growing), which is what keeps Jittor's kernel cache warm in the twin.
+"""
+import numpy as np
+import torch
+
+from shared.beam_spec import BeamSettings
+
+NEG_INF = float("-inf")
+BLOCK = 1024  # candidates per block in `select_top_k`'s first pass
+
+
+# --------------------------------------------------------------------------- selection
+def top_k_small(scores, k):
+    """The k best entries per row by (value desc, index asc), in that order: (values, index).
+
+    topk alone may order equal values either way; here it only finds the k-th value, the kept
+    set is then picked by unique integer keys, and the k kept are ranked pairwise.
+    """
+    n = scores.shape[1]
+    kth = torch.topk(scores, k, dim=1).values[:, k - 1:k]
+    level = (scores > kth).long() * 2 + (scores == kth).long()  # 2 above, 1 tied with kth
+    key = level * n + (n - 1 - torch.arange(n, device=scores.device))[None, :]
+    kept = torch.topk(key, k, dim=1).indices
+    values = scores.gather(1, kept)
+    ahead = (values[:, None, :] > values[:, :, None]) | (
+        (values[:, None, :] == values[:, :, None]) & (kept[:, None, :] < kept[:, :, None]))
+    rank = ahead.long().sum(2)  # how many kept entries go before each one
+    order = torch.zeros_like(kept).scatter_(1, rank, kept)
+    return scores.gather(1, order), order
+
+
+def select_top_k(scores, k):
+    """`top_k_small` over wide rows (K * V candidates) without sorting them all: the k best
+    entries lie in the k blocks whose maxima rank best (same order), so rank blocks first."""
+    rows, n = scores.shape
+    n_blocks = -(-n // BLOCK)
+    padded = torch.cat([scores, scores.new_full((rows, n_blocks * BLOCK - n), NEG_INF)], dim=1)
+    blocks = padded.view(rows, n_blocks, BLOCK)
+    _, best_blocks = top_k_small(blocks.max(dim=2).values, min(k, n_blocks))
+    best_blocks = torch.sort(best_blocks, dim=1).values  # index order = flat index order
+    pool = blocks.gather(1, best_blocks[:, :, None].expand(-1, -1, BLOCK)).view(rows, -1)
+    pool_index = (best_blocks[:, :, None] * BLOCK
+                  + torch.arange(BLOCK, device=scores.device)[None, None, :]).view(rows, -1)
+    values, position = top_k_small(pool, k)
+    return values, pool_index.gather(1, position)
+
+
+# ---------------------------------------------------------------------------- the rules
+def token_mask(tokens, valid, vocab_size):
+    """(rows, V) bool: True where a valid entry of `tokens` (rows, L) names that token."""
+    index = torch.where(valid, tokens, torch.full_like(tokens, vocab_size))  # spare column V
+    mask = torch.zeros(tokens.shape[0], vocab_size + 1, dtype=torch.bool, device=tokens.device)
+    return mask.scatter_(1, index, True)[:, :vocab_size]
+
+
+def generated_token_mask(history, cur_len, vocab_size):
+    """Tokens generated so far in each row (history columns < cur_len)."""
+    columns = torch.arange(history.shape[1], device=history.device)[None, :]
+    return token_mask(history, (columns < cur_len).expand_as(history), vocab_size)
+
+
+def banned_ngram_mask(history, cur_len, n, vocab_size):
+    """Tokens that would repeat an n-gram of the row's history (spec rule 2b)."""
+    if cur_len < n:  # no complete n-gram in the history yet
+        return torch.zeros(history.shape[0], vocab_size, dtype=torch.bool, device=history.device)
+    width = history.shape[1] - n + 1  # n-gram start positions j in a full history
+    starts = torch.arange(width, device=history.device)[None, :]
+    match = (starts + n <= cur_len).expand(history.shape[0], width)
+    for t in range(n - 1):
+        last = history[:, cur_len - n + 1 + t:cur_len - n + 2 + t]
+        match = match & (history[:, t:t + width] == last)
+    return token_mask(history[:, n - 1:n - 1 + width], match, vocab_size)
+
+
+def postprocess_scores(logits, history, cur_len, settings: BeamSettings, eos_columns):
+    """Spec rule 2b on all rows: repetition penalty, min_length, no-repeat n-gram."""
+    vocab_size = logits.shape[1]
+    if settings.repetition_penalty != 1.0 and cur_len > 0:
+        p = settings.repetition_penalty
+        seen = generated_token_mask(history, cur_len, vocab_size)
+        logits = torch.where(seen, torch.where(logits < 0, logits * p, logits / p), logits)
+    if cur_len < settings.min_length:
+        logits = torch.where(eos_columns[None, :], torch.full_like(logits, NEG_INF), logits)
+    n = settings.no_repeat_ngram_size
+    if n > 0 and cur_len >= n:  # the spec's cur_len + 1 >= n, less a step that bans nothing
+        banned = banned_ngram_mask(history, cur_len, n, vocab_size)
+        logits = torch.where(banned, torch.full_like(logits, NEG_INF), logits)
+    return logits
+
+
+def length_divisor(length, length_penalty):
+    """length ** length_penalty as float32 (the spec's divisor), held in a Python float. Dividing
+    in float64 and rounding gives the correctly rounded float32 quotient on every device; a
+    float32 division may be done as a multiplication by the reciprocal (Jittor, CUDA), 1 ulp off.
+    """
+    return float(np.float32(length ** length_penalty))
+
+
+class BestCandidates:
+    """Per query: best length-normalised score, whether one exists, and its sequence (rule 4)."""
+
+    def __init__(self, batch, eval_len, length_penalty, device):
+        self.length_penalty = length_penalty
+        self.score = torch.full((batch,), NEG_INF, device=device)
+        self.found = torch.zeros(batch, dtype=torch.bool, device=device)
+        self.sequence = torch.zeros(batch, eval_len, dtype=torch.long, device=device)
+
+    def offer(self, beam_scores, history, length, finished):
+        """Offer the `finished` rows (B, K) as rule 4 does, in row order; return the beam
+        scores with those rows set to -inf."""
+        batch, beam = beam_scores.shape
+        normalised = beam_scores.double() / length_divisor(length, self.length_penalty)
+        score = torch.where(finished, normalised.float(), torch.full_like(beam_scores, NEG_INF))
+        top = score.max(dim=1).values
+        columns = torch.arange(beam, device=score.device)[None, :]
+        first = torch.where(finished & (score == top[:, None]), columns,
+                            torch.full_like(columns, beam)).min(dim=1).values
+        better = finished.any(dim=1) & (torch.logical_not(self.found) | (top > self.score))
+        rows = torch.arange(batch, device=score.device) * beam + first.clamp(max=beam - 1)
+        self.sequence = torch.where(better[:, None], history[rows], self.sequence)
+        self.score = torch.where(better, top, self.score)
+        self.found = self.found | better
+        return torch.where(finished, torch.full_like(beam_scores, NEG_INF), beam_scores)
+
+
+# -------------------------------------------------------------------------------- cache
+def pad_cache(presents, extra):
+    """Grow each layer's (key, value) of length Tq by `extra` zero positions."""
+    return [tuple(torch.cat([x, x.new_zeros(*x.shape[:2], extra, x.shape[3])], dim=2)
+                  for x in layer) for layer in presents]
+
+
+def reorder_cache(past, rows):
+    return [tuple(x.index_select(0, rows) for x in layer) for layer in past]
+
+
+# --------------------------------------------------------------------------------- search
+def beam_search(model, query, query_len, settings: BeamSettings):
+    """Best sequences (B, eval_len) int64 for queries (B, Tq) right-padded, lengths (B,)."""
+    with torch.no_grad():
+        return _beam_search(model, query, query_len, settings)
+
+
+def _beam_search(model, query, query_len, settings):
+    model.eval()
+    device = next(model.parameters()).device
+    query = torch.as_tensor(query, dtype=torch.long, device=device)
+    query_len = torch.as_tensor(query_len, dtype=torch.long, device=device)
+    batch, query_width = query.shape
+    beam, eval_len, vocab_size = settings.beam, settings.eval_len, model.config.vocab_size
+    settings.check_vocab(vocab_size)
+    if query_width + eval_len > model.config.n_positions:
+        raise ValueError(f"query width {query_width} + eval_len {eval_len} exceeds the model's "
+                         f"{model.config.n_positions} positions")
+    eos_columns = torch.zeros(vocab_size, dtype=torch.bool, device=device)
+    eos_columns[list(settings.eos_token_ids)] = True
+    queries = torch.arange(batch, device=device)
+
+    logits, presents = model(query)  # one row per query until the first selection
+    logits = logits[queries, query_len - 1]
+    past = pad_cache(presents, eval_len)
+    row_len = query_len[:, None].expand(batch, beam).reshape(-1)
+    beam_scores = torch.zeros(batch, 1, device=device)
+    history = torch.zeros(batch, eval_len, dtype=torch.long, device=device)
+    best = BestCandidates(batch, eval_len, settings.length_penalty, device)
+    for cur_len in range(eval_len):
+        scores = postprocess_scores(logits.float(), history, cur_len, settings, eos_columns)
+        logprob = torch.log(torch.softmax(scores, dim=-1))
+        rows_per_query = beam_scores.shape[1]
+        next_scores = (beam_scores[:, :, None] + logprob.view(batch, rows_per_query, vocab_size))
+        beam_scores, flat = select_top_k(next_scores.view(batch, -1), beam)
+        source = (flat // vocab_size + queries[:, None] * rows_per_query).view(-1)
+        token = (flat % vocab_size).view(-1)
+        past = reorder_cache(past, source)
+        history = history.index_select(0, source)
+        history[:, cur_len] = token
+        beam_scores = best.offer(beam_scores, history, cur_len + 1,
+                                 eos_columns[token].view(batch, beam))
+        if cur_len + 1 < eval_len:  # the new tokens go at position query_len + cur_len
+            logits, past = model(token[:, None], past=past, len_past=row_len + cur_len)
+            logits = logits[:, -1]
+    best.offer(beam_scores, history, eval_len, torch.ones_like(beam_scores, dtype=torch.bool))
+    return best.sequence
