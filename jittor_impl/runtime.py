@@ -98,10 +98,21 @@ def cuda_note() -> str:
 
 
 def self_check() -> str:
-    """Compute a + 1 and compare: catches a broken build (or numpy 2) before real work."""
+    """Compute a + 1, a matrix product and a softmax and compare with numpy, on the CPU and (when
+    Jittor has CUDA) on the GPU: catches a broken build (or numpy 2) before real work."""
     import numpy as np
-    a = jt.array(np.arange(6, dtype=np.float32))
-    got = (a + 1).numpy()
-    if not np.array_equal(got, np.arange(1, 7, dtype=np.float32)):
-        raise RuntimeError(f"jittor self-check failed: a + 1 gave {got}")
-    return f"jittor {jt.__version__} ok (has_cuda={int(jt.has_cuda)}; {_CUDA_NOTE})"
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(64, 32)).astype(np.float32), rng.normal(size=(32, 16)).astype(np.float32)
+    e = np.exp(a - a.max(1, keepdims=True))
+    expected = {"a + 1": a + 1, "a @ b": a @ b, "softmax(a)": e / e.sum(1, keepdims=True)}
+    devices = ["cpu"] + (["cuda"] if jt.has_cuda else [])
+    for device in devices:
+        use_device(device)
+        got = {"a + 1": (jt.array(a) + 1).numpy(), "a @ b": jt.matmul(jt.array(a), jt.array(b)).numpy(),
+               "softmax(a)": jt.nn.softmax(jt.array(a), dim=1).numpy()}
+        for name, value in got.items():
+            if not np.allclose(value, expected[name], atol=1e-4):
+                raise RuntimeError(f"jittor self-check failed on {device}: {name} differs from numpy "
+                                   f"by {np.abs(value - expected[name]).max():.3g}")
+    use_device("cpu")
+    return f"jittor {jt.__version__} ok on {'+'.join(devices)} ({_CUDA_NOTE})"

@@ -6,9 +6,10 @@ Stages (each recorded in RUN_DIR/stages.json; a rerun skips finished stages unle
   2 init     --init_checkpoint converted to the backend-neutral format, or a small base model
              trained from scratch on the training split (full fine-tuning), written once
   3 lora     LoRA fine-tuning with the torch backend and with the jittor backend from that base
-  4 beam     beam search, decoding and the E2E metrics for each backend
+  4 beam     beam search over the test split and decoding, for each backend
   5 check    both backends on the final weights: logits and gradients on validation batches
-  6 report   logs/<run>/report.md + report.json with metrics side by side, loss agreement, plots
+  6 metrics  the E2E metrics of each backend's predictions (METEOR etc. need Java)
+  7 report   logs/<run>/report.md + report.json with metrics side by side, loss agreement, plots
 Run artefacts (data, checkpoints, predictions) live in runs/<run>/; the report and plots in
 logs/<run>/. Every stage runs the project's own command-line scripts, so what is measured here
 is exactly what a user runs.
@@ -32,7 +33,7 @@ from shared.config import GPT2Config  # noqa: E402
 from shared.paths import resolve_e2e_dir, resolve_vocab_dir  # noqa: E402
 
 BACKENDS = ("torch", "jittor")
-STAGES = ("data", "init", "lora", "beam", "check", "report")
+STAGES = ("data", "init", "lora", "beam", "check", "metrics", "report")
 
 # Defaults: a CPU run that finishes in about 15 minutes on 2 cores, and a GPU run that scales up.
 PRESETS = {
@@ -45,7 +46,7 @@ PRESETS = {
                  seq_len=128, precision="bf16", base_steps=1500, base_lr=0.0005,
                  base_batch_size=16, max_step=1000, train_batch_size=8, lr=0.0002,
                  warmup_step=100, lora_dim=4, lora_alpha=32, lora_dropout=0.1, beam=10,
-                 eval_len=64, beam_batch_size=63, test_limit=None, eval_interval=250,
+                 eval_len=64, beam_batch_size=126, test_limit=None, eval_interval=250,
                  save_interval=250, valid_batches=None),
     "micro": dict(device="cpu", model_card="gpt2.sm", n_embd=32, n_layer=2, n_head=2, seq_len=64,
                   precision="fp32", base_steps=6, base_lr=0.003, base_batch_size=4, max_step=6,
@@ -72,6 +73,9 @@ def build_parser():
     p.add_argument("--force", action="store_true", help="rerun every stage")
     p.add_argument("--force_stage", action="append", default=[], choices=STAGES,
                    help="rerun this stage and the ones after it")
+    p.add_argument("--until", default=None, choices=STAGES,
+                   help="stop after this stage (e.g. generate on a GPU machine without Java, "
+                        "score elsewhere)")
     p.add_argument("--init_checkpoint", default=None,
                    help="pretrained GPT-2 (HF or microsoft/LoRA layout): skips base training")
     p.add_argument("--exact_dropout", action="store_true",
@@ -314,13 +318,23 @@ class Pipeline:
                      "--input_file", self.path("data", "test_formatted.jsonl"),
                      "--output_ref_file", os.path.join(work, "e2e_ref.txt"),
                      "--output_pred_file", os.path.join(work, "e2e_pred.txt")], f"{backend}_decode.log")
+            out[backend] = {"beam_seconds": beam_seconds, "seconds": time.time() - started}
+        return out
+
+    def stage_metrics(self):
+        out = {}
+        for backend in self.backends:
+            started = time.time()
+            work = self.path(backend)
             score_argv = ["scripts/measure_scores.py", os.path.join(work, "e2e_ref.txt"),
                           os.path.join(work, "e2e_pred.txt"), "-p",
                           "--json", os.path.join(work, "metrics.json")]
             if self.args.no_meteor:
                 score_argv.append("--no_meteor")
             self.sh(score_argv, f"{backend}_scores.log")
-            out[backend] = {"beam_seconds": beam_seconds, "seconds": time.time() - started}
+            with open(os.path.join(work, "metrics.json")) as f:
+                out[backend] = json.load(f)
+            out[backend]["seconds"] = time.time() - started
         return out
 
     def stage_check(self):
@@ -431,6 +445,9 @@ class Pipeline:
         print("settings: " + ", ".join(f"{k}={v}" for k, v in self.s.items()))
         for name in STAGES:
             self.stage(name, getattr(self, f"stage_{name}"))
+            if name == self.args.until:
+                print(f"\nstopped after stage {name} (--until) in {time.time() - started:.1f}s")
+                return
         print(f"\nall stages done in {time.time() - started:.1f}s")
 
 
