@@ -84,9 +84,10 @@ class Twin:
         last = np.array([len(p) - 1 for p in prefixes])
         if self.backend == "torch":
             import torch
+            device = next(self.model.parameters()).device
             with torch.no_grad():
-                logits, _ = self.model(torch.from_numpy(ids))
-                return logits[torch.arange(len(prefixes)), torch.from_numpy(last)].numpy()
+                logits, _ = self.model(torch.from_numpy(ids).to(device))
+                return logits[torch.arange(len(prefixes)), torch.from_numpy(last)].cpu().numpy()
         from jittor_impl.runtime import jt
         with jt.no_grad():
             hidden, _ = self.model.transformer(jt.array(ids))  # the head on last positions only

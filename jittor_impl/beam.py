@@ -1,7 +1,8 @@
 """Batched beam search on the model's device, in Jittor (twin: torch_impl/beam.py).
 
 Implements the spec of `shared/beam_spec.py` for B queries x K beams at once: one forward over
-the queries, then one token per row per step into a KV cache preallocated to Tq + eval_len.
+the queries (right-padded to a width bucket, see `padded_query_width`), then one token per row
+per step into a KV cache preallocated to that width + eval_len.
 The per-step rules work on whole (rows, V) tensors: no Python loop over rows. Shapes stay
 fixed from step 1 on (histories are (rows, eval_len) with a validity mask rather than growing),
 so Jittor compiles each step's kernels once. Jittor is lazy: the loop state is synced once per
@@ -10,7 +11,7 @@ Index tensors are int32 here (Jittor's default index type; keys below stay under
 """
 import numpy as np
 
-from shared.beam_spec import BeamSettings
+from shared.beam_spec import BeamSettings, padded_query_width
 
 from .runtime import jt
 
@@ -163,9 +164,8 @@ def _beam_search(model, query, query_len, settings):
     batch, query_width = query.shape
     beam, eval_len, vocab_size = settings.beam, settings.eval_len, model.config.vocab_size
     settings.check_vocab(vocab_size)
-    if query_width + eval_len > model.config.n_positions:
-        raise ValueError(f"query width {query_width} + eval_len {eval_len} exceeds the model's "
-                         f"{model.config.n_positions} positions")
+    width = padded_query_width(query_width, eval_len, model.config.n_positions)
+    query = jt.concat([query, jt.zeros((batch, width - query_width), dtype="int32")], dim=1)
     eos_columns = jt.zeros((vocab_size,), dtype="bool")
     eos_columns[list(settings.eos_token_ids)] = True
     queries = jt.arange(batch).int32()

@@ -100,6 +100,17 @@ class BeamSettings:
             raise ValueError(f"beam {self.beam} exceeds the vocabulary size {vocab_size}")
 
 
+def padded_query_width(width: int, eval_len: int, n_positions: int, bucket: int = 64) -> int:
+    """The device versions' query width: `width` rounded up to a multiple of `bucket`, within
+    the model's positions. Not part of the search: padding after a query changes no logit
+    (attention is causal and the cache masks keys past each row's length), but it makes batches
+    share shapes, and Jittor on CUDA compiles its kernels anew for every new shape."""
+    if width + eval_len > n_positions:
+        raise ValueError(f"query width {width} + eval_len {eval_len} exceeds the model's "
+                         f"{n_positions} positions")
+    return min(-(-width // bucket) * bucket, n_positions - eval_len)
+
+
 # ------------------------------------------------------------------------- per-step rules
 def banned_ngram_tokens(history: Sequence[int], n: int) -> list:
     """Tokens that would complete an n-gram already in `history` after its last n-1 tokens

@@ -10,7 +10,8 @@ import pytest
 
 from shared.beam_spec import (BeamSettings, BestCandidate, apply_repetition_penalty,
                               banned_ngram_tokens, beam_search_reference, candidate_score,
-                              log_probabilities, postprocess_logits, top_k_order)
+                              log_probabilities, padded_query_width, postprocess_logits,
+                              top_k_order)
 
 A, B, C, EOS = 0, 1, 2, 3
 UNIFORM = [0.25, 0.25, 0.25, 0.25]
@@ -179,3 +180,12 @@ def test_settings_check_the_vocabulary():
         beam_search_reference(constant_logits([0.0] * 4), [[C]], settings(eos_token_ids=(50256,)))
     with pytest.raises(ValueError, match="exceeds the vocabulary"):
         beam_search_reference(constant_logits([0.0] * 4), [[C]], settings(beam=5))
+
+
+def test_padded_query_width_rounds_up_within_the_positions():
+    assert padded_query_width(31, 24, 1024) == 64
+    assert padded_query_width(64, 24, 1024) == 64
+    assert padded_query_width(65, 24, 1024) == 128
+    assert padded_query_width(100, 24, 128) == 104  # capped by n_positions - eval_len
+    with pytest.raises(ValueError, match="exceeds the model's 128 positions"):
+        padded_query_width(105, 24, 128)

@@ -1,7 +1,8 @@
 """Batched beam search on the model's device, in PyTorch (twin: jittor_impl/beam.py).
 
 Implements the spec of `shared/beam_spec.py` for B queries x K beams at once: one forward over
-the queries, then one token per row per step into a KV cache preallocated to Tq + eval_len.
+the queries (right-padded to a width bucket, see `padded_query_width`), then one token per row
+per step into a KV cache preallocated to that width + eval_len.
 The per-step rules work on whole (rows, V) tensors: no Python loop over rows and no host sync.
 Shapes stay fixed from step 1 on (histories are (rows, eval_len) with a validity mask rather
 than growing), which is what keeps Jittor's kernel cache warm in the twin.
@@ -9,7 +10,7 @@ than growing), which is what keeps Jittor's kernel cache warm in the twin.
 import numpy as np
 import torch
 
-from shared.beam_spec import BeamSettings
+from shared.beam_spec import BeamSettings, padded_query_width
 
 NEG_INF = float("-inf")
 BLOCK = 1024  # candidates per block in `select_top_k`'s first pass
@@ -155,9 +156,8 @@ def _beam_search(model, query, query_len, settings):
     batch, query_width = query.shape
     beam, eval_len, vocab_size = settings.beam, settings.eval_len, model.config.vocab_size
     settings.check_vocab(vocab_size)
-    if query_width + eval_len > model.config.n_positions:
-        raise ValueError(f"query width {query_width} + eval_len {eval_len} exceeds the model's "
-                         f"{model.config.n_positions} positions")
+    width = padded_query_width(query_width, eval_len, model.config.n_positions)
+    query = torch.cat([query, query.new_zeros(batch, width - query_width)], dim=1)
     eos_columns = torch.zeros(vocab_size, dtype=torch.bool, device=device)
     eos_columns[list(settings.eos_token_ids)] = True
     queries = torch.arange(batch, device=device)
