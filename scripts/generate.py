@@ -59,10 +59,15 @@ def main(argv=None):
     prompt = args.prompt if args.prompt is not None else sys.stdin.read().rstrip("\n")
     try:
         tokenizer = load_tokenizer(args.vocab)
+    except (VocabError, OSError) as exc:  # OSError: tiktoken's download fails offline
+        print(f"error: cannot load the GPT-2 vocabulary ({type(exc).__name__}: {exc}); "
+              f"give --vocab or set GPT2_VOCAB_DIR", file=sys.stderr)
+        return 2
+    try:
         prompt_ids = tokenizer.encode(prompt) + ([EOT_ID] if args.add_bos else [])
         loaded = load_inference_model(args)
         samples = loaded.sample(prompt_ids, settings, args.seed, args.num_samples)
-    except (CheckpointError, VocabError, FileNotFoundError, RuntimeError, ValueError) as exc:
+    except (CheckpointError, OSError, RuntimeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for index, tokens in enumerate(samples):
