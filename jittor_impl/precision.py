@@ -30,12 +30,20 @@ def _cast(*tensors):
     return tensors if dtype is None else tuple(t.cast(dtype) for t in tensors)
 
 
+def _float32(product):
+    """Low-precision products come back as float32. Besides matching what the next op (bias,
+    mask, LayerNorm) promotes to anyway, this keeps the backward pass consistent: the gradient
+    reaching a bf16 product is cast back to bf16 by this op's own backward, and cuBLAS's batched
+    kernel refuses mixed bf16/fp32 operands."""
+    return product if _compute_dtype[0] is None else product.float32()
+
+
 def matmul(a, b):
     a, b = _cast(a, b)
-    return jt.matmul(a, b)
+    return _float32(jt.matmul(a, b))
 
 
 def matmul_transpose(a, b):
     """a @ b.T without materialising b.T."""
     a, b = _cast(a, b)
-    return jt.nn.matmul_transpose(a, b)
+    return _float32(jt.nn.matmul_transpose(a, b))

@@ -22,7 +22,7 @@ step warmup python3 scripts/jittor_warmup.py
 mkdir -p "$out/alignment"
 step alignment env ALIGNMENT_REPORT_DIR="$out/alignment" python3 -m pytest alignment/ -q -rs -p no:cacheprovider
 step work bash work.sh --preset cuda --run gpu-default --until check
-step benchmark python3 scripts/benchmark.py --test_data runs/gpu-default/data/test.jsonl --out "$out/benchmark.md"
+step benchmark python3 scripts/benchmark.py --steps 10 --warmup 3 --test_data runs/gpu-default/data/test.jsonl --out "$out/benchmark.md"
 tar czf "$out/gpu-default-run.tgz" --ignore-failed-read runs/gpu-default/stages.json runs/gpu-default/logs \
   runs/gpu-default/data runs/gpu-default/final_check.json runs/gpu-default/base/train_log.jsonl \
   runs/gpu-default/base/train_summary.json runs/gpu-default/*/train_log.jsonl \
