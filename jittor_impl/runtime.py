@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 
 OPTIONAL_LIBRARIES = ("use_mkl", "use_nccl", "use_cutt", "use_cutlass", "use_mpi")
 _CUDA_NOTE = ""  # why CUDA is or is not available, for error messages
@@ -68,9 +69,14 @@ def _check_numpy():
 
 
 def _import_jittor():
+    """Import jittor, then give SIGCHLD and SIGINT back to Python: at load, Jittor's C++ core
+    installs handlers that end the whole process when any child process dies by a signal (a JVM
+    that pycocoevalcap kills, a killed subprocess) and on Ctrl-C, bypassing Python's
+    KeyboardInterrupt and the trainer's save-then-stop handling."""
     global _CUDA_NOTE
     _check_numpy()
     _CUDA_NOTE = configure_environment()
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGCHLD, signal.SIGINT)}
     try:
         import jittor
     except SystemExit as exc:  # jittor calls sys.exit after rebuilding jit_utils
@@ -78,6 +84,11 @@ def _import_jittor():
                            "again in a fresh process: rerun the command. Running "
                            "`python scripts/jittor_warmup.py` once after installing avoids this.") \
             from exc
+    for sig, handler in saved.items():
+        try:
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        except ValueError:  # imported outside the main thread: Python cannot set handlers
+            break
     return jittor
 
 
