@@ -43,7 +43,24 @@ def matmul(a, b):
     return _float32(jt.matmul(a, b))
 
 
+class _ProductWithTransposeCPU(jt.Function):
+    """a @ b.T for 2-D a, b with both passes written as plain products. Without oneDNN, Jittor's
+    CPU kernels for `nn.matmul_transpose`'s broadcast-reduce form (and for what autodiff derives
+    from `a @ b.transpose()`) are several times slower than these: for the tied output head
+    (480 x 96 by 50257 x 96) 0.25 s + 0.15 s per forward + backward instead of 1.05 s."""
+
+    def execute(self, a, b):
+        self.a, self.b = a, b
+        return jt.matmul(a, b.transpose(0, 1))
+
+    def grad(self, grad_output):
+        return jt.matmul(grad_output, self.b), jt.matmul(grad_output.transpose(0, 1), self.a)
+
+
 def matmul_transpose(a, b):
-    """a @ b.T without materialising b.T."""
+    """a @ b.T without materialising b.T (a may have leading batch dimensions, b is 2-D)."""
     a, b = _cast(a, b)
-    return _float32(jt.nn.matmul_transpose(a, b))
+    if jt.flags.use_cuda:  # cuBLAS handles the broadcast-reduce form directly
+        return _float32(jt.nn.matmul_transpose(a, b))
+    flat = a.reshape(-1, a.shape[-1])
+    return _float32(_ProductWithTransposeCPU()(flat, b).reshape(list(a.shape[:-1]) + [b.shape[0]]))
