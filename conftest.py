@@ -35,6 +35,15 @@ def e2e_dir():
                          os.path.join(ROOT, "data", "e2e"))
 
 
+@pytest.fixture(scope="session")
+def encoded(tmp_path_factory, e2e_dir, vocab_dir):
+    """The train and valid splits formatted and encoded as gpt2_encode.py --add_bos --add_eos."""
+    from shared.e2e_data import prepare_e2e
+    out = tmp_path_factory.mktemp("e2e_encoded")
+    prepare_e2e(e2e_dir, str(out), vocab_dir=vocab_dir, splits=("train", "valid"))
+    return out
+
+
 def torch_cuda_available():
     try:
         import torch

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from alignment.harness import build_pair, compare, jittor_on, tiny_config, to_numpy
-from alignment.test_train_alignment import encoded, run  # noqa: F401 (fixture)
+from alignment.test_train_alignment import run
 
 pytestmark = pytest.mark.gpu
 
@@ -34,7 +34,7 @@ def test_bf16_logits_agree_within_bf16_error():
     compare("bf16 logits: jittor vs fp32", j16, fp32, atol=3 * own_error + 1e-3, rtol=0.0, device="cuda")
 
 
-def test_bf16_training_runs_agree(tmp_path, encoded):  # noqa: F811
+def test_bf16_training_runs_agree(tmp_path, encoded):
     a = run(encoded, tmp_path / "torch", "torch", "cuda", extra=("--precision", "bf16"))
     b = run(encoded, tmp_path / "jittor", "jittor", "cuda", extra=("--precision", "bf16"))
     loss_a = np.array([r["loss"] for r in a[1][0]])

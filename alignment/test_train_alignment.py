@@ -11,28 +11,13 @@ import numpy as np
 import pytest
 
 from shared.checkpoint import read_checkpoint
-from shared.e2e_data import prepare_e2e
+from shared.backends import training_backend as backend_class
 from shared.train_args import build_parser
 from shared.trainer import train
 
 LOSS_RTOL = 1e-5
 WEIGHT_ATOL = 1e-5
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
-
-
-@pytest.fixture(scope="module")
-def encoded(tmp_path_factory, e2e_dir, vocab_dir):
-    out = tmp_path_factory.mktemp("e2e")
-    prepare_e2e(e2e_dir, str(out), vocab_dir=vocab_dir, splits=("train", "valid"))
-    return out
-
-
-def backend_class(name):
-    if name == "torch":
-        from torch_impl.train import TorchBackend
-        return TorchBackend
-    from jittor_impl.train import JittorBackend
-    return JittorBackend
 
 
 def run(encoded, work_dir, backend, device="cpu", extra=()):

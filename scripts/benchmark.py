@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from shared.atomic import write_json, write_text  # noqa: E402
+from shared.backends import training_backend  # noqa: E402
 from shared.config import GPT2Config  # noqa: E402
 
 PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}  # dense, SXM
@@ -53,14 +54,6 @@ def train_args(backend, device, precision, seed=0):
                            weight_decay=0.01, no_decay_bias=False, correct_bias=True)
 
 
-def backend_class(name):
-    if name == "torch":
-        from torch_impl.train import TorchBackend
-        return TorchBackend
-    from jittor_impl.train import JittorBackend
-    return JittorBackend
-
-
 def synchronize(backend):
     if backend == "torch":
         import torch
@@ -74,7 +67,7 @@ def synchronize(backend):
 def bench_training(backend, card, args):
     config = GPT2Config.from_model_card(card, lora_attn_dim=4, lora_attn_alpha=32,
                                         lora_dropout=0.1)
-    trainer = backend_class(backend)(config, train_args(backend, args.device, args.precision))
+    trainer = training_backend(backend)(config, train_args(backend, args.device, args.precision))
     rng = np.random.default_rng(0)
     shape = (args.batch_size, args.seq_len)
     batch = {"input": rng.integers(0, config.vocab_size, shape),
@@ -128,7 +121,7 @@ def bench_beam(backend, card, args):
 
         def run(batch):
             return beam_search(model, jt.array(batch["query"]), jt.array(batch["query_len"]), settings)
-    batches = list(dataset.query_batches(args.beam_batch_size))
+    batches = list(dataset.query_batches(args.beam_batch_size, items=dataset.first_of_each_context()))
     run(batches[0])  # compile / warm up
     synchronize(backend)
     started = time.perf_counter()

@@ -11,17 +11,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from shared.backends import training_backend  # noqa: E402
 from shared.checkpoint import CheckpointError  # noqa: E402
 from shared.train_args import ArgumentProblem, build_parser, validate  # noqa: E402
 from shared.trainer import TrainingError, TrainingInterrupted, train  # noqa: E402
-
-
-def backend_class(name):
-    if name == "torch":
-        from torch_impl.train import TorchBackend
-        return TorchBackend
-    from jittor_impl.train import JittorBackend
-    return JittorBackend
 
 
 def main(argv=None):
@@ -29,7 +22,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         validate(args)
-        train(args, backend_class(args.backend))
+        train(args, training_backend(args.backend))
     except ArgumentProblem as exc:
         parser.error(str(exc))
     except (TrainingError, CheckpointError, FileNotFoundError, ValueError) as exc:

@@ -310,7 +310,7 @@ class Pipeline:
                     "--eval_len", str(self.s["eval_len"]), "--beam", str(self.s["beam"]),
                     "--length_penalty", "0.8", "--no_repeat_ngram_size", "4",
                     "--repetition_penalty", "1.0", "--eos_token_id", "628",
-                    "--work_dir", work, "--output_file", "predict.jsonl"]
+                    "--work_dir", work, "--output_file", "predict.jsonl", "--unique_contexts"]
             self.sh(argv, f"{backend}_beam.log")
             beam_seconds = time.time() - started
             vocab = ["--vocab", self.vocab_dir] if self.vocab_dir else []

@@ -128,11 +128,25 @@ class FTDataset:
         for start in range(0, len(order), batch_size):
             yield self.collate(order[start:start + batch_size], trim)
 
-    def query_batches(self, batch_size, trim=True):
-        """Sequential {"id", "query", "query_len"} batches for generation; the last may be
-        short (no fill: beam search results do not depend on the batch size)."""
-        for start in range(0, self.num_examples, batch_size):
-            batch = self.collate(range(start, min(start + batch_size, self.num_examples)), trim)
+    def first_of_each_context(self) -> list:
+        """Indices of the first example of each distinct context, in order. E2E repeats an MR
+        once per reference (4693 test lines, 630 MRs); gpt2_decode.py only reads the prediction
+        of each MR's first line, so generating for these alone gives the same output files."""
+        seen, firsts = set(), []
+        for index, (context, _) in enumerate(self.samples):
+            key = tuple(context)
+            if key not in seen:
+                seen.add(key)
+                firsts.append(index)
+        return firsts
+
+    def query_batches(self, batch_size, trim=True, items=None):
+        """Sequential {"id", "query", "query_len"} batches for generation over `items` (default:
+        every example); the last may be short (no fill: beam search results do not depend on
+        the batch size)."""
+        items = list(range(self.num_examples)) if items is None else list(items)
+        for start in range(0, len(items), batch_size):
+            batch = self.collate(items[start:start + batch_size], trim)
             yield {k: batch[k] for k in ("id", "query", "query_len")}
 
     def collate(self, indices, trim=True) -> dict:

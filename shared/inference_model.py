@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from .train_args import add_model_shape_args, default_device, model_config
+from .train_args import add_launcher_args, add_model_shape_args, default_device, model_config
 
 BACKENDS = ("torch", "jittor")
 
@@ -23,6 +23,7 @@ def add_inference_model_args(parser):
     parser.add_argument("--device", default=None, choices=["cpu", "cuda"],
                         help="default: cuda when available, else cpu")
     add_model_shape_args(parser)
+    add_launcher_args(parser)
     parser.add_argument("--init_checkpoint", default=None,
                         help="model weights: HF GPT-2, microsoft/LoRA (full or fine-tuned), or "
                              "this project's .safetensors/.npz")

@@ -22,6 +22,14 @@ def add_model_shape_args(parser):
     parser.add_argument("--lora_alpha", type=int, default=128, help="LoRA alpha")
 
 
+def add_launcher_args(parser):
+    """Flags that microsoft/LoRA's commands pass (`--platform local`, and `--local_rank` from
+    torch.distributed.launch); accepted so those commands run unchanged. Runs are single-process."""
+    parser.add_argument("--platform", default="local", choices=["local"],
+                        help="accepted for compatibility; only single-process 'local' runs")
+    parser.add_argument("--local_rank", type=int, default=0, help="accepted for compatibility")
+
+
 def build_parser():
     p = argparse.ArgumentParser(description="GPT-2 + LoRA fine-tuning (microsoft/LoRA gpt2_ft.py "
                                             "arguments) with a PyTorch or Jittor backend")
@@ -36,6 +44,7 @@ def build_parser():
     p.add_argument("--clip", type=float, default=0.0, help="gradient clip (0: none)")
     p.add_argument("--seq_len", type=int, default=512)
     add_model_shape_args(p)
+    add_launcher_args(p)
     p.add_argument("--init_checkpoint", default=None, help="pretrained checkpoint (HF GPT-2, "
                    "microsoft/LoRA, or this project's .safetensors/.npz); default: seeded init")
     p.add_argument("--lora_dropout", type=float, default=0.0)

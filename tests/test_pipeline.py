@@ -39,7 +39,7 @@ def test_report_has_both_backends_side_by_side(pipeline_run):
     check = report["final_check"]
     assert check["passed"] and check["logits_max_abs"] < 1e-3 and check["grad_params"] == 4
     beams = report["beam_agreement"]
-    assert beams["total"] == 17 and 0 <= beams["identical_predictions"] <= 17
+    assert beams["total"] == 6 and 0 <= beams["identical_predictions"] <= 6  # one per MR
     assert [s["name"] for s in report["stages"]] == ["data", "init", "lora", "beam", "check", "metrics"]
     assert report["versions"]["jittor"] and report["versions"]["torch"]
     with open(base / "logs" / "smoke" / "report.md") as f:

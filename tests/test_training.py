@@ -12,28 +12,13 @@ import sys
 import numpy as np
 import pytest
 
+from shared.backends import training_backend as backend_class
 from shared.checkpoint import read_checkpoint
-from shared.e2e_data import prepare_e2e
 from shared.schedule import lr_at, multiplier
 from shared.train_args import build_parser
 from shared.trainer import TrainingError, TrainingInterrupted, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def encoded(tmp_path_factory, e2e_dir, vocab_dir):
-    out = tmp_path_factory.mktemp("e2e")
-    prepare_e2e(e2e_dir, str(out), vocab_dir=vocab_dir, splits=("train", "valid"))
-    return out
-
-
-def backend_class(name):
-    if name == "torch":
-        from torch_impl.train import TorchBackend
-        return TorchBackend
-    from jittor_impl.train import JittorBackend
-    return JittorBackend
 
 
 def make_args(encoded, work_dir, backend="torch", extra=()):
@@ -218,3 +203,19 @@ def test_schedules_against_hand_values():
     assert lr_at(2e-4, "linear", 1, 0, 1000) == 2e-4
     with pytest.raises(ValueError, match="unknown scheduler"):
         multiplier("inv_sqrt", 1, 1, 10)
+
+
+def test_microsoft_lora_e2e_command_line_parses_unchanged(tmp_path):
+    """The flags of microsoft/LoRA's README command for GPT-2 M on E2E, plus --backend."""
+    argv = ("--train_data ./data/e2e/train.jsonl --valid_data ./data/e2e/valid.jsonl "
+            "--train_batch_size 8 --grad_acc 1 --valid_batch_size 4 --seq_len 512 "
+            "--model_card gpt2.md --init_checkpoint ./pretrained_checkpoints/gpt2-medium-pytorch_model.bin "
+            "--platform local --clip 0.0 --lr 0.0002 --weight_decay 0.01 --correct_bias "
+            "--adam_beta2 0.999 --scheduler linear --warmup_step 500 --max_epoch 5 "
+            "--save_interval 1000 --lora_dim 4 --lora_alpha 32 --lora_dropout 0.1 "
+            "--label_smooth 0.1 --work_dir ./trained_models/GPT2_M/e2e --random_seed 110 "
+            "--local_rank=0 --backend jittor").split()
+    args = build_parser().parse_args(argv)
+    assert (args.model_card, args.lora_dim, args.lora_alpha, args.lr, args.adam_beta2) == \
+        ("gpt2.md", 4, 32, 0.0002, 0.999)
+    assert args.correct_bias and args.max_epoch == 5 and args.adam_epislon == 1e-6
