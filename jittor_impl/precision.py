@@ -43,18 +43,31 @@ def matmul(a, b):
     return _float32(jt.matmul(a, b))
 
 
+def _blocked_matmul(a, b, block=1024):
+    """a @ b for a long inner dimension (the 50257-word vocabulary): partial products over
+    blocks of `block`, then their sum. Jittor's CPU kernels add the inner dimension one term
+    after another, which over 50257 terms costs ~1e-5 relative error (10x torch's); in blocks
+    the error matches torch's and it runs faster too (0.12 s vs 0.16 s at 480 x 50257 x 96)."""
+    n, inner = a.shape
+    groups = -(-inner // block)
+    pad = groups * block - inner
+    a = jt.concat([a, jt.zeros((n, pad), dtype=a.dtype)], 1).reshape(n, groups, block).permute(1, 0, 2)
+    b = jt.concat([b, jt.zeros((pad, b.shape[1]), dtype=b.dtype)], 0).reshape(groups, block, b.shape[1])
+    return jt.matmul(a, b).sum(0)
+
+
 class _ProductWithTransposeCPU(jt.Function):
     """a @ b.T for 2-D a, b with both passes written as plain products. Without oneDNN, Jittor's
     CPU kernels for `nn.matmul_transpose`'s broadcast-reduce form (and for what autodiff derives
     from `a @ b.transpose()`) are several times slower than these: for the tied output head
-    (480 x 96 by 50257 x 96) 0.25 s + 0.15 s per forward + backward instead of 1.05 s."""
+    (480 x 96 by 50257 x 96) 0.25 s + 0.12 s per forward + backward instead of 1.05 s."""
 
     def execute(self, a, b):
         self.a, self.b = a, b
         return jt.matmul(a, b.transpose(0, 1))
 
     def grad(self, grad_output):
-        return jt.matmul(grad_output, self.b), jt.matmul(grad_output.transpose(0, 1), self.a)
+        return _blocked_matmul(grad_output, self.b), jt.matmul(grad_output.transpose(0, 1), self.a)
 
 
 def matmul_transpose(a, b):
