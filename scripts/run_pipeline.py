@@ -127,6 +127,7 @@ class Pipeline:
         os.makedirs(self.run_dir, exist_ok=True)
         os.makedirs(self.log_dir, exist_ok=True)
         self.state_path = os.path.join(self.run_dir, "stages.json")
+        self.stage_folders = {"init": ["base"], "lora": list(self.backends)}
         self.state = self._load_state()
         self.config = GPT2Config.from_model_card(
             self.s["model_card"], n_embd=self.s["n_embd"], n_layer=self.s["n_layer"],
@@ -188,6 +189,9 @@ class Pipeline:
             print(f"(done in an earlier run, {done['seconds']:.1f}s; --force_stage {name} reruns it)")
             return done.get("outputs", {})
         started = time.time()
+        if forced:  # a forced stage starts over instead of resuming its earlier checkpoints
+            for folder in self.stage_folders.get(name, ()):
+                shutil.rmtree(self.path(folder), ignore_errors=True)
         try:
             outputs = func() or {}
         except Exception as exc:
