@@ -120,3 +120,17 @@ def test_thin_rows_and_table_helpers():
     md = markdown_table(["a", "b"], [["x|y", None], [1.23456789, 2]])
     assert md.splitlines() == ["| a | b |", "|---|---|", "| x\\|y | - |", "| 1.23457 | 2 |"]
     assert re.fullmatch(r"(\|[^\n]*\|\n?)+", md)
+
+
+def test_summary_says_how_dropout_masks_were_drawn(tmp_path):
+    results = full_results()
+    results["config"] = dict(results.get("config") or {}, lora_dropout=0.1, exact_dropout=False)
+    md = render_report_md(results)
+    summary = md.split("\n\n")[2]
+    assert "each framework's own generator" in summary and "--exact_dropout" in summary
+    results["config"]["exact_dropout"] = True
+    summary = render_report_md(results).split("\n\n")[2]
+    assert "one backend-neutral generator" in summary
+    results["config"]["lora_dropout"] = 0.0
+    summary = render_report_md(results).split("\n\n")[2]
+    assert "dropout" not in summary
