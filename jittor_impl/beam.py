@@ -9,9 +9,7 @@ so Jittor compiles each step's kernels once. Jittor is lazy: the loop state is s
 step, otherwise the graph would keep every step's cache alive until the end.
 Index tensors are int32 here (Jittor's default index type; keys below stay under 3 * K * V).
 """
-import numpy as np
-
-from shared.beam_spec import BeamSettings, padded_query_width
+from shared.beam_spec import BeamSettings, length_divisor, padded_query_width
 
 from .runtime import jt
 
@@ -97,14 +95,6 @@ def postprocess_scores(logits, history, cur_len, settings: BeamSettings, eos_col
         banned = banned_ngram_mask(history, cur_len, n, vocab_size)
         logits = jt.ternary(banned, jt.full_like(logits, NEG_INF), logits)
     return logits
-
-
-def length_divisor(length, length_penalty):
-    """length ** length_penalty as float32 (the spec's divisor), held in a Python float. Dividing
-    in float64 and rounding gives the correctly rounded float32 quotient on every device; a
-    float32 division may be done as a multiplication by the reciprocal (Jittor, CUDA), 1 ulp off.
-    """
-    return float(np.float32(length ** length_penalty))
 
 
 class BestCandidates:

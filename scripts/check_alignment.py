@@ -9,7 +9,6 @@ exceeds its tolerance (fp32 defaults: logits 1e-3 abs, loss 1e-5 rel, grads 1e-4
       --lora_checkpoint run/model.100.pt --data valid.jsonl --lora_dim 4 --n_embd 128 ...
 """
 import argparse
-import json
 import os
 import sys
 
@@ -48,15 +47,21 @@ def diff(a, b):
     return float(np.abs(a - b).max()), float(np.linalg.norm(a - b)) / (norm if norm > 0 else 1.0)
 
 
-def torch_side(config, args, batches):
-    import torch
-    from torch_impl import GPT2LMModel, mark_only_lora_as_trainable
-    model = GPT2LMModel(config)
+def loaded_model(backend, config, args):
+    """The checkpoint(s) of `args` in `backend`'s model, only LoRA trainable when it has LoRA."""
+    model = backend.GPT2LMModel(config)
     model.load_weight(args.init_checkpoint)
     if args.lora_checkpoint:
         model.load_weight(args.lora_checkpoint)
     if config.lora_attn_dim > 0:
-        mark_only_lora_as_trainable(model)
+        backend.mark_only_lora_as_trainable(model)
+    return model
+
+
+def torch_side(config, args, batches):
+    import torch
+    import torch_impl
+    model = loaded_model(torch_impl, config, args)
     model.set_attention("math")
     model.to(args.device).eval()
     out = []
@@ -72,15 +77,11 @@ def torch_side(config, args, batches):
 
 
 def jittor_side(config, args, batches):
-    from jittor_impl import GPT2LMModel, mark_only_lora_as_trainable, runtime
+    import jittor_impl
+    from jittor_impl import runtime
     from jittor_impl.runtime import jt
     runtime.use_device(args.device)
-    model = GPT2LMModel(config)
-    model.load_weight(args.init_checkpoint)
-    if args.lora_checkpoint:
-        model.load_weight(args.lora_checkpoint)
-    if config.lora_attn_dim > 0:
-        mark_only_lora_as_trainable(model)
+    model = loaded_model(jittor_impl, config, args)
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     model.train()  # jittor's eval() stops every gradient; LoRA dropout is 0 here anyway
     out = []
@@ -106,20 +107,22 @@ def check(args):
               "logits_max_abs": 0.0, "logits_max_rel": 0.0, "loss_max_abs": 0.0,
               "loss_max_rel": 0.0, "grad_max_abs": 0.0, "grad_max_rel": 0.0,
               "grad_params": 0, "losses_torch": [], "losses_jittor": []}
+
+    def keep_worst(key, a, b):
+        abs_diff, rel_diff = diff(a, b)
+        result[key + "_max_abs"] = max(result[key + "_max_abs"], abs_diff)
+        result[key + "_max_rel"] = max(result[key + "_max_rel"], rel_diff)
+
     for (tl, tloss, tg), (jl, jloss, jg) in zip(t_side, j_side):
-        a, r = diff(tl, jl)
-        result["logits_max_abs"], result["logits_max_rel"] = max(result["logits_max_abs"], a), max(result["logits_max_rel"], r)
-        a, r = diff(tloss, jloss)
-        result["loss_max_abs"], result["loss_max_rel"] = max(result["loss_max_abs"], a), max(result["loss_max_rel"], r)
+        keep_worst("logits", tl, jl)
+        keep_worst("loss", tloss, jloss)
         result["losses_torch"].append(tloss)
         result["losses_jittor"].append(jloss)
         if sorted(tg) != sorted(jg):
             raise RuntimeError(f"trainable parameters differ: {sorted(set(tg) ^ set(jg))}")
         result["grad_params"] = len(tg)
         for name in tg:
-            a, r = diff(tg[name], jg[name])
-            result["grad_max_abs"] = max(result["grad_max_abs"], a)
-            result["grad_max_rel"] = max(result["grad_max_rel"], r)
+            keep_worst("grad", tg[name], jg[name])
     result["tolerances"] = {"logits_atol": args.logits_atol, "loss_rtol": args.loss_rtol,
                             "grad_atol": args.grad_atol}
     result["passed"] = (result["logits_max_abs"] <= args.logits_atol

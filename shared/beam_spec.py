@@ -157,9 +157,17 @@ def top_k_order(scores: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-np.asarray(scores), kind="stable")[:k]
 
 
+def length_divisor(length, length_penalty):
+    """length ** length_penalty as float32 (the spec's divisor), held in a Python float. Dividing
+    in float64 and rounding gives the correctly rounded float32 quotient on every device; a
+    float32 division may be done as a multiplication by the reciprocal (Jittor, CUDA), 1 ulp off.
+    """
+    return float(np.float32(length ** length_penalty))
+
+
 def candidate_score(beam_score, length: int, length_penalty: float) -> np.float32:
     """Rule 4's length-normalised score."""
-    return np.float32(beam_score) / np.float32(length ** length_penalty)
+    return np.float32(beam_score) / np.float32(length_divisor(length, length_penalty))
 
 
 class BestCandidate:

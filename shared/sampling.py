@@ -69,6 +69,22 @@ def draw(rng: np.random.Generator, probs: np.ndarray) -> int:
     return min(token, len(probs) - 1)
 
 
+def prompt_batch(prompt_ids, settings: SamplingSettings, n_positions: int,
+                 num_samples: int) -> np.ndarray:
+    """The prompt repeated once per sample, (num_samples, T) int64: the first input of a run.
+
+    Checked here so both backends refuse the same prompts with the same words.
+    """
+    prompt = np.asarray(prompt_ids, dtype=np.int64).reshape(1, -1)
+    if prompt.shape[1] == 0:
+        raise ValueError("the prompt is empty: give at least one token")
+    if prompt.shape[1] + settings.max_new_tokens - 1 > n_positions:
+        raise ValueError(f"prompt of {prompt.shape[1]} tokens + max_new_tokens "
+                         f"{settings.max_new_tokens} exceeds the model's "
+                         f"{n_positions} positions")
+    return np.repeat(prompt, num_samples, axis=0)
+
+
 class SampleStreams:
     """`num_samples` samples advanced together; the backend feeds logits, gets next tokens."""
 

@@ -4,7 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from shared.sampling import SampleStreams, SamplingSettings, draw, filtered_probabilities
+from shared.sampling import (SampleStreams, SamplingSettings, draw, filtered_probabilities,
+                             prompt_batch)
 
 EOS = 4
 
@@ -104,3 +105,14 @@ def test_sample_i_does_not_depend_on_num_samples():
 def test_settings_reject_bad_values(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SamplingSettings(**kwargs)
+
+
+def test_prompt_batch_repeats_the_prompt_and_refuses_what_cannot_run():
+    settings = SamplingSettings(max_new_tokens=5)
+    batch = prompt_batch([3, 1, 4], settings, n_positions=7, num_samples=2)
+    assert batch.dtype == np.int64 and batch.tolist() == [[3, 1, 4], [3, 1, 4]]
+    with pytest.raises(ValueError, match="the prompt is empty"):
+        prompt_batch([], settings, n_positions=7, num_samples=1)
+    with pytest.raises(ValueError, match="prompt of 4 tokens \\+ max_new_tokens 5 exceeds the "
+                                         "model's 7 positions"):
+        prompt_batch([1, 2, 3, 4], settings, n_positions=7, num_samples=1)

@@ -7,10 +7,9 @@ The per-step rules work on whole (rows, V) tensors: no Python loop over rows and
 Shapes stay fixed from step 1 on (histories are (rows, eval_len) with a validity mask rather
 than growing), which is what keeps Jittor's kernel cache warm in the twin.
 """
-import numpy as np
 import torch
 
-from shared.beam_spec import BeamSettings, padded_query_width
+from shared.beam_spec import BeamSettings, length_divisor, padded_query_width
 
 NEG_INF = float("-inf")
 BLOCK = 1024  # candidates per block in `select_top_k`'s first pass
@@ -93,14 +92,6 @@ def postprocess_scores(logits, history, cur_len, settings: BeamSettings, eos_col
         banned = banned_ngram_mask(history, cur_len, n, vocab_size)
         logits = torch.where(banned, torch.full_like(logits, NEG_INF), logits)
     return logits
-
-
-def length_divisor(length, length_penalty):
-    """length ** length_penalty as float32 (the spec's divisor), held in a Python float. Dividing
-    in float64 and rounding gives the correctly rounded float32 quotient on every device; a
-    float32 division may be done as a multiplication by the reciprocal (Jittor, CUDA), 1 ulp off.
-    """
-    return float(np.float32(length ** length_penalty))
 
 
 class BestCandidates:

@@ -4,10 +4,9 @@ The model runs here; filtering and the draw happen in numpy (`shared/sampling.py
 backends sample the same text from the same weights. The cache grows by concatenation (`past`
 without `len_past`): all samples share the prompt and advance one token per step.
 """
-import numpy as np
 import torch
 
-from shared.sampling import SampleStreams, SamplingSettings
+from shared.sampling import SampleStreams, SamplingSettings, prompt_batch
 
 
 def generate(model, prompt_ids, settings: SamplingSettings, seed: int, num_samples: int = 1):
@@ -19,15 +18,9 @@ def generate(model, prompt_ids, settings: SamplingSettings, seed: int, num_sampl
 def _generate(model, prompt_ids, settings, seed, num_samples):
     model.eval()
     device = next(model.parameters()).device
-    prompt = np.asarray(prompt_ids, dtype=np.int64).reshape(1, -1)
-    if prompt.shape[1] == 0:
-        raise ValueError("the prompt is empty: give at least one token")
-    if prompt.shape[1] + settings.max_new_tokens - 1 > model.config.n_positions:
-        raise ValueError(f"prompt of {prompt.shape[1]} tokens + max_new_tokens "
-                         f"{settings.max_new_tokens} exceeds the model's "
-                         f"{model.config.n_positions} positions")
+    prompt = prompt_batch(prompt_ids, settings, model.config.n_positions, num_samples)
     streams = SampleStreams(settings, seed, num_samples)
-    tokens = torch.from_numpy(np.repeat(prompt, num_samples, axis=0)).to(device)
+    tokens = torch.from_numpy(prompt).to(device)
     past = None
     while True:
         logits, past = model(tokens, past=past)
