@@ -32,6 +32,7 @@ def causal_mask(nd, ns):
 
 
 def gelu(x):
+    """0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))); Jittor fuses these into one kernel."""
     return 0.5 * x * (1.0 + jt.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * jt.pow(x, 3))))
 
 

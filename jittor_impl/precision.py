@@ -38,8 +38,54 @@ def _float32(product):
     return product if _compute_dtype[0] is None else product.float32()
 
 
+_direct_cublas = [True]
+
+
+def set_direct_cublas(enabled: bool):
+    """Route 2-D weight products through `_CublasProduct` on CUDA (the default) or leave them
+    to Jittor's own matmul (kept switchable so the benchmark can measure the difference)."""
+    _direct_cublas[0] = bool(enabled)
+
+
+def _cublas_ops():
+    if not (_direct_cublas[0] and jt.flags.use_cuda):
+        return None
+    return getattr(jt.compile_extern, "cublas_ops", None)
+
+
+class _CublasProduct(jt.Function):
+    """a @ b (or a @ b.T with `transpose_b`) for 2-D a, b: one cuBLAS GEMM per product in the
+    forward and in the backward pass. Jittor writes a 2-D matmul as broadcast-multiply-sum and
+    relies on a fusion pass to recognise that pattern and call cuBLAS instead; calling cuBLAS
+    here makes every weight product a GEMM whatever the fusion does. Gradients of frozen
+    operands are returned too but, Jittor being lazy, never computed."""
+
+    def __init__(self, ops, transpose_b=False):
+        self.ops, self.transpose_b = ops, transpose_b
+
+    def execute(self, a, b):
+        self.a, self.b = a, b
+        return self.ops.cublas_matmul(a, b, False, self.transpose_b)
+
+    def grad(self, grad_output):
+        g, mm = grad_output.cast(self.a.dtype), self.ops.cublas_matmul
+        if self.transpose_b:  # c = a b^T: da = g b, db = g^T a
+            return mm(g, self.b, False, False), mm(g, self.a, True, False)
+        return mm(g, self.b, False, True), mm(self.a, g, True, False)  # da = g b^T, db = a^T g
+
+
+def _product_2d_weight(a, b, transpose_b, ops):
+    """a (..., k) times a 2-D b, through cuBLAS: leading dimensions folded into rows."""
+    flat = a.reshape(-1, a.shape[-1])
+    out = _CublasProduct(ops, transpose_b)(flat, b)
+    return out.reshape(list(a.shape[:-1]) + [out.shape[-1]])
+
+
 def matmul(a, b):
     a, b = _cast(a, b)
+    ops = _cublas_ops()
+    if ops is not None and b.ndim == 2 and a.ndim >= 2:
+        return _float32(_product_2d_weight(a, b, False, ops))
     return _float32(jt.matmul(a, b))
 
 
@@ -73,7 +119,10 @@ class _ProductWithTransposeCPU(jt.Function):
 def matmul_transpose(a, b):
     """a @ b.T without materialising b.T (a may have leading batch dimensions, b is 2-D)."""
     a, b = _cast(a, b)
-    if jt.flags.use_cuda:  # cuBLAS handles the broadcast-reduce form directly
+    ops = _cublas_ops()
+    if ops is not None:
+        return _float32(_product_2d_weight(a, b, True, ops))
+    if jt.flags.use_cuda:  # Jittor's own broadcast-multiply-sum, left to its fusion pass
         return _float32(jt.nn.matmul_transpose(a, b))
     flat = a.reshape(-1, a.shape[-1])
     return _float32(_ProductWithTransposeCPU()(flat, b).reshape(list(a.shape[:-1]) + [b.shape[0]]))

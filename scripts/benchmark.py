@@ -9,6 +9,10 @@ attention score/value products (3 x 4 * n_layer * seq_len * n_embd, forward and 
 N = non-embedding weights + the tied output head (n_embd x vocab). MFU = model FLOP/s / peak.
 Beam search: the E2E-offline test split (630 MRs), beam 10, eval_len 64, no_repeat_ngram 4,
 with randomly initialised weights (so beams rarely stop early: a worst case).
+Training variants: `torch` (eager), `torch+compile` (torch.compile), `jittor` (weight products
+as direct cuBLAS calls, jittor_impl/precision.py) and `jittor+tuner` (products left to Jittor's
+own fusion pass). With --profile, two extra steps of each variant run under the framework's
+profiler and the report lists where the device time goes.
 Prints a table and writes logs/benchmark.md (and .json) with device and versions.
 """
 import argparse
@@ -47,9 +51,10 @@ def lora_training_flops_per_token(config: GPT2Config, seq_len: int) -> float:
     return 4 * weights + 3 * attention
 
 
-def train_args(backend, device, precision, seed=0):
+def train_args(backend, device, precision, seed=0, compile=False):
     return SimpleNamespace(backend=backend, device=device, precision=precision, random_seed=seed,
                            init_checkpoint=None, shared_dropout=False, attn=None, lr=2e-4,
+                           compile=compile,
                            adam_beta1=0.9, adam_beta2=0.999, adam_epislon=1e-6,
                            weight_decay=0.01, no_decay_bias=False, correct_bias=True)
 
@@ -64,10 +69,19 @@ def synchronize(backend):
         jt.sync_all(True)
 
 
-def bench_training(backend, card, args):
+VARIANTS = ("torch", "torch+compile", "jittor", "jittor+tuner")
+
+
+def bench_training(variant, card, args):
+    """Tokens/s of `variant` (see VARIANTS); with args.profile also a kernel breakdown."""
+    backend = variant.split("+")[0]
+    if backend == "jittor":
+        from jittor_impl import precision
+        precision.set_direct_cublas(variant != "jittor+tuner")
     config = GPT2Config.from_model_card(card, lora_attn_dim=4, lora_attn_alpha=32,
                                         lora_dropout=0.1)
-    trainer = training_backend(backend)(config, train_args(backend, args.device, args.precision))
+    trainer = training_backend(backend)(config, train_args(backend, args.device, args.precision,
+                                                           compile=variant == "torch+compile"))
     rng = np.random.default_rng(0)
     shape = (args.batch_size, args.seq_len)
     batch = {"input": rng.integers(0, config.vocab_size, shape),
@@ -88,9 +102,63 @@ def bench_training(backend, card, args):
         raise RuntimeError(f"{backend} {card}: non-finite loss in the benchmark")
     tokens = args.steps * args.batch_size * args.seq_len
     flops = tokens * lora_training_flops_per_token(config, args.seq_len)
+    result = {"tokens_per_s": tokens / seconds, "step_ms": 1000 * seconds / args.steps,
+              "model_tflops": flops / seconds / 1e12}
+    if args.profile:
+        def step(number):
+            trainer.set_step(number)
+            trainer.forward_backward(batch, 1.0, 0.0)
+            trainer.update(2e-4, 1.0)
+        result["profile"] = profile_steps(backend, step, args.warmup + args.steps + 1, 2)
+    if backend == "jittor":
+        precision.set_direct_cublas(True)
     del trainer
-    return {"tokens_per_s": tokens / seconds, "step_ms": 1000 * seconds / args.steps,
-            "model_tflops": flops / seconds / 1e12}
+    return result
+
+
+def _short_jittor_kernel(key):
+    """Jittor's profiler names a kernel by its jit key; keep the op names and the first dtype."""
+    import re
+    ops = re.findall(r"opkey\d+:(\w+)", key)
+    dtype = re.search(r"«T\w*:(\w+)", key)
+    name = ("fused[" + ",".join(dict.fromkeys(ops)) + "]") if ops else key.split("«")[0]
+    return name + (f" {dtype.group(1)}" if dtype else "")
+
+
+def profile_steps(backend, step, first_step, count, top=10):
+    """Run `count` steps under the framework's profiler: device time per step and top kernels."""
+    kernels = {}
+    if backend == "torch":
+        import torch
+        from torch.profiler import ProfilerActivity, profile
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+        with profile(activities=activities) as prof:
+            for i in range(count):
+                step(first_step + i)
+            synchronize(backend)
+        for event in prof.key_averages():
+            device_us = getattr(event, "self_device_time_total", None)
+            if device_us is None:
+                device_us = getattr(event, "self_cuda_time_total", 0)
+            if device_us > 0:
+                kernels[event.key] = (kernels.get(event.key, (0, 0))[0] + device_us / 1000,
+                                      kernels.get(event.key, (0, 0))[1] + event.count)
+    else:
+        from jittor_impl.runtime import jt
+        synchronize(backend)
+        with jt.profile_scope() as report:
+            for i in range(count):
+                step(first_step + i)
+            synchronize(backend)
+        for row in report[1:]:
+            name = _short_jittor_kernel(row[0])
+            ms, calls = kernels.get(name, (0, 0))
+            kernels[name] = (ms + float(row[3]) / 1e6, calls + int(row[2]))
+    total = sum(ms for ms, _ in kernels.values())
+    rows = sorted(kernels.items(), key=lambda kv: -kv[1][0])[:top]
+    return {"device_ms_per_step": total / count, "launches_per_step": sum(c for _, c in kernels.values()) / count,
+            "top": [{"kernel": k[:120], "ms_per_step": ms / count, "calls_per_step": c / count,
+                     "share": ms / total if total else 0.0} for k, (ms, c) in rows]}
 
 
 def bench_beam(backend, card, args):
@@ -157,16 +225,37 @@ def render(results, env, args):
              f"Training: LoRA r=4, seq_len {args.seq_len}, batch {args.batch_size}, "
              f"{args.steps} timed steps after {args.warmup} warm-up steps. MFU against "
              f"{results.get('peak_tflops') or 'unknown'} TFLOP/s peak.", "",
-             "| model | backend | tokens/s | step (ms) | model TFLOP/s | MFU | jittor/torch tokens/s |",
-             "|---|---|---|---|---|---|---|"]
+             "| model | variant | tokens/s | step (ms) | model TFLOP/s | MFU | vs torch | vs torch+compile |",
+             "|---|---|---|---|---|---|---|---|"]
     for card, per in results["training"].items():
-        ratio = (per["jittor"]["tokens_per_s"] / per["torch"]["tokens_per_s"]
-                 if "jittor" in per and "torch" in per else None)
-        for backend, r in per.items():
+        for variant, r in per.items():
             mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "n/a"
-            cell = f"{ratio:.2f}" if ratio is not None and backend == "jittor" else ""
-            lines.append(f"| {card} | {backend} | {r['tokens_per_s']:,.0f} | {r['step_ms']:.1f} | "
-                         f"{r['model_tflops']:.1f} | {mfu} | {cell} |")
+            cells = []
+            for base in ("torch", "torch+compile"):
+                ok = variant.startswith("jittor") and base in per
+                cells.append(f"{r['tokens_per_s'] / per[base]['tokens_per_s']:.2f}" if ok else "")
+            lines.append(f"| {card} | {variant} | {r['tokens_per_s']:,.0f} | {r['step_ms']:.1f} | "
+                         f"{r['model_tflops']:.1f} | {mfu} | {cells[0]} | {cells[1]} |")
+    if results.get("failed"):
+        lines += ["", "Variants that failed: " + "; ".join(f"{k}: {v}" for k, v in results["failed"].items())]
+    profiled = [(card, variant, r["profile"]) for card, per in results["training"].items()
+                for variant, r in per.items() if r.get("profile")]
+    if profiled:
+        lines += ["", "## Where the time goes", "",
+                  "Two more training steps of each variant under the framework's profiler "
+                  "(torch.profiler; jittor.profile_scope, which synchronises after every kernel). "
+                  "'device' is the summed kernel time per step; the step time above minus it is "
+                  "time the GPU waited for the host."]
+        for card, variant, prof in profiled:
+            step_ms = results["training"][card][variant]["step_ms"]
+            lines += ["", f"### {card} {variant}: step {step_ms:.1f} ms, device "
+                          f"{prof['device_ms_per_step']:.1f} ms, {prof['launches_per_step']:.0f} "
+                          f"kernels per step", "", "| kernel | ms/step | calls/step | share |",
+                      "|---|---|---|---|"]
+            for row in prof["top"]:
+                name = row["kernel"].replace("|", "/")
+                lines.append(f"| {name} | {row['ms_per_step']:.2f} | {row['calls_per_step']:.0f} | "
+                             f"{100 * row['share']:.1f}% |")
     if results.get("beam"):
         lines += ["", f"Beam search: {args.test_data} ({'630 MRs' if 'test' in args.test_data else ''}), "
                   f"beam 10, eval_len 64, batch {args.beam_batch_size} MRs, fp32.", "",
@@ -183,7 +272,10 @@ def render(results, env, args):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--backends", default="torch,jittor")
+    p.add_argument("--backends", default=",".join(VARIANTS),
+                   help="training variants to measure: " + ", ".join(VARIANTS) + " (beam search "
+                        "runs for the plain torch and jittor among them)")
+    p.add_argument("--profile", action="store_true", help="add a per-kernel time breakdown")
     p.add_argument("--cards", default="gpt2.sm,gpt2.md")
     p.add_argument("--device", default="cuda", choices=["cpu", "cuda"])
     p.add_argument("--precision", default="bf16", choices=["fp32", "bf16", "fp16"])
@@ -199,19 +291,32 @@ def main(argv=None):
     args = p.parse_args(argv)
     env = environment(args)
     peak = peak_tflops(env["gpu"], args.peak_tflops)
-    results = {"environment": env, "peak_tflops": peak, "training": {}, "beam": {}}
-    backends = args.backends.split(",")
+    results = {"environment": env, "peak_tflops": peak, "training": {}, "beam": {}, "failed": {}}
+    variants = [v for v in args.backends.split(",") if v]
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        p.error(f"unknown variants {unknown}; choose from {VARIANTS}")
     for card in filter(None, args.cards.split(",")):
-        for backend in backends:
-            r = bench_training(backend, card, args)
+        for variant in variants:
+            try:
+                r = bench_training(variant, card, args)
+            except Exception as exc:  # one failing variant must not lose the others' numbers
+                results["failed"][f"{card} {variant}"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+                print(f"train {card} {variant} FAILED: {exc}", flush=True)
+                continue
             r["mfu"] = r["model_tflops"] / peak if peak else None
-            results["training"].setdefault(card, {})[backend] = r
-            print(f"train {card:8s} {backend:6s} {r['tokens_per_s']:10,.0f} tok/s  "
+            results["training"].setdefault(card, {})[variant] = r
+            print(f"train {card:8s} {variant:14s} {r['tokens_per_s']:10,.0f} tok/s  "
                   f"{r['step_ms']:7.1f} ms/step  {r['model_tflops']:6.1f} TFLOP/s", flush=True)
     if args.test_data:
         for card in filter(None, args.beam_cards.split(",")):
-            for backend in backends:
-                r = bench_beam(backend, card, args)
+            for backend in [b for b in ("torch", "jittor") if b in variants]:
+                try:
+                    r = bench_beam(backend, card, args)
+                except Exception as exc:
+                    results["failed"][f"beam {card} {backend}"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+                    print(f"beam {card} {backend} FAILED: {exc}", flush=True)
+                    continue
                 results["beam"].setdefault(card, {})[backend] = r
                 print(f"beam  {card:8s} {backend:6s} {r['queries']} MRs in {r['seconds']:.1f}s "
                       f"({r['queries_per_s']:.1f} MRs/s)", flush=True)

@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
-# The GPU session behind the committed GPU logs, in one go: Jittor warm-up (its CUDA build goes
-# through jittor_impl/cuda_compat.py on CUDA 13), the alignment suite with both backends on
-# CUDA, `work.sh` with the GPU defaults (generation and the final check; scoring needs Java and
-# runs afterwards on a CPU machine: `bash work.sh --preset cuda --run gpu-default`), and the
-# benchmark. Each step logs to OUT and a failed step does not stop the next.
-#   GPT2_VOCAB_DIR=... E2E_DATA_DIR=... bash scripts/gpu_run.sh OUT
+# The GPU session behind the committed GPU logs (logs/gpu-*), stage by stage:
+#   warmup     Jittor's first import (its CUDA build goes through jittor_impl/cuda_compat.py)
+#   profile    a quick gpt2.md training benchmark of every variant with a kernel breakdown
+#   alignment  the GPU tests of the alignment suite and of tests/ (both backends on CUDA)
+#   work       `work.sh` with the GPU defaults up to the final check (scoring needs Java and
+#              runs afterwards on a CPU machine: `bash work.sh --preset cuda --run gpu-default`)
+#   benchmark  the full benchmark: gpt2.sm + gpt2.md training, beam search over the test split
+# Each stage logs to OUT/<stage>.log and its exit code to OUT/progress.log; a failed stage does
+# not stop the next. OUT/progress.log ends with "done".
+#   GPT2_VOCAB_DIR=... E2E_DATA_DIR=... bash scripts/gpu_run.sh OUT [stage ...]
 set -u
 cd "$(dirname "$0")/.."
 out=$(mkdir -p "${1:-gpu_out}" && cd "${1:-gpu_out}" && pwd)
+shift || true
+stages=("$@")
+[ ${#stages[@]} -gt 0 ] || stages=(warmup alignment work benchmark)
 log() { echo "[$(date +%H:%M:%S)] $*" | tee -a "$out/progress.log"; }
 step() {  # step NAME COMMAND...: run it, log its exit code and duration
   local name=$1; shift
@@ -17,15 +24,32 @@ step() {  # step NAME COMMAND...: run it, log its exit code and duration
   log "end $name: exit $? after $((SECONDS - started))s"
 }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$out/gpu.txt" 2>&1
+git log -1 --format='commit %H %s' > "$out/commit.txt" 2>&1
+git status --short >> "$out/commit.txt" 2>&1
 export PYTHONUNBUFFERED=1
-step warmup python3 scripts/jittor_warmup.py
-mkdir -p "$out/alignment"
-step alignment env ALIGNMENT_REPORT_DIR="$out/alignment" python3 -m pytest alignment/ -q -rs -p no:cacheprovider
-step work bash work.sh --preset cuda --run gpu-default --until check
-step benchmark python3 scripts/benchmark.py --steps 10 --warmup 3 --test_data runs/gpu-default/data/test.jsonl --out "$out/benchmark.md"
-tar czf "$out/gpu-default-run.tgz" --ignore-failed-read runs/gpu-default/stages.json runs/gpu-default/logs \
-  runs/gpu-default/data runs/gpu-default/final_check.json runs/gpu-default/base/train_log.jsonl \
-  runs/gpu-default/base/train_summary.json runs/gpu-default/*/train_log.jsonl \
-  runs/gpu-default/*/train_summary.json runs/gpu-default/*/run_config.json \
-  runs/gpu-default/*/predict.jsonl runs/gpu-default/*/e2e_*.txt 2>> "$out/progress.log"
+for stage in "${stages[@]}"; do
+  case $stage in
+    warmup) step warmup python3 scripts/jittor_warmup.py ;;
+    profile) step profile python3 scripts/benchmark.py --cards gpt2.md --steps 10 --warmup 5 \
+               --profile --out "$out/profile.md" ;;
+    alignment)
+      mkdir -p "$out/alignment"
+      step alignment env ALIGNMENT_REPORT_DIR="$out/alignment" python3 -m pytest alignment/ tests/ \
+        -m gpu -v -rs -p no:cacheprovider ;;
+    work)
+      step work bash work.sh --preset cuda --run gpu-default --until check
+      tar czf "$out/gpu-default-run.tgz" --ignore-failed-read runs/gpu-default/stages.json \
+        runs/gpu-default/final_check.json runs/gpu-default/*/train_log.jsonl \
+        runs/gpu-default/*/train_summary.json runs/gpu-default/*/run_config.json \
+        runs/gpu-default/*/predict.jsonl runs/gpu-default/*/e2e_*.txt 2>> "$out/progress.log" ;;
+    benchmark)
+      [ -f runs/gpu-default/data/test.jsonl ] || python3 scripts/prepare_e2e.py --out_dir runs/bench-data \
+        > "$out/bench-data.log" 2>&1
+      test_data=runs/gpu-default/data/test.jsonl
+      [ -f "$test_data" ] || test_data=runs/bench-data/test.jsonl
+      step benchmark python3 scripts/benchmark.py --steps 20 --warmup 5 --profile \
+        --test_data "$test_data" --out "$out/benchmark.md" ;;
+    *) log "unknown stage $stage" ;;
+  esac
+done
 log "done"

@@ -76,6 +76,9 @@ def build_parser():
                         "and jittor runs match step for step with dropout on")
     p.add_argument("--attn", default=None, choices=["math", "sdpa"],
                    help="torch attention kernel (default sdpa; jittor has math only)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch backend: run the model through torch.compile (fuses the "
+                        "element-wise work; the first steps compile)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the latest checkpoint in --work_dir")
     p.add_argument("--max_eval_batches", type=int, default=None,
@@ -126,6 +129,8 @@ def validate(args):
         problems.append(f"--lora_dim must be >= 0, got {args.lora_dim}")
     if args.attn == "sdpa" and args.backend == "jittor":
         problems.append("--attn sdpa exists for the torch backend only")
+    if args.compile and args.backend == "jittor":
+        problems.append("--compile exists for the torch backend only (Jittor fuses by itself)")
     if args.device is None:
         args.device = default_device()
     if args.precision != "fp32" and args.device != "cuda":

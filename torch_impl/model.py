@@ -31,7 +31,8 @@ def causal_mask(nd, ns, device):
 
 
 def gelu(x):
-    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3))))
+    """0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), as one fused kernel."""
+    return F.gelu(x, approximate="tanh")
 
 
 class LayerNorm(nn.Module):

@@ -34,6 +34,8 @@ class TorchBackend:
         set_shared_dropout(self.model, self.shared_dropout)
         self.model.set_attention(args.attn or "sdpa")
         self.model.to(self.device)
+        # what forward passes run through: the model, or its torch.compile'd form
+        self.forward = torch.compile(self.model) if getattr(args, "compile", False) else self.model
         self.params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
         groups = optimizer_groups(list(self.params), args.weight_decay, args.no_decay_bias)
         self.optimizer = AdamW([{"params": [self.params[n] for n in names], "weight_decay": wd}
@@ -62,8 +64,8 @@ class TorchBackend:
         self.model.train()
         data = self.to_device(batch)
         with self.autocast():
-            _, loss = self.model(data["input"], lm_labels=data["target"], lm_mask=data["mask"],
-                                 label_smooth=label_smooth)
+            _, loss = self.forward(data["input"], lm_labels=data["target"], lm_mask=data["mask"],
+                                   label_smooth=label_smooth)
         scaled = loss * loss_scale
         (self.scaler.scale(scaled) if self.scaler else scaled).backward()
         return loss.detach()
@@ -87,7 +89,7 @@ class TorchBackend:
         self.model.eval()
         data = self.to_device(batch)
         with self.autocast():
-            _, loss = self.model(data["input"], lm_labels=data["target"], lm_mask=data["mask"])
+            _, loss = self.forward(data["input"], lm_labels=data["target"], lm_mask=data["mask"])
         return loss
 
     def fetch(self, values):
