@@ -18,7 +18,7 @@ from shared.config import GPT2Config
 from shared.params import init_state_dict, is_lora_name
 
 from .lora import MergedLinear
-from .precision import matmul, matmul_transpose
+from .precision import batched_matmul_transpose, matmul, matmul_transpose, permute
 from .runtime import jt
 
 nn = jt.nn
@@ -72,14 +72,14 @@ class Attention(nn.Module):
         self.impl = "math"  # the reference's formula (Jittor has no fused attention kernel)
 
     def split_heads(self, x):  # (B, T, E) -> (B, H, T, D)
-        return x.reshape(list(x.shape[:-1]) + [self.n_head, x.shape[-1] // self.n_head]).permute(0, 2, 1, 3)
+        return permute(x.reshape(list(x.shape[:-1]) + [self.n_head, x.shape[-1] // self.n_head]), 0, 2, 1, 3)
 
     def merge_heads(self, x):  # (B, H, T, D) -> (B, T, E)
-        x = x.permute(0, 2, 1, 3)
+        x = permute(x, 0, 2, 1, 3)
         return x.reshape(list(x.shape[:-2]) + [x.shape[-2] * x.shape[-1]])
 
     def _attn_math(self, q, k, v, len_kv=None):
-        w = matmul(q, k.transpose(-2, -1))
+        w = batched_matmul_transpose(q, k)
         w = w / math.sqrt(v.shape[-1])
         nd, ns = w.shape[-2], w.shape[-1]
         b = causal_mask(nd, ns)  # float32, as the reference buffer: masks in fp32

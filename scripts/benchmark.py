@@ -9,9 +9,9 @@ attention score/value products (3 x 4 * n_layer * seq_len * n_embd, forward and 
 N = non-embedding weights + the tied output head (n_embd x vocab). MFU = model FLOP/s / peak.
 Beam search: the E2E-offline test split (630 MRs), beam 10, eval_len 64, no_repeat_ngram 4,
 with randomly initialised weights (so beams rarely stop early: a worst case).
-Training variants: `torch` (eager), `torch+compile` (torch.compile), `jittor` (weight products
-as direct cuBLAS calls, jittor_impl/precision.py) and `jittor+tuner` (products left to Jittor's
-own fusion pass). With --profile, two extra steps of each variant run under the framework's
+Training variants: `torch` (eager), `torch+compile` (torch.compile), `jittor` (products as direct
+cuBLAS calls, permutes as gathers: jittor_impl/precision.py) and `jittor+tuner` (both left to
+Jittor's own ops and fusion pass). With --profile, two extra steps of each variant run under the framework's
 profiler and the report lists where the device time goes.
 Prints a table and writes logs/benchmark.md (and .json) with device and versions.
 """
@@ -77,7 +77,7 @@ def bench_training(variant, card, args):
     backend = variant.split("+")[0]
     if backend == "jittor":
         from jittor_impl import precision
-        precision.set_direct_cublas(variant != "jittor+tuner")
+        precision.set_fast_cuda_paths(variant != "jittor+tuner")
     config = GPT2Config.from_model_card(card, lora_attn_dim=4, lora_attn_alpha=32,
                                         lora_dropout=0.1)
     trainer = training_backend(backend)(config, train_args(backend, args.device, args.precision,
@@ -111,7 +111,7 @@ def bench_training(variant, card, args):
             trainer.update(2e-4, 1.0)
         result["profile"] = profile_steps(backend, step, args.warmup + args.steps + 1, 2)
     if backend == "jittor":
-        precision.set_direct_cublas(True)
+        precision.set_fast_cuda_paths(True)
     del trainer
     return result
 

@@ -47,3 +47,19 @@ def test_frozen_operand_gets_no_gradient():
     out = precision._product_2d_weight(a, b, False, StandInCublas)
     (grad_a,) = jt.grad(out.sum(), [a])
     np.testing.assert_allclose(grad_a.numpy(), np.full((4, 3), 2.0))
+
+
+@pytest.mark.parametrize("order", [(0, 2, 1, 3), (1, 0, 2), (2, 0, 1)])
+def test_gather_permute_and_its_gradient_match_permute(order):
+    rng = np.random.default_rng(1)
+    shape = (2, 3, 4, 5)[:len(order)]
+    x_np = rng.standard_normal(shape).astype(np.float32)
+    upstream = rng.standard_normal([shape[d] for d in order]).astype(np.float32)
+    results = []
+    for permute in (lambda x: precision._Permute(order)(x), lambda x: x.permute(*order)):
+        x = jt.array(x_np)
+        out = permute(x)
+        (grad,) = jt.grad((out * jt.array(upstream)).sum(), [x])
+        results.append((out.numpy(), grad.numpy()))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    np.testing.assert_array_equal(results[0][1], results[1][1])
