@@ -1,0 +1,31 @@
+"""gpt2_ft.py's arguments: what cannot run fails before any work, naming the flag."""
+import pytest
+
+from shared.train_args import ArgumentProblem, build_parser, validate
+
+
+@pytest.fixture
+def data_files(tmp_path):
+    for name in ("train.jsonl", "valid.jsonl"):
+        (tmp_path / name).write_text('{"context": [1], "completion": [2]}\n')
+    return tmp_path
+
+
+def parse(data_files, *extra):
+    return build_parser().parse_args(["--train_data", str(data_files / "train.jsonl"),
+                                      "--valid_data", str(data_files / "valid.jsonl"),
+                                      "--max_step", "2", "--device", "cpu", *extra])
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--backend", "jittor", "--compile"), "--compile exists for the torch backend only"),
+    (("--backend", "jittor", "--attn", "sdpa"), "--attn sdpa exists for the torch backend only"),
+    (("--backend", "torch", "--precision", "bf16"), "--precision bf16 needs --device cuda"),
+])
+def test_impossible_combinations_are_named(data_files, extra, message):
+    with pytest.raises(ArgumentProblem, match=message):
+        validate(parse(data_files, *extra))
+
+
+def test_torch_compile_is_accepted(data_files):
+    assert validate(parse(data_files, "--backend", "torch", "--compile")).compile
