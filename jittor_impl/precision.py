@@ -6,6 +6,10 @@ LayerNorm, softmax, the loss, the residual stream, the master weights and their 
 stays float32, because a bfloat16 product plus a float32 bias promotes back to float32. That is
 what `torch.autocast` does for these ops, so the two backends compute comparable functions at
 mixed precision (compared in alignment/test_mixed_precision.py with tolerances that fit bf16).
+
+The model's products and head permutes all pass through here, so this is also where they take
+their fast form for the device: direct cuBLAS calls and gathers on CUDA, plain products with a
+blocked vocabulary sum on the CPU.
 """
 import contextlib
 
@@ -47,10 +51,12 @@ def set_fast_cuda_paths(enabled: bool):
     _fast_cuda_paths[0] = bool(enabled)
 
 
+def _fast_cuda():
+    return _fast_cuda_paths[0] and jt.flags.use_cuda
+
+
 def _cublas_ops():
-    if not (_fast_cuda_paths[0] and jt.flags.use_cuda):
-        return None
-    return getattr(jt.compile_extern, "cublas_ops", None)
+    return getattr(jt.compile_extern, "cublas_ops", None) if _fast_cuda() else None
 
 
 class _CublasProduct(jt.Function):
@@ -74,11 +80,15 @@ class _CublasProduct(jt.Function):
         return mm(g, self.b, False, True), mm(self.a, g, True, False)  # da = g b^T, db = a^T g
 
 
-def _product_2d_weight(a, b, transpose_b, ops):
-    """a (..., k) times a 2-D b, through cuBLAS: leading dimensions folded into rows."""
-    flat = a.reshape(-1, a.shape[-1])
-    out = _CublasProduct(ops, transpose_b)(flat, b)
+def _rows_product(a, b, product):
+    """`product(a2, b)` for a (..., k) with its leading dimensions folded into the rows of a2."""
+    out = product(a.reshape(-1, a.shape[-1]), b)
     return out.reshape(list(a.shape[:-1]) + [out.shape[-1]])
+
+
+def _product_2d_weight(a, b, transpose_b, ops):
+    """a (..., k) times a 2-D b (or b.T), through cuBLAS."""
+    return _rows_product(a, b, _CublasProduct(ops, transpose_b))
 
 
 def matmul(a, b):
@@ -120,7 +130,7 @@ class _Permute(jt.Function):
 
 
 def permute(x, *order):
-    if _fast_cuda_paths[0] and jt.flags.use_cuda:
+    if _fast_cuda():
         return _Permute(order)(x)
     return x.permute(*order)
 
@@ -160,5 +170,4 @@ def matmul_transpose(a, b):
         return _float32(_product_2d_weight(a, b, True, ops))
     if jt.flags.use_cuda:  # Jittor's own broadcast-multiply-sum, left to its fusion pass
         return _float32(jt.nn.matmul_transpose(a, b))
-    flat = a.reshape(-1, a.shape[-1])
-    return _float32(_ProductWithTransposeCPU()(flat, b).reshape(list(a.shape[:-1]) + [b.shape[0]]))
+    return _float32(_rows_product(a, b, _ProductWithTransposeCPU()))

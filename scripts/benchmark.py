@@ -127,7 +127,12 @@ def _short_jittor_kernel(key):
 
 def profile_steps(backend, step, first_step, count, top=10):
     """Run `count` steps under the framework's profiler: device time per step and top kernels."""
-    kernels = {}
+    kernels = {}  # name -> (ms, calls), summed over the profiled steps
+
+    def add(name, ms, calls):
+        seen_ms, seen_calls = kernels.get(name, (0.0, 0))
+        kernels[name] = (seen_ms + ms, seen_calls + calls)
+
     if backend == "torch":
         import torch
         from torch.profiler import ProfilerActivity, profile
@@ -138,11 +143,10 @@ def profile_steps(backend, step, first_step, count, top=10):
             synchronize(backend)
         for event in prof.key_averages():
             device_us = getattr(event, "self_device_time_total", None)
-            if device_us is None:
+            if device_us is None:  # older torch
                 device_us = getattr(event, "self_cuda_time_total", 0)
             if device_us > 0:
-                kernels[event.key] = (kernels.get(event.key, (0, 0))[0] + device_us / 1000,
-                                      kernels.get(event.key, (0, 0))[1] + event.count)
+                add(event.key, device_us / 1000, event.count)
     else:
         from jittor_impl.runtime import jt
         synchronize(backend)
@@ -150,10 +154,8 @@ def profile_steps(backend, step, first_step, count, top=10):
             for i in range(count):
                 step(first_step + i)
             synchronize(backend)
-        for row in report[1:]:
-            name = _short_jittor_kernel(row[0])
-            ms, calls = kernels.get(name, (0, 0))
-            kernels[name] = (ms + float(row[3]) / 1e6, calls + int(row[2]))
+        for row in report[1:]:  # name, file, count, total ns, ...
+            add(_short_jittor_kernel(row[0]), float(row[3]) / 1e6, int(row[2]))
     total = sum(ms for ms, _ in kernels.values())
     rows = sorted(kernels.items(), key=lambda kv: -kv[1][0])[:top]
     return {"device_ms_per_step": total / count, "launches_per_step": sum(c for _, c in kernels.values()) / count,
