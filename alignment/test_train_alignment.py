@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from shared.checkpoint import read_checkpoint
-from shared.backends import training_backend as backend_class
+from backends import training_backend as backend_class
 from shared.train_args import build_parser
 from shared.trainer import train
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from shared.dropout import SharedDropout
 from shared.seeding import step_seed
-from shared.trainer import optimizer_groups
+from shared.params import optimizer_groups
 
 from . import runtime
 from .lora import mark_only_lora_as_trainable, set_shared_dropout

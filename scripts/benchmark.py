@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from shared.atomic import write_json, write_text  # noqa: E402
-from shared.backends import training_backend  # noqa: E402
+from backends import training_backend  # noqa: E402
 from shared.config import GPT2Config  # noqa: E402
 
 PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}  # dense, SXM

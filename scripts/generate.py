@@ -14,8 +14,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import argparse  # noqa: E402
 
 from shared.checkpoint import CheckpointError  # noqa: E402
-from shared.inference_model import (add_inference_model_args, inference_model_problems,  # noqa: E402
-                                    load_inference_model)
+from backends import load_inference_model  # noqa: E402
+from shared.inference_model import add_inference_model_args, inference_model_problems  # noqa: E402
 from shared.sampling import EOT_ID, SamplingSettings  # noqa: E402
 from shared.tokenizer import VocabError, load_tokenizer  # noqa: E402
 

@@ -11,7 +11,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from shared.backends import training_backend  # noqa: E402
+from backends import training_backend  # noqa: E402
 from shared.checkpoint import CheckpointError  # noqa: E402
 from shared.train_args import ArgumentProblem, build_parser, validate  # noqa: E402
 from shared.trainer import TrainingError, TrainingInterrupted, train  # noqa: E402

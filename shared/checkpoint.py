@@ -13,8 +13,11 @@ Nothing is loaded half-way: missing, unexpected and mis-shaped keys are reported
 """
 from __future__ import annotations
 
+import glob
+import json
 import os
 import pickle
+import re
 from collections import OrderedDict
 
 import numpy as np
@@ -249,3 +252,30 @@ def save_checkpoint(path, state: dict, layout: str = "auto"):
         else:
             raise ValueError(f"cannot write {path}: use .safetensors, .npz, .pt or .bin")
     return path
+
+
+# ------------------------------------------------------------------------- trainer state
+def latest_checkpoint_step(work_dir):
+    """The last step N with both model.N.pt and trainer_state.N.npz in `work_dir`, or None."""
+    steps = []
+    for path in glob.glob(os.path.join(work_dir, "trainer_state.*.npz")):
+        m = re.search(r"trainer_state\.(\d+)\.npz$", path)
+        if m and os.path.isfile(os.path.join(work_dir, f"model.{m.group(1)}.pt")):
+            steps.append(int(m.group(1)))
+    return max(steps) if steps else None
+
+
+def save_trainer_state(path, meta: dict, optimizer_state: dict):
+    """What resuming needs besides the weights: `meta` (JSON) and the optimizer's arrays."""
+    arrays = {f"optim/{k}": np.asarray(v) for k, v in optimizer_state.items()}
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+
+def load_trainer_state(path):
+    with np.load(path, allow_pickle=False) as npz:
+        meta = json.loads(bytes(npz["meta"]).decode())
+        optim = {k[len("optim/"):]: npz[k] for k in npz.files if k.startswith("optim/")}
+    return meta, optim

@@ -1,9 +1,9 @@
-"""The model an inference script names: its flags, and building it on either backend.
+"""The model an inference script names: its flags, their checks, and the loaded model's interface.
 
 `scripts/gpt2_beam.py` and `scripts/generate.py` take the same model flags (those of
 microsoft/LoRA's gpt2_beam.py plus `--backend`, `--device`, shape overrides and
-`--lora_checkpoint`); `load_inference_model` turns them into a ready model with its backend's
-decoding functions, so the scripts themselves stay backend-neutral.
+`--lora_checkpoint`); `backends.load_inference_model` turns them into an `InferenceModel`, a
+ready model with its backend's decoding functions, so the scripts themselves stay backend-neutral.
 """
 from __future__ import annotations
 
@@ -13,9 +13,8 @@ from typing import Callable
 
 import numpy as np
 
-from .train_args import add_launcher_args, add_model_shape_args, default_device, model_config
-
-BACKENDS = ("torch", "jittor")
+from .train_args import (BACKENDS, add_launcher_args, add_model_shape_args, default_device,
+                         model_config)
 
 
 def add_inference_model_args(parser):
@@ -68,37 +67,8 @@ class InferenceModel:
         return self.generate(self.model, prompt_ids, settings, seed, num_samples)
 
 
-def load_inference_model(args) -> InferenceModel:
-    """Build the model of `args` on `args.device` and load its checkpoints (base, then LoRA)."""
-    config = model_config(args)
-    if args.backend == "torch":
-        import torch
-        from torch_impl import beam, generate
-        from torch_impl.model import GPT2LMModel
-        if args.device == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("--device cuda requested but torch sees no CUDA GPU")
-        model = GPT2LMModel(config)
-        _load_checkpoints(model, args)
-        model.to(args.device)
-
-        def to_numpy(x):
-            return x.cpu().numpy()
-    elif args.backend == "jittor":
-        from jittor_impl import beam, generate, runtime
-        from jittor_impl.model import GPT2LMModel
-        runtime.use_device(args.device)
-        model = GPT2LMModel(config)
-        _load_checkpoints(model, args)
-
-        def to_numpy(x):
-            return x.numpy()
-    else:
-        raise ValueError(f"unknown backend {args.backend!r}; choose one of {BACKENDS}")
-    model.eval()
-    return InferenceModel(args.backend, model, beam.beam_search, generate.generate, to_numpy)
-
-
-def _load_checkpoints(model, args):
+def load_checkpoints(model, args):
+    """The base checkpoint of `args`, then its LoRA checkpoint, into `model` (either backend)."""
     if args.init_checkpoint:
         model.load_weight(args.init_checkpoint)
     else:

@@ -82,3 +82,17 @@ def randomize_lora_B(state: dict, seed: int, std: float = 0.02) -> dict:
         rng = np.random.default_rng([int(seed), 7919, zlib.crc32(name.encode())])
         out[name] = rng.normal(0.0, std, size=state[name].shape).astype(np.float32)
     return out
+
+
+def no_decay(name: str) -> bool:
+    """Biases and LayerNorm weights skip weight decay under --no_decay_bias."""
+    return name.endswith(".bias") or ".ln_" in name
+
+
+def optimizer_groups(names, weight_decay, no_decay_bias):
+    """[(parameter names, weight decay)] as the reference's `create_grouped_parameters`."""
+    if not no_decay_bias:
+        return [(list(names), weight_decay)]
+    groups = [([n for n in names if not no_decay(n)], weight_decay),
+              ([n for n in names if no_decay(n)], 0.0)]
+    return [g for g in groups if g[0]]

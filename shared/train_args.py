@@ -10,6 +10,7 @@ import os
 from .config import MODEL_CARDS, GPT2Config
 from .schedule import SCHEDULES
 
+BACKENDS = ("torch", "jittor")
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
@@ -33,7 +34,7 @@ def add_launcher_args(parser):
 def build_parser():
     p = argparse.ArgumentParser(description="GPT-2 + LoRA fine-tuning (microsoft/LoRA gpt2_ft.py "
                                             "arguments) with a PyTorch or Jittor backend")
-    p.add_argument("--backend", required=True, choices=["torch", "jittor"])
+    p.add_argument("--backend", required=True, choices=BACKENDS)
     p.add_argument("--device", default=None, choices=["cpu", "cuda"],
                    help="default: cuda when available, else cpu")
     p.add_argument("--train_data", required=True, help="encoded training jsonl (gpt2_encode.py)")

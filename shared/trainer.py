@@ -16,19 +16,17 @@ update, saves a checkpoint and exits, and `--resume` continues exactly where it 
 """
 from __future__ import annotations
 
-import glob
-import json
 import math
 import os
-import re
 import signal
 import time
 
 import numpy as np
 
-from .atomic import atomic_path, write_json
+from .atomic import write_json
 from .batching import FTDataset
-from .checkpoint import save_checkpoint
+from .checkpoint import (latest_checkpoint_step, load_for_model, load_trainer_state,
+                         save_checkpoint, save_trainer_state)
 from .schedule import lr_at
 from .train_args import model_config, validate
 from .trainlog import JsonlLogWriter
@@ -47,20 +45,6 @@ class TrainingError(RuntimeError):
 
 class TrainingInterrupted(RuntimeError):
     """Stopped on request after saving a checkpoint; `--resume` continues."""
-
-
-def no_decay(name: str) -> bool:
-    """Biases and LayerNorm weights skip weight decay under --no_decay_bias."""
-    return name.endswith(".bias") or ".ln_" in name
-
-
-def optimizer_groups(names, weight_decay, no_decay_bias):
-    """[(parameter names, weight decay)] as the reference's `create_grouped_parameters`."""
-    if not no_decay_bias:
-        return [(list(names), weight_decay)]
-    groups = [([n for n in names if not no_decay(n)], weight_decay),
-              ([n for n in names if no_decay(n)], 0.0)]
-    return [g for g in groups if g[0]]
 
 
 class StopRequest:
@@ -90,30 +74,6 @@ class StopRequest:
             signal.signal(sig, old)
 
 
-def _latest_checkpoint(work_dir):
-    steps = []
-    for path in glob.glob(os.path.join(work_dir, "trainer_state.*.npz")):
-        m = re.search(r"trainer_state\.(\d+)\.npz$", path)
-        if m and os.path.isfile(os.path.join(work_dir, f"model.{m.group(1)}.pt")):
-            steps.append(int(m.group(1)))
-    return max(steps) if steps else None
-
-
-def save_trainer_state(path, meta: dict, optimizer_state: dict):
-    arrays = {f"optim/{k}": np.asarray(v) for k, v in optimizer_state.items()}
-    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-
-
-def load_trainer_state(path):
-    with np.load(path, allow_pickle=False) as npz:
-        meta = json.loads(bytes(npz["meta"]).decode())
-        optim = {k[len("optim/"):]: npz[k] for k in npz.files if k.startswith("optim/")}
-    return meta, optim
-
-
 class Trainer:
     def __init__(self, args, backend_cls, on_step=None):
         self.args = validate(args)
@@ -136,6 +96,11 @@ class Trainer:
         self.pending = []  # per-step records whose device values are not fetched yet
         self.last_valid = None
         self.best_ppl = None
+        self.log = None  # JsonlLogWriter, opened by train()
+        self.bar = None  # tqdm progress bar unless --no_progress, opened by train()
+        self.t_start = None  # wall clock when train() started; elapsed() counts from it
+        self.window_start = self.line_start = 0.0  # elapsed() at the last flush / log line
+        self.window_losses = []  # losses since the last log line
 
     # ---------------------------------------------------------------------------- state
     def run_config(self):
@@ -144,7 +109,7 @@ class Trainer:
         return config
 
     def resume(self):
-        step = _latest_checkpoint(self.work_dir)
+        step = latest_checkpoint_step(self.work_dir)
         if step is None:
             raise TrainingError(f"--resume: no complete checkpoint (model.N.pt with "
                                 f"trainer_state.N.npz) in {self.work_dir}")
@@ -155,7 +120,6 @@ class Trainer:
         if changed:
             raise TrainingError("--resume with arguments that change the result:\n  "
                                 + "\n  ".join(changed))
-        from .checkpoint import load_for_model  # the saved trainable weights, checked
         state = load_for_model(os.path.join(self.work_dir, f"model.{step}.pt"), self.config,
                                base_loaded=True)
         self.backend.load_trainable(state)
@@ -249,7 +213,7 @@ class Trainer:
         args = self.args
         if args.resume:
             self.resume()
-        elif _latest_checkpoint(self.work_dir) is not None:
+        elif latest_checkpoint_step(self.work_dir) is not None:
             raise TrainingError(f"{self.work_dir} already holds checkpoints of a run: pass "
                                 f"--resume to continue it, or choose another --work_dir")
         write_json(os.path.join(self.work_dir, "run_config.json"), self.run_config())
@@ -258,7 +222,6 @@ class Trainer:
         self.t_start = time.time()
         self.window_start = self.line_start = self.elapsed()
         self.window_losses = []
-        self.bar = None
         if not args.no_progress:
             from tqdm import tqdm
             self.bar = tqdm(total=self.max_step, initial=self.step, desc=f"train[{self.backend.name}]",

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from shared.backends import training_backend as backend_class
+from backends import training_backend as backend_class
 from shared.checkpoint import read_checkpoint
 from shared.schedule import lr_at, multiplier
 from shared.train_args import build_parser

@@ -9,7 +9,7 @@ import torch
 
 from shared.dropout import SharedDropout
 from shared.seeding import step_seed
-from shared.trainer import optimizer_groups
+from shared.params import optimizer_groups
 
 from .lora import mark_only_lora_as_trainable, set_shared_dropout
 from .model import GPT2LMModel
