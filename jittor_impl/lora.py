@@ -6,7 +6,7 @@ value thirds, `scaling = alpha / r`, dropout on the LoRA input only.
 """
 from shared.params import is_lora_name
 
-from .precision import matmul
+from .ops import matmul, parameter
 from .runtime import jt
 
 nn = jt.nn
@@ -17,16 +17,16 @@ class MergedLinear(nn.Module):
                  layer_index=0):
         super().__init__()
         self.in_features, self.out_features, self.r = in_features, out_features, r
-        self.weight = jt.zeros((in_features, out_features))  # (in, out) storage
-        self.bias = jt.zeros((out_features,))
+        self.weight = parameter(in_features, out_features)  # (in, out) storage
+        self.bias = parameter(out_features)
         self.layer_index = layer_index  # names this layer's stream in shared dropout masks
         self.dropout_p = lora_dropout
         self.shared_dropout = None  # shared.dropout.SharedDropout: backend-neutral masks
         self.merged = False
         if r > 0:
             self.scaling = lora_alpha / r
-            self.lora_A = jt.zeros((2 * r, in_features))  # rows: query, value
-            self.lora_B = jt.zeros((out_features // 3 * 2, r))
+            self.lora_A = parameter(2 * r, in_features)  # rows: query, value
+            self.lora_B = parameter(out_features // 3 * 2, r)
 
     def lora_dropout(self, x):
         if not self.training or self.dropout_p == 0.0:

@@ -7,7 +7,6 @@ stored (in, out), attention scaled by 1/sqrt(head_dim) with the causal mask appl
 list of per-layer `(key, value)` pairs shaped (batch, head, seq, head_dim); with `len_past` (one
 int per row) a single new token is written at that position of a preallocated cache and keys at
 or beyond `len_past + 1` are masked, which lets rows of different lengths decode together.
-Jittor has no fused attention kernel, so only the reference's formula ("math") exists here.
 """
 import math
 
@@ -18,35 +17,28 @@ from shared.config import GPT2Config
 from shared.params import init_state_dict, is_lora_name
 
 from .lora import MergedLinear
-from .precision import batched_matmul_transpose, matmul, matmul_transpose, permute
+from .ops import (ATTENTION_IMPLS, DEFAULT_ATTENTION, batched_matmul_transpose, causal_mask,
+                  embedding, fused_attention, gelu, layer_norm, mean_float64, matmul,
+                  matmul_transpose, merge_heads, parameter, row_max, softmax, split_heads,
+                  stop_gradient, sum_float64)
 from .runtime import jt
 
 nn = jt.nn
 MASK_VALUE = -1.0e10  # the reference's mask value
 
 
-def causal_mask(nd, ns):
-    """(nd, ns) ones on and below the diagonal that ends at (nd-1, ns-1): the last nd rows of
-    a causal mask over ns keys (the reference's `bias[:, :, ns-nd:ns, :ns]`)."""
-    return jt.tril(jt.ones((nd, ns)), diagonal=ns - nd)
-
-
-def gelu(x):
-    """0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))); Jittor fuses these into one kernel."""
-    return 0.5 * x * (1.0 + jt.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * jt.pow(x, 3))))
-
-
+# LayerNorm and Embedding are modules of our own, not Jittor's: its nn.LayerNorm takes the
+# variance as E[x^2] - E[x]^2 (see ops.layer_norm), and its nn.Embedding draws a random table at
+# construction, which advances Jittor's RNG and so moves the dropout masks.
 class LayerNorm(nn.Module):
     def __init__(self, hidden_size, eps):
         super().__init__()
-        self.weight = jt.ones((hidden_size,))
-        self.bias = jt.zeros((hidden_size,))
+        self.weight = parameter(hidden_size, value=1.0)
+        self.bias = parameter(hidden_size)
         self.eps = eps
 
     def execute(self, x):
-        u = x.mean(-1, keepdims=True)
-        s = ((x - u) * (x - u)).mean(-1, keepdims=True)
-        return self.weight * ((x - u) / jt.sqrt(s + self.eps)) + self.bias
+        return layer_norm(x, self.weight, self.bias, self.eps)
 
 
 class Conv1D(nn.Module):
@@ -54,11 +46,20 @@ class Conv1D(nn.Module):
 
     def __init__(self, in_features, out_features):
         super().__init__()
-        self.weight = jt.zeros((in_features, out_features))
-        self.bias = jt.zeros((out_features,))
+        self.weight = parameter(in_features, out_features)
+        self.bias = parameter(out_features)
 
     def execute(self, x):
         return matmul(x, self.weight) + self.bias
+
+
+class Embedding(nn.Module):
+    def __init__(self, num_embeddings, embedding_dim):
+        super().__init__()
+        self.weight = parameter(num_embeddings, embedding_dim)
+
+    def execute(self, ids):
+        return embedding(self.weight, ids)
 
 
 class Attention(nn.Module):
@@ -69,30 +70,23 @@ class Attention(nn.Module):
                                    lora_alpha=config.lora_attn_alpha,
                                    lora_dropout=config.lora_dropout, layer_index=layer_index)
         self.c_proj = Conv1D(config.n_embd, config.n_embd)
-        self.impl = "math"  # the reference's formula (Jittor has no fused attention kernel)
-
-    def split_heads(self, x):  # (B, T, E) -> (B, H, T, D)
-        return permute(x.reshape(list(x.shape[:-1]) + [self.n_head, x.shape[-1] // self.n_head]), 0, 2, 1, 3)
-
-    def merge_heads(self, x):  # (B, H, T, D) -> (B, T, E)
-        x = permute(x, 0, 2, 1, 3)
-        return x.reshape(list(x.shape[:-2]) + [x.shape[-2] * x.shape[-1]])
+        self.attn_impl = DEFAULT_ATTENTION  # one of ATTENTION_IMPLS
 
     def _attn_math(self, q, k, v, len_kv=None):
         w = batched_matmul_transpose(q, k)
         w = w / math.sqrt(v.shape[-1])
         nd, ns = w.shape[-2], w.shape[-1]
-        b = causal_mask(nd, ns)  # float32, as the reference buffer: masks in fp32
+        b = causal_mask(nd, ns, w)  # float32, as the reference buffer: masks in fp32
         w = w * b - 1e10 * (1 - b)
         if len_kv is not None:
             beyond = jt.arange(ns).reshape(1, ns) >= len_kv.reshape(-1, 1)
             w = w.masked_fill(beyond.reshape(-1, 1, 1, ns), MASK_VALUE)
-        w = nn.softmax(w, dim=-1)
+        w = softmax(w, dim=-1)
         return matmul(w, v)
 
     def execute(self, x, layer_past=None, len_past=None):
-        query, key, value = jt.split(self.c_attn(x), self.split_size, dim=2)
-        query, key, value = self.split_heads(query), self.split_heads(key), self.split_heads(value)
+        query, key, value = self.c_attn(x).split(self.split_size, dim=2)
+        query, key, value = (split_heads(t, self.n_head) for t in (query, key, value))
         len_kv = None
         if layer_past is not None:
             past_key, past_value = layer_past
@@ -106,8 +100,11 @@ class Attention(nn.Module):
                 key, value = past_key, past_value
                 len_kv = len_past + 1
         present = (key, value)
-        a = self._attn_math(query, key, value, len_kv=len_kv)
-        return self.c_proj(self.merge_heads(a)), present
+        if self.attn_impl == "sdpa":  # the fused kernel, as nanoGPT's flash path
+            a = fused_attention(query, key, value, len_kv=len_kv)
+        else:
+            a = self._attn_math(query, key, value, len_kv=len_kv)
+        return self.c_proj(merge_heads(a)), present
 
 
 class MLP(nn.Module):
@@ -133,15 +130,6 @@ class Block(nn.Module):
         x = x + a
         x = x + self.mlp(self.ln_2(x))
         return x, present
-
-
-class Embedding(nn.Module):
-    def __init__(self, num_embeddings, embedding_dim):
-        super().__init__()
-        self.weight = jt.zeros((num_embeddings, embedding_dim))
-
-    def execute(self, ids):
-        return self.weight[ids]
 
 
 class GPT2Model(nn.Module):
@@ -173,19 +161,18 @@ class GPT2Model(nn.Module):
 def lm_loss(logits, lm_labels, lm_mask=None, label_smooth=0.0):
     """Token losses (label-smoothed as the reference does), mask-weighted mean.
 
-    Written out rather than through nn.log_softmax, for precision over 50257 classes: Jittor's
-    log_softmax differentiates through its max shift (exact arithmetic gives zero there, fp32
-    does not), and its CPU reductions add one term after another in the input type. So the shift
-    is held constant, the vocabulary sums run in float64, and no vocabulary-wide reduction
-    appears in the backward pass: with logprobs = shifted - lse, the token loss is
-    lse - shifted[label] and the smoothing term -mean(logprobs) is lse - mean(shifted)."""
+    Written out as the log-sum-exp of the shifted logits (the form both backends share): the
+    shift is held constant, the vocabulary sums run in float64, and with logprobs = shifted - lse
+    the token loss is lse - shifted[label] and the smoothing term -mean(logprobs) is
+    lse - mean(shifted), so no vocabulary-wide reduction appears in the backward pass. (Jittor's
+    log_softmax differentiates through its max shift, where fp32 leaves a residue.)"""
     flat = logits.reshape(-1, logits.shape[-1]).float32()
     labels = lm_labels.reshape(-1)
-    shifted = flat - flat.max(dim=-1, keepdims=True).stop_grad()
-    lse = shifted.exp().float64().sum(dim=-1).log().float32()
+    shifted = flat - stop_gradient(row_max(flat))
+    lse = sum_float64(shifted.exp(), dim=-1).log().float32()
     loss = lse - shifted.gather(1, labels.maximum(0).reshape(-1, 1)).reshape(-1)
     if label_smooth > 0.0001:
-        smooth = lse - shifted.float64().mean(dim=-1).float32()
+        smooth = lse - mean_float64(shifted, dim=-1).float32()
         loss = (1.0 - label_smooth) * loss + label_smooth * smooth
     loss = jt.where(labels == -1, jt.zeros_like(loss), loss).reshape(lm_labels.shape)
     if lm_mask is None:
@@ -206,8 +193,10 @@ class GPT2LMModel(nn.Module):
         self.load_state_numpy(init_state_dict(config, seed))
 
     def set_attention(self, impl: str):
-        if impl != "math":
-            raise ValueError(f"the jittor backend implements attention 'math' only, got {impl!r}")
+        if impl not in ATTENTION_IMPLS:
+            raise ValueError(f"attention implementation must be one of {ATTENTION_IMPLS}, got {impl!r}")
+        for block in self.transformer.h:
+            block.attn.attn_impl = impl
 
     def execute(self, input_ids, lm_labels=None, lm_mask=None, past=None, len_past=None,
                 label_smooth=0.0):

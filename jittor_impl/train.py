@@ -13,6 +13,7 @@ from shared.params import optimizer_groups
 from . import runtime
 from .lora import mark_only_lora_as_trainable, set_shared_dropout
 from .model import GPT2LMModel
+from .ops import DEFAULT_ATTENTION
 from .optim import AdamW, grad_norm_and_clip, set_lr
 from .precision import autocast
 from .runtime import jt
@@ -37,7 +38,8 @@ class JittorBackend:
             mark_only_lora_as_trainable(self.model)
         self.shared_dropout = SharedDropout(config.lora_dropout, args.random_seed) if args.shared_dropout else None
         set_shared_dropout(self.model, self.shared_dropout)
-        self.model.set_attention(args.attn or "math")
+        self.model.set_attention(args.attn or DEFAULT_ATTENTION)
+        self.forward = self.model  # what forward passes run through (no compile step: Jittor fuses)
         self.params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
         groups = optimizer_groups(list(self.params), args.weight_decay, args.no_decay_bias)
         self.optimizer = AdamW([{"params": [self.params[n] for n in names], "weight_decay": wd}
@@ -45,6 +47,9 @@ class JittorBackend:
                                lr=args.lr, betas=(args.adam_beta1, args.adam_beta2),
                                eps=args.adam_epislon, weight_decay=args.weight_decay,
                                correct_bias=args.correct_bias)
+
+    def autocast(self):
+        return autocast(self.compute_dtype)
 
     def to_device(self, batch):
         return {k: jt.array(np.ascontiguousarray(v)) for k, v in batch.items()}
@@ -58,9 +63,9 @@ class JittorBackend:
         """Accumulate the gradients of one micro-batch; return its (unscaled) loss on device."""
         self.model.train()
         data = self.to_device(batch)
-        with autocast(self.compute_dtype):
-            _, loss = self.model(data["input"], lm_labels=data["target"], lm_mask=data["mask"],
-                                 label_smooth=label_smooth)
+        with self.autocast():
+            _, loss = self.forward(data["input"], lm_labels=data["target"], lm_mask=data["mask"],
+                                   label_smooth=label_smooth)
         self.optimizer.backward(loss * loss_scale)
         loss = loss.detach()
         jt.sync([loss])  # run the forward now, so the graph behind the loss is not kept alive
@@ -78,8 +83,8 @@ class JittorBackend:
     def eval_loss(self, batch):
         self.model.eval()
         data = self.to_device(batch)
-        with jt.no_grad(), autocast(self.compute_dtype):
-            _, loss = self.model(data["input"], lm_labels=data["target"], lm_mask=data["mask"])
+        with jt.no_grad(), self.autocast():
+            _, loss = self.forward(data["input"], lm_labels=data["target"], lm_mask=data["mask"])
         jt.sync([loss])
         return loss
 
@@ -100,21 +105,7 @@ class JittorBackend:
         self.model.load_state_numpy(state)
 
     def optimizer_state(self):
-        out = {}
-        index = {id(p): (g, i) for g in self.optimizer.param_groups for i, p in enumerate(g["params"])}
-        for name, p in self.params.items():
-            group, i = index[id(p)]
-            if group["step"][i] > 0:
-                out[f"exp_avg/{name}"] = group["exp_avg"][i].numpy()
-                out[f"exp_avg_sq/{name}"] = group["exp_avg_sq"][i].numpy()
-                out[f"step/{name}"] = np.array(group["step"][i], dtype=np.int64)
-        return out
+        return self.optimizer.state_numpy(self.params)
 
     def load_optimizer_state(self, arrays):
-        index = {id(p): (g, i) for g in self.optimizer.param_groups for i, p in enumerate(g["params"])}
-        for name, p in self.params.items():
-            if f"step/{name}" in arrays:
-                group, i = index[id(p)]
-                group["step"][i] = int(arrays[f"step/{name}"])
-                group["exp_avg"][i].assign(jt.array(arrays[f"exp_avg/{name}"]))
-                group["exp_avg_sq"][i].assign(jt.array(arrays[f"exp_avg_sq/{name}"]))
+        self.optimizer.load_state_numpy(self.params, arrays)

@@ -10,22 +10,24 @@ from torch import nn
 
 from shared.params import is_lora_name
 
+from .ops import matmul, parameter
+
 
 class MergedLinear(nn.Module):
     def __init__(self, in_features, out_features, r=0, lora_alpha=1, lora_dropout=0.0,
                  layer_index=0):
         super().__init__()
         self.in_features, self.out_features, self.r = in_features, out_features, r
-        self.weight = nn.Parameter(torch.zeros(in_features, out_features))  # (in, out) storage
-        self.bias = nn.Parameter(torch.zeros(out_features))
+        self.weight = parameter(in_features, out_features)  # (in, out) storage
+        self.bias = parameter(out_features)
         self.layer_index = layer_index  # names this layer's stream in shared dropout masks
         self.dropout_p = lora_dropout
         self.shared_dropout = None  # shared.dropout.SharedDropout: backend-neutral masks
         self.merged = False
         if r > 0:
             self.scaling = lora_alpha / r
-            self.lora_A = nn.Parameter(torch.zeros(2 * r, in_features))  # rows: query, value
-            self.lora_B = nn.Parameter(torch.zeros(out_features // 3 * 2, r))
+            self.lora_A = parameter(2 * r, in_features)  # rows: query, value
+            self.lora_B = parameter(out_features // 3 * 2, r)
 
     def lora_dropout(self, x):
         if not self.training or self.dropout_p == 0.0:
@@ -38,20 +40,20 @@ class MergedLinear(nn.Module):
     def lora_delta(self, x):
         """x @ dW for the query and value thirds, zero for the key third."""
         r, e = self.r, self.out_features // 3
-        after_a = x @ self.lora_A.t()  # (..., 2r)
-        delta_q = after_a[..., :r] @ self.lora_B[:e].t()
-        delta_v = after_a[..., r:] @ self.lora_B[e:].t()
-        return torch.cat([delta_q, torch.zeros_like(delta_q), delta_v], dim=-1) * self.scaling
+        after_a = matmul(x, self.lora_A.transpose(0, 1))  # (..., 2r)
+        delta_q = matmul(after_a[..., :r], self.lora_B[:e].transpose(0, 1))
+        delta_v = matmul(after_a[..., r:], self.lora_B[e:].transpose(0, 1))
+        return torch.concat([delta_q, torch.zeros_like(delta_q), delta_v], dim=-1) * self.scaling
 
     def delta_weight(self):
         """The (in, out) update that merging adds to `weight`."""
         r, e = self.r, self.out_features // 3
-        delta_q = self.lora_A[:r].t() @ self.lora_B[:e].t()
-        delta_v = self.lora_A[r:].t() @ self.lora_B[e:].t()
-        return torch.cat([delta_q, torch.zeros_like(delta_q), delta_v], dim=1) * self.scaling
+        delta_q = self.lora_A[:r].transpose(0, 1) @ self.lora_B[:e].transpose(0, 1)
+        delta_v = self.lora_A[r:].transpose(0, 1) @ self.lora_B[e:].transpose(0, 1)
+        return torch.concat([delta_q, torch.zeros_like(delta_q), delta_v], dim=1) * self.scaling
 
     def forward(self, x):
-        result = x @ self.weight + self.bias
+        result = matmul(x, self.weight) + self.bias
         if self.r > 0 and not self.merged:
             result = result + self.lora_delta(self.lora_dropout(x))
         return result

@@ -12,7 +12,6 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from shared.checkpoint import load_for_model
@@ -20,30 +19,23 @@ from shared.config import GPT2Config
 from shared.params import init_state_dict, is_lora_name
 
 from .lora import MergedLinear
+from .ops import (ATTENTION_IMPLS, DEFAULT_ATTENTION, batched_matmul_transpose, causal_mask,
+                  embedding, fused_attention, gelu, layer_norm, mean_float64, matmul,
+                  matmul_transpose, merge_heads, parameter, row_max, softmax, split_heads,
+                  stop_gradient, sum_float64)
 
 MASK_VALUE = -1.0e10  # the reference's mask value
-
-
-def causal_mask(nd, ns, device):
-    """(nd, ns) ones on and below the diagonal that ends at (nd-1, ns-1): the last nd rows of
-    a causal mask over ns keys (the reference's `bias[:, :, ns-nd:ns, :ns]`)."""
-    return torch.ones(nd, ns, device=device).tril(diagonal=ns - nd)
-
-
-def gelu(x):
-    """0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), as one fused kernel."""
-    return F.gelu(x, approximate="tanh")
 
 
 class LayerNorm(nn.Module):
     def __init__(self, hidden_size, eps):
         super().__init__()
-        self.weight = nn.Parameter(torch.ones(hidden_size))
-        self.bias = nn.Parameter(torch.zeros(hidden_size))
+        self.weight = parameter(hidden_size, value=1.0)
+        self.bias = parameter(hidden_size)
         self.eps = eps
 
     def forward(self, x):
-        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
+        return layer_norm(x, self.weight, self.bias, self.eps)
 
 
 class Conv1D(nn.Module):
@@ -51,11 +43,20 @@ class Conv1D(nn.Module):
 
     def __init__(self, in_features, out_features):
         super().__init__()
-        self.weight = nn.Parameter(torch.zeros(in_features, out_features))
-        self.bias = nn.Parameter(torch.zeros(out_features))
+        self.weight = parameter(in_features, out_features)
+        self.bias = parameter(out_features)
 
     def forward(self, x):
-        return x @ self.weight + self.bias
+        return matmul(x, self.weight) + self.bias
+
+
+class Embedding(nn.Module):
+    def __init__(self, num_embeddings, embedding_dim):
+        super().__init__()
+        self.weight = parameter(num_embeddings, embedding_dim)
+
+    def forward(self, ids):
+        return embedding(self.weight, ids)
 
 
 class Attention(nn.Module):
@@ -66,45 +67,29 @@ class Attention(nn.Module):
                                    lora_alpha=config.lora_attn_alpha,
                                    lora_dropout=config.lora_dropout, layer_index=layer_index)
         self.c_proj = Conv1D(config.n_embd, config.n_embd)
-        self.impl = "sdpa"  # "math": the reference's formula; "sdpa": fused kernel, same function
-
-    def split_heads(self, x):  # (B, T, E) -> (B, H, T, D)
-        return x.view(*x.shape[:-1], self.n_head, x.shape[-1] // self.n_head).permute(0, 2, 1, 3)
-
-    def merge_heads(self, x):  # (B, H, T, D) -> (B, T, E)
-        x = x.permute(0, 2, 1, 3).contiguous()
-        return x.view(*x.shape[:-2], x.shape[-2] * x.shape[-1])
+        self.attn_impl = DEFAULT_ATTENTION  # one of ATTENTION_IMPLS
 
     def _attn_math(self, q, k, v, len_kv=None):
-        w = torch.matmul(q, k.transpose(-2, -1))
-        w = w / math.sqrt(v.size(-1))
-        nd, ns = w.size(-2), w.size(-1)
-        b = causal_mask(nd, ns, w.device)  # float32, as the reference buffer: masks in fp32
+        w = batched_matmul_transpose(q, k)
+        w = w / math.sqrt(v.shape[-1])
+        nd, ns = w.shape[-2], w.shape[-1]
+        b = causal_mask(nd, ns, w)  # float32, as the reference buffer: masks in fp32
         w = w * b - 1e10 * (1 - b)
         if len_kv is not None:
-            beyond = torch.arange(ns, device=k.device)[None, :] >= len_kv[:, None]
-            w = w.masked_fill(beyond[:, None, None, :], MASK_VALUE)
-        w = torch.softmax(w, dim=-1)
-        return torch.matmul(w, v)
-
-    def _attn_sdpa(self, q, k, v, len_kv=None):
-        nd, ns = q.size(-2), k.size(-2)
-        if len_kv is None and nd == ns:
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        keep = causal_mask(nd, ns, q.device).bool()
-        if len_kv is not None:
-            keep = keep & (torch.arange(ns, device=k.device)[None, :] < len_kv[:, None])[:, None, None, :]
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
+            beyond = torch.arange(ns, device=k.device).reshape(1, ns) >= len_kv.reshape(-1, 1)
+            w = w.masked_fill(beyond.reshape(-1, 1, 1, ns), MASK_VALUE)
+        w = softmax(w, dim=-1)
+        return matmul(w, v)
 
     def forward(self, x, layer_past=None, len_past=None):
         query, key, value = self.c_attn(x).split(self.split_size, dim=2)
-        query, key, value = self.split_heads(query), self.split_heads(key), self.split_heads(value)
+        query, key, value = (split_heads(t, self.n_head) for t in (query, key, value))
         len_kv = None
         if layer_past is not None:
             past_key, past_value = layer_past
             if len_past is None:  # append to a cache that holds exactly the past tokens
-                key = torch.cat((past_key, key), dim=-2)
-                value = torch.cat((past_value, value), dim=-2)
+                key = torch.concat((past_key, key), dim=-2)
+                value = torch.concat((past_value, value), dim=-2)
             else:  # write one token per row at its own position of a preallocated cache
                 rows = torch.arange(key.shape[0], device=key.device)
                 past_key[rows, :, len_past, :] = key[:, :, 0, :]
@@ -112,9 +97,11 @@ class Attention(nn.Module):
                 key, value = past_key, past_value
                 len_kv = len_past + 1
         present = (key, value)
-        attn = self._attn_math if self.impl == "math" else self._attn_sdpa
-        a = attn(query, key, value, len_kv=len_kv)
-        return self.c_proj(self.merge_heads(a)), present
+        if self.attn_impl == "sdpa":  # the fused kernel, as nanoGPT's flash path
+            a = fused_attention(query, key, value, len_kv=len_kv)
+        else:
+            a = self._attn_math(query, key, value, len_kv=len_kv)
+        return self.c_proj(merge_heads(a)), present
 
 
 class MLP(nn.Module):
@@ -145,8 +132,8 @@ class Block(nn.Module):
 class GPT2Model(nn.Module):
     def __init__(self, config: GPT2Config):
         super().__init__()
-        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.wpe = nn.Embedding(config.n_positions, config.n_embd)
+        self.wte = Embedding(config.vocab_size, config.n_embd)
+        self.wpe = Embedding(config.n_positions, config.n_embd)
         self.h = nn.ModuleList([Block(config, i) for i in range(config.n_layer)])
         self.ln_f = LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
 
@@ -154,11 +141,11 @@ class GPT2Model(nn.Module):
         if past is None:
             past_length, past = 0, [None] * len(self.h)
         elif len_past is None:
-            past_length = past[0][0].size(-2)
+            past_length = past[0][0].shape[-2]
         if len_past is None:
-            position_ids = torch.arange(past_length, past_length + input_ids.size(-1),
+            position_ids = torch.arange(past_length, past_length + input_ids.shape[-1],
                                         dtype=torch.long, device=input_ids.device)
-            position_ids = position_ids.unsqueeze(0).expand_as(input_ids)
+            position_ids = position_ids.unsqueeze(0).expand(input_ids.shape)
         else:
             position_ids = len_past.unsqueeze(1)
         hidden_states = self.wte(input_ids) + self.wpe(position_ids)
@@ -170,11 +157,21 @@ class GPT2Model(nn.Module):
 
 
 def lm_loss(logits, lm_labels, lm_mask=None, label_smooth=0.0):
-    """Token losses (label-smoothed as the reference does), mask-weighted mean."""
-    flat = logits.reshape(-1, logits.size(-1)).float()
-    smoothing = label_smooth if label_smooth > 0.0001 else 0.0
-    loss = F.cross_entropy(flat, lm_labels.reshape(-1), ignore_index=-1, reduction="none",
-                           label_smoothing=smoothing).view(lm_labels.shape)
+    """Token losses (label-smoothed as the reference does), mask-weighted mean.
+
+    Written out as the log-sum-exp of the shifted logits (the form both backends share): the
+    shift is held constant, the vocabulary sums run in float64, and with logprobs = shifted - lse
+    the token loss is lse - shifted[label] and the smoothing term -mean(logprobs) is
+    lse - mean(shifted), so no vocabulary-wide reduction appears in the backward pass."""
+    flat = logits.reshape(-1, logits.shape[-1]).float()
+    labels = lm_labels.reshape(-1)
+    shifted = flat - stop_gradient(row_max(flat))
+    lse = sum_float64(shifted.exp(), dim=-1).log().float()
+    loss = lse - shifted.gather(1, labels.clamp(min=0).reshape(-1, 1)).reshape(-1)
+    if label_smooth > 0.0001:
+        smooth = lse - mean_float64(shifted, dim=-1).float()
+        loss = (1.0 - label_smooth) * loss + label_smooth * smooth
+    loss = torch.where(labels == -1, torch.zeros_like(loss), loss).reshape(lm_labels.shape)
     if lm_mask is None:
         lm_mask = torch.ones_like(loss)
     loss = loss * lm_mask
@@ -193,15 +190,15 @@ class GPT2LMModel(nn.Module):
         self.load_state_numpy(init_state_dict(config, seed))
 
     def set_attention(self, impl: str):
-        if impl not in ("math", "sdpa"):
-            raise ValueError(f"attention implementation must be 'math' or 'sdpa', got {impl!r}")
+        if impl not in ATTENTION_IMPLS:
+            raise ValueError(f"attention implementation must be one of {ATTENTION_IMPLS}, got {impl!r}")
         for block in self.transformer.h:
-            block.attn.impl = impl
+            block.attn.attn_impl = impl
 
     def forward(self, input_ids, lm_labels=None, lm_mask=None, past=None, len_past=None,
                 label_smooth=0.0):
         hidden_states, presents = self.transformer(input_ids, past=past, len_past=len_past)
-        lm_logits = F.linear(hidden_states, self.transformer.wte.weight)  # tied output head
+        lm_logits = matmul_transpose(hidden_states, self.transformer.wte.weight)  # tied head
         if lm_labels is None:
             return lm_logits, presents
         return lm_logits, lm_loss(lm_logits, lm_labels, lm_mask, label_smooth)

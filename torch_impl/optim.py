@@ -3,9 +3,12 @@
 The reference AdamW (examples/NLG/src/optimizer.py) differs from torch.optim.AdamW: bias
 correction is optional (`correct_bias`), and weight decay is applied after the Adam update, to
 the updated weights: p -= step_size * m / (sqrt(v) + eps); p -= lr * weight_decay * p.
+Both twins keep one state dict per parameter ({"step", "exp_avg", "exp_avg_sq"}, `param_state`)
+and save it under the same backend-neutral names (`state_numpy`), so either can resume the other.
 """
 import math
 
+import numpy as np
 import torch
 
 
@@ -16,20 +19,29 @@ class AdamW(torch.optim.Optimizer):
                         correct_bias=correct_bias)
         super().__init__(params, defaults)
 
+    def param_state(self, p):
+        """The moments of `p` ({"step", "exp_avg", "exp_avg_sq"}; empty before its first update)."""
+        return self.state[p]
+
+    def grads_of(self, group):
+        """(parameter, gradient) for the parameters of `group` that have a gradient."""
+        return [(p, p.grad) for p in group["params"] if p.grad is not None]
+
+    def grads(self):
+        return [grad for group in self.param_groups for _, grad in self.grads_of(group)]
+
     @torch.no_grad()
     def step(self, closure=None):
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
+            for p, grad in self.grads_of(group):
+                state = self.param_state(p)
                 if len(state) == 0:
                     state["step"] = 0
                     state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32)
                     state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
                 exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-                grad = p.grad.float()
+                grad = grad.float()
                 state["step"] += 1
                 exp_avg.mul_(beta1).add_(grad, alpha=1.0 - beta1)
                 exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
@@ -41,15 +53,36 @@ class AdamW(torch.optim.Optimizer):
                 if group["weight_decay"] > 0.0:
                     p.add_(p, alpha=-group["lr"] * group["weight_decay"])
 
+    # ------------------------------------------------------------- state for checkpoints
+    def state_numpy(self, named_params):
+        """{"exp_avg/<name>", "exp_avg_sq/<name>", "step/<name>": array} for every parameter of
+        `named_params` ({name: parameter}) updated so far."""
+        out = {}
+        for name, p in named_params.items():
+            state = self.param_state(p)
+            if state:
+                out[f"exp_avg/{name}"] = state["exp_avg"].cpu().numpy()
+                out[f"exp_avg_sq/{name}"] = state["exp_avg_sq"].cpu().numpy()
+                out[f"step/{name}"] = np.array(state["step"], dtype=np.int64)
+        return out
+
+    def load_state_numpy(self, named_params, arrays):
+        for name, p in named_params.items():
+            if f"step/{name}" in arrays:
+                state = self.param_state(p)
+                state["step"] = int(arrays[f"step/{name}"])
+                state["exp_avg"] = torch.from_numpy(arrays[f"exp_avg/{name}"]).to(p.device)
+                state["exp_avg_sq"] = torch.from_numpy(arrays[f"exp_avg_sq/{name}"]).to(p.device)
+
 
 def set_lr(optimizer, lr):
     for group in optimizer.param_groups:
         group["lr"] = lr
 
 
-def grad_norm_and_clip(params, max_norm):
+def grad_norm_and_clip(optimizer, max_norm):
     """Global L2 norm of the gradients (a device scalar, no host sync); clips when max_norm > 0."""
-    grads = [p.grad for p in params if p.grad is not None]
+    grads = optimizer.grads()
     total_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
     if max_norm > 0:
         clip_coef = torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)

@@ -13,6 +13,7 @@ from shared.params import optimizer_groups
 
 from .lora import mark_only_lora_as_trainable, set_shared_dropout
 from .model import GPT2LMModel
+from .ops import DEFAULT_ATTENTION
 from .optim import AdamW, grad_norm_and_clip, set_lr
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -32,7 +33,7 @@ class TorchBackend:
             mark_only_lora_as_trainable(self.model)
         self.shared_dropout = SharedDropout(config.lora_dropout, args.random_seed) if args.shared_dropout else None
         set_shared_dropout(self.model, self.shared_dropout)
-        self.model.set_attention(args.attn or "sdpa")
+        self.model.set_attention(args.attn or DEFAULT_ATTENTION)
         self.model.to(self.device)
         # what forward passes run through: the model, or its torch.compile'd form
         self.forward = torch.compile(self.model) if getattr(args, "compile", False) else self.model
@@ -75,7 +76,7 @@ class TorchBackend:
         set_lr(self.optimizer, lr)
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
-        grad_norm = grad_norm_and_clip(self.params.values(), clip)
+        grad_norm = grad_norm_and_clip(self.optimizer, clip)
         if self.scaler:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -109,19 +110,7 @@ class TorchBackend:
         self.model.load_state_numpy(state)
 
     def optimizer_state(self):
-        out = {}
-        for name, p in self.params.items():
-            state = self.optimizer.state.get(p)
-            if state:
-                out[f"exp_avg/{name}"] = state["exp_avg"].cpu().numpy()
-                out[f"exp_avg_sq/{name}"] = state["exp_avg_sq"].cpu().numpy()
-                out[f"step/{name}"] = np.array(state["step"], dtype=np.int64)
-        return out
+        return self.optimizer.state_numpy(self.params)
 
     def load_optimizer_state(self, arrays):
-        for name, p in self.params.items():
-            if f"step/{name}" in arrays:
-                self.optimizer.state[p] = {
-                    "step": int(arrays[f"step/{name}"]),
-                    "exp_avg": torch.from_numpy(arrays[f"exp_avg/{name}"]).to(self.device),
-                    "exp_avg_sq": torch.from_numpy(arrays[f"exp_avg_sq/{name}"]).to(self.device)}
+        self.optimizer.load_state_numpy(self.params, arrays)

@@ -1,0 +1,99 @@
+"""The tensor operations the Jittor model is written in (twin: torch_impl/ops.py, same names).
+
+model.py and lora.py compute through these names, so the two twins read line for line and what
+differs between the frameworks stands here, once. The products and permutes take their
+mixed-precision and fast-device forms from precision.py (direct cuBLAS calls and gathers on
+CUDA, blocked sums on the CPU).
+"""
+import math
+
+from . import precision
+from .runtime import jt
+
+nn = jt.nn
+# Only the reference's formula: Jittor 1.3.11 has no fused attention kernel (its
+# jittor.attention.scaled_dot_product_attention is the same formula, unfused).
+ATTENTION_IMPLS = ("math",)
+DEFAULT_ATTENTION = "math"
+
+
+def parameter(*shape, value=0.0):
+    """A trainable float32 tensor filled with `value` (models load their real weights after)."""
+    return jt.full(shape, value)
+
+
+def matmul(a, b):
+    return precision.matmul(a, b)
+
+
+def matmul_transpose(a, b):
+    """a @ b.T without a transposed copy of b (a may have leading batch dimensions, b is 2-D)."""
+    return precision.matmul_transpose(a, b)
+
+
+def batched_matmul_transpose(a, b):
+    """a @ b^T over matching leading (batch, head) dimensions: attention scores q k^T."""
+    return precision.batched_matmul_transpose(a, b)
+
+
+def permute(x, *order):
+    return precision.permute(x, *order)
+
+
+def split_heads(x, n_head):  # (B, T, E) -> (B, H, T, D)
+    return permute(x.reshape(list(x.shape[:-1]) + [n_head, x.shape[-1] // n_head]), 0, 2, 1, 3)
+
+
+def merge_heads(x):  # (B, H, T, D) -> (B, T, E)
+    x = permute(x, 0, 2, 1, 3)
+    return x.reshape(list(x.shape[:-2]) + [x.shape[-2] * x.shape[-1]])
+
+
+def causal_mask(nd, ns, like):
+    """(nd, ns) ones on and below the diagonal that ends at (nd-1, ns-1), on `like`'s device: the
+    last nd rows of a causal mask over ns keys (the reference's `bias[:, :, ns-nd:ns, :ns]`)."""
+    return jt.tril(jt.ones((nd, ns)), diagonal=ns - nd)
+
+
+def fused_attention(q, k, v, len_kv=None):
+    """Not available: ATTENTION_IMPLS keeps GPT2LMModel.set_attention from choosing it."""
+    raise ValueError("the jittor backend has no fused attention kernel; use attention 'math'")
+
+
+def layer_norm(x, weight, bias, eps):
+    """Two-pass variance, as torch: Jittor's nn.LayerNorm takes E[x^2] - E[x]^2, losing digits."""
+    u = x.mean(-1, keepdims=True)
+    s = ((x - u) * (x - u)).mean(-1, keepdims=True)
+    return weight * ((x - u) / jt.sqrt(s + eps)) + bias
+
+
+def embedding(weight, ids):
+    return weight[ids]
+
+
+def gelu(x):
+    """0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))); Jittor fuses these into one kernel."""
+    return 0.5 * x * (1.0 + jt.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * jt.pow(x, 3))))
+
+
+def softmax(x, dim=-1):
+    return nn.softmax(x, dim=dim)
+
+
+def sum_float64(x, dim):
+    """Sum over `dim` accumulated in float64 (Jittor's CPU reductions add one term after another
+    in the input type, which over 50257 words loses digits)."""
+    return x.float64().sum(dim=dim)
+
+
+def mean_float64(x, dim):
+    return x.float64().mean(dim=dim)
+
+
+def stop_gradient(x):
+    return x.stop_grad()
+
+
+def row_max(x):
+    """The maximum over the last dimension, kept as a dimension of size 1."""
+    return x.max(dim=-1, keepdims=True)

@@ -1,0 +1,97 @@
+"""The tensor operations the PyTorch model is written in (twin: jittor_impl/ops.py, same names).
+
+model.py and lora.py compute through these names, so the two twins read line for line and what
+differs between the frameworks stands here, once. In PyTorch most are one call; the Jittor twin
+sends its products and permutes through its mixed-precision and fast-device paths.
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ATTENTION_IMPLS = ("math", "sdpa")  # the reference's formula; torch's fused kernel, same function
+DEFAULT_ATTENTION = "sdpa"
+
+
+def parameter(*shape, value=0.0):
+    """A trainable float32 tensor filled with `value` (models load their real weights after)."""
+    return nn.Parameter(torch.full(shape, value))
+
+
+def matmul(a, b):
+    return torch.matmul(a, b)
+
+
+def matmul_transpose(a, b):
+    """a @ b.T without a transposed copy of b (a may have leading batch dimensions, b is 2-D)."""
+    return F.linear(a, b)
+
+
+def batched_matmul_transpose(a, b):
+    """a @ b^T over matching leading (batch, head) dimensions: attention scores q k^T."""
+    return torch.matmul(a, b.transpose(-2, -1))
+
+
+def permute(x, *order):
+    return x.permute(*order)
+
+
+def split_heads(x, n_head):  # (B, T, E) -> (B, H, T, D)
+    return permute(x.reshape(list(x.shape[:-1]) + [n_head, x.shape[-1] // n_head]), 0, 2, 1, 3)
+
+
+def merge_heads(x):  # (B, H, T, D) -> (B, T, E)
+    x = permute(x, 0, 2, 1, 3)
+    return x.reshape(list(x.shape[:-2]) + [x.shape[-2] * x.shape[-1]])
+
+
+def causal_mask(nd, ns, like):
+    """(nd, ns) ones on and below the diagonal that ends at (nd-1, ns-1), on `like`'s device: the
+    last nd rows of a causal mask over ns keys (the reference's `bias[:, :, ns-nd:ns, :ns]`)."""
+    return torch.ones(nd, ns, device=like.device).tril(diagonal=ns - nd)
+
+
+def fused_attention(q, k, v, len_kv=None):
+    """softmax(q k^T / sqrt(d) + causal mask) v as one fused kernel; with `len_kv`, keys at or
+    beyond each row's length are masked too."""
+    nd, ns = q.shape[-2], k.shape[-2]
+    if len_kv is None and nd == ns:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    keep = causal_mask(nd, ns, q).bool()
+    if len_kv is not None:
+        keep = keep & (torch.arange(ns, device=k.device)[None, :] < len_kv[:, None])[:, None, None, :]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
+
+
+def layer_norm(x, weight, bias, eps):
+    return F.layer_norm(x, weight.shape, weight, bias, eps)
+
+
+def embedding(weight, ids):
+    return F.embedding(ids, weight)
+
+
+def gelu(x):
+    """0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), as one fused kernel."""
+    return F.gelu(x, approximate="tanh")
+
+
+def softmax(x, dim=-1):
+    return torch.softmax(x, dim=dim)
+
+
+def sum_float64(x, dim):
+    """Sum over `dim` accumulated in float64 (over 50257 words float32 sums lose digits)."""
+    return x.sum(dim=dim, dtype=torch.float64)
+
+
+def mean_float64(x, dim):
+    return x.mean(dim=dim, dtype=torch.float64)
+
+
+def stop_gradient(x):
+    return x.detach()
+
+
+def row_max(x):
+    """The maximum over the last dimension, kept as a dimension of size 1."""
+    return x.max(dim=-1, keepdim=True).values
