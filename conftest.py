@@ -8,6 +8,8 @@ import os
 import pytest
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+# Scripts run as subprocesses import the packages of this checkout, not another installed copy.
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
 
 
 def _dir_from_env(name, required_files, fallback):
@@ -44,16 +46,9 @@ def encoded(tmp_path_factory, e2e_dir, vocab_dir):
     return out
 
 
-def torch_cuda_available():
-    try:
-        import torch
-        return torch.cuda.is_available()
-    except ImportError:
-        return False
-
-
 def pytest_collection_modifyitems(config, items):
-    if torch_cuda_available():
+    from shared.environment import cuda_available
+    if cuda_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:

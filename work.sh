@@ -15,4 +15,6 @@ if [ -z "${GPT2_VOCAB_DIR:-}" ] && [ ! -f data/gpt2/encoder.json ] && [ -f ../sh
   export GPT2_VOCAB_DIR="$(cd ../shared/data/gpt2 && pwd)"
   echo "work.sh: using GPT2_VOCAB_DIR=$GPT2_VOCAB_DIR"
 fi
+# The scripts import this checkout's packages (also when another copy is pip-installed).
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 exec python3 scripts/run_pipeline.py "$@"

@@ -1,292 +1,30 @@
 #!/usr/bin/env python
 """Training and beam-search throughput of both backends, side by side, in one run.
 
-Training: the real training step of each backend (shared/trainer.py's backend objects: forward,
-backward, clipping, the reference AdamW) on synthetic full-length batches, LoRA r=4, seq_len
-512, batch 8, for the gpt2.sm and gpt2.md shapes. Model FLOPs per token for LoRA training are
-counted as 2N (forward) + 2N (input gradients; frozen weights need no weight gradients) + the
-attention score/value products (3 x 4 * n_layer * seq_len * n_embd, forward and backward),
-N = non-embedding weights + the tied output head (n_embd x vocab). MFU = model FLOP/s / peak.
-Beam search: the E2E-offline test split (630 MRs), beam 10, eval_len 64, no_repeat_ngram 4,
-with randomly initialised weights (so beams rarely stop early: a worst case).
-Training variants: `torch` (eager), `torch+compile` (torch.compile), `jittor` (products as direct
-cuBLAS calls, permutes as gathers: jittor_impl/precision.py) and `jittor+tuner` (both left to
-Jittor's own ops and fusion pass). With --profile, two extra steps of each variant run under the framework's
-profiler and the report lists where the device time goes.
-Prints a table and writes logs/benchmark.md (and .json) with device and versions.
+Training: each backend's real training step (LoRA r=4, seq_len 512, batch 8, for the gpt2.sm and
+gpt2.md shapes) in the variants of backends/benchmark.py, with model FLOPs and MFU as
+shared/benchmark.py counts them. Beam search: the E2E-offline test split (630 MRs), beam 10,
+eval_len 64, no_repeat_ngram 4, randomly initialised weights. With --profile, two extra steps
+of each variant run under the framework's profiler and the report lists where the device time
+goes. Each measurement runs in its own process. Prints a table and writes logs/benchmark.md
+(and .json) with device and versions.
 """
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
-import time
-from types import SimpleNamespace
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import numpy as np  # noqa: E402
-
-from shared.atomic import write_json, write_text  # noqa: E402
-from backends import training_backend  # noqa: E402
-from shared.config import GPT2Config  # noqa: E402
-
-PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}  # dense, SXM
-
-
-def peak_tflops(gpu_name, override):
-    if override:
-        return override
-    for key, value in PEAK_BF16_TFLOPS.items():
-        if key in (gpu_name or ""):
-            return value
-    return None
-
-
-def lora_training_flops_per_token(config: GPT2Config, seq_len: int) -> float:
-    e, layers = config.n_embd, config.n_layer
-    weights = layers * 12 * e * e + e * config.vocab_size
-    attention = 4 * layers * seq_len * e  # QK^T and AV, forward, per token
-    return 4 * weights + 3 * attention
-
-
-def train_args(backend, device, precision, seed=0, compile=False):
-    return SimpleNamespace(backend=backend, device=device, precision=precision, random_seed=seed,
-                           init_checkpoint=None, shared_dropout=False, attn=None, lr=2e-4,
-                           compile=compile,
-                           adam_beta1=0.9, adam_beta2=0.999, adam_epislon=1e-6,
-                           weight_decay=0.01, no_decay_bias=False, correct_bias=True)
-
-
-def synchronize(backend):
-    if backend == "torch":
-        import torch
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-    else:
-        from jittor_impl.runtime import jt
-        jt.sync_all(True)
-
-
-VARIANTS = ("torch", "torch+compile", "jittor", "jittor+tuner")
-
-
-def bench_training(variant, card, args):
-    """Tokens/s of `variant` (see VARIANTS); with args.profile also a kernel breakdown."""
-    backend = variant.split("+")[0]
-    if backend == "jittor":
-        from jittor_impl import precision
-        precision.set_fast_cuda_paths(variant != "jittor+tuner")
-    config = GPT2Config.from_model_card(card, lora_attn_dim=4, lora_attn_alpha=32,
-                                        lora_dropout=0.1)
-    trainer = training_backend(backend)(config, train_args(backend, args.device, args.precision,
-                                                           compile=variant == "torch+compile"))
-    rng = np.random.default_rng(0)
-    shape = (args.batch_size, args.seq_len)
-    batch = {"input": rng.integers(0, config.vocab_size, shape),
-             "target": rng.integers(0, config.vocab_size, shape),
-             "mask": np.ones(shape, np.float32)}
-    losses = []
-    for step in range(args.warmup + args.steps):
-        if step == args.warmup:
-            synchronize(backend)
-            started = time.perf_counter()
-        trainer.set_step(step + 1)
-        losses.append(trainer.forward_backward(batch, 1.0, 0.0))
-        trainer.update(2e-4, 1.0)
-    synchronize(backend)
-    seconds = time.perf_counter() - started
-    values = trainer.fetch(losses)
-    if not all(np.isfinite(values)):
-        raise RuntimeError(f"{backend} {card}: non-finite loss in the benchmark")
-    tokens = args.steps * args.batch_size * args.seq_len
-    flops = tokens * lora_training_flops_per_token(config, args.seq_len)
-    result = {"tokens_per_s": tokens / seconds, "step_ms": 1000 * seconds / args.steps,
-              "model_tflops": flops / seconds / 1e12}
-    if args.profile:
-        def step(number):
-            trainer.set_step(number)
-            trainer.forward_backward(batch, 1.0, 0.0)
-            trainer.update(2e-4, 1.0)
-        result["profile"] = profile_steps(backend, step, args.warmup + args.steps + 1, 2)
-    if backend == "jittor":
-        precision.set_fast_cuda_paths(True)
-    del trainer
-    return result
-
-
-def _short_jittor_kernel(key):
-    """Jittor's profiler names a kernel by its jit key; keep the op names and the first dtype."""
-    import re
-    ops = re.findall(r"opkey\d+:(\w+)", key)
-    dtype = re.search(r"«T\w*:(\w+)", key)
-    name = ("fused[" + ",".join(dict.fromkeys(ops)) + "]") if ops else key.split("«")[0]
-    return name + (f" {dtype.group(1)}" if dtype else "")
-
-
-def profile_steps(backend, step, first_step, count, top=10):
-    """Run `count` steps under the framework's profiler: device time per step and top kernels."""
-    kernels = {}  # name -> (ms, calls), summed over the profiled steps
-
-    def add(name, ms, calls):
-        seen_ms, seen_calls = kernels.get(name, (0.0, 0))
-        kernels[name] = (seen_ms + ms, seen_calls + calls)
-
-    if backend == "torch":
-        import torch
-        from torch.profiler import ProfilerActivity, profile
-        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
-        with profile(activities=activities) as prof:
-            for i in range(count):
-                step(first_step + i)
-            synchronize(backend)
-        for event in prof.key_averages():
-            device_us = getattr(event, "self_device_time_total", None)
-            if device_us is None:  # older torch
-                device_us = getattr(event, "self_cuda_time_total", 0)
-            if device_us > 0:
-                add(event.key, device_us / 1000, event.count)
-    else:
-        from jittor_impl.runtime import jt
-        synchronize(backend)
-        with jt.profile_scope() as report:
-            for i in range(count):
-                step(first_step + i)
-            synchronize(backend)
-        for row in report[1:]:  # name, file, count, total ns, ...
-            add(_short_jittor_kernel(row[0]), float(row[3]) / 1e6, int(row[2]))
-    total = sum(ms for ms, _ in kernels.values())
-    rows = sorted(kernels.items(), key=lambda kv: -kv[1][0])[:top]
-    return {"device_ms_per_step": total / count, "launches_per_step": sum(c for _, c in kernels.values()) / count,
-            "top": [{"kernel": k[:120], "ms_per_step": ms / count, "calls_per_step": c / count,
-                     "share": ms / total if total else 0.0} for k, (ms, c) in rows]}
-
-
-def bench_beam(backend, card, args):
-    """Time scripts/gpt2_beam.py's search over the test split, model already on the device."""
-    from shared.batching import FTDataset
-    from shared.beam_spec import BeamSettings
-    config = GPT2Config.from_model_card(card)
-    dataset = FTDataset.from_file(args.test_data, args.beam_batch_size, 512, 64)
-    settings = BeamSettings(beam=10, eval_len=64, min_length=0, length_penalty=0.8,
-                            no_repeat_ngram_size=4, repetition_penalty=1.0,
-                            eos_token_ids=(50256, 628))
-    if backend == "torch":
-        import torch
-        from torch_impl import GPT2LMModel
-        from torch_impl.beam import beam_search
-        model = GPT2LMModel(config).to(args.device).eval()
-
-        def run(batch):
-            return beam_search(model, torch.from_numpy(batch["query"]).to(args.device),
-                               torch.from_numpy(batch["query_len"]).to(args.device), settings).cpu().numpy()
-    else:
-        from jittor_impl import GPT2LMModel, runtime
-        from jittor_impl.beam import beam_search
-        from jittor_impl.runtime import jt
-        runtime.use_device(args.device)
-        model = GPT2LMModel(config)
-        model.eval()
-
-        def run(batch):
-            return beam_search(model, jt.array(batch["query"]), jt.array(batch["query_len"]), settings).numpy()
-    batches = list(dataset.query_batches(args.beam_batch_size, items=dataset.first_of_each_context()))
-    run(batches[0])  # compile / warm up
-    synchronize(backend)
-    started = time.perf_counter()
-    outputs = [run(batch) for batch in batches]  # numpy: the host sync of each batch is timed
-    synchronize(backend)
-    seconds = time.perf_counter() - started
-    n = sum(len(o) for o in outputs)
-    return {"queries": n, "seconds": seconds, "queries_per_s": n / seconds}
-
-
-def environment(args):
-    info = {"python": platform.python_version(), "numpy": np.__version__, "device": args.device,
-            "precision": args.precision}
-    import torch
-    info["torch"] = torch.__version__
-    info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    info["jittor"] = subprocess.run([sys.executable, "-c", "import importlib.metadata as m; "
-                                     "print(m.version('jittor'))"], capture_output=True,
-                                    text=True).stdout.strip()
-    try:
-        info["nvcc"] = subprocess.run(["nvcc", "--version"], capture_output=True,
-                                      text=True).stdout.strip().splitlines()[-1]
-    except OSError:
-        info["nvcc"] = None
-    return info
-
-
-def render(results, env, args):
-    lines = ["# Benchmark: PyTorch vs Jittor", "",
-             f"Device: {env['gpu'] or 'CPU'} ({env['device']}), precision {env['precision']}; "
-             f"torch {env['torch']}, jittor {env['jittor']}, numpy {env['numpy']}, "
-             f"python {env['python']}; {env.get('nvcc') or ''}", "",
-             f"Training: LoRA r=4, seq_len {args.seq_len}, batch {args.batch_size}, "
-             f"{args.steps} timed steps after {args.warmup} warm-up steps. MFU against "
-             f"{results.get('peak_tflops') or 'unknown'} TFLOP/s peak.", "",
-             "| model | variant | tokens/s | step (ms) | model TFLOP/s | MFU | vs torch | vs torch+compile |",
-             "|---|---|---|---|---|---|---|---|"]
-    for card, per in results["training"].items():
-        for variant, r in per.items():
-            mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "n/a"
-            cells = []
-            for base in ("torch", "torch+compile"):
-                ok = variant.startswith("jittor") and base in per
-                cells.append(f"{r['tokens_per_s'] / per[base]['tokens_per_s']:.2f}" if ok else "")
-            lines.append(f"| {card} | {variant} | {r['tokens_per_s']:,.0f} | {r['step_ms']:.1f} | "
-                         f"{r['model_tflops']:.1f} | {mfu} | {cells[0]} | {cells[1]} |")
-    if results.get("failed"):
-        lines += ["", "Variants that failed: " + "; ".join(f"{k}: {v}" for k, v in results["failed"].items())]
-    profiled = [(card, variant, r["profile"]) for card, per in results["training"].items()
-                for variant, r in per.items() if r.get("profile")]
-    if profiled:
-        lines += ["", "## Where the time goes", "",
-                  "Two more training steps of each variant under the framework's profiler "
-                  "(torch.profiler; jittor.profile_scope, which synchronises after every kernel). "
-                  "'device' is the summed kernel time per step; the step time above minus it is "
-                  "time the GPU waited for the host."]
-        for card, variant, prof in profiled:
-            step_ms = results["training"][card][variant]["step_ms"]
-            lines += ["", f"### {card} {variant}: step {step_ms:.1f} ms, device "
-                          f"{prof['device_ms_per_step']:.1f} ms, {prof['launches_per_step']:.0f} "
-                          f"kernels per step", "", "| kernel | ms/step | calls/step | share |",
-                      "|---|---|---|---|"]
-            for row in prof["top"]:
-                name = row["kernel"].replace("|", "/")
-                lines.append(f"| {name} | {row['ms_per_step']:.2f} | {row['calls_per_step']:.0f} | "
-                             f"{100 * row['share']:.1f}% |")
-    if results.get("beam"):
-        lines += ["", f"Beam search: {os.path.basename(args.test_data)}, one query per distinct MR, "
-                  f"beam 10, eval_len 64, batch {args.beam_batch_size} MRs, fp32, randomly "
-                  f"initialised weights, model already on the device (the first batch is a "
-                  f"warm-up and is searched again in the timing).", "",
-                  "| model | backend | MRs | seconds | MRs/s | jittor/torch speed |", "|---|---|---|---|---|---|"]
-        for card, per in results["beam"].items():
-            ratio = (per["torch"]["seconds"] / per["jittor"]["seconds"]
-                     if "jittor" in per and "torch" in per else None)
-            for backend, r in per.items():
-                cell = f"{ratio:.2f}" if ratio is not None and backend == "jittor" else ""
-                lines.append(f"| {card} | {backend} | {r['queries']} | {r['seconds']:.1f} | "
-                             f"{r['queries_per_s']:.1f} | {cell} |")
-    return "\n".join(lines) + "\n"
+from backends.benchmark import VARIANTS, bench_beam, bench_training
+from shared.benchmark import benchmark_environment, peak_tflops, save
 
 
 RESULT_PREFIX = "BENCHMARK-RESULT "
 
 
-def save(results, env, args):
-    text = render(results, env, args)
-    write_text(args.out, text)
-    write_json(os.path.splitext(args.out)[0] + ".json", results)
-    return text
-
-
 def measure_in_child(kind, name, card, argv):
     """One measurement in a fresh process: no memory held by the other framework's caches, and
-    no interference between them (torch's eager steps ran ~1.6x slower with Jittor loaded)."""
+    no interference between them (torch's eager steps ran slower with Jittor loaded)."""
     command = [sys.executable, os.path.abspath(__file__), *argv, "--_measure", kind, name, card]
     proc = subprocess.run(command, capture_output=True, text=True)
     sys.stderr.write(proc.stderr[-4000:])
@@ -322,7 +60,7 @@ def main(argv=None):
         result = bench_training(name, card, args) if kind == "train" else bench_beam(name, card, args)
         print(RESULT_PREFIX + json.dumps(result), flush=True)
         return 0
-    env = environment(args)
+    env = benchmark_environment(args.device, args.precision)
     peak = peak_tflops(env["gpu"], args.peak_tflops)
     results = {"environment": env, "peak_tflops": peak, "training": {}, "beam": {}, "failed": {}}
     variants = [v for v in args.backends.split(",") if v]

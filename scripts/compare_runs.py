@@ -14,12 +14,9 @@ import os
 import re
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from shared.atomic import atomic_open, write_text  # noqa: E402
-from shared.report import (LOSS_DIGITS, format_value, markdown_table,  # noqa: E402
-                           render_report_md)
-from shared.trainlog import TrainLogError, loss_agreement, loss_table, read_log  # noqa: E402
+from shared.atomic import atomic_open, write_text
+from shared.report import LOSS_DIGITS, format_value, markdown_table, render_report_md
+from shared.trainlog import TrainLogError, loss_agreement, loss_table, read_log
 
 METRICS_JSON = "metrics.json"
 SCORES_TXT = "scores.txt"

@@ -3,12 +3,9 @@
 
 Usage: python scripts/format_converting_e2e.py data/e2e/train.txt data/e2e/train_formatted.jsonl
 """
-import os, sys  # noqa: E401
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import argparse
 
-import argparse  # noqa: E402
-
-from shared.e2e_data import E2EDataError, format_file  # noqa: E402
+from shared.e2e_data import E2EDataError, format_file
 
 
 def main(argv=None):

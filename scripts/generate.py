@@ -6,18 +6,14 @@
 Filtering and drawing happen in numpy from seeded generators (shared/sampling.py), so the two
 backends print the same text for the same weights and --seed.
 """
-import os
+import argparse
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import argparse  # noqa: E402
-
-from shared.checkpoint import CheckpointError  # noqa: E402
-from backends import load_inference_model  # noqa: E402
-from shared.inference_model import add_inference_model_args, inference_model_problems  # noqa: E402
-from shared.sampling import EOT_ID, SamplingSettings  # noqa: E402
-from shared.tokenizer import VocabError, load_tokenizer  # noqa: E402
+from backends import load_inference_model
+from shared.checkpoint import CheckpointError
+from shared.inference_model import add_inference_model_args, inference_model_problems
+from shared.sampling import EOT_ID, SamplingSettings
+from shared.tokenizer import VocabError, load_tokenizer
 
 
 def build_parser():

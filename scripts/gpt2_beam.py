@@ -10,26 +10,23 @@ in id order, in WORK_DIR/OUTPUT_FILE), plus `--backend`, e.g.
 `--eos_token_id` appends to the default [50256], as in the reference. The search itself is
 specified in shared/beam_spec.py; its results do not depend on --batch_size.
 """
+import argparse
+import json
 import os
+import random
 import sys
+import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
+from tqdm import tqdm
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import random  # noqa: E402
-import time  # noqa: E402
-
-import numpy as np  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from shared.atomic import atomic_open  # noqa: E402
-from shared.batching import FTDataset  # noqa: E402
-from shared.beam_spec import EOT_ID, BeamSettings  # noqa: E402
-from shared.checkpoint import CheckpointError  # noqa: E402
-from shared.e2e_data import E2EDataError  # noqa: E402
-from backends import load_inference_model  # noqa: E402
-from shared.inference_model import add_inference_model_args, inference_model_problems  # noqa: E402
+from backends import load_inference_model
+from shared.atomic import atomic_open
+from shared.batching import FTDataset
+from shared.beam_spec import EOT_ID, BeamSettings
+from shared.checkpoint import CheckpointError
+from shared.e2e_data import E2EDataError
+from shared.inference_model import add_inference_model_args, inference_model_problems
 
 
 def build_parser():

@@ -5,13 +5,10 @@ Usage: python scripts/gpt2_decode.py --vocab VOCAB_DIR --sample_file predict.jso
            --input_file test_formatted.jsonl --output_ref_file ref.txt
            --output_pred_file pred.txt [--tokenize] [--lower]
 """
-import os, sys  # noqa: E401
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import argparse
 
-import argparse  # noqa: E402
-
-from shared.decode import decode_files  # noqa: E402
-from shared.tokenizer import load_tokenizer  # noqa: E402
+from shared.decode import decode_files
+from shared.tokenizer import load_tokenizer
 
 
 def main(argv=None):

@@ -4,13 +4,10 @@
 Usage: python scripts/gpt2_encode.py --input data/e2e/train_formatted.jsonl
            --output data/e2e/train.jsonl --add_bos --add_eos [--vocab DIR]
 """
-import os, sys  # noqa: E401
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import argparse
 
-import argparse  # noqa: E402
-
-from shared.e2e_data import E2EDataError, encode_file  # noqa: E402
-from shared.tokenizer import VocabError, load_tokenizer  # noqa: E402
+from shared.e2e_data import E2EDataError, encode_file
+from shared.tokenizer import VocabError, load_tokenizer
 
 
 def main(argv=None):

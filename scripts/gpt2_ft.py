@@ -6,15 +6,12 @@ Takes microsoft/LoRA `examples/NLG/src/gpt2_ft.py`'s arguments plus `--backend`,
       --valid_data data/e2e/valid.jsonl --model_card gpt2.md --init_checkpoint pretrained.bin \
       --lora_dim 4 --lora_alpha 32 --lora_dropout 0.1 --lr 0.0002 --max_epoch 5 ...
 """
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from backends import training_backend  # noqa: E402
-from shared.checkpoint import CheckpointError  # noqa: E402
-from shared.train_args import ArgumentProblem, build_parser, validate  # noqa: E402
-from shared.trainer import TrainingError, TrainingInterrupted, train  # noqa: E402
+from backends import training_backend
+from shared.checkpoint import CheckpointError
+from shared.train_args import ArgumentProblem, build_parser, validate
+from shared.trainer import TrainingError, TrainingInterrupted, train
 
 
 def main(argv=None):

@@ -28,6 +28,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$out/gpu
 git log -1 --format='commit %H %s' > "$out/commit.txt" 2>&1
 git status --short >> "$out/commit.txt" 2>&1
 export PYTHONUNBUFFERED=1
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's packages, installed or not
 run_alignment() {
   mkdir -p "$out/alignment"
   # test_decode/test_metrics import pycocoevalcap, absent on the GPU machine; they have no GPU tests

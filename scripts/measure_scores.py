@@ -5,13 +5,10 @@ Usage: python scripts/measure_scores.py REF PRED [-p] [--no_meteor] [--json OUT]
 REF holds the references of each instance on consecutive lines, instances separated by one empty
 line; PRED one output line per instance.
 """
-import os, sys  # noqa: E401
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import argparse
 
-import argparse  # noqa: E402
-
-from shared.atomic import write_json  # noqa: E402
-from shared.metrics import format_scores, measure_scores  # noqa: E402
+from shared.atomic import write_json
+from shared.metrics import format_scores, measure_scores
 
 
 def main(argv=None):

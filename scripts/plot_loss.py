@@ -6,13 +6,10 @@ stdout logs. Example:
     python scripts/plot_loss.py runs/torch runs/jittor --labels torch jittor --out loss.png
 """
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from shared.plotting import plot_loss_comparison, plot_lr_schedule  # noqa: E402
-from shared.trainlog import TrainLogError, read_log  # noqa: E402
+from shared.plotting import plot_loss_comparison, plot_lr_schedule
+from shared.trainlog import TrainLogError, read_log
 
 
 def parse_args(argv=None):

@@ -3,14 +3,12 @@
 
 Writes {split}_formatted.jsonl and {split}.jsonl to --out_dir, skipping splits already up to date.
 """
-import os, sys  # noqa: E401
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import argparse
+import os
 
-import argparse  # noqa: E402
-
-from shared.e2e_data import E2EDataError, prepare_e2e  # noqa: E402
-from shared.paths import DEFAULT_E2E_DIR, E2E_SPLITS, resolve_e2e_dir  # noqa: E402
-from shared.tokenizer import VocabError  # noqa: E402
+from shared.e2e_data import E2EDataError, prepare_e2e
+from shared.paths import DEFAULT_E2E_DIR, E2E_SPLITS, resolve_e2e_dir
+from shared.tokenizer import VocabError
 
 
 def main(argv=None):

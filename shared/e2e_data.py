@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 
-from .atomic import atomic_open
+from .atomic import atomic_open, write_text
 from .paths import E2E_SPLITS, VOCAB_FILES, resolve_vocab_dir
 from .tokenizer import EOT_ID, N_VOCAB, load_tokenizer
 
@@ -178,3 +178,21 @@ def _is_fresh(outputs, inputs):
         return False
     oldest_output = min(os.stat(p).st_mtime_ns for p in outputs)
     return all(os.stat(p).st_mtime_ns < oldest_output for p in inputs if os.path.exists(p))
+
+
+def limit_test_split(data_dir, n_mrs):
+    """Keep the lines of the first n distinct MRs of the test split in `data_dir` (smoke runs)."""
+    with open(os.path.join(data_dir, "test_formatted.jsonl")) as f:
+        formatted = f.readlines()
+    with open(os.path.join(data_dir, "test.jsonl")) as f:
+        encoded = f.readlines()
+    keep, seen = [], []
+    for index, line in enumerate(formatted):
+        mr = json.loads(line)["context"]
+        if mr not in seen:
+            if len(seen) == n_mrs:
+                break
+            seen.append(mr)
+        keep.append(index)
+    write_text(os.path.join(data_dir, "test_formatted.jsonl"), "".join(formatted[i] for i in keep))
+    write_text(os.path.join(data_dir, "test.jsonl"), "".join(encoded[i] for i in keep))

@@ -1,0 +1,376 @@
+"""The end-to-end alignment run behind `bash work.sh`: a resumable engine of stages and its presets.
+
+Stages (each recorded in RUN_DIR/stages.json; a rerun skips finished stages unless --force):
+  1 data     format + encode the E2E splits (E2E_DATA_DIR, --data_dir, or data/e2e)
+  2 init     --init_checkpoint converted to the backend-neutral format, or a small base model
+             trained from scratch on the training split (full fine-tuning), written once
+  3 lora     LoRA fine-tuning with the torch backend and with the jittor backend from that base
+  4 beam     beam search over the test split and decoding, for each backend
+  5 check    both backends on the final weights: logits and gradients on validation batches
+  6 metrics  the E2E metrics of each backend's predictions (METEOR etc. need Java)
+  7 report   logs/<run>/report.md + report.json with metrics side by side, loss agreement, plots
+Run artefacts (data, checkpoints, predictions) live in runs/<run>/; the report and plots in
+logs/<run>/. Every stage runs the project's own command-line scripts, so what is measured here
+is exactly what a user runs; every setting comes from a preset (or its override).
+"""
+import datetime
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+from .atomic import write_json
+from .checkpoint import load_for_model, save_checkpoint
+from .compare import beam_agreement
+from .config import GPT2Config
+from .e2e_data import limit_test_split
+from .environment import cuda_available, devices, versions
+from .paths import resolve_e2e_dir, resolve_vocab_dir
+from .train_args import BACKENDS
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where scripts/ is
+STAGES = ("data", "init", "lora", "beam", "check", "metrics", "report")
+
+# Defaults: a short CPU run on 2 cores, a GPU run that scales up, and a seconds-long smoke run.
+# Every setting of the run is here (and so in the report's hyper-parameter table).
+COMMON = dict(weight_decay=0.01, label_smooth=0.1, valid_batch_size=16, clip=0.0, base_clip=1.0,
+              scheduler="linear", base_scheduler="cosine", log_interval=10, attn="math",
+              length_penalty=0.8, no_repeat_ngram_size=4, repetition_penalty=1.0,
+              eos_token_id=628, check_batch_size=4, check_batches=2)
+PRESETS = {
+    "cpu": dict(COMMON, device="cpu", model_card="gpt2.sm", n_embd=96, n_layer=3, n_head=4, seq_len=96,
+                precision="fp32", base_steps=700, base_lr=0.002, base_batch_size=8,
+                max_step=150, train_batch_size=8, lr=0.002, warmup_step=20, lora_dim=4,
+                lora_alpha=32, lora_dropout=0.1, beam=10, eval_len=48, beam_batch_size=63,
+                test_limit=None, eval_interval=50, save_interval=50, valid_batches=8),
+    "cuda": dict(COMMON, device="cuda", model_card="gpt2.md", n_embd=None, n_layer=None, n_head=None,
+                 seq_len=128, precision="bf16", base_steps=800, base_lr=0.0005,
+                 base_batch_size=16, max_step=600, train_batch_size=8, lr=0.0002,
+                 warmup_step=100, lora_dim=4, lora_alpha=32, lora_dropout=0.1, beam=10,
+                 eval_len=64, beam_batch_size=126, test_limit=None, eval_interval=200,
+                 save_interval=200, valid_batches=None),
+    "micro": dict(COMMON, device="cpu", model_card="gpt2.sm", n_embd=32, n_layer=2, n_head=2, seq_len=64,
+                  precision="fp32", base_steps=6, base_lr=0.003, base_batch_size=4, max_step=6,
+                  train_batch_size=4, lr=0.003, warmup_step=2, lora_dim=4, lora_alpha=16,
+                  lora_dropout=0.1, beam=2, eval_len=8, beam_batch_size=8, test_limit=6,
+                  eval_interval=3, save_interval=3, valid_batches=2),
+}
+
+def setting_types() -> dict:
+    """{setting: the type its command-line override parses to}, from the presets' values (int
+    where every preset leaves it None)."""
+    types = {}
+    for preset in PRESETS.values():
+        for key, value in preset.items():
+            if value is not None or key not in types:
+                types[key] = type(value) if value is not None else types.get(key, int)
+    return dict(sorted(types.items()))
+
+
+def settings_from(args):
+    preset = args.preset or ("cuda" if cuda_available() else "cpu")
+    settings = dict(PRESETS[preset])
+    for key in settings:
+        value = getattr(args, key)
+        if value is not None:
+            settings[key] = value
+    settings["preset"] = preset
+    return settings
+
+
+class Pipeline:
+    def __init__(self, args):
+        self.args = args
+        self.s = settings_from(args)
+        self.run = args.run or f"{self.s['preset']}-default"
+        self.run_dir = os.path.join(args.runs_dir, self.run)
+        self.log_dir = os.path.join(args.logs_dir, self.run)
+        self.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+        unknown = set(self.backends) - set(BACKENDS)
+        if unknown or not self.backends:
+            raise ValueError(f"--backends must name torch and/or jittor, got {args.backends!r}")
+        self.data_dir = resolve_e2e_dir(args.data_dir)
+        self.vocab_dir = resolve_vocab_dir(args.vocab_dir)
+        os.makedirs(self.run_dir, exist_ok=True)
+        os.makedirs(self.log_dir, exist_ok=True)
+        self.state_path = os.path.join(self.run_dir, "stages.json")
+        self.stage_folders = {"init": ["base"], "lora": list(self.backends)}
+        self.state = self._load_state()
+        self.config = GPT2Config.from_model_card(
+            self.s["model_card"], n_embd=self.s["n_embd"], n_layer=self.s["n_layer"],
+            n_head=self.s["n_head"], lora_attn_dim=self.s["lora_dim"],
+            lora_attn_alpha=self.s["lora_alpha"])
+
+    # --------------------------------------------------------------------------- helpers
+    def _load_state(self):
+        if os.path.isfile(self.state_path):
+            with open(self.state_path) as f:
+                state = json.load(f)
+            if state.get("settings") != self._fingerprint():
+                print("settings changed since the last run of this folder: rerunning all stages")
+                return {"settings": self._fingerprint(), "stages": {}}
+            return state
+        return {"settings": self._fingerprint(), "stages": {}}
+
+    def _fingerprint(self):
+        keys = dict(self.s, init_checkpoint=self.args.init_checkpoint,
+                    exact_dropout=self.args.exact_dropout, random_seed=self.args.random_seed,
+                    backends=self.args.backends)
+        return json.loads(json.dumps(keys))
+
+    def path(self, *parts):
+        return os.path.join(self.run_dir, *parts)
+
+    def shape_flags(self):
+        flags = ["--model_card", self.s["model_card"]]
+        for key in ("n_embd", "n_layer", "n_head"):
+            if self.s[key] is not None:
+                flags += [f"--{key}", str(self.s[key])]
+        return flags
+
+    def sh(self, argv, log_name):
+        """Run a project script, streaming its output and keeping a copy in RUN_DIR/logs."""
+        cmd = [sys.executable, *argv]
+        os.makedirs(self.path("logs"), exist_ok=True)
+        log_path = self.path("logs", log_name)
+        print("$ " + " ".join(argv), flush=True)
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        if self.vocab_dir:
+            env["GPT2_VOCAB_DIR"] = self.vocab_dir
+        with open(log_path, "a") as log:
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True, bufsize=1)
+            for line in proc.stdout:
+                sys.stdout.write(line)
+                log.write(line)
+            code = proc.wait()
+        if code != 0:
+            raise RuntimeError(f"`{' '.join(argv)}` failed with exit code {code} (log: {log_path})")
+
+    def stage(self, name, func):
+        forced = self.args.force or any(STAGES.index(name) >= STAGES.index(f)
+                                        for f in self.args.force_stage)
+        done = self.state["stages"].get(name)
+        print(f"\n=== stage {STAGES.index(name) + 1}/{len(STAGES)}: {name} ===", flush=True)
+        if done and done.get("status") == "done" and not forced:
+            print(f"(done in an earlier run, {done['seconds']:.1f}s; --force_stage {name} reruns it)")
+            return done.get("outputs", {})
+        started = time.time()
+        if forced:  # a forced stage starts over instead of resuming its earlier checkpoints
+            for folder in self.stage_folders.get(name, ()):
+                shutil.rmtree(self.path(folder), ignore_errors=True)
+        try:
+            outputs = func() or {}
+        except Exception as exc:
+            self.state["stages"][name] = {"status": "failed", "seconds": time.time() - started,
+                                          "error": str(exc)}
+            write_json(self.state_path, self.state)
+            raise
+        self.state["stages"][name] = {"status": "done", "seconds": time.time() - started,
+                                      "outputs": outputs}
+        for later in STAGES[STAGES.index(name) + 1:]:  # results after this one are stale now
+            if forced:
+                self.state["stages"].pop(later, None)
+        write_json(self.state_path, self.state)
+        print(f"--- {name}: {time.time() - started:.1f}s", flush=True)
+        return outputs
+
+    # ---------------------------------------------------------------------------- stages
+    def stage_data(self):
+        from .e2e_data import prepare_e2e
+        written = prepare_e2e(self.data_dir, self.path("data"), vocab_dir=self.vocab_dir)
+        if self.s["test_limit"]:
+            limit_test_split(self.path("data"), self.s["test_limit"])
+        return {"data_dir": self.data_dir, "written": written}
+
+    def stage_init(self):
+        base = self.path("base", "base.safetensors")
+        base_config = GPT2Config(**dict(self.config.to_dict(), lora_attn_dim=0))
+        if self.args.init_checkpoint:
+            state = load_for_model(self.args.init_checkpoint, base_config)
+            save_checkpoint(base, state)
+            return {"base": base, "source": self.args.init_checkpoint}
+        work = self.path("base")
+        argv = ["scripts/gpt2_ft.py", "--backend", "torch", "--device", self.s["device"],
+                "--train_data", self.path("data", "train.jsonl"),
+                "--valid_data", self.path("data", "valid.jsonl"), *self.shape_flags(),
+                "--lora_dim", "0", "--train_batch_size", str(self.s["base_batch_size"]),
+                "--valid_batch_size", str(self.s["valid_batch_size"]), "--seq_len", str(self.s["seq_len"]),
+                "--lr", str(self.s["base_lr"]), "--weight_decay", str(self.s["weight_decay"]), "--correct_bias",
+                "--clip", str(self.s["base_clip"]), "--warmup_step", str(max(1, self.s["base_steps"] // 20)),
+                "--max_step", str(self.s["base_steps"]), "--scheduler", self.s["base_scheduler"],
+                "--log_interval", str(max(1, self.s["base_steps"] // 10)),
+                "--eval_interval", str(self.s["base_steps"]), "--save_interval",
+                str(max(1, self.s["base_steps"] // 4)), "--precision", self.s["precision"],
+                "--random_seed", str(self.args.random_seed), "--work_dir", work]
+        if self.s["valid_batches"]:
+            argv += ["--max_eval_batches", str(self.s["valid_batches"])]
+        if self._has_checkpoint(work):
+            argv.append("--resume")
+        self.sh(argv, "base_train.log")
+        state = load_for_model(self.path("base", f"model.{self.s['base_steps']}.pt"), base_config)
+        save_checkpoint(base, state)
+        return {"base": base, "source": "trained from scratch (torch, full fine-tuning)"}
+
+    @staticmethod
+    def _has_checkpoint(work_dir):
+        return os.path.isdir(work_dir) and any(
+            n.startswith("trainer_state.") for n in os.listdir(work_dir))
+
+    def lora_argv(self, backend):
+        argv = ["scripts/gpt2_ft.py", "--backend", backend, "--device", self.s["device"],
+                "--train_data", self.path("data", "train.jsonl"),
+                "--valid_data", self.path("data", "valid.jsonl"), *self.shape_flags(),
+                "--init_checkpoint", self.path("base", "base.safetensors"),
+                "--lora_dim", str(self.s["lora_dim"]), "--lora_alpha", str(self.s["lora_alpha"]),
+                "--lora_dropout", str(self.s["lora_dropout"]),
+                "--train_batch_size", str(self.s["train_batch_size"]), "--valid_batch_size", str(self.s["valid_batch_size"]),
+                "--seq_len", str(self.s["seq_len"]), "--lr", str(self.s["lr"]),
+                "--weight_decay", str(self.s["weight_decay"]), "--correct_bias", "--warmup_step", str(self.s["warmup_step"]),
+                "--max_step", str(self.s["max_step"]), "--scheduler", self.s["scheduler"],
+                "--clip", str(self.s["clip"]),
+                "--label_smooth", str(self.s["label_smooth"]), "--log_interval", str(self.s["log_interval"]),
+                "--eval_interval", str(self.s["eval_interval"]),
+                "--save_interval", str(self.s["save_interval"]), "--precision", self.s["precision"],
+                "--random_seed", str(self.args.random_seed), "--work_dir", self.path(backend),
+                "--attn", self.s["attn"]]
+        if self.s["valid_batches"]:
+            argv += ["--max_eval_batches", str(self.s["valid_batches"])]
+        if self.args.exact_dropout:
+            argv.append("--shared_dropout")
+        if self._has_checkpoint(self.path(backend)):
+            argv.append("--resume")
+        return argv
+
+    def stage_lora(self):
+        out = {}
+        for backend in self.backends:
+            started = time.time()
+            self.sh(self.lora_argv(backend), f"{backend}_train.log")
+            out[backend] = {"checkpoint": self.path(backend, f"model.{self.s['max_step']}.pt"),
+                            "seconds": time.time() - started}
+        return out
+
+    def stage_beam(self):
+        out = {}
+        for backend in self.backends:
+            started = time.time()
+            work = self.path(backend)
+            argv = ["scripts/gpt2_beam.py", "--backend", backend, "--device", self.s["device"],
+                    "--data", self.path("data", "test.jsonl"), *self.shape_flags(),
+                    "--init_checkpoint", os.path.join(work, f"model.{self.s['max_step']}.pt"),
+                    "--lora_dim", str(self.s["lora_dim"]), "--lora_alpha", str(self.s["lora_alpha"]),
+                    "--batch_size", str(self.s["beam_batch_size"]), "--seq_len", str(self.s["seq_len"] + self.s["eval_len"]),
+                    "--eval_len", str(self.s["eval_len"]), "--beam", str(self.s["beam"]),
+                    "--length_penalty", str(self.s["length_penalty"]), "--no_repeat_ngram_size", str(self.s["no_repeat_ngram_size"]),
+                    "--repetition_penalty", str(self.s["repetition_penalty"]), "--eos_token_id", str(self.s["eos_token_id"]),
+                    "--work_dir", work, "--output_file", "predict.jsonl", "--unique_contexts"]
+            self.sh(argv, f"{backend}_beam.log")
+            beam_seconds = time.time() - started
+            vocab = ["--vocab", self.vocab_dir] if self.vocab_dir else []
+            self.sh(["scripts/gpt2_decode.py", *vocab, "--sample_file", os.path.join(work, "predict.jsonl"),
+                     "--input_file", self.path("data", "test_formatted.jsonl"),
+                     "--output_ref_file", os.path.join(work, "e2e_ref.txt"),
+                     "--output_pred_file", os.path.join(work, "e2e_pred.txt")], f"{backend}_decode.log")
+            out[backend] = {"beam_seconds": beam_seconds, "seconds": time.time() - started}
+        return out
+
+    def stage_metrics(self):
+        out = {}
+        for backend in self.backends:
+            started = time.time()
+            work = self.path(backend)
+            score_argv = ["scripts/measure_scores.py", os.path.join(work, "e2e_ref.txt"),
+                          os.path.join(work, "e2e_pred.txt"), "-p",
+                          "--json", os.path.join(work, "metrics.json")]
+            if self.args.no_meteor:
+                score_argv.append("--no_meteor")
+            self.sh(score_argv, f"{backend}_scores.log")
+            with open(os.path.join(work, "metrics.json")) as f:
+                out[backend] = json.load(f)
+            out[backend]["seconds"] = time.time() - started
+        return out
+
+    def stage_check(self):
+        backend = self.backends[0]
+        argv = ["scripts/check_alignment.py", "--init_checkpoint", self.path("base", "base.safetensors"),
+                "--lora_checkpoint", self.path(backend, f"model.{self.s['max_step']}.pt"),
+                "--data", self.path("data", "valid.jsonl"), *self.shape_flags(),
+                "--lora_dim", str(self.s["lora_dim"]), "--lora_alpha", str(self.s["lora_alpha"]),
+                "--seq_len", str(self.s["seq_len"]), "--batch_size", str(self.s["check_batch_size"]),
+                "--batches", str(self.s["check_batches"]), "--label_smooth", str(self.s["label_smooth"]),
+                "--device", self.s["device"],
+                "--json", self.path("final_check.json")]
+        if len(self.backends) < 2:
+            return {"skipped": "needs both backends"}
+        self.sh(argv, "final_check.log")
+        return {"json": self.path("final_check.json")}
+
+    def stage_report(self):
+        from .plotting import plot_loss_comparison, plot_lr_schedule
+        from .report import write_report
+        from .trainlog import loss_agreement, loss_table, read_log
+        logs = {b: read_log(self.path(b), label=b) for b in self.backends}
+        plots = {}
+        if len(self.backends) == 2:
+            a, b = (logs[n] for n in self.backends)
+            plot_loss_comparison(a, b, os.path.join(self.log_dir, "loss.png"),
+                                 f"{self.run}: LoRA fine-tuning loss, torch vs jittor")
+            plots["loss"] = "loss.png"
+        else:
+            only = logs[self.backends[0]]
+            plot_loss_comparison(only, None, os.path.join(self.log_dir, "loss.png"), f"{self.run}: loss")
+            plots["loss"] = "loss.png"
+        plot_lr_schedule(list(logs.values()), os.path.join(self.log_dir, "lr.png"))
+        plots["lr"] = "lr.png"
+        base_log = self.path("base", "train_log.jsonl")
+        if os.path.isfile(base_log):
+            plot_loss_comparison(read_log(base_log, label="base (torch)"), None,
+                                 os.path.join(self.log_dir, "base_loss.png"),
+                                 f"{self.run}: base model trained from scratch")
+            plots["base_loss"] = "base_loss.png"
+        metrics = {}
+        for backend in self.backends:
+            with open(self.path(backend, "metrics.json")) as f:
+                metrics[backend] = json.load(f)
+        results = {
+            "run": self.run, "created": datetime.datetime.now().isoformat(timespec="seconds"),
+            "devices": devices(self.s["device"]), "versions": versions(),
+            "config": dict(self.s, exact_dropout=self.args.exact_dropout,
+                           random_seed=self.args.random_seed,
+                           init=self.state["stages"].get("init", {}).get("outputs", {}).get("source")),
+            "stages": [{"name": n, "seconds": round(v.get("seconds", 0.0), 1), "status": v["status"]}
+                       for n, v in self.state["stages"].items()],
+            "metrics": metrics, "plots": plots,
+        }
+        if len(self.backends) == 2:
+            a, b = (logs[n] for n in self.backends)
+            results["loss_agreement"] = loss_agreement(a, b)
+            results["loss_table"] = loss_table(a, b)
+            results["beam_agreement"] = beam_agreement(
+                [self.path(backend, "predict.jsonl") for backend in self.backends])
+            if os.path.isfile(self.path("final_check.json")):
+                with open(self.path("final_check.json")) as f:
+                    results["final_check"] = json.load(f)
+        for backend in self.backends:  # keep the raw training logs next to the report
+            shutil.copyfile(self.path(backend, "train_log.jsonl"),
+                            os.path.join(self.log_dir, f"{backend}_train_log.jsonl"))
+            shutil.copyfile(self.path(backend, "e2e_pred.txt"),
+                            os.path.join(self.log_dir, f"{backend}_e2e_pred.txt"))
+        write_report(self.log_dir, results)
+        print(f"report: {os.path.join(self.log_dir, 'report.md')}")
+        return {"report": os.path.join(self.log_dir, "report.md")}
+
+    def run_all(self):
+        started = time.time()
+        print(f"work.sh: run {self.run!r} ({self.s['preset']} preset) -> {self.run_dir}, "
+              f"report in {self.log_dir}")
+        print("settings: " + ", ".join(f"{k}={v}" for k, v in self.s.items()))
+        for name in STAGES:
+            self.stage(name, getattr(self, f"stage_{name}"))
+            if name == self.args.until:
+                print(f"\nstopped after stage {name} (--until) in {time.time() - started:.1f}s")
+                return
+        print(f"\nall stages done in {time.time() - started:.1f}s")
