@@ -11,7 +11,8 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
-import sys
+import zlib
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -19,8 +20,11 @@ import pytest
 import torch
 
 from shared.atomic import write_json, write_text
+from shared.compare import TINY, difference
 from shared.config import GPT2Config
-from shared.params import init_state_dict, randomize_lora_B
+from shared.environment import gpu_name, versions
+from shared.params import init_state_dict
+from shared.report import markdown_table
 
 # Tiny shapes keep the suite fast on 2 CPU cores; the vocabulary stays GPT-2's 50257 because
 # the tied output head over the real vocabulary is part of what must align.
@@ -33,6 +37,15 @@ DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=
 def tiny_config(lora_dim: int = 0, **overrides) -> GPT2Config:
     """A tiny GPT-2 (LoRA rank `lora_dim`, alpha 128 as the reference, LoRA dropout 0)."""
     return GPT2Config(**{**TINY, "lora_attn_dim": lora_dim, **overrides})
+
+
+def randomize_lora_B(state: dict, seed: int, std: float = 0.02) -> dict:
+    """Give `lora_B` non-zero values (it starts at zero), so tests see the LoRA path at work."""
+    out = OrderedDict(state)
+    for name in (n for n in state if n.endswith("lora_B")):
+        rng = np.random.default_rng([int(seed), 7919, zlib.crc32(name.encode())])
+        out[name] = rng.normal(0.0, std, size=state[name].shape).astype(np.float32)
+    return out
 
 
 def seeded_state(config: GPT2Config, seed: int = 0, lora_nonzero: bool = True) -> dict:
@@ -176,17 +189,11 @@ class Comparison:
 
 
 def differences(a: np.ndarray, b: np.ndarray, atol: float, rtol: float):
-    """(max |a-b|, max |a-b|/|b| over the elements where the relative tolerance governs, i.e.
-    rtol*|b| > atol). Near zero the absolute tolerance governs, and a relative difference there
-    would only measure rounding noise around 0."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    diff = np.abs(a - b)
-    if diff.size == 0:
-        return 0.0, 0.0
-    max_abs = float(diff.max())  # NaN when any element is NaN
-    big = np.abs(b) > max(atol / rtol if rtol > 0 else atol, np.finfo(np.float64).tiny)
-    max_rel = float((diff[big] / np.abs(b[big])).max()) if big.any() else 0.0
-    return max_abs, max_rel
+    """(max |a-b|, max relative difference over the elements where the relative tolerance
+    governs, i.e. rtol * magnitude > atol): shared/compare.py's measures. Near zero the absolute
+    tolerance governs, and a relative difference there would only measure rounding noise."""
+    d = difference(a, b, floor=max(atol / rtol if rtol > 0 else atol, TINY))
+    return d.max_abs, d.max_rel
 
 
 class ComparisonRecorder:
@@ -226,16 +233,14 @@ class ComparisonRecorder:
 
     def to_markdown(self, environment: dict) -> str:
         env = "\n".join(f"- {k}: {v}" for k, v in environment.items())
-        rows = "\n".join(
-            f"| {r.name} | {'x'.join(map(str, r.shape)) or 'scalar'} | {r.max_abs:.3g} | "
-            f"{r.max_rel:.3g} | {r.atol:g} | {r.rtol:g} | {r.device} | "
-            f"{'pass' if r.passed else 'FAIL'} |"
-            for r in self.records)
+        rows = [[r.name, "x".join(map(str, r.shape)) or "scalar", f"{r.max_abs:.3g}",
+                 f"{r.max_rel:.3g}", f"{r.atol:g}", f"{r.rtol:g}", r.device,
+                 "pass" if r.passed else "FAIL"] for r in self.records]
+        table = markdown_table(["name", "shape", "max_abs", "max_rel", "atol", "rtol", "device",
+                                "result"], rows)
         return ("# Alignment report\n\n## Environment\n\n" + env
                 + "\n\n## Summary by group\n\n```\n" + "\n".join(self.summary_lines())
-                + "\n```\n\n## Every comparison\n\n"
-                + "| name | shape | max_abs | max_rel | atol | rtol | device | result |\n"
-                + "| --- | --- | --- | --- | --- | --- | --- | --- |\n" + rows + "\n")
+                + "\n```\n\n## Every comparison\n\n" + table + "\n")
 
     def write(self, folder: str):
         """alignment_report.json and alignment_report.md in `folder`, each written atomically."""
@@ -271,11 +276,11 @@ def compare(name: str, a, b, atol: float, rtol: float, device: str = "cpu") -> C
 
 
 def environment_info() -> dict:
-    """Versions and devices the comparisons ran with."""
-    info = {"python": sys.version.split()[0], "platform": platform.platform(),
-            "numpy": np.__version__, "torch": torch.__version__,
-            "torch_cuda": torch.version.cuda or "none",
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"}
+    """Versions and devices the comparisons ran with (shared/environment.py's probe, plus how
+    Jittor's runtime sees CUDA)."""
+    info = versions(("numpy", "torch"))
+    info.update(platform=platform.platform(), torch_cuda=torch.version.cuda or "none",
+                gpu=gpu_name() or "none")
     try:
         from jittor_impl import runtime
         info["jittor"] = runtime.jt.__version__

@@ -3,22 +3,21 @@
 
 For each of `--batches` validation batches: logits, the masked loss, and the gradients of every
 trainable parameter (LoRA weights when --lora_dim > 0, all weights otherwise), with dropout off.
-Prints max abs / max rel differences and writes them as JSON. Exit code 1 when a difference
-exceeds its tolerance (fp32 defaults: logits 1e-3 abs, loss 1e-5 rel, grads 1e-4 abs).
+Prints the max abs differences and relative L2 distances (shared/compare.py) and writes them
+as JSON. Exit code 1 when a difference exceeds its tolerance (fp32 defaults: logits 1e-3 abs,
+loss 1e-5 rel, grads 1e-4 abs).
   python scripts/check_alignment.py --init_checkpoint base.safetensors \
       --lora_checkpoint run/model.100.pt --data valid.jsonl --lora_dim 4 --n_embd 128 ...
 """
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
-
-from shared.atomic import write_json  # noqa: E402
-from shared.batching import FTDataset  # noqa: E402
-from shared.train_args import add_model_shape_args, default_device, model_config  # noqa: E402
+from shared.atomic import write_json
+from shared.batching import FTDataset
+from shared.compare import difference
+from shared.environment import default_device
+from shared.train_args import add_model_shape_args, model_config
 
 
 def build_parser():
@@ -37,14 +36,6 @@ def build_parser():
     p.add_argument("--loss_rtol", type=float, default=1e-5)
     p.add_argument("--grad_atol", type=float, default=1e-4)
     return p
-
-
-def diff(a, b):
-    """(max abs difference, relative L2 difference ||a - b|| / ||a||): element-wise relative
-    differences explode on values near zero, the L2 ratio does not."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    norm = float(np.linalg.norm(a))
-    return float(np.abs(a - b).max()), float(np.linalg.norm(a - b)) / (norm if norm > 0 else 1.0)
 
 
 def loaded_model(backend, config, args):
@@ -104,14 +95,15 @@ def check(args):
     batches = [b for _, b in zip(range(args.batches), dataset.eval_batches())]
     t_side, j_side = torch_side(config, args, batches), jittor_side(config, args, batches)
     result = {"device": args.device, "batches": len(batches), "batch_size": args.batch_size,
-              "logits_max_abs": 0.0, "logits_max_rel": 0.0, "loss_max_abs": 0.0,
-              "loss_max_rel": 0.0, "grad_max_abs": 0.0, "grad_max_rel": 0.0,
+              "logits_max_abs": 0.0, "logits_rel_l2": 0.0, "loss_max_abs": 0.0,
+              "loss_rel_l2": 0.0, "grad_max_abs": 0.0, "grad_rel_l2": 0.0,
               "grad_params": 0, "losses_torch": [], "losses_jittor": []}
 
-    def keep_worst(key, a, b):
-        abs_diff, rel_diff = diff(a, b)
-        result[key + "_max_abs"] = max(result[key + "_max_abs"], abs_diff)
-        result[key + "_max_rel"] = max(result[key + "_max_rel"], rel_diff)
+    def keep_worst(key, torch_value, jittor_value):
+        """The largest max |a - b| and relative L2 distance (torch is the reference) so far."""
+        d = difference(jittor_value, torch_value)
+        result[key + "_max_abs"] = max(result[key + "_max_abs"], d.max_abs)
+        result[key + "_rel_l2"] = max(result[key + "_rel_l2"], d.rel_l2)
 
     for (tl, tloss, tg), (jl, jloss, jg) in zip(t_side, j_side):
         keep_worst("logits", tl, jl)
@@ -126,7 +118,7 @@ def check(args):
     result["tolerances"] = {"logits_atol": args.logits_atol, "loss_rtol": args.loss_rtol,
                             "grad_atol": args.grad_atol}
     result["passed"] = (result["logits_max_abs"] <= args.logits_atol
-                        and result["loss_max_rel"] <= args.loss_rtol
+                        and result["loss_rel_l2"] <= args.loss_rtol
                         and result["grad_max_abs"] <= args.grad_atol)
     return result
 
@@ -135,7 +127,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     result = check(args)
     for key in ("logits", "loss", "grad"):
-        print(f"{key:7s} max abs {result[key + '_max_abs']:.3e}   rel L2 {result[key + '_max_rel']:.3e}")
+        print(f"{key:7s} max abs {result[key + '_max_abs']:.3e}   rel L2 {result[key + '_rel_l2']:.3e}")
     print(f"{result['grad_params']} trainable tensors, {result['batches']} batches of "
           f"{result['batch_size']} on {result['device']}: {'PASS' if result['passed'] else 'FAIL'}")
     if args.json:

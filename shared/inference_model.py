@@ -13,8 +13,8 @@ from typing import Callable
 
 import numpy as np
 
-from .train_args import (BACKENDS, add_launcher_args, add_model_shape_args, default_device,
-                         model_config)
+from .environment import default_device
+from .train_args import BACKENDS, add_launcher_args, add_model_shape_args, model_config
 
 
 def add_inference_model_args(parser):

@@ -8,6 +8,7 @@ import argparse
 import os
 
 from .config import MODEL_CARDS, GPT2Config
+from .environment import default_device
 from .schedule import SCHEDULES
 
 BACKENDS = ("torch", "jittor")
@@ -144,14 +145,6 @@ def validate(args):
     if problems:
         raise ArgumentProblem("bad arguments:\n  " + "\n  ".join(problems))
     return args
-
-
-def default_device():
-    try:
-        import torch
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    except ImportError:
-        return "cpu"
 
 
 def model_config(args) -> GPT2Config:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from .atomic import atomic_open
+from .compare import relative
 
 LOG_FILENAME = "train_log.jsonl"
 FORMAT_JSONL = "jsonl"
@@ -361,7 +362,7 @@ def _agreement(aligned: list, tol: float) -> dict:
     for step, a, b in aligned:
         d = _abs_diff(a, b)
         diffs.append(d)
-        rels.append(d / max(abs(a), abs(b), 1e-12) if math.isfinite(d) else math.inf)
+        rels.append(float(relative(d, a, b, floor=1e-12)) if math.isfinite(d) else math.inf)
         if first_over is None and d > tol:
             first_over = step
     return {"n_steps": len(aligned), "max_abs": max(diffs), "mean_abs": sum(diffs) / len(diffs),
