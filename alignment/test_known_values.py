@@ -294,7 +294,8 @@ def test_lora_parameter_count():
     lora = {n: s for n, s in parameter_shapes(config).items() if "lora_" in n}
     assert sum(math.prod(s) for s in lora.values()) == 393_216 == 24 * (2 * 4 * 1024 + 2 * 1024 * 4)
     assert len(lora) == 48
-    assert GPT2Config.from_model_card("gpt2.md", lora_attn_dim=4).lora_scaling == 128 / 4
+    from torch_impl.lora import MergedLinear
+    assert MergedLinear(1024, 3 * 1024, r=4, lora_alpha=128).scaling == 128 / 4
 
 
 @pytest.mark.parametrize("lora_dim", [0, 4])

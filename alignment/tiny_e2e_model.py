@@ -51,7 +51,7 @@ def trained_state(vocab_dir, e2e_dir) -> dict:
     column = torch.full((tiny_config().vocab_size,), -1, dtype=torch.long)
     column[used] = torch.arange(len(used))
     # One thread: tiny ops gain nothing from more, and on a busy 2-core machine two OpenMP
-    # threads waiting for each other trained 30x slower than one.
+    # threads waiting for each other trained many times slower than one.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -20,7 +20,7 @@ _compute_dtype = [None]  # None: float32 throughout
 
 @contextlib.contextmanager
 def autocast(dtype=None):
-    """`dtype` is "bfloat16", "float16" or None (no-op)."""
+    """`dtype` is "bfloat16" or None (no-op); the jittor backend has no fp16 (no loss scaling)."""
     previous = _compute_dtype[0]
     _compute_dtype[0] = dtype
     try:
@@ -116,8 +116,8 @@ def _gather_permute(x, order):
 
 class _Permute(jt.Function):
     """x.permute(order) as a gather in both passes. Jittor's transpose kernel without the cuTT
-    library (left out: it is downloaded at import) moved ~12 GB/s on an H100 and took 259 ms of
-    a 471 ms gpt2.md training step; a gather is an element-wise kernel Jittor can fuse."""
+    library (left out: it is downloaded at import) is slow on the GPU (logs/gpu-benchmark has
+    the profiles); a gather is an element-wise kernel Jittor can fuse."""
 
     def __init__(self, order):
         self.order = list(order)
@@ -139,7 +139,7 @@ def _blocked_matmul(a, b, block=1024):
     """a @ b for a long inner dimension (the 50257-word vocabulary): partial products over
     blocks of `block`, then their sum. Jittor's CPU kernels add the inner dimension one term
     after another, which over 50257 terms costs ~1e-5 relative error (10x torch's); in blocks
-    the error matches torch's and it runs faster too (0.12 s vs 0.16 s at 480 x 50257 x 96)."""
+    the error matches torch's, and it runs faster too."""
     n, inner = a.shape
     groups = -(-inner // block)
     pad = groups * block - inner
@@ -151,8 +151,7 @@ def _blocked_matmul(a, b, block=1024):
 class _ProductWithTransposeCPU(jt.Function):
     """a @ b.T for 2-D a, b with both passes written as plain products. Without oneDNN, Jittor's
     CPU kernels for `nn.matmul_transpose`'s broadcast-reduce form (and for what autodiff derives
-    from `a @ b.transpose()`) are several times slower than these: for the tied output head
-    (480 x 96 by 50257 x 96) 0.25 s + 0.12 s per forward + backward instead of 1.05 s."""
+    from `a @ b.transpose()`) are several times slower than these for the tied output head."""
 
     def execute(self, a, b):
         self.a, self.b = a, b

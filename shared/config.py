@@ -45,10 +45,6 @@ class GPT2Config:
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
 
-    @property
-    def lora_scaling(self) -> float:
-        return self.lora_attn_alpha / self.lora_attn_dim if self.lora_attn_dim > 0 else 0.0
-
     @classmethod
     def from_model_card(cls, model_card: str, n_embd=None, n_layer=None, n_head=None, **kwargs):
         """A config for `gpt2.sm|md|lg`; explicit `n_embd/n_layer/n_head` override the card."""
@@ -60,11 +56,3 @@ class GPT2Config:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "GPT2Config":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"GPT2Config: unknown keys {unknown}")
-        return cls(**d)

@@ -75,15 +75,6 @@ def init_state_dict(config: GPT2Config, seed: int = 0) -> "OrderedDict[str, np.n
     return out
 
 
-def randomize_lora_B(state: dict, seed: int, std: float = 0.02) -> dict:
-    """Give `lora_B` non-zero values (it starts at zero), so tests see the LoRA path at work."""
-    out = OrderedDict(state)
-    for name in (n for n in state if n.endswith("lora_B")):
-        rng = np.random.default_rng([int(seed), 7919, zlib.crc32(name.encode())])
-        out[name] = rng.normal(0.0, std, size=state[name].shape).astype(np.float32)
-    return out
-
-
 def no_decay(name: str) -> bool:
     """Biases and LayerNorm weights skip weight decay under --no_decay_bias."""
     return name.endswith(".bias") or ".ln_" in name

@@ -65,7 +65,7 @@ class GPT2Tokenizer:
 def load_tokenizer(vocab_dir=None) -> GPT2Tokenizer:
     """The GPT-2 tokenizer from `vocab_dir`, else `resolve_vocab_dir()`, else tiktoken's "gpt2".
 
-    Built encodings are cached per folder and file version (building one takes ~1 s).
+    Built encodings are cached per folder and file version (building one takes a while).
     """
     vocab_dir = resolve_vocab_dir(vocab_dir)
     if vocab_dir is None:

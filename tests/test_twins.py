@@ -69,12 +69,10 @@ ALLOWED = {
     '__init__.py': {
         'torch': [
             'Mirrors `torch_impl` name for name, so code switches backend by changing one import.',
-            'BACKEND = "jt"',
         ],
         'jittor': [
             'Mirrors `torch_impl` name for name, so code switches backend by changing one import. Importing',
             'it configures Jittor for this machine first (see `runtime.py`).',
-            'BACKEND = "jittor"',
         ],
     },
     'model.py': {

@@ -7,7 +7,5 @@ from shared.config import GPT2Config
 from .lora import mark_only_lora_as_trainable, merge_lora, set_shared_dropout, unmerge_lora
 from .model import GPT2LMModel
 
-BACKEND = "torch"
-
-__all__ = ["BACKEND", "GPT2Config", "GPT2LMModel", "mark_only_lora_as_trainable", "merge_lora",
+__all__ = ["GPT2Config", "GPT2LMModel", "mark_only_lora_as_trainable", "merge_lora",
            "unmerge_lora", "set_shared_dropout"]
