@@ -35,3 +35,12 @@ def test_shared_imports_no_backend():
 def test_the_check_sees_a_backend_import(tmp_path):
     (tmp_path / "bad.py").write_text("import os\n\ndef f():\n    from torch_impl.model import GPT2LMModel\n")
     assert backend_imports(str(tmp_path)) == [f"{os.path.relpath(str(tmp_path / 'bad.py'), ROOT)}:4 imports torch_impl"]
+
+
+def test_scripts_import_the_installed_packages():
+    """Scripts find shared/, backends/ ... because the project is installed, not by editing
+    sys.path (tests and work.sh put the checkout on PYTHONPATH for child processes instead)."""
+    scripts = os.path.join(ROOT, "scripts")
+    editing = [name for name in sorted(os.listdir(scripts)) if name.endswith(".py")
+               and "sys.path" in open(os.path.join(scripts, name), encoding="utf-8").read()]
+    assert editing == []
