@@ -27,6 +27,8 @@ from .ops import (ATTENTION_IMPLS, DEFAULT_ATTENTION, batched_matmul_transpose, 
 MASK_VALUE = -1.0e10  # the reference's mask value
 
 
+# LayerNorm and Embedding are modules of our own, as in the Jittor twin (whose framework versions
+# do not fit, see jittor_impl/model.py): the same parameters, computed through ops.py.
 class LayerNorm(nn.Module):
     def __init__(self, hidden_size, eps):
         super().__init__()
