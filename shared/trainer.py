@@ -8,7 +8,9 @@ rate schedule, gradient accumulation, logging, evaluation, checkpoints and resum
 Semantics kept from the reference: `step` counts micro-batches; an update happens every
 `grad_acc` micro-batches with learning rate `lr_at(step)`; `--max_step` counts micro-batches
 (derived from `--max_epoch` when absent); intermediate checkpoints `model.{step}.pt` hold the
-LoRA weights only (all weights for full fine-tuning), the final one all weights.
+LoRA weights only (all weights for full fine-tuning), the final one all weights. A checkpoint falls
+due every `--save_interval` steps and is written at the next update (the reference saves inside an
+accumulation window too, where the gradient summed so far would be lost to a resume).
 Additions: every step is logged as a JSON line; values are fetched from the device once per
 `--log_interval` (and before each eval/save), so the loop does not wait on the GPU every step;
 a non-finite loss stops the run naming the step; Ctrl-C (SIGINT/SIGTERM) finishes the current
@@ -149,6 +151,12 @@ class Trainer:
             raise TrainingError(f"--resume: no complete checkpoint (model.N.pt with "
                                 f"trainer_state.N.npz) in {self.work_dir}")
         meta, optim = load_trainer_state(os.path.join(self.work_dir, f"trainer_state.{step}.npz"))
+        if step % self.args.grad_acc and step < self.max_step:
+            raise TrainingError(
+                f"--resume: checkpoint {step} in {self.work_dir} was saved inside an accumulation "
+                f"window of --grad_acc {self.args.grad_acc} (by an older version) and cannot "
+                f"continue exactly; delete model.{step}.pt and trainer_state.{step}.npz to resume "
+                f"from the one before")
         saved, now = meta["run_config"], self.run_config()
         changed = [f"--{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in RESUME_KEYS
                    if saved.get(k) != now.get(k)]
@@ -285,6 +293,7 @@ class Trainer:
 
     def _loop(self, stop):
         args = self.args
+        save_due = False
         while self.step < self.max_step:
             for batch in self.train_set.train_batches(self.epoch, args.random_seed,
                                                       start_batch=self.batch_in_epoch):
@@ -316,7 +325,11 @@ class Trainer:
                     self.print_log_line()
                 if self.step % args.eval_interval == 0:
                     self.evaluate()
-                saved = self.save() if self.step % args.save_interval == 0 else None
+                # A checkpoint due every --save_interval steps is written at the next update: a
+                # state saved inside an accumulation window would lack the gradient summed so far.
+                save_due = save_due or self.step % args.save_interval == 0
+                saved = self.save() if save_due and is_update else None
+                save_due = save_due and saved is None
                 if self.on_step is not None:
                     self.on_step(self.step)
                 if stop.requested and is_update:
