@@ -13,6 +13,7 @@ import math
 
 import numpy as np
 
+from shared.batching import check_token_ids, check_width
 from shared.checkpoint import load_for_model
 from shared.config import GPT2Config
 from shared.params import init_state_dict, is_lora_name
@@ -136,11 +137,19 @@ class Block(nn.Module):
 
 
 class Embedding(nn.Module):
+    """A lookup table. Indexing a Jittor Var past its end returns garbage instead of failing, so
+    ids known on the host (numpy) are checked here; positions are checked from shapes in
+    GPT2Model, and training batches in shared code before they reach the device."""
+
     def __init__(self, num_embeddings, embedding_dim):
         super().__init__()
+        self.num_embeddings = num_embeddings
         self.weight = jt.zeros((num_embeddings, embedding_dim))
 
     def execute(self, ids):
+        if isinstance(ids, np.ndarray):
+            check_token_ids(ids, self.num_embeddings)
+            ids = jt.array(ids)
         return self.weight[ids]
 
 
@@ -158,6 +167,7 @@ class GPT2Model(nn.Module):
         elif len_past is None:
             past_length = past[0][0].shape[-2]
         if len_past is None:
+            check_width(past_length + input_ids.shape[-1], self.wpe.num_embeddings)
             position_ids = jt.arange(past_length, past_length + input_ids.shape[-1]).int64()
             position_ids = position_ids.unsqueeze(0).expand(input_ids.shape)
         else:

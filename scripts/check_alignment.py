@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 
 from shared.atomic import write_json  # noqa: E402
 from shared.batching import FTDataset  # noqa: E402
+from shared.config import seq_len_problem  # noqa: E402
 from shared.train_args import add_model_shape_args, default_device, model_config  # noqa: E402
 
 
@@ -100,6 +101,9 @@ def check(args):
     args.device = args.device or default_device()
     args.lora_dropout = 0.0
     config = model_config(args)
+    problem = seq_len_problem(args.seq_len, config)
+    if problem:
+        raise SystemExit(f"check_alignment.py: error: {problem}")
     dataset = FTDataset.from_file(args.data, args.batch_size, args.seq_len)
     batches = [b for _, b in zip(range(args.batches), dataset.eval_batches())]
     t_side, j_side = torch_side(config, args, batches), jittor_side(config, args, batches)

@@ -27,6 +27,9 @@ from shared.atomic import atomic_open  # noqa: E402
 from shared.batching import FTDataset  # noqa: E402
 from shared.beam_spec import EOT_ID, BeamSettings  # noqa: E402
 from shared.checkpoint import CheckpointError  # noqa: E402
+from shared.config import seq_len_problem  # noqa: E402
+from shared.preflight import output_file_problems  # noqa: E402
+from shared.train_args import model_config  # noqa: E402
 from shared.e2e_data import E2EDataError  # noqa: E402
 from shared.inference_model import (add_inference_model_args, inference_model_problems,  # noqa: E402
                                     load_inference_model)
@@ -80,6 +83,10 @@ def validate(args):
     except ValueError as exc:
         problems.append(str(exc))
     problems += inference_model_problems(args)
+    problems += output_file_problems("--work_dir/--output_file",
+                                     os.path.join(args.work_dir, args.output_file))
+    if not problems:
+        problems = [p for p in [seq_len_problem(args.seq_len, model_config(args))] if p]
     return problems
 
 

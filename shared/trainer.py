@@ -24,12 +24,13 @@ import math
 import os
 import re
 import signal
+import sys
 import time
 
 import numpy as np
 
 from .atomic import atomic_path, write_json
-from .batching import FTDataset
+from .batching import FTDataset, check_batch
 from .checkpoint import save_checkpoint
 from .schedule import lr_at
 from .train_args import model_config, validate
@@ -110,9 +111,16 @@ def save_trainer_state(path, meta: dict, optimizer_state: dict):
 
 
 def load_trainer_state(path):
-    with np.load(path, allow_pickle=False) as npz:
-        meta = json.loads(bytes(npz["meta"]).decode())
-        optim = {k[len("optim/"):]: npz[k] for k in npz.files if k.startswith("optim/")}
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            meta = json.loads(bytes(npz["meta"]).decode())
+            optim = {k[len("optim/"):]: npz[k] for k in npz.files if k.startswith("optim/")}
+    except Exception as exc:  # noqa: BLE001 - a damaged zip raises BadZipFile, EOFError, KeyError...
+        step = re.search(r"(\d+)\.npz$", os.fspath(path))
+        raise TrainingError(
+            f"cannot read {path} ({type(exc).__name__}: {exc}); it is damaged: delete it"
+            + (f" and model.{step.group(1)}.pt" if step else "")
+            + " to resume from the checkpoint before") from exc
     return meta, optim
 
 
@@ -129,6 +137,14 @@ class Trainer:
             report = dataset.truncation_report()
             if report:
                 print(f"warning: {report}", flush=True)
+            if dataset.keeps_no_completion():
+                raise TrainingError(
+                    f"no example keeps a completion token at --seq_len {args.seq_len} in "
+                    f"{dataset.source}: every context is at least that long, so the loss would "
+                    f"be 0 and the run would look perfect. Raise --seq_len")
+            report = dataset.completion_report()
+            if report:
+                print(f"{report} ({dataset.source})", file=sys.stderr, flush=True)
         self.max_step = args.max_step or args.max_epoch * self.train_set.num_batches
         if args.warmup_step > self.max_step:
             raise TrainingError(f"--warmup_step {args.warmup_step} > max_step {self.max_step} "
@@ -177,12 +193,23 @@ class Trainer:
         self.flush()
         lora_only = self.config.lora_attn_dim > 0 and not final
         model_path = os.path.join(self.work_dir, f"model.{self.step}.pt")
-        save_checkpoint(model_path, self.backend.state_numpy(lora_only=lora_only), layout="lora")
+        state_path = os.path.join(self.work_dir, f"trainer_state.{self.step}.npz")
         meta = {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                 "elapsed_s": self.elapsed(), "backend": self.backend.name,
                 "run_config": self.run_config()}
-        save_trainer_state(os.path.join(self.work_dir, f"trainer_state.{self.step}.npz"), meta,
-                           self.backend.optimizer_state())
+        for path, write in (
+                (model_path, lambda: save_checkpoint(
+                    model_path, self.backend.state_numpy(lora_only=lora_only), layout="lora")),
+                (state_path, lambda: save_trainer_state(state_path, meta,
+                                                        self.backend.optimizer_state()))):
+            try:
+                write()
+            except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as RuntimeError
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                raise TrainingError(
+                    f"cannot write {path} at step {self.step}: {reason}. Nothing half-written "
+                    f"was left; free space or fix permissions on {self.work_dir}, then rerun "
+                    f"with --resume to continue from the last complete checkpoint") from exc
         return model_path
 
     def elapsed(self):
@@ -301,6 +328,7 @@ class Trainer:
                 self.batch_in_epoch += 1
                 self.backend.set_step(self.step)
                 is_update = self.step % args.grad_acc == 0
+                check_batch(batch, self.config)
                 try:
                     loss = self.backend.forward_backward(batch, 1.0 / args.grad_acc,
                                                          args.label_smooth)

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shared.batching import check_width
 from shared.checkpoint import load_for_model
 from shared.config import GPT2Config
 from shared.params import init_state_dict, is_lora_name
@@ -156,6 +157,7 @@ class GPT2Model(nn.Module):
         elif len_past is None:
             past_length = past[0][0].size(-2)
         if len_past is None:
+            check_width(past_length + input_ids.size(-1), self.wpe.num_embeddings)
             position_ids = torch.arange(past_length, past_length + input_ids.size(-1),
                                         dtype=torch.long, device=input_ids.device)
             position_ids = position_ids.unsqueeze(0).expand_as(input_ids)
