@@ -2,7 +2,8 @@
 """Beam-search generation for encoded E2E data, as microsoft/LoRA's src/gpt2_beam.py.
 
 Same flags, defaults and output (one line `{"id": i, "predict": [eval_len ids]}` per input line,
-in id order, in WORK_DIR/OUTPUT_FILE), plus `--backend`, e.g.
+in id order, in WORK_DIR/OUTPUT_FILE; plus a "query_digest" key that gpt2_decode.py checks, see
+shared/prediction_file.py), plus `--backend`, e.g.
   python scripts/gpt2_beam.py --backend jittor --data data/e2e/test.jsonl --batch_size 1 \
       --seq_len 512 --eval_len 64 --model_card gpt2.md --init_checkpoint model.26290.pt \
       --lora_dim 4 --lora_alpha 32 --beam 10 --length_penalty 0.8 --no_repeat_ngram_size 4 \
@@ -16,7 +17,6 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import random  # noqa: E402
 import time  # noqa: E402
 
@@ -28,6 +28,7 @@ from shared.batching import FTDataset  # noqa: E402
 from shared.beam_spec import EOT_ID, BeamSettings  # noqa: E402
 from shared.checkpoint import CheckpointError  # noqa: E402
 from shared.config import seq_len_problem  # noqa: E402
+from shared.prediction_file import prediction_line  # noqa: E402
 from shared.preflight import output_file_problems  # noqa: E402
 from shared.train_args import model_config  # noqa: E402
 from shared.e2e_data import E2EDataError  # noqa: E402
@@ -128,7 +129,7 @@ def run(args):
     path = os.path.join(args.work_dir, args.output_file)
     with atomic_open(path) as f:
         for query_id in sorted(predictions):
-            f.write(json.dumps({"id": query_id, "predict": predictions[query_id]}) + "\n")
+            f.write(prediction_line(query_id, predictions[query_id], dataset.samples[query_id][0]))
     print(f"saved {len(predictions)} predictions to {path}")
     print(f"time taken: {seconds:.1f} s ({len(predictions) / max(seconds, 1e-9):.2f} queries/s)")
     return path
