@@ -12,6 +12,7 @@ import argparse  # noqa: E402
 
 from shared.atomic import write_json  # noqa: E402
 from shared.metrics import format_scores, measure_scores  # noqa: E402
+from shared.preflight import output_file_problems  # noqa: E402
 
 
 def main(argv=None):
@@ -25,6 +26,9 @@ def main(argv=None):
                         help="skip METEOR (its JVM start and paraphrase table take ~20 s)")
     parser.add_argument("--json", metavar="OUT", help="also write the scores to this JSON file")
     args = parser.parse_args(argv)
+    problems = output_file_problems("--json", args.json) if args.json else []
+    if problems:  # checked before the scoring, whose time would otherwise be lost
+        parser.error("; ".join(problems))
     try:
         scores = measure_scores(args.ref_file, args.pred_file, meteor=not args.no_meteor)
     except (ValueError, OSError, RuntimeError) as exc:

@@ -9,10 +9,11 @@ Stages (each recorded in RUN_DIR/stages.json; a rerun skips finished stages unle
   4 beam     beam search over the test split and decoding, for each backend
   5 check    both backends on the final weights: logits and gradients on validation batches
   6 metrics  the E2E metrics of each backend's predictions (METEOR etc. need Java)
-  7 report   logs/<run>/report.md + report.json with metrics side by side, loss agreement, plots
-Run artefacts (data, checkpoints, predictions) live in runs/<run>/; the report and plots in
-logs/<run>/. Every stage runs the project's own command-line scripts, so what is measured here
-is exactly what a user runs.
+  7 report   report.md + report.json with metrics side by side, loss agreement, plots
+Run artefacts (data, checkpoints, predictions) live in runs/<run>/, and so do the report and plots
+unless --logs_dir names another place (the committed results under logs/ were made with
+`--logs_dir logs`; a plain run never writes there). Every stage runs the project's own
+command-line scripts, so what is measured here is exactly what a user runs.
 """
 import argparse
 import datetime
@@ -66,7 +67,9 @@ def build_parser():
                         "seconds-long smoke run")
     p.add_argument("--run", default=None, help="run name (default: <preset>-default)")
     p.add_argument("--runs_dir", default=os.path.join(ROOT, "runs"))
-    p.add_argument("--logs_dir", default=os.path.join(ROOT, "logs"))
+    p.add_argument("--logs_dir", default=None,
+                   help="write the report and plots to LOGS_DIR/<run> (default: the run folder, "
+                        "so a plain run never replaces the committed results under logs/)")
     p.add_argument("--data_dir", default=None, help="E2E .txt folder (else E2E_DATA_DIR, data/e2e)")
     p.add_argument("--vocab_dir", default=None, help="GPT-2 vocab (else GPT2_VOCAB_DIR, tiktoken)")
     p.add_argument("--backends", default="torch,jittor", help="comma-separated")
@@ -90,6 +93,11 @@ def build_parser():
         p.add_argument(f"--{key}", type=types.get(key, int), default=None,
                        help="override the preset's value")
     return p
+
+
+def report_dir(args, run):
+    """Where the report of `run` goes: LOGS_DIR/<run> when given, else the run folder."""
+    return os.path.join(args.logs_dir or args.runs_dir, run)
 
 
 def settings_from(args):
@@ -117,7 +125,7 @@ class Pipeline:
         self.s = settings_from(args)
         self.run = args.run or f"{self.s['preset']}-default"
         self.run_dir = os.path.join(args.runs_dir, self.run)
-        self.log_dir = os.path.join(args.logs_dir, self.run)
+        self.log_dir = report_dir(args, self.run)
         self.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
         unknown = set(self.backends) - set(BACKENDS)
         if unknown or not self.backends:
@@ -446,6 +454,9 @@ class Pipeline:
         started = time.time()
         print(f"work.sh: run {self.run!r} ({self.s['preset']} preset) -> {self.run_dir}, "
               f"report in {self.log_dir}")
+        if (os.path.isfile(os.path.join(self.log_dir, "report.md"))
+                and "report" not in self.state["stages"]):  # not this run folder's own report
+            print(f"work.sh: replacing the report already in {self.log_dir} when this run ends")
         print("settings: " + ", ".join(f"{k}={v}" for k, v in self.s.items()))
         for name in STAGES:
             self.stage(name, getattr(self, f"stage_{name}"))
