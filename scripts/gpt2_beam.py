@@ -143,7 +143,7 @@ def main(argv=None):
         parser.error("bad arguments:\n  " + "\n  ".join(problems))
     try:
         run(args)
-    except (CheckpointError, E2EDataError, FileNotFoundError, RuntimeError, ValueError) as exc:
+    except (CheckpointError, E2EDataError, OSError, RuntimeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
