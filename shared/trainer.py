@@ -144,7 +144,7 @@ class Trainer:
                     f"be 0 and the run would look perfect. Raise --seq_len")
             report = dataset.completion_report()
             if report:
-                print(f"{report} ({dataset.source})", file=sys.stderr, flush=True)
+                print(report, file=sys.stderr, flush=True)
         self.max_step = args.max_step or args.max_epoch * self.train_set.num_batches
         if args.warmup_step > self.max_step:
             raise TrainingError(f"--warmup_step {args.warmup_step} > max_step {self.max_step} "
