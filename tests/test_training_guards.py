@@ -6,6 +6,7 @@ and arguments that cannot run (a missing GPU, an unusable --work_dir).
 """
 import errno
 import os
+import shutil
 import subprocess
 import sys
 
@@ -38,6 +39,14 @@ def test_resume_is_exact_when_save_interval_is_not_a_multiple_of_grad_acc(tmp_pa
     train(make_args(encoded, tmp_path / "resumed", backend, extra + ["--resume"]),
           backend_class(backend))
     assert_same_result(tmp_path / "full", tmp_path / "resumed")
+    # a copy of the finished run with its later checkpoints deleted resumes from the first (6)
+    shutil.copytree(tmp_path / "full", tmp_path / "copy")
+    for name in os.listdir(tmp_path / "copy"):
+        if name.startswith(("model.", "trainer_state.")) and int(name.split(".")[1]) > 6:
+            os.remove(tmp_path / "copy" / name)
+    train(make_args(encoded, tmp_path / "copy", backend, extra + ["--resume"]),
+          backend_class(backend))
+    assert_same_result(tmp_path / "full", tmp_path / "copy")
     saved = sorted(int(name.split(".")[1]) for name in os.listdir(tmp_path / "full")
                    if name.startswith("trainer_state."))
     assert all(step % 2 == 0 for step in saved), saved  # only at update boundaries
