@@ -14,8 +14,8 @@ from typing import Callable
 import numpy as np
 
 from .config import shape_flag_problems
-from .preflight import device_problems
-from .train_args import add_launcher_args, add_model_shape_args, default_device, model_config
+from .train_args import (add_launcher_args, add_model_shape_args, default_device, device_problems,
+                         model_config)
 
 BACKENDS = ("torch", "jittor")
 

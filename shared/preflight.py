@@ -1,4 +1,4 @@
-"""Checks the scripts run before any work: can the outputs be written, is the device there.
+"""Checks the scripts run before any work: can the outputs be written.
 
 Each returns readable problem lines (empty when all is well), so a script can report every
 problem of its arguments at once and stop before it creates a folder or spends time computing
@@ -39,15 +39,3 @@ def output_file_problems(flag: str, path: str) -> list:
         return [f"{flag} {path}: is a folder, not a file"]
     return output_dir_problems(flag, os.path.dirname(path))
 
-
-def device_problems(device: str) -> list:
-    """`--device cuda` needs a CUDA GPU that torch can see (Jittor uses the same driver)."""
-    if device != "cuda":
-        return []
-    try:
-        import torch
-        available = torch.cuda.is_available()
-    except ImportError:
-        available = False
-    return [] if available else ["--device cuda: no CUDA GPU is available on this machine "
-                                 "(use --device cpu)"]

@@ -8,7 +8,7 @@ import argparse
 import os
 
 from .config import MODEL_CARDS, GPT2Config, seq_len_problem, shape_flag_problems
-from .preflight import device_problems, output_dir_problems
+from .preflight import output_dir_problems
 from .schedule import SCHEDULES
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -156,6 +156,13 @@ def default_device():
         return "cuda" if torch.cuda.is_available() else "cpu"
     except ImportError:
         return "cpu"
+
+
+def device_problems(device) -> list:
+    """`--device cuda` needs a CUDA GPU (the one torch sees; Jittor uses the same driver)."""
+    if device == "cuda" and default_device() != "cuda":
+        return ["--device cuda: no CUDA GPU is available on this machine (use --device cpu)"]
+    return []
 
 
 def model_config(args) -> GPT2Config:
