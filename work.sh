@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The end-to-end alignment run: data -> base model -> LoRA fine-tuning with torch and with jittor
 # (identical weights, data order and seeds) -> beam search + E2E metrics -> logits/gradient check
-# -> logs/<run>/report.md with loss-curve plots. `bash work.sh --help` lists every flag.
+# -> runs/<run>/report.md with loss-curve plots (--logs_dir DIR: DIR/<run>/ instead). `bash work.sh --help` lists every flag.
 # No arguments: a ~15-minute CPU run (or the GPU defaults when a CUDA GPU is present).
 set -euo pipefail
 cd "$(dirname "$0")"

@@ -7,6 +7,10 @@ CUDA, blocked sums on the CPU).
 """
 import math
 
+import numpy as np
+
+from shared.batching import check_token_ids
+
 from . import precision
 from .runtime import jt
 
@@ -68,6 +72,12 @@ def layer_norm(x, weight, bias, eps):
 
 
 def embedding(weight, ids):
+    """Rows of `weight`. Indexing a Jittor Var past its end returns garbage instead of failing,
+    so ids known on the host (numpy) are checked here; positions are checked from shapes in
+    GPT2Model, and training batches in shared code before they reach the device."""
+    if isinstance(ids, np.ndarray):
+        check_token_ids(ids, weight.shape[0])
+        ids = jt.array(ids)
     return weight[ids]
 
 

@@ -16,6 +16,7 @@ import sys
 from shared.atomic import write_json
 from shared.batching import FTDataset
 from shared.compare import difference
+from shared.config import seq_len_problem
 from shared.environment import default_device
 from shared.train_args import add_model_shape_args, model_config
 
@@ -91,6 +92,9 @@ def check(args):
     args.device = args.device or default_device()
     args.lora_dropout = 0.0
     config = model_config(args)
+    problem = seq_len_problem(args.seq_len, config)
+    if problem:
+        raise SystemExit(f"check_alignment.py: error: {problem}")
     dataset = FTDataset.from_file(args.data, args.batch_size, args.seq_len)
     batches = [b for _, b in zip(range(args.batches), dataset.eval_batches())]
     t_side, j_side = torch_side(config, args, batches), jittor_side(config, args, batches)

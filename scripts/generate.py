@@ -55,9 +55,8 @@ def main(argv=None):
     prompt = args.prompt if args.prompt is not None else sys.stdin.read().rstrip("\n")
     try:
         tokenizer = load_tokenizer(args.vocab)
-    except (VocabError, OSError) as exc:  # OSError: tiktoken's download fails offline
-        print(f"error: cannot load the GPT-2 vocabulary ({type(exc).__name__}: {exc}); "
-              f"give --vocab or set GPT2_VOCAB_DIR", file=sys.stderr)
+    except (VocabError, OSError) as exc:  # the message says how to get a vocabulary
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
         prompt_ids = tokenizer.encode(prompt) + ([EOT_ID] if args.add_bos else [])

@@ -2,7 +2,8 @@
 """Beam-search generation for encoded E2E data, as microsoft/LoRA's src/gpt2_beam.py.
 
 Same flags, defaults and output (one line `{"id": i, "predict": [eval_len ids]}` per input line,
-in id order, in WORK_DIR/OUTPUT_FILE), plus `--backend`, e.g.
+in id order, in WORK_DIR/OUTPUT_FILE; plus a "query_digest" key that gpt2_decode.py checks, see
+shared/prediction_file.py), plus `--backend`, e.g.
   python scripts/gpt2_beam.py --backend jittor --data data/e2e/test.jsonl --batch_size 1 \
       --seq_len 512 --eval_len 64 --model_card gpt2.md --init_checkpoint model.26290.pt \
       --lora_dim 4 --lora_alpha 32 --beam 10 --length_penalty 0.8 --no_repeat_ngram_size 4 \
@@ -25,8 +26,12 @@ from shared.atomic import atomic_open
 from shared.batching import FTDataset
 from shared.beam_spec import EOT_ID, BeamSettings
 from shared.checkpoint import CheckpointError
+from shared.config import seq_len_problem
 from shared.e2e_data import E2EDataError
 from shared.inference_model import add_inference_model_args, inference_model_problems
+from shared.prediction_file import prediction_line
+from shared.preflight import output_file_problems
+from shared.train_args import model_config
 
 
 def build_parser():
@@ -77,6 +82,10 @@ def validate(args):
     except ValueError as exc:
         problems.append(str(exc))
     problems += inference_model_problems(args)
+    problems += output_file_problems("--work_dir/--output_file",
+                                     os.path.join(args.work_dir, args.output_file))
+    if not problems:
+        problems = [p for p in [seq_len_problem(args.seq_len, model_config(args))] if p]
     return problems
 
 
@@ -118,7 +127,7 @@ def run(args):
     path = os.path.join(args.work_dir, args.output_file)
     with atomic_open(path) as f:
         for query_id in sorted(predictions):
-            f.write(json.dumps({"id": query_id, "predict": predictions[query_id]}) + "\n")
+            f.write(prediction_line(query_id, predictions[query_id], dataset.samples[query_id][0]))
     print(f"saved {len(predictions)} predictions to {path}")
     print(f"time taken: {seconds:.1f} s ({len(predictions) / max(seconds, 1e-9):.2f} queries/s)")
     return path
@@ -132,7 +141,7 @@ def main(argv=None):
         parser.error("bad arguments:\n  " + "\n  ".join(problems))
     try:
         run(args)
-    except (CheckpointError, E2EDataError, FileNotFoundError, RuntimeError, ValueError) as exc:
+    except (CheckpointError, E2EDataError, OSError, RuntimeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -22,8 +22,12 @@ def main(argv=None):
         train(args, training_backend(args.backend))
     except ArgumentProblem as exc:
         parser.error(str(exc))
-    except (TrainingError, CheckpointError, FileNotFoundError, ValueError) as exc:
+    except (TrainingError, CheckpointError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # e.g. the work dir filled up or became unwritable mid-run
+        print(f"error: {exc}; free space or fix permissions, then rerun with --resume",
+              file=sys.stderr)
         return 2
     except TrainingInterrupted as exc:
         print(str(exc), file=sys.stderr)

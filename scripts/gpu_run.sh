@@ -4,7 +4,7 @@
 #   profile    a quick gpt2.md training benchmark of every variant with a kernel breakdown
 #   alignment  the GPU tests of the alignment suite and of tests/ (both backends on CUDA)
 #   work       `work.sh` with the GPU defaults up to the final check (scoring needs Java and
-#              runs afterwards on a CPU machine: `bash work.sh --preset cuda --run gpu-default`)
+#              runs afterwards on a CPU machine: `bash work.sh --preset cuda --run gpu-default --logs_dir logs`)
 #   alignment+work  both at once (the tests mostly compile on the CPU; work.sh uses the GPU)
 #   benchmark  the full benchmark: gpt2.sm + gpt2.md training, beam search over the test split
 # Each stage logs to OUT/<stage>.log and its exit code to OUT/progress.log; a failed stage does
@@ -36,7 +36,7 @@ run_alignment() {
     -m gpu -v -rs -p no:cacheprovider --ignore=tests/test_decode.py --ignore=tests/test_metrics.py
 }
 run_work() {
-  step work bash work.sh --preset cuda --run gpu-default --until check
+  step work bash work.sh --preset cuda --run gpu-default --logs_dir logs --until check
   tar czf "$out/gpu-default-run.tgz" --ignore-failed-read runs/gpu-default/stages.json \
     runs/gpu-default/final_check.json runs/gpu-default/*/train_log.jsonl \
     runs/gpu-default/*/train_summary.json runs/gpu-default/*/run_config.json \

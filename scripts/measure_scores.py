@@ -9,6 +9,7 @@ import argparse
 
 from shared.atomic import write_json
 from shared.metrics import format_scores, measure_scores
+from shared.preflight import output_file_problems
 
 
 def main(argv=None):
@@ -22,6 +23,9 @@ def main(argv=None):
                         help="skip METEOR (its JVM start and paraphrase table take ~20 s)")
     parser.add_argument("--json", metavar="OUT", help="also write the scores to this JSON file")
     args = parser.parse_args(argv)
+    problems = output_file_problems("--json", args.json) if args.json else []
+    if problems:  # checked before the scoring, whose time would otherwise be lost
+        parser.error("; ".join(problems))
     try:
         scores = measure_scores(args.ref_file, args.pred_file, meteor=not args.no_meteor)
     except (ValueError, OSError, RuntimeError) as exc:

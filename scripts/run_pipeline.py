@@ -21,7 +21,9 @@ def build_parser():
                         "seconds-long smoke run")
     p.add_argument("--run", default=None, help="run name (default: <preset>-default)")
     p.add_argument("--runs_dir", default=os.path.join(ROOT, "runs"))
-    p.add_argument("--logs_dir", default=os.path.join(ROOT, "logs"))
+    p.add_argument("--logs_dir", default=None,
+                   help="write the report and plots to LOGS_DIR/<run> (default: the run folder, "
+                        "so a plain run never replaces the committed results under logs/)")
     p.add_argument("--data_dir", default=None, help="E2E .txt folder (else E2E_DATA_DIR, data/e2e)")
     p.add_argument("--vocab_dir", default=None, help="GPT-2 vocab (else GPT2_VOCAB_DIR, tiktoken)")
     p.add_argument("--backends", default="torch,jittor", help="comma-separated")

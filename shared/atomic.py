@@ -25,6 +25,8 @@ def atomic_path(path):
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
     try:
         yield tmp
+        # again: a writer may have replaced the file (safetensors writes a new 0600 one)
+        os.chmod(tmp, 0o666 & ~_UMASK)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -69,6 +69,8 @@ class FTDataset:
                                 if len(c) > self.query_limit]
         self.train_truncated = [i for i, (c, t) in enumerate(self.samples)
                                 if len(c) + len(t) > seq_len]
+        # examples whose loss mask is all zero: seq_len cuts every completion token away
+        self.no_completion = [i for i, (c, _) in enumerate(self.samples) if len(c) >= seq_len]
 
     @classmethod
     def from_file(cls, path, batch_size, seq_len, eval_len=0):
@@ -172,6 +174,20 @@ class FTDataset:
         # read_encoded rejects blank lines, so example i is line i + 1 of its file.
         return f"example {item}" + (f" ({self.source}:{item + 1})" if self.source else "")
 
+    def completion_report(self) -> str:
+        """A loud warning when most examples keep no completion token at this seq_len (they add
+        nothing to the loss), or "". `keeps_no_completion()` says whether none keeps one."""
+        if len(self.no_completion) * 2 <= self.num_examples:
+            return ""
+        i = self.no_completion[0]
+        return (f"WARNING: {len(self.no_completion)} of {self.num_examples} examples keep no "
+                f"completion token at seq_len = {self.seq_len} (their context fills it; first: "
+                f"{self._where(i)}, context of {len(self.samples[i][0])} tokens): they add "
+                f"nothing to the loss. Raise --seq_len.")
+
+    def keeps_no_completion(self) -> bool:
+        return len(self.no_completion) == self.num_examples
+
     def truncation_report(self) -> str:
         """A readable warning about truncated examples, or "" when nothing is cut."""
         parts = []
@@ -189,3 +205,26 @@ class FTDataset:
                 f"are longer than seq_len = {self.seq_len} tokens and lose their end in "
                 f"training (first: {self._where(i)}, {len(c) + len(t)} tokens)")
         return "; ".join(parts)
+
+
+def check_width(width: int, n_positions: int) -> None:
+    """A sequence of `width` positions must fit the position table."""
+    if width > n_positions:
+        raise ValueError(f"a sequence of {width} positions exceeds the model's {n_positions} "
+                         f"positions (n_positions)")
+
+
+def check_token_ids(ids: np.ndarray, vocab_size: int) -> None:
+    """Host-side ids must index the token table (Jittor reads garbage past a table)."""
+    if ids.size:
+        low, high = int(ids.min()), int(ids.max())
+        if low < 0 or high >= vocab_size:
+            raise ValueError(f"token id {high if high >= vocab_size else low} is outside the "
+                             f"vocabulary [0, {vocab_size})")
+
+
+def check_batch(batch, config) -> None:
+    """Width and ids of a numpy batch inside the model's tables, checked once on the host before
+    the batch reaches a device, where an out-of-range lookup is garbage (Jittor) or an assert."""
+    check_width(batch["input"].shape[-1], config.n_positions)
+    check_token_ids(batch["input"], config.vocab_size)

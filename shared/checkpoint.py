@@ -275,7 +275,14 @@ def save_trainer_state(path, meta: dict, optimizer_state: dict):
 
 
 def load_trainer_state(path):
-    with np.load(path, allow_pickle=False) as npz:
-        meta = json.loads(bytes(npz["meta"]).decode())
-        optim = {k[len("optim/"):]: npz[k] for k in npz.files if k.startswith("optim/")}
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            meta = json.loads(bytes(npz["meta"]).decode())
+            optim = {k[len("optim/"):]: npz[k] for k in npz.files if k.startswith("optim/")}
+    except Exception as exc:  # noqa: BLE001 - a damaged zip raises BadZipFile, EOFError, KeyError...
+        step = re.search(r"(\d+)\.npz$", os.fspath(path))
+        raise CheckpointError(
+            f"cannot read {path} ({type(exc).__name__}: {exc}); it is damaged: delete it"
+            + (f" and model.{step.group(1)}.pt" if step else "")
+            + " to resume from the checkpoint before") from exc
     return meta, optim

@@ -51,8 +51,35 @@ class GPT2Config:
         if model_card not in MODEL_CARDS:
             raise ValueError(f"unknown model card {model_card!r}; choose one of {sorted(MODEL_CARDS)}")
         card_embd, card_layer, card_head = MODEL_CARDS[model_card]
-        return cls(n_embd=n_embd or card_embd, n_layer=n_layer or card_layer,
-                   n_head=n_head or card_head, **kwargs)
+        def pick(value, card):  # only an absent value falls back to the card; 0 is an error
+            return card if value is None else value
+        return cls(n_embd=pick(n_embd, card_embd), n_layer=pick(n_layer, card_layer),
+                   n_head=pick(n_head, card_head), **kwargs)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def shape_flag_problems(n_embd=None, n_layer=None, n_head=None, model_card="gpt2.sm") -> list:
+    """The --n_embd/--n_layer/--n_head overrides checked under their flag names."""
+    problems = []
+    for flag, value in (("n_embd", n_embd), ("n_layer", n_layer), ("n_head", n_head)):
+        if value is not None and value <= 0:
+            problems.append(f"--{flag} must be positive, got {value}")
+    if not problems and model_card in MODEL_CARDS:
+        card_embd, _, card_head = MODEL_CARDS[model_card]
+        embd = card_embd if n_embd is None else n_embd
+        head = card_head if n_head is None else n_head
+        if embd % head:
+            problems.append(f"--n_embd {embd} is not divisible by --n_head {head} "
+                            f"(attention splits the width into equal heads)")
+    return problems
+
+
+def seq_len_problem(seq_len: int, config: GPT2Config, flag: str = "--seq_len"):
+    """A sequence longer than the position table cannot run (torch fails on the lookup, Jittor
+    would read past the table); None when it fits."""
+    if seq_len > config.n_positions:
+        return (f"{flag} {seq_len} is longer than the model's {config.n_positions} positions "
+                f"(n_positions); use at most {config.n_positions}")
+    return None

@@ -9,7 +9,9 @@ Inputs:
   `scripts/format_converting_e2e.py` writes it, read by `shared.e2e_data.read_formatted`; a
   record's index is its line number - 1;
 - the sample jsonl (`{"id": i, "predict": [token ids, zero-padded]}` per line), where `id` is
-  the index of the input record it continues.
+  the index of the input record it continues; gpt2_beam.py adds a `query_digest` of the MR's
+  tokens (shared/prediction_file.py), checked against the input file's MRs (files without one,
+  such as microsoft/LoRA's, are decoded with a warning).
 The prediction of an MR is the sample of the MR's first input record, decoded whole and cut at the
 first end-of-text, then at the first blank line (the padding id 0 is "!" in GPT-2, so padding
 must follow an end-of-text token to vanish, as in LoRA). Samples of other records are checked
@@ -19,9 +21,11 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 
 from shared.atomic import write_text
 from shared.e2e_data import read_formatted
+from shared.prediction_file import DIGEST_KEY, query_digest
 
 END_OF_TEXT = "<|endoftext|>"
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
@@ -51,9 +55,14 @@ def one_line(text: str) -> str:
 
 
 def _json_lines(path):
-    """(line number, parsed object) of each non-blank line; bad JSON names file and line."""
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    """(line number, parsed object) of each non-blank line; bad JSON or UTF-8 names file and line."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{path}:{lineno}: not valid UTF-8 ({err.reason} at byte "
+                                 f"{err.start})") from None
             if not line.strip():
                 continue
             try:
@@ -75,8 +84,9 @@ def _field(obj, key, kind, path, lineno):
     return value
 
 
-def read_samples(path, num_inputs: int) -> dict[int, list[int]]:
-    """id -> predicted token ids; ids must be unique and index one of `num_inputs` records."""
+def read_samples(path, num_inputs: int, digests: dict | None = None) -> dict[int, list[int]]:
+    """id -> predicted token ids; ids must be unique and index one of `num_inputs` records.
+    When `digests` is a dict it receives id -> (query digest or None, line number)."""
     samples, seen_at = {}, {}
     for lineno, obj in _json_lines(path):
         sample_id = _field(obj, "id", int, path, lineno)
@@ -91,7 +101,33 @@ def read_samples(path, num_inputs: int) -> dict[int, list[int]]:
             raise ValueError(f"{path}:{lineno}: 'predict' must be a list of token ids")
         samples[sample_id] = tokens
         seen_at[sample_id] = lineno
+        if digests is not None:
+            digest = obj.get(DIGEST_KEY)
+            if digest is not None and not isinstance(digest, str):
+                raise ValueError(f"{path}:{lineno}: {DIGEST_KEY!r} must be a string")
+            digests[sample_id] = (digest, lineno)
     return samples
+
+
+def check_digests(records: list[dict], digests: dict, tokenizer, input_path, sample_path) -> bool:
+    """Each sample's query digest must be that of its input record's MR; False when the file
+    carries none (microsoft/LoRA's files, or ours before digests): nothing could be checked."""
+    if not any(digest for digest, _ in digests.values()):
+        return False
+    by_context: dict[str, str] = {}
+    for sample_id, (digest, lineno) in sorted(digests.items()):
+        context = records[sample_id]["context"]
+        if context not in by_context:
+            by_context[context] = query_digest(tokenizer.encode(context))
+        if digest is None:
+            raise ValueError(f"{sample_path}:{lineno}: no {DIGEST_KEY!r}, while other lines "
+                             f"have one")
+        if digest != by_context[context]:
+            raise ValueError(
+                f"{sample_path}:{lineno}: id {sample_id} was not generated from line "
+                f"{sample_id + 1} of {input_path} (MR {context!r}): its query digest differs, "
+                f"so the sample file was made from another input file (or vocabulary)")
+    return True
 
 
 def group_references(records: list[dict], input_path="input file",
@@ -141,7 +177,12 @@ def decode_files(input_file, sample_file, tokenizer, output_ref_file, output_pre
     records = read_formatted(input_file)
     if not records:
         raise ValueError(f"{input_file}: no records")
-    samples = read_samples(sample_file, len(records))
+    digests: dict = {}
+    samples = read_samples(sample_file, len(records), digests)
+    if not check_digests(records, digests, tokenizer, input_file, sample_file):
+        print(f"warning: {sample_file} has no query digests (written by microsoft/LoRA or an "
+              f"older version of gpt2_beam.py): cannot check that it was generated from "
+              f"{input_file}", file=sys.stderr)
     groups = group_references(records, input_file, tokenize, lower)
     predictions = decode_predictions(records, samples, tokenizer, sample_file, tokenize, lower)
     write_reference_file(output_ref_file, list(groups.values()))

@@ -12,6 +12,7 @@ line is decoded on its own so the error can say which), bad JSON, missing keys, 
 """
 from __future__ import annotations
 
+import codecs
 import json
 import os
 
@@ -34,6 +35,8 @@ def _lines(path):
     """
     with open(path, "rb") as f:
         data = f.read()
+    if data.startswith(codecs.BOM_UTF8):  # a byte-order mark is no part of the first MR
+        data = data[len(codecs.BOM_UTF8):]
     for lineno, raw in enumerate(data.splitlines(), start=1):
         try:
             text = raw.decode("utf-8")
@@ -86,6 +89,8 @@ def read_raw(path) -> list:
 def format_file(in_txt, out_jsonl) -> int:
     """Write `{split}_formatted.jsonl` from a raw `{split}.txt`; returns the number of lines."""
     records = read_raw(in_txt)
+    if not records:
+        raise E2EDataError(f"{in_txt}: no examples (the file is empty)")
     with atomic_open(out_jsonl) as f:
         for record in records:
             f.write(json.dumps(record) + "\n")  # json.dumps defaults, byte-equal to the reference
@@ -115,6 +120,8 @@ def encode_record(record, tokenizer, add_bos=True, add_eos=True) -> dict:
 def encode_file(in_jsonl, out_jsonl, tokenizer, add_bos=True, add_eos=True) -> int:
     """Write the encoded jsonl of a formatted jsonl; returns the number of lines."""
     records = read_formatted(in_jsonl)
+    if not records:
+        raise E2EDataError(f"{in_jsonl}: no examples (the file is empty)")
     with atomic_open(out_jsonl) as f:
         for record in records:
             f.write(json.dumps(encode_record(record, tokenizer, add_bos, add_eos)) + "\n")

@@ -25,6 +25,13 @@ def default_device() -> str:
     return "cuda" if cuda_available() else "cpu"
 
 
+def device_problems(device) -> list:
+    """`--device cuda` needs a CUDA GPU (the one torch sees; Jittor uses the same driver)."""
+    if device == "cuda" and default_device() != "cuda":
+        return ["--device cuda: no CUDA GPU is available on this machine (use --device cpu)"]
+    return []
+
+
 def package_version(name: str) -> str:
     try:
         return importlib.metadata.version(name)

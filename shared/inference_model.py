@@ -13,7 +13,8 @@ from typing import Callable
 
 import numpy as np
 
-from .environment import default_device
+from .config import shape_flag_problems
+from .environment import default_device, device_problems
 from .train_args import BACKENDS, add_launcher_args, add_model_shape_args, model_config
 
 
@@ -44,10 +45,13 @@ def inference_model_problems(args) -> list:
         problems.append("--lora_checkpoint needs --lora_dim (the rank it was trained with)")
     if args.device is None:
         args.device = default_device()
-    try:
-        model_config(args)
-    except ValueError as exc:
-        problems.append(str(exc))
+    problems += device_problems(args.device)
+    problems += shape_flag_problems(args.n_embd, args.n_layer, args.n_head, args.model_card)
+    if not problems:
+        try:
+            model_config(args)
+        except ValueError as exc:
+            problems.append(str(exc))
     return problems
 
 

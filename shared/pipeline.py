@@ -8,9 +8,10 @@ Stages (each recorded in RUN_DIR/stages.json; a rerun skips finished stages unle
   4 beam     beam search over the test split and decoding, for each backend
   5 check    both backends on the final weights: logits and gradients on validation batches
   6 metrics  the E2E metrics of each backend's predictions (METEOR etc. need Java)
-  7 report   logs/<run>/report.md + report.json with metrics side by side, loss agreement, plots
-Run artefacts (data, checkpoints, predictions) live in runs/<run>/; the report and plots in
-logs/<run>/. Every stage runs the project's own command-line scripts, so what is measured here
+  7 report   report.md + report.json with metrics side by side, loss agreement, plots
+Run artefacts (data, checkpoints, predictions) live in runs/<run>/, and so do the report and plots
+unless --logs_dir names another place (the committed results under logs/ were made with
+`--logs_dir logs`; a plain run never writes there). Every stage runs the project's own command-line scripts, so what is measured here
 is exactly what a user runs; every setting comes from a preset (or its override).
 """
 import datetime
@@ -80,13 +81,19 @@ def settings_from(args):
     return settings
 
 
+def report_dir(args, run):
+    """Where the report of `run` goes: LOGS_DIR/<run> when given, else the run folder (so a
+    plain run never replaces the committed results under logs/, made with `--logs_dir logs`)."""
+    return os.path.join(args.logs_dir or args.runs_dir, run)
+
+
 class Pipeline:
     def __init__(self, args):
         self.args = args
         self.s = settings_from(args)
         self.run = args.run or f"{self.s['preset']}-default"
         self.run_dir = os.path.join(args.runs_dir, self.run)
-        self.log_dir = os.path.join(args.logs_dir, self.run)
+        self.log_dir = report_dir(args, self.run)
         self.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
         unknown = set(self.backends) - set(BACKENDS)
         if unknown or not self.backends:
@@ -367,6 +374,9 @@ class Pipeline:
         started = time.time()
         print(f"work.sh: run {self.run!r} ({self.s['preset']} preset) -> {self.run_dir}, "
               f"report in {self.log_dir}")
+        if (os.path.isfile(os.path.join(self.log_dir, "report.md"))
+                and "report" not in self.state["stages"]):  # not this run folder's own report
+            print(f"work.sh: replacing the report already in {self.log_dir} when this run ends")
         print("settings: " + ", ".join(f"{k}={v}" for k, v in self.s.items()))
         for name in STAGES:
             self.stage(name, getattr(self, f"stage_{name}"))

@@ -28,6 +28,9 @@ N_BYTE_TOKENS = 256
 # equivalent rewrite; keeping the original leaves nothing to argue about).
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
+VOCAB_HINT = ("give --vocab or set GPT2_VOCAB_DIR to a folder with encoder.json and vocab.bpe "
+              "(`bash scripts/download_data.sh` fetches them)")
+
 _cache: dict = {}
 _lock = threading.Lock()
 
@@ -72,7 +75,13 @@ def load_tokenizer(vocab_dir=None) -> GPT2Tokenizer:
         key = "tiktoken:gpt2"
         with _lock:
             if key not in _cache:
-                _cache[key] = GPT2Tokenizer(tiktoken.get_encoding("gpt2"), key)
+                try:
+                    _cache[key] = GPT2Tokenizer(tiktoken.get_encoding("gpt2"), key)
+                except Exception as exc:  # noqa: BLE001 - offline: requests' errors, and others
+                    raise VocabError(
+                        f"cannot load the GPT-2 vocabulary: no vocab folder was found and "
+                        f"tiktoken's download failed ({type(exc).__name__}: {exc}); "
+                        f"{VOCAB_HINT}") from exc
             return _cache[key]
     encoder_path, bpe_path = _vocab_paths(vocab_dir)
     key = (os.path.realpath(vocab_dir),) + tuple(

@@ -7,8 +7,9 @@ Names, meanings and defaults follow microsoft/LoRA `examples/NLG/src/gpt2_ft.py`
 import argparse
 import os
 
-from .config import MODEL_CARDS, GPT2Config
-from .environment import default_device
+from .config import MODEL_CARDS, GPT2Config, seq_len_problem, shape_flag_problems
+from .environment import default_device, device_problems
+from .preflight import output_dir_problems
 from .schedule import SCHEDULES
 
 BACKENDS = ("torch", "jittor")
@@ -137,11 +138,15 @@ def validate(args):
         args.device = default_device()
     if args.precision != "fp32" and args.device != "cuda":
         problems.append(f"--precision {args.precision} needs --device cuda (CPU runs in fp32)")
+    problems += device_problems(args.device)
+    problems += output_dir_problems("--work_dir", args.work_dir)
+    problems += shape_flag_problems(args.n_embd, args.n_layer, args.n_head, args.model_card)
     if not problems:
         try:
-            model_config(args)
+            problems.append(seq_len_problem(args.seq_len, model_config(args)))
         except ValueError as exc:
             problems.append(str(exc))
+        problems = [p for p in problems if p]
     if problems:
         raise ArgumentProblem("bad arguments:\n  " + "\n  ".join(problems))
     return args

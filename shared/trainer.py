@@ -8,7 +8,9 @@ rate schedule, gradient accumulation, logging, evaluation, checkpoints and resum
 Semantics kept from the reference: `step` counts micro-batches; an update happens every
 `grad_acc` micro-batches with learning rate `lr_at(step)`; `--max_step` counts micro-batches
 (derived from `--max_epoch` when absent); intermediate checkpoints `model.{step}.pt` hold the
-LoRA weights only (all weights for full fine-tuning), the final one all weights.
+LoRA weights only (all weights for full fine-tuning), the final one all weights. A checkpoint falls
+due every `--save_interval` steps and is written at the next update (the reference saves inside an
+accumulation window too, where the gradient summed so far would be lost to a resume).
 Additions: every step is logged as a JSON line; values are fetched from the device once per
 `--log_interval` (and before each eval/save), so the loop does not wait on the GPU every step;
 a non-finite loss stops the run naming the step; Ctrl-C (SIGINT/SIGTERM) finishes the current
@@ -19,13 +21,14 @@ from __future__ import annotations
 import math
 import os
 import signal
+import sys
 import time
 
 import numpy as np
 
 from .atomic import write_json
-from .batching import FTDataset
-from .checkpoint import (latest_checkpoint_step, load_for_model, load_trainer_state,
+from .batching import FTDataset, check_batch
+from .checkpoint import (CheckpointError, latest_checkpoint_step, load_for_model, load_trainer_state,
                          save_checkpoint, save_trainer_state)
 from .schedule import lr_at
 from .train_args import model_config, validate
@@ -87,6 +90,14 @@ class Trainer:
             report = dataset.truncation_report()
             if report:
                 print(f"warning: {report}", flush=True)
+            if dataset.keeps_no_completion():
+                raise TrainingError(
+                    f"no example keeps a completion token at --seq_len {args.seq_len} in "
+                    f"{dataset.source}: every context is at least that long, so the loss would "
+                    f"be 0 and the run would look perfect. Raise --seq_len")
+            report = dataset.completion_report()
+            if report:
+                print(report, file=sys.stderr, flush=True)
         self.max_step = args.max_step or args.max_epoch * self.train_set.num_batches
         if args.warmup_step > self.max_step:
             raise TrainingError(f"--warmup_step {args.warmup_step} > max_step {self.max_step} "
@@ -113,7 +124,17 @@ class Trainer:
         if step is None:
             raise TrainingError(f"--resume: no complete checkpoint (model.N.pt with "
                                 f"trainer_state.N.npz) in {self.work_dir}")
-        meta, optim = load_trainer_state(os.path.join(self.work_dir, f"trainer_state.{step}.npz"))
+        try:
+            meta, optim = load_trainer_state(
+                os.path.join(self.work_dir, f"trainer_state.{step}.npz"))
+        except CheckpointError as exc:
+            raise TrainingError(str(exc)) from exc
+        if step % self.args.grad_acc and step < self.max_step:
+            raise TrainingError(
+                f"--resume: checkpoint {step} in {self.work_dir} was saved inside an accumulation "
+                f"window of --grad_acc {self.args.grad_acc} (by an older version) and cannot "
+                f"continue exactly; delete model.{step}.pt and trainer_state.{step}.npz to resume "
+                f"from the one before")
         saved, now = meta["run_config"], self.run_config()
         changed = [f"--{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in RESUME_KEYS
                    if saved.get(k) != now.get(k)]
@@ -133,12 +154,23 @@ class Trainer:
         self.flush()
         lora_only = self.config.lora_attn_dim > 0 and not final
         model_path = os.path.join(self.work_dir, f"model.{self.step}.pt")
-        save_checkpoint(model_path, self.backend.state_numpy(lora_only=lora_only), layout="lora")
+        state_path = os.path.join(self.work_dir, f"trainer_state.{self.step}.npz")
         meta = {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                 "elapsed_s": self.elapsed(), "backend": self.backend.name,
                 "run_config": self.run_config()}
-        save_trainer_state(os.path.join(self.work_dir, f"trainer_state.{self.step}.npz"), meta,
-                           self.backend.optimizer_state())
+        for path, write in (
+                (model_path, lambda: save_checkpoint(
+                    model_path, self.backend.state_numpy(lora_only=lora_only), layout="lora")),
+                (state_path, lambda: save_trainer_state(state_path, meta,
+                                                        self.backend.optimizer_state()))):
+            try:
+                write()
+            except (OSError, RuntimeError) as exc:  # torch.save reports a full disk as RuntimeError
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                raise TrainingError(
+                    f"cannot write {path} at step {self.step}: {reason}. Nothing half-written "
+                    f"was left; free space or fix permissions on {self.work_dir}, then rerun "
+                    f"with --resume to continue from the last complete checkpoint") from exc
         return model_path
 
     def elapsed(self):
@@ -248,6 +280,7 @@ class Trainer:
 
     def _loop(self, stop):
         args = self.args
+        save_due = False
         while self.step < self.max_step:
             for batch in self.train_set.train_batches(self.epoch, args.random_seed,
                                                       start_batch=self.batch_in_epoch):
@@ -255,6 +288,7 @@ class Trainer:
                 self.batch_in_epoch += 1
                 self.backend.set_step(self.step)
                 is_update = self.step % args.grad_acc == 0
+                check_batch(batch, self.config)
                 try:
                     loss = self.backend.forward_backward(batch, 1.0 / args.grad_acc,
                                                          args.label_smooth)
@@ -279,7 +313,11 @@ class Trainer:
                     self.print_log_line()
                 if self.step % args.eval_interval == 0:
                     self.evaluate()
-                saved = self.save() if self.step % args.save_interval == 0 else None
+                # A checkpoint due every --save_interval steps is written at the next update: a
+                # state saved inside an accumulation window would lack the gradient summed so far.
+                save_due = save_due or self.step % args.save_interval == 0
+                saved = self.save() if save_due and is_update else None
+                save_due = save_due and saved is None
                 if self.on_step is not None:
                     self.on_step(self.step)
                 if stop.requested and is_update:

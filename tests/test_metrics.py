@@ -39,10 +39,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     # rule 5: dash after a digit
     ("20-25 pounds", ["20", "-", "25", "pounds"]),
     ("a-5", ["a-5"]),
-    # rule 6: whitespace runs (any Unicode whitespace) collapse; nothing left -> no tokens
+    # rule 6: whitespace runs (any Unicode whitespace) collapse; nothing left -> one empty
+    # token, as the official scorer's split(" ") gives (tests/test_mteval_official.py)
     ("  a \t b\u00a0c  ", ["a", "b", "c"]),
-    ("", []),
-    ("   ", []),
+    ("", [""]),
+    ("   ", [""]),
     # non-ASCII stays inside tokens, case is kept by tokenize itself
     ("Café £20 日本", ["Café", "£20", "日本"]),
 ])
@@ -112,7 +113,10 @@ def test_bleu_totals_are_not_floored_per_instance():
 
 
 def test_bleu_of_empty_hypotheses_is_zero_without_error():
-    assert mteval.bleu([["a b"], ["c d"]], ["", ""]) == 0.0
+    # each empty hypothesis is one empty token; the floors keep BLEU defined and tiny. The
+    # official scorer (e2e-metrics pymteval) prints 1.7395944730633454e-09 for this corpus.
+    assert mteval.bleu([["a b"], ["c d"]], ["", ""]) == pytest.approx(1.7395944730633454e-09,
+                                                                      rel=1e-12)
 
 
 # ------------------------------------------------------------------------------------- NIST
@@ -254,7 +258,8 @@ def test_invalid_utf8_names_file_and_line(tmp_path):
 
 def test_empty_predictions_and_non_ascii_score_without_error():
     scores = score_corpus(MIXED_REFS, ["", "", ""], meteor=False)
-    assert scores == {"BLEU": 0.0, "NIST": 0.0, "METEOR": None, "ROUGE_L": 0.0, "CIDEr": 0.0}
+    assert scores.pop("BLEU") < 1e-6  # floored, not zero (see test_bleu_of_empty_hypotheses...)
+    assert scores == { "NIST": 0.0, "METEOR": None, "ROUGE_L": 0.0, "CIDEr": 0.0}
 
 
 def test_format_scores_lines():

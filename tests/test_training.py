@@ -135,7 +135,7 @@ def test_non_finite_loss_stops_naming_the_step(tmp_path, encoded):
     (["--warmup_step", "50", "--max_step", "10"], "--warmup_step 50 > --max_step 10"),
     (["--train_data", "/nonexistent/train.jsonl"], "/nonexistent/train.jsonl: file not found"),
     (["--init_checkpoint", "/nonexistent/model.pt"], "file not found"),
-    (["--n_embd", "30"], "not divisible by n_head"),
+    (["--n_embd", "30"], "not divisible by --n_head"),
     (["--precision", "bf16"], "needs --device cuda"),
 ])
 def test_bad_arguments_fail_before_any_work(tmp_path, encoded, bad, message):

@@ -174,6 +174,15 @@ ALLOWED = {
         ],
         'jittor': [
             'differs between the frameworks stands here, once. The products and permutes take their',
+            # Jittor reads past a table's end instead of failing: host-known ids are checked.
+            'import numpy as np',
+            'from shared.batching import check_token_ids',
+            '"""Rows of `weight`. Indexing a Jittor Var past its end returns garbage instead of failing,',
+            'so ids known on the host (numpy) are checked here; positions are checked from shapes in',
+            'GPT2Model, and training batches in shared code before they reach the device."""',
+            'if isinstance(ids, np.ndarray):',
+            'check_token_ids(ids, weight.shape[0])',
+            'ids = jt.array(ids)',
             'mixed-precision and fast-device forms from precision.py (direct cuBLAS calls and gathers on',
             'CUDA, blocked sums on the CPU).',
             'import math',

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from shared.batching import check_width
 from shared.checkpoint import load_for_model
 from shared.config import GPT2Config
 from shared.params import init_state_dict, is_lora_name
@@ -55,6 +56,7 @@ class Conv1D(nn.Module):
 class Embedding(nn.Module):
     def __init__(self, num_embeddings, embedding_dim):
         super().__init__()
+        self.num_embeddings = num_embeddings
         self.weight = parameter(num_embeddings, embedding_dim)
 
     def forward(self, ids):
@@ -145,6 +147,7 @@ class GPT2Model(nn.Module):
         elif len_past is None:
             past_length = past[0][0].shape[-2]
         if len_past is None:
+            check_width(past_length + input_ids.shape[-1], self.wpe.num_embeddings)
             position_ids = torch.arange(past_length, past_length + input_ids.shape[-1],
                                         dtype=torch.long, device=input_ids.device)
             position_ids = position_ids.unsqueeze(0).expand(input_ids.shape)

@@ -36,7 +36,8 @@ def tokenize(text: str) -> list[str]:
 
     Only ASCII punctuation is split off; any other character (accents, CJK, the pound sign)
     stays inside its token. Runs of any Unicode whitespace count as one separator. An empty or
-    whitespace-only text has no tokens.
+    whitespace-only text is one empty token, as in the official scorer (it splits the stripped
+    text on " "): an empty hypothesis adds 1 to the length and to the unigram total.
     """
     text = text.replace("<skipped>", "").replace("-\n", "").replace("\n", " ")
     for escaped, char in _SGML_ESCAPES:
@@ -47,7 +48,7 @@ def tokenize(text: str) -> list[str]:
     text = _PERIOD_COMMA_BEFORE_NON_DIGIT.sub(r" \1 \2", text)
     text = _DASH_AFTER_DIGIT.sub(r"\1 \2 ", text)
     text = _WHITESPACE.sub(" ", text).strip()
-    return text.split(" ") if text else []
+    return text.split(" ")
 
 
 def ngram_counts(tokens: list[str], n: int) -> Counter:

@@ -1,0 +1,41 @@
+"""Checks the scripts run before any work: can the outputs be written.
+
+Each returns readable problem lines (empty when all is well), so a script can report every
+problem of its arguments at once and stop before it creates a folder or spends time computing
+something it could not save.
+"""
+from __future__ import annotations
+
+import os
+
+
+def output_dir_problems(flag: str, path: str) -> list:
+    """Problems that stop `path` from being (made and) written as a folder.
+
+    The folder need not exist; its nearest existing ancestor must be a writable folder on a
+    writable file system. (os.access alone passes for root on a read-only mount, hence statvfs.)
+    """
+    path = os.path.abspath(os.fspath(path))
+    probe = path
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        what = "is a file" if probe == path else f"lies under the file {probe}"
+        return [f"{flag} {path}: {what}, not a folder"]
+    if os.statvfs(probe).f_flag & os.ST_RDONLY:
+        return [f"{flag} {path}: {probe} is on a read-only file system"]
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return [f"{flag} {path}: {probe} is not writable"]
+    return []
+
+
+def output_file_problems(flag: str, path: str) -> list:
+    """Problems that stop the file `path` from being written (its folder is made if needed)."""
+    path = os.path.abspath(os.fspath(path))
+    if os.path.isdir(path):
+        return [f"{flag} {path}: is a folder, not a file"]
+    return output_dir_problems(flag, os.path.dirname(path))
+
