@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 
 from shared.atomic import write_json  # noqa: E402
 from shared.batching import FTDataset  # noqa: E402
+from shared.stop_signals import run_stoppable  # noqa: E402
 from shared.train_args import add_model_shape_args, default_device, model_config  # noqa: E402
 
 
@@ -144,4 +145,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_stoppable(main))

@@ -10,6 +10,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import argparse  # noqa: E402
 
+from shared.stop_signals import run_stoppable  # noqa: E402
 from shared.decode import decode_files  # noqa: E402
 from shared.tokenizer import load_tokenizer  # noqa: E402
 
@@ -40,4 +41,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_stoppable(main))

@@ -13,6 +13,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from shared.backends import training_backend  # noqa: E402
 from shared.checkpoint import CheckpointError  # noqa: E402
+from shared.run_lock import RunFolderBusy  # noqa: E402
+from shared.stop_signals import StopSignal, exit_status, raise_on_stop_signals  # noqa: E402
 from shared.train_args import ArgumentProblem, build_parser, validate  # noqa: E402
 from shared.trainer import TrainingError, TrainingInterrupted, train  # noqa: E402
 
@@ -21,16 +23,21 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        validate(args)
-        train(args, training_backend(args.backend))
+        with raise_on_stop_signals():  # outside the training loop, whose own handler saves first
+            validate(args)
+            train(args, training_backend(args.backend))
     except ArgumentProblem as exc:
         parser.error(str(exc))
-    except (TrainingError, CheckpointError, FileNotFoundError, ValueError) as exc:
+    except (TrainingError, CheckpointError, RunFolderBusy, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except TrainingInterrupted as exc:
         print(str(exc), file=sys.stderr)
-        return 130
+        return exit_status(exc.signum)
+    except StopSignal as exc:
+        print(f"{exc} outside the training loop; the checkpoints already in {args.work_dir} are "
+              f"whole: rerun the same command (with --resume if it holds any)", file=sys.stderr)
+        return exc.exit_code
     return 0
 
 

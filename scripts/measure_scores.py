@@ -11,6 +11,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import argparse  # noqa: E402
 
 from shared.atomic import write_json  # noqa: E402
+from shared.stop_signals import run_stoppable  # noqa: E402
 from shared.metrics import format_scores, measure_scores  # noqa: E402
 
 
@@ -36,4 +37,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_stoppable(main))

@@ -31,6 +31,9 @@ from shared.atomic import write_json  # noqa: E402
 from shared.checkpoint import load_for_model, save_checkpoint  # noqa: E402
 from shared.config import GPT2Config  # noqa: E402
 from shared.paths import resolve_e2e_dir, resolve_vocab_dir  # noqa: E402
+from shared.run_lock import RunLock  # noqa: E402
+from shared.stage_process import run_stage  # noqa: E402
+from shared.stop_signals import StopSignal, raise_on_stop_signals  # noqa: E402
 
 BACKENDS = ("torch", "jittor")
 STAGES = ("data", "init", "lora", "beam", "check", "metrics", "report")
@@ -162,7 +165,8 @@ class Pipeline:
         return flags
 
     def sh(self, argv, log_name):
-        """Run a project script, streaming its output and keeping a copy in RUN_DIR/logs."""
+        """Run a project script, streaming its output and keeping a copy in RUN_DIR/logs; a stop
+        signal is passed on to it and ends the run once it has stopped (shared/stage_process)."""
         cmd = [sys.executable, *argv]
         os.makedirs(self.path("logs"), exist_ok=True)
         log_path = self.path("logs", log_name)
@@ -171,12 +175,7 @@ class Pipeline:
         if self.vocab_dir:
             env["GPT2_VOCAB_DIR"] = self.vocab_dir
         with open(log_path, "a") as log:
-            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, text=True, bufsize=1)
-            for line in proc.stdout:
-                sys.stdout.write(line)
-                log.write(line)
-            code = proc.wait()
+            code = run_stage(cmd, cwd=ROOT, env=env, log=log)
         if code != 0:
             raise RuntimeError(f"`{' '.join(argv)}` failed with exit code {code} (log: {log_path})")
 
@@ -458,10 +457,17 @@ class Pipeline:
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        Pipeline(args).run_all()
+        with raise_on_stop_signals():  # between stages; sh() passes them on to a running stage
+            pipeline = Pipeline(args)
+            with RunLock(pipeline.run_dir):  # one run at a time per run folder
+                pipeline.run_all()
     except (RuntimeError, ValueError, FileNotFoundError) as exc:
         print(f"\nwork.sh: stopped: {exc}", file=sys.stderr)
         return 1
+    except StopSignal as exc:
+        print(f"\nwork.sh: {exc}. Finished stages and saved checkpoints are kept: run the same "
+              f"command again to resume.", file=sys.stderr)
+        return exc.exit_code
     return 0
 
 

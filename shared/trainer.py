@@ -11,8 +11,9 @@ Semantics kept from the reference: `step` counts micro-batches; an update happen
 LoRA weights only (all weights for full fine-tuning), the final one all weights.
 Additions: every step is logged as a JSON line; values are fetched from the device once per
 `--log_interval` (and before each eval/save), so the loop does not wait on the GPU every step;
-a non-finite loss stops the run naming the step; Ctrl-C (SIGINT/SIGTERM) finishes the current
-update, saves a checkpoint and exits, and `--resume` continues exactly where it stopped.
+a non-finite loss stops the run naming the step; Ctrl-C, SIGTERM or SIGHUP finishes the current
+update, saves a checkpoint and exits, and `--resume` continues exactly where it stopped; the
+work_dir is locked for the run (shared/run_lock.py), so a second training into it is refused.
 """
 from __future__ import annotations
 
@@ -29,7 +30,9 @@ import numpy as np
 from .atomic import atomic_path, write_json
 from .batching import FTDataset
 from .checkpoint import save_checkpoint
+from .run_lock import RunLock
 from .schedule import lr_at
+from .stop_signals import STOP_SIGNALS, default_in_forked_child, signal_name
 from .train_args import model_config, validate
 from .trainlog import JsonlLogWriter
 
@@ -48,6 +51,10 @@ class TrainingError(RuntimeError):
 class TrainingInterrupted(RuntimeError):
     """Stopped on request after saving a checkpoint; `--resume` continues."""
 
+    def __init__(self, message, signum=signal.SIGINT):
+        super().__init__(message)
+        self.signum = signum
+
 
 def no_decay(name: str) -> bool:
     """Biases and LayerNorm weights skip weight decay under --no_decay_bias."""
@@ -64,22 +71,24 @@ def optimizer_groups(names, weight_decay, no_decay_bias):
 
 
 class StopRequest:
-    """SIGINT/SIGTERM set a flag that the loop reads at update boundaries; a second SIGINT
-    interrupts at once."""
+    """SIGINT/SIGTERM/SIGHUP set a flag that the loop reads at update boundaries; a second
+    SIGINT interrupts at once."""
 
     def __init__(self):
-        self.requested, self._old = False, {}
+        self.requested, self.signum, self._old, self._pid = False, None, {}, os.getpid()
 
     def _handle(self, signum, frame):
+        if default_in_forked_child(self._pid, signum):  # e.g. Jittor's compiler pool workers
+            return
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.requested = True
-        print(f"\nsignal {signum}: finishing the current update, then saving a checkpoint "
+        self.requested, self.signum = True, self.signum or signum
+        print(f"\n{signal_name(signum)}: finishing the current update, then saving a checkpoint "
               f"(Ctrl-C again to abort at once)", flush=True)
 
     def __enter__(self):
         try:
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in STOP_SIGNALS:
                 self._old[sig] = signal.signal(sig, self._handle)
         except ValueError:  # not the main thread: no handlers, Ctrl-C behaves as usual
             self._old = {}
@@ -322,7 +331,7 @@ class Trainer:
                 if stop.requested and is_update:
                     path = saved or self.save()
                     raise TrainingInterrupted(f"stopped at step {self.step}; checkpoint {path}; "
-                                              f"rerun with --resume to continue")
+                                              f"rerun with --resume to continue", stop.signum)
                 if self.step >= self.max_step:
                     return
             if args.max_epoch is not None and self.epoch >= args.max_epoch:
@@ -332,4 +341,5 @@ class Trainer:
 
 
 def train(args, backend_cls, on_step=None):
-    return Trainer(args, backend_cls, on_step=on_step).train()
+    with RunLock(args.work_dir):
+        return Trainer(args, backend_cls, on_step=on_step).train()
