@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 
-from .stop_signals import STOP_SIGNALS, StopSignal, exit_status, signal_name
+from .stop_signals import STOP_SIGNALS, StopSignal, exit_status, signal_name, stop_signal_handler
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 try:  # loaded here, before any fork: the child between fork and exec should only call into it
@@ -77,19 +77,19 @@ def run_stage(argv, *, cwd=None, env=None, log=None, out=None) -> int:
     # Blocked from before the fork until the handlers are in place, so no signal falls between
     # the child starting and the pipeline knowing about it (the child unblocks them itself).
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-    saved = {}
+    handlers = stop_signal_handler(forward)
     try:
         child = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, text=True, bufsize=1,
                                  preexec_fn=lambda parent=os.getpid(): _child_setup(parent))
-        for sig in STOP_SIGNALS:
-            saved[sig] = signal.signal(sig, forward)
+        handlers.__enter__()
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
     def copy_output():  # in a thread, so the main thread waits on the child itself
         for line in child.stdout:
             out.write(line)
+            out.flush()  # also when the pipeline's output is a pipe (`| tee`, a CI log)
             if log is not None:
                 log.write(line)
 
@@ -110,8 +110,7 @@ def run_stage(argv, *, cwd=None, env=None, log=None, out=None) -> int:
                 pass
         reader.join()
     finally:
-        for sig, old in saved.items():
-            signal.signal(sig, old)
+        handlers.__exit__(None, None, None)
         if child.poll() is None:  # an error here (not a stop signal): do not leave it running
             child.terminate()
             child.wait()

@@ -42,44 +42,62 @@ class StopSignal(KeyboardInterrupt):
         super().__init__(message or f"stopped by {signal_name(signum)}")
 
 
-def default_in_forked_child(owner_pid: int, signum: int) -> bool:
-    """For a handler that a forked child inherited (Jittor compiles in a multiprocessing pool
-    forked from the training process, and the pool stops its workers with SIGTERM): in any
-    process but `owner_pid`, act as if no handler were set (SIGINT raises KeyboardInterrupt,
-    the others end the process) and return True; in the owner return False."""
-    if os.getpid() == owner_pid:
-        return False
-    if signum == signal.SIGINT:
-        raise KeyboardInterrupt
-    signal.signal(signum, signal.SIG_DFL)
-    os.kill(os.getpid(), signum)
-    return True
+# While any handler of ours is set: the handler each signal had before the first of them.
+_ORIGINAL, _DEPTH = {}, {}
+
+
+def _restore_originals_in_child():
+    """After a fork: the child (e.g. a worker of the multiprocessing pool Jittor compiles in,
+    which the pool ends with SIGTERM) gets the handlers from before ours, and so dies on
+    SIGTERM as it would without them instead of running a handler meant for its parent."""
+    for sig, original in _ORIGINAL.items():
+        try:
+            signal.signal(sig, original)
+        except (ValueError, TypeError):
+            pass
+    _ORIGINAL.clear()
+    _DEPTH.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_restore_originals_in_child)
 
 
 @contextlib.contextmanager
-def raise_on_stop_signals():
-    """While active (main thread only), the first stop signal raises StopSignal where the main
-    thread is; later ones are ignored so that the unwinding and its clean-up are not cut short."""
-    raised, owner = [], os.getpid()
-
-    def handler(signum, frame):
-        if default_in_forked_child(owner, signum):
-            return
-        if not raised:
-            raised.append(signum)
-            raise StopSignal(signum)
-
+def stop_signal_handler(handler):
+    """`handler` for SIGINT/SIGTERM/SIGHUP while active, the earlier handlers after; in a
+    thread other than the main one (where Python cannot set handlers) signals act as usual."""
     saved = {}
     try:
         for sig in STOP_SIGNALS:
             saved[sig] = signal.signal(sig, handler)
-    except ValueError:  # not the main thread: Python cannot set handlers; signals act as usual
+            _ORIGINAL.setdefault(sig, saved[sig])
+            _DEPTH[sig] = _DEPTH.get(sig, 0) + 1
+    except ValueError:
         pass
     try:
         yield
     finally:
         for sig, old in saved.items():
             signal.signal(sig, old)
+            _DEPTH[sig] -= 1
+            if not _DEPTH[sig]:
+                del _DEPTH[sig], _ORIGINAL[sig]
+
+
+@contextlib.contextmanager
+def raise_on_stop_signals():
+    """While active (main thread only), the first stop signal raises StopSignal where the main
+    thread is; later ones are ignored so that the unwinding and its clean-up are not cut short."""
+    raised = []
+
+    def handler(signum, frame):
+        if not raised:
+            raised.append(signum)
+            raise StopSignal(signum)
+
+    with stop_signal_handler(handler):
+        yield
 
 
 def run_stoppable(main, *args, **kwargs):

@@ -32,7 +32,7 @@ from .batching import FTDataset
 from .checkpoint import save_checkpoint
 from .run_lock import RunLock
 from .schedule import lr_at
-from .stop_signals import STOP_SIGNALS, default_in_forked_child, signal_name
+from .stop_signals import signal_name, stop_signal_handler
 from .train_args import model_config, validate
 from .trainlog import JsonlLogWriter
 
@@ -75,28 +75,22 @@ class StopRequest:
     SIGINT interrupts at once."""
 
     def __init__(self):
-        self.requested, self.signum, self._old, self._pid = False, None, {}, os.getpid()
+        self.requested, self.signum = False, None
+        self._handlers = stop_signal_handler(self._handle)
 
     def _handle(self, signum, frame):
-        if default_in_forked_child(self._pid, signum):  # e.g. Jittor's compiler pool workers
-            return
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested, self.signum = True, self.signum or signum
         print(f"\n{signal_name(signum)}: finishing the current update, then saving a checkpoint "
               f"(Ctrl-C again to abort at once)", flush=True)
 
-    def __enter__(self):
-        try:
-            for sig in STOP_SIGNALS:
-                self._old[sig] = signal.signal(sig, self._handle)
-        except ValueError:  # not the main thread: no handlers, Ctrl-C behaves as usual
-            self._old = {}
+    def __enter__(self):  # not in the main thread: no handlers, Ctrl-C behaves as usual
+        self._handlers.__enter__()
         return self
 
     def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
+        self._handlers.__exit__(*exc)
 
 
 def _latest_checkpoint(work_dir):
@@ -258,6 +252,13 @@ class Trainer:
         args = self.args
         if args.resume:
             self.resume()
+            summary_path = os.path.join(self.work_dir, "train_summary.json")
+            if self.step >= self.max_step and os.path.isfile(summary_path):  # e.g. a pipeline
+                with open(summary_path) as f:  # rerun after a stop in the other backend's turn
+                    summary = json.load(f)
+                print(f"already finished: {self.step} steps, checkpoint "
+                      f"{summary['final_checkpoint']}", flush=True)
+                return summary
         elif _latest_checkpoint(self.work_dir) is not None:
             raise TrainingError(f"{self.work_dir} already holds checkpoints of a run: pass "
                                 f"--resume to continue it, or choose another --work_dir")
