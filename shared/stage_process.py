@@ -40,7 +40,13 @@ class StageStopped(StopSignal):
         how = (f"exit status {returncode}" if returncode >= 0
                else f"ended by {signal_name(-returncode)}")
         super().__init__(signum, f"stopped by {signal_name(signum)} while running "
-                                 f"`{shlex.join(argv)}` ({how})", exit_code=status)
+                                 f"`{_short(argv)}` ({how})", exit_code=status)
+
+
+def _short(argv, limit=100):
+    """The command without the interpreter's path, cut to `limit` characters (its log has it all)."""
+    text = shlex.join(argv[1:] if argv and argv[0] == sys.executable else argv)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def _child_setup(parent_pid):
@@ -70,7 +76,7 @@ def run_stage(argv, *, cwd=None, env=None, log=None, out=None) -> int:
         while len(announced) < len(received):
             signum = received[len(announced)]
             announced.append(signum)
-            out.write(f"\n[{signal_name(signum)}: passed on to `{shlex.join(argv)}` (pid "
+            out.write(f"\n[{signal_name(signum)}: passed on to `{_short(argv)}` (pid "
                       f"{child.pid}); waiting for it to stop]\n")
             out.flush()
 
