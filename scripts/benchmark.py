@@ -31,6 +31,7 @@ import numpy as np  # noqa: E402
 from shared.atomic import write_json, write_text  # noqa: E402
 from shared.backends import training_backend  # noqa: E402
 from shared.config import GPT2Config  # noqa: E402
+from shared.stop_signals import run_stoppable  # noqa: E402
 
 PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}  # dense, SXM
 
@@ -360,4 +361,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_stoppable(main))

@@ -17,6 +17,7 @@ from shared.checkpoint import CheckpointError  # noqa: E402
 from shared.inference_model import (add_inference_model_args, inference_model_problems,  # noqa: E402
                                     load_inference_model)
 from shared.sampling import EOT_ID, SamplingSettings  # noqa: E402
+from shared.stop_signals import run_stoppable  # noqa: E402
 from shared.tokenizer import VocabError, load_tokenizer  # noqa: E402
 
 
@@ -78,4 +79,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_stoppable(main))

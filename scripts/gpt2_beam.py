@@ -28,9 +28,9 @@ from shared.batching import FTDataset  # noqa: E402
 from shared.beam_spec import EOT_ID, BeamSettings  # noqa: E402
 from shared.checkpoint import CheckpointError  # noqa: E402
 from shared.e2e_data import E2EDataError  # noqa: E402
-from shared.stop_signals import run_stoppable  # noqa: E402
 from shared.inference_model import (add_inference_model_args, inference_model_problems,  # noqa: E402
                                     load_inference_model)
+from shared.stop_signals import run_stoppable  # noqa: E402
 
 
 def build_parser():

@@ -10,8 +10,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import argparse  # noqa: E402
 
-from shared.stop_signals import run_stoppable  # noqa: E402
 from shared.decode import decode_files  # noqa: E402
+from shared.stop_signals import run_stoppable  # noqa: E402
 from shared.tokenizer import load_tokenizer  # noqa: E402
 
 

@@ -11,8 +11,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import argparse  # noqa: E402
 
 from shared.atomic import write_json  # noqa: E402
-from shared.stop_signals import run_stoppable  # noqa: E402
 from shared.metrics import format_scores, measure_scores  # noqa: E402
+from shared.stop_signals import run_stoppable  # noqa: E402
 
 
 def main(argv=None):
