@@ -17,6 +17,7 @@ import sys
 
 from backends.benchmark import VARIANTS, bench_beam, bench_training
 from shared.benchmark import benchmark_environment, peak_tflops, save
+from shared.stop_signals import run_stoppable
 
 
 RESULT_PREFIX = "BENCHMARK-RESULT "
@@ -98,4 +99,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_stoppable(main))

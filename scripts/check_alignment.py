@@ -18,6 +18,7 @@ from shared.batching import FTDataset
 from shared.compare import difference
 from shared.config import seq_len_problem
 from shared.environment import default_device
+from shared.stop_signals import run_stoppable
 from shared.train_args import add_model_shape_args, model_config
 
 
@@ -140,4 +141,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_stoppable(main))

@@ -13,6 +13,7 @@ from backends import load_inference_model
 from shared.checkpoint import CheckpointError
 from shared.inference_model import add_inference_model_args, inference_model_problems
 from shared.sampling import EOT_ID, SamplingSettings
+from shared.stop_signals import run_stoppable
 from shared.tokenizer import VocabError, load_tokenizer
 
 
@@ -73,4 +74,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_stoppable(main))

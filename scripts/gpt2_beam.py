@@ -31,6 +31,7 @@ from shared.e2e_data import E2EDataError
 from shared.inference_model import add_inference_model_args, inference_model_problems
 from shared.prediction_file import prediction_line
 from shared.preflight import output_file_problems
+from shared.stop_signals import run_stoppable
 from shared.train_args import model_config
 
 
@@ -148,4 +149,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_stoppable(main))

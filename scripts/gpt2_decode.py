@@ -8,6 +8,7 @@ Usage: python scripts/gpt2_decode.py --vocab VOCAB_DIR --sample_file predict.jso
 import argparse
 
 from shared.decode import decode_files
+from shared.stop_signals import run_stoppable
 from shared.tokenizer import load_tokenizer
 
 
@@ -37,4 +38,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_stoppable(main))

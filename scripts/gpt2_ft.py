@@ -10,6 +10,8 @@ import sys
 
 from backends import training_backend
 from shared.checkpoint import CheckpointError
+from shared.run_lock import RunFolderBusy
+from shared.stop_signals import StopSignal, exit_status, raise_on_stop_signals
 from shared.train_args import ArgumentProblem, build_parser, validate
 from shared.trainer import TrainingError, TrainingInterrupted, train
 
@@ -18,11 +20,12 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        validate(args)
-        train(args, training_backend(args.backend))
+        with raise_on_stop_signals():  # outside the training loop, whose own handler saves first
+            validate(args)
+            train(args, training_backend(args.backend))
     except ArgumentProblem as exc:
         parser.error(str(exc))
-    except (TrainingError, CheckpointError, ValueError) as exc:
+    except (TrainingError, CheckpointError, RunFolderBusy, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # e.g. the work dir filled up or became unwritable mid-run
@@ -31,7 +34,11 @@ def main(argv=None):
         return 2
     except TrainingInterrupted as exc:
         print(str(exc), file=sys.stderr)
-        return 130
+        return exit_status(exc.signum)
+    except StopSignal as exc:
+        print(f"{exc} outside the training loop; the checkpoints already in {args.work_dir} are "
+              f"whole: rerun the same command (with --resume if it holds any)", file=sys.stderr)
+        return exc.exit_code
     return 0
 
 

@@ -10,6 +10,7 @@ import argparse
 from shared.atomic import write_json
 from shared.metrics import format_scores, measure_scores
 from shared.preflight import output_file_problems
+from shared.stop_signals import run_stoppable
 
 
 def main(argv=None):
@@ -37,4 +38,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_stoppable(main))

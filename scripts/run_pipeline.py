@@ -9,6 +9,8 @@ import os
 import sys
 
 from shared.pipeline import PRESETS, ROOT, STAGES, Pipeline, setting_types
+from shared.run_lock import RunLock
+from shared.stop_signals import StopSignal, raise_on_stop_signals
 
 
 def build_parser():
@@ -48,10 +50,17 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        Pipeline(args).run_all()
+        with raise_on_stop_signals():  # between stages; sh() passes them on to a running stage
+            pipeline = Pipeline(args)
+            with RunLock(pipeline.run_dir):  # one run at a time per run folder
+                pipeline.run_all()
     except (RuntimeError, ValueError, FileNotFoundError) as exc:
         print(f"\nwork.sh: stopped: {exc}", file=sys.stderr)
         return 1
+    except StopSignal as exc:
+        print(f"\nwork.sh: {exc}. Finished stages and saved checkpoints are kept: run the same "
+              f"command again to resume.", file=sys.stderr)
+        return exc.exit_code
     return 0
 
 

@@ -18,7 +18,6 @@ import datetime
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 
@@ -29,6 +28,7 @@ from .config import GPT2Config
 from .e2e_data import limit_test_split
 from .environment import cuda_available, devices, versions
 from .paths import resolve_e2e_dir, resolve_vocab_dir
+from .stage_process import run_stage
 from .train_args import BACKENDS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where scripts/ is
@@ -138,7 +138,8 @@ class Pipeline:
         return flags
 
     def sh(self, argv, log_name):
-        """Run a project script, streaming its output and keeping a copy in RUN_DIR/logs."""
+        """Run a project script, streaming its output and keeping a copy in RUN_DIR/logs; a stop
+        signal is passed on to it and ends the run once it has stopped (shared/stage_process)."""
         cmd = [sys.executable, *argv]
         os.makedirs(self.path("logs"), exist_ok=True)
         log_path = self.path("logs", log_name)
@@ -147,12 +148,7 @@ class Pipeline:
         if self.vocab_dir:
             env["GPT2_VOCAB_DIR"] = self.vocab_dir
         with open(log_path, "a") as log:
-            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, text=True, bufsize=1)
-            for line in proc.stdout:
-                sys.stdout.write(line)
-                log.write(line)
-            code = proc.wait()
+            code = run_stage(cmd, cwd=ROOT, env=env, log=log)
         if code != 0:
             raise RuntimeError(f"`{' '.join(argv)}` failed with exit code {code} (log: {log_path})")
 

@@ -13,11 +13,13 @@ due every `--save_interval` steps and is written at the next update (the referen
 accumulation window too, where the gradient summed so far would be lost to a resume).
 Additions: every step is logged as a JSON line; values are fetched from the device once per
 `--log_interval` (and before each eval/save), so the loop does not wait on the GPU every step;
-a non-finite loss stops the run naming the step; Ctrl-C (SIGINT/SIGTERM) finishes the current
-update, saves a checkpoint and exits, and `--resume` continues exactly where it stopped.
+a non-finite loss stops the run naming the step; Ctrl-C, SIGTERM or SIGHUP finishes the current
+update, saves a checkpoint and exits, and `--resume` continues exactly where it stopped; the
+work_dir is locked for the run (shared/run_lock.py), so a second training into it is refused.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -30,7 +32,9 @@ from .atomic import write_json
 from .batching import FTDataset, check_batch
 from .checkpoint import (CheckpointError, latest_checkpoint_step, load_for_model, load_trainer_state,
                          save_checkpoint, save_trainer_state)
+from .run_lock import RunLock
 from .schedule import lr_at
+from .stop_signals import signal_name, stop_signal_handler
 from .train_args import model_config, validate
 from .trainlog import JsonlLogWriter
 
@@ -49,32 +53,32 @@ class TrainingError(RuntimeError):
 class TrainingInterrupted(RuntimeError):
     """Stopped on request after saving a checkpoint; `--resume` continues."""
 
+    def __init__(self, message, signum=signal.SIGINT):
+        super().__init__(message)
+        self.signum = signum
+
 
 class StopRequest:
-    """SIGINT/SIGTERM set a flag that the loop reads at update boundaries; a second SIGINT
-    interrupts at once."""
+    """SIGINT/SIGTERM/SIGHUP set a flag that the loop reads at update boundaries; a second
+    SIGINT interrupts at once."""
 
     def __init__(self):
-        self.requested, self._old = False, {}
+        self.requested, self.signum = False, None
+        self._handlers = stop_signal_handler(self._handle)
 
     def _handle(self, signum, frame):
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.requested = True
-        print(f"\nsignal {signum}: finishing the current update, then saving a checkpoint "
+        self.requested, self.signum = True, self.signum or signum
+        print(f"\n{signal_name(signum)}: finishing the current update, then saving a checkpoint "
               f"(Ctrl-C again to abort at once)", flush=True)
 
-    def __enter__(self):
-        try:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        except ValueError:  # not the main thread: no handlers, Ctrl-C behaves as usual
-            self._old = {}
+    def __enter__(self):  # not in the main thread: no handlers, Ctrl-C behaves as usual
+        self._handlers.__enter__()
         return self
 
     def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
+        self._handlers.__exit__(*exc)
 
 
 class Trainer:
@@ -245,6 +249,13 @@ class Trainer:
         args = self.args
         if args.resume:
             self.resume()
+            summary_path = os.path.join(self.work_dir, "train_summary.json")
+            if self.step >= self.max_step and os.path.isfile(summary_path):  # e.g. a pipeline
+                with open(summary_path) as f:  # rerun after a stop in the other backend's turn
+                    summary = json.load(f)
+                print(f"already finished: {self.step} steps, checkpoint "
+                      f"{summary['final_checkpoint']}", flush=True)
+                return summary
         elif latest_checkpoint_step(self.work_dir) is not None:
             raise TrainingError(f"{self.work_dir} already holds checkpoints of a run: pass "
                                 f"--resume to continue it, or choose another --work_dir")
@@ -323,7 +334,7 @@ class Trainer:
                 if stop.requested and is_update:
                     path = saved or self.save()
                     raise TrainingInterrupted(f"stopped at step {self.step}; checkpoint {path}; "
-                                              f"rerun with --resume to continue")
+                                              f"rerun with --resume to continue", stop.signum)
                 if self.step >= self.max_step:
                     return
             if args.max_epoch is not None and self.epoch >= args.max_epoch:
@@ -333,4 +344,5 @@ class Trainer:
 
 
 def train(args, backend_cls, on_step=None):
-    return Trainer(args, backend_cls, on_step=on_step).train()
+    with RunLock(args.work_dir):
+        return Trainer(args, backend_cls, on_step=on_step).train()

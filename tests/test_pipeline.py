@@ -1,11 +1,14 @@
 """CI smoke test of `bash work.sh`: the whole pipeline on a micro configuration (a few steps).
 
 Checks that every stage runs through the real scripts, that the report's numbers are present
-and sensible, that the plots are real images, and that a rerun skips finished stages.
+and sensible, that the plots are real images, that a rerun skips finished stages, and that a
+run stopped by SIGTERM leaves nothing running and resumes to the same results.
 """
 import json
 import os
+import signal
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -67,3 +70,93 @@ def test_rerun_skips_finished_stages(pipeline_run):
     proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0
     assert proc.stdout.count("done in an earlier run") == 7
+
+
+def session_processes(sid):
+    """PIDs of the live processes of session `sid` (zombies run nothing and are left out)."""
+    pids = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            if int(fields[3]) == sid and fields[0] != "Z":  # fields: state ppid pgrp session
+                pids.append(int(name))
+    return pids
+
+
+@pytest.mark.slow
+def test_sigterm_stops_training_cleanly_and_a_rerun_resumes_to_the_same_result(pipeline_run,
+                                                                               tmp_path):
+    """As `timeout`, `kill PID` or a scheduler do: SIGTERM to work.sh only, during jittor's LoRA
+    training. A second run of the folder is refused meanwhile; nothing is left running; the
+    rerun takes over a stale claim and ends with the results of the uninterrupted run."""
+    import time
+    reference, ref_argv, _ = pipeline_run
+    argv = list(ref_argv)
+    for flag, value in (("--run", "stopped"), ("--runs_dir", str(tmp_path / "runs")),
+                        ("--logs_dir", str(tmp_path / "logs"))):
+        argv[argv.index(flag) + 1] = value
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    seen = []
+
+    def read_until(predicate):
+        for line in proc.stdout:
+            seen.append(line)
+            if predicate(line):
+                return
+        raise AssertionError("work.sh ended early:\n" + "".join(seen)[-3000:])
+
+    try:
+        read_until(lambda line: line.startswith("=== stage 1/7"))
+        second = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True,
+                                timeout=300)
+        assert second.returncode == 1
+        assert f"is in use by pid {proc.pid}" in second.stderr
+        assert os.path.realpath(tmp_path / "runs" / "stopped") in second.stderr
+        read_until(lambda line: line.startswith("$ scripts/gpt2_ft.py --backend jittor"))
+        read_until(lambda line: line.startswith("| Eval   1 at step"))
+        stage_pids = session_processes(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        seen.append(proc.communicate(timeout=600)[0])
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    out = "".join(seen)
+    assert proc.returncode == 143, out[-3000:]
+    assert "stopped by SIGTERM while running" in out and "stopped at step" in out
+    assert "run the same command again to resume" in out
+    assert len(stage_pids) >= 2  # work.sh and its training stage at least
+    deadline = time.time() + 30
+    while session_processes(proc.pid) and time.time() < deadline:
+        time.sleep(0.2)
+    assert session_processes(proc.pid) == []
+    # a claim left by a process that no longer runs (a work.sh killed with SIGKILL)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    claim = {"pid": dead.pid, "host": os.uname().nodename, "started": "earlier",
+             "command": "bash work.sh (killed)"}
+    with open(tmp_path / "runs" / "stopped" / "run.lock", "w") as f:
+        json.dump(claim, f)
+    rerun = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert "taking over" in rerun.stderr and f"pid {dead.pid}" in rerun.stderr
+    assert "resumed from step" in rerun.stdout and "already finished" in rerun.stdout
+    assert not os.path.exists(tmp_path / "runs" / "stopped" / "run.lock")
+    for backend in ("torch", "jittor"):
+        ref_dir, got_dir = reference / "runs" / "smoke" / backend, tmp_path / "runs" / "stopped" / backend
+        for name in ("predict.jsonl", "e2e_pred.txt", "metrics.json"):
+            assert (got_dir / name).read_text() == (ref_dir / name).read_text(), (backend, name)
+        ref_log, got_log = ((d / "train_log.jsonl").read_text().splitlines() for d in (ref_dir, got_dir))
+        from shared.checkpoint import read_checkpoint
+        ref_w, got_w = (read_checkpoint(d / "model.6.pt") for d in (ref_dir, got_dir))
+        assert sorted(got_w) == sorted(ref_w)
+        for name in ref_w:
+            np.testing.assert_array_equal(got_w[name], ref_w[name], err_msg=f"{backend} {name}")
+        drop = ("tokens_per_s", "elapsed_s")
+        assert [{k: v for k, v in json.loads(line).items() if k not in drop} for line in got_log] == \
+            [{k: v for k, v in json.loads(line).items() if k not in drop} for line in ref_log]
