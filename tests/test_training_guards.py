@@ -168,6 +168,17 @@ def test_disk_full_at_a_save_is_one_line_naming_the_file_and_how_to_resume(tmp_p
     assert not [n for n in os.listdir(tmp_path / "w") if n.endswith(".tmp")]
 
 
+def test_torch_save_failing_on_a_full_disk_names_the_file(tmp_path, encoded, monkeypatch):
+    """torch.save reports a full disk as RuntimeError('... unexpected pos 2432 vs 2326')."""
+    import torch
+
+    def full(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 2432 vs 2326")
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(TrainingError, match=r"cannot write .*model\.4\.pt at step 4: .*--resume"):
+        train(make_args(encoded, tmp_path / "w"), backend_class("torch"))
+
+
 def test_truncated_trainer_state_names_the_file(tmp_path, encoded):
     def crash(step):
         if step == 5:
