@@ -123,6 +123,7 @@ def trace_gpt2(config: GPT2Config, state: dict, inputs: dict, precision: str = "
     out = {"torch": trace_module("torch", tm, inputs, run, context=torch_ctx, **kw),
            "jittor": trace_module("jittor", jm, inputs, run, context=jittor_ctx, **kw),
            "float64": None}
+    out["torch"].precision = out["jittor"].precision = precision
     if with_reference:
         ref = build_torch(config, state, dtype="float64", device=device)
         out["float64"] = trace_module("torch", ref, inputs, run, dtype="float64",

@@ -35,6 +35,7 @@ class Trace:
     `order` lists the modules in the order their forward passes finished."""
     backend: str
     dtype: str
+    precision: str = "fp32"  # "bf16" when run under the backend's bf16 autocast
     order: list = field(default_factory=list)
     outputs: dict = field(default_factory=dict)
     inputs: dict = field(default_factory=dict)
