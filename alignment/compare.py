@@ -120,15 +120,16 @@ def _deepest_first(candidates, order):
     return None
 
 
-def localize(order, out_ok: dict, in_ok: dict) -> Optional[str]:
+def localize(order, out_ok: dict, in_ok: dict, forward: bool = True) -> Optional[str]:
     """The module where values first part (see module doc); `order` in the direction of the
-    pass; `out_ok`/`in_ok` per module (a module without a recorded input counts as a candidate
-    only when nothing before it failed)."""
+    pass; `out_ok`/`in_ok` per module. A module without a recorded input (the root's outputs,
+    the embeddings' gradients) is a candidate itself in the forward pass when nothing before it
+    failed; backward, the blame goes to the consumer just before it, whose backward made it."""
     failed_before, candidates = False, set()
     for name in order:
         if name not in out_ok:
             continue
-        if not out_ok[name] and (in_ok.get(name, not failed_before)):
+        if not out_ok[name] and in_ok.get(name, forward and not failed_before):
             candidates.add(name)
         failed_before = failed_before or not out_ok[name]
     found = _deepest_first(candidates, order)
@@ -167,7 +168,7 @@ def compare_traces(test, base, ref=None, k: float = None, floor: float = None,
     order = list(base.order)
     forward = localize(order, _status(out.records, "outputs"), _status(out.records, "inputs"))
     backward = localize(order[::-1], _status(out.records, "output_grads"),
-                        _status(out.records, "input_grads"))
+                        _status(out.records, "input_grads"), forward=False)
     if backward is None:  # every module gradient agrees: a parameter gradient may still differ
         bad = [r["name"] for r in out.failing("param_grads")]
         backward = bad[0].rsplit(".", 1)[0] if bad else None

@@ -3,8 +3,9 @@ and the float64 reference (the torch twin in float64).
 
 Every parameter is made trainable while tracing (LoRA included), so that a gradient reaches
 every submodule's output and input: with only LoRA trainable, the hidden states before the
-first LoRA layer carry no gradient in torch. Dropout is off (config lora_dropout 0 and eval
-mode in torch; Jittor's train mode only restores trainability, its dropout is 0 too).
+first LoRA layer carry no gradient in torch. Dropout is off by default (config lora_dropout 0);
+with `dropout=p` both twins draw their LoRA dropout masks from one shared.dropout.SharedDropout
+(step 1), so a port that ignores the shared masks shows up at the LoRA branch.
 """
 from __future__ import annotations
 
@@ -14,34 +15,44 @@ import dataclasses
 import numpy as np
 
 from shared.config import GPT2Config
+from shared.dropout import SharedDropout
 
 from .trace import trace_module
 
 ROOT_OUTPUTS = ("lm_head", "loss")  # the tied head's logits and the loss, computed by the root
-METHODS = ("lora_delta",)  # c_attn's LoRA branch, recorded as transformer.h.N.attn.c_attn.lora_delta
+METHODS = ("lora_dropout", "lora_delta")  # c_attn's LoRA branch: transformer.h.N.attn.c_attn.lora_delta
 
 
-def no_dropout(config: GPT2Config) -> GPT2Config:
-    return dataclasses.replace(config, lora_dropout=0.0)
+def shared_dropout(p: float, seed: int = 0):
+    """One backend-neutral mask generator at step 1, or None when dropout is off."""
+    if p <= 0:
+        return None
+    masks = SharedDropout(p, seed)
+    masks.set_step(1)
+    return masks
 
 
 def build_torch(config: GPT2Config, state: dict, dtype: str = "float32", device: str = "cpu",
-                attention: str = "math"):
+                attention: str = "math", dropout: float = 0.0):
     import torch
 
     from torch_impl.model import GPT2LMModel
-    model = GPT2LMModel(no_dropout(config))
+    from torch_impl.lora import set_shared_dropout
+    model = GPT2LMModel(dataclasses.replace(config, lora_dropout=dropout))
     model.load_state_numpy(state)
     model.set_attention(attention)
-    model.to(device=device, dtype=getattr(torch, dtype)).eval()
+    model.to(device=device, dtype=getattr(torch, dtype)).train(dropout > 0)
+    set_shared_dropout(model, shared_dropout(dropout))
     for p in model.parameters():
         p.requires_grad_(True)
     return model
 
 
-def build_jittor(config: GPT2Config, state: dict):
+def build_jittor(config: GPT2Config, state: dict, dropout: float = 0.0):
+    from jittor_impl.lora import set_shared_dropout
     from jittor_impl.model import GPT2LMModel
-    model = GPT2LMModel(no_dropout(config))
+    model = GPT2LMModel(dataclasses.replace(config, lora_dropout=dropout))
+    set_shared_dropout(model, shared_dropout(dropout))
     model.load_state_numpy(state)
     model.train()  # Jittor's eval() would stop every parameter's gradient
     for _, p in model.named_parameters():
@@ -107,7 +118,7 @@ def random_batch(config: GPT2Config, batch: int = 2, seq: int = 16, seed: int = 
 
 def trace_gpt2(config: GPT2Config, state: dict, inputs: dict, precision: str = "fp32",
                device: str = "cpu", label_smooth: float = 0.0, jittor_model=None,
-               torch_model=None, with_reference: bool = True):
+               torch_model=None, with_reference: bool = True, dropout: float = 0.0):
     """{"torch": Trace, "jittor": Trace, "float64": Trace or None} for one batch.
 
     precision "fp32": both twins in float32; "bf16": both under their bf16 autocast (torch's CPU
@@ -118,14 +129,14 @@ def trace_gpt2(config: GPT2Config, state: dict, inputs: dict, precision: str = "
     kw = dict(root_outputs=ROOT_OUTPUTS, methods=METHODS, device=device)
     torch_ctx = torch_bf16_autocast if precision == "bf16" else None
     jittor_ctx = jittor_bf16_autocast if precision == "bf16" else None
-    tm = torch_model or build_torch(config, state, device=device)
-    jm = jittor_model or build_jittor(config, state)
+    tm = torch_model or build_torch(config, state, device=device, dropout=dropout)
+    jm = jittor_model or build_jittor(config, state, dropout=dropout)
     out = {"torch": trace_module("torch", tm, inputs, run, context=torch_ctx, **kw),
            "jittor": trace_module("jittor", jm, inputs, run, context=jittor_ctx, **kw),
            "float64": None}
     out["torch"].precision = out["jittor"].precision = precision
     if with_reference:
-        ref = build_torch(config, state, dtype="float64", device=device)
+        ref = build_torch(config, state, dtype="float64", device=device, dropout=dropout)
         out["float64"] = trace_module("torch", ref, inputs, run, dtype="float64",
                                       context=torch_float64_loss, **kw)
     return out

@@ -1,0 +1,318 @@
+"""The harness proves its own power: typical port bugs are planted in the Jittor twin at test time
+(monkeypatching, no file edits) and each must be flagged and localized to the right module, step
+or quantity. Forward and backward bugs go through the per-layer trace with the float64
+noise-floor rule (alignment.trace/compare), optimizer and data-path bugs through one
+teacher-forced training step (alignment.drift), beam-search bugs through alignment.beam_divergence.
+The kill rate is printed at the end (and written to $ALIGNMENT_REPORT_DIR/planted_bugs.json).
+"""
+import math
+import os
+import types
+
+import numpy as np
+import pytest
+
+from alignment.compare import compare_traces
+from alignment.drift import backend_args, run_drift
+from alignment.gpt2_trace import METHODS, ROOT_OUTPUTS, build_jittor, call, random_batch, trace_gpt2
+from alignment.harness import seeded_state, tiny_config
+from alignment.trace import trace_module
+from shared.atomic import write_json
+from shared.config import GPT2Config
+from shared.trainer import no_decay
+
+RESULTS = {}  # bug -> (killed, localized to)
+
+
+# ------------------------------------------------------------------- forward / backward bugs
+@pytest.fixture(scope="module")
+def gpt2_case():
+    config = tiny_config(lora_dim=4)
+    state = seeded_state(config, 0)
+    inputs = random_batch(config, seed=1, vocab=2000)
+    cache = {}
+
+    def reference(dropout):
+        if dropout not in cache:
+            cache[dropout] = trace_gpt2(config, state, inputs, dropout=dropout)
+        return cache[dropout]
+    return config, state, inputs, reference
+
+
+def gelu_exact(x):
+    from jittor_impl.runtime import jt
+    return 0.5 * x * (1.0 + jt.erf(x / math.sqrt(2.0)))
+
+
+def attn_math_without_scale(self, q, k, v, len_kv=None):
+    import jittor_impl.model as jm
+    w = jm.batched_matmul_transpose(q, k)  # missing: w / sqrt(head_dim)
+    nd, ns = w.shape[-2], w.shape[-1]
+    b = jm.causal_mask(nd, ns)
+    w = w * b - 1e10 * (1 - b)
+    return jm.matmul(jm.nn.softmax(w, dim=-1), v)
+
+
+def causal_mask_off_by_one(nd, ns):
+    from jittor_impl.runtime import jt
+    return jt.tril(jt.ones((nd, ns)), diagonal=ns - nd + 1)  # each query also sees the next key
+
+
+def block_without_attention_residual(self, x, layer_past=None, len_past=None):
+    a, present = self.attn(self.ln_1(x), layer_past=layer_past, len_past=len_past)
+    x = a  # missing: x + a
+    return x + self.mlp(self.ln_2(x)), present
+
+
+def layer_norm_detached_statistics(self, x):
+    u = x.mean(-1, keepdims=True).stop_grad()  # forward unchanged, backward wrong
+    s = ((x - u) * (x - u)).mean(-1, keepdims=True).stop_grad()
+    return self.weight * ((x - u) / (s + self.eps).sqrt()) + self.bias
+
+
+def plant_gelu(mp, model):
+    mp.setattr("jittor_impl.model.gelu", gelu_exact)
+
+
+def plant_ln_eps(mp, model):
+    model.transformer.h[1].ln_2.eps = 1e-6
+
+
+def plant_attn_scale(mp, model):
+    mp.setattr("jittor_impl.model.Attention._attn_math", attn_math_without_scale)
+
+
+def plant_mask(mp, model):
+    mp.setattr("jittor_impl.model.causal_mask", causal_mask_off_by_one)
+
+
+def plant_softmax_axis(mp, model):
+    from jittor_impl.runtime import jt
+    mp.setattr("jittor_impl.model.nn", types.SimpleNamespace(
+        softmax=lambda w, dim=-1: jt.nn.softmax(w, dim=-2)))
+
+
+def plant_residual(mp, model):
+    mp.setattr("jittor_impl.model.Block.execute", block_without_attention_residual)
+
+
+def plant_lora_scaling(mp, model):
+    for block in model.transformer.h:
+        block.attn.c_attn.scaling = block.attn.c_attn.scaling * block.attn.c_attn.r  # alpha, not alpha/r
+
+
+def plant_lora_merge(mp, model):
+    from jittor_impl.lora import MergedLinear, merge_lora
+    correct = MergedLinear.delta_weight
+    mp.setattr(MergedLinear, "delta_weight", lambda self: correct(self) / self.scaling)  # scaling lost
+    merge_lora(model)
+
+
+def plant_dropout_not_shared(mp, model):
+    from jittor_impl.runtime import jt
+    mp.setattr("jittor_impl.lora.MergedLinear.lora_dropout",
+               lambda self, x: jt.nn.dropout(x, self.dropout_p, is_train=True))
+
+
+def plant_ln_backward(mp, model):
+    layer = model.transformer.h[1].ln_2
+    layer.execute = types.MethodType(layer_norm_detached_statistics, layer)
+
+
+def plant_head_backward(mp, model):
+    from jittor_impl import precision
+    correct = precision._ProductWithTransposeCPU.grad
+
+    def grad(self, grad_output):
+        da, db = correct(self, grad_output)
+        return da * 0.5, db  # the gradient into the hidden states is halved
+    mp.setattr(precision._ProductWithTransposeCPU, "grad", grad)
+
+
+MODEL_BUGS = {
+    # name: (plant, dropout, expected {"forward": ..., "backward": ...} entries to check)
+    "layernorm eps 1e-5 -> 1e-6 (h.1.ln_2)": (plant_ln_eps, 0.0, {"forward": "transformer.h.1.ln_2"}),
+    "GELU exact instead of tanh": (plant_gelu, 0.0, {"forward": "transformer.h.0.mlp"}),
+    "attention scale 1/sqrt(d) missing": (plant_attn_scale, 0.0, {"forward": "transformer.h.0.attn"}),
+    "causal mask off by one": (plant_mask, 0.0, {"forward": "transformer.h.0.attn"}),
+    "softmax over the query axis": (plant_softmax_axis, 0.0, {"forward": "transformer.h.0.attn"}),
+    "attention residual missing": (plant_residual, 0.0, {"forward": "transformer.h.0"}),
+    "LoRA scaling alpha instead of alpha/r": (
+        plant_lora_scaling, 0.0, {"forward": "transformer.h.0.attn.c_attn.lora_delta"}),
+    "LoRA merge drops the scaling": (plant_lora_merge, 0.0, {"forward": "transformer.h.0.attn.c_attn"}),
+    "dropout mask not shared": (
+        plant_dropout_not_shared, 0.1, {"forward": "transformer.h.0.attn.c_attn.lora_dropout"}),
+    "LayerNorm statistics detached (backward only)": (
+        plant_ln_backward, 0.0, {"forward": None, "backward": "transformer.h.1.ln_2"}),
+    "tied head backward halves dL/dh (backward only)": (
+        plant_head_backward, 0.0, {"forward": None, "backward": "lm_head"}),
+}
+
+
+@pytest.mark.parametrize("bug", list(MODEL_BUGS))
+def test_model_bug_is_flagged_and_localized(bug, gpt2_case, monkeypatch):
+    config, state, inputs, reference = gpt2_case
+    plant, dropout, expected = MODEL_BUGS[bug]
+    ref = reference(dropout)
+    model = build_jittor(config, state, dropout=dropout)
+    plant(monkeypatch, model)
+    traced = trace_module("jittor", model, inputs, call, root_outputs=ROOT_OUTPUTS, methods=METHODS)
+    monkeypatch.undo()
+    result = compare_traces(traced, ref["torch"], ref["float64"])
+    where = result.first_divergence
+    RESULTS[bug] = (not result.passed(), where)
+    assert not result.passed(), f"{bug}: not flagged"
+    for direction, module in expected.items():
+        assert where[direction] == module, f"{bug}: localized to {where}, expected {expected}"
+
+
+# ------------------------------------------------------------------ optimizer / data-path bugs
+def tiny_train_config(lora_dim=4):
+    return GPT2Config(n_embd=32, n_layer=2, n_head=2, n_positions=64, n_ctx=64,
+                      lora_attn_dim=lora_dim, lora_attn_alpha=16)
+
+
+def train_batches(n=2, seed=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        ids = rng.integers(0, 2000, size=(4, 17))
+        mask = np.ones((4, 16), dtype=np.float32)
+        mask[0, -3:] = 0
+        out.append({"input": ids[:, :-1], "target": ids[:, 1:], "mask": mask})
+    return out
+
+
+def drift_with(plant, lora_dim=4, **args):
+    from shared.backends import training_backend
+    config = tiny_train_config(lora_dim)
+    a = backend_args(**args)
+    tb = training_backend("torch")(config, a)
+    jb = training_backend("jittor")(config, a)
+    plant(jb)
+    return run_drift(config, train_batches(), [2e-3, 4e-3], mode="teacher", backends=(tb, jb))
+
+
+def _shift_targets(original):
+    def to_device(batch):
+        shifted = dict(batch, target=np.roll(batch["target"], -1, axis=1))
+        return original(shifted)
+    return to_device
+
+
+STEP_BUGS = {
+    # name: (plant(monkeypatch, jittor backend), backend args, lora_dim, check(first divergence))
+    "weight decay applied to biases/LayerNorm": (
+        lambda mp, jb: [g.__setitem__("weight_decay", 0.1) for g in jb.optimizer.param_groups],
+        dict(weight_decay=0.1, no_decay_bias=True, lr=1e-2), 0,
+        lambda fd: fd["quantity"] == "param" and no_decay(fd["name"]) and fd["step"] == 1),
+    "Adam bias correction without sqrt": (
+        lambda mp, jb: mp.setattr("jittor_impl.optim.math",
+                                  types.SimpleNamespace(sqrt=lambda x: x)),
+        {}, 4, lambda fd: fd["quantity"] == "param" and fd["step"] == 1),
+    "beta2 0.99 instead of 0.999": (
+        lambda mp, jb: [g.__setitem__("betas", (0.9, 0.99)) for g in jb.optimizer.param_groups],
+        {}, 4, lambda fd: fd["quantity"] == "exp_avg_sq" and fd["step"] == 1),
+    "learning rate schedule not applied": (
+        lambda mp, jb: mp.setattr("jittor_impl.train.set_lr", lambda optimizer, lr: None),
+        dict(lr=1e-3), 4, lambda fd: fd["quantity"] == "lr" and fd["step"] == 1),
+    "labels shifted in the data path": (
+        lambda mp, jb: setattr(jb, "to_device", _shift_targets(jb.to_device)),
+        {}, 4, lambda fd: fd["quantity"] == "data" and fd["name"] == "target"),
+}
+
+
+@pytest.mark.parametrize("bug", list(STEP_BUGS))
+def test_training_step_bug_is_flagged_and_localized(bug, monkeypatch):
+    plant, args, lora_dim, check = STEP_BUGS[bug]
+    report = drift_with(lambda jb: plant(monkeypatch, jb), lora_dim=lora_dim, **args)
+    monkeypatch.undo()
+    fd = report.first_divergence()
+    RESULTS[bug] = (fd is not None, fd)
+    assert fd is not None, f"{bug}: not flagged"
+    assert check(fd), f"{bug}: localized to {fd}"
+
+
+def test_training_step_without_bug_passes():
+    """The same teacher-forced check on the unmodified twins finds nothing (no false alarm)."""
+    report = drift_with(lambda jb: None, lora_dim=4)
+    assert report.first_divergence() is None
+
+
+# ---------------------------------------------------------------------------- beam-search bugs
+@pytest.fixture(scope="module")
+def beam_case(vocab_dir, e2e_dir):
+    from alignment.tiny_e2e_model import encoded_split, trained_state
+    state = trained_state(vocab_dir, e2e_dir)
+    contexts = [list(c) for c, _ in encoded_split(vocab_dir, e2e_dir, "test", 600)][:4]
+    return state, contexts
+
+
+def beam_bug_outcome(beam_case, monkeypatch, plant):
+    from alignment.beam_divergence import beam_divergence, next_logits_fn
+    from alignment.tiny_e2e_model import tiny_config as e2e_config
+    from jittor_impl import beam as jittor_beam
+    from jittor_impl.model import GPT2LMModel as JModel
+    from shared.beam_spec import BeamSettings
+    from torch_impl import beam as torch_beam
+    from torch_impl.model import GPT2LMModel as TModel
+    state, contexts = beam_case
+    settings = BeamSettings(beam=4, eval_len=16, length_penalty=0.8, eos_token_ids=(50256, 628))
+    tm, jm = TModel(e2e_config()), JModel(e2e_config())
+    for m in (tm, jm):
+        m.load_state_numpy(state)
+        m.eval()
+    plant(monkeypatch)
+    outcomes = []
+    for query in contexts:
+        q, ql = np.array([query]), np.array([len(query)])
+        t_out = torch_beam.beam_search(tm, q, ql, settings).cpu().numpy()[0]
+        j_out = jittor_beam.beam_search(jm, q, ql, settings).numpy()[0]
+        outcomes.append(beam_divergence(query, next_logits_fn("torch", tm), next_logits_fn("jittor", jm),
+                                        settings, t_out, j_out))
+    monkeypatch.undo()
+    return outcomes
+
+
+def test_beams_without_bug_agree(beam_case, monkeypatch):
+    assert beam_bug_outcome(beam_case, monkeypatch, lambda mp: None) == [None] * 4
+
+
+BEAM_BUGS = {
+    "beam length penalty inverted": (
+        lambda mp: mp.setattr("jittor_impl.beam.length_divisor",
+                              lambda length, lp: float(np.float32(length ** -lp))),
+        "final selection (rule 4)"),
+    "beam n-gram ban missing": (
+        lambda mp: mp.setattr("jittor_impl.beam.banned_ngram_mask",
+                              lambda history, cur_len, n, vocab_size: __import__(
+                                  "jittor_impl.runtime", fromlist=["jt"]).jt.zeros(
+                                  (history.shape[0], vocab_size), dtype="bool")),
+        "search steps (rules 2a-2f)"),
+}
+
+
+@pytest.mark.parametrize("bug", list(BEAM_BUGS))
+def test_beam_bug_is_flagged_and_localized(bug, beam_case, monkeypatch):
+    plant, where = BEAM_BUGS[bug]
+    outcomes = [o for o in beam_bug_outcome(beam_case, monkeypatch, plant) if o]
+    RESULTS[bug] = (bool(outcomes), outcomes[0] if outcomes else None)
+    assert outcomes, f"{bug}: no query's output changed"
+    for o in outcomes:
+        assert o["cause"] == "implementation" and o["backend"] == "jittor" and o["where"] == where, o
+
+
+def test_kill_rate_summary():
+    """Runs last in this file: the kill rate over the bugs planted above."""
+    if not RESULTS:
+        pytest.skip("no planted bug ran")
+    killed = sum(k for k, _ in RESULTS.values())
+    lines = [f"planted bugs killed: {killed}/{len(RESULTS)}"]
+    lines += [f"  {'KILLED' if k else 'SURVIVED'}  {bug}: {where}" for bug, (k, where) in RESULTS.items()]
+    print("\n".join(lines))
+    folder = os.environ.get("ALIGNMENT_REPORT_DIR")
+    if folder:
+        write_json(os.path.join(folder, "planted_bugs.json"),
+                   {"killed": killed, "planted": len(RESULTS),
+                    "bugs": {b: {"killed": bool(k), "localized": w} for b, (k, w) in RESULTS.items()}})
+    assert killed == len(RESULTS)
