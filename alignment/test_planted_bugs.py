@@ -257,7 +257,8 @@ def beam_bug_outcome(beam_case, monkeypatch, plant):
     from torch_impl import beam as torch_beam
     from torch_impl.model import GPT2LMModel as TModel
     state, contexts = beam_case
-    settings = BeamSettings(beam=4, eval_len=16, length_penalty=0.8, eos_token_ids=(50256, 628))
+    settings = BeamSettings(beam=4, eval_len=32, length_penalty=0.8, no_repeat_ngram_size=2,
+                            eos_token_ids=(50256, 628))
     tm, jm = TModel(e2e_config()), JModel(e2e_config())
     for m in (tm, jm):
         m.load_state_numpy(state)
