@@ -89,9 +89,9 @@ def torch_float64_loss():
         tm.lm_loss = original
 
 
-def torch_bf16_autocast():
+def torch_bf16_autocast(device: str = "cpu"):
     import torch
-    return torch.autocast("cpu", dtype=torch.bfloat16)
+    return torch.autocast(device, dtype=torch.bfloat16)
 
 
 def jittor_bf16_autocast():
@@ -127,7 +127,7 @@ def trace_gpt2(config: GPT2Config, state: dict, inputs: dict, precision: str = "
     def run(model, **tensors):
         return call(model, **tensors, label_smooth=label_smooth)
     kw = dict(root_outputs=ROOT_OUTPUTS, methods=METHODS, device=device)
-    torch_ctx = torch_bf16_autocast if precision == "bf16" else None
+    torch_ctx = (lambda: torch_bf16_autocast(device)) if precision == "bf16" else None
     jittor_ctx = jittor_bf16_autocast if precision == "bf16" else None
     tm = torch_model or build_torch(config, state, device=device, dropout=dropout)
     jm = jittor_model or build_jittor(config, state, dropout=dropout)
