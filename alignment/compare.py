@@ -26,9 +26,10 @@ LoRA product, measured), so the bf16 comparison runs on CUDA only (marked gpu), 
 
 Localization (`first_divergence`): forward, the first module in forward order whose output
 fails while its input passes, preferring the deepest such module (the parent of a failing
-child fails too); backward, the same with output and input gradients in backward order, and
-when no module qualifies (a bug in an operation that belongs to no submodule, such as the
-tied head), the consumer whose backward produced the first failing gradient.
+child fails too); backward, in backward order, the deepest module whose gradient w.r.t. its
+output passes while the gradient its backward produces (w.r.t. its input) fails, and when no
+module qualifies (a bug in an operation that belongs to no submodule, such as the tied head),
+the consumer whose backward produced the first failing gradient.
 """
 from __future__ import annotations
 
@@ -122,27 +123,31 @@ def _deepest_first(candidates, order):
     return None
 
 
-def localize(order, out_ok: dict, in_ok: dict, forward: bool = True) -> Optional[str]:
-    """The module where values first part (see module doc); `order` in the direction of the
-    pass; `out_ok`/`in_ok` per module. A module without a recorded input (the root's outputs,
-    the embeddings' gradients) is a candidate itself in the forward pass when nothing before it
-    failed; backward, the blame goes to the consumer just before it, whose backward made it."""
+def localize(order, produced_ok: dict, incoming_ok: dict, forward: bool = True) -> Optional[str]:
+    """The module where values first part (see module doc), `order` in the direction of the pass.
+
+    Forward: produced = each module's output, incoming = its input. Backward: produced = the
+    gradient w.r.t. its input (what its backward makes), incoming = the gradient w.r.t. its
+    output. A candidate produces a failing value from a passing one; a module without a recorded
+    input is a candidate forward when nothing before it failed (the root's outputs). When no
+    module qualifies, the first failing value in `order` is blamed: forward on its own module,
+    backward on the consumer just before it, whose backward made it (e.g. the tied head)."""
+    values = produced_ok if forward else incoming_ok
     failed_before, candidates = False, set()
     for name in order:
-        if name not in out_ok:
-            continue
-        if not out_ok[name] and in_ok.get(name, forward and not failed_before):
+        if name in produced_ok and not produced_ok[name] and \
+                incoming_ok.get(name, forward and not failed_before):
             candidates.add(name)
-        failed_before = failed_before or not out_ok[name]
+        failed_before = failed_before or not values.get(name, True)
     found = _deepest_first(candidates, order)
     if found is not None or not failed_before:
         return found
-    last_ok = None  # no module qualifies: the consumer just before the first failure
+    last_ok = None
     for name in order:
-        if name not in out_ok:
+        if name not in values:
             continue
-        if not out_ok[name]:
-            return last_ok or name
+        if not values[name]:
+            return name if forward else (last_ok or name)
         last_ok = name
     return None
 
@@ -169,8 +174,8 @@ def compare_traces(test, base, ref=None, k: float = None, floor: float = None,
                                             k=k, floor=floor, rel_tol=rel_tol, kind=kind))
     order = list(base.order)
     forward = localize(order, _status(out.records, "outputs"), _status(out.records, "inputs"))
-    backward = localize(order[::-1], _status(out.records, "output_grads"),
-                        _status(out.records, "input_grads"), forward=False)
+    backward = localize(order[::-1], _status(out.records, "input_grads"),
+                        _status(out.records, "output_grads"), forward=False)
     if backward is None:  # every module gradient agrees: a parameter gradient may still differ
         bad = [r["name"] for r in out.failing("param_grads")]
         backward = bad[0].rsplit(".", 1)[0] if bad else None
