@@ -38,14 +38,29 @@ def run(config, state, batches, precision="fp32", device="cpu", label_smooth=0.0
         for direction in ("forward", "backward"):
             divergence[direction] = divergence[direction] or result.first_divergence[direction]
         for r in result.records:
-            if r["kind"] in ("outputs", "output_grads") and r["err_test"] is not None:
+            if r["kind"] in ("outputs", "output_grads"):
                 row = per_layer.setdefault(r["name"], {"outputs": [0.0, 0.0], "output_grads": [0.0, 0.0]})
-                cur = row[r["kind"]]
-                row[r["kind"]] = [max(cur[0], r["err_base"]), max(cur[1], r["err_test"])]
+                row[r["kind"]] = [max(row[r["kind"]][0], r["err_base"] or 0.0),
+                                  _worst(row[r["kind"]][1], r["err_test"], r)]
     failing = [r for r in records if not r["passed"]]
     return {"first_divergence": divergence, "passed": not failing, "failing": len(failing),
             "compared": len(records), "precision": precision, "device": device, "rule": rule,
             "forward_order": order, "per_module": per_layer, "records": records}
+
+
+def _worst(current, err, record):
+    """The larger error; None (written as null) once a value was non-finite or missing."""
+    if current is None or (err is None and not record["passed"]):
+        return None
+    return current if err is None else max(current, err)
+
+
+def _max(a, b):
+    return None if a is None or b is None else max(a, b)
+
+
+def _fmt(v):
+    return "non-finite" if v is None else f"{v:.2e}"
 
 
 def layer_of(module: str) -> str:
@@ -62,9 +77,9 @@ def per_layer_worst(document: dict) -> list:
         if stats is None:
             continue
         row = rows.setdefault(layer_of(module), [0.0, 0.0, 0.0, 0.0])
-        row[0], row[1] = max(row[0], stats["outputs"][0]), max(row[1], stats["outputs"][1])
-        row[2] = max(row[2], stats["output_grads"][0])
-        row[3] = max(row[3], stats["output_grads"][1])
+        row[0], row[1] = _max(row[0], stats["outputs"][0]), _max(row[1], stats["outputs"][1])
+        row[2] = _max(row[2], stats["output_grads"][0])
+        row[3] = _max(row[3], stats["output_grads"][1])
     return [(layer, *values) for layer, values in rows.items()]
 
 
@@ -82,17 +97,17 @@ def markdown(document: dict, title: str = "Per-layer differences", note: str = "
              "|---|---|---|---|---|"]
     lines = [x for x in lines if x is not None]
     for layer, ft, fj, bt, bj in per_layer_worst(document):
-        lines.append(f"| {layer} | {ft:.2e} | {fj:.2e} | {bt:.2e} | {bj:.2e} |")
+        lines.append(f"| {layer} | {_fmt(ft)} | {_fmt(fj)} | {_fmt(bt)} | {_fmt(bj)} |")
     failing = [r for r in document["records"] if not r["passed"]]
     lines += ["", f"## Failing tensors ({len(failing)})", ""]
     if failing:
-        lines += ["| batch | kind | tensor | err jittor | err torch | bound | cosine |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += ["| batch | kind | tensor | err jittor | err torch | bound | cosine | why |",
+                  "|---|---|---|---|---|---|---|---|"]
         for r in failing[:40]:
             f = lambda v: "-" if v is None else f"{v:.2e}"
             lines.append(f"| {r['batch']} | {r['kind']} | {r['name']} | {f(r['err_test'])} | "
                          f"{f(r['err_base'])} | {f(r['bound'])} | "
-                         f"{'-' if r['cosine'] is None else format(r['cosine'], '.6f')} |")
+                         f"{'-' if r['cosine'] is None else format(r['cosine'], '.6f')} | {r['why']} |")
         if len(failing) > 40:
             lines.append(f"| ... | | {len(failing) - 40} more in diff_layers.json | | | | |")
     else:
@@ -110,10 +125,16 @@ def plot(document: dict, path: str):
     floor = document["rule"].get("floor", 1e-12)
     for ax, kind, title in ((axes[0], "outputs", "forward: module outputs"),
                             (axes[1], "output_grads", "backward: gradients w.r.t. module outputs")):
-        t = [max(document["per_module"][n][kind][0], floor / 10) for n in names]
-        j = [max(document["per_module"][n][kind][1], floor / 10) for n in names]
-        ax.semilogy(range(len(names)), t, "o-", label="torch fp32 vs float64")
-        ax.semilogy(range(len(names)), j, "s--", label="jittor vs float64")
+        t = [document["per_module"][n][kind][0] for n in names]
+        j = [document["per_module"][n][kind][1] for n in names]
+        finite = [v for v in t + j if v is not None] or [1.0]
+        top = max(max(finite) * 10, floor)
+        clip = lambda vs: [top if v is None else max(v, floor / 10) for v in vs]  # noqa: E731
+        ax.semilogy(range(len(names)), clip(t), "o-", label="torch fp32 vs float64")
+        ax.semilogy(range(len(names)), clip(j), "s--", label="jittor vs float64")
+        bad = [i for i, v in enumerate(j) if v is None]
+        if bad:
+            ax.semilogy(bad, [top] * len(bad), "rx", markersize=9, label="jittor non-finite")
         ax.set_title(title)
         ax.set_ylabel("relative L2 error")
         ax.grid(True, which="both", alpha=0.3)
@@ -138,7 +159,7 @@ def write(document: dict, out_dir: str, title: str = "Per-layer differences", no
 
 def terminal_summary(document: dict) -> list:
     fd = document["first_divergence"]
-    lines = [f"{layer:>10}  fwd torch {ft:.1e} jittor {fj:.1e}   bwd torch {bt:.1e} jittor {bj:.1e}"
+    lines = [f"{layer:>12}  fwd torch {_fmt(ft)} jittor {_fmt(fj)}   bwd torch {_fmt(bt)} jittor {_fmt(bj)}"
              for layer, ft, fj, bt, bj in per_layer_worst(document)]
     lines.append(f"{document['compared']} tensors, {document['failing']} failing; first divergence: "
                  f"forward {fd['forward']}, backward {fd['backward']}")
