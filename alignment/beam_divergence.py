@@ -21,8 +21,8 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from shared.beam_spec import (NEG_INF, BeamSettings, candidate_score, log_probabilities,
-                              postprocess_logits, top_k_order)
+from shared.beam_spec import (NEG_INF, BeamSettings, banned_ngram_tokens, candidate_score,
+                              log_probabilities, postprocess_logits, top_k_order)
 
 TIE_TOL = 1e-5  # log-probability margin below which fp32 rounding of two backends can flip a choice
 
@@ -72,10 +72,36 @@ def _flat_index(step, history):
     return step["prev"].index(tuple(history[:-1])) * step["vocab"] + history[-1]
 
 
-def _implementation_check(name, device_out, spec):
+def rule_violations(output, settings: BeamSettings) -> list:
+    """(position, rule) where a beam output breaks a per-step rule of the spec: a token the
+    no-repeat n-gram rule bans after its prefix, or an eos before min_length. The output is read
+    up to its first eos, else without its trailing zeros (the padding after a shorter best)."""
+    tokens = [int(x) for x in np.asarray(output)]
+    eos = set(settings.eos_token_ids)
+    unpadded = len(tokens)
+    while unpadded and tokens[unpadded - 1] == 0:
+        unpadded -= 1
+    end = next((i + 1 for i, x in enumerate(tokens) if x in eos), unpadded)
+    found = []
+    for t in range(end):
+        if tokens[t] in banned_ngram_tokens(tokens[:t], settings.no_repeat_ngram_size):
+            found.append((t, "2b no-repeat n-gram"))
+        if tokens[t] in eos and t < settings.min_length:
+            found.append((t, "2b min_length"))
+    return found
+
+
+def _implementation_check(name, device_out, spec, settings):
+    """Where a backend's own beam output departs from the spec run on its own logits: an output
+    that breaks a per-step rule points at the search steps; one the spec also finished, but did
+    not choose, at the final selection (rule 4); anything else at the search steps."""
     if device_out is None or np.array_equal(np.asarray(device_out), spec["output"]):
         return None
     device = [int(x) for x in np.asarray(device_out)]
+    broken = rule_violations(device, settings)
+    if broken:
+        return {"cause": "implementation", "backend": name, "where": "search steps (rules 2a-2f)",
+                "violations": broken}
     offered = any(device[:len(o["history"])] == o["history"] and
                   not any(device[len(o["history"]):]) for o in spec["offers"])
     return {"cause": "implementation", "backend": name,
@@ -83,13 +109,15 @@ def _implementation_check(name, device_out, spec):
 
 
 def beam_divergence(query, torch_logits_fn, jittor_logits_fn, settings: BeamSettings,
-                    torch_out=None, jittor_out=None, tie_tol: float = TIE_TOL) -> Optional[dict]:
+                    torch_out=None, jittor_out=None, tie_tol: float = TIE_TOL,
+                    torch_spec: dict = None) -> Optional[dict]:
     """Where and why the two backends' searches for `query` part; None when they agree.
-    `*_out`: the backends' own beam outputs (checked against the spec on their own logits)."""
-    spec_t = traced_search(torch_logits_fn, query, settings)
+    `*_out`: the backends' own beam outputs (checked against the spec on their own logits).
+    `torch_spec`: traced_search's result for torch, when already computed."""
+    spec_t = torch_spec or traced_search(torch_logits_fn, query, settings)
     spec_j = traced_search(jittor_logits_fn, query, settings)
     for name, out, spec in (("torch", torch_out, spec_t), ("jittor", jittor_out, spec_j)):
-        found = _implementation_check(name, out, spec)
+        found = _implementation_check(name, out, spec, settings)
         if found:
             return found
     for t, (st, sj) in enumerate(zip(spec_t["steps"], spec_j["steps"])):

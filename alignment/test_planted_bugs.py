@@ -18,10 +18,15 @@ from alignment.harness import seeded_state, tiny_config
 from alignment.planted_bugs import MODEL_BUGS
 from alignment.trace import trace_module
 from shared.atomic import write_json
+from shared.beam_spec import BeamSettings
 from shared.config import GPT2Config
 from shared.trainer import no_decay
 
 RESULTS = {}  # bug -> (killed, localized to)
+# '.' (13) ends a hypothesis too, so finished hypotheses of many lengths compete (the length
+# penalty matters), and no token may repeat (n = 1), so the n-gram rule acts at every step
+BEAM = BeamSettings(beam=4, eval_len=16, length_penalty=0.8, no_repeat_ngram_size=1,
+                    eos_token_ids=(50256, 628, 13))
 
 
 # ------------------------------------------------------------------- forward / backward bugs
@@ -132,10 +137,23 @@ def test_training_step_without_bug_passes():
 # ---------------------------------------------------------------------------- beam-search bugs
 @pytest.fixture(scope="module")
 def beam_case(vocab_dir, e2e_dir):
+    """The tiny E2E model in both backends, 2 test MRs, and torch's side computed once (only the
+    Jittor twin gets bugs)."""
+    from alignment.beam_divergence import next_logits_fn, traced_search
     from alignment.tiny_e2e_model import encoded_split, trained_state
+    from alignment.tiny_e2e_model import tiny_config as e2e_config
+    from torch_impl import beam as torch_beam
+    from torch_impl.model import GPT2LMModel as TModel
     state = trained_state(vocab_dir, e2e_dir)
-    contexts = [list(c) for c, _ in encoded_split(vocab_dir, e2e_dir, "test", 600)][:3]
-    return state, contexts
+    queries = [list(c) for c, _ in encoded_split(vocab_dir, e2e_dir, "test", 600)][:2]
+    tm = TModel(e2e_config())
+    tm.load_state_numpy(state)
+    tm.eval()
+    torch_side = []
+    for query in queries:
+        out = torch_beam.beam_search(tm, np.array([query]), np.array([len(query)]), BEAM).cpu().numpy()[0]
+        torch_side.append((out, traced_search(next_logits_fn("torch", tm), query, BEAM)))
+    return state, queries, tm, torch_side
 
 
 def beam_bug_outcome(beam_case, monkeypatch, plant):
@@ -143,32 +161,23 @@ def beam_bug_outcome(beam_case, monkeypatch, plant):
     from alignment.tiny_e2e_model import tiny_config as e2e_config
     from jittor_impl import beam as jittor_beam
     from jittor_impl.model import GPT2LMModel as JModel
-    from shared.beam_spec import BeamSettings
-    from torch_impl import beam as torch_beam
-    from torch_impl.model import GPT2LMModel as TModel
-    state, contexts = beam_case
-    # '.' (13) ends a hypothesis too, so finished hypotheses of many lengths compete (the length
-    # penalty matters), and no token may repeat (n = 1), so the n-gram rule acts at every step
-    settings = BeamSettings(beam=4, eval_len=20, length_penalty=0.8, no_repeat_ngram_size=1,
-                            eos_token_ids=(50256, 628, 13))
-    tm, jm = TModel(e2e_config()), JModel(e2e_config())
-    for m in (tm, jm):
-        m.load_state_numpy(state)
-        m.eval()
+    state, queries, tm, torch_side = beam_case
+    jm = JModel(e2e_config())
+    jm.load_state_numpy(state)
+    jm.eval()
     plant(monkeypatch)
     outcomes = []
-    for query in contexts:
-        q, ql = np.array([query]), np.array([len(query)])
-        t_out = torch_beam.beam_search(tm, q, ql, settings).cpu().numpy()[0]
-        j_out = jittor_beam.beam_search(jm, q, ql, settings).numpy()[0]
-        outcomes.append(beam_divergence(query, next_logits_fn("torch", tm), next_logits_fn("jittor", jm),
-                                        settings, t_out, j_out))
+    for query, (t_out, t_spec) in zip(queries, torch_side):
+        j_out = jittor_beam.beam_search(jm, np.array([query]), np.array([len(query)]), BEAM).numpy()[0]
+        outcomes.append(beam_divergence(query, None, next_logits_fn("jittor", jm), BEAM,
+                                        t_out, j_out, torch_spec=t_spec))
     monkeypatch.undo()
     return outcomes
 
 
+@pytest.mark.slow
 def test_beams_without_bug_agree(beam_case, monkeypatch):
-    assert beam_bug_outcome(beam_case, monkeypatch, lambda mp: None) == [None] * 3
+    assert beam_bug_outcome(beam_case, monkeypatch, lambda mp: None) == [None, None]
 
 
 BEAM_BUGS = {
@@ -185,6 +194,7 @@ BEAM_BUGS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bug", list(BEAM_BUGS))
 def test_beam_bug_is_flagged_and_localized(bug, beam_case, monkeypatch):
     plant, where = BEAM_BUGS[bug]
