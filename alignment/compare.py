@@ -16,13 +16,14 @@ percentile 1.87x), apart from one scalar covered by the floor (below). Among the
 torch error is above the floor, alignment/test_noise_floor.py re-measures 305 over 3 seeds: max
 1.97x, median 1.26x, and asserts max <= K/2. Jittor sums in other orders, not less accurately.
 K = 8 leaves a margin over the worst seen, while the subtlest planted bug (GELU exact vs tanh,
-~1e-4 relative) sits hundreds of times above torch's error.
+~1e-4 relative) sits far above torch's ~1e-7.
 FLOOR is 4 unit roundoffs of the precision (2^-22 for fp32): a tensor both compute exactly
 (an embedding lookup, e = 0) has nothing to scale by, and a scalar (the loss) has a single
 rounding draw: torch's loss once came out 1.4e-8 from float64 by luck, Jittor's 1.6e-7 (11x,
-1.3 ulp). bf16 on the CPU cannot be judged by this rule: Jittor's CPU products in bf16 were
-30-100x less accurate than torch's CPU autocast (relative error 0.11 vs 0.0038 at the first
-LoRA product, measured), so the bf16 comparison runs on CUDA only (marked gpu), with K_BF16.
+1.3 ulp). bf16 on the CPU cannot be judged by this rule: Jittor's CPU products in bf16
+were ~95x less accurate than torch's CPU autocast (median ratio over 126 tensors; relative
+error 0.11 vs 0.0038 at the first LoRA product, measured), so the bf16 comparison runs on CUDA
+only (marked gpu), with K_BF16.
 
 Localization (`first_divergence`): forward, the first module in forward order whose output
 fails while its input passes, preferring the deepest such module (the parent of a failing

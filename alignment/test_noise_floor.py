@@ -3,7 +3,7 @@ in float64) relative to torch fp32's own error, over seeds and every recorded te
 GPT-2. Asserts that the measured worst ratio stays below the k that alignment/compare.py uses
 (with a margin, so k is not fitted to the last decimal) and prints the distribution.
 
-bf16: on the CPU, Jittor's bf16 products were 30-100x less accurate than torch's CPU autocast
+bf16: on the CPU, Jittor's bf16 products were ~95x less accurate than torch's CPU autocast (median ratio)
 (measured, see alignment/compare.py), so the bf16 measurement runs on CUDA only (marked gpu).
 """
 import numpy as np
