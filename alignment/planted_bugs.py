@@ -1,0 +1,119 @@
+"""A catalogue of typical port bugs, planted in the Jittor GPT-2 twin by monkeypatching (no file
+edits): alignment/test_planted_bugs.py asserts that the harness flags and localizes each one, and
+`scripts/diff_layers.py --plant NAME` shows what a localized bug looks like in the report.
+
+Each entry of MODEL_BUGS: (plant(monkeypatch, jittor model), LoRA dropout to trace with,
+where the harness must localize it: {"forward": module or None, "backward": module}).
+`monkeypatch` is a pytest.MonkeyPatch (`with pytest.MonkeyPatch.context() as mp:` outside tests).
+"""
+import math
+import types
+
+def gelu_exact(x):
+    from jittor_impl.runtime import jt
+    return 0.5 * x * (1.0 + jt.erf(x / math.sqrt(2.0)))
+
+
+def attn_math_without_scale(self, q, k, v, len_kv=None):
+    import jittor_impl.model as jm
+    w = jm.batched_matmul_transpose(q, k)  # missing: w / sqrt(head_dim)
+    nd, ns = w.shape[-2], w.shape[-1]
+    b = jm.causal_mask(nd, ns)
+    w = w * b - 1e10 * (1 - b)
+    return jm.matmul(jm.nn.softmax(w, dim=-1), v)
+
+
+def causal_mask_off_by_one(nd, ns):
+    from jittor_impl.runtime import jt
+    return jt.tril(jt.ones((nd, ns)), diagonal=ns - nd + 1)  # each query also sees the next key
+
+
+def block_without_attention_residual(self, x, layer_past=None, len_past=None):
+    a, present = self.attn(self.ln_1(x), layer_past=layer_past, len_past=len_past)
+    x = a  # missing: x + a
+    return x + self.mlp(self.ln_2(x)), present
+
+
+def layer_norm_detached_statistics(self, x):
+    u = x.mean(-1, keepdims=True).stop_grad()  # forward unchanged, backward wrong
+    s = ((x - u) * (x - u)).mean(-1, keepdims=True).stop_grad()
+    return self.weight * ((x - u) / (s + self.eps).sqrt()) + self.bias
+
+
+def plant_gelu(mp, model):
+    mp.setattr("jittor_impl.model.gelu", gelu_exact)
+
+
+def plant_ln_eps(mp, model):
+    model.transformer.h[1].ln_2.eps = 1e-6
+
+
+def plant_attn_scale(mp, model):
+    mp.setattr("jittor_impl.model.Attention._attn_math", attn_math_without_scale)
+
+
+def plant_mask(mp, model):
+    mp.setattr("jittor_impl.model.causal_mask", causal_mask_off_by_one)
+
+
+def plant_softmax_axis(mp, model):
+    from jittor_impl.runtime import jt
+    mp.setattr("jittor_impl.model.nn", types.SimpleNamespace(
+        softmax=lambda w, dim=-1: jt.nn.softmax(w, dim=-2)))
+
+
+def plant_residual(mp, model):
+    mp.setattr("jittor_impl.model.Block.execute", block_without_attention_residual)
+
+
+def plant_lora_scaling(mp, model):
+    for block in model.transformer.h:
+        block.attn.c_attn.scaling = block.attn.c_attn.scaling * block.attn.c_attn.r  # alpha, not alpha/r
+
+
+def plant_lora_merge(mp, model):
+    from jittor_impl.lora import MergedLinear, merge_lora
+    correct = MergedLinear.delta_weight
+    mp.setattr(MergedLinear, "delta_weight", lambda self: correct(self) / self.scaling)  # scaling lost
+    merge_lora(model)
+
+
+def plant_dropout_not_shared(mp, model):
+    from jittor_impl.runtime import jt
+    mp.setattr("jittor_impl.lora.MergedLinear.lora_dropout",
+               lambda self, x: jt.nn.dropout(x, self.dropout_p, is_train=True))
+
+
+def plant_ln_backward(mp, model):
+    layer = model.transformer.h[1].ln_2
+    layer.execute = types.MethodType(layer_norm_detached_statistics, layer)
+
+
+def plant_head_backward(mp, model):
+    from jittor_impl import precision
+    correct = precision._ProductWithTransposeCPU.grad
+
+    def grad(self, grad_output):
+        da, db = correct(self, grad_output)
+        return da * 0.5, db  # the gradient into the hidden states is halved
+    mp.setattr(precision._ProductWithTransposeCPU, "grad", grad)
+
+
+MODEL_BUGS = {
+    # name: (plant, dropout, expected {"forward": ..., "backward": ...} entries to check)
+    "layernorm eps 1e-5 -> 1e-6 (h.1.ln_2)": (plant_ln_eps, 0.0, {"forward": "transformer.h.1.ln_2"}),
+    "GELU exact instead of tanh": (plant_gelu, 0.0, {"forward": "transformer.h.0.mlp"}),
+    "attention scale 1/sqrt(d) missing": (plant_attn_scale, 0.0, {"forward": "transformer.h.0.attn"}),
+    "causal mask off by one": (plant_mask, 0.0, {"forward": "transformer.h.0.attn"}),
+    "softmax over the query axis": (plant_softmax_axis, 0.0, {"forward": "transformer.h.0.attn"}),
+    "attention residual missing": (plant_residual, 0.0, {"forward": "transformer.h.0"}),
+    "LoRA scaling alpha instead of alpha/r": (
+        plant_lora_scaling, 0.0, {"forward": "transformer.h.0.attn.c_attn.lora_delta"}),
+    "LoRA merge drops the scaling": (plant_lora_merge, 0.0, {"forward": "transformer.h.0.attn.c_attn"}),
+    "dropout mask not shared": (
+        plant_dropout_not_shared, 0.1, {"forward": "transformer.h.0.attn.c_attn.lora_dropout"}),
+    "LayerNorm statistics detached (backward only)": (
+        plant_ln_backward, 0.0, {"forward": None, "backward": "transformer.h.1.ln_2"}),
+    "tied head backward halves dL/dh (backward only)": (
+        plant_head_backward, 0.0, {"forward": None, "backward": "lm_head"}),
+}

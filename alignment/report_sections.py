@@ -1,0 +1,44 @@
+"""Markdown sections for work.sh's report (shared/report.py), from the harness's results: the
+per-layer check, the beam divergence summary, and the metric intervals with the seed band.
+Each takes the plain JSON-able result of its module, so the pipeline can compute them in its
+check/metrics stages, store them in report.json and render them here."""
+from __future__ import annotations
+
+from . import diff_layers, metric_equivalence
+
+
+def per_layer_section(document: dict) -> str:
+    """From alignment.diff_layers.run (or diff_layers.json)."""
+    body = diff_layers.markdown(document, title="x").split("\n", 2)[2]
+    return "## Per-layer check (torch, Jittor and float64)\n" + body
+
+
+def beam_divergence_section(divergences: list) -> str:
+    """From alignment.beam_divergence.beam_divergence per query (None where outputs agree)."""
+    from .beam_divergence import TIE_TOL, summarize
+    s = summarize(divergences)
+    lines = ["## Beam divergence", "",
+             f"{s['differing']} of {s['queries']} queries differ between the backends."]
+    if s["differing"]:
+        causes = ", ".join(f"{k}: {v}" for k, v in sorted(s["causes"].items()))
+        lines.append(f"Causes: {causes}.")
+        if s["margin_min"] is not None:
+            lines.append(f"Score margins at the first parting step: {s['margin_min']:.2e} to "
+                         f"{s['margin_max']:.2e} (a near-tie is below "
+                         f"{TIE_TOL:g}).")
+        lines += ["", "| query | cause | step | torch token | jittor token | margin (torch) | margin (jittor) |",
+                  "|---|---|---|---|---|---|---|"]
+        for i, d in enumerate(divergences):
+            if d:
+                g = lambda k, f="{}": f.format(d[k]) if d.get(k) is not None else "-"  # noqa: E731
+                lines.append(f"| {i} | {d['cause']} | {g('step')} | {g('torch_token')} | "
+                             f"{g('jittor_token')} | {g('margin_torch', '{:.2e}')} | "
+                             f"{g('margin_jittor', '{:.2e}')} |")
+    return "\n".join(lines) + "\n"
+
+
+def metric_intervals_section(result: dict) -> str:
+    """From alignment.metric_equivalence.metric_equivalence."""
+    return ("## Metric intervals (paired bootstrap over MRs)\n\n"
+            + metric_equivalence.markdown(result)
+            + "\nMETEOR is not bootstrapped (see alignment/metric_equivalence.py).\n")
