@@ -141,7 +141,7 @@ def test_gpt2_ft_saves_on_the_signal_and_resumes_bit_identically(tmp_path, encod
 
 def test_resuming_a_finished_training_keeps_it(tmp_path, encoded):
     """A pipeline rerun after a stop resumes every backend's training, also one that finished."""
-    from shared.backends import training_backend
+    from backends import training_backend
     from shared.train_args import build_parser
     from shared.trainer import train
     argv = ft_argv(encoded, tmp_path / "run", ["--max_step", "2", "--warmup_step", "1",
