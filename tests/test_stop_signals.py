@@ -113,9 +113,16 @@ def uninterrupted(tmp_path_factory, encoded):
     return training_result(work)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
-def test_gpt2_ft_saves_on_the_signal_and_resumes_bit_identically(tmp_path, encoded, uninterrupted,
-                                                                 sig):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_every_stop_signal_asks_the_training_loop_to_save_and_stop(sig):
+    from shared.trainer import StopRequest
+    with StopRequest() as stop:
+        os.kill(os.getpid(), sig)
+        assert stop.requested and stop.signum == sig
+
+
+def test_gpt2_ft_saves_on_sigterm_and_resumes_bit_identically(tmp_path, encoded, uninterrupted):
+    sig = signal.SIGTERM
     work = tmp_path / "work"
     proc = subprocess.Popen(ft_argv(encoded, work), cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
