@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from shared.backends import training_backend
+from backends import training_backend
 
 from .compare import check_tensor
 

@@ -7,7 +7,7 @@ import pytest
 from alignment.drift import (backend_args, load_optimizer_moments, optimizer_lrs,
                              optimizer_moments, run_drift)
 from alignment.test_planted_bugs import tiny_train_config, train_batches
-from shared.backends import training_backend
+from backends import training_backend
 
 STEPS = 4
 LRS = [1e-3, 2e-3, 3e-3, 2e-3]  # a warmup and a decay, as the schedule would hand them

@@ -20,7 +20,7 @@ from alignment.trace import trace_module
 from shared.atomic import write_json
 from shared.beam_spec import BeamSettings
 from shared.config import GPT2Config
-from shared.trainer import no_decay
+from shared.params import no_decay
 
 RESULTS = {}  # bug -> (killed, localized to)
 # '.' (13) ends a hypothesis too, so finished hypotheses of many lengths compete (the length
@@ -77,7 +77,7 @@ def train_batches(n=2, seed=0):
 
 
 def drift_with(plant, lora_dim=4, **args):
-    from shared.backends import training_backend
+    from backends import training_backend
     config = tiny_train_config(lora_dim)
     a = backend_args(**args)
     tb = training_backend("torch")(config, a)
