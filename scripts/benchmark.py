@@ -9,10 +9,15 @@ attention score/value products (3 x 4 * n_layer * seq_len * n_embd, forward and 
 N = non-embedding weights + the tied output head (n_embd x vocab). MFU = model FLOP/s / peak.
 Beam search: the E2E-offline test split (630 MRs), beam 10, eval_len 64, no_repeat_ngram 4,
 with randomly initialised weights (so beams rarely stop early: a worst case).
-Training variants: `torch` (eager), `torch+compile` (torch.compile), `jittor` (products as direct
-cuBLAS calls, permutes as gathers: jittor_impl/precision.py) and `jittor+tuner` (both left to
-Jittor's own ops and fusion pass). With --profile, two extra steps of each variant run under the framework's
-profiler and the report lists where the device time goes.
+Training variants: `torch` (eager), `torch+compile` (torch.compile, mode reduce-overhead: CUDA
+graphs), `jittor` (products as direct cuBLAS calls, permutes as gathers:
+jittor_impl/precision.py) and `jittor+tuner` (both left to Jittor's own ops and fusion pass),
+and the peers of scripts/benchmark_peers.py (Hugging Face transformers + peft; microsoft/LoRA's
+own code with --reference_src). Every measurement runs in its own process; its peak device
+memory is read through NVML (all the process holds: CUDA context and allocator caches included),
+and for torch-based ones also torch's peak of allocated tensors. With --profile, two extra
+steps of each project variant run under the framework's profiler and the report lists where
+the device time goes. --extra_cards measures other model sizes with --extra_backends.
 Prints a table and writes logs/benchmark.md (and .json) with device and versions.
 """
 import argparse
@@ -21,6 +26,7 @@ import os
 import platform
 import subprocess
 import sys
+import threading
 import time
 from types import SimpleNamespace
 
@@ -31,6 +37,9 @@ import numpy as np  # noqa: E402
 from shared.atomic import write_json, write_text  # noqa: E402
 from shared.backends import training_backend  # noqa: E402
 from shared.config import GPT2Config  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchmark_peers import PEERS, build_peer  # noqa: E402
 
 PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}  # dense, SXM
 
@@ -69,47 +78,121 @@ def synchronize(backend):
         jt.sync_all(True)
 
 
-VARIANTS = ("torch", "torch+compile", "jittor", "jittor+tuner")
+PROJECT_VARIANTS = ("torch", "torch+compile", "jittor", "jittor+tuner")
+VARIANTS = PROJECT_VARIANTS + PEERS
+
+
+class DevicePeakMemory:
+    """Peak device memory in use by this process while it runs, polled through NVML every 5 ms
+    (device-wide use minus what was in use at the start: each measurement has the GPU alone)."""
+
+    def __init__(self):
+        self.handle, self.base, self.peak = None, 0, 0
+        try:
+            import pynvml
+            pynvml.nvmlInit()
+            self.handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+            self.read = lambda: pynvml.nvmlDeviceGetMemoryInfo(self.handle).used
+            self.base = self.peak = self.read()
+        except Exception:  # no NVML (CPU runs): no figure
+            self.handle = None
+            return
+        self.running = True
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+        self.thread.start()
+
+    def _poll(self):
+        while self.running:
+            self.peak = max(self.peak, self.read())
+            time.sleep(0.005)
+
+    def stop_mib(self):
+        if self.handle is None:
+            return None
+        self.running = False
+        self.thread.join()
+        self.peak = max(self.peak, self.read())
+        return (self.peak - self.base) / 2 ** 20
+
+
+def _torch_peak_allocated_mib():
+    import torch
+    return torch.cuda.max_memory_allocated() / 2 ** 20 if torch.cuda.is_available() else None
+
+
+def _timed_steps(run_step, sync, fetch, args):
+    """Seconds for args.steps calls of run_step after args.warmup, and all their losses."""
+    losses = []
+    for step in range(args.warmup + args.steps):
+        if step == args.warmup:
+            sync()
+            started = time.perf_counter()
+        losses.append(run_step(step + 1))
+    sync()
+    seconds = time.perf_counter() - started
+    return seconds, fetch(losses)
+
+
+def _rates(config, seconds, args):
+    tokens = args.steps * args.batch_size * args.seq_len
+    flops = tokens * lora_training_flops_per_token(config, args.seq_len)
+    return {"tokens_per_s": tokens / seconds, "step_ms": 1000 * seconds / args.steps,
+            "model_tflops": flops / seconds / 1e12}
+
+
+def synthetic_batch(config, args):
+    rng = np.random.default_rng(0)
+    shape = (args.batch_size, args.seq_len)
+    return {"input": rng.integers(0, config.vocab_size, shape),
+            "target": rng.integers(0, config.vocab_size, shape),
+            "mask": np.ones(shape, np.float32)}
+
+
+def lora_config(card):
+    return GPT2Config.from_model_card(card, lora_attn_dim=4, lora_attn_alpha=32, lora_dropout=0.1)
+
+
+def bench_peer(name, card, args):
+    """Tokens/s of a peer trainer (scripts/benchmark_peers.py) on the same batches."""
+    import torch
+    config = lora_config(card)
+    step = build_peer(name, config, args.reference_src)
+    batch = {k: torch.from_numpy(v).cuda() for k, v in synthetic_batch(config, args).items()}
+    seconds, values = _timed_steps(lambda _: step(batch["input"], batch["target"], batch["mask"]),
+                                   torch.cuda.synchronize,
+                                   lambda losses: torch.stack(losses).float().cpu().tolist(), args)
+    if not all(np.isfinite(values)):
+        raise RuntimeError(f"{name} {card}: non-finite loss in the benchmark")
+    return dict(_rates(config, seconds, args), peak_allocated_mib=_torch_peak_allocated_mib())
 
 
 def bench_training(variant, card, args):
     """Tokens/s of `variant` (see VARIANTS); with args.profile also a kernel breakdown."""
+    if variant in PEERS:
+        return bench_peer(variant, card, args)
     backend = variant.split("+")[0]
     if backend == "jittor":
         from jittor_impl import precision
         precision.set_fast_cuda_paths(variant != "jittor+tuner")
-    config = GPT2Config.from_model_card(card, lora_attn_dim=4, lora_attn_alpha=32,
-                                        lora_dropout=0.1)
+    config = lora_config(card)
     trainer = training_backend(backend)(config, train_args(backend, args.device, args.precision,
                                                            compile=variant == "torch+compile"))
-    rng = np.random.default_rng(0)
-    shape = (args.batch_size, args.seq_len)
-    batch = {"input": rng.integers(0, config.vocab_size, shape),
-             "target": rng.integers(0, config.vocab_size, shape),
-             "mask": np.ones(shape, np.float32)}
-    losses = []
-    for step in range(args.warmup + args.steps):
-        if step == args.warmup:
-            synchronize(backend)
-            started = time.perf_counter()
-        trainer.set_step(step + 1)
-        losses.append(trainer.forward_backward(batch, 1.0, 0.0))
+    batch = synthetic_batch(config, args)
+
+    def run_step(number):
+        trainer.set_step(number)
+        loss = trainer.forward_backward(batch, 1.0, 0.0)
         trainer.update(2e-4, 1.0)
-    synchronize(backend)
-    seconds = time.perf_counter() - started
-    values = trainer.fetch(losses)
+        return loss
+
+    seconds, values = _timed_steps(run_step, lambda: synchronize(backend), trainer.fetch, args)
     if not all(np.isfinite(values)):
         raise RuntimeError(f"{backend} {card}: non-finite loss in the benchmark")
-    tokens = args.steps * args.batch_size * args.seq_len
-    flops = tokens * lora_training_flops_per_token(config, args.seq_len)
-    result = {"tokens_per_s": tokens / seconds, "step_ms": 1000 * seconds / args.steps,
-              "model_tflops": flops / seconds / 1e12}
-    if args.profile:
-        def step(number):
-            trainer.set_step(number)
-            trainer.forward_backward(batch, 1.0, 0.0)
-            trainer.update(2e-4, 1.0)
-        result["profile"] = profile_steps(backend, step, args.warmup + args.steps + 1, 2)
+    result = _rates(config, seconds, args)
+    if backend == "torch":
+        result["peak_allocated_mib"] = _torch_peak_allocated_mib()
+    if args.profile and card in args.cards.split(","):
+        result["profile"] = profile_steps(backend, run_step, args.warmup + args.steps + 1, 2)
     if backend == "jittor":
         precision.set_fast_cuda_paths(True)
     del trainer
@@ -125,7 +208,7 @@ def _short_jittor_kernel(key):
     return name + (f" {dtype.group(1)}" if dtype else "")
 
 
-def profile_steps(backend, step, first_step, count, top=10):
+def profile_steps(backend, step, first_step, count, top=15):
     """Run `count` steps under the framework's profiler: device time per step and top kernels."""
     kernels = {}  # name -> (ms, calls), summed over the profiled steps
 
@@ -227,17 +310,27 @@ def render(results, env, args):
              f"Training: LoRA r=4, seq_len {args.seq_len}, batch {args.batch_size}, "
              f"{args.steps} timed steps after {args.warmup} warm-up steps. MFU against "
              f"{results.get('peak_tflops') or 'unknown'} TFLOP/s peak.", "",
-             "| model | variant | tokens/s | step (ms) | model TFLOP/s | MFU | vs torch | vs torch+compile |",
-             "|---|---|---|---|---|---|---|---|"]
+             "Peak memory: 'device' is what the process held on the GPU (NVML; CUDA context and "
+             "the framework's allocator cache included: what a card must have), 'tensors' "
+             "torch's peak of allocated tensors (torch-based variants only). 'vs torch' and "
+             "'vs best peer' are tokens/s ratios to this project's torch eager step and to the "
+             "fastest peer of the same model.", "",
+             "| model | variant | tokens/s | step (ms) | model TFLOP/s | MFU | peak device GiB | "
+             "peak tensors GiB | vs torch | vs best peer |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+
+    def gib(mib):
+        return f"{mib / 1024:.2f}" if mib is not None else ""
+
     for card, per in results["training"].items():
+        peers = [r["tokens_per_s"] for v, r in per.items() if v in PEERS]
         for variant, r in per.items():
             mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "n/a"
-            cells = []
-            for base in ("torch", "torch+compile"):
-                ok = variant.startswith("jittor") and base in per
-                cells.append(f"{r['tokens_per_s'] / per[base]['tokens_per_s']:.2f}" if ok else "")
+            vs_torch = f"{r['tokens_per_s'] / per['torch']['tokens_per_s']:.2f}" if "torch" in per else ""
+            vs_peer = f"{r['tokens_per_s'] / max(peers):.2f}" if peers else ""
             lines.append(f"| {card} | {variant} | {r['tokens_per_s']:,.0f} | {r['step_ms']:.1f} | "
-                         f"{r['model_tflops']:.1f} | {mfu} | {cells[0]} | {cells[1]} |")
+                         f"{r['model_tflops']:.1f} | {mfu} | {gib(r.get('peak_device_mib'))} | "
+                         f"{gib(r.get('peak_allocated_mib'))} | {vs_torch} | {vs_peer} |")
     if results.get("failed"):
         lines += ["", "Variants that failed: " + "; ".join(f"{k}: {v}" for k, v in results["failed"].items())]
     profiled = [(card, variant, r["profile"]) for card, per in results["training"].items()
@@ -302,7 +395,12 @@ def main(argv=None):
                    help="training variants to measure: " + ", ".join(VARIANTS) + " (beam search "
                         "runs for the plain torch and jittor among them)")
     p.add_argument("--profile", action="store_true", help="add a per-kernel time breakdown")
-    p.add_argument("--cards", default="gpt2.sm,gpt2.md")
+    p.add_argument("--cards", default="gpt2.md")
+    p.add_argument("--extra_cards", default="gpt2.sm,gpt2.lg",
+                   help="more model sizes, measured with --extra_backends only")
+    p.add_argument("--extra_backends", default="torch,torch+compile,jittor")
+    p.add_argument("--reference_src", default=None,
+                   help="a checkout of github.com/microsoft/LoRA: adds its examples/NLG model as a peer")
     p.add_argument("--device", default="cuda", choices=["cpu", "cuda"])
     p.add_argument("--precision", default="bf16", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--seq_len", type=int, default=512)
@@ -319,18 +417,25 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args._measure:  # child process: one measurement, printed as a JSON line
         kind, name, card = args._measure
+        memory = DevicePeakMemory() if args.device == "cuda" else None
         result = bench_training(name, card, args) if kind == "train" else bench_beam(name, card, args)
+        result["peak_device_mib"] = memory.stop_mib() if memory else None
         print(RESULT_PREFIX + json.dumps(result), flush=True)
         return 0
     env = environment(args)
     peak = peak_tflops(env["gpu"], args.peak_tflops)
     results = {"environment": env, "peak_tflops": peak, "training": {}, "beam": {}, "failed": {}}
     variants = [v for v in args.backends.split(",") if v]
-    unknown = sorted(set(variants) - set(VARIANTS))
+    extra_variants = [v for v in args.extra_backends.split(",") if v]
+    unknown = sorted(set(variants + extra_variants) - set(VARIANTS))
     if unknown:
         p.error(f"unknown variants {unknown}; choose from {VARIANTS}")
-    for card in filter(None, args.cards.split(",")):
-        for variant in variants:
+    if not args.reference_src:
+        variants = [v for v in variants if not v.startswith("reference")]
+    plan = [(card, variants) for card in filter(None, args.cards.split(","))]
+    plan += [(card, extra_variants) for card in filter(None, args.extra_cards.split(","))]
+    for card, card_variants in plan:
+        for variant in card_variants:
             try:
                 r = measure_in_child("train", variant, card, argv)
             except Exception as exc:  # one failing variant must not lose the others' numbers
@@ -340,8 +445,9 @@ def main(argv=None):
             r["mfu"] = r["model_tflops"] / peak if peak else None
             results["training"].setdefault(card, {})[variant] = r
             save(results, env, args)  # partial results survive an interrupted run
-            print(f"train {card:8s} {variant:14s} {r['tokens_per_s']:10,.0f} tok/s  "
-                  f"{r['step_ms']:7.1f} ms/step  {r['model_tflops']:6.1f} TFLOP/s", flush=True)
+            print(f"train {card:8s} {variant:16s} {r['tokens_per_s']:10,.0f} tok/s  "
+                  f"{r['step_ms']:7.1f} ms/step  {r['model_tflops']:6.1f} TFLOP/s  "
+                  f"peak {r.get('peak_device_mib') or 0:8.0f} MiB", flush=True)
     if args.test_data:
         for card in filter(None, args.beam_cards.split(",")):
             for backend in [b for b in ("torch", "jittor") if b in variants]:

@@ -6,7 +6,9 @@
 #   work       `work.sh` with the GPU defaults up to the final check (scoring needs Java and
 #              runs afterwards on a CPU machine: `bash work.sh --preset cuda --run gpu-default`)
 #   alignment+work  both at once (the tests mostly compile on the CPU; work.sh uses the GPU)
-#   benchmark  the full benchmark: gpt2.sm + gpt2.md training, beam search over the test split
+#   benchmark  the full benchmark: gpt2.md training of every variant and peer (microsoft/LoRA's
+#              code too when REFERENCE_SRC names a checkout of it), peak memory of gpt2.sm and
+#              gpt2.lg, beam search over the test split
 # Each stage logs to OUT/<stage>.log and its exit code to OUT/progress.log; a failed stage does
 # not stop the next. OUT/progress.log ends with "done".
 #   GPT2_VOCAB_DIR=... E2E_DATA_DIR=... bash scripts/gpu_run.sh OUT [stage ...]
@@ -47,7 +49,9 @@ run_benchmark() {
     python3 scripts/prepare_e2e.py --out_dir runs/bench-data > "$out/bench-data.log" 2>&1
     test_data=runs/bench-data/test.jsonl
   fi
-  step benchmark python3 scripts/benchmark.py --steps 20 --warmup 5 --profile \
+  # BENCH_ARGS: extra arguments (e.g. --extra_cards ""); REFERENCE_SRC: a microsoft/LoRA checkout
+  step benchmark python3 scripts/benchmark.py --steps "${BENCH_STEPS:-20}" --warmup 5 --profile \
+    ${REFERENCE_SRC:+--reference_src "$REFERENCE_SRC"} ${BENCH_ARGS:-} \
     --test_data "$test_data" --out "$out/benchmark.md"
 }
 for stage in "${stages[@]}"; do

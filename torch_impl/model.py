@@ -19,6 +19,7 @@ from shared.checkpoint import load_for_model
 from shared.config import GPT2Config
 from shared.params import init_state_dict, is_lora_name
 
+from .cross_entropy import low_precision_cross_entropy
 from .lora import MergedLinear
 
 MASK_VALUE = -1.0e10  # the reference's mask value
@@ -171,10 +172,13 @@ class GPT2Model(nn.Module):
 
 def lm_loss(logits, lm_labels, lm_mask=None, label_smooth=0.0):
     """Token losses (label-smoothed as the reference does), mask-weighted mean."""
-    flat = logits.reshape(-1, logits.size(-1)).float()
+    flat = logits.reshape(-1, logits.size(-1))
     smoothing = label_smooth if label_smooth > 0.0001 else 0.0
-    loss = F.cross_entropy(flat, lm_labels.reshape(-1), ignore_index=-1, reduction="none",
-                           label_smoothing=smoothing).view(lm_labels.shape)
+    if flat.dtype == torch.float32:
+        loss = F.cross_entropy(flat, lm_labels.reshape(-1), ignore_index=-1, reduction="none",
+                               label_smoothing=smoothing).view(lm_labels.shape)
+    else:  # mixed precision: float32 arithmetic without a float32 copy of the logits
+        loss = low_precision_cross_entropy(flat, lm_labels.reshape(-1), smoothing).view(lm_labels.shape)
     if lm_mask is None:
         lm_mask = torch.ones_like(loss)
     loss = loss * lm_mask
@@ -190,6 +194,7 @@ class GPT2LMModel(nn.Module):
         self.config = config
         self.transformer = GPT2Model(config)
         self.base_loaded = False  # True once pretrained base weights are in (LoRA-only loads need it)
+        self.padded_head = None  # the output head padded to aligned rows (frozen_weights.py)
         self.load_state_numpy(init_state_dict(config, seed))
 
     def set_attention(self, impl: str):
@@ -201,7 +206,8 @@ class GPT2LMModel(nn.Module):
     def forward(self, input_ids, lm_labels=None, lm_mask=None, past=None, len_past=None,
                 label_smooth=0.0):
         hidden_states, presents = self.transformer(input_ids, past=past, len_past=len_past)
-        lm_logits = F.linear(hidden_states, self.transformer.wte.weight)  # tied output head
+        head = self.transformer.wte.weight if self.padded_head is None else self.padded_head
+        lm_logits = F.linear(hidden_states, head)[..., :self.config.vocab_size]  # tied output head
         if lm_labels is None:
             return lm_logits, presents
         return lm_logits, lm_loss(lm_logits, lm_labels, lm_mask, label_smooth)
