@@ -208,6 +208,22 @@ def _short_jittor_kernel(key):
     return name + (f" {dtype.group(1)}" if dtype else "")
 
 
+KERNEL_KINDS = (("matrix products", ("gemm", "nvjet", "cutlass", "cublas", "matmul", "sm90_xmma")),
+                ("attention", ("sdpa", "flash", "fmha", "attention")),
+                ("fused (inductor)", ("triton_",)),
+                ("copies and casts", ("copy", "unary", "cast", "reindex", "getitem", "setitem",
+                                      "cat", "index")))
+
+
+def kernel_kind(name):
+    """A coarse class of a kernel, by its name: where a step's device time goes, in a line."""
+    lowered = name.lower()
+    for kind, marks in KERNEL_KINDS:
+        if any(mark in lowered for mark in marks):
+            return kind
+    return "other element-wise and reductions"
+
+
 def profile_steps(backend, step, first_step, count, top=15):
     """Run `count` steps under the framework's profiler: device time per step and top kernels."""
     kernels = {}  # name -> (ms, calls), summed over the profiled steps
@@ -224,7 +240,12 @@ def profile_steps(backend, step, first_step, count, top=15):
             for i in range(count):
                 step(first_step + i)
             synchronize(backend)
+        from torch.autograd import DeviceType
         for event in prof.key_averages():
+            # kernels only: an operator's row repeats its kernels' time (and a compiled
+            # graph's row all of its kernels'), so summing those would count twice
+            if getattr(event, "device_type", DeviceType.CUDA) != DeviceType.CUDA:
+                continue
             device_us = getattr(event, "self_device_time_total", None)
             if device_us is None:  # older torch
                 device_us = getattr(event, "self_cuda_time_total", 0)
@@ -241,7 +262,12 @@ def profile_steps(backend, step, first_step, count, top=15):
             add(_short_jittor_kernel(row[0]), float(row[3]) / 1e6, int(row[2]))
     total = sum(ms for ms, _ in kernels.values())
     rows = sorted(kernels.items(), key=lambda kv: -kv[1][0])[:top]
+    kinds = {}
+    for name, (ms, calls) in kernels.items():
+        kind = kernel_kind(name)
+        kinds[kind] = [kinds.get(kind, [0.0, 0])[0] + ms / count, kinds.get(kind, [0.0, 0])[1] + calls / count]
     return {"device_ms_per_step": total / count, "launches_per_step": sum(c for _, c in kernels.values()) / count,
+            "kinds": kinds,
             "top": [{"kernel": k[:120], "ms_per_step": ms / count, "calls_per_step": c / count,
                      "share": ms / total if total else 0.0} for k, (ms, c) in rows]}
 
@@ -282,7 +308,10 @@ def bench_beam(backend, card, args):
     synchronize(backend)
     seconds = time.perf_counter() - started
     n = sum(len(o) for o in outputs)
-    return {"queries": n, "seconds": seconds, "queries_per_s": n / seconds}
+    result = {"queries": n, "seconds": seconds, "queries_per_s": n / seconds}
+    if args.profile:  # one batch of 105 MRs (64 decoding steps) under the profiler
+        result["profile"] = profile_steps(backend, lambda _: run(batches[0]), 0, 1)
+    return result
 
 
 def environment(args):
@@ -341,12 +370,23 @@ def render(results, env, args):
                   "(torch.profiler; jittor.profile_scope, which synchronises after every kernel). "
                   "'device' is the summed kernel time per step; the step time above minus it is "
                   "time the GPU waited for the host."]
+        profiled += [(card, f"beam search, {backend}", r["profile"])
+                     for card, per in results.get("beam", {}).items()
+                     for backend, r in per.items() if r.get("profile")]
         for card, variant, prof in profiled:
-            step_ms = results["training"][card][variant]["step_ms"]
-            lines += ["", f"### {card} {variant}: step {step_ms:.1f} ms, device "
-                          f"{prof['device_ms_per_step']:.1f} ms, {prof['launches_per_step']:.0f} "
-                          f"kernels per step", "", "| kernel | ms/step | calls/step | share |",
-                      "|---|---|---|---|"]
+            if variant.startswith("beam"):
+                lines += ["", f"### {card} {variant}: one batch of {args.beam_batch_size} MRs, "
+                              f"device {prof['device_ms_per_step']:.0f} ms, "
+                              f"{prof['launches_per_step']:.0f} kernels"]
+            else:
+                step_ms = results["training"][card][variant]["step_ms"]
+                lines += ["", f"### {card} {variant}: step {step_ms:.1f} ms, device "
+                              f"{prof['device_ms_per_step']:.1f} ms, {prof['launches_per_step']:.0f} "
+                              f"kernels per step"]
+            kinds = sorted(prof.get("kinds", {}).items(), key=lambda kv: -kv[1][0])
+            lines += ["", "By kind: " + "; ".join(f"{k} {ms:.1f} ms ({calls:.0f} kernels)"
+                                                  for k, (ms, calls) in kinds),
+                      "", "| kernel | ms | calls | share |", "|---|---|---|---|"]
             for row in prof["top"]:
                 name = row["kernel"].replace("|", "/")
                 lines.append(f"| {name} | {row['ms_per_step']:.2f} | {row['calls_per_step']:.0f} | "
@@ -377,11 +417,22 @@ def save(results, env, args):
     return text
 
 
+def child_environment(name):
+    """The peers run without the folders that hold Jittor on PYTHONPATH: Jittor 1.3.11 needs
+    numpy<2, installed beside it, and transformers' imports (scipy, scikit-learn) fail there."""
+    env = dict(os.environ)
+    if name in PEERS and env.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.pathsep.join(
+            d for d in env["PYTHONPATH"].split(os.pathsep)
+            if not os.path.isdir(os.path.join(d, "jittor")))
+    return env
+
+
 def measure_in_child(kind, name, card, argv):
     """One measurement in a fresh process: no memory held by the other framework's caches, and
     no interference between them (torch's eager steps ran ~1.6x slower with Jittor loaded)."""
     command = [sys.executable, os.path.abspath(__file__), *argv, "--_measure", kind, name, card]
-    proc = subprocess.run(command, capture_output=True, text=True)
+    proc = subprocess.run(command, capture_output=True, text=True, env=child_environment(name))
     sys.stderr.write(proc.stderr[-4000:])
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_PREFIX):

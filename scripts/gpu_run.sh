@@ -33,8 +33,10 @@ export PYTHONUNBUFFERED=1
 run_alignment() {
   mkdir -p "$out/alignment"
   # test_decode/test_metrics import pycocoevalcap, absent on the GPU machine; they have no GPU tests
+  # ALIGN_ARGS: extra pytest arguments (e.g. "-n 4 --dist loadfile" with pytest-xdist)
   step alignment env ALIGNMENT_REPORT_DIR="$out/alignment" python3 -m pytest alignment/ tests/ \
-    -m gpu -v -rs -p no:cacheprovider --ignore=tests/test_decode.py --ignore=tests/test_metrics.py
+    -m gpu -v -rs -p no:cacheprovider --ignore=tests/test_decode.py --ignore=tests/test_metrics.py \
+    ${ALIGN_ARGS:-}
 }
 run_work() {
   step work bash work.sh --preset cuda --run gpu-default --until check
