@@ -106,6 +106,8 @@ class JittorBackend:
 
     def load_trainable(self, state):
         self.model.load_state_numpy(state)
+        for name in self.exact_frozen.keys() & state.keys():  # keep the exact copies current
+            self.exact_frozen[name] = np.array(state[name], dtype=np.float32)
 
     def optimizer_state(self):
         out = {}

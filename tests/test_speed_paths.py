@@ -28,7 +28,7 @@ def _backend(precision):
     from torch_impl.train import TorchBackend
     backend = TorchBackend(CONFIG, _args(precision))
     state = randomize_lora_B(init_state_dict(CONFIG, 3), 3)
-    backend.model.load_state_numpy(state)
+    backend.load_trainable(state)
     return backend, state
 
 
