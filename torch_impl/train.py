@@ -75,6 +75,10 @@ class TorchBackend:
     def forward_backward(self, batch, loss_scale, label_smooth):
         """Accumulate the gradients of one micro-batch; return its (unscaled) loss on device."""
         self.model.train()
+        if self.compiled:  # a pending gradient may live in CUDA-graph memory the next replay reuses
+            for p in self.params.values():
+                if p.grad is not None:
+                    p.grad = p.grad.clone()
         data = self.to_device(batch)
         with self.autocast():
             _, loss = self.forward(data["input"], lm_labels=data["target"], lm_mask=data["mask"],
