@@ -12,6 +12,11 @@
 # Each stage logs to OUT/<stage>.log and its exit code to OUT/progress.log; a failed stage does
 # not stop the next. OUT/progress.log ends with "done".
 #   GPT2_VOCAB_DIR=... E2E_DATA_DIR=... bash scripts/gpu_run.sh OUT [stage ...]
+# Optional: REFERENCE_SRC (microsoft/LoRA checkout, a benchmark peer), BENCH_STEPS, BENCH_ARGS
+# (more benchmark.py arguments), ALIGN_ARGS (more pytest arguments, e.g. "-n 4 --dist loadfile").
+# The issue-14 run: REFERENCE_SRC=<checkout> BENCH_STEPS=10 ALIGN_ARGS="-n 4 --dist loadfile"
+#   BENCH_ARGS="--backends=torch,torch+compile,jittor,hf+peft,hf+peft+compile,reference,reference+bf16"
+#   bash scripts/gpu_run.sh OUT warmup alignment benchmark
 set -u
 cd "$(dirname "$0")/.."
 out=$(mkdir -p "${1:-gpu_out}" && cd "${1:-gpu_out}" && pwd)
