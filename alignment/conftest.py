@@ -21,5 +21,7 @@ def pytest_terminal_summary(terminalreporter):
 
 def pytest_sessionfinish(session):
     folder = os.environ.get(REPORT_DIR_VARIABLE)
+    if folder and os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n: one report per worker
+        folder = os.path.join(folder, os.environ["PYTEST_XDIST_WORKER"])
     if folder and RECORDER.records:
         RECORDER.write(folder)

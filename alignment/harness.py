@@ -28,7 +28,7 @@ from shared.report import markdown_table
 
 # Tiny shapes keep the suite fast on 2 CPU cores; the vocabulary stays GPT-2's 50257 because
 # the tied output head over the real vocabulary is part of what must align.
-TINY = dict(n_embd=64, n_layer=2, n_head=4, n_positions=64, n_ctx=64)
+TINY_SHAPE = dict(n_embd=64, n_layer=2, n_head=4, n_positions=64, n_ctx=64)
 
 # Every cross-backend test runs on the CPU; the CUDA variant is skipped without a GPU.
 DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=pytest.mark.gpu)]
@@ -36,7 +36,7 @@ DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=
 
 def tiny_config(lora_dim: int = 0, **overrides) -> GPT2Config:
     """A tiny GPT-2 (LoRA rank `lora_dim`, alpha 128 as the reference, LoRA dropout 0)."""
-    return GPT2Config(**{**TINY, "lora_attn_dim": lora_dim, **overrides})
+    return GPT2Config(**{**TINY_SHAPE, "lora_attn_dim": lora_dim, **overrides})
 
 
 def randomize_lora_B(state: dict, seed: int, std: float = 0.02) -> dict:

@@ -6,7 +6,7 @@ value thirds, `scaling = alpha / r`, dropout on the LoRA input only.
 """
 from shared.params import is_lora_name
 
-from .ops import matmul, parameter
+from .ops import dropout, matmul, parameter
 from .runtime import jt
 
 nn = jt.nn
@@ -34,7 +34,7 @@ class MergedLinear(nn.Module):
         if self.shared_dropout is not None:
             mask = self.shared_dropout.mask(self.layer_index, tuple(x.shape))
             return x * jt.array(mask).cast(x.dtype)
-        return nn.dropout(x, self.dropout_p, is_train=True)
+        return dropout(x, self.dropout_p)
 
     def lora_delta(self, x):
         """x @ dW for the query and value thirds, zero for the key third."""

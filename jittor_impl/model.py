@@ -178,6 +178,10 @@ def lm_loss(logits, lm_labels, lm_mask=None, label_smooth=0.0):
         smooth = lse - mean_float64(shifted, dim=-1).float32()
         loss = (1.0 - label_smooth) * loss + label_smooth * smooth
     loss = jt.where(labels == -1, jt.zeros_like(loss), loss).reshape(lm_labels.shape)
+    return masked_mean(loss, lm_mask)
+
+
+def masked_mean(loss, lm_mask):
     if lm_mask is None:
         lm_mask = jt.ones_like(loss)
     loss = loss * lm_mask

@@ -11,6 +11,7 @@ from shared.seeding import step_seed
 from shared.params import optimizer_groups
 
 from . import runtime
+from .frozen_weights import store_frozen_weights
 from .lora import mark_only_lora_as_trainable, set_shared_dropout
 from .model import GPT2LMModel
 from .ops import DEFAULT_ATTENTION
@@ -40,6 +41,10 @@ class JittorBackend:
         set_shared_dropout(self.model, self.shared_dropout)
         self.model.set_attention(args.attn or DEFAULT_ATTENTION)
         self.forward = self.model  # what forward passes run through (no compile step: Jittor fuses)
+        # LoRA under mixed precision: frozen matrices cast once, not in every step
+        self.exact_frozen = {}
+        if self.compute_dtype is not None and config.lora_attn_dim > 0 and jt.flags.use_cuda:
+            self.exact_frozen = store_frozen_weights(self.model, self.compute_dtype)
         self.params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
         groups = optimizer_groups(list(self.params), args.weight_decay, args.no_decay_bias)
         self.optimizer = AdamW([{"params": [self.params[n] for n in names], "weight_decay": wd}
@@ -99,10 +104,15 @@ class JittorBackend:
 
     # ------------------------------------------------------------- state for checkpoints
     def state_numpy(self, lora_only):
-        return self.model.state_dict_numpy(lora_only=lora_only)
+        state = self.model.state_dict_numpy(lora_only=lora_only)
+        if not lora_only:  # frozen weights as loaded, not their bf16 copies
+            state.update(self.exact_frozen)
+        return state
 
     def load_trainable(self, state):
         self.model.load_state_numpy(state)
+        for name in self.exact_frozen.keys() & state.keys():  # keep the exact copies current
+            self.exact_frozen[name] = np.array(state[name], dtype=np.float32)
 
     def optimizer_state(self):
         return self.optimizer.state_numpy(self.params)

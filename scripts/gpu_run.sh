@@ -6,10 +6,17 @@
 #   work       `work.sh` with the GPU defaults up to the final check (scoring needs Java and
 #              runs afterwards on a CPU machine: `bash work.sh --preset cuda --run gpu-default --logs_dir logs`)
 #   alignment+work  both at once (the tests mostly compile on the CPU; work.sh uses the GPU)
-#   benchmark  the full benchmark: gpt2.sm + gpt2.md training, beam search over the test split
+#   benchmark  the full benchmark: gpt2.md training of every variant and peer (microsoft/LoRA's
+#              code too when REFERENCE_SRC names a checkout of it), peak memory of gpt2.sm and
+#              gpt2.lg, beam search over the test split
 # Each stage logs to OUT/<stage>.log and its exit code to OUT/progress.log; a failed stage does
 # not stop the next. OUT/progress.log ends with "done".
 #   GPT2_VOCAB_DIR=... E2E_DATA_DIR=... bash scripts/gpu_run.sh OUT [stage ...]
+# Optional: REFERENCE_SRC (microsoft/LoRA checkout, a benchmark peer), BENCH_STEPS, BENCH_ARGS
+# (more benchmark.py arguments), ALIGN_ARGS (more pytest arguments, e.g. "-n 4 --dist loadfile").
+# The issue-14 run: REFERENCE_SRC=<checkout> BENCH_STEPS=10 ALIGN_ARGS="-n 4 --dist loadfile"
+#   BENCH_ARGS="--backends=torch,torch+compile,jittor,hf+peft,hf+peft+compile,reference,reference+bf16"
+#   bash scripts/gpu_run.sh OUT warmup alignment benchmark
 set -u
 cd "$(dirname "$0")/.."
 out=$(mkdir -p "${1:-gpu_out}" && cd "${1:-gpu_out}" && pwd)
@@ -32,8 +39,10 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's packages,
 run_alignment() {
   mkdir -p "$out/alignment"
   # test_decode/test_metrics import pycocoevalcap, absent on the GPU machine; they have no GPU tests
+  # ALIGN_ARGS: extra pytest arguments (e.g. "-n 4 --dist loadfile" with pytest-xdist)
   step alignment env ALIGNMENT_REPORT_DIR="$out/alignment" python3 -m pytest alignment/ tests/ \
-    -m gpu -v -rs -p no:cacheprovider --ignore=tests/test_decode.py --ignore=tests/test_metrics.py
+    -m gpu -v -rs -p no:cacheprovider --ignore=tests/test_decode.py --ignore=tests/test_metrics.py \
+    ${ALIGN_ARGS:-}
 }
 run_work() {
   step work bash work.sh --preset cuda --run gpu-default --logs_dir logs --until check
@@ -48,7 +57,9 @@ run_benchmark() {
     python3 scripts/prepare_e2e.py --out_dir runs/bench-data > "$out/bench-data.log" 2>&1
     test_data=runs/bench-data/test.jsonl
   fi
-  step benchmark python3 scripts/benchmark.py --steps 20 --warmup 5 --profile \
+  # BENCH_ARGS: extra arguments (e.g. --extra_cards ""); REFERENCE_SRC: a microsoft/LoRA checkout
+  step benchmark python3 scripts/benchmark.py --steps "${BENCH_STEPS:-20}" --warmup 5 --profile \
+    ${REFERENCE_SRC:+--reference_src "$REFERENCE_SRC"} ${BENCH_ARGS:-} \
     --test_data "$test_data" --out "$out/benchmark.md"
 }
 for stage in "${stages[@]}"; do

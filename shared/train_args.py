@@ -81,7 +81,8 @@ def build_parser():
                    help="torch attention kernel (default sdpa; jittor has math only)")
     p.add_argument("--compile", action="store_true",
                    help="torch backend: run the model through torch.compile (fuses the "
-                        "element-wise work; the first steps compile)")
+                        "element-wise work, and on CUDA replays each step as CUDA graphs: "
+                        "mode reduce-overhead; the first steps compile)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the latest checkpoint in --work_dir")
     p.add_argument("--max_eval_batches", type=int, default=None,

@@ -5,12 +5,11 @@ fan_in_fan_out=True)` does: a frozen (in, out) weight plus low-rank updates of t
 value thirds, `scaling = alpha / r`, dropout on the LoRA input only.
 """
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from shared.params import is_lora_name
 
-from .ops import matmul, parameter
+from .ops import dropout, matmul, parameter
 
 
 class MergedLinear(nn.Module):
@@ -35,7 +34,7 @@ class MergedLinear(nn.Module):
         if self.shared_dropout is not None:
             mask = self.shared_dropout.mask(self.layer_index, tuple(x.shape))
             return x * torch.from_numpy(mask).to(device=x.device, dtype=x.dtype)
-        return F.dropout(x, self.dropout_p, training=True)
+        return dropout(x, self.dropout_p)
 
     def lora_delta(self, x):
         """x @ dW for the query and value thirds, zero for the key third."""

@@ -19,6 +19,7 @@ from shared.checkpoint import load_for_model
 from shared.config import GPT2Config
 from shared.params import init_state_dict, is_lora_name
 
+from .cross_entropy import low_precision_cross_entropy
 from .lora import MergedLinear
 from .ops import (ATTENTION_IMPLS, DEFAULT_ATTENTION, batched_matmul_transpose, causal_mask,
                   embedding, fused_attention, gelu, layer_norm, mean_float64, matmul,
@@ -168,6 +169,11 @@ def lm_loss(logits, lm_labels, lm_mask=None, label_smooth=0.0):
     shift is held constant, the vocabulary sums run in float64, and with logprobs = shifted - lse
     the token loss is lse - shifted[label] and the smoothing term -mean(logprobs) is
     lse - mean(shifted), so no vocabulary-wide reduction appears in the backward pass."""
+    if logits.dtype != torch.float32:  # fast path: no float32 copy of the logits (cross_entropy.py)
+        smoothing = label_smooth if label_smooth > 0.0001 else 0.0
+        return masked_mean(low_precision_cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), lm_labels.reshape(-1), smoothing
+        ).reshape(lm_labels.shape), lm_mask)
     flat = logits.reshape(-1, logits.shape[-1]).float()
     labels = lm_labels.reshape(-1)
     shifted = flat - stop_gradient(row_max(flat))
@@ -177,6 +183,10 @@ def lm_loss(logits, lm_labels, lm_mask=None, label_smooth=0.0):
         smooth = lse - mean_float64(shifted, dim=-1).float()
         loss = (1.0 - label_smooth) * loss + label_smooth * smooth
     loss = torch.where(labels == -1, torch.zeros_like(loss), loss).reshape(lm_labels.shape)
+    return masked_mean(loss, lm_mask)
+
+
+def masked_mean(loss, lm_mask):
     if lm_mask is None:
         lm_mask = torch.ones_like(loss)
     loss = loss * lm_mask
@@ -192,6 +202,7 @@ class GPT2LMModel(nn.Module):
         self.config = config
         self.transformer = GPT2Model(config)
         self.base_loaded = False  # True once pretrained base weights are in (LoRA-only loads need it)
+        self.padded_head = None  # the output head padded to aligned rows (frozen_weights.py)
         self.load_state_numpy(init_state_dict(config, seed))
 
     def set_attention(self, impl: str):
@@ -203,7 +214,8 @@ class GPT2LMModel(nn.Module):
     def forward(self, input_ids, lm_labels=None, lm_mask=None, past=None, len_past=None,
                 label_smooth=0.0):
         hidden_states, presents = self.transformer(input_ids, past=past, len_past=len_past)
-        lm_logits = matmul_transpose(hidden_states, self.transformer.wte.weight)  # tied head
+        head = self.transformer.wte.weight if self.padded_head is None else self.padded_head
+        lm_logits = matmul_transpose(hidden_states, head)[..., :self.config.vocab_size]  # tied head
         if lm_labels is None:
             return lm_logits, presents
         return lm_logits, lm_loss(lm_logits, lm_labels, lm_mask, label_smooth)

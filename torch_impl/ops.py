@@ -70,6 +70,11 @@ def embedding(weight, ids):
     return F.embedding(ids, weight)
 
 
+def dropout(x, p):
+    """Inverted dropout in training mode: keep with probability 1 - p, scale by 1 / (1 - p)."""
+    return F.dropout(x, p, training=True)
+
+
 def gelu(x):
     """0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), as one fused kernel."""
     return F.gelu(x, approximate="tanh")

@@ -11,10 +11,13 @@ from shared.dropout import SharedDropout
 from shared.seeding import step_seed
 from shared.params import optimizer_groups
 
+from .frozen_weights import store_frozen_weights
+# the reference AdamW and clipping, one kernel per operation for all tensors (fused_optim.py)
+from .fused_optim import ForeachAdamW as AdamW, foreach_grad_norm_and_clip as grad_norm_and_clip
 from .lora import mark_only_lora_as_trainable, set_shared_dropout
 from .model import GPT2LMModel
 from .ops import DEFAULT_ATTENTION
-from .optim import AdamW, grad_norm_and_clip, set_lr
+from .optim import set_lr
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -35,8 +38,20 @@ class TorchBackend:
         set_shared_dropout(self.model, self.shared_dropout)
         self.model.set_attention(args.attn or DEFAULT_ATTENTION)
         self.model.to(self.device)
-        # what forward passes run through: the model, or its torch.compile'd form
-        self.forward = torch.compile(self.model) if getattr(args, "compile", False) else self.model
+        self.autocast_dtype = AUTOCAST_DTYPES.get(args.precision)
+        # LoRA under mixed precision: frozen matrices cast once, not in every step
+        self.exact_frozen = {}
+        if self.autocast_dtype is not None and config.lora_attn_dim > 0 and self.device.type == "cuda":
+            self.exact_frozen = store_frozen_weights(self.model, self.autocast_dtype)
+        # what forward passes run through: the model, or its torch.compile'd form; on CUDA
+        # "reduce-overhead" also replays each step's kernels as CUDA graphs
+        self.compiled = bool(getattr(args, "compile", False))
+        if self.compiled:
+            mode = getattr(args, "compile_mode", None) or (
+                "reduce-overhead" if self.device.type == "cuda" else "default")
+            self.forward = torch.compile(self.model, mode=mode)
+        else:
+            self.forward = self.model
         self.params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
         groups = optimizer_groups(list(self.params), args.weight_decay, args.no_decay_bias)
         self.optimizer = AdamW([{"params": [self.params[n] for n in names], "weight_decay": wd}
@@ -44,7 +59,6 @@ class TorchBackend:
                                lr=args.lr, betas=(args.adam_beta1, args.adam_beta2),
                                eps=args.adam_epislon, weight_decay=args.weight_decay,
                                correct_bias=args.correct_bias)
-        self.autocast_dtype = AUTOCAST_DTYPES.get(args.precision)
         self.scaler = torch.amp.GradScaler("cuda") if args.precision == "fp16" else None
 
     def autocast(self):
@@ -63,13 +77,18 @@ class TorchBackend:
     def forward_backward(self, batch, loss_scale, label_smooth):
         """Accumulate the gradients of one micro-batch; return its (unscaled) loss on device."""
         self.model.train()
+        if self.compiled:  # a pending gradient may live in CUDA-graph memory the next replay reuses
+            for p in self.params.values():
+                if p.grad is not None:
+                    p.grad = p.grad.clone()
         data = self.to_device(batch)
         with self.autocast():
             _, loss = self.forward(data["input"], lm_labels=data["target"], lm_mask=data["mask"],
                                    label_smooth=label_smooth)
         scaled = loss * loss_scale
         (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-        return loss.detach()
+        # a CUDA-graph replay reuses its output memory: keep a copy of the loss
+        return loss.detach().clone() if self.compiled else loss.detach()
 
     def update(self, lr, clip):
         """Clip, step with learning rate `lr`, zero the gradients; return the gradient norm."""
@@ -91,7 +110,7 @@ class TorchBackend:
         data = self.to_device(batch)
         with self.autocast():
             _, loss = self.forward(data["input"], lm_labels=data["target"], lm_mask=data["mask"])
-        return loss
+        return loss.clone() if self.compiled else loss
 
     def fetch(self, values):
         """Device scalars -> Python floats in one transfer (the loop's only host sync)."""
@@ -104,10 +123,15 @@ class TorchBackend:
 
     # ------------------------------------------------------------- state for checkpoints
     def state_numpy(self, lora_only):
-        return self.model.state_dict_numpy(lora_only=lora_only)
+        state = self.model.state_dict_numpy(lora_only=lora_only)
+        if not lora_only:  # frozen weights as loaded, not their bf16 copies
+            state.update(self.exact_frozen)
+        return state
 
     def load_trainable(self, state):
         self.model.load_state_numpy(state)
+        for name in self.exact_frozen.keys() & state.keys():  # keep the exact copies current
+            self.exact_frozen[name] = np.array(state[name], dtype=np.float32)
 
     def optimizer_state(self):
         return self.optimizer.state_numpy(self.params)
