@@ -7,10 +7,12 @@ and the weights/optimizer state as numpy for backend-neutral checkpoints.
 import numpy as np
 import torch
 
+from shared.checkpoint import load_for_model
 from shared.dropout import SharedDropout
 from shared.seeding import step_seed
 from shared.trainer import optimizer_groups
 
+from .generate import generate
 from .lora import mark_only_lora_as_trainable, set_shared_dropout
 from .model import GPT2LMModel
 from .optim import AdamW, grad_norm_and_clip, set_lr
@@ -25,11 +27,8 @@ class TorchBackend:
         if args.device == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("--device cuda requested but torch sees no CUDA GPU")
         self.device, self.seed = torch.device(args.device), args.random_seed
-        self.model = GPT2LMModel(config, seed=args.random_seed)
-        if args.init_checkpoint:
-            self.model.load_weight(args.init_checkpoint)
-        if config.lora_attn_dim > 0:
-            mark_only_lora_as_trainable(self.model)
+        self.config = config
+        self.model = self.build_model(config, args)
         self.shared_dropout = SharedDropout(config.lora_dropout, args.random_seed) if args.shared_dropout else None
         set_shared_dropout(self.model, self.shared_dropout)
         self.model.set_attention(args.attn or "sdpa")
@@ -45,6 +44,15 @@ class TorchBackend:
                                correct_bias=args.correct_bias)
         self.autocast_dtype = AUTOCAST_DTYPES.get(args.precision)
         self.scaler = torch.amp.GradScaler("cuda") if args.precision == "fp16" else None
+
+    def build_model(self, config, args):
+        """The model this backend trains, its trainable weights marked (other tasks override)."""
+        model = GPT2LMModel(config, seed=args.random_seed)
+        if args.init_checkpoint:
+            model.load_weight(args.init_checkpoint)
+        if config.lora_attn_dim > 0:
+            mark_only_lora_as_trainable(model)
+        return model
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.autocast_dtype,
@@ -64,8 +72,7 @@ class TorchBackend:
         self.model.train()
         data = self.to_device(batch)
         with self.autocast():
-            _, loss = self.forward(data["input"], lm_labels=data["target"], lm_mask=data["mask"],
-                                   label_smooth=label_smooth)
+            loss = self.batch_loss(data, label_smooth)
         scaled = loss * loss_scale
         (self.scaler.scale(scaled) if self.scaler else scaled).backward()
         return loss.detach()
@@ -89,7 +96,13 @@ class TorchBackend:
         self.model.eval()
         data = self.to_device(batch)
         with self.autocast():
-            _, loss = self.forward(data["input"], lm_labels=data["target"], lm_mask=data["mask"])
+            loss = self.batch_loss(data)
+        return loss
+
+    def batch_loss(self, data, label_smooth=0.0):
+        """The loss of one batch on device (the language-model loss; other tasks override)."""
+        _, loss = self.forward(data["input"], lm_labels=data["target"], lm_mask=data["mask"],
+                               label_smooth=label_smooth)
         return loss
 
     def fetch(self, values):
@@ -97,6 +110,10 @@ class TorchBackend:
         if not values:
             return []
         return torch.stack([v.float() for v in values]).cpu().tolist()
+
+    def sample(self, prompt_ids, settings, seed, num_samples=1):
+        """Sampled continuations from the model being trained (shared/sampling.py's draws)."""
+        return generate(self.model, prompt_ids, settings, seed, num_samples)
 
     def is_out_of_memory(self, exc):
         return isinstance(exc, torch.cuda.OutOfMemoryError)
@@ -107,6 +124,10 @@ class TorchBackend:
 
     def load_trainable(self, state):
         self.model.load_state_numpy(state)
+
+    def load_trainable_checkpoint(self, path):
+        """Resume: the trainable weights saved at `path`, checked against the model."""
+        self.load_trainable(load_for_model(path, self.config, base_loaded=True))
 
     def optimizer_state(self):
         out = {}
