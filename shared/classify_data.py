@@ -9,7 +9,8 @@
   `none` does neither.
 - Batches: token ids cut to `max_len` (counted and reported, never silent), padded with
   <|endoftext|> to the longest in the batch; `length` gives each row's real length, whose last
-  token's hidden state the classifier reads. Training order in epoch e is a permutation from
+  token's hidden state the classifier reads (`fixed_width`: padded to `max_len` instead, one
+  shape for every batch). Training order in epoch e is a permutation from
   `numpy.random.default_rng([seed, e])` (resumable); evaluation is sequential.
 - Metrics (positive class: the last label, "spam"): accuracy, precision, recall, F1 and the
   confusion matrix rows = true label, columns = predicted label.
@@ -128,11 +129,12 @@ def prepare_splits(path, seed, balance, fractions=(0.7, 0.1, 0.2)):
 class ClassifyDataset:
     """Encoded (ids, label) examples batched for the trainer (`FTDataset`'s interface)."""
 
-    def __init__(self, examples, tokenizer, batch_size, max_len, name="data"):
+    def __init__(self, examples, tokenizer, batch_size, max_len, name="data", fixed_width=False):
         if batch_size < 1 or max_len < 1:
             raise ClassifyDataError(f"batch_size and max_len must be >= 1, got {batch_size}, "
                                     f"{max_len}")
         self.name, self.batch_size, self.max_len = name, batch_size, max_len
+        self.fixed_width = fixed_width  # pad every batch to max_len (one shape: Jittor compiles once)
         self.ids, self.labels, self.lines, self.truncated = [], [], [], []
         for label, text, line in examples:
             ids = tokenizer.encode(text)
@@ -157,7 +159,7 @@ class ClassifyDataset:
                 f"{self.truncated[0]})")
 
     def collate(self, indices) -> dict:
-        width = max(len(self.ids[i]) for i in indices)
+        width = self.max_len if self.fixed_width else max(len(self.ids[i]) for i in indices)
         inputs = np.full((len(indices), width), PAD_ID, dtype=np.int64)
         for row, i in enumerate(indices):
             inputs[row, :len(self.ids[i])] = self.ids[i]
