@@ -103,7 +103,7 @@ def test_gradients_of_each_trainable_part(trainable, lora_dim):
                 GRAD_SCALE_TOL * scale, 1e-3)
 
 
-def run_classify(data, work_dir, backend):
+def run_classify(vocab_dir, data, work_dir, backend):
     from scripts.classify_ft import main
     argv = ["--backend", backend, "--device", "cpu", "--data", str(data), "--n_embd", "64",
             "--n_layer", "2", "--n_head", "4", "--trainable", "lora", "--lora_dim", "4",
@@ -112,7 +112,7 @@ def run_classify(data, work_dir, backend):
             "--valid_batch_size", "8", "--max_step", "8", "--warmup_step", "2", "--lr", "0.01",
             "--weight_decay", "0.01", "--correct_bias", "--clip", "1.0", "--log_interval", "4",
             "--eval_interval", "4", "--save_interval", "4", "--random_seed", "5", "--attn",
-            "math", "--no_progress", "--work_dir", str(work_dir)]
+            "math", "--no_progress", "--work_dir", str(work_dir), "--vocab", vocab_dir]
     assert main(argv) == 0
     with open(os.path.join(work_dir, "train_log.jsonl")) as f:
         records = [json.loads(line) for line in f]
@@ -121,10 +121,10 @@ def run_classify(data, work_dir, backend):
     return records, metrics, read_checkpoint(os.path.join(work_dir, "model.8.pt"))
 
 
-def test_classify_training_run_with_shared_dropout(tmp_path):
+def test_classify_training_run_with_shared_dropout(tmp_path, vocab_dir):
     data = write_spam_file(tmp_path / "spam.tsv")
-    t_records, t_metrics, t_weights = run_classify(data, tmp_path / "torch", "torch")
-    j_records, j_metrics, j_weights = run_classify(data, tmp_path / "jittor", "jittor")
+    t_records, t_metrics, t_weights = run_classify(vocab_dir, data, tmp_path / "torch", "torch")
+    j_records, j_metrics, j_weights = run_classify(vocab_dir, data, tmp_path / "jittor", "jittor")
     t_train = [r for r in t_records if r["kind"] == "train"]
     j_train = [r for r in j_records if r["kind"] == "train"]
     assert [r["step"] for r in t_train] == [r["step"] for r in j_train] == list(range(1, 9))

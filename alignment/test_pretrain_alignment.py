@@ -51,7 +51,7 @@ def test_window_forward_loss_and_gradients():
                 GRAD_SCALE_TOL * scale, 1e-3)
 
 
-def run_pretrain(text, work_dir, backend):
+def run_pretrain(vocab_dir, text, work_dir, backend):
     from scripts.pretrain import main
     argv = ["--backend", backend, "--device", "cpu", "--text", str(text), "--n_embd", "64",
             "--n_layer", "2", "--n_head", "4", "--seq_len", "32", "--stride", "24",
@@ -60,7 +60,7 @@ def run_pretrain(text, work_dir, backend):
             "--correct_bias", "--clip", "1.0", "--log_interval", "4", "--eval_interval", "4",
             "--save_interval", "4", "--sample_every", "4", "--temperature", "0.8", "--top_k",
             "20", "--sample_tokens", "12", "--random_seed", "7", "--attn", "math",
-            "--no_progress", "--work_dir", str(work_dir)]
+            "--no_progress", "--work_dir", str(work_dir), "--vocab", vocab_dir]
     assert main(argv) == 0
     with open(os.path.join(work_dir, "train_log.jsonl")) as f:
         records = [json.loads(line) for line in f]
@@ -70,10 +70,10 @@ def run_pretrain(text, work_dir, backend):
     return records, samples, weights
 
 
-def test_pretrain_training_run_and_samples(tmp_path):
+def test_pretrain_training_run_and_samples(tmp_path, vocab_dir):
     text = write_text_file(tmp_path / "story.txt")
-    t_records, t_samples, t_weights = run_pretrain(text, tmp_path / "torch", "torch")
-    j_records, j_samples, j_weights = run_pretrain(text, tmp_path / "jittor", "jittor")
+    t_records, t_samples, t_weights = run_pretrain(vocab_dir, text, tmp_path / "torch", "torch")
+    j_records, j_samples, j_weights = run_pretrain(vocab_dir, text, tmp_path / "jittor", "jittor")
     t_train = [r for r in t_records if r["kind"] == "train"]
     j_train = [r for r in j_records if r["kind"] == "train"]
     assert [r["step"] for r in t_train] == [r["step"] for r in j_train] == list(range(1, 9))
