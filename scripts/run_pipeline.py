@@ -33,6 +33,7 @@ from shared.config import GPT2Config  # noqa: E402
 from shared.paths import resolve_e2e_dir, resolve_vocab_dir  # noqa: E402
 
 BACKENDS = ("torch", "jittor")
+TASKS = ("e2e", "pretrain", "classify")
 STAGES = ("data", "init", "lora", "beam", "check", "metrics", "report")
 
 # Defaults: a CPU run that finishes in about 15 minutes on 2 cores, and a GPU run that scales up.
@@ -61,6 +62,9 @@ def build_parser():
         prog="work.sh", description="End-to-end E2E run on both backends from identical weights "
         "and seeds: data, base model, LoRA fine-tuning, beam search, metrics, report, plots.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--task", default="e2e", choices=TASKS,
+                   help="e2e: this pipeline; pretrain / classify: shared/task_pipelines.py "
+                        "(`--task pretrain --help` lists their flags)")
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="defaults to use: cuda when a GPU is present, else cpu; micro is a "
                         "seconds-long smoke run")
@@ -112,6 +116,8 @@ def _cuda_available():
 
 
 class Pipeline:
+    stages = STAGES  # the order stage() and run_all() follow (task pipelines have their own)
+
     def __init__(self, args):
         self.args = args
         self.s = settings_from(args)
@@ -181,10 +187,11 @@ class Pipeline:
             raise RuntimeError(f"`{' '.join(argv)}` failed with exit code {code} (log: {log_path})")
 
     def stage(self, name, func):
-        forced = self.args.force or any(STAGES.index(name) >= STAGES.index(f)
+        stages = self.stages
+        forced = self.args.force or any(stages.index(name) >= stages.index(f)
                                         for f in self.args.force_stage)
         done = self.state["stages"].get(name)
-        print(f"\n=== stage {STAGES.index(name) + 1}/{len(STAGES)}: {name} ===", flush=True)
+        print(f"\n=== stage {stages.index(name) + 1}/{len(stages)}: {name} ===", flush=True)
         if done and done.get("status") == "done" and not forced:
             print(f"(done in an earlier run, {done['seconds']:.1f}s; --force_stage {name} reruns it)")
             return done.get("outputs", {})
@@ -201,7 +208,7 @@ class Pipeline:
             raise
         self.state["stages"][name] = {"status": "done", "seconds": time.time() - started,
                                       "outputs": outputs}
-        for later in STAGES[STAGES.index(name) + 1:]:  # results after this one are stale now
+        for later in stages[stages.index(name) + 1:]:  # results after this one are stale now
             if forced:
                 self.state["stages"].pop(later, None)
         write_json(self.state_path, self.state)
@@ -447,7 +454,7 @@ class Pipeline:
         print(f"work.sh: run {self.run!r} ({self.s['preset']} preset) -> {self.run_dir}, "
               f"report in {self.log_dir}")
         print("settings: " + ", ".join(f"{k}={v}" for k, v in self.s.items()))
-        for name in STAGES:
+        for name in self.stages:
             self.stage(name, getattr(self, f"stage_{name}"))
             if name == self.args.until:
                 print(f"\nstopped after stage {name} (--until) in {time.time() - started:.1f}s")
@@ -455,7 +462,20 @@ class Pipeline:
         print(f"\nall stages done in {time.time() - started:.1f}s")
 
 
+def task_and_rest(argv):
+    """(--task value, the other arguments): other tasks parse their own flags."""
+    picker = argparse.ArgumentParser(add_help=False)
+    picker.add_argument("--task", default="e2e", choices=TASKS)
+    known, rest = picker.parse_known_args(argv)
+    return known.task, rest
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    task, rest = task_and_rest(argv)
+    if task != "e2e":
+        from shared.task_pipelines import main as task_main
+        return task_main(task, rest)
     args = build_parser().parse_args(argv)
     try:
         Pipeline(args).run_all()
