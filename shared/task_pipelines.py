@@ -34,9 +34,9 @@ SMS_SPAM = os.path.join("..", "shared", "data", "sms-spam", "SMSSpamCollection")
 PRESETS = {
     "pretrain": {
         # A few minutes on 2 idle CPU cores: a tiny GPT-2 trained from scratch on the-verdict.
-        "cpu": dict(device="cpu", n_embd=64, n_layer=3, n_head=4, seq_len=64, stride=32,
-                    batch_size=8, max_step=200, lr=0.002, warmup_step=20, eval_interval=40,
-                    sample_every=40, valid_fraction=0.1, temperature=0.8, top_k=20,
+        "cpu": dict(device="cpu", n_embd=48, n_layer=2, n_head=4, seq_len=48, stride=48,
+                    batch_size=8, max_step=80, lr=0.003, warmup_step=8, eval_interval=20,
+                    sample_every=20, valid_fraction=0.1, temperature=0.8, top_k=20,
                     sample_tokens=40, precision="fp32"),
         "cuda": dict(device="cuda", n_embd=768, n_layer=12, n_head=12, seq_len=256, stride=128,
                      batch_size=8, max_step=400, lr=0.0004, warmup_step=40, eval_interval=50,
