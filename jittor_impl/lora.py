@@ -75,18 +75,24 @@ def lora_layers(model):
 
 
 def mark_only_lora_as_trainable(model):
-    """Freeze everything but `lora_A`/`lora_B` (loralib's bias='none').
+    """Freeze everything but `lora_A`/`lora_B` (loralib's bias='none')."""
+    mark_trainable(model, is_lora_name)
+
+
+def mark_trainable(model, trains):
+    """Train the parameters whose name `trains(name)` accepts, freeze the others.
 
     Jittor's `eval()` stops the gradients of all parameters and records in `backup_grad_state`
     which were trainable; `train()` restores that record. The record is rewritten here too, or
     freezing a model in eval mode would be undone by its next `train()`."""
+    wanted = {}
     for name, p in model.named_parameters():
-        p.requires_grad = is_lora_name(name)
+        p.requires_grad = wanted[id(p)] = trains(name)
     for module in model.modules():
         record = getattr(module, "backup_grad_state", None)
         if record is not None:
-            for name, p in module.named_parameters():
-                record[id(p)] = is_lora_name(name)
+            for p in module.parameters():
+                record[id(p)] = wanted[id(p)]
 
 
 def merge_lora(model):

@@ -6,12 +6,14 @@ and the weights/optimizer state as numpy for backend-neutral checkpoints.
 """
 import numpy as np
 
+from shared.checkpoint import load_for_model
 from shared.dropout import SharedDropout
 from shared.seeding import step_seed
 from shared.params import optimizer_groups
 
 from . import runtime
 from .frozen_weights import store_frozen_weights
+from .generate import generate
 from .lora import mark_only_lora_as_trainable, set_shared_dropout
 from .model import GPT2LMModel
 from .ops import DEFAULT_ATTENTION
@@ -32,11 +34,8 @@ class JittorBackend:
                              "with loss scaling is available with --backend torch")
         self.compute_dtype = COMPUTE_DTYPES.get(args.precision)
         self.seed = args.random_seed
-        self.model = GPT2LMModel(config, seed=args.random_seed)
-        if args.init_checkpoint:
-            self.model.load_weight(args.init_checkpoint)
-        if config.lora_attn_dim > 0:
-            mark_only_lora_as_trainable(self.model)
+        self.config = config
+        self.model = self.build_model(config, args)
         self.shared_dropout = SharedDropout(config.lora_dropout, args.random_seed) if args.shared_dropout else None
         set_shared_dropout(self.model, self.shared_dropout)
         self.model.set_attention(args.attn or DEFAULT_ATTENTION)
@@ -56,6 +55,15 @@ class JittorBackend:
     def autocast(self):
         return autocast(self.compute_dtype)
 
+    def build_model(self, config, args):
+        """The model this backend trains, its trainable weights marked (other tasks override)."""
+        model = GPT2LMModel(config, seed=args.random_seed)
+        if args.init_checkpoint:
+            model.load_weight(args.init_checkpoint)
+        if config.lora_attn_dim > 0:
+            mark_only_lora_as_trainable(model)
+        return model
+
     def to_device(self, batch):
         return {k: jt.array(np.ascontiguousarray(v)) for k, v in batch.items()}
 
@@ -69,8 +77,7 @@ class JittorBackend:
         self.model.train()
         data = self.to_device(batch)
         with self.autocast():
-            _, loss = self.forward(data["input"], lm_labels=data["target"], lm_mask=data["mask"],
-                                   label_smooth=label_smooth)
+            loss = self.batch_loss(data, label_smooth)
         self.optimizer.backward(loss * loss_scale)
         loss = loss.detach()
         jt.sync([loss])  # run the forward now, so the graph behind the loss is not kept alive
@@ -89,8 +96,14 @@ class JittorBackend:
         self.model.eval()
         data = self.to_device(batch)
         with jt.no_grad(), self.autocast():
-            _, loss = self.forward(data["input"], lm_labels=data["target"], lm_mask=data["mask"])
+            loss = self.batch_loss(data)
         jt.sync([loss])
+        return loss
+
+    def batch_loss(self, data, label_smooth=0.0):
+        """The loss of one batch on device (the language-model loss; other tasks override)."""
+        _, loss = self.model(data["input"], lm_labels=data["target"], lm_mask=data["mask"],
+                             label_smooth=label_smooth)
         return loss
 
     def fetch(self, values):
@@ -98,6 +111,10 @@ class JittorBackend:
         if not values:
             return []
         return jt.concat([v.float32().reshape(1) for v in values]).numpy().tolist()
+
+    def sample(self, prompt_ids, settings, seed, num_samples=1):
+        """Sampled continuations from the model being trained (shared/sampling.py's draws)."""
+        return generate(self.model, prompt_ids, settings, seed, num_samples)
 
     def is_out_of_memory(self, exc):
         return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
@@ -113,6 +130,10 @@ class JittorBackend:
         self.model.load_state_numpy(state)
         for name in self.exact_frozen.keys() & state.keys():  # keep the exact copies current
             self.exact_frozen[name] = np.array(state[name], dtype=np.float32)
+
+    def load_trainable_checkpoint(self, path):
+        """Resume: the trainable weights saved at `path`, checked against the model."""
+        self.load_trainable(load_for_model(path, self.config, base_loaded=True))
 
     def optimizer_state(self):
         return self.optimizer.state_numpy(self.params)

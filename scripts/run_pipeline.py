@@ -8,9 +8,8 @@ import argparse
 import os
 import sys
 
-from shared.pipeline import PRESETS, ROOT, STAGES, Pipeline, setting_types
-from shared.run_lock import RunLock
-from shared.stop_signals import StopSignal, raise_on_stop_signals
+from shared.pipeline import PRESETS, ROOT, STAGES, Pipeline, run_to_end, setting_types
+from shared.task_pipelines import TASKS
 
 
 def build_parser():
@@ -18,6 +17,9 @@ def build_parser():
         prog="work.sh", description="End-to-end E2E run on both backends from identical weights "
         "and seeds: data, base model, LoRA fine-tuning, beam search, metrics, report, plots.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--task", default="e2e", choices=TASKS,
+                   help="e2e: this pipeline; pretrain / classify / instruct: their own pipelines "
+                        "(`--task pretrain --help` lists their flags)")
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="defaults to use: cuda when a GPU is present, else cpu; micro is a "
                         "seconds-long smoke run")
@@ -47,21 +49,22 @@ def build_parser():
     return p
 
 
+def task_and_rest(argv):
+    """(--task value, the other arguments): the other tasks parse their own flags."""
+    picker = argparse.ArgumentParser(add_help=False)
+    picker.add_argument("--task", default="e2e", choices=TASKS)
+    known, rest = picker.parse_known_args(argv)
+    return known.task, rest
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    task, rest = task_and_rest(argv)
+    if task != "e2e":
+        from shared.task_pipelines import main as task_main
+        return task_main(task, rest)
     args = build_parser().parse_args(argv)
-    try:
-        with raise_on_stop_signals():  # between stages; sh() passes them on to a running stage
-            pipeline = Pipeline(args)
-            with RunLock(pipeline.run_dir):  # one run at a time per run folder
-                pipeline.run_all()
-    except (RuntimeError, ValueError, FileNotFoundError) as exc:
-        print(f"\nwork.sh: stopped: {exc}", file=sys.stderr)
-        return 1
-    except StopSignal as exc:
-        print(f"\nwork.sh: {exc}. Finished stages and saved checkpoints are kept: run the same "
-              f"command again to resume.", file=sys.stderr)
-        return exc.exit_code
-    return 0
+    return run_to_end(lambda: Pipeline(args))
 
 
 if __name__ == "__main__":

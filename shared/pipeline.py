@@ -28,7 +28,9 @@ from .config import GPT2Config
 from .e2e_data import limit_test_split
 from .environment import cuda_available, devices, versions
 from .paths import resolve_e2e_dir, resolve_vocab_dir
+from .run_lock import RunLock
 from .stage_process import run_stage
+from .stop_signals import StopSignal, raise_on_stop_signals
 from .train_args import BACKENDS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where scripts/ is
@@ -88,6 +90,8 @@ def report_dir(args, run):
 
 
 class Pipeline:
+    stages = STAGES  # the order stage() and run_all() follow (task pipelines have their own)
+
     def __init__(self, args):
         self.args = args
         self.s = settings_from(args)
@@ -153,10 +157,11 @@ class Pipeline:
             raise RuntimeError(f"`{' '.join(argv)}` failed with exit code {code} (log: {log_path})")
 
     def stage(self, name, func):
-        forced = self.args.force or any(STAGES.index(name) >= STAGES.index(f)
+        stages = self.stages
+        forced = self.args.force or any(stages.index(name) >= stages.index(f)
                                         for f in self.args.force_stage)
         done = self.state["stages"].get(name)
-        print(f"\n=== stage {STAGES.index(name) + 1}/{len(STAGES)}: {name} ===", flush=True)
+        print(f"\n=== stage {stages.index(name) + 1}/{len(stages)}: {name} ===", flush=True)
         if done and done.get("status") == "done" and not forced:
             print(f"(done in an earlier run, {done['seconds']:.1f}s; --force_stage {name} reruns it)")
             return done.get("outputs", {})
@@ -173,7 +178,7 @@ class Pipeline:
             raise
         self.state["stages"][name] = {"status": "done", "seconds": time.time() - started,
                                       "outputs": outputs}
-        for later in STAGES[STAGES.index(name) + 1:]:  # results after this one are stale now
+        for later in stages[stages.index(name) + 1:]:  # results after this one are stale now
             if forced:
                 self.state["stages"].pop(later, None)
         write_json(self.state_path, self.state)
@@ -374,9 +379,27 @@ class Pipeline:
                 and "report" not in self.state["stages"]):  # not this run folder's own report
             print(f"work.sh: replacing the report already in {self.log_dir} when this run ends")
         print("settings: " + ", ".join(f"{k}={v}" for k, v in self.s.items()))
-        for name in STAGES:
+        for name in self.stages:
             self.stage(name, getattr(self, f"stage_{name}"))
             if name == self.args.until:
                 print(f"\nstopped after stage {name} (--until) in {time.time() - started:.1f}s")
                 return
         print(f"\nall stages done in {time.time() - started:.1f}s")
+
+
+def run_to_end(make_pipeline) -> int:
+    """Build a pipeline and run its stages under its run folder's lock (one run per folder); a
+    stop signal ends it after the running stage has saved. The exit status of work.sh."""
+    try:
+        with raise_on_stop_signals():  # between stages; sh() passes them on to a running stage
+            pipeline = make_pipeline()
+            with RunLock(pipeline.run_dir):
+                pipeline.run_all()
+    except (RuntimeError, ValueError, FileNotFoundError) as exc:
+        print(f"\nwork.sh: stopped: {exc}", file=sys.stderr)
+        return 1
+    except StopSignal as exc:
+        print(f"\nwork.sh: {exc}. Finished stages and saved checkpoints are kept: run the same "
+              f"command again to resume.", file=sys.stderr)
+        return exc.exit_code
+    return 0

@@ -33,14 +33,16 @@ def add_launcher_args(parser):
     parser.add_argument("--local_rank", type=int, default=0, help="accepted for compatibility")
 
 
-def build_parser():
-    p = argparse.ArgumentParser(description="GPT-2 + LoRA fine-tuning (microsoft/LoRA gpt2_ft.py "
-                                            "arguments) with a PyTorch or Jittor backend")
+def build_parser(data_args=True, description=None):
+    """`data_args=False`: no --train_data/--valid_data (tasks that add their own data flags)."""
+    p = argparse.ArgumentParser(description=description or "GPT-2 + LoRA fine-tuning "
+                                "(microsoft/LoRA gpt2_ft.py arguments) with a PyTorch or Jittor backend")
     p.add_argument("--backend", required=True, choices=BACKENDS)
     p.add_argument("--device", default=None, choices=["cpu", "cuda"],
                    help="default: cuda when available, else cpu")
-    p.add_argument("--train_data", required=True, help="encoded training jsonl (gpt2_encode.py)")
-    p.add_argument("--valid_data", required=True, help="encoded validation jsonl")
+    if data_args:
+        p.add_argument("--train_data", required=True, help="encoded training jsonl (gpt2_encode.py)")
+        p.add_argument("--valid_data", required=True, help="encoded validation jsonl")
     p.add_argument("--train_batch_size", type=int, default=8)
     p.add_argument("--valid_batch_size", type=int, default=4)
     p.add_argument("--grad_acc", type=int, default=1, help="gradient accumulation steps")
@@ -95,15 +97,16 @@ class ArgumentProblem(ValueError):
     pass
 
 
-def validate(args):
-    """Fail before any work on arguments that cannot run; fills derived values."""
+def validate(args, data_files=True):
+    """Fail before any work on arguments that cannot run; fills derived values.
+    `data_files=False`: the task reads its own data (pretraining, classification)."""
     if args.fp16:
         args.precision = "fp16"
     problems = []
     if args.model_card not in MODEL_CARDS:
         problems.append(f"unknown --model_card {args.model_card!r}; choose one of "
                         f"{sorted(MODEL_CARDS)}")
-    for name in ("train_data", "valid_data"):
+    for name in ("train_data", "valid_data") if data_files else ():
         path = getattr(args, name)
         if not os.path.isfile(path):
             problems.append(f"--{name} {path}: file not found")

@@ -82,14 +82,20 @@ class StopRequest:
 
 
 class Trainer:
-    def __init__(self, args, backend_cls, on_step=None):
-        self.args = validate(args)
-        self.on_step = on_step  # test hook: called with the step number after each step
+    def __init__(self, args, backend_cls, on_step=None, datasets=None, resume_keys=()):
+        """`datasets`: (train, valid) objects with FTDataset's batch interface for tasks other
+        than E2E (default: --train_data/--valid_data read as encoded E2E jsonl);
+        `resume_keys`: the task's own arguments that a resumed run must keep."""
+        self.args = validate(args, data_files=datasets is None)
+        self.on_step = on_step  # called with the step number after each step (tests, samples)
+        self.resume_keys = RESUME_KEYS + tuple(resume_keys)
         self.work_dir = args.work_dir
         os.makedirs(self.work_dir, exist_ok=True)
         self.config = model_config(args)
-        self.train_set = FTDataset.from_file(args.train_data, args.train_batch_size, args.seq_len)
-        self.valid_set = FTDataset.from_file(args.valid_data, args.valid_batch_size, args.seq_len)
+        if datasets is None:
+            datasets = (FTDataset.from_file(args.train_data, args.train_batch_size, args.seq_len),
+                        FTDataset.from_file(args.valid_data, args.valid_batch_size, args.seq_len))
+        self.train_set, self.valid_set = datasets
         for dataset in (self.train_set, self.valid_set):
             report = dataset.truncation_report()
             if report:
@@ -140,14 +146,12 @@ class Trainer:
                 f"continue exactly; delete model.{step}.pt and trainer_state.{step}.npz to resume "
                 f"from the one before")
         saved, now = meta["run_config"], self.run_config()
-        changed = [f"--{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in RESUME_KEYS
+        changed = [f"--{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in self.resume_keys
                    if saved.get(k) != now.get(k)]
         if changed:
             raise TrainingError("--resume with arguments that change the result:\n  "
                                 + "\n  ".join(changed))
-        state = load_for_model(os.path.join(self.work_dir, f"model.{step}.pt"), self.config,
-                               base_loaded=True)
-        self.backend.load_trainable(state)
+        self.backend.load_trainable_checkpoint(os.path.join(self.work_dir, f"model.{step}.pt"))
         self.backend.load_optimizer_state(optim)
         self.step, self.epoch = meta["step"], meta["epoch"]
         self.batch_in_epoch, self.elapsed_before = meta["batch_in_epoch"], meta["elapsed_s"]
@@ -343,6 +347,7 @@ class Trainer:
             self.batch_in_epoch = 0
 
 
-def train(args, backend_cls, on_step=None):
+def train(args, backend_cls, on_step=None, datasets=None, resume_keys=()):
     with RunLock(args.work_dir):
-        return Trainer(args, backend_cls, on_step=on_step).train()
+        return Trainer(args, backend_cls, on_step=on_step, datasets=datasets,
+                       resume_keys=resume_keys).train()

@@ -76,8 +76,13 @@ def lora_layers(model):
 
 def mark_only_lora_as_trainable(model):
     """Freeze everything but `lora_A`/`lora_B` (loralib's bias='none')."""
+    mark_trainable(model, is_lora_name)
+
+
+def mark_trainable(model, trains):
+    """Train the parameters whose name `trains(name)` accepts, freeze the others."""
     for name, p in model.named_parameters():
-        p.requires_grad = is_lora_name(name)
+        p.requires_grad = trains(name)
 
 
 def merge_lora(model):

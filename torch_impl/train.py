@@ -7,6 +7,7 @@ and the weights/optimizer state as numpy for backend-neutral checkpoints.
 import numpy as np
 import torch
 
+from shared.checkpoint import load_for_model
 from shared.dropout import SharedDropout
 from shared.seeding import step_seed
 from shared.params import optimizer_groups
@@ -14,6 +15,7 @@ from shared.params import optimizer_groups
 from .frozen_weights import store_frozen_weights
 # the reference AdamW and clipping, one kernel per operation for all tensors (fused_optim.py)
 from .fused_optim import ForeachAdamW as AdamW, foreach_grad_norm_and_clip as grad_norm_and_clip
+from .generate import generate
 from .lora import mark_only_lora_as_trainable, set_shared_dropout
 from .model import GPT2LMModel
 from .ops import DEFAULT_ATTENTION
@@ -29,11 +31,8 @@ class TorchBackend:
         if args.device == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("--device cuda requested but torch sees no CUDA GPU")
         self.device, self.seed = torch.device(args.device), args.random_seed
-        self.model = GPT2LMModel(config, seed=args.random_seed)
-        if args.init_checkpoint:
-            self.model.load_weight(args.init_checkpoint)
-        if config.lora_attn_dim > 0:
-            mark_only_lora_as_trainable(self.model)
+        self.config = config
+        self.model = self.build_model(config, args)
         self.shared_dropout = SharedDropout(config.lora_dropout, args.random_seed) if args.shared_dropout else None
         set_shared_dropout(self.model, self.shared_dropout)
         self.model.set_attention(args.attn or DEFAULT_ATTENTION)
@@ -61,6 +60,15 @@ class TorchBackend:
                                correct_bias=args.correct_bias)
         self.scaler = torch.amp.GradScaler("cuda") if args.precision == "fp16" else None
 
+    def build_model(self, config, args):
+        """The model this backend trains, its trainable weights marked (other tasks override)."""
+        model = GPT2LMModel(config, seed=args.random_seed)
+        if args.init_checkpoint:
+            model.load_weight(args.init_checkpoint)
+        if config.lora_attn_dim > 0:
+            mark_only_lora_as_trainable(model)
+        return model
+
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.autocast_dtype,
                               enabled=self.autocast_dtype is not None)
@@ -83,8 +91,7 @@ class TorchBackend:
                     p.grad = p.grad.clone()
         data = self.to_device(batch)
         with self.autocast():
-            _, loss = self.forward(data["input"], lm_labels=data["target"], lm_mask=data["mask"],
-                                   label_smooth=label_smooth)
+            loss = self.batch_loss(data, label_smooth)
         scaled = loss * loss_scale
         (self.scaler.scale(scaled) if self.scaler else scaled).backward()
         # a CUDA-graph replay reuses its output memory: keep a copy of the loss
@@ -109,14 +116,24 @@ class TorchBackend:
         self.model.eval()
         data = self.to_device(batch)
         with self.autocast():
-            _, loss = self.forward(data["input"], lm_labels=data["target"], lm_mask=data["mask"])
+            loss = self.batch_loss(data)
         return loss.clone() if self.compiled else loss
+
+    def batch_loss(self, data, label_smooth=0.0):
+        """The loss of one batch on device (the language-model loss; other tasks override)."""
+        _, loss = self.forward(data["input"], lm_labels=data["target"], lm_mask=data["mask"],
+                               label_smooth=label_smooth)
+        return loss
 
     def fetch(self, values):
         """Device scalars -> Python floats in one transfer (the loop's only host sync)."""
         if not values:
             return []
         return torch.stack([v.float() for v in values]).cpu().tolist()
+
+    def sample(self, prompt_ids, settings, seed, num_samples=1):
+        """Sampled continuations from the model being trained (shared/sampling.py's draws)."""
+        return generate(self.model, prompt_ids, settings, seed, num_samples)
 
     def is_out_of_memory(self, exc):
         return isinstance(exc, torch.cuda.OutOfMemoryError)
@@ -132,6 +149,10 @@ class TorchBackend:
         self.model.load_state_numpy(state)
         for name in self.exact_frozen.keys() & state.keys():  # keep the exact copies current
             self.exact_frozen[name] = np.array(state[name], dtype=np.float32)
+
+    def load_trainable_checkpoint(self, path):
+        """Resume: the trainable weights saved at `path`, checked against the model."""
+        self.load_trainable(load_for_model(path, self.config, base_loaded=True))
 
     def optimizer_state(self):
         return self.optimizer.state_numpy(self.params)

@@ -1,0 +1,52 @@
+#!/usr/bin/env python
+"""Pretrain GPT-2 on raw text with the PyTorch or Jittor backend, e.g.
+  python scripts/pretrain.py --backend jittor --text the-verdict.txt --n_embd 64 --n_layer 2 \
+      --n_head 2 --seq_len 64 --stride 64 --max_epoch 10 --lr 0.001 --sample_every 50 \
+      --temperature 0.8 --top_k 20 --work_dir runs/pretrain-jittor
+Windows of the files' token stream train every weight (from a seeded init or --init_checkpoint);
+the tail (--valid_fraction) gives the validation loss and perplexity; samples use the seeded
+numpy sampler, so both backends print the same text for the same weights.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from backends import training_backend  # noqa: E402
+from shared.checkpoint import CheckpointError  # noqa: E402
+from shared.pretrain_task import (PRETRAIN_RESUME_KEYS, PeriodicSampler,  # noqa: E402
+                                  build_pretrain_parser, pretrain_datasets, pretrain_problems)
+from shared.tokenizer import VocabError, load_tokenizer  # noqa: E402
+from shared.train_args import ArgumentProblem  # noqa: E402
+from shared.trainer import Trainer, TrainingError, TrainingInterrupted  # noqa: E402
+
+
+def main(argv=None):
+    parser = build_pretrain_parser()
+    args = parser.parse_args(argv)
+    problems = pretrain_problems(args)
+    if problems:
+        parser.error("bad arguments:\n  " + "\n  ".join(problems))
+    args.train_data = os.pathsep.join(args.text)  # recorded in run_config.json
+    try:
+        tokenizer = load_tokenizer(args.vocab)
+        datasets = pretrain_datasets(args, tokenizer)
+        trainer = Trainer(args, training_backend(args.backend), datasets=datasets,
+                          resume_keys=PRETRAIN_RESUME_KEYS)
+        sampler = PeriodicSampler(trainer, tokenizer, args)
+        trainer.on_step = sampler
+        summary = trainer.train()
+        sampler.sample(summary["steps"])
+    except ArgumentProblem as exc:
+        parser.error(str(exc))
+    except (TrainingError, CheckpointError, VocabError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except TrainingInterrupted as exc:
+        print(str(exc), file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

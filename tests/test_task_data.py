@@ -1,0 +1,119 @@
+"""Data of the pretraining and classification tasks: bad input named by file and line, windows,
+seeded splits, class balance and metrics (shared/text_data.py, shared/classify_data.py)."""
+import numpy as np
+import pytest
+
+from shared.classifier_params import is_trainable
+from shared.classify_data import (ClassifyDataError, ClassifyDataset, class_weights,
+                                  classification_metrics, prepare_splits, read_labelled)
+from shared.text_data import TextDataError, WindowDataset, read_text_file, split_tail
+
+
+class CharTokenizer:
+    def encode(self, text):
+        return [ord(c) for c in text]
+
+
+def test_empty_and_non_utf8_text_files_are_named(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n", encoding="utf-8")
+    with pytest.raises(TextDataError, match=f"{empty}: the file is empty"):
+        read_text_file(empty)
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes(b"first line\ncaf\xe9\n")
+    with pytest.raises(TextDataError, match=f"{latin}:2: not UTF-8"):
+        read_text_file(latin)
+    with pytest.raises(TextDataError, match="not found"):
+        read_text_file(tmp_path / "missing.txt")
+
+
+def test_windows_and_tail_split():
+    tokens = np.arange(100)
+    train, valid = split_tail(tokens, 0.2, seq_len=8)
+    assert train.tolist() == list(range(80)) and valid.tolist() == list(range(80, 100))
+    with pytest.raises(TextDataError, match="validation part has 10 tokens"):
+        split_tail(tokens, 0.1, seq_len=16)
+    data = WindowDataset(train, seq_len=8, stride=4, batch_size=3)
+    assert data.starts == list(range(0, 72, 4)) and data.num_batches == 6
+    batch = data.collate([0, 2])
+    assert batch["input"][1].tolist() == list(range(8, 16))
+    assert batch["target"][1].tolist() == list(range(9, 17))
+    assert batch["mask"].shape == (2, 8) and batch["mask"].all()
+    assert data.truncation_report().startswith("text: 3 of 80 tokens fall outside")  # 77..79
+    first = [b["input"].tolist() for b in data.train_batches(2, seed=1)]
+    assert first == [b["input"].tolist() for b in data.train_batches(2, seed=1)]
+    assert first[2:] == [b["input"].tolist() for b in data.train_batches(2, seed=1, start_batch=2)]
+    gappy = WindowDataset(train, seq_len=8, stride=12, batch_size=2)
+    assert "fall outside every window" in gappy.truncation_report()
+
+
+def test_spam_lines_are_checked_with_file_and_line(tmp_path):
+    path = tmp_path / "spam.tsv"
+    path.write_text("ham\thello\nspam no tab here\n", encoding="utf-8")
+    with pytest.raises(ClassifyDataError, match=f"{path}:2: no tab"):
+        read_labelled(path)
+    path.write_text("ham\thello\neggs\tbad label\n", encoding="utf-8")
+    with pytest.raises(ClassifyDataError, match=f"{path}:2: unknown label 'eggs'"):
+        read_labelled(path)
+    path.write_text("ham\t \n", encoding="utf-8")
+    with pytest.raises(ClassifyDataError, match=f"{path}:1: empty text"):
+        read_labelled(path)
+    path.write_text("ham\thello\r\nspam\tWIN\n\n\n", encoding="utf-8")
+    assert read_labelled(path) == [(0, "hello", 1), (1, "WIN", 2)]
+
+
+def spam_file(tmp_path, n_ham=60, n_spam=15):
+    path = tmp_path / "spam.tsv"
+    lines = [f"ham\tmessage {i}" for i in range(n_ham)] + [f"spam\toffer {i}" for i in range(n_spam)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_splits_are_seeded_stratified_and_balanced(tmp_path):
+    path = spam_file(tmp_path)
+    splits, weights = prepare_splits(path, seed=3, balance="undersample")
+    assert weights is None
+    for part in splits.values():
+        labels = [e[0] for e in part]
+        assert labels.count(0) == labels.count(1)
+    assert sum(len(p) for p in splits.values()) == 30
+    again, _ = prepare_splits(path, seed=3, balance="undersample")
+    assert again == splits
+    other, _ = prepare_splits(path, seed=4, balance="undersample")
+    assert other != splits
+    full, weights = prepare_splits(path, seed=3, balance="class_weights")
+    assert sum(len(p) for p in full.values()) == 75
+    counts = np.bincount([e[0] for e in full["train"]])
+    assert np.allclose(np.array(weights) * counts, counts.sum() / 2)
+    assert class_weights([(0, "a", 1), (0, "b", 2), (1, "c", 3)]) == [0.75, 1.5]
+
+
+def test_classify_batches_cut_and_pad(tmp_path):
+    examples = [(0, "abcdef", 1), (1, "xy", 2)]
+    data = ClassifyDataset(examples, CharTokenizer(), batch_size=2, max_len=4)
+    assert "1 of 2 texts are longer than max_len 4" in data.truncation_report()
+    batch = next(data.eval_batches())
+    assert batch["input"].tolist() == [[97, 98, 99, 100], [120, 121, 50256, 50256]]
+    assert batch["length"].tolist() == [4, 2] and batch["label"].tolist() == [0, 1]
+    wide = ClassifyDataset(examples[1:], CharTokenizer(), 2, 6, fixed_width=True)
+    assert next(wide.eval_batches())["input"].shape == (1, 6)
+
+
+def test_metrics_and_confusion_matrix():
+    m = classification_metrics([0, 0, 1, 1, 1], [0, 1, 1, 1, 0])
+    assert m["confusion_matrix"] == [[1, 1], [1, 2]]
+    assert m["accuracy"] == pytest.approx(0.6)
+    assert m["precision"] == pytest.approx(2 / 3) and m["recall"] == pytest.approx(2 / 3)
+    assert m["f1"] == pytest.approx(2 / 3)
+    none = classification_metrics([0, 0], [0, 0])
+    assert none["precision"] == none["recall"] == none["f1"] == 0.0
+
+
+def test_trainable_parts():
+    names = ["transformer.wte.weight", "transformer.h.0.ln_1.weight", "transformer.h.1.mlp.c_fc.weight",
+             "transformer.h.1.attn.c_attn.lora_A", "transformer.ln_f.bias", "score.weight"]
+    assert [n for n in names if is_trainable(n, "last", 2)] == names[2:]
+    assert [n for n in names if is_trainable(n, "lora", 2)] == [names[3], names[5]]
+    assert all(is_trainable(n, "all", 2) for n in names)
+    with pytest.raises(ValueError, match="--trainable"):
+        is_trainable(names[0], "head", 2)
