@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from shared.atomic import write_json, write_text
-from shared.compare import TINY, difference
+from shared.compare import difference
 from shared.config import GPT2Config
 from shared.environment import gpu_name, versions
 from shared.params import init_state_dict
@@ -192,7 +192,7 @@ def differences(a: np.ndarray, b: np.ndarray, atol: float, rtol: float):
     """(max |a-b|, max relative difference over the elements where the relative tolerance
     governs, i.e. rtol * magnitude > atol): shared/compare.py's measures. Near zero the absolute
     tolerance governs, and a relative difference there would only measure rounding noise."""
-    d = difference(a, b, floor=max(atol / rtol if rtol > 0 else atol, TINY))
+    d = difference(a, b, floor=max(atol / rtol if rtol > 0 else atol, np.finfo(np.float64).tiny))
     return d.max_abs, d.max_rel
 
 
