@@ -9,7 +9,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
     packages=find_packages(include=["shared", "shared.*", "torch_impl", "torch_impl.*",
-                                    "jittor_impl", "jittor_impl.*", "backends", "backends.*"]),
+                                    "jittor_impl", "jittor_impl.*", "backends", "backends.*",
+                                    "alignment", "alignment.*"]),
     install_requires=[
         "jittor==1.3.11.0",
         "numpy<2",  # jittor 1.3.11 reads numpy's C structures with the 1.x layout

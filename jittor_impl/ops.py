@@ -99,8 +99,12 @@ def dropout(x, p):
 
 
 def gelu(x):
-    """0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))); Jittor fuses these into one kernel."""
-    return 0.5 * x * (1.0 + jt.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * jt.pow(x, 3))))
+    """0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))); Jittor fuses these into one kernel.
+    The tanh argument is clamped to +-20, where float32 tanh is already +-1 (no value changes):
+    Jittor 1.3.11's tanh backward is NaN for arguments beyond about +-45 on the CPU (found by
+    scripts/diff_layers.py, logs/diff-layers-cpu), where the true gradient is 0."""
+    z = math.sqrt(2.0 / math.pi) * (x + 0.044715 * jt.pow(x, 3))
+    return 0.5 * x * (1.0 + jt.tanh(jt.clamp(z, -20.0, 20.0)))
 
 
 def softmax(x, dim=-1):
