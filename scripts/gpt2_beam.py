@@ -12,7 +12,6 @@ shared/prediction_file.py), plus `--backend`, e.g.
 specified in shared/beam_spec.py; its results do not depend on --batch_size.
 """
 import argparse
-import json
 import os
 import random
 import sys

@@ -30,7 +30,7 @@ import numpy as np
 
 from .atomic import write_json
 from .batching import FTDataset, check_batch
-from .checkpoint import (CheckpointError, latest_checkpoint_step, load_for_model, load_trainer_state,
+from .checkpoint import (CheckpointError, latest_checkpoint_step, load_trainer_state,
                          save_checkpoint, save_trainer_state)
 from .run_lock import RunLock
 from .schedule import lr_at
