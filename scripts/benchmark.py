@@ -58,13 +58,15 @@ def parse_args(argv):
     p.add_argument("--out", default="logs/benchmark.md")
     p.add_argument("--_measure", nargs=3, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    problems = [problem for flag, value, known in (
-        ("--backends", args.backends, VARIANTS), ("--extra_backends", args.extra_backends, VARIANTS),
-        ("--cards", args.cards, MODEL_CARDS), ("--extra_cards", args.extra_cards, MODEL_CARDS),
-        ("--beam_cards", args.beam_cards, MODEL_CARDS)) for problem in unknown_names(flag, value, known)]
+    lists = (("--backends", args.backends, VARIANTS), ("--extra_backends", args.extra_backends, VARIANTS),
+             ("--cards", args.cards, MODEL_CARDS), ("--extra_cards", args.extra_cards, MODEL_CARDS),
+             ("--beam_cards", args.beam_cards, MODEL_CARDS))
+    problems = [problem for flag, value, known in lists for problem in unknown_names(flag, value, known)]
     problems += [f"--{name} must be at least 1, got {getattr(args, name)}"
-                 for name in ("seq_len", "batch_size", "steps", "beam_batch_size") if getattr(args, name) < 1]
-    cards = set(args.cards.split(",") + args.extra_cards.split(",") + args.beam_cards.split(",")) & set(MODEL_CARDS)
+                 for name in ("seq_len", "batch_size", "steps", "beam_batch_size")
+                 if getattr(args, name) < 1]
+    cards = {card for _, value, known in lists if known is MODEL_CARDS
+             for card in value.split(",") if card in MODEL_CARDS}
     problems += sorted({problem for card in cards
                         for problem in shape_flag_problems(args.n_embd, args.n_layer, args.n_head, card)})
     problems += device_problems(args.device)

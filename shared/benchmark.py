@@ -158,22 +158,18 @@ def _profiles(results, settings):
              "(torch.profiler; jittor.profile_scope, which synchronises after every kernel). "
              "'device' is the summed kernel time per step; the step time above minus it is "
              "time the GPU waited for the host."]
-    for card, per in results["training"].items():
-        for variant, r in per.items():
-            if r.get("profile"):
-                prof = r["profile"]
-                lines += _profile_section(
-                    f"### {card} {variant}: step {r['step_ms']:.1f} ms, device "
-                    f"{prof['device_ms_per_step']:.1f} ms, {prof['launches_per_step']:.0f} "
-                    f"kernels per step", prof)
-    for card, per in results.get("beam", {}).items():
-        for backend, r in per.items():
-            if r.get("profile"):
-                prof = r["profile"]
-                lines += _profile_section(
-                    f"### {card} beam search, {backend}: one batch of "
-                    f"{settings['beam_batch_size']} MRs, device {prof['device_ms_per_step']:.0f} "
-                    f"ms, {prof['launches_per_step']:.0f} kernels", prof)
+    titled = [(f"### {card} {variant}: step {r['step_ms']:.1f} ms, device "
+               f"{r['profile']['device_ms_per_step']:.1f} ms, "
+               f"{r['profile']['launches_per_step']:.0f} kernels per step", r["profile"])
+              for card, per in results["training"].items()
+              for variant, r in per.items() if r.get("profile")]
+    titled += [(f"### {card} beam search, {backend}: one batch of {settings['beam_batch_size']} "
+                f"MRs, device {r['profile']['device_ms_per_step']:.0f} ms, "
+                f"{r['profile']['launches_per_step']:.0f} kernels", r["profile"])
+               for card, per in results.get("beam", {}).items()
+               for backend, r in per.items() if r.get("profile")]
+    for title, prof in titled:
+        lines += _profile_section(title, prof)
     return lines
 
 

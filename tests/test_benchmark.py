@@ -31,8 +31,8 @@ def test_cpu_run_writes_the_report_of_both_backends(tmp_path):
     proc = run_benchmark("--device", "cpu", "--precision", "fp32", "--backends", "torch,jittor,hf+peft",
                          "--cards", "gpt2.sm", "--extra_cards", "", "--n_embd", "32", "--n_layer", "1",
                          "--n_head", "2", "--seq_len", "16", "--batch_size", "2", "--steps", "2",
-                         "--warmup", "1", "--profile", "--test_data", str(test_data), "--beam_cards", "gpt2.sm",
-                         "--beam_batch_size", "2", "--out", str(out))
+                         "--warmup", "1", "--profile", "--test_data", str(test_data), "--beam_cards",
+                         "gpt2.sm", "--beam_batch_size", "2", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     report, record = out.read_text(), json.loads(out.with_suffix(".json").read_text())
     assert report == render(record)
