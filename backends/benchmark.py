@@ -1,24 +1,28 @@
-"""The benchmark's measurements on either backend: training throughput, beam search, profiles.
+"""The benchmark's measurements on either backend: training throughput, peak device memory,
+beam search, kernel profiles; each in its own process (backends/benchmark_run.py starts them).
 
-scripts/benchmark.py runs each in its own process; each imports only the framework it measures.
 Training: the real training step of each backend (the backend objects of shared/trainer.py:
-forward, backward, clipping, the reference AdamW) on synthetic full-length batches.
-Beam search: the test split, randomly initialised weights (so beams rarely stop early).
-Training variants: `torch` (eager), `torch+compile` (torch.compile), `jittor` (products as direct
+forward, backward, clipping, the reference AdamW) on synthetic full-length batches, or a peer's
+step (backends/benchmark_peers.py) on the same batches. Variants: `torch` (eager),
+`torch+compile` (torch.compile, mode reduce-overhead: CUDA graphs), `jittor` (products as direct
 cuBLAS calls, permutes as gathers: jittor_impl/precision.py) and `jittor+tuner` (both left to
-Jittor's own ops and fusion pass).
+Jittor's own ops and fusion pass). Beam search: the test split, randomly initialised weights (so
+beams rarely stop early). Peak device memory is read through NVML (all the process holds: CUDA
+context and allocator caches included), and for torch-based variants also torch's peak of
+allocated tensors. Each measurement imports only the framework it measures.
 """
+import threading
 import time
 from types import SimpleNamespace
 
 import numpy as np
 
-from shared.benchmark import lora_training_flops_per_token
+from shared.benchmark import (PEERS, lora_config, summarize_kernels, synthetic_batch,
+                              training_rates)
 from shared.config import GPT2Config
 
 from . import training_backend
-
-VARIANTS = ("torch", "torch+compile", "jittor", "jittor+tuner")
+from .benchmark_peers import build_peer
 
 
 def train_args(backend, device, precision, seed=0, compile=False):
@@ -39,44 +43,103 @@ def synchronize(backend):
         jt.sync_all(True)
 
 
+class DevicePeakMemory:
+    """Peak device memory in use by this process while it runs, polled through NVML every 5 ms
+    (device-wide use minus what was in use at the start: each measurement has the GPU alone).
+    NVML sees what the driver hands out, which no framework's own counter does."""
+
+    def __init__(self):
+        self.handle, self.base, self.peak = None, 0, 0
+        try:
+            import pynvml
+            pynvml.nvmlInit()
+            self.handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+            self.read = lambda: pynvml.nvmlDeviceGetMemoryInfo(self.handle).used
+            self.base = self.peak = self.read()
+        except Exception:  # no NVML (CPU runs): no figure
+            self.handle = None
+            return
+        self.running = True
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+        self.thread.start()
+
+    def _poll(self):
+        while self.running:
+            self.peak = max(self.peak, self.read())
+            time.sleep(0.005)
+
+    def stop_mib(self):
+        if self.handle is None:
+            return None
+        self.running = False
+        self.thread.join()
+        self.peak = max(self.peak, self.read())
+        return (self.peak - self.base) / 2 ** 20
+
+
+def torch_peak_allocated_mib():
+    import torch
+    return torch.cuda.max_memory_allocated() / 2 ** 20 if torch.cuda.is_available() else None
+
+
+def timed_steps(run_step, sync, fetch, args):
+    """Seconds for args.steps calls of run_step after args.warmup, and all their losses."""
+    losses = []
+    for step in range(args.warmup + args.steps):
+        if step == args.warmup:
+            sync()
+            started = time.perf_counter()
+        losses.append(run_step(step + 1))
+    sync()
+    seconds = time.perf_counter() - started
+    return seconds, fetch(losses)
+
+
+def _finite(values, name, card):
+    if not all(np.isfinite(values)):
+        raise RuntimeError(f"{name} {card}: non-finite loss in the benchmark")
+
+
+def bench_peer(name, card, args):
+    """Tokens/s of a peer trainer (backends/benchmark_peers.py) on the same batches."""
+    import torch
+    config = lora_config(card, args)
+    step = build_peer(name, config, args.reference_src)
+    batch = {k: torch.from_numpy(v).cuda() for k, v in synthetic_batch(config, args).items()}
+    seconds, values = timed_steps(lambda _: step(batch["input"], batch["target"], batch["mask"]),
+                                  torch.cuda.synchronize,
+                                  lambda losses: torch.stack(losses).float().cpu().tolist(), args)
+    _finite(values, name, card)
+    return dict(training_rates(config, seconds, args), peak_allocated_mib=torch_peak_allocated_mib())
+
+
 def bench_training(variant, card, args):
-    """Tokens/s of `variant` (see VARIANTS); with args.profile also a kernel breakdown."""
+    """Tokens/s of `variant` (see shared.benchmark.VARIANTS); with args.profile, for the cards
+    of args.cards, also a kernel breakdown."""
+    if variant in PEERS:
+        return bench_peer(variant, card, args)
     backend = variant.split("+")[0]
     if backend == "jittor":
         from jittor_impl import precision
         precision.set_fast_cuda_paths(variant != "jittor+tuner")
-    config = GPT2Config.from_model_card(card, lora_attn_dim=4, lora_attn_alpha=32,
-                                        lora_dropout=0.1)
+    config = lora_config(card, args)
     trainer = training_backend(backend)(config, train_args(backend, args.device, args.precision,
                                                            compile=variant == "torch+compile"))
-    rng = np.random.default_rng(0)
-    shape = (args.batch_size, args.seq_len)
-    batch = {"input": rng.integers(0, config.vocab_size, shape),
-             "target": rng.integers(0, config.vocab_size, shape),
-             "mask": np.ones(shape, np.float32)}
-    losses = []
-    for step in range(args.warmup + args.steps):
-        if step == args.warmup:
-            synchronize(backend)
-            started = time.perf_counter()
-        trainer.set_step(step + 1)
-        losses.append(trainer.forward_backward(batch, 1.0, 0.0))
+    batch = synthetic_batch(config, args)
+
+    def run_step(number):
+        trainer.set_step(number)
+        loss = trainer.forward_backward(batch, 1.0, 0.0)
         trainer.update(2e-4, 1.0)
-    synchronize(backend)
-    seconds = time.perf_counter() - started
-    values = trainer.fetch(losses)
-    if not all(np.isfinite(values)):
-        raise RuntimeError(f"{backend} {card}: non-finite loss in the benchmark")
-    tokens = args.steps * args.batch_size * args.seq_len
-    flops = tokens * lora_training_flops_per_token(config, args.seq_len)
-    result = {"tokens_per_s": tokens / seconds, "step_ms": 1000 * seconds / args.steps,
-              "model_tflops": flops / seconds / 1e12}
-    if args.profile:
-        def step(number):
-            trainer.set_step(number)
-            trainer.forward_backward(batch, 1.0, 0.0)
-            trainer.update(2e-4, 1.0)
-        result["profile"] = profile_steps(backend, step, args.warmup + args.steps + 1, 2)
+        return loss
+
+    seconds, values = timed_steps(run_step, lambda: synchronize(backend), trainer.fetch, args)
+    _finite(values, backend, card)
+    result = training_rates(config, seconds, args)
+    if backend == "torch":
+        result["peak_allocated_mib"] = torch_peak_allocated_mib()
+    if args.profile and card in args.cards.split(","):
+        result["profile"] = profile_steps(backend, run_step, args.warmup + args.steps + 1, 2)
     if backend == "jittor":
         precision.set_fast_cuda_paths(True)
     del trainer
@@ -92,7 +155,7 @@ def _short_jittor_kernel(key):
     return name + (f" {dtype.group(1)}" if dtype else "")
 
 
-def profile_steps(backend, step, first_step, count, top=10):
+def profile_steps(backend, step, first_step, count, top=15):
     """Run `count` steps under the framework's profiler: device time per step and top kernels."""
     kernels = {}  # name -> (ms, calls), summed over the profiled steps
 
@@ -102,6 +165,7 @@ def profile_steps(backend, step, first_step, count, top=10):
 
     if backend == "torch":
         import torch
+        from torch.autograd import DeviceType
         from torch.profiler import ProfilerActivity, profile
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
         with profile(activities=activities) as prof:
@@ -109,6 +173,10 @@ def profile_steps(backend, step, first_step, count, top=10):
                 step(first_step + i)
             synchronize(backend)
         for event in prof.key_averages():
+            # kernels only: an operator's row repeats its kernels' time (and a compiled
+            # graph's row all of its kernels'), so summing those would count twice
+            if getattr(event, "device_type", DeviceType.CUDA) != DeviceType.CUDA:
+                continue
             device_us = getattr(event, "self_device_time_total", None)
             if device_us is None:  # older torch
                 device_us = getattr(event, "self_cuda_time_total", 0)
@@ -123,18 +191,15 @@ def profile_steps(backend, step, first_step, count, top=10):
             synchronize(backend)
         for row in report[1:]:  # name, file, count, total ns, ...
             add(_short_jittor_kernel(row[0]), float(row[3]) / 1e6, int(row[2]))
-    total = sum(ms for ms, _ in kernels.values())
-    rows = sorted(kernels.items(), key=lambda kv: -kv[1][0])[:top]
-    return {"device_ms_per_step": total / count, "launches_per_step": sum(c for _, c in kernels.values()) / count,
-            "top": [{"kernel": k[:120], "ms_per_step": ms / count, "calls_per_step": c / count,
-                     "share": ms / total if total else 0.0} for k, (ms, c) in rows]}
+    return summarize_kernels(kernels, count, top)
 
 
 def bench_beam(backend, card, args):
     """Time scripts/gpt2_beam.py's search over the test split, model already on the device."""
     from shared.batching import FTDataset
     from shared.beam_spec import BeamSettings
-    config = GPT2Config.from_model_card(card)
+    config = GPT2Config.from_model_card(card, n_embd=args.n_embd, n_layer=args.n_layer,
+                                        n_head=args.n_head)
     dataset = FTDataset.from_file(args.test_data, args.beam_batch_size, 512, 64)
     settings = BeamSettings(beam=10, eval_len=64, min_length=0, length_penalty=0.8,
                             no_repeat_ngram_size=4, repetition_penalty=1.0,
@@ -166,6 +231,16 @@ def bench_beam(backend, card, args):
     synchronize(backend)
     seconds = time.perf_counter() - started
     n = sum(len(o) for o in outputs)
-    return {"queries": n, "seconds": seconds, "queries_per_s": n / seconds}
+    result = {"queries": n, "seconds": seconds, "queries_per_s": n / seconds}
+    if args.profile:  # one batch of MRs (64 decoding steps) under the profiler
+        result["profile"] = profile_steps(backend, lambda _: run(batches[0]), 0, 1)
+    return result
 
 
+def measure(kind, name, card, args):
+    """One measurement ("train" a variant or "beam" a backend) with the process's peak device
+    memory added (None without NVML)."""
+    memory = DevicePeakMemory() if args.device == "cuda" else None
+    result = bench_training(name, card, args) if kind == "train" else bench_beam(name, card, args)
+    result["peak_device_mib"] = memory.stop_mib() if memory else None
+    return result

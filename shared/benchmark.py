@@ -1,13 +1,17 @@
-"""The benchmark's model of the work (FLOPs per token, peak throughput) and its report.
+"""The benchmark's model of the work (variants, workload, FLOPs per token, peak throughput,
+kernel kinds) and its report.
 
-scripts/benchmark.py measures (the measurements themselves: backends/benchmark.py); the numbers
-become MFU here and are rendered as logs/benchmark.md (and .json). Model FLOPs per token for LoRA
-training are counted as 2N (forward) + 2N (input gradients; frozen weights need no weight
-gradients) + the attention score/value products (3 x 4 * n_layer * seq_len * n_embd, forward and
-backward), N = non-embedding weights + the tied output head (n_embd x vocab).
-MFU = model FLOP/s / peak.
+scripts/benchmark.py measures (the measurements themselves: backends/benchmark.py, the peers:
+backends/benchmark_peers.py); the numbers become MFU and ratios here and are rendered as
+logs/benchmark.md (and .json). Model FLOPs per token for LoRA training are counted as 2N
+(forward) + 2N (input gradients; frozen weights need no weight gradients) + the attention
+score/value products (3 x 4 * n_layer * seq_len * n_embd, forward and backward),
+N = non-embedding weights + the tied output head (n_embd x vocab). MFU = model FLOP/s / peak.
+The report renders from the JSON record alone (its "settings" hold the run's arguments).
 """
 import os
+
+import numpy as np
 
 from .atomic import write_json, write_text
 from .config import GPT2Config
@@ -15,6 +19,17 @@ from . import environment as probe
 from .report import markdown_table
 
 PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}  # dense, SXM
+
+# This project's training steps, then the other trainers of the same model it is compared with
+# (backends/benchmark_peers.py builds them; the reference peers need --reference_src).
+PROJECT_VARIANTS = ("torch", "torch+compile", "jittor", "jittor+tuner")
+PEERS = ("hf+peft", "hf+peft+compile", "reference", "reference+bf16")
+VARIANTS = PROJECT_VARIANTS + PEERS
+BEAM_BACKENDS = ("torch", "jittor")
+
+# The run's arguments the report needs, kept in the JSON record so it renders on its own.
+SETTINGS = ("seq_len", "batch_size", "steps", "warmup", "test_data", "beam_batch_size",
+            "n_embd", "n_layer", "n_head")
 
 
 def peak_tflops(gpu_name, override):
@@ -33,6 +48,65 @@ def lora_training_flops_per_token(config: GPT2Config, seq_len: int) -> float:
     return 4 * weights + 3 * attention
 
 
+def training_rates(config: GPT2Config, seconds: float, args) -> dict:
+    """Tokens/s, step time and model TFLOP/s of args.steps timed steps that took `seconds`."""
+    tokens = args.steps * args.batch_size * args.seq_len
+    flops = tokens * lora_training_flops_per_token(config, args.seq_len)
+    return {"tokens_per_s": tokens / seconds, "step_ms": 1000 * seconds / args.steps,
+            "model_tflops": flops / seconds / 1e12}
+
+
+# ---------------------------------------------------------------------------- the workload
+def lora_config(card, args) -> GPT2Config:
+    """The benchmarked model: the card's shape (or args' n_embd/n_layer/n_head) with LoRA r=4."""
+    return GPT2Config.from_model_card(card, n_embd=args.n_embd, n_layer=args.n_layer,
+                                      n_head=args.n_head, lora_attn_dim=4, lora_attn_alpha=32,
+                                      lora_dropout=0.1)
+
+
+def synthetic_batch(config: GPT2Config, args) -> dict:
+    """One full-length batch of random tokens, the same for every variant (seed 0)."""
+    rng = np.random.default_rng(0)
+    shape = (args.batch_size, args.seq_len)
+    return {"input": rng.integers(0, config.vocab_size, shape),
+            "target": rng.integers(0, config.vocab_size, shape),
+            "mask": np.ones(shape, np.float32)}
+
+
+# ---------------------------------------------------------------------------- kernel profiles
+KERNEL_KINDS = (("matrix products", ("gemm", "nvjet", "cutlass", "cublas", "matmul", "sm90_xmma")),
+                ("attention", ("sdpa", "flash", "fmha", "attention")),
+                ("fused (inductor)", ("triton_",)),
+                ("copies and casts", ("copy", "unary", "cast", "reindex", "getitem", "setitem",
+                                      "cat", "index")))
+
+
+def kernel_kind(name):
+    """A coarse class of a kernel, by its name: where a step's device time goes, in a line."""
+    lowered = name.lower()
+    for kind, marks in KERNEL_KINDS:
+        if any(mark in lowered for mark in marks):
+            return kind
+    return "other element-wise and reductions"
+
+
+def summarize_kernels(kernels: dict, count: int, top: int = 15) -> dict:
+    """A profile's record from {kernel name: (ms, calls)} summed over `count` steps: device time
+    and launches per step, time by kernel kind and the `top` kernels by time."""
+    total = sum(ms for ms, _ in kernels.values())
+    rows = sorted(kernels.items(), key=lambda kv: -kv[1][0])[:top]
+    kinds = {}
+    for name, (ms, calls) in kernels.items():
+        seen_ms, seen_calls = kinds.get(kernel_kind(name), (0.0, 0))
+        kinds[kernel_kind(name)] = [seen_ms + ms / count, seen_calls + calls / count]
+    return {"device_ms_per_step": total / count,
+            "launches_per_step": sum(c for _, c in kernels.values()) / count,
+            "kinds": kinds,
+            "top": [{"kernel": k[:120], "ms_per_step": ms / count, "calls_per_step": c / count,
+                     "share": ms / total if total else 0.0} for k, (ms, c) in rows]}
+
+
+# ---------------------------------------------------------------------------- the report
 def benchmark_environment(device, precision):
     """The machine of a benchmark (shared/environment.py's probe) and its settings."""
     info = probe.versions(("numpy", "torch", "jittor"))
@@ -40,66 +114,114 @@ def benchmark_environment(device, precision):
     return info
 
 
-def render(results, env, args):
+def benchmark_settings(args) -> dict:
+    return {name: getattr(args, name) for name in SETTINGS}
+
+
+def _gib(mib):
+    return f"{mib / 1024:.2f}" if mib is not None else ""
+
+
+def _ratio(value, base):
+    return f"{value / base:.2f}" if base else ""
+
+
+def _training_table(training):
+    """One row per model and variant: rates, MFU, peak memory, ratios to torch and best peer."""
+    rows = []
+    for card, per in training.items():
+        best_peer = max((r["tokens_per_s"] for v, r in per.items() if v in PEERS), default=None)
+        torch_rate = per["torch"]["tokens_per_s"] if "torch" in per else None
+        for variant, r in per.items():
+            mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "n/a"
+            rows.append([card, variant, f"{r['tokens_per_s']:,.0f}", f"{r['step_ms']:.1f}",
+                         f"{r['model_tflops']:.1f}", mfu, _gib(r.get("peak_device_mib")),
+                         _gib(r.get("peak_allocated_mib")), _ratio(r["tokens_per_s"], torch_rate),
+                         _ratio(r["tokens_per_s"], best_peer)])
+    return markdown_table(["model", "variant", "tokens/s", "step (ms)", "model TFLOP/s", "MFU",
+                           "peak device GiB", "peak tensors GiB", "vs torch", "vs best peer"], rows)
+
+
+def _profile_section(title, prof):
+    """A profile's heading, its time by kernel kind and its top kernels."""
+    kinds = sorted(prof.get("kinds", {}).items(), key=lambda kv: -kv[1][0])
+    rows = [[row["kernel"].replace("|", "/"), f"{row['ms_per_step']:.2f}",
+             f"{row['calls_per_step']:.0f}", f"{100 * row['share']:.1f}%"] for row in prof["top"]]
+    return ["", title, "", "By kind: " + "; ".join(f"{k} {ms:.1f} ms ({calls:.0f} kernels)"
+                                                   for k, (ms, calls) in kinds),
+            "", markdown_table(["kernel", "ms", "calls", "share"], rows)]
+
+
+def _profiles(results, settings):
+    lines = ["", "## Where the time goes", "",
+             "Two more training steps of each variant under the framework's profiler "
+             "(torch.profiler; jittor.profile_scope, which synchronises after every kernel). "
+             "'device' is the summed kernel time per step; the step time above minus it is "
+             "time the GPU waited for the host."]
+    titled = [(f"### {card} {variant}: step {r['step_ms']:.1f} ms, device "
+               f"{r['profile']['device_ms_per_step']:.1f} ms, "
+               f"{r['profile']['launches_per_step']:.0f} kernels per step", r["profile"])
+              for card, per in results["training"].items()
+              for variant, r in per.items() if r.get("profile")]
+    titled += [(f"### {card} beam search, {backend}: one batch of {settings['beam_batch_size']} "
+                f"MRs, device {r['profile']['device_ms_per_step']:.0f} ms, "
+                f"{r['profile']['launches_per_step']:.0f} kernels", r["profile"])
+               for card, per in results.get("beam", {}).items()
+               for backend, r in per.items() if r.get("profile")]
+    for title, prof in titled:
+        lines += _profile_section(title, prof)
+    return lines
+
+
+def _beam(results, settings):
+    lines = ["", f"Beam search: {os.path.basename(settings['test_data'])}, one query per "
+             f"distinct MR, beam 10, eval_len 64, batch {settings['beam_batch_size']} MRs, fp32, "
+             f"randomly initialised weights, model already on the device (the first batch is a "
+             f"warm-up and is searched again in the timing).", ""]
+    rows = []
+    for card, per in results["beam"].items():
+        ratio = (per["torch"]["seconds"] / per["jittor"]["seconds"]
+                 if "jittor" in per and "torch" in per else None)
+        for backend, r in per.items():
+            cell = f"{ratio:.2f}" if ratio is not None and backend == "jittor" else ""
+            rows.append([card, backend, r["queries"], f"{r['seconds']:.1f}",
+                         f"{r['queries_per_s']:.1f}", cell])
+    lines.append(markdown_table(["model", "backend", "MRs", "seconds", "MRs/s",
+                                 "jittor/torch speed"], rows))
+    return lines
+
+
+def render(results):
+    """logs/benchmark.md from the JSON record (environment, settings and measurements)."""
+    env, settings = results["environment"], results["settings"]
+    shape = {k: settings.get(k) for k in ("n_embd", "n_layer", "n_head") if settings.get(k)}
     lines = ["# Benchmark: PyTorch vs Jittor", "",
              f"Device: {env['gpu'] or 'CPU'} ({env['device']}), precision {env['precision']}; "
              f"torch {env['torch']}, jittor {env['jittor']}, numpy {env['numpy']}, "
              f"python {env['python']}; {env.get('nvcc') or ''}", "",
-             f"Training: LoRA r=4, seq_len {args.seq_len}, batch {args.batch_size}, "
-             f"{args.steps} timed steps after {args.warmup} warm-up steps. MFU against "
-             f"{results.get('peak_tflops') or 'unknown'} TFLOP/s peak.", ""]
-    rows = []
-    for card, per in results["training"].items():
-        for variant, r in per.items():
-            mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "n/a"
-            cells = []
-            for base in ("torch", "torch+compile"):
-                ok = variant.startswith("jittor") and base in per
-                cells.append(f"{r['tokens_per_s'] / per[base]['tokens_per_s']:.2f}" if ok else "")
-            rows.append([card, variant, f"{r['tokens_per_s']:,.0f}", f"{r['step_ms']:.1f}",
-                         f"{r['model_tflops']:.1f}", mfu, cells[0], cells[1]])
-    lines.append(markdown_table(["model", "variant", "tokens/s", "step (ms)", "model TFLOP/s", "MFU",
-                                 "vs torch", "vs torch+compile"], rows))
+             f"Training: LoRA r=4, seq_len {settings['seq_len']}, batch {settings['batch_size']}, "
+             f"{settings['steps']} timed steps after {settings['warmup']} warm-up steps. MFU "
+             f"against {results.get('peak_tflops') or 'unknown'} TFLOP/s peak."
+             + ("".join(f" Every card's {k} set to {v}." for k, v in shape.items())), "",
+             "Peak memory: 'device' is what the process held on the GPU (NVML; CUDA context and "
+             "the framework's allocator cache included: what a card must have), 'tensors' "
+             "torch's peak of allocated tensors (torch-based variants only). 'vs torch' and "
+             "'vs best peer' are tokens/s ratios to this project's torch eager step and to the "
+             "fastest peer of the same model.", "", _training_table(results["training"])]
+    if results.get("skipped"):
+        lines += ["", "Not measured: " + "; ".join(f"{k}: {v}" for k, v in results["skipped"].items())]
     if results.get("failed"):
         lines += ["", "Variants that failed: " + "; ".join(f"{k}: {v}" for k, v in results["failed"].items())]
-    profiled = [(card, variant, r["profile"]) for card, per in results["training"].items()
-                for variant, r in per.items() if r.get("profile")]
-    if profiled:
-        lines += ["", "## Where the time goes", "",
-                  "Two more training steps of each variant under the framework's profiler "
-                  "(torch.profiler; jittor.profile_scope, which synchronises after every kernel). "
-                  "'device' is the summed kernel time per step; the step time above minus it is "
-                  "time the GPU waited for the host."]
-        for card, variant, prof in profiled:
-            step_ms = results["training"][card][variant]["step_ms"]
-            lines += ["", f"### {card} {variant}: step {step_ms:.1f} ms, device "
-                          f"{prof['device_ms_per_step']:.1f} ms, {prof['launches_per_step']:.0f} "
-                          f"kernels per step", ""]
-            rows = [[row["kernel"], f"{row['ms_per_step']:.2f}", f"{row['calls_per_step']:.0f}",
-                     f"{100 * row['share']:.1f}%"] for row in prof["top"]]
-            lines.append(markdown_table(["kernel", "ms/step", "calls/step", "share"], rows))
+    if any(r.get("profile") for per in results["training"].values() for r in per.values()):
+        lines += _profiles(results, settings)
     if results.get("beam"):
-        lines += ["", f"Beam search: {os.path.basename(args.test_data)}, one query per distinct MR, "
-                  f"beam 10, eval_len 64, batch {args.beam_batch_size} MRs, fp32, randomly "
-                  f"initialised weights, model already on the device (the first batch is a "
-                  f"warm-up and is searched again in the timing).", ""]
-        rows = []
-        for card, per in results["beam"].items():
-            ratio = (per["torch"]["seconds"] / per["jittor"]["seconds"]
-                     if "jittor" in per and "torch" in per else None)
-            for backend, r in per.items():
-                cell = f"{ratio:.2f}" if ratio is not None and backend == "jittor" else ""
-                rows.append([card, backend, r["queries"], f"{r['seconds']:.1f}",
-                             f"{r['queries_per_s']:.1f}", cell])
-        lines.append(markdown_table(["model", "backend", "MRs", "seconds", "MRs/s",
-                                     "jittor/torch speed"], rows))
+        lines += _beam(results, settings)
     return "\n".join(lines) + "\n"
 
 
-def save(results, env, args):
-    text = render(results, env, args)
-    write_text(args.out, text)
-    write_json(os.path.splitext(args.out)[0] + ".json", results)
+def save(results, out):
+    """Write the report to `out` and the record beside it (.json), both atomically."""
+    text = render(results)
+    write_text(out, text)
+    write_json(os.path.splitext(out)[0] + ".json", results)
     return text
-
-

@@ -1,4 +1,4 @@
-"""Other LoRA trainers of the same model, measured by scripts/benchmark.py beside this project.
+"""Other LoRA trainers of the same model, measured by backends/benchmark.py beside this project.
 
 Each peer builds its own GPT-2 of the card's shape with LoRA r=4 (alpha 32, dropout 0.1) on the
 attention's fused projection, random weights, and returns one training step (forward, backward,
@@ -11,10 +11,11 @@ it times this project's steps. Peers:
   a checkout named by --reference_src (never copied into this project), with its own AdamW;
   as shipped (fp32), and under bf16 autocast.
 """
+import importlib.util
 import os
 import sys
 
-PEERS = ("hf+peft", "hf+peft+compile", "reference", "reference+bf16")
+from shared.benchmark import PEERS
 
 
 def _card_shape(config):
@@ -83,6 +84,17 @@ def _reference(config, reference_src, autocast):
         optimizer.zero_grad(set_to_none=True)
         return loss.detach()
     return step
+
+
+def peer_problem(name, device):
+    """Why peer `name` cannot run here (None when it can): the peers train on CUDA only, and
+    the Hugging Face ones need transformers and peft (looked up, not imported)."""
+    if device != "cuda":
+        return "the peers run on CUDA only"
+    if name.startswith("reference"):
+        return None
+    missing = [m for m in ("transformers", "peft") if importlib.util.find_spec(m) is None]
+    return f"{' and '.join(missing)} not installed" if missing else None
 
 
 def build_peer(name, config, reference_src=None):

@@ -1,0 +1,88 @@
+"""scripts/benchmark.py end to end on the CPU (tiny shapes, both backends, a skipped peer), and its
+report: the committed H100 record renders to the committed report, kernels sum by kind."""
+import json
+import os
+import subprocess
+import sys
+
+from backends import benchmark_peers
+from shared.benchmark import render, summarize_kernels
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAINING_HEADER = ("| model | variant | tokens/s | step (ms) | model TFLOP/s | MFU | peak device GiB "
+                   "| peak tensors GiB | vs torch | vs best peer |")
+BEAM_HEADER = "| model | backend | MRs | seconds | MRs/s | jittor/torch speed |"
+# The settings of the run that wrote logs/benchmark.json (its report's header says them; records
+# written since hold their own "settings").
+COMMITTED_RUN_SETTINGS = dict(seq_len=512, batch_size=8, steps=10, warmup=5, test_data="test.jsonl",
+                              beam_batch_size=105, n_embd=None, n_layer=None, n_head=None)
+
+
+def run_benchmark(*args):
+    return subprocess.run([sys.executable, "scripts/benchmark.py", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_cpu_run_writes_the_report_of_both_backends(tmp_path):
+    test_data = tmp_path / "test.jsonl"  # two MRs, the second repeated: two queries
+    test_data.write_text("".join(json.dumps({"context": c, "completion": [13, 50256]}) + "\n"
+                                 for c in ([464, 1332, 318], [40, 588], [40, 588])))
+    out = tmp_path / "bench" / "benchmark.md"
+    proc = run_benchmark("--device", "cpu", "--precision", "fp32", "--backends", "torch,jittor,hf+peft",
+                         "--cards", "gpt2.sm", "--extra_cards", "", "--n_embd", "32", "--n_layer", "1",
+                         "--n_head", "2", "--seq_len", "16", "--batch_size", "2", "--steps", "2",
+                         "--warmup", "1", "--profile", "--test_data", str(test_data), "--beam_cards",
+                         "gpt2.sm", "--beam_batch_size", "2", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report, record = out.read_text(), json.loads(out.with_suffix(".json").read_text())
+    assert report == render(record)
+    assert TRAINING_HEADER in report and BEAM_HEADER in report
+    assert "Not measured: gpt2.sm hf+peft: the peers run on CUDA only" in report
+    assert "Variants that failed" not in report
+    assert "### gpt2.sm jittor: step" in report and "### gpt2.sm beam search, jittor" in report
+    torch_row = next(line for line in report.splitlines() if line.startswith("| gpt2.sm | torch |"))
+    assert torch_row.endswith("| 1.00 |  |")  # vs torch, and no peer to compare with
+    assert list(record["training"]["gpt2.sm"]) == ["torch", "jittor"]
+    assert list(record["beam"]["gpt2.sm"]) == ["torch", "jittor"]
+    assert record["beam"]["gpt2.sm"]["jittor"]["queries"] == 2
+    assert record["settings"]["n_embd"] == 32 and record["environment"]["device"] == "cpu"
+    for result in record["training"]["gpt2.sm"].values():
+        assert result["tokens_per_s"] > 0 and result["peak_device_mib"] is None
+
+
+def test_bad_flags_are_one_line_errors_before_any_measurement(tmp_path):
+    proc = run_benchmark("--device", "cpu", "--backends", "torch,tensorflow", "--extra_cards",
+                         "gpt2.xl", "--out", str(tmp_path / "b.md"))
+    assert proc.returncode == 2
+    assert "--backends: unknown ['tensorflow']" in proc.stderr
+    assert "--extra_cards: unknown ['gpt2.xl']" in proc.stderr
+    assert not os.listdir(tmp_path)
+
+
+def test_the_committed_record_renders_to_the_committed_report():
+    with open(os.path.join(ROOT, "logs", "benchmark.json"), encoding="utf-8") as f:
+        record = json.load(f)
+    record.setdefault("settings", COMMITTED_RUN_SETTINGS)
+    with open(os.path.join(ROOT, "logs", "benchmark.md"), encoding="utf-8") as f:
+        committed = f.read()
+    # what follows the rendered report was written by hand after the run
+    assert committed.startswith(render(record))
+
+
+def test_kernels_sum_by_kind_and_rank_by_time():
+    kernels = {"nvjet_sm90_gemm": (6.0, 4), "triton_poi_fused_add": (2.0, 2),
+               "bfloat16_copy_kernel": (1.0, 6), "layer_norm_kernel": (1.0, 2)}
+    prof = summarize_kernels(kernels, count=2, top=2)
+    assert prof["device_ms_per_step"] == 5.0 and prof["launches_per_step"] == 7.0
+    assert prof["kinds"] == {"matrix products": [3.0, 2.0], "fused (inductor)": [1.0, 1.0],
+                             "copies and casts": [0.5, 3.0],
+                             "other element-wise and reductions": [0.5, 1.0]}
+    assert [row["kernel"] for row in prof["top"]] == ["nvjet_sm90_gemm", "triton_poi_fused_add"]
+    assert prof["top"][0]["share"] == 0.6
+
+
+def test_peers_skip_without_cuda_or_their_libraries(monkeypatch):
+    assert benchmark_peers.peer_problem("hf+peft", "cpu") == "the peers run on CUDA only"
+    monkeypatch.setattr(benchmark_peers.importlib.util, "find_spec", lambda name: None)
+    assert benchmark_peers.peer_problem("hf+peft", "cuda") == "transformers and peft not installed"
+    assert benchmark_peers.peer_problem("reference", "cuda") is None
