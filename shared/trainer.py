@@ -255,6 +255,9 @@ class Trainer:
         write_json(os.path.join(self.work_dir, "run_config.json"), self.run_config())
         self.log = JsonlLogWriter(os.path.join(self.work_dir, "train_log.jsonl"),
                                   resume_step=self.step if args.resume else None)
+        if getattr(args, "tensorboard", None):
+            from .tensorboard_log import TensorBoardLog
+            self.log = TensorBoardLog(self.log, args.tensorboard)
         self.t_start = time.time()
         self.window_start = self.line_start = self.elapsed()
         self.window_losses = []
