@@ -112,6 +112,8 @@ def _cuda_available():
 
 
 class Pipeline:
+    STAGES = STAGES  # a task's pipeline (e.g. shared/instruct_pipeline.py) names its own
+
     def __init__(self, args):
         self.args = args
         self.s = settings_from(args)
@@ -181,6 +183,7 @@ class Pipeline:
             raise RuntimeError(f"`{' '.join(argv)}` failed with exit code {code} (log: {log_path})")
 
     def stage(self, name, func):
+        STAGES = self.STAGES
         forced = self.args.force or any(STAGES.index(name) >= STAGES.index(f)
                                         for f in self.args.force_stage)
         done = self.state["stages"].get(name)
@@ -447,7 +450,7 @@ class Pipeline:
         print(f"work.sh: run {self.run!r} ({self.s['preset']} preset) -> {self.run_dir}, "
               f"report in {self.log_dir}")
         print("settings: " + ", ".join(f"{k}={v}" for k, v in self.s.items()))
-        for name in STAGES:
+        for name in self.STAGES:
             self.stage(name, getattr(self, f"stage_{name}"))
             if name == self.args.until:
                 print(f"\nstopped after stage {name} (--until) in {time.time() - started:.1f}s")
