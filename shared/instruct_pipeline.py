@@ -46,10 +46,10 @@ DEFAULT_DATA = os.path.join(ROOT, "..", "shared", "data", "instruct", "instructi
 
 PRESETS = {
     "cpu": dict(device="cpu", model_card="gpt2.sm", n_embd=96, n_layer=3, n_head=4, seq_len=256,
-                precision="fp32", base_steps=600, base_lr=0.002, base_batch_size=8,
-                max_step=200, train_batch_size=8, lr=0.002, warmup_step=20, lora_dim=8,
+                precision="fp32", base_steps=400, base_lr=0.002, base_batch_size=8,
+                max_step=120, train_batch_size=8, lr=0.002, warmup_step=12, lora_dim=8,
                 lora_alpha=32, lora_dropout=0.1, max_new_tokens=48, limit=None,
-                eval_limit=None, eval_interval=100, save_interval=100),
+                eval_limit=None, eval_interval=60, save_interval=60),
     "cuda": dict(device="cuda", model_card="gpt2.sm", n_embd=None, n_layer=None, n_head=None,
                  seq_len=512, precision="bf16", base_steps=1500, base_lr=0.0005,
                  base_batch_size=16, max_step=600, train_batch_size=8, lr=0.0005,
