@@ -9,6 +9,7 @@ Takes every flag of gpt2_ft.py except --train_data/--valid_data (the splits are 
 the JSON-lines log and --tensorboard work as for E2E. Outputs in WORK_DIR: test_responses.jsonl
 and instruct_eval.json.
 """
+import argparse
 import json
 import os
 import sys
@@ -20,10 +21,12 @@ from shared.backends import training_backend  # noqa: E402
 from shared.batching import FTDataset  # noqa: E402
 from shared.checkpoint import CheckpointError  # noqa: E402
 from shared.instruct_data import InstructDataError, prepare_instruct, read_split_entries  # noqa: E402
+from shared.inference_model import load_inference_model  # noqa: E402
 from shared.instruct_eval import generate_responses, response_perplexity, rouge_l  # noqa: E402
 from shared.sampling import EOT_ID, SamplingSettings  # noqa: E402
 from shared.tokenizer import VocabError, load_tokenizer  # noqa: E402
-from shared.train_args import ArgumentProblem, build_parser as build_train_parser, validate  # noqa: E402
+from shared.train_args import ArgumentProblem, model_config, validate  # noqa: E402
+from shared.train_args import build_parser as build_train_parser  # noqa: E402
 from shared.trainer import TrainingError, TrainingInterrupted, train  # noqa: E402
 
 DEFAULT_DATA = os.environ.get("INSTRUCT_DATA", "")
@@ -81,9 +84,6 @@ def final_checkpoint(work_dir):
 
 def evaluate(args, tokenizer, checkpoint):
     """Generate for the test split, score ROUGE-L and perplexity; write the results."""
-    from shared.inference_model import load_inference_model
-    from shared.train_args import model_config
-    import argparse
     entries = read_split_entries(os.path.join(args.data_out, "test_entries.json"))
     if args.eval_limit:
         entries = entries[:args.eval_limit]
