@@ -49,7 +49,7 @@ PRESETS = {
                 precision="fp32", base_steps=400, base_lr=0.002, base_batch_size=8,
                 max_step=120, train_batch_size=8, lr=0.002, warmup_step=12, lora_dim=8,
                 lora_alpha=32, lora_dropout=0.1, max_new_tokens=48, limit=None,
-                eval_limit=None, eval_interval=60, save_interval=60),
+                eval_limit=40, eval_interval=60, save_interval=60),
     "cuda": dict(device="cuda", model_card="gpt2.sm", n_embd=None, n_layer=None, n_head=None,
                  seq_len=512, precision="bf16", base_steps=1500, base_lr=0.0005,
                  base_batch_size=16, max_step=600, train_batch_size=8, lr=0.0005,
