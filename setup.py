@@ -19,6 +19,7 @@ setup(
         "matplotlib",
         "tqdm",
         "safetensors",
+        "tensorboardX",
     ],
     extras_require={"test": ["pytest"]},
 )
