@@ -128,7 +128,8 @@ def test_generated_responses_are_the_same(data_file, tok, temperature):
 def test_chat_script_prints_the_same_conversation(tmp_path, vocab_dir):
     from shared.checkpoint import save_checkpoint
     from shared.config import GPT2Config
-    from shared.params import init_state_dict, randomize_lora_B
+    from alignment.harness import randomize_lora_B
+    from shared.params import init_state_dict
     cfg = GPT2Config(n_embd=32, n_layer=2, n_head=2, lora_attn_dim=4, lora_attn_alpha=16)
     ckpt = save_checkpoint(tmp_path / "tiny.safetensors",
                            randomize_lora_B(init_state_dict(cfg, 6), 6, std=0.3))

@@ -170,8 +170,10 @@ def import_peft_adapter(adapter_dir, n_embd: int):
 
 def lora_delta(state: dict, config_or_scaling, layer: int) -> np.ndarray:
     """The (in, out) c_attn update of our LoRA weights (for checks and merging)."""
-    scaling = (config_or_scaling.lora_scaling if isinstance(config_or_scaling, GPT2Config)
-               else float(config_or_scaling))
+    if isinstance(config_or_scaling, GPT2Config):  # MergedLinear's scaling: alpha / r
+        scaling = config_or_scaling.lora_attn_alpha / config_or_scaling.lora_attn_dim
+    else:
+        scaling = float(config_or_scaling)
     name = f"transformer.h.{layer}.attn.c_attn."
     a, b = state[name + "lora_A"].astype(np.float64), state[name + "lora_B"].astype(np.float64)
     r, e = a.shape[0] // 2, b.shape[0] // 2

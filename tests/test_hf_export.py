@@ -16,7 +16,8 @@ from shared.config import GPT2Config
 from shared.hf_export import (HFFormatError, config_from_hf, export_hf_model, export_peft_adapter,
                               import_peft_adapter, lora_delta, lora_to_peft, peft_adapter_config,
                               peft_delta, peft_to_lora)
-from shared.params import init_state_dict, randomize_lora_B
+from alignment.harness import randomize_lora_B
+from shared.params import init_state_dict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = GPT2Config(n_embd=32, n_layer=2, n_head=4,
