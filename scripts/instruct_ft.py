@@ -26,7 +26,7 @@ from shared.stop_signals import StopSignal, exit_status, raise_on_stop_signals
 from shared.tokenizer import VocabError, load_tokenizer
 from shared.train_args import ArgumentProblem, model_config, validate
 from shared.train_args import build_parser as build_train_parser
-from shared.trainer import TrainingError, TrainingInterrupted, train
+from shared.trainer import Trainer, TrainingError, TrainingInterrupted
 
 DEFAULT_DATA = os.environ.get("INSTRUCT_DATA", "")
 
@@ -125,20 +125,16 @@ def main(argv=None):
     if args.no_eval and args.eval_only:
         parser.error("--no_eval and --eval_only exclude each other")
     try:
-        with raise_on_stop_signals():  # outside the training loop, whose own handler saves first
+        with raise_on_stop_signals(), RunLock(args.work_dir):  # the loop's own handler saves first
             tokenizer = load_tokenizer(args.vocab)
             counts = prepare(args, tokenizer)
             print(f"instruction data {args.data}: " + ", ".join(
                 f"{k} {v}" for k, v in counts.items()) + f" entries -> {args.data_out}", flush=True)
             validate(args)
-            if args.eval_only:  # train() takes the run-folder lock itself
-                with RunLock(args.work_dir):
-                    evaluate(args, tokenizer, final_checkpoint(args.work_dir))
-                return 0
-            checkpoint = train(args, training_backend(args.backend))["final_checkpoint"]
+            checkpoint = final_checkpoint(args.work_dir) if args.eval_only else \
+                Trainer(args, training_backend(args.backend)).train()["final_checkpoint"]
             if not args.no_eval:
-                with RunLock(args.work_dir):
-                    evaluate(args, tokenizer, checkpoint)
+                evaluate(args, tokenizer, checkpoint)
     except ArgumentProblem as exc:
         parser.error(str(exc))
     except (InstructDataError, VocabError, TrainingError, CheckpointError, RunFolderBusy,
