@@ -20,6 +20,7 @@ setup(
         "matplotlib",
         "tqdm",
         "safetensors",
+        "tensorboardX",
     ],
     extras_require={"test": ["pytest"]},
 )

@@ -2,8 +2,11 @@
 
 `training_backend(name)` gives shared/trainer.py its backend class; `load_inference_model(args)`
 builds the model an inference script names (shared/inference_model.py holds its flags) with its
-backend's decoding functions. Each imports only the framework it is asked for.
+backend's decoding functions; `classifier_backend(name)` and `load_classifier(...)` do the same
+for the classification task (scripts/classify_ft.py, scripts/classify.py). Each imports only the
+framework it is asked for.
 """
+from shared.classify_task import card_config
 from shared.inference_model import InferenceModel, load_checkpoints
 from shared.train_args import BACKENDS, model_config
 
@@ -47,3 +50,46 @@ def load_inference_model(args) -> InferenceModel:
         raise ValueError(f"unknown backend {args.backend!r}; choose one of {BACKENDS}")
     model.eval()
     return InferenceModel(args.backend, model, beam.beam_search, generate.generate, to_numpy)
+
+
+def classifier_backend(name: str):
+    """The classification training backend class (`ClassifierBackend` of either twin)."""
+    if name == "torch":
+        from torch_impl.classifier import ClassifierBackend
+        return ClassifierBackend
+    if name == "jittor":
+        from jittor_impl.classifier import ClassifierBackend
+        return ClassifierBackend
+    raise ValueError(f"unknown backend {name!r}; choose one of {BACKENDS}")
+
+
+def load_classifier(backend: str, device: str, card: dict):
+    """The classifier a classify_ft.py model card describes, on `backend` and `device`, as its
+    `predict_logits(batch) -> numpy (B, classes)`."""
+    config = card_config(card)
+    if backend == "torch":
+        import torch
+        from torch_impl.classifier import GPT2Classifier
+        if device == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("--device cuda requested but torch sees no CUDA GPU")
+        model = GPT2Classifier(config, len(card["labels"])).load_weight(card["checkpoint"])
+        model.to(device).eval()
+
+        def predict_logits(batch):
+            with torch.no_grad():
+                return model(*(torch.from_numpy(batch[k]).to(device)
+                               for k in ("input", "length"))).float().cpu().numpy()
+    elif backend == "jittor":
+        from jittor_impl import runtime
+        from jittor_impl.classifier import GPT2Classifier
+        runtime.use_device(device)
+        jt = runtime.jt
+        model = GPT2Classifier(config, len(card["labels"])).load_weight(card["checkpoint"])
+        model.eval()
+
+        def predict_logits(batch):
+            with jt.no_grad():
+                return model(jt.array(batch["input"]), jt.array(batch["length"])).numpy()
+    else:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    return predict_logits

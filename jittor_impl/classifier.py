@@ -15,7 +15,6 @@ from shared.params import init_state_dict, is_lora_name
 
 from .lora import mark_trainable
 from .model import Conv1D, GPT2Model
-from .precision import autocast
 from .runtime import jt
 from .train import JittorBackend
 
@@ -104,15 +103,15 @@ class ClassifierBackend(JittorBackend):
         return model
 
     def batch_loss(self, data, label_smooth=0.0):
-        _, loss = self.model(data["input"], data["length"], data["label"])
+        _, loss = self.forward(data["input"], data["length"], data["label"])
         return loss
 
     def predict_logits(self, batch):
         """Class logits of one batch as a numpy array."""
         self.model.eval()
         data = self.to_device(batch)
-        with jt.no_grad(), autocast(self.compute_dtype):
-            logits = self.model(data["input"], data["length"])
+        with jt.no_grad(), self.autocast():
+            logits = self.forward(data["input"], data["length"])
         return logits.float32().numpy()
 
     def load_trainable_checkpoint(self, path):

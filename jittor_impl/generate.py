@@ -9,16 +9,18 @@ from shared.sampling import SampleStreams, SamplingSettings, prompt_batch
 from .runtime import jt
 
 
-def generate(model, prompt_ids, settings: SamplingSettings, seed: int, num_samples: int = 1):
-    """`num_samples` continuations of `prompt_ids` (lists of ids, eos not included)."""
+def generate(model, prompt_ids, settings: SamplingSettings, seed: int, num_samples: int = 1,
+             on_token=None):
+    """`num_samples` continuations of `prompt_ids` (lists of ids, eos not included);
+    `on_token(row, token)` sees each token as it is drawn."""
     with jt.no_grad():
-        return _generate(model, prompt_ids, settings, seed, num_samples)
+        return _generate(model, prompt_ids, settings, seed, num_samples, on_token)
 
 
-def _generate(model, prompt_ids, settings, seed, num_samples):
+def _generate(model, prompt_ids, settings, seed, num_samples, on_token):
     model.eval()
     prompt = prompt_batch(prompt_ids, settings, model.config.n_positions, num_samples)
-    streams = SampleStreams(settings, seed, num_samples)
+    streams = SampleStreams(settings, seed, num_samples, on_token)
     tokens = jt.array(prompt)
     past = None
     while True:

@@ -7,25 +7,24 @@ Texts come from --text (repeatable), else one per line from stdin; each prints a
 instead and the metrics (accuracy, precision, recall, F1, confusion matrix) go to --json.
 """
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from shared.atomic import write_json  # noqa: E402
-from shared.checkpoint import CheckpointError  # noqa: E402
-from shared.classify_data import ClassifyDataError, ClassifyDataset, read_labelled  # noqa: E402
-from shared.classify_task import evaluate, read_model_card  # noqa: E402
-from shared.config import GPT2Config  # noqa: E402
-from shared.tokenizer import VocabError, load_tokenizer  # noqa: E402
-from shared.train_args import default_device  # noqa: E402
+from backends import load_classifier
+from shared.atomic import write_json
+from shared.checkpoint import CheckpointError
+from shared.classify_data import ClassifyDataError, ClassifyDataset, read_labelled
+from shared.classify_task import evaluate, read_model_card
+from shared.environment import default_device, device_problems
+from shared.stop_signals import run_stoppable
+from shared.tokenizer import VocabError, load_tokenizer
+from shared.train_args import BACKENDS
 
 
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--backend", required=True, choices=["torch", "jittor"])
+    p.add_argument("--backend", required=True, choices=BACKENDS)
     p.add_argument("--device", default=None, choices=["cpu", "cuda"])
     p.add_argument("--model_dir", required=True, help="the --work_dir of a classify_ft.py run")
     p.add_argument("--text", action="append", default=None, help="a text to classify")
@@ -36,36 +35,6 @@ def build_parser():
     return p
 
 
-def load_classifier(backend, device, card):
-    """The fine-tuned classifier on `backend`, and its `predict_logits(batch)`."""
-    config = GPT2Config.from_model_card(card["model_card"], n_embd=card["n_embd"],
-                                        n_layer=card["n_layer"], n_head=card["n_head"],
-                                        lora_attn_dim=card["lora_dim"],
-                                        lora_attn_alpha=card["lora_alpha"])
-    if backend == "torch":
-        import torch
-        from torch_impl.classifier import GPT2Classifier
-        model = GPT2Classifier(config, len(card["labels"])).load_weight(card["checkpoint"])
-        model.to(device).eval()
-
-        def predict_logits(batch):
-            with torch.no_grad():
-                return model(*(torch.from_numpy(batch[k]).to(device)
-                               for k in ("input", "length"))).float().cpu().numpy()
-    else:
-        from jittor_impl import runtime
-        from jittor_impl.classifier import GPT2Classifier
-        runtime.use_device(device)
-        jt = runtime.jt
-        model = GPT2Classifier(config, len(card["labels"])).load_weight(card["checkpoint"])
-        model.eval()
-
-        def predict_logits(batch):
-            with jt.no_grad():
-                return model(jt.array(batch["input"]), jt.array(batch["length"])).numpy()
-    return predict_logits
-
-
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -73,10 +42,14 @@ def main(argv=None):
         parser.error("--json goes with --eval_file")
     if args.batch_size < 1:
         parser.error(f"--batch_size must be positive, got {args.batch_size}")
+    args.device = args.device or default_device()
+    problems = device_problems(args.device)
+    if problems:
+        parser.error("bad arguments:\n  " + "\n  ".join(problems))
     try:
         card = read_model_card(args.model_dir)
         tokenizer = load_tokenizer(args.vocab)
-        predict_logits = load_classifier(args.backend, args.device or default_device(), card)
+        predict_logits = load_classifier(args.backend, args.device, card)
         if args.eval_file:
             data = ClassifyDataset(read_labelled(args.eval_file, tuple(card["labels"])), tokenizer,
                                    args.batch_size, card["max_len"], args.eval_file)
@@ -95,7 +68,8 @@ def main(argv=None):
         data = ClassifyDataset([(0, t, i + 1) for i, t in enumerate(texts)], tokenizer,
                                args.batch_size, card["max_len"], "input")
         logits = np.concatenate([predict_logits(b) for b in data.eval_batches()])
-    except (ClassifyDataError, CheckpointError, VocabError, OSError, ValueError) as exc:
+    except (ClassifyDataError, CheckpointError, VocabError, OSError, RuntimeError,
+            ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     probs = np.exp(logits - logits.max(-1, keepdims=True))
@@ -107,4 +81,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_stoppable(main))

@@ -10,25 +10,16 @@ the final weights are scored on the validation and test splits into WORK_DIR/met
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from shared.atomic import write_json  # noqa: E402
-from shared.checkpoint import CheckpointError  # noqa: E402
-from shared.classify_task import (CLASSIFY_RESUME_KEYS, build_classify_parser,  # noqa: E402
-                                  classify_datasets, classify_problems, evaluate,
-                                  write_model_card)
-from shared.tokenizer import VocabError, load_tokenizer  # noqa: E402
-from shared.train_args import ArgumentProblem  # noqa: E402
-from shared.trainer import Trainer, TrainingError, TrainingInterrupted  # noqa: E402
-
-
-def classifier_backend(name):
-    """The backend's ClassifierBackend, importing only that framework."""
-    if name == "torch":
-        from torch_impl.classifier import ClassifierBackend
-    else:
-        from jittor_impl.classifier import ClassifierBackend
-    return ClassifierBackend
+from backends import classifier_backend
+from shared.atomic import write_json
+from shared.checkpoint import CheckpointError
+from shared.classify_task import (CLASSIFY_RESUME_KEYS, build_classify_parser, classify_datasets,
+                                  classify_problems, evaluate, write_model_card)
+from shared.run_lock import RunFolderBusy, RunLock
+from shared.stop_signals import StopSignal, exit_status, raise_on_stop_signals
+from shared.tokenizer import VocabError, load_tokenizer
+from shared.train_args import ArgumentProblem
+from shared.trainer import Trainer, TrainingError, TrainingInterrupted
 
 
 def main(argv=None):
@@ -38,25 +29,31 @@ def main(argv=None):
     if problems:
         parser.error("bad arguments:\n  " + "\n  ".join(problems))
     try:
-        tokenizer = load_tokenizer(args.vocab)
-        data = classify_datasets(args, tokenizer)
-        trainer = Trainer(args, classifier_backend(args.backend),
-                          datasets=(data["train"], data["valid"]), resume_keys=CLASSIFY_RESUME_KEYS)
-        summary = trainer.train()
-        metrics = {name: evaluate(trainer.backend.predict_logits, data[name])
-                   for name in ("valid", "test")}
-        metrics.update(backend=args.backend, steps=summary["steps"],
-                       valid_loss=summary["valid_loss"])
-        write_json(os.path.join(args.work_dir, "metrics.json"), metrics)
-        write_model_card(args, summary)
+        with raise_on_stop_signals(), RunLock(args.work_dir):  # the loop's own handler saves first
+            tokenizer = load_tokenizer(args.vocab)
+            data = classify_datasets(args, tokenizer)
+            trainer = Trainer(args, classifier_backend(args.backend),
+                              datasets=(data["train"], data["valid"]),
+                              resume_keys=CLASSIFY_RESUME_KEYS)
+            summary = trainer.train()
+            metrics = {name: evaluate(trainer.backend.predict_logits, data[name])
+                       for name in ("valid", "test")}
+            metrics.update(backend=args.backend, steps=summary["steps"],
+                           valid_loss=summary["valid_loss"])
+            write_json(os.path.join(args.work_dir, "metrics.json"), metrics)
+            write_model_card(args, summary)
     except ArgumentProblem as exc:
         parser.error(str(exc))
-    except (TrainingError, CheckpointError, VocabError, OSError, ValueError) as exc:
+    except (TrainingError, CheckpointError, VocabError, RunFolderBusy, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except TrainingInterrupted as exc:
         print(str(exc), file=sys.stderr)
-        return 130
+        return exit_status(exc.signum)
+    except StopSignal as exc:
+        print(f"{exc} outside the training loop; the checkpoints already in {args.work_dir} are "
+              f"whole: rerun the same command (with --resume if it holds any)", file=sys.stderr)
+        return exc.exit_code
     for name in ("valid", "test"):
         m = metrics[name]
         print(f"{name}: accuracy {m['accuracy']:.4f}, precision {m['precision']:.4f}, recall "

@@ -188,6 +188,12 @@ class FTDataset:
     def keeps_no_completion(self) -> bool:
         return len(self.no_completion) == self.num_examples
 
+    def no_completion_error(self) -> str:
+        """Why training must not start when `keeps_no_completion()` (the trainer raises it)."""
+        return (f"no example keeps a completion token at --seq_len {self.seq_len} in "
+                f"{self.source}: every context is at least that long, so the loss would be 0 "
+                f"and the run would look perfect. Raise --seq_len")
+
     def truncation_report(self) -> str:
         """A readable warning about truncated examples, or "" when nothing is cut."""
         parts = []
@@ -223,8 +229,28 @@ def check_token_ids(ids: np.ndarray, vocab_size: int) -> None:
                              f"vocabulary [0, {vocab_size})")
 
 
+def check_lengths(lengths: np.ndarray, width: int) -> None:
+    """Real lengths of padded rows (a classifier reads position length - 1): in [1, width]."""
+    if lengths.size:
+        low, high = int(lengths.min()), int(lengths.max())
+        if low < 1 or high > width:
+            raise ValueError(f"row length {low if low < 1 else high} is outside [1, {width}] "
+                             f"(the batch's width)")
+
+
 def check_batch(batch, config) -> None:
     """Width and ids of a numpy batch inside the model's tables, checked once on the host before
-    the batch reaches a device, where an out-of-range lookup is garbage (Jittor) or an assert."""
-    check_width(batch["input"].shape[-1], config.n_positions)
-    check_token_ids(batch["input"], config.vocab_size)
+    the batch reaches a device, where an out-of-range lookup is garbage (Jittor) or an assert:
+    every batch's `input`; a language-model batch's `target` ids and `mask` shape; a
+    classification batch's row `length`s (the position its head reads)."""
+    inputs = batch["input"]
+    check_width(inputs.shape[-1], config.n_positions)
+    check_token_ids(inputs, config.vocab_size)
+    if "target" in batch:
+        check_token_ids(batch["target"], config.vocab_size)
+        for key in ("target", "mask"):
+            if batch[key].shape != inputs.shape:
+                raise ValueError(f"batch {key} has shape {batch[key].shape}, input "
+                                 f"{inputs.shape}")
+    if "length" in batch:
+        check_lengths(batch["length"], inputs.shape[-1])

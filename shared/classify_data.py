@@ -134,6 +134,7 @@ class ClassifyDataset:
             raise ClassifyDataError(f"batch_size and max_len must be >= 1, got {batch_size}, "
                                     f"{max_len}")
         self.name, self.batch_size, self.max_len = name, batch_size, max_len
+        self.source = name  # the trainer's messages name the dataset by it
         self.fixed_width = fixed_width  # pad every batch to max_len (one shape: Jittor compiles once)
         self.ids, self.labels, self.lines, self.truncated = [], [], [], []
         for label, text, line in examples:
@@ -157,6 +158,24 @@ class ClassifyDataset:
         return (f"{self.name}: {len(self.truncated)} of {self.num_examples} texts are longer than "
                 f"max_len {self.max_len} tokens and lose their end (first: line "
                 f"{self.truncated[0]})")
+
+    def completion_report(self) -> str:
+        """A loud warning when most texts are cut (the head reads a token inside the text, not
+        its end, for most of the examples), or ""."""
+        if 2 * len(self.truncated) <= self.num_examples:
+            return ""
+        return (f"WARNING: {self.name}: {len(self.truncated)} of {self.num_examples} texts are "
+                f"cut at max_len {self.max_len} tokens (first: line {self.truncated[0]}): the "
+                f"head never sees their end. Raise --max_len.")
+
+    def keeps_no_completion(self) -> bool:
+        """True when every text is cut: no example shows the classifier a whole text."""
+        return len(self.truncated) == self.num_examples
+
+    def no_completion_error(self) -> str:
+        return (f"{self.name}: every one of the {self.num_examples} texts is longer than "
+                f"--max_len {self.max_len} tokens and would be classified from its beginning "
+                f"only (first: line {self.truncated[0]}). Raise --max_len")
 
     def collate(self, indices) -> dict:
         width = self.max_len if self.fixed_width else max(len(self.ids[i]) for i in indices)

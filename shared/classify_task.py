@@ -14,6 +14,7 @@ import os
 import numpy as np
 
 from .atomic import write_json
+from .config import GPT2Config
 from .classifier_params import TRAINABLE_PARTS
 from .classify_data import (BALANCE_MODES, LABELS, ClassifyDataset, classification_metrics,
                             prepare_splits)
@@ -115,3 +116,11 @@ def read_model_card(model_dir) -> dict:
         card = json.load(f)
     card["checkpoint"] = os.path.join(model_dir, card["checkpoint"])
     return card
+
+
+def card_config(card) -> GPT2Config:
+    """The model shape a model card records (the classifier is built from it)."""
+    return GPT2Config.from_model_card(card["model_card"], n_embd=card["n_embd"],
+                                      n_layer=card["n_layer"], n_head=card["n_head"],
+                                      lora_attn_dim=card["lora_dim"],
+                                      lora_attn_alpha=card["lora_alpha"])

@@ -67,8 +67,8 @@ class InferenceModel:
     def search(self, query, query_len, settings) -> np.ndarray:
         return self.to_numpy(self.beam_search(self.model, query, query_len, settings))
 
-    def sample(self, prompt_ids, settings, seed, num_samples) -> list:
-        return self.generate(self.model, prompt_ids, settings, seed, num_samples)
+    def sample(self, prompt_ids, settings, seed, num_samples, on_token=None) -> list:
+        return self.generate(self.model, prompt_ids, settings, seed, num_samples, on_token)
 
 
 def load_checkpoints(model, args):

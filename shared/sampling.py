@@ -88,13 +88,14 @@ def prompt_batch(prompt_ids, settings: SamplingSettings, n_positions: int,
 class SampleStreams:
     """`num_samples` samples advanced together; the backend feeds logits, gets next tokens."""
 
-    def __init__(self, settings: SamplingSettings, seed: int, num_samples: int):
+    def __init__(self, settings: SamplingSettings, seed: int, num_samples: int, on_token=None):
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         self.settings = settings
         self.generators = [np.random.default_rng([int(seed), i]) for i in range(num_samples)]
         self.tokens = [[] for _ in range(num_samples)]
         self.finished = [False] * num_samples
+        self.on_token = on_token  # called as on_token(row, token) for each kept token (chat)
 
     @property
     def done(self) -> bool:
@@ -117,5 +118,7 @@ class SampleStreams:
             else:
                 self.tokens[row].append(token)
                 feed[row] = token
+                if self.on_token is not None:
+                    self.on_token(row, token)
                 self.finished[row] = len(self.tokens[row]) >= self.settings.max_new_tokens
         return feed

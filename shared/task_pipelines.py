@@ -1,4 +1,4 @@
-"""`bash work.sh --task pretrain|classify`: the E2E pipeline's stage machinery for the new tasks.
+"""`bash work.sh --task pretrain|classify|instruct`: the E2E pipeline's engine for other tasks.
 
 Each task is a `Pipeline` (shared/pipeline.py) with its own stages, presets and report: the
 stage engine (stages.json, resume, --force/--force_stage/--until), the subprocess runner with
@@ -10,7 +10,9 @@ pretrain  data -> train (scripts/pretrain.py, torch and jittor) -> sample (scrip
 classify  data (seeded splits written as label<TAB>text) -> train (scripts/classify_ft.py, both
           backends) -> evaluate (scripts/classify.py: each model scored on the test split by
           both backends) -> report
-Reports: logs/<run>/report.md + report.json, loss plots, the raw training logs.
+instruct  shared/instruct_pipeline.py (its own presets and stages), registered here
+Reports: report.md + report.json, loss plots, the raw training logs, in the run folder (or
+LOGS_DIR/<run> with --logs_dir).
 """
 from __future__ import annotations
 
@@ -23,8 +25,10 @@ import subprocess
 import sys
 
 from .atomic import write_text
-from .environment import cuda_available
+from .environment import cuda_available, devices, versions
 from .paths import REPO_ROOT, resolve_vocab_dir
+from .instruct_pipeline import InstructPipeline
+from .instruct_pipeline import build_parser as build_instruct_parser
 from .pipeline import Pipeline, report_dir, run_to_end
 from .train_args import BACKENDS
 
@@ -199,7 +203,7 @@ class TaskPipeline(Pipeline):
         results = {
             "run": self.run, "task": self.task,
             "created": datetime.datetime.now().isoformat(timespec="seconds"),
-            "devices": self.devices(), "versions": self.versions(),
+            "devices": devices(self.s["device"]), "versions": versions(),
             "config": dict(self.s, random_seed=self.args.random_seed,
                            exact_dropout=self.args.exact_dropout, data=self.data_files(),
                            init=self.args.init_checkpoint or "seeded random init (from scratch)"),
@@ -391,12 +395,14 @@ class ClassifyPipeline(TaskPipeline):
                                       {"test_scoring": scored, "data": data})
 
 
-PIPELINES = {"pretrain": PretrainPipeline, "classify": ClassifyPipeline}
+PIPELINES = {"pretrain": PretrainPipeline, "classify": ClassifyPipeline,
+             "instruct": InstructPipeline}  # instruct: shared/instruct_pipeline.py
 
 
 TASKS = ("e2e", *PIPELINES)  # work.sh --task: e2e is scripts/run_pipeline.py's own pipeline
 
 
 def main(task, argv):
-    args = build_parser(task).parse_args(argv)
+    parser = build_instruct_parser() if task == "instruct" else build_parser(task)
+    args = parser.parse_args(argv)
     return run_to_end(lambda: PIPELINES[task](args))

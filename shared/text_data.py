@@ -78,6 +78,7 @@ class WindowDataset:
                                 f"{stride}, {batch_size}")
         self.tokens = np.asarray(tokens, dtype=np.int64)
         self.seq_len, self.stride, self.batch_size, self.name = seq_len, stride, batch_size, name
+        self.source = name  # the trainer's messages name the dataset by it
         if len(self.tokens) < seq_len + 1:
             raise TextDataError(f"{name}: {len(self.tokens)} tokens, fewer than seq_len + 1 = "
                                 f"{seq_len + 1}")
@@ -99,6 +100,28 @@ class WindowDataset:
             return ""
         return (f"{self.name}: {unused} of {len(self.tokens)} tokens fall outside every window "
                 f"(seq_len {self.seq_len}, stride {self.stride})")
+
+    def completion_report(self) -> str:
+        """A loud warning when most of the stream is never a target (a stride far above seq_len
+        trains on a fraction of the text), or ""."""
+        scored = np.zeros(len(self.tokens), dtype=bool)
+        for start in self.starts:
+            scored[start + 1:start + self.seq_len + 1] = True
+        scored = int(scored.sum())
+        if 2 * scored >= len(self.tokens) - 1:
+            return ""
+        return (f"WARNING: {self.name}: only {scored} of {len(self.tokens) - 1} tokens are ever "
+                f"predicted (seq_len {self.seq_len}, stride {self.stride}): most of the text is "
+                f"skipped. Lower --stride to at most --seq_len.")
+
+    def keeps_no_completion(self) -> bool:
+        """True when no window scores a token: a stream shorter than one window (the constructor
+        already refuses it, so a dataset that exists always trains on something)."""
+        return self.num_examples == 0
+
+    def no_completion_error(self) -> str:
+        return (f"{self.name}: {len(self.tokens)} tokens make no window of seq_len + 1 = "
+                f"{self.seq_len + 1} tokens: give more text or a shorter --seq_len")
 
     def collate(self, window_indices) -> dict:
         starts = [self.starts[i] for i in window_indices]

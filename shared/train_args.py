@@ -90,6 +90,8 @@ def build_parser(data_args=True, description=None):
     p.add_argument("--max_eval_batches", type=int, default=None,
                    help="evaluate on at most this many validation batches")
     p.add_argument("--no_progress", action="store_true", help="no tqdm progress bar")
+    p.add_argument("--tensorboard", default=None, metavar="DIR",
+                   help="also write the training curves as TensorBoard events into DIR")
     return p
 
 

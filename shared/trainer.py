@@ -100,11 +100,8 @@ class Trainer:
             report = dataset.truncation_report()
             if report:
                 print(f"warning: {report}", flush=True)
-            if dataset.keeps_no_completion():
-                raise TrainingError(
-                    f"no example keeps a completion token at --seq_len {args.seq_len} in "
-                    f"{dataset.source}: every context is at least that long, so the loss would "
-                    f"be 0 and the run would look perfect. Raise --seq_len")
+            if dataset.keeps_no_completion():  # the loss would be 0, or learn nothing real
+                raise TrainingError(dataset.no_completion_error())
             report = dataset.completion_report()
             if report:
                 print(report, file=sys.stderr, flush=True)
@@ -266,6 +263,9 @@ class Trainer:
         write_json(os.path.join(self.work_dir, "run_config.json"), self.run_config())
         self.log = JsonlLogWriter(os.path.join(self.work_dir, "train_log.jsonl"),
                                   resume_step=self.step if args.resume else None)
+        if getattr(args, "tensorboard", None):
+            from .tensorboard_log import TensorBoardLog
+            self.log = TensorBoardLog(self.log, args.tensorboard)
         self.t_start = time.time()
         self.window_start = self.line_start = self.elapsed()
         self.window_losses = []

@@ -117,3 +117,49 @@ def test_trainable_parts():
     assert all(is_trainable(n, "all", 2) for n in names)
     with pytest.raises(ValueError, match="--trainable"):
         is_trainable(names[0], "head", 2)
+
+
+def test_windows_report_a_stream_they_mostly_skip():
+    """The trainer's dataset interface on text windows: a stride far above seq_len is loud."""
+    tokens = np.arange(100)
+    dense = WindowDataset(tokens, seq_len=8, stride=8, batch_size=2, name="story.txt")
+    assert dense.source == "story.txt" and dense.completion_report() == ""
+    assert not dense.keeps_no_completion()
+    sparse = WindowDataset(tokens, seq_len=4, stride=20, batch_size=2, name="story.txt")
+    report = sparse.completion_report()  # windows at 0, 20, 40, 60, 80 predict 4 tokens each
+    assert report.startswith("WARNING: story.txt: only 20 of 99 tokens") and "--stride" in report
+    assert not sparse.keeps_no_completion()
+
+
+def test_a_classification_split_where_every_text_is_cut_is_an_error(tmp_path):
+    """Every text cut at max_len: the trainer refuses to start, naming the split and max_len."""
+    from shared.classify_task import build_classify_parser
+    from shared.trainer import Trainer, TrainingError
+    examples = [(0, "abcdef", 1), (1, "uvwxyz", 2), (0, "ab", 3)]
+    some = ClassifyDataset(examples, CharTokenizer(), batch_size=2, max_len=4, name="train")
+    assert some.source == "train" and not some.keeps_no_completion()
+    assert some.completion_report().startswith("WARNING: train: 2 of 3 texts are cut")
+    every = ClassifyDataset(examples[:2], CharTokenizer(), batch_size=2, max_len=4, name="train")
+    assert every.keeps_no_completion() and "Raise --max_len" in every.no_completion_error()
+    args = build_classify_parser().parse_args([
+        "--backend", "torch", "--n_embd", "8", "--n_layer", "1", "--n_head", "2", "--max_len",
+        "4", "--max_step", "1", "--work_dir", str(tmp_path / "w"), "--device", "cpu"])
+    with pytest.raises(TrainingError, match="every one of the 2 texts is longer than --max_len 4"):
+        Trainer(args, backend_cls=None, datasets=(every, some))  # refused before any backend
+
+
+def test_check_batch_validates_targets_masks_and_classifier_lengths():
+    from shared.batching import check_batch
+    from shared.config import GPT2Config
+    config = GPT2Config(n_embd=8, n_layer=1, n_head=2, n_positions=4, n_ctx=4, vocab_size=10)
+    ids = np.zeros((2, 4), dtype=np.int64)
+    check_batch({"input": ids, "target": ids, "mask": np.ones((2, 4), np.float32)}, config)
+    with pytest.raises(ValueError, match="token id 10"):
+        check_batch({"input": ids, "target": ids + 10, "mask": np.ones((2, 4))}, config)
+    with pytest.raises(ValueError, match="batch mask has shape"):
+        check_batch({"input": ids, "target": ids, "mask": np.ones((2, 3))}, config)
+    check_batch({"input": ids, "length": np.array([4, 1]), "label": np.array([0, 1])}, config)
+    for bad in ([0, 2], [5, 2]):
+        with pytest.raises(ValueError, match="row length"):
+            check_batch({"input": ids, "length": np.array(bad), "label": np.array([0, 1])},
+                        config)

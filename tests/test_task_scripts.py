@@ -1,4 +1,5 @@
 """Bad input to the task scripts stops before any training with one line naming file and line."""
+import json
 import os
 import subprocess
 import sys
@@ -87,3 +88,37 @@ def test_interrupted_pretraining_resumes_to_the_same_result(tmp_path, vocab_dir)
     cut, whole = losses(tmp_path / "cut"), losses(tmp_path / "whole")
     assert [s for s, _ in cut] == [s for s, _ in whole] == list(range(1, 7))
     assert [l for _, l in cut] == pytest.approx([l for _, l in whole], rel=1e-6)
+
+
+def test_task_scripts_refuse_a_work_dir_another_process_trains_into(tmp_path, vocab_dir):
+    """pretrain.py, classify_ft.py and instruct_ft.py take the run-folder lock before any work."""
+    from shared.run_lock import HELD_ENV, LOCK_NAME
+    work = tmp_path / "w"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from shared.run_lock import RunLock; "
+         "lock = RunLock(sys.argv[1]).acquire(); print('held', flush=True); sys.stdin.read()",
+         str(work)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        env={**{k: v for k, v in os.environ.items() if k != HELD_ENV}, "PYTHONPATH": ROOT})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        text = tmp_path / "story.txt"
+        text.write_text("Some text. " * 200, encoding="utf-8")
+        spam = tmp_path / "spam.tsv"
+        spam.write_text("".join(f"ham\tfine {i}\nspam\tcall now {i}\n" for i in range(20)),
+                        encoding="utf-8")
+        alpaca = tmp_path / "alpaca.json"
+        alpaca.write_text(json.dumps([{"instruction": f"Say {i}.", "input": "", "output": f"{i}"}
+                                      for i in range(30)]), encoding="utf-8")
+        common = ["--backend", "torch", "--device", "cpu", "--max_step", "1", "--n_embd", "32",
+                  "--n_layer", "1", "--n_head", "2", "--work_dir", str(work)]
+        for script, data in (("pretrain.py", ["--text", str(text), "--seq_len", "16",
+                                              "--stride", "16"]),
+                             ("classify_ft.py", ["--data", str(spam), "--max_len", "16"]),
+                             ("instruct_ft.py", ["--data", str(alpaca), "--seq_len", "64"])):
+            proc = run(script, *common, *data, vocab_dir=vocab_dir)
+            assert proc.returncode == 2 and f"is in use by pid {holder.pid}" in proc.stderr, \
+                script + proc.stderr[-2000:]
+        assert sorted(os.listdir(work)) == [LOCK_NAME]  # nothing written beside the owner's lock
+    finally:
+        holder.kill()
+        holder.wait()

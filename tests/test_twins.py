@@ -15,7 +15,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TWIN_FILES = ("__init__.py", "model.py", "lora.py", "ops.py", "optim.py", "train.py", "beam.py",
-              "generate.py")
+              "generate.py", "classifier.py")
 
 # torch name -> Jittor name, applied to the torch side before the diff.
 NAME_MAP = [
@@ -123,7 +123,8 @@ ALLOWED = {
             'self.weight += self.delta_weight()',
             '@jt.no_grad()',
             'self.weight -= self.delta_weight()',
-            '"""Freeze everything but `lora_A`/`lora_B` (loralib\'s bias=\'none\')."""',
+            '"""Train the parameters whose name `trains(name)` accepts, freeze the others."""',
+            'p.requires_grad = trains(name)',
         ],
         'jittor': [
             'from .runtime import jt',
@@ -133,15 +134,17 @@ ALLOWED = {
             'self.weight.assign(self.weight + self.delta_weight())',
             'with jt.no_grad():',
             'self.weight.assign(self.weight - self.delta_weight())',
-            '"""Freeze everything but `lora_A`/`lora_B` (loralib\'s bias=\'none\').',
+            '"""Train the parameters whose name `trains(name)` accepts, freeze the others.',
             "Jittor's `eval()` stops the gradients of all parameters and records in `backup_grad_state`",
             'which were trainable; `train()` restores that record. The record is rewritten here too, or',
             'freezing a model in eval mode would be undone by its next `train()`."""',
+            'wanted = {}',
+            'p.requires_grad = wanted[id(p)] = trains(name)',
             'for module in model.modules():',
             'record = getattr(module, "backup_grad_state", None)',
             'if record is not None:',
-            'for name, p in module.named_parameters():',
-            'record[id(p)] = is_lora_name(name)',
+            'for p in module.parameters():',
+            'record[id(p)] = wanted[id(p)]',
         ],
     },
     'ops.py': {
@@ -377,6 +380,47 @@ ALLOWED = {
             'from .optim import AdamW, grad_norm_and_clip, set_lr',
             'if self.compute_dtype is not None and config.lora_attn_dim > 0 and jt.flags.use_cuda:',
             'self.exact_frozen = store_frozen_weights(self.model, self.compute_dtype)',
+        ],
+    },
+    'classifier.py': {
+        'torch': [
+            "`--trainable` part and replaces the language-model loss; everything else is `TorchBackend`'s.",
+            'import jt',
+            'import jt.nn.functional as F',
+            'from jt import nn',
+            'from .train import TorchBackend',
+            'rows = jt.arange(batch, device=hidden_states.device) * width + lengths - 1',
+            'logprobs = F.log_softmax(logits.float32(), dim=-1)',
+            'weights = jt.from_numpy(class_weights).to(nll.device)[labels]',
+            'if impl not in ("math", "sdpa"):',
+            'raise ValueError(f"attention implementation must be \'math\' or \'sdpa\', got {impl!r}")',
+            'for block in self.transformer.h:',
+            'block.attn.impl = impl',
+            '@jt.no_grad()',
+            'param.copy_(jt.from_numpy(np.ascontiguousarray(value)).to(param.dtype))',
+            'return {name: param.detach().float32().cpu().numpy().copy()',
+            'class ClassifierBackend(TorchBackend):',
+            '"""TorchBackend training GPT2Classifier on {"input", "length", "label"} batches."""',
+            '@jt.no_grad()',
+            'with self.autocast():',
+            'return logits.float32().cpu().numpy()',
+        ],
+        'jittor': [
+            "`--trainable` part and replaces the language-model loss; everything else is `JittorBackend`'s.",
+            'from .runtime import jt',
+            'from .train import JittorBackend',
+            'nn = jt.nn',
+            'rows = jt.arange(batch).int64() * width + lengths - 1',
+            'logprobs = nn.log_softmax(logits.float32(), dim=-1)',
+            'weights = jt.array(class_weights)[labels]',
+            'if impl != "math":',
+            'raise ValueError(f"the jittor backend implements attention \'math\' only, got {impl!r}")',
+            'param.assign(jt.array(np.ascontiguousarray(value)).cast(param.dtype))',
+            'return {name: param.float32().numpy().copy()',
+            'class ClassifierBackend(JittorBackend):',
+            '"""JittorBackend training GPT2Classifier on {"input", "length", "label"} batches."""',
+            'with jt.no_grad(), self.autocast():',
+            'return logits.float32().numpy()',
         ],
     },
     'beam.py': {

@@ -9,17 +9,19 @@ import torch
 from shared.sampling import SampleStreams, SamplingSettings, prompt_batch
 
 
-def generate(model, prompt_ids, settings: SamplingSettings, seed: int, num_samples: int = 1):
-    """`num_samples` continuations of `prompt_ids` (lists of ids, eos not included)."""
+def generate(model, prompt_ids, settings: SamplingSettings, seed: int, num_samples: int = 1,
+             on_token=None):
+    """`num_samples` continuations of `prompt_ids` (lists of ids, eos not included);
+    `on_token(row, token)` sees each token as it is drawn."""
     with torch.no_grad():
-        return _generate(model, prompt_ids, settings, seed, num_samples)
+        return _generate(model, prompt_ids, settings, seed, num_samples, on_token)
 
 
-def _generate(model, prompt_ids, settings, seed, num_samples):
+def _generate(model, prompt_ids, settings, seed, num_samples, on_token):
     model.eval()
     device = next(model.parameters()).device
     prompt = prompt_batch(prompt_ids, settings, model.config.n_positions, num_samples)
-    streams = SampleStreams(settings, seed, num_samples)
+    streams = SampleStreams(settings, seed, num_samples, on_token)
     tokens = torch.from_numpy(prompt).to(device)
     past = None
     while True:

@@ -1,0 +1,104 @@
+#!/usr/bin/env python
+"""Chat with an instruction-tuned GPT-2 (either backend): one message per line on stdin, the reply
+printed token by token, e.g.
+  python scripts/chat.py --backend torch --init_checkpoint runs/instruct-cpu/torch/model.200.pt \
+      --n_embd 96 --n_layer 3 --n_head 4 --lora_dim 8 --lora_alpha 32 --temperature 0.7 --top_k 40
+  printf 'Name a fruit.\nAnd another one?\n' | python scripts/chat.py ...   # scripted
+Earlier turns stay in the prompt (Alpaca template) until the context window is full; then the
+oldest go. `/reset` forgets them, `/quit`, end of input (Ctrl-D) or Ctrl-C ends the chat.
+"""
+import argparse
+import sys
+
+from backends import load_inference_model
+from shared.chat import ChatHistory, TokenPrinter
+from shared.checkpoint import CheckpointError
+from shared.inference_model import add_inference_model_args, inference_model_problems
+from shared.sampling import EOT_ID, SamplingSettings
+from shared.stop_signals import StopSignal, run_stoppable
+from shared.tokenizer import VocabError, load_tokenizer
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--temperature", type=float, default=0.7, help="<= 0: greedy")
+    p.add_argument("--top_k", type=int, default=40, help="keep the k most likely tokens (0: all)")
+    p.add_argument("--top_p", type=float, default=0.95, help="nucleus sampling mass (1: off)")
+    p.add_argument("--max_new_tokens", type=int, default=128, help="longest reply, in tokens")
+    p.add_argument("--seed", type=int, default=10, help="reply n is drawn with seed + n")
+    p.add_argument("--context", type=int, default=None,
+                   help="context window in tokens (default: the model's n_positions)")
+    p.add_argument("--vocab", default=None, help="GPT-2 vocab folder (default: GPT2_VOCAB_DIR)")
+    add_inference_model_args(p)
+    return p
+
+
+def chat(model, tokenizer, settings, seed, budget, lines, write):
+    """Run the conversation over `lines` (an iterator of user messages); returns the turns."""
+    history = ChatHistory(tokenizer, budget)
+    turn = 0
+    write(">>> ")
+    for line in lines:
+        message = line.strip()
+        if message == "/quit":
+            break
+        if message == "/reset":
+            history.reset()
+            write("(history cleared)\n>>> ")
+            continue
+        if not message:
+            write(">>> ")
+            continue
+        dropped = history.dropped
+        prompt = history.prompt_ids(message)
+        if history.dropped > dropped:
+            write(f"(dropped {history.dropped - dropped} oldest turn(s) to fit the context)\n")
+        printer = TokenPrinter(tokenizer, write)
+        model.sample(prompt, settings, seed + turn, 1, on_token=printer)
+        reply = printer.finish().strip()
+        history.add(message, reply)
+        turn += 1
+        write("\n>>> ")
+    write("\n")
+    return history.turns
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    problems = inference_model_problems(args)
+    try:
+        settings = SamplingSettings(temperature=args.temperature, top_k=args.top_k,
+                                    top_p=args.top_p, max_new_tokens=args.max_new_tokens,
+                                    eos_token_id=EOT_ID)
+    except ValueError as exc:
+        problems.append(str(exc))
+    if problems:
+        parser.error("bad arguments:\n  " + "\n  ".join(problems))
+    try:
+        tokenizer = load_tokenizer(args.vocab)
+        model = load_inference_model(args)
+    except (VocabError, CheckpointError, OSError, RuntimeError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    n_positions = model.model.config.n_positions
+    window = min(args.context or n_positions, n_positions)
+    budget = window - settings.max_new_tokens + 1
+    if budget < 1:
+        parser.error(f"--max_new_tokens {settings.max_new_tokens} leaves no room in a "
+                     f"{window}-token context")
+
+    def write(text):
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    try:
+        chat(model, tokenizer, settings, args.seed, budget, sys.stdin, write)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP as a StopSignal: 128 + signum
+        write("\n(interrupted)\n")
+        return exc.exit_code if isinstance(exc, StopSignal) else 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_stoppable(main))

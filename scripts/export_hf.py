@@ -1,0 +1,80 @@
+#!/usr/bin/env python
+"""Move weights between this project and the Hugging Face ecosystem (no framework needed).
+
+  # a trained LoRA run -> a peft adapter folder and a transformers GPT-2 folder (LoRA merged)
+  python scripts/export_hf.py export --init_checkpoint trained/model.600.pt --lora_dim 4 \
+      --lora_alpha 32 --model_card gpt2.md --peft_dir hf/adapter --hf_dir hf/model
+  # the base model alone, for peft's base_model_name_or_path
+  python scripts/export_hf.py export --init_checkpoint base.safetensors --hf_dir hf/base
+  # a peft adapter (LoRA on c_attn) -> this project's LoRA checkpoint (microsoft/LoRA layout)
+  python scripts/export_hf.py import --peft_dir hf/adapter --model_card gpt2.md --out lora.pt
+A transformers GPT-2 folder needs no import: --init_checkpoint DIR/model.safetensors reads it.
+"""
+import argparse
+import sys
+
+from shared.checkpoint import CheckpointError, load_for_model, save_checkpoint
+from shared.hf_export import (HFFormatError, export_hf_model, export_peft_adapter,
+                              import_peft_adapter)
+from shared.stop_signals import run_stoppable
+from shared.train_args import add_model_shape_args, model_config
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    e = sub.add_parser("export", help="checkpoint -> peft adapter and/or transformers GPT-2")
+    add_model_shape_args(e)
+    e.add_argument("--init_checkpoint", required=True, help="full weights (any readable layout)")
+    e.add_argument("--lora_checkpoint", default=None, help="LoRA-only weights on top")
+    e.add_argument("--peft_dir", default=None, help="write the peft adapter here")
+    e.add_argument("--hf_dir", default=None, help="write model.safetensors + config.json here")
+    e.add_argument("--base_model", default="",
+                   help="base_model_name_or_path in adapter_config.json (e.g. the --hf_dir of "
+                        "the base model)")
+    i = sub.add_parser("import", help="peft adapter -> this project's LoRA checkpoint")
+    add_model_shape_args(i)
+    i.add_argument("--peft_dir", required=True)
+    i.add_argument("--out", required=True, help=".pt (microsoft/LoRA layout) or .safetensors")
+    return p
+
+
+def export(args):
+    config = model_config(args)
+    state = dict(load_for_model(args.init_checkpoint, config))
+    if args.lora_checkpoint:
+        state.update(load_for_model(args.lora_checkpoint, config, base_loaded=True))
+    written = []
+    if args.peft_dir:
+        written += export_peft_adapter(state, config, args.peft_dir, args.base_model)
+    if args.hf_dir:
+        written += export_hf_model(state, config, args.hf_dir)
+    return written
+
+
+def import_adapter(args):
+    config = model_config(args)
+    state, rank, alpha = import_peft_adapter(args.peft_dir, config.n_embd)
+    save_checkpoint(args.out, state)
+    print(f"LoRA rank {rank}, alpha {alpha:g}: load it with --lora_dim {rank} --lora_alpha "
+          f"{alpha:g} --lora_checkpoint {args.out} on top of the base model")
+    return [args.out]
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "export" and not (args.peft_dir or args.hf_dir):
+        parser.error("export: give --peft_dir and/or --hf_dir")
+    try:
+        written = export(args) if args.command == "export" else import_adapter(args)
+    except (HFFormatError, CheckpointError, FileNotFoundError, ValueError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_stoppable(main))
