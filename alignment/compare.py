@@ -1,7 +1,8 @@
 """Compare two traces (alignment.trace) tensor by tensor and say where the twins part.
 
-Per tensor (`check_tensor`): max abs and max rel difference, relative L2 ||a-b||/||b|| and
-cosine of the test backend (Jittor) against the base (torch), and pass/fail by one of two rules:
+Per tensor (`check_tensor`): max abs and max rel difference, relative L2 ||a-b||/||b|| (all three
+through shared.compare.difference, the project's one definition) and cosine of the test backend
+(Jittor) against the base (torch), and pass/fail by one of two rules:
 
 - noise floor (when a float64 reference trace exists): with e(x) = ||x - x64|| / ||x64||, the
   test passes when e(test) <= K * e(base) + FLOOR. The base's own rounding error against
@@ -39,6 +40,8 @@ from typing import Optional
 
 import numpy as np
 
+from shared.compare import difference
+
 K_FP32 = 8.0
 K_BF16 = 8.0  # the fp32 value until measured on CUDA (alignment/test_noise_floor.py, gpu)
 FLOORS = {"float32": 2.0 ** -22, "bfloat16": 2.0 ** -7, "float64": 2.0 ** -51}  # 4 unit roundoffs
@@ -47,9 +50,13 @@ KINDS = ("outputs", "inputs", "output_grads", "input_grads", "param_grads")
 
 
 def _rel_l2(x, ref):
-    norm = float(np.linalg.norm(ref))
-    diff = float(np.linalg.norm(x - ref))
-    return diff / norm if norm > 0 else diff
+    return difference(x, ref).rel_l2
+
+
+def cosine(a, b) -> float:
+    """cos(a, b) of the flattened tensors; 1.0 for two zero tensors, 0.0 for one."""
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    return float((a * b).sum() / (na * nb)) if na > 0 and nb > 0 else float(na == nb)
 
 
 def check_tensor(name, test, base, ref=None, k: float = K_FP32, floor: float = FLOORS["float32"],
@@ -70,14 +77,12 @@ def check_tensor(name, test, base, ref=None, k: float = K_FP32, floor: float = F
     if a.shape != b.shape:
         record["why"] = f"shape {list(a.shape)} vs {list(b.shape)}"
         return record
-    diff = np.abs(a - b)
-    record["max_abs"] = float(diff.max()) if diff.size else 0.0
-    scale = np.abs(b)
-    big = scale > 1e-3 * (scale.max() if scale.size else 0.0)  # near-zero entries: abs rules there
-    record["max_rel"] = float((diff[big] / scale[big]).max()) if big.any() else 0.0
-    record["rel_l2"] = _rel_l2(a, b)
-    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
-    record["cosine"] = float((a * b).sum() / (na * nb)) if na > 0 and nb > 0 else float(na == nb)
+    # max_rel only over entries above 1e-3 of the tensor's largest magnitude: near zero an
+    # absolute difference governs, and a ratio would only measure rounding
+    rel_floor = 1e-3 * float(np.abs(b).max()) if b.size else 0.0
+    d = difference(a, b, floor=rel_floor if rel_floor > 0 else np.finfo(np.float64).tiny)
+    record["max_abs"], record["max_rel"], record["rel_l2"] = d.max_abs, d.max_rel, d.rel_l2
+    record["cosine"] = cosine(a, b)
     if ref is not None:
         r = np.asarray(ref, np.float64).reshape(b.shape)
         record["err_base"] = _rel_l2(b, r)
