@@ -151,6 +151,9 @@ def plot(document: dict, path: str):
 
 
 def write(document: dict, out_dir: str, title: str = "Per-layer differences", note: str = ""):
+    document["per_layer_worst"] = [
+        dict(zip(("layer", "forward_torch", "forward_jittor", "backward_torch", "backward_jittor"), row))
+        for row in per_layer_worst(document)]
     os.makedirs(out_dir, exist_ok=True)
     write_json(os.path.join(out_dir, "diff_layers.json"), document)
     write_text(os.path.join(out_dir, "diff_layers.md"), markdown(document, title, note))
