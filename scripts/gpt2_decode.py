@@ -6,6 +6,7 @@ Usage: python scripts/gpt2_decode.py --vocab VOCAB_DIR --sample_file predict.jso
            --output_pred_file pred.txt [--tokenize] [--lower]
 """
 import argparse
+import sys
 
 from shared.decode import decode_files
 from shared.stop_signals import run_stoppable
