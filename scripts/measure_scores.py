@@ -6,6 +6,7 @@ REF holds the references of each instance on consecutive lines, instances separa
 line; PRED one output line per instance.
 """
 import argparse
+import sys
 
 from shared.atomic import write_json
 from shared.metrics import format_scores, measure_scores
