@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from alignment.harness import compare, jittor_on, tiny_config
+from alignment.harness import compare, jittor_on, randomize_lora_B, tiny_config
 from alignment.task_fixtures import write_spam_file
 from shared.checkpoint import read_checkpoint
 from shared.classifier_params import init_head, is_trainable
-from shared.params import init_state_dict, randomize_lora_B
+from shared.params import init_state_dict
 
 LOSS_RTOL, GRAD_SCALE_TOL, WEIGHT_ATOL = 1e-5, 1e-4, 1e-5
 WEIGHTS = [0.625, 2.5]
