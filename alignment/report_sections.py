@@ -10,6 +10,7 @@ from . import diff_layers, metric_equivalence
 def per_layer_section(document: dict) -> str:
     """From alignment.diff_layers.run (or diff_layers.json)."""
     body = diff_layers.markdown(document, title="x").split("\n", 2)[2]
+    body = body.replace("\n## ", "\n### ")  # its parts nest under the section's heading
     return "## Per-layer check (torch, Jittor and float64)\n" + body
 
 
