@@ -403,7 +403,7 @@ class Pipeline:
             "run": self.run, "created": datetime.datetime.now().isoformat(timespec="seconds"),
             "devices": devices(self.s["device"]), "versions": versions(),
             "config": dict(self.s, exact_dropout=self.args.exact_dropout,
-                           random_seed=self.args.random_seed,
+                           random_seed=self.args.random_seed, seed_band=self.seed_band,
                            init=self.state["stages"].get("init", {}).get("outputs", {}).get("source")),
             "stages": [{"name": n, "seconds": round(v.get("seconds", 0.0), 1), "status": v["status"]}
                        for n, v in self.state["stages"].items()],
