@@ -7,20 +7,17 @@ Texts come from --text (repeatable), else one per line from stdin; each prints a
 instead and the metrics (accuracy, precision, recall, F1, confusion matrix) go to --json.
 """
 import argparse
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from shared.atomic import write_json  # noqa: E402
-from shared.checkpoint import CheckpointError  # noqa: E402
-from shared.classify_data import ClassifyDataError, ClassifyDataset, read_labelled  # noqa: E402
-from shared.classify_task import evaluate, read_model_card  # noqa: E402
-from shared.config import GPT2Config  # noqa: E402
-from shared.tokenizer import VocabError, load_tokenizer  # noqa: E402
-from shared.train_args import default_device  # noqa: E402
+from shared.atomic import write_json
+from shared.checkpoint import CheckpointError
+from shared.classify_data import ClassifyDataError, ClassifyDataset, read_labelled
+from shared.classify_task import evaluate, read_model_card
+from shared.config import GPT2Config
+from shared.tokenizer import VocabError, load_tokenizer
+from shared.train_args import default_device
 
 
 def build_parser():

@@ -10,16 +10,14 @@ the final weights are scored on the validation and test splits into WORK_DIR/met
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from shared.atomic import write_json  # noqa: E402
-from shared.checkpoint import CheckpointError  # noqa: E402
-from shared.classify_task import (CLASSIFY_RESUME_KEYS, build_classify_parser,  # noqa: E402
+from shared.atomic import write_json
+from shared.checkpoint import CheckpointError
+from shared.classify_task import (CLASSIFY_RESUME_KEYS, build_classify_parser,
                                   classify_datasets, classify_problems, evaluate,
                                   write_model_card)
-from shared.tokenizer import VocabError, load_tokenizer  # noqa: E402
-from shared.train_args import ArgumentProblem  # noqa: E402
-from shared.trainer import Trainer, TrainingError, TrainingInterrupted  # noqa: E402
+from shared.tokenizer import VocabError, load_tokenizer
+from shared.train_args import ArgumentProblem
+from shared.trainer import Trainer, TrainingError, TrainingInterrupted
 
 
 def classifier_backend(name):

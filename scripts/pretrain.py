@@ -10,15 +10,13 @@ numpy sampler, so both backends print the same text for the same weights.
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from backends import training_backend  # noqa: E402
-from shared.checkpoint import CheckpointError  # noqa: E402
-from shared.pretrain_task import (PRETRAIN_RESUME_KEYS, PeriodicSampler,  # noqa: E402
+from backends import training_backend
+from shared.checkpoint import CheckpointError
+from shared.pretrain_task import (PRETRAIN_RESUME_KEYS, PeriodicSampler,
                                   build_pretrain_parser, pretrain_datasets, pretrain_problems)
-from shared.tokenizer import VocabError, load_tokenizer  # noqa: E402
-from shared.train_args import ArgumentProblem  # noqa: E402
-from shared.trainer import Trainer, TrainingError, TrainingInterrupted  # noqa: E402
+from shared.tokenizer import VocabError, load_tokenizer
+from shared.train_args import ArgumentProblem
+from shared.trainer import Trainer, TrainingError, TrainingInterrupted
 
 
 def main(argv=None):
