@@ -52,9 +52,6 @@ class JittorBackend:
                                eps=args.adam_epislon, weight_decay=args.weight_decay,
                                correct_bias=args.correct_bias)
 
-    def autocast(self):
-        return autocast(self.compute_dtype)
-
     def build_model(self, config, args):
         """The model this backend trains, its trainable weights marked (other tasks override)."""
         model = GPT2LMModel(config, seed=args.random_seed)
@@ -63,6 +60,9 @@ class JittorBackend:
         if config.lora_attn_dim > 0:
             mark_only_lora_as_trainable(model)
         return model
+
+    def autocast(self):
+        return autocast(self.compute_dtype)
 
     def to_device(self, batch):
         return {k: jt.array(np.ascontiguousarray(v)) for k, v in batch.items()}
@@ -102,8 +102,8 @@ class JittorBackend:
 
     def batch_loss(self, data, label_smooth=0.0):
         """The loss of one batch on device (the language-model loss; other tasks override)."""
-        _, loss = self.model(data["input"], lm_labels=data["target"], lm_mask=data["mask"],
-                             label_smooth=label_smooth)
+        _, loss = self.forward(data["input"], lm_labels=data["target"], lm_mask=data["mask"],
+                               label_smooth=label_smooth)
         return loss
 
     def fetch(self, values):

@@ -116,6 +116,8 @@ ALLOWED = {
     },
     'lora.py': {
         'torch': [
+            '"""Train the parameters whose name `trains(name)` accepts, freeze the others."""',
+            'p.requires_grad = trains(name)',
             'import jt',
             'from jt import nn',
             'return x * jt.from_numpy(mask).to(device=x.device, dtype=x.dtype)',
@@ -123,7 +125,6 @@ ALLOWED = {
             'self.weight += self.delta_weight()',
             '@jt.no_grad()',
             'self.weight -= self.delta_weight()',
-            '"""Freeze everything but `lora_A`/`lora_B` (loralib\'s bias=\'none\')."""',
         ],
         'jittor': [
             'from .runtime import jt',
@@ -133,15 +134,17 @@ ALLOWED = {
             'self.weight.assign(self.weight + self.delta_weight())',
             'with jt.no_grad():',
             'self.weight.assign(self.weight - self.delta_weight())',
-            '"""Freeze everything but `lora_A`/`lora_B` (loralib\'s bias=\'none\').',
+            '"""Train the parameters whose name `trains(name)` accepts, freeze the others.',
             "Jittor's `eval()` stops the gradients of all parameters and records in `backup_grad_state`",
             'which were trainable; `train()` restores that record. The record is rewritten here too, or',
             'freezing a model in eval mode would be undone by its next `train()`."""',
+            'wanted = {}',
+            'p.requires_grad = wanted[id(p)] = trains(name)',
             'for module in model.modules():',
             'record = getattr(module, "backup_grad_state", None)',
             'if record is not None:',
-            'for name, p in module.named_parameters():',
-            'record[id(p)] = is_lora_name(name)',
+            'for p in module.parameters():',
+            'record[id(p)] = wanted[id(p)]',
         ],
     },
     'ops.py': {
