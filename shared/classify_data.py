@@ -151,6 +151,13 @@ class ClassifyDataset:
         self.num_examples = len(self.ids)
         self.num_batches = math.ceil(self.num_examples / batch_size)
 
+    def keeps_no_completion(self) -> bool:
+        """False: every example's label is its target (the trainer's check is for prompt + completion data)."""
+        return False
+
+    def completion_report(self) -> str:
+        return ""
+
     def truncation_report(self) -> str:
         if not self.truncated:
             return ""

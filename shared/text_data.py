@@ -92,6 +92,13 @@ class WindowDataset:
             covered[s:s + self.seq_len + 1] = True
         return int(covered.sum())
 
+    def keeps_no_completion(self) -> bool:
+        """False: every position of a window predicts the next token (the trainer's check is for prompt + completion data)."""
+        return False
+
+    def completion_report(self) -> str:
+        return ""
+
     def truncation_report(self) -> str:
         """A warning when windows skip tokens (stride > seq_len, or a tail shorter than a step)."""
         unused = len(self.tokens) - self.covered_tokens()
