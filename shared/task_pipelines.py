@@ -23,7 +23,7 @@ import subprocess
 import sys
 
 from .atomic import write_text
-from .environment import cuda_available
+from .environment import cuda_available, devices, versions
 from .paths import REPO_ROOT, resolve_vocab_dir
 from .pipeline import Pipeline, report_dir, run_to_end
 from .train_args import BACKENDS
@@ -199,7 +199,7 @@ class TaskPipeline(Pipeline):
         results = {
             "run": self.run, "task": self.task,
             "created": datetime.datetime.now().isoformat(timespec="seconds"),
-            "devices": self.devices(), "versions": self.versions(),
+            "devices": devices(self.s["device"]), "versions": versions(),
             "config": dict(self.s, random_seed=self.args.random_seed,
                            exact_dropout=self.args.exact_dropout, data=self.data_files(),
                            init=self.args.init_checkpoint or "seeded random init (from scratch)"),
