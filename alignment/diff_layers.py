@@ -151,10 +151,15 @@ def plot(document: dict, path: str):
 
 
 def write(document: dict, out_dir: str, title: str = "Per-layer differences", note: str = ""):
+    document["per_layer_worst"] = [
+        dict(zip(("layer", "forward_torch", "forward_jittor", "backward_torch", "backward_jittor"), row))
+        for row in per_layer_worst(document)]
     os.makedirs(out_dir, exist_ok=True)
     write_json(os.path.join(out_dir, "diff_layers.json"), document)
     write_text(os.path.join(out_dir, "diff_layers.md"), markdown(document, title, note))
     plot(document, os.path.join(out_dir, "diff_layers.png"))
+    from .report_sections import per_layer_section  # work.sh's report takes this section as is
+    write_text(os.path.join(out_dir, "report_section.md"), per_layer_section(document))
 
 
 def terminal_summary(document: dict) -> list:
@@ -165,3 +170,51 @@ def terminal_summary(document: dict) -> list:
                  f"forward {fd['forward']}, backward {fd['backward']}")
     return lines
 
+
+
+# ------------------------------------------------------------------ from checkpoints (the command)
+def load_state(config, init_checkpoint=None, lora_checkpoint=None, seed: int = 1) -> dict:
+    """Canonical numpy weights of the checkpoint(s), through the torch twin's loader (the seeded
+    initialisation where no checkpoint is given)."""
+    from torch_impl.model import GPT2LMModel
+    model = GPT2LMModel(config, seed=seed)
+    for path in (init_checkpoint, lora_checkpoint):
+        if path:
+            model.load_weight(path)
+    return model.state_dict_numpy()
+
+
+def from_checkpoints(config, data, out_dir, init_checkpoint=None, lora_checkpoint=None,
+                     seed: int = 1, seq_len: int = 512, batch_size: int = 4, batches: int = 1,
+                     precision: str = "fp32", device: str = "cpu", label_smooth: float = 0.0,
+                     plant: str = None) -> dict:
+    """scripts/diff_layers.py's work: trace `batches` validation batches of the encoded jsonl
+    `data`, write OUT/diff_layers.{md,json,png} and return the document. `plant` names one of
+    alignment.planted_bugs.MODEL_BUGS to plant in the Jittor twin (a demonstration)."""
+    import pytest
+
+    from shared.batching import FTDataset
+
+    from .planted_bugs import MODEL_BUGS
+    if batch_size < 1 or batches < 1:
+        raise ValueError("--batch_size and --batches must be >= 1")
+    if plant is not None and plant not in MODEL_BUGS:
+        raise ValueError(f"unknown planted bug {plant!r}; choose one of {sorted(MODEL_BUGS)}")
+    state = load_state(config, init_checkpoint, lora_checkpoint, seed)
+    if device == "cuda":
+        from jittor_impl import runtime
+        runtime.use_device("cuda")
+    dataset = FTDataset.from_file(data, batch_size, seq_len)
+    chosen = [b for _, b in zip(range(batches), dataset.eval_batches())]
+    patch, hook, note = pytest.MonkeyPatch(), None, ""
+    if plant:
+        hook = lambda model: MODEL_BUGS[plant][0](patch, model)  # noqa: E731
+        note = f"Planted bug (demonstration): **{plant}** in the Jittor twin."
+    try:
+        document = run(config, state, chosen, precision, device, label_smooth, jittor_model_hook=hook)
+    finally:
+        patch.undo()
+    document["checkpoint"] = {"init": init_checkpoint, "lora": lora_checkpoint, "data": data,
+                              "batch_size": batch_size, "batches": len(chosen), "planted": plant}
+    write(document, out_dir, note=note)
+    return document

@@ -15,17 +15,24 @@ def gelu_exact(x):
 
 
 def attn_math_without_scale(self, q, k, v, len_kv=None):
+    """Attention._attn_math through the same ops (jittor_impl.ops, as model.py imports them),
+    without the 1/sqrt(head_dim) scale."""
     import jittor_impl.model as jm
     w = jm.batched_matmul_transpose(q, k)  # missing: w / sqrt(head_dim)
     nd, ns = w.shape[-2], w.shape[-1]
-    b = jm.causal_mask(nd, ns)
+    b = jm.causal_mask(nd, ns, w)
     w = w * b - 1e10 * (1 - b)
-    return jm.matmul(jm.nn.softmax(w, dim=-1), v)
+    if len_kv is not None:
+        beyond = jm.jt.arange(ns).reshape(1, ns) >= len_kv.reshape(-1, 1)
+        w = w.masked_fill(beyond.reshape(-1, 1, 1, ns), jm.MASK_VALUE)
+    return jm.matmul(jm.softmax(w, dim=-1), v)
 
 
-def causal_mask_off_by_one(nd, ns):
+def causal_mask_off_by_one(nd, ns, like=None):
+    """ops.causal_mask's signature, uncached, one diagonal too far: each query also sees the
+    next key."""
     from jittor_impl.runtime import jt
-    return jt.tril(jt.ones((nd, ns)), diagonal=ns - nd + 1)  # each query also sees the next key
+    return jt.tril(jt.ones((nd, ns)), diagonal=ns - nd + 1).stop_grad()
 
 
 def block_without_attention_residual(self, x, layer_past=None, len_past=None):
@@ -58,8 +65,8 @@ def plant_mask(mp, model):
 
 def plant_softmax_axis(mp, model):
     from jittor_impl.runtime import jt
-    mp.setattr("jittor_impl.model.nn", types.SimpleNamespace(
-        softmax=lambda w, dim=-1: jt.nn.softmax(w, dim=-2)))
+    # model.py imports `softmax` from .ops; only the attention's softmax runs through that name
+    mp.setattr("jittor_impl.model.softmax", lambda w, dim=-1: jt.nn.softmax(w, dim=-2))
 
 
 def plant_residual(mp, model):

@@ -10,16 +10,25 @@ from . import diff_layers, metric_equivalence
 def per_layer_section(document: dict) -> str:
     """From alignment.diff_layers.run (or diff_layers.json)."""
     body = diff_layers.markdown(document, title="x").split("\n", 2)[2]
+    body = body.replace("\n## ", "\n### ")  # its parts nest under the section's heading
     return "## Per-layer check (torch, Jittor and float64)\n" + body
 
 
-def beam_divergence_section(divergences: list) -> str:
-    """From alignment.beam_divergence.beam_divergence per query (None where outputs agree)."""
+def beam_divergence_section(divergences: list, ids: list = None, queries: int = None,
+                            differing: int = None) -> str:
+    """From alignment.beam_divergence.beam_divergence per query (None where outputs agree).
+    `ids` labels the rows (default: the list index); `queries`/`differing` count all queries
+    when only some of the differing ones were analysed (alignment.beam_report)."""
     from .beam_divergence import TIE_TOL, summarize
     s = summarize(divergences)
-    lines = ["## Beam divergence", "",
-             f"{s['differing']} of {s['queries']} queries differ between the backends."]
-    if s["differing"]:
+    ids = list(range(len(divergences))) if ids is None else ids
+    headline = f"{s['differing']} of {s['queries']} queries differ between the backends."
+    if queries is not None:
+        headline = (f"{differing} of {queries} queries differ between the backends; "
+                    f"{len(divergences)} analysed" + (f" (the first {len(divergences)})"
+                                                      if len(divergences) < differing else "") + ".")
+    lines = ["## Beam divergence", "", headline]
+    if divergences and s["differing"]:
         causes = ", ".join(f"{k}: {v}" for k, v in sorted(s["causes"].items()))
         lines.append(f"Causes: {causes}.")
         if s["margin_min"] is not None:
@@ -28,7 +37,7 @@ def beam_divergence_section(divergences: list) -> str:
                          f"{TIE_TOL:g}).")
         lines += ["", "| query | cause | step | torch token | jittor token | margin (torch) | margin (jittor) |",
                   "|---|---|---|---|---|---|---|"]
-        for i, d in enumerate(divergences):
+        for i, d in zip(ids, divergences):
             if d:
                 g = lambda k, f="{}": f.format(d[k]) if d.get(k) is not None else "-"  # noqa: E731
                 lines.append(f"| {i} | {d['cause']} | {g('step')} | {g('torch_token')} | "
@@ -39,6 +48,10 @@ def beam_divergence_section(divergences: list) -> str:
 
 def metric_intervals_section(result: dict) -> str:
     """From alignment.metric_equivalence.metric_equivalence."""
+    band = ("" if "seed_band" in result else
+            "\nNo seed band: no second torch run with another seed was given, so whether the "
+            "torch - jittor difference lies within seed noise is not judged here "
+            "(`bash work.sh --seed_band` trains one).\n")
     return ("## Metric intervals (paired bootstrap over MRs)\n\n"
-            + metric_equivalence.markdown(result)
+            + metric_equivalence.markdown(result) + band
             + "\nMETEOR is not bootstrapped (see alignment/metric_equivalence.py).\n")

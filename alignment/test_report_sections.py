@@ -23,3 +23,18 @@ def test_sections_render_their_results():
               "inside_band": {"BLEU": True}}
     text = metric_intervals_section(result)
     assert "| BLEU | +0.0050 | [-0.0010, +0.0120] | [-0.0020, +0.0110] | yes |" in text
+
+
+def test_metric_intervals_without_a_seed_band_say_so():
+    result = {"cross_framework": {"BLEU": {"observed": 0.005, "lo": -0.001, "hi": 0.012}}}
+    text = metric_intervals_section(result)
+    assert "| BLEU | +0.0050 | [-0.0010, +0.0120] | - | - |" in text
+    assert "No seed band: no second torch run" in text
+
+
+def test_beam_section_counts_all_queries_when_some_are_analysed():
+    beams = [{"cause": "logits", "step": 2, "torch_token": 5, "jittor_token": 7,
+              "margin_torch": 0.3, "margin_jittor": 0.2}]
+    text = beam_divergence_section(beams, ids=[41], queries=630, differing=3)
+    assert "3 of 630 queries differ between the backends; 1 analysed (the first 1)." in text
+    assert "| 41 | logits | 2 | 5 | 7 | 3.00e-01 | 2.00e-01 |" in text

@@ -15,8 +15,6 @@ import sys
 
 from alignment import diff_layers
 from alignment.planted_bugs import MODEL_BUGS
-from shared.batching import FTDataset
-from shared.params import init_state_dict
 from shared.train_args import add_model_shape_args, default_device, model_config
 
 
@@ -36,53 +34,25 @@ def build_parser():
     p.add_argument("--plant", default=None, choices=sorted(MODEL_BUGS), metavar="BUG",
                    help="plant a catalogued bug in the Jittor twin (demonstration)")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--exit_zero", action="store_true",
+                   help="exit 0 also when a tensor fails (work.sh reports the result instead)")
     return p
-
-
-def load_state(config, args):
-    """Canonical numpy weights of the checkpoint(s), through the torch twin's loader."""
-    from torch_impl.model import GPT2LMModel
-    model = GPT2LMModel(config, seed=args.random_seed)
-    if args.init_checkpoint:
-        model.load_weight(args.init_checkpoint)
-    if args.lora_checkpoint:
-        model.load_weight(args.lora_checkpoint)
-    return model.state_dict_numpy()
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
     args.device = args.device or default_device()
     args.lora_dropout = 0.0
-    if args.batch_size < 1 or args.batches < 1:
-        sys.exit("diff_layers.py: --batch_size and --batches must be >= 1")
-    config = model_config(args)
-    state = load_state(config, args)
-    if args.device == "cuda":
-        from jittor_impl import runtime
-        runtime.use_device("cuda")
-    dataset = FTDataset.from_file(args.data, args.batch_size, args.seq_len)
-    batches = [b for _, b in zip(range(args.batches), dataset.eval_batches())]
-    hook, note = None, ""
-    if args.plant:
-        import pytest
-        plant = MODEL_BUGS[args.plant][0]
-        patch = pytest.MonkeyPatch()
-        hook = lambda model: plant(patch, model)  # noqa: E731
-        note = f"Planted bug (demonstration): **{args.plant}** in the Jittor twin."
     try:
-        document = diff_layers.run(config, state, batches, args.precision, args.device,
-                                   args.label_smooth, jittor_model_hook=hook)
-    finally:
-        if args.plant:
-            patch.undo()
-    document["checkpoint"] = {"init": args.init_checkpoint, "lora": args.lora_checkpoint,
-                              "data": args.data, "batch_size": args.batch_size,
-                              "batches": len(batches), "planted": args.plant}
-    diff_layers.write(document, args.out, note=note)
+        document = diff_layers.from_checkpoints(
+            model_config(args), args.data, args.out, args.init_checkpoint, args.lora_checkpoint,
+            args.random_seed, args.seq_len, args.batch_size, args.batches, args.precision,
+            args.device, args.label_smooth, args.plant)
+    except ValueError as exc:
+        sys.exit(f"diff_layers.py: {exc}")
     print("\n".join(diff_layers.terminal_summary(document)))
     print(f"wrote {args.out}/diff_layers.md, .json, .png")
-    return 0 if document["passed"] else 1
+    return 0 if document["passed"] or args.exit_zero else 1
 
 
 if __name__ == "__main__":

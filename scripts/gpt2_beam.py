@@ -23,7 +23,7 @@ from tqdm import tqdm
 from backends import load_inference_model
 from shared.atomic import atomic_open
 from shared.batching import FTDataset
-from shared.beam_spec import EOT_ID, BeamSettings
+from shared.beam_spec import add_beam_settings_args, settings_from_args
 from shared.checkpoint import CheckpointError
 from shared.config import seq_len_problem
 from shared.e2e_data import E2EDataError
@@ -40,15 +40,8 @@ def build_parser():
     p.add_argument("--batch_size", type=int, default=10, help="queries per search")
     p.add_argument("--seq_len", type=int, default=512,
                    help="queries are cut to their last seq_len - eval_len tokens")
-    p.add_argument("--eval_len", type=int, default=256, help="tokens to generate")
-    p.add_argument("--min_length", type=int, default=0, help="no eos before this many tokens")
+    add_beam_settings_args(p)
     add_inference_model_args(p)
-    p.add_argument("--beam", type=int, default=1, help="beam size")
-    p.add_argument("--length_penalty", type=float, default=1.0)
-    p.add_argument("--no_repeat_ngram_size", type=int, default=4)
-    p.add_argument("--repetition_penalty", type=float, default=1.0)
-    p.add_argument("--eos_token_id", action="append", type=int, default=[EOT_ID],
-                   help="stop token(s); each use adds one to the default 50256")
     p.add_argument("--work_dir", default=os.getenv("PT_OUTPUT_DIR", "gpt2_model"))
     p.add_argument("--output_file", default="beam_prediction.jsonl")
     p.add_argument("--random_seed", type=int, default=10)
@@ -58,14 +51,6 @@ def build_parser():
                         "predictions, so its files come out the same, ~7x faster on E2E test)")
     p.add_argument("--no_progress", action="store_true", help="no tqdm progress bar")
     return p
-
-
-def settings_from_args(args) -> BeamSettings:
-    return BeamSettings(beam=args.beam, eval_len=args.eval_len, min_length=args.min_length,
-                        length_penalty=args.length_penalty,
-                        no_repeat_ngram_size=args.no_repeat_ngram_size,
-                        repetition_penalty=args.repetition_penalty,
-                        eos_token_ids=tuple(dict.fromkeys(args.eos_token_id)))
 
 
 def validate(args):

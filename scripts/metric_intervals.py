@@ -7,13 +7,10 @@ References in measure_scores.py's format (groups separated by an empty line) or 
 split (`--references test.txt --raw`). Writes DIR/metric_intervals.{md,json}.
 """
 import argparse
-import os
 import sys
 
-from alignment.metric_equivalence import metric_equivalence
+from alignment.metric_intervals import intervals_from_files
 from alignment.report_sections import metric_intervals_section
-from shared.atomic import write_json, write_text
-from shared.metrics.e2e import read_predictions, read_references
 
 
 def build_parser():
@@ -31,27 +28,13 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    if args.resamples < 1000:
-        sys.exit(f"metric_intervals.py: --resamples must be >= 1000, got {args.resamples}")
-    if args.raw:
-        from shared.decode import group_references
-        from shared.e2e_data import read_raw
-        refs = list(group_references(read_raw(args.references), args.references).values())
-    else:
-        refs = read_references(args.references)
-    hyps = {k: read_predictions(getattr(args, k)) if getattr(args, k) else None
-            for k in ("torch", "jittor", "torch_seed2")}
-    for name, hyp in hyps.items():
-        if hyp is not None and len(hyp) != len(refs):
-            sys.exit(f"metric_intervals.py: --{name} has {len(hyp)} lines for {len(refs)} MRs")
-    result = metric_equivalence(refs, hyps["torch"], hyps["jittor"], hyps["torch_seed2"],
-                                resamples=args.resamples, seed=args.seed)
-    result["inputs"] = {k: getattr(args, k) for k in ("references", "torch", "jittor", "torch_seed2")}
-    os.makedirs(args.out, exist_ok=True)
-    write_json(os.path.join(args.out, "metric_intervals.json"), result)
-    text = metric_intervals_section(result)
-    write_text(os.path.join(args.out, "metric_intervals.md"), text)
-    print(text)
+    predictions = {"torch": args.torch, "jittor": args.jittor, "torch_seed2": args.torch_seed2}
+    try:
+        result = intervals_from_files(args.references, predictions, args.out, raw=args.raw,
+                                      resamples=args.resamples, seed=args.seed)
+    except (ValueError, OSError) as exc:
+        sys.exit(f"metric_intervals.py: {exc}")
+    print(metric_intervals_section(result))
     return 0
 
 

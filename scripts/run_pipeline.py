@@ -39,9 +39,16 @@ def build_parser():
                         "score elsewhere)")
     p.add_argument("--init_checkpoint", default=None,
                    help="pretrained GPT-2 (HF or microsoft/LoRA layout): skips base training")
-    p.add_argument("--exact_dropout", action="store_true",
-                   help="draw LoRA dropout masks from one backend-neutral generator, so the two "
-                        "runs match step for step (default: each framework's own RNG)")
+    dropout = p.add_mutually_exclusive_group()
+    dropout.add_argument("--exact_dropout", action="store_true", default=True,
+                         help="draw LoRA dropout masks from one backend-neutral generator, so the "
+                              "two runs match step for step (the default)")
+    dropout.add_argument("--framework_dropout", dest="exact_dropout", action="store_false",
+                         help="each framework draws its own masks: the runs drift apart like two "
+                              "seeds, to be judged against the seed band (--seed_band)")
+    p.add_argument("--seed_band", action="store_true",
+                   help="also fine-tune and search with torch at random_seed + 1, so the metric "
+                        "intervals get a seed band (one more training run)")
     p.add_argument("--no_meteor", action="store_true", help="skip METEOR (needs Java)")
     p.add_argument("--random_seed", type=int, default=10)
     for key, kind in setting_types().items():

@@ -100,6 +100,27 @@ class BeamSettings:
             raise ValueError(f"beam {self.beam} exceeds the vocabulary size {vocab_size}")
 
 
+def add_beam_settings_args(parser):
+    """The search flags of microsoft/LoRA's gpt2_beam.py (scripts/gpt2_beam.py and
+    scripts/beam_divergence.py take the same ones)."""
+    parser.add_argument("--eval_len", type=int, default=256, help="tokens to generate")
+    parser.add_argument("--min_length", type=int, default=0, help="no eos before this many tokens")
+    parser.add_argument("--beam", type=int, default=1, help="beam size")
+    parser.add_argument("--length_penalty", type=float, default=1.0)
+    parser.add_argument("--no_repeat_ngram_size", type=int, default=4)
+    parser.add_argument("--repetition_penalty", type=float, default=1.0)
+    parser.add_argument("--eos_token_id", action="append", type=int, default=[EOT_ID],
+                        help="stop token(s); each use adds one to the default 50256")
+
+
+def settings_from_args(args) -> BeamSettings:
+    return BeamSettings(beam=args.beam, eval_len=args.eval_len, min_length=args.min_length,
+                        length_penalty=args.length_penalty,
+                        no_repeat_ngram_size=args.no_repeat_ngram_size,
+                        repetition_penalty=args.repetition_penalty,
+                        eos_token_ids=tuple(dict.fromkeys(args.eos_token_id)))
+
+
 def padded_query_width(width: int, eval_len: int, n_positions: int, bucket: int = 64) -> int:
     """The device versions' query width: `width` rounded up to a multiple of `bucket`, within
     the model's positions. Not part of the search: padding after a query changes no logit

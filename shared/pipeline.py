@@ -6,9 +6,14 @@ Stages (each recorded in RUN_DIR/stages.json; a rerun skips finished stages unle
              trained from scratch on the training split (full fine-tuning), written once
   3 lora     LoRA fine-tuning with the torch backend and with the jittor backend from that base
   4 beam     beam search over the test split and decoding, for each backend
-  5 check    both backends on the final weights: logits and gradients on validation batches
-  6 metrics  the E2E metrics of each backend's predictions (METEOR etc. need Java)
-  7 report   report.md + report.json with metrics side by side, loss agreement, plots
+  5 check    both backends on the final weights: logits and gradients on validation batches,
+             the per-layer trace against float64 (scripts/diff_layers.py) and, for queries whose
+             beams differ, where the searches part (scripts/beam_divergence.py)
+  6 metrics  the E2E metrics of each backend's predictions (METEOR etc. need Java) and their
+             paired-bootstrap intervals, with the seed band when a second torch run exists
+             (--seed_band: a torch run with random_seed + 1, trained and searched beside the two)
+  7 report   report.md + report.json with metrics side by side, loss agreement, plots and the
+             harness's sections (per-layer check, beam divergence, metric intervals)
 Run artefacts (data, checkpoints, predictions) live in runs/<run>/, and so do the report and plots
 unless --logs_dir names another place (the committed results under logs/ were made with
 `--logs_dir logs`; a plain run never writes there). Every stage runs the project's own command-line scripts, so what is measured here
@@ -35,13 +40,15 @@ from .train_args import BACKENDS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where scripts/ is
 STAGES = ("data", "init", "lora", "beam", "check", "metrics", "report")
+SEED_BAND_RUN = "torch_seed2"  # torch again, random_seed + 1: what chance alone moves a score by
 
 # Defaults: a short CPU run on 2 cores, a GPU run that scales up, and a seconds-long smoke run.
 # Every setting of the run is here (and so in the report's hyper-parameter table).
 COMMON = dict(weight_decay=0.01, label_smooth=0.1, valid_batch_size=16, clip=0.0, base_clip=1.0,
               scheduler="linear", base_scheduler="cosine", log_interval=10, attn="math",
               length_penalty=0.8, no_repeat_ngram_size=4, repetition_penalty=1.0,
-              eos_token_id=628, check_batch_size=4, check_batches=2)
+              eos_token_id=628, check_batch_size=4, check_batches=2, divergence_queries=20,
+              bootstrap_resamples=1000)
 PRESETS = {
     "cpu": dict(COMMON, device="cpu", model_card="gpt2.sm", n_embd=96, n_layer=3, n_head=4, seq_len=96,
                 precision="fp32", base_steps=700, base_lr=0.002, base_batch_size=8,
@@ -107,7 +114,8 @@ class Pipeline:
         os.makedirs(self.run_dir, exist_ok=True)
         os.makedirs(self.log_dir, exist_ok=True)
         self.state_path = os.path.join(self.run_dir, "stages.json")
-        self.stage_folders = {"init": ["base"], "lora": list(self.backends)}
+        self.seed_band = bool(getattr(args, "seed_band", False)) and "torch" in self.backends
+        self.stage_folders = {"init": ["base"], "lora": list(self.backends) + self.seed_runs()}
         self.state = self._load_state()
         self.config = GPT2Config.from_model_card(
             self.s["model_card"], n_embd=self.s["n_embd"], n_layer=self.s["n_layer"],
@@ -129,7 +137,13 @@ class Pipeline:
         keys = dict(self.s, init_checkpoint=self.args.init_checkpoint,
                     exact_dropout=self.args.exact_dropout, random_seed=self.args.random_seed,
                     backends=self.args.backends)
+        if getattr(self.args, "seed_band", False):
+            keys["seed_band"] = True
         return json.loads(json.dumps(keys))
+
+    def seed_runs(self):
+        """The folders of the extra torch run that gives the seed band (none without --seed_band)."""
+        return [SEED_BAND_RUN] if self.seed_band else []
 
     def path(self, *parts):
         return os.path.join(self.run_dir, *parts)
@@ -227,7 +241,11 @@ class Pipeline:
         return os.path.isdir(work_dir) and any(
             n.startswith("trainer_state.") for n in os.listdir(work_dir))
 
-    def lora_argv(self, backend):
+    def lora_argv(self, backend, folder=None, seed=None):
+        """gpt2_ft.py's command for `backend`, in RUN_DIR/`folder` (default: the backend's name)
+        with `seed` (default: --random_seed)."""
+        folder = folder or backend
+        seed = self.args.random_seed if seed is None else seed
         argv = ["scripts/gpt2_ft.py", "--backend", backend, "--device", self.s["device"],
                 "--train_data", self.path("data", "train.jsonl"),
                 "--valid_data", self.path("data", "valid.jsonl"), *self.shape_flags(),
@@ -242,47 +260,57 @@ class Pipeline:
                 "--label_smooth", str(self.s["label_smooth"]), "--log_interval", str(self.s["log_interval"]),
                 "--eval_interval", str(self.s["eval_interval"]),
                 "--save_interval", str(self.s["save_interval"]), "--precision", self.s["precision"],
-                "--random_seed", str(self.args.random_seed), "--work_dir", self.path(backend),
+                "--random_seed", str(seed), "--work_dir", self.path(folder),
                 "--attn", self.s["attn"]]
         if self.s["valid_batches"]:
             argv += ["--max_eval_batches", str(self.s["valid_batches"])]
         if self.args.exact_dropout:
             argv.append("--shared_dropout")
-        if self._has_checkpoint(self.path(backend)):
+        if self._has_checkpoint(self.path(folder)):
             argv.append("--resume")
         return argv
 
+    def runs(self):
+        """(folder, backend, seed) of every fine-tuning run: one per backend, plus the seed-band run."""
+        out = [(b, b, self.args.random_seed) for b in self.backends]
+        return out + [(f, "torch", self.args.random_seed + 1) for f in self.seed_runs()]
+
     def stage_lora(self):
         out = {}
-        for backend in self.backends:
+        for folder, backend, seed in self.runs():
             started = time.time()
-            self.sh(self.lora_argv(backend), f"{backend}_train.log")
-            out[backend] = {"checkpoint": self.path(backend, f"model.{self.s['max_step']}.pt"),
-                            "seconds": time.time() - started}
+            self.sh(self.lora_argv(backend, folder, seed), f"{folder}_train.log")
+            out[folder] = {"checkpoint": self.path(folder, f"model.{self.s['max_step']}.pt"),
+                           "seconds": time.time() - started}
         return out
+
+    def search_flags(self):
+        """The beam search's data, model shape and settings, as gpt2_beam.py and
+        beam_divergence.py take them."""
+        return ["--data", self.path("data", "test.jsonl"), *self.shape_flags(),
+                "--lora_dim", str(self.s["lora_dim"]), "--lora_alpha", str(self.s["lora_alpha"]),
+                "--seq_len", str(self.s["seq_len"] + self.s["eval_len"]),
+                "--eval_len", str(self.s["eval_len"]), "--beam", str(self.s["beam"]),
+                "--length_penalty", str(self.s["length_penalty"]), "--no_repeat_ngram_size", str(self.s["no_repeat_ngram_size"]),
+                "--repetition_penalty", str(self.s["repetition_penalty"]), "--eos_token_id", str(self.s["eos_token_id"])]
 
     def stage_beam(self):
         out = {}
-        for backend in self.backends:
+        for folder, backend, _ in self.runs():
             started = time.time()
-            work = self.path(backend)
+            work = self.path(folder)
             argv = ["scripts/gpt2_beam.py", "--backend", backend, "--device", self.s["device"],
-                    "--data", self.path("data", "test.jsonl"), *self.shape_flags(),
                     "--init_checkpoint", os.path.join(work, f"model.{self.s['max_step']}.pt"),
-                    "--lora_dim", str(self.s["lora_dim"]), "--lora_alpha", str(self.s["lora_alpha"]),
-                    "--batch_size", str(self.s["beam_batch_size"]), "--seq_len", str(self.s["seq_len"] + self.s["eval_len"]),
-                    "--eval_len", str(self.s["eval_len"]), "--beam", str(self.s["beam"]),
-                    "--length_penalty", str(self.s["length_penalty"]), "--no_repeat_ngram_size", str(self.s["no_repeat_ngram_size"]),
-                    "--repetition_penalty", str(self.s["repetition_penalty"]), "--eos_token_id", str(self.s["eos_token_id"]),
+                    *self.search_flags(), "--batch_size", str(self.s["beam_batch_size"]),
                     "--work_dir", work, "--output_file", "predict.jsonl", "--unique_contexts"]
-            self.sh(argv, f"{backend}_beam.log")
+            self.sh(argv, f"{folder}_beam.log")
             beam_seconds = time.time() - started
             vocab = ["--vocab", self.vocab_dir] if self.vocab_dir else []
             self.sh(["scripts/gpt2_decode.py", *vocab, "--sample_file", os.path.join(work, "predict.jsonl"),
                      "--input_file", self.path("data", "test_formatted.jsonl"),
                      "--output_ref_file", os.path.join(work, "e2e_ref.txt"),
-                     "--output_pred_file", os.path.join(work, "e2e_pred.txt")], f"{backend}_decode.log")
-            out[backend] = {"beam_seconds": beam_seconds, "seconds": time.time() - started}
+                     "--output_pred_file", os.path.join(work, "e2e_pred.txt")], f"{folder}_decode.log")
+            out[folder] = {"beam_seconds": beam_seconds, "seconds": time.time() - started}
         return out
 
     def stage_metrics(self):
@@ -299,7 +327,21 @@ class Pipeline:
             with open(os.path.join(work, "metrics.json")) as f:
                 out[backend] = json.load(f)
             out[backend]["seconds"] = time.time() - started
+        if len(self.backends) == 2:
+            out["intervals"] = self.metric_intervals()
         return out
+
+    def metric_intervals(self):
+        """Paired-bootstrap intervals of torch - jittor per metric, and the seed band (torch -
+        torch of another seed) when the seed-band run exists; never without it."""
+        pred = lambda folder: os.path.join(self.path(folder), "e2e_pred.txt")  # noqa: E731
+        argv = ["scripts/metric_intervals.py", "--references", os.path.join(self.path("torch"), "e2e_ref.txt"),
+                "--torch", pred("torch"), "--jittor", pred("jittor"),
+                "--resamples", str(self.s["bootstrap_resamples"]), "--out", self.path("metric_intervals")]
+        for folder in self.seed_runs():
+            argv += ["--torch_seed2", pred(folder)]
+        self.sh(argv, "metric_intervals.log")
+        return {"json": self.path("metric_intervals", "metric_intervals.json")}
 
     def stage_check(self):
         backend = self.backends[0]
@@ -314,7 +356,21 @@ class Pipeline:
         if len(self.backends) < 2:
             return {"skipped": "needs both backends"}
         self.sh(argv, "final_check.log")
-        return {"json": self.path("final_check.json")}
+        same = argv[1:argv.index("--json")]  # the same checkpoints, data, shape and batches
+        self.sh(["scripts/diff_layers.py", *same,
+                 "--precision", self.s["precision"], "--out", self.path("diff_layers"),
+                 "--exit_zero"], "diff_layers.log")
+        final = f"model.{self.s['max_step']}.pt"
+        self.sh(["scripts/beam_divergence.py", *self.search_flags(), "--device", self.s["device"],
+                 "--torch_checkpoint", self.path("torch", final),
+                 "--jittor_checkpoint", self.path("jittor", final),
+                 "--torch_predictions", self.path("torch", "predict.jsonl"),
+                 "--jittor_predictions", self.path("jittor", "predict.jsonl"),
+                 "--max_queries", str(self.s["divergence_queries"]),
+                 "--out", self.path("beam_divergence")], "beam_divergence.log")
+        return {"json": self.path("final_check.json"),
+                "per_layer": self.path("diff_layers", "diff_layers.json"),
+                "beam_divergence": self.path("beam_divergence", "beam_divergence.json")}
 
     def stage_report(self):
         from .plotting import plot_loss_comparison, plot_lr_schedule
@@ -347,7 +403,7 @@ class Pipeline:
             "run": self.run, "created": datetime.datetime.now().isoformat(timespec="seconds"),
             "devices": devices(self.s["device"]), "versions": versions(),
             "config": dict(self.s, exact_dropout=self.args.exact_dropout,
-                           random_seed=self.args.random_seed,
+                           random_seed=self.args.random_seed, seed_band=self.seed_band,
                            init=self.state["stages"].get("init", {}).get("outputs", {}).get("source")),
             "stages": [{"name": n, "seconds": round(v.get("seconds", 0.0), 1), "status": v["status"]}
                        for n, v in self.state["stages"].items()],
@@ -362,6 +418,7 @@ class Pipeline:
             if os.path.isfile(self.path("final_check.json")):
                 with open(self.path("final_check.json")) as f:
                     results["final_check"] = json.load(f)
+            results.update(self.harness_results())
         for backend in self.backends:  # keep the raw training logs next to the report
             shutil.copyfile(self.path(backend, "train_log.jsonl"),
                             os.path.join(self.log_dir, f"{backend}_train_log.jsonl"))
@@ -370,6 +427,26 @@ class Pipeline:
         write_report(self.log_dir, results)
         print(f"report: {os.path.join(self.log_dir, 'report.md')}")
         return {"report": os.path.join(self.log_dir, "report.md")}
+
+    def harness_results(self):
+        """What the check and metrics stages' harness scripts (alignment/) wrote: their results
+        for report.json (the per-layer check without its per-tensor records, which stay in
+        diff_layers.json) and their report sections, rendered by alignment/ beside the JSON
+        (shared/ imports no alignment module)."""
+        out, sections = {}, []
+        for key, folder in (("per_layer", "diff_layers"), ("beam_divergence", "beam_divergence"),
+                            ("metric_intervals", "metric_intervals")):
+            path = self.path(folder, f"{folder}.json")
+            if not os.path.isfile(path):
+                continue
+            with open(path) as f:
+                document = json.load(f)
+            out[key] = {k: v for k, v in document.items() if k not in ("records", "per_module")}
+            with open(self.path(folder, "report_section.md")) as f:
+                sections.append(f.read())
+        if sections:
+            out["harness_sections"] = sections
+        return out
 
     def run_all(self):
         started = time.time()

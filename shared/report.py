@@ -118,8 +118,9 @@ def _dropout_note(config: dict) -> Optional[str]:
                 "generator (exact dropout), so both backends saw the same masks at every step.")
     return (f"LoRA dropout {format_value(dropout)} drew its masks from each framework's own "
             "generator (exact dropout off): the runs agree while the LoRA update is zero and "
-            "then drift apart like two seeds of one run; `--exact_dropout` makes them follow "
-            "each other step for step.")
+            "then drift apart like two seeds of one run; `--exact_dropout` (work.sh's default) "
+            "makes them follow each other step for step, and the metric intervals judge this "
+            "run against the seed band (`--seed_band`).")
 
 
 def _metrics_section(metrics: dict) -> Optional[str]:
@@ -209,6 +210,9 @@ def render_report_md(results: dict, run_dir: str = ".") -> str:
     beam = _section(results, "beam_agreement", dict)
     if beam:
         sections.append(_key_value_section("Beam-search agreement", beam))
+    harness = _section(results, "harness_sections", list)  # Markdown rendered by alignment/
+    if harness:
+        sections += [text.strip() for text in harness]
     plots = _section(results, "plots", dict)
     if plots:
         sections.append(_plots_section(plots, run_dir))

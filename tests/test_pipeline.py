@@ -20,7 +20,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def pipeline_run(tmp_path_factory, e2e_dir, vocab_dir):
     base = tmp_path_factory.mktemp("pipeline")
     argv = ["bash", "work.sh", "--preset", "micro", "--run", "smoke", "--runs_dir", str(base / "runs"),
-            "--logs_dir", str(base / "logs"), "--data_dir", e2e_dir, "--vocab_dir", vocab_dir]
+            "--logs_dir", str(base / "logs"), "--data_dir", e2e_dir, "--vocab_dir", vocab_dir,
+            "--seed_band"]
     proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return base, argv, proc.stdout
@@ -53,6 +54,47 @@ def test_report_has_both_backends_side_by_side(pipeline_run):
     with open(base / "logs" / "smoke" / "report.md") as f:
         md = f.read()
     assert "| BLEU |" in md and "![loss](loss.png)" in md
+
+
+def test_report_has_the_harness_sections_with_real_numbers(pipeline_run):
+    """Issue 13's sections: the per-layer check of the final weights, the beam divergence of the
+    differing queries, the metric intervals with the seed band of the torch_seed2 run."""
+    base, _, _ = pipeline_run
+    with open(base / "logs" / "smoke" / "report.json") as f:
+        report = json.load(f)
+    assert report["config"]["exact_dropout"] is True  # work.sh's default now
+    layers = report["per_layer"]
+    assert set(layers["first_divergence"]) == {"forward", "backward"}
+    assert layers["passed"] and layers["compared"] > 100 and layers["failing"] == 0
+    names = [row["layer"] for row in layers["per_layer_worst"]]
+    assert {"h.0", "h.1", "lm_head", "loss"} <= set(names)
+    for row in layers["per_layer_worst"]:
+        for key in ("forward_torch", "forward_jittor"):
+            assert np.isfinite(row[key]) and 0 <= row[key] < 1e-3, row
+    beams = report["beam_divergence"]
+    assert beams["queries"] == report["beam_agreement"]["total"]
+    assert beams["differing"] == beams["queries"] - report["beam_agreement"]["identical_predictions"]
+    assert beams["analysed"] == len(beams["divergences"]) == min(beams["differing"], 20)
+    for d in beams["divergences"]:
+        assert d["cause"] in ("near-tie", "logits", "final selection", "implementation",
+                              "no parting found on re-trace"), d
+        if d["cause"] in ("near-tie", "logits"):
+            assert d["step"] >= 0 and d["torch_token"] != d["jittor_token"]
+            assert np.isfinite(d["margin_torch"]) and np.isfinite(d["margin_jittor"])
+    intervals = report["metric_intervals"]
+    for metric in ("BLEU", "NIST", "ROUGE_L", "CIDEr"):
+        cross, band = intervals["cross_framework"][metric], intervals["seed_band"][metric]
+        assert cross["lo"] <= cross["observed"] <= cross["hi"] and band["lo"] <= band["hi"]
+        assert intervals["inside_band"][metric] in (True, False)
+    with open(base / "runs" / "smoke" / "torch_seed2" / "train_log.jsonl") as f:
+        assert f.readline()  # the seed band comes from a torch run that really trained
+    with open(base / "logs" / "smoke" / "report.md") as f:
+        md = f.read()
+    for title in ("## Final metrics", "## Loss agreement", "## Final check",
+                  "## Per-layer check", "## Beam divergence", "## Metric intervals"):
+        assert title in md, title
+    bleu = intervals["cross_framework"]["BLEU"]
+    assert f"| BLEU | {bleu['observed']:+.4f} |" in md and "No seed band" not in md
 
 
 @pytest.mark.parametrize("name", ["loss.png", "lr.png", "base_loss.png"])
