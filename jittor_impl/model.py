@@ -19,9 +19,8 @@ from shared.params import init_state_dict, is_lora_name
 
 from .lora import MergedLinear
 from .ops import (ATTENTION_IMPLS, DEFAULT_ATTENTION, batched_matmul_transpose, causal_mask,
-                  embedding, fused_attention, gelu, layer_norm, mean_float64, matmul,
-                  matmul_transpose, merge_heads, parameter, row_max, softmax, split_heads,
-                  stop_gradient, sum_float64)
+                  cross_entropy, embedding, fused_attention, gelu, layer_norm, matmul,
+                  matmul_transpose, merge_heads, parameter, softmax, split_heads)
 from .runtime import jt
 
 nn = jt.nn
@@ -162,23 +161,10 @@ class GPT2Model(nn.Module):
 
 
 def lm_loss(logits, lm_labels, lm_mask=None, label_smooth=0.0):
-    """Token losses (label-smoothed as the reference does), mask-weighted mean.
-
-    Written out as the log-sum-exp of the shifted logits (the form both backends share): the
-    shift is held constant, the vocabulary sums run in float64, and with logprobs = shifted - lse
-    the token loss is lse - shifted[label] and the smoothing term -mean(logprobs) is
-    lse - mean(shifted), so no vocabulary-wide reduction appears in the backward pass. (Jittor's
-    log_softmax differentiates through its max shift, where fp32 leaves a residue.)"""
-    flat = logits.reshape(-1, logits.shape[-1]).float32()
-    labels = lm_labels.reshape(-1)
-    shifted = flat - stop_gradient(row_max(flat))
-    lse = sum_float64(shifted.exp(), dim=-1).log().float32()
-    loss = lse - shifted.gather(1, labels.maximum(0).reshape(-1, 1)).reshape(-1)
-    if label_smooth > 0.0001:
-        smooth = lse - mean_float64(shifted, dim=-1).float32()
-        loss = (1.0 - label_smooth) * loss + label_smooth * smooth
-    loss = jt.where(labels == -1, jt.zeros_like(loss), loss).reshape(lm_labels.shape)
-    return masked_mean(loss, lm_mask)
+    """Token losses (label-smoothed as the reference does), mask-weighted mean."""
+    smoothing = label_smooth if label_smooth > 0.0001 else 0.0
+    loss = cross_entropy(logits.reshape(-1, logits.shape[-1]), lm_labels.reshape(-1), smoothing)
+    return masked_mean(loss.reshape(lm_labels.shape), lm_mask)
 
 
 def masked_mean(loss, lm_mask):

@@ -111,20 +111,20 @@ def softmax(x, dim=-1):
     return nn.softmax(x, dim=dim)
 
 
-def sum_float64(x, dim):
-    """Sum over `dim` accumulated in float64 (Jittor's CPU reductions add one term after another
-    in the input type, which over 50257 words loses digits)."""
-    return x.float64().sum(dim=dim)
-
-
-def mean_float64(x, dim):
-    return x.float64().mean(dim=dim)
-
-
-def stop_gradient(x):
-    return x.stop_grad()
-
-
-def row_max(x):
-    """The maximum over the last dimension, kept as a dimension of size 1."""
-    return x.max(dim=-1, keepdims=True)
+def cross_entropy(logits, labels, smoothing):
+    """Per-row losses of (N, V) `logits`, label-smoothed as the reference does, 0 where the
+    label is -1. Jittor's cross_entropy_loss has no label smoothing, so the reference's form is
+    written out: the log-sum-exp of the shifted logits, the shift held constant and the
+    vocabulary sums in float64 (Jittor's CPU reductions add one term after another in the input
+    type, which over 50257 words loses digits). With logprobs = shifted - lse the token loss is
+    lse - shifted[label] and the smoothing term -mean(logprobs) is lse - mean(shifted), so no
+    vocabulary-wide reduction appears in the backward pass (Jittor's log_softmax differentiates
+    through its max shift, where fp32 leaves a residue)."""
+    flat = logits.float32()
+    shifted = flat - flat.max(dim=-1, keepdims=True).stop_grad()
+    lse = shifted.exp().float64().sum(dim=-1).log().float32()
+    loss = lse - shifted.gather(1, labels.maximum(0).reshape(-1, 1)).reshape(-1)
+    if smoothing > 0:
+        smooth = lse - shifted.float64().mean(dim=-1).float32()
+        loss = (1.0 - smoothing) * loss + smoothing * smooth
+    return jt.where(labels == -1, jt.zeros_like(loss), loss)

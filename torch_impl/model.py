@@ -19,12 +19,10 @@ from shared.checkpoint import load_for_model
 from shared.config import GPT2Config
 from shared.params import init_state_dict, is_lora_name
 
-from .cross_entropy import low_precision_cross_entropy
 from .lora import MergedLinear
 from .ops import (ATTENTION_IMPLS, DEFAULT_ATTENTION, batched_matmul_transpose, causal_mask,
-                  embedding, fused_attention, gelu, layer_norm, mean_float64, matmul,
-                  matmul_transpose, merge_heads, parameter, row_max, softmax, split_heads,
-                  stop_gradient, sum_float64)
+                  cross_entropy, embedding, fused_attention, gelu, layer_norm, matmul,
+                  matmul_transpose, merge_heads, parameter, softmax, split_heads)
 
 MASK_VALUE = -1.0e10  # the reference's mask value
 
@@ -163,27 +161,10 @@ class GPT2Model(nn.Module):
 
 
 def lm_loss(logits, lm_labels, lm_mask=None, label_smooth=0.0):
-    """Token losses (label-smoothed as the reference does), mask-weighted mean.
-
-    Written out as the log-sum-exp of the shifted logits (the form both backends share): the
-    shift is held constant, the vocabulary sums run in float64, and with logprobs = shifted - lse
-    the token loss is lse - shifted[label] and the smoothing term -mean(logprobs) is
-    lse - mean(shifted), so no vocabulary-wide reduction appears in the backward pass."""
-    if logits.dtype != torch.float32:  # fast path: no float32 copy of the logits (cross_entropy.py)
-        smoothing = label_smooth if label_smooth > 0.0001 else 0.0
-        return masked_mean(low_precision_cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), lm_labels.reshape(-1), smoothing
-        ).reshape(lm_labels.shape), lm_mask)
-    flat = logits.reshape(-1, logits.shape[-1]).float()
-    labels = lm_labels.reshape(-1)
-    shifted = flat - stop_gradient(row_max(flat))
-    lse = sum_float64(shifted.exp(), dim=-1).log().float()
-    loss = lse - shifted.gather(1, labels.clamp(min=0).reshape(-1, 1)).reshape(-1)
-    if label_smooth > 0.0001:
-        smooth = lse - mean_float64(shifted, dim=-1).float()
-        loss = (1.0 - label_smooth) * loss + label_smooth * smooth
-    loss = torch.where(labels == -1, torch.zeros_like(loss), loss).reshape(lm_labels.shape)
-    return masked_mean(loss, lm_mask)
+    """Token losses (label-smoothed as the reference does), mask-weighted mean."""
+    smoothing = label_smooth if label_smooth > 0.0001 else 0.0
+    loss = cross_entropy(logits.reshape(-1, logits.shape[-1]), lm_labels.reshape(-1), smoothing)
+    return masked_mean(loss.reshape(lm_labels.shape), lm_mask)
 
 
 def masked_mean(loss, lm_mask):

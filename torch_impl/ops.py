@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cross_entropy import low_precision_cross_entropy
+
 ATTENTION_IMPLS = ("math", "sdpa")  # the reference's formula; torch's fused kernel, same function
 DEFAULT_ATTENTION = "sdpa"
 
@@ -84,19 +86,10 @@ def softmax(x, dim=-1):
     return torch.softmax(x, dim=dim)
 
 
-def sum_float64(x, dim):
-    """Sum over `dim` accumulated in float64 (over 50257 words float32 sums lose digits)."""
-    return x.sum(dim=dim, dtype=torch.float64)
-
-
-def mean_float64(x, dim):
-    return x.mean(dim=dim, dtype=torch.float64)
-
-
-def stop_gradient(x):
-    return x.detach()
-
-
-def row_max(x):
-    """The maximum over the last dimension, kept as a dimension of size 1."""
-    return x.max(dim=-1, keepdim=True).values
+def cross_entropy(logits, labels, smoothing):
+    """Per-row losses of (N, V) `logits`, label-smoothed as the reference does, 0 where the
+    label is -1: torch's own kernel; bf16/fp16 logits take the blocked kernel of
+    cross_entropy.py, which never makes a float32 copy of them."""
+    if logits.dtype in (torch.bfloat16, torch.float16):
+        return low_precision_cross_entropy(logits, labels, smoothing)
+    return F.cross_entropy(logits, labels, ignore_index=-1, reduction="none", label_smoothing=smoothing)
