@@ -147,9 +147,16 @@ def _profile_section(title, prof):
     kinds = sorted(prof.get("kinds", {}).items(), key=lambda kv: -kv[1][0])
     rows = [[row["kernel"].replace("|", "/"), f"{row['ms_per_step']:.2f}",
              f"{row['calls_per_step']:.0f}", f"{100 * row['share']:.1f}%"] for row in prof["top"]]
-    return ["", title, "", "By kind: " + "; ".join(f"{k} {ms:.1f} ms ({calls:.0f} kernels)"
-                                                   for k, (ms, calls) in kinds),
-            "", markdown_table(["kernel", "ms", "calls", "share"], rows)]
+    lines = ["", title, "", "By kind: " + "; ".join(f"{k} {ms:.1f} ms ({calls:.0f} kernels)"
+                                                    for k, (ms, calls) in kinds),
+             "", markdown_table(["kernel", "ms", "calls", "share"], rows)]
+    if prof.get("distinct"):  # Jittor: each compiled kernel, what it computes and its shape
+        lines += ["", "The same steps by compiled kernel (its element operations, casts with their "
+                  "types, and the shape that took most of its time):", "",
+                  markdown_table(["kernel", "operations", "shape", "ms", "calls"],
+                                 [[d["kernel"], d["ops"], d["shape"], f"{d['ms_per_step']:.2f}",
+                                   f"{d['calls_per_step']:.0f}"] for d in prof["distinct"]])]
+    return lines
 
 
 def _profiles(results, settings):
