@@ -30,6 +30,7 @@ BEAM_BACKENDS = ("torch", "jittor")
 # The run's arguments the report needs, kept in the JSON record so it renders on its own.
 SETTINGS = ("seq_len", "batch_size", "steps", "warmup", "test_data", "beam_batch_size",
             "n_embd", "n_layer", "n_head")
+BEAM_SETTINGS = ("test_data", "beam_batch_size")  # a resumed run may add the beam part with them
 
 
 def peak_tflops(gpu_name, override):
@@ -214,7 +215,11 @@ def render(results):
              "the framework's allocator cache included: what a card must have), 'tensors' "
              "torch's peak of allocated tensors (torch-based variants only). 'vs torch' and "
              "'vs best peer' are tokens/s ratios to this project's torch eager step and to the "
-             "fastest peer of the same model.", "", _training_table(results["training"])]
+             "fastest peer of the same model."]
+    if results.get("sessions", 1) > 1:
+        lines += ["", f"Measured in {results['sessions']} runs of scripts/benchmark.py (--resume "
+                  "keeps what an earlier run measured), each on a fresh machine of this GPU kind."]
+    lines += ["", _training_table(results["training"])]
     if results.get("skipped"):
         lines += ["", "Not measured: " + "; ".join(f"{k}: {v}" for k, v in results["skipped"].items())]
     if results.get("failed"):

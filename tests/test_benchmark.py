@@ -97,3 +97,22 @@ def test_jittor_kernels_are_named_by_their_operations():
            "«Tz:bfloat16«OP:multiply«opkey4:reduce«Tx:float32«Ty:float32«Tz:float32«OP:add«DIM=2"
            "«JIT:1«JIT_cpu:1«graph:000020,«var_info::111112«index_t:int32")
     assert jittor_kernel_ops(key) == "cast float32>bfloat16, multiply, reduce add"
+
+
+def test_resume_keeps_what_was_measured_and_measures_the_rest(tmp_path):
+    out = tmp_path / "benchmark.md"
+    tiny = ["--device", "cpu", "--precision", "fp32", "--cards", "gpt2.sm", "--extra_cards", "",
+            "--n_embd", "32", "--n_layer", "1", "--n_head", "2", "--seq_len", "16",
+            "--batch_size", "2", "--steps", "1", "--warmup", "1", "--out", str(out)]
+    assert run_benchmark(*tiny, "--backends", "torch").returncode == 0
+    first = json.loads(out.with_suffix(".json").read_text())
+    proc = run_benchmark(*tiny, "--backends", "torch,jittor", "--resume")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["training"]["gpt2.sm"]["torch"] == first["training"]["gpt2.sm"]["torch"]
+    assert record["training"]["gpt2.sm"]["jittor"]["tokens_per_s"] > 0
+    assert record["sessions"] == 2 and "Measured in 2 runs" in out.read_text()
+    other = [a if a != "16" else "32" for a in tiny]  # another seq_len: refused, nothing written
+    proc = run_benchmark(*other, "--backends", "torch", "--resume")
+    assert proc.returncode == 2 and "seq_len=16" in proc.stderr and "32" in proc.stderr
+    assert json.loads(out.with_suffix(".json").read_text()) == record
