@@ -17,16 +17,15 @@ import sys
 from backends import load_inference_model, training_backend
 from shared.atomic import atomic_open, write_json
 from shared.batching import FTDataset
-from shared.checkpoint import CheckpointError
-from shared.instruct_data import InstructDataError, prepare_instruct, read_split_entries
+from shared.instruct_data import prepare_instruct, read_split_entries
 from shared.instruct_eval import generate_responses, response_perplexity, rouge_l
-from shared.run_lock import RunFolderBusy, RunLock
+from shared.run_lock import RunLock
 from shared.sampling import EOT_ID, SamplingSettings
-from shared.stop_signals import StopSignal, exit_status, raise_on_stop_signals
-from shared.tokenizer import VocabError, load_tokenizer
-from shared.train_args import ArgumentProblem, model_config, validate
+from shared.tokenizer import load_tokenizer
 from shared.train_args import build_parser as build_train_parser
-from shared.trainer import Trainer, TrainingError, TrainingInterrupted
+from shared.train_args import model_config, validate
+from shared.trainer import Trainer, TrainingError
+from shared.training_script import run_training_script
 
 DEFAULT_DATA = os.environ.get("INSTRUCT_DATA", "")
 
@@ -117,6 +116,20 @@ def evaluate(args, tokenizer, checkpoint):
     return result
 
 
+def train_and_evaluate(args):
+    """Split and encode --data, train (or take the finished run's checkpoint), then score it."""
+    with RunLock(args.work_dir):  # the training loop's own stop handler saves first
+        tokenizer = load_tokenizer(args.vocab)
+        counts = prepare(args, tokenizer)
+        print(f"instruction data {args.data}: " + ", ".join(
+            f"{k} {v}" for k, v in counts.items()) + f" entries -> {args.data_out}", flush=True)
+        validate(args)
+        checkpoint = final_checkpoint(args.work_dir) if args.eval_only else \
+            Trainer(args, training_backend(args.backend)).train()["final_checkpoint"]
+        if not args.no_eval:
+            evaluate(args, tokenizer, checkpoint)
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -124,35 +137,7 @@ def main(argv=None):
         parser.error("give --data (an Alpaca JSON file) or set INSTRUCT_DATA")
     if args.no_eval and args.eval_only:
         parser.error("--no_eval and --eval_only exclude each other")
-    try:
-        with raise_on_stop_signals(), RunLock(args.work_dir):  # the loop's own handler saves first
-            tokenizer = load_tokenizer(args.vocab)
-            counts = prepare(args, tokenizer)
-            print(f"instruction data {args.data}: " + ", ".join(
-                f"{k} {v}" for k, v in counts.items()) + f" entries -> {args.data_out}", flush=True)
-            validate(args)
-            checkpoint = final_checkpoint(args.work_dir) if args.eval_only else \
-                Trainer(args, training_backend(args.backend)).train()["final_checkpoint"]
-            if not args.no_eval:
-                evaluate(args, tokenizer, checkpoint)
-    except ArgumentProblem as exc:
-        parser.error(str(exc))
-    except (InstructDataError, VocabError, TrainingError, CheckpointError, RunFolderBusy,
-            FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # e.g. the work dir filled up or became unwritable mid-run
-        print(f"error: {exc}; free space or fix permissions, then rerun with --resume",
-              file=sys.stderr)
-        return 2
-    except TrainingInterrupted as exc:
-        print(str(exc), file=sys.stderr)
-        return exit_status(exc.signum)
-    except StopSignal as exc:
-        print(f"{exc} outside the training loop; the checkpoints already in {args.work_dir} are "
-              f"whole: rerun the same command (with --resume if it holds any)", file=sys.stderr)
-        return exc.exit_code
-    return 0
+    return run_training_script(parser, args, lambda: train_and_evaluate(args))
 
 
 if __name__ == "__main__":
