@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from alignment.harness import compare, jittor_on, tiny_config
-from alignment.task_fixtures import write_spam_file
+from alignment.task_fixtures import assert_task_runs_agree, write_spam_file
 from shared.checkpoint import read_checkpoint
 from shared.classifier_params import init_head, is_trainable
 from alignment.harness import randomize_lora_B
@@ -126,16 +126,7 @@ def test_classify_training_run_with_shared_dropout(tmp_path, vocab_dir):
     data = write_spam_file(tmp_path / "spam.tsv")
     t_records, t_metrics, t_weights = run_classify(vocab_dir, data, tmp_path / "torch", "torch")
     j_records, j_metrics, j_weights = run_classify(vocab_dir, data, tmp_path / "jittor", "jittor")
-    t_train = [r for r in t_records if r["kind"] == "train"]
-    j_train = [r for r in j_records if r["kind"] == "train"]
-    assert [r["step"] for r in t_train] == [r["step"] for r in j_train] == list(range(1, 9))
-    compare("classify/train_loss", np.array([r["loss"] for r in j_train]),
-            np.array([r["loss"] for r in t_train]), 0.0, LOSS_RTOL)
-    compare("classify/valid_loss",
-            np.array([r["valid_loss"] for r in j_records if r["kind"] == "valid"]),
-            np.array([r["valid_loss"] for r in t_records if r["kind"] == "valid"]), 0.0, LOSS_RTOL)
-    assert sorted(t_weights) == sorted(j_weights)
-    for name in t_weights:
-        compare(f"classify/weights/{name}", j_weights[name], t_weights[name], WEIGHT_ATOL, 0.0)
+    assert_task_runs_agree("classify", (t_records, t_weights), (j_records, j_weights), 8,
+                           LOSS_RTOL, WEIGHT_ATOL)
     for split in ("valid", "test"):
         assert t_metrics[split]["confusion_matrix"] == j_metrics[split]["confusion_matrix"]

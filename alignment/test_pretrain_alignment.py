@@ -15,7 +15,7 @@ import numpy as np
 
 from alignment.harness import (build_pair, compare, jittor_forward, jittor_grads, jittor_on,
                                tiny_config, torch_forward, torch_grads)
-from alignment.task_fixtures import write_text_file
+from alignment.task_fixtures import assert_task_runs_agree, write_text_file
 from shared.checkpoint import read_checkpoint
 from shared.text_data import WindowDataset
 
@@ -74,17 +74,8 @@ def test_pretrain_training_run_and_samples(tmp_path, vocab_dir):
     text = write_text_file(tmp_path / "story.txt")
     t_records, t_samples, t_weights = run_pretrain(vocab_dir, text, tmp_path / "torch", "torch")
     j_records, j_samples, j_weights = run_pretrain(vocab_dir, text, tmp_path / "jittor", "jittor")
-    t_train = [r for r in t_records if r["kind"] == "train"]
-    j_train = [r for r in j_records if r["kind"] == "train"]
-    assert [r["step"] for r in t_train] == [r["step"] for r in j_train] == list(range(1, 9))
-    compare("pretrain/train_loss", np.array([r["loss"] for r in j_train]),
-            np.array([r["loss"] for r in t_train]), 0.0, LOSS_RTOL)
-    compare("pretrain/valid_loss",
-            np.array([r["valid_loss"] for r in j_records if r["kind"] == "valid"]),
-            np.array([r["valid_loss"] for r in t_records if r["kind"] == "valid"]), 0.0, LOSS_RTOL)
-    assert sorted(t_weights) == sorted(j_weights)
-    for name in t_weights:
-        compare(f"pretrain/weights/{name}", j_weights[name], t_weights[name], WEIGHT_ATOL, 0.0)
+    assert_task_runs_agree("pretrain", (t_records, t_weights), (j_records, j_weights), 8,
+                           LOSS_RTOL, WEIGHT_ATOL)
     assert [s["step"] for s in t_samples] == [4, 8]  # the final sample replaces step 8's
     assert [s["text"] for s in t_samples] == [s["text"] for s in j_samples]
     assert all(len(s["tokens"]) > 0 for s in t_samples)

@@ -14,7 +14,7 @@ from shared.config import GPT2Config
 from shared.params import init_state_dict, is_lora_name
 
 from .lora import mark_trainable
-from .model import Conv1D, GPT2Model
+from .model import Conv1D, GPT2Base, GPT2Model
 from .runtime import jt
 from .train import JittorBackend
 
@@ -39,7 +39,7 @@ def classification_loss(logits, labels, class_weights=None):
     return (nll * weights).sum() / weights.sum()
 
 
-class GPT2Classifier(nn.Module):
+class GPT2Classifier(GPT2Base):
     """GPT-2 body + linear head; initialised from seeded numpy like GPT2LMModel."""
 
     def __init__(self, config: GPT2Config, num_classes: int, seed: int = 0, class_weights=None):
@@ -51,10 +51,6 @@ class GPT2Classifier(nn.Module):
             np.asarray(class_weights, dtype=np.float32)
         self.base_loaded = False
         self.load_state_numpy({**init_state_dict(config, seed), **init_head(config, num_classes, seed)})
-
-    def set_attention(self, impl: str):
-        if impl != "math":
-            raise ValueError(f"the jittor backend implements attention 'math' only, got {impl!r}")
 
     def execute(self, input_ids, lengths, labels=None):
         hidden_states, _ = self.transformer(input_ids)
@@ -73,16 +69,7 @@ class GPT2Classifier(nn.Module):
         body, head = split_head(raw, self.config, self.num_classes, source)
         base_loaded = self.base_loaded if base_loaded is None else base_loaded
         state = load_for_model(body, self.config, base_loaded=base_loaded) if body else {}
-        self.load_state_numpy({**state, **head})
-        if any(not is_lora_name(k) for k in state):
-            self.base_loaded = True
-        return self
-
-    def load_state_numpy(self, state: dict):
-        params = dict(self.named_parameters())
-        for name, value in state.items():
-            param = params[name]
-            param.assign(jt.array(np.ascontiguousarray(value)).cast(param.dtype))
+        return self.load_model_state(state, head)
 
     def state_dict_numpy(self, lora_only: bool = False) -> dict:
         """Canonical {name: float32 array}; `lora_only` keeps LoRA and head weights."""

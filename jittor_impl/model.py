@@ -174,7 +174,33 @@ def masked_mean(loss, lm_mask):
     return loss.sum() / (lm_mask.sum() + 0.0001)
 
 
-class GPT2LMModel(nn.Module):
+class GPT2Base(nn.Module):
+    """What a model around a `GPT2Model` body (`self.transformer`) has whatever its head
+    (GPT2LMModel, classifier.py's GPT2Classifier): the attention switch, and loading canonical
+    {name: numpy array} weights, with `base_loaded` True once pretrained base weights are in."""
+
+    def set_attention(self, impl: str):
+        if impl not in ATTENTION_IMPLS:
+            raise ValueError(f"attention implementation must be one of {ATTENTION_IMPLS}, got {impl!r}")
+        for block in self.transformer.h:
+            block.attn.attn_impl = impl
+
+    def load_model_state(self, state: dict, extra=None):
+        """`state` (as shared.checkpoint.load_for_model gives it) and `extra` (weights outside
+        the body, e.g. a classifier head) into the parameters; returns the model."""
+        self.load_state_numpy({**state, **(extra or {})})
+        if any(not is_lora_name(k) for k in state):
+            self.base_loaded = True
+        return self
+
+    def load_state_numpy(self, state: dict):
+        params = dict(self.named_parameters())
+        for name, value in state.items():
+            param = params[name]
+            param.assign(jt.array(np.ascontiguousarray(value)).cast(param.dtype))
+
+
+class GPT2LMModel(GPT2Base):
     """GPT-2 language model. New models are initialised by `shared.params.init_state_dict`
     (seeded numpy), so both backends built with the same config and seed hold equal weights."""
 
@@ -184,12 +210,6 @@ class GPT2LMModel(nn.Module):
         self.transformer = GPT2Model(config)
         self.base_loaded = False  # True once pretrained base weights are in (LoRA-only loads need it)
         self.load_state_numpy(init_state_dict(config, seed))
-
-    def set_attention(self, impl: str):
-        if impl not in ATTENTION_IMPLS:
-            raise ValueError(f"attention implementation must be one of {ATTENTION_IMPLS}, got {impl!r}")
-        for block in self.transformer.h:
-            block.attn.attn_impl = impl
 
     def execute(self, input_ids, lm_labels=None, lm_mask=None, past=None, len_past=None,
                 label_smooth=0.0):
@@ -203,16 +223,7 @@ class GPT2LMModel(nn.Module):
     def load_weight(self, state_or_path):
         """Load a checkpoint (path or state dict) of any supported layout; see shared.checkpoint."""
         state = load_for_model(state_or_path, self.config, base_loaded=self.base_loaded)
-        self.load_state_numpy(state)
-        if any(not is_lora_name(k) for k in state):
-            self.base_loaded = True
-        return self
-
-    def load_state_numpy(self, state: dict):
-        params = dict(self.named_parameters())
-        for name, value in state.items():
-            param = params[name]
-            param.assign(jt.array(np.ascontiguousarray(value)).cast(param.dtype))
+        return self.load_model_state(state)
 
     def state_dict_numpy(self, lora_only: bool = False) -> dict:
         """Canonical {name: float32 numpy array}; LoRA merging is undone in what is returned."""

@@ -7,19 +7,11 @@ The head reads the last real token's hidden state; --trainable picks the trained
 head + last block + final LayerNorm; all; lora: LoRA + head). Splits come from --random_seed;
 the final weights are scored on the validation and test splits into WORK_DIR/metrics.json.
 """
-import os
 import sys
 
 from backends import classifier_backend
-from shared.atomic import write_json
-from shared.checkpoint import CheckpointError
-from shared.classify_task import (CLASSIFY_RESUME_KEYS, build_classify_parser, classify_datasets,
-                                  classify_problems, evaluate, write_model_card)
-from shared.run_lock import RunFolderBusy, RunLock
-from shared.stop_signals import StopSignal, exit_status, raise_on_stop_signals
-from shared.tokenizer import VocabError, load_tokenizer
-from shared.train_args import ArgumentProblem
-from shared.trainer import Trainer, TrainingError, TrainingInterrupted
+from shared.classify_task import build_classify_parser, classify_problems, train_and_score
+from shared.training_script import run_training_script
 
 
 def main(argv=None):
@@ -28,38 +20,8 @@ def main(argv=None):
     problems = classify_problems(args)
     if problems:
         parser.error("bad arguments:\n  " + "\n  ".join(problems))
-    try:
-        with raise_on_stop_signals(), RunLock(args.work_dir):  # the loop's own handler saves first
-            tokenizer = load_tokenizer(args.vocab)
-            data = classify_datasets(args, tokenizer)
-            trainer = Trainer(args, classifier_backend(args.backend),
-                              datasets=(data["train"], data["valid"]),
-                              resume_keys=CLASSIFY_RESUME_KEYS)
-            summary = trainer.train()
-            metrics = {name: evaluate(trainer.backend.predict_logits, data[name])
-                       for name in ("valid", "test")}
-            metrics.update(backend=args.backend, steps=summary["steps"],
-                           valid_loss=summary["valid_loss"])
-            write_json(os.path.join(args.work_dir, "metrics.json"), metrics)
-            write_model_card(args, summary)
-    except ArgumentProblem as exc:
-        parser.error(str(exc))
-    except (TrainingError, CheckpointError, VocabError, RunFolderBusy, OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except TrainingInterrupted as exc:
-        print(str(exc), file=sys.stderr)
-        return exit_status(exc.signum)
-    except StopSignal as exc:
-        print(f"{exc} outside the training loop; the checkpoints already in {args.work_dir} are "
-              f"whole: rerun the same command (with --resume if it holds any)", file=sys.stderr)
-        return exc.exit_code
-    for name in ("valid", "test"):
-        m = metrics[name]
-        print(f"{name}: accuracy {m['accuracy']:.4f}, precision {m['precision']:.4f}, recall "
-              f"{m['recall']:.4f}, F1 {m['f1']:.4f}, confusion {m['confusion_matrix']} "
-              f"(rows true {m['labels']}, columns predicted)")
-    return 0
+    return run_training_script(parser, args, lambda: train_and_score(args, classifier_backend),
+                               disk_hint=False)
 
 
 if __name__ == "__main__":

@@ -9,150 +9,22 @@ Takes every flag of gpt2_ft.py except --train_data/--valid_data (the splits are 
 the JSON-lines log and --tensorboard work as for E2E. Outputs in WORK_DIR: test_responses.jsonl
 and instruct_eval.json.
 """
-import argparse
-import json
-import os
 import sys
 
 from backends import load_inference_model, training_backend
-from shared.atomic import atomic_open, write_json
-from shared.batching import FTDataset
-from shared.checkpoint import CheckpointError
-from shared.instruct_data import InstructDataError, prepare_instruct, read_split_entries
-from shared.instruct_eval import generate_responses, response_perplexity, rouge_l
-from shared.run_lock import RunFolderBusy, RunLock
-from shared.sampling import EOT_ID, SamplingSettings
-from shared.stop_signals import StopSignal, exit_status, raise_on_stop_signals
-from shared.tokenizer import VocabError, load_tokenizer
-from shared.train_args import ArgumentProblem, model_config, validate
-from shared.train_args import build_parser as build_train_parser
-from shared.trainer import Trainer, TrainingError, TrainingInterrupted
-
-DEFAULT_DATA = os.environ.get("INSTRUCT_DATA", "")
-
-
-def build_parser():
-    p = build_train_parser()
-    p.description = __doc__.splitlines()[0]
-    for action in p._actions:  # the splits come from --data
-        if action.dest in ("train_data", "valid_data"):
-            action.required, action.help = False, "written from --data (do not give)"
-    g = p.add_argument_group("instruction data and evaluation")
-    g.add_argument("--data", default=DEFAULT_DATA or None,
-                   help="Alpaca JSON (instruction/input/output); default: $INSTRUCT_DATA")
-    g.add_argument("--data_out", default=None, help="folder for the encoded splits "
-                   "(default: WORK_DIR/data)")
-    g.add_argument("--vocab", default=None, help="GPT-2 vocab folder (default: GPT2_VOCAB_DIR)")
-    g.add_argument("--full_loss", action="store_true",
-                   help="score every token (default: the response tokens only)")
-    g.add_argument("--split_seed", type=int, default=123, help="seed of the train/valid/test split")
-    g.add_argument("--valid_fraction", type=float, default=0.05)
-    g.add_argument("--test_fraction", type=float, default=0.1)
-    g.add_argument("--limit", type=int, default=None, help="use only the first N entries")
-    g.add_argument("--no_eval", action="store_true", help="train only")
-    g.add_argument("--eval_only", action="store_true",
-                   help="score the finished run in --work_dir (no training)")
-    g.add_argument("--eval_limit", type=int, default=None,
-                   help="generate for at most this many test entries")
-    g.add_argument("--temperature", type=float, default=0.0, help="<= 0: greedy (default)")
-    g.add_argument("--top_k", type=int, default=0)
-    g.add_argument("--top_p", type=float, default=1.0)
-    g.add_argument("--max_new_tokens", type=int, default=64)
-    g.add_argument("--gen_seed", type=int, default=0)
-    return p
-
-
-def prepare(args, tokenizer):
-    args.data_out = args.data_out or os.path.join(args.work_dir, "data")
-    counts = prepare_instruct(args.data, args.data_out, tokenizer, args.split_seed,
-                              response_only=not args.full_loss,
-                              valid_fraction=args.valid_fraction,
-                              test_fraction=args.test_fraction, limit=args.limit)
-    args.train_data = os.path.join(args.data_out, "train.jsonl")
-    args.valid_data = os.path.join(args.data_out, "valid.jsonl")
-    return counts
-
-
-def final_checkpoint(work_dir):
-    path = os.path.join(work_dir, "train_summary.json")
-    if not os.path.isfile(path):
-        raise TrainingError(f"--eval_only: {path} not found (train first)")
-    with open(path) as f:
-        return json.load(f)["final_checkpoint"]
-
-
-def evaluate(args, tokenizer, checkpoint):
-    """Generate for the test split, score ROUGE-L and perplexity; write the results."""
-    entries = read_split_entries(os.path.join(args.data_out, "test_entries.json"))
-    if args.eval_limit:
-        entries = entries[:args.eval_limit]
-    scored = argparse.Namespace(**dict(vars(args), init_checkpoint=checkpoint))
-    backend = training_backend(args.backend)(model_config(args), scored)
-    test_set = FTDataset.from_file(os.path.join(args.data_out, "test.jsonl"),
-                                   args.valid_batch_size, args.seq_len)
-    perplexity = response_perplexity(backend, test_set, args.valid_batch_size)
-    del backend
-    settings = SamplingSettings(temperature=args.temperature, top_k=args.top_k,
-                                top_p=args.top_p, max_new_tokens=args.max_new_tokens,
-                                eos_token_id=EOT_ID)
-    model = load_inference_model(argparse.Namespace(**dict(vars(scored), lora_checkpoint=None)))
-    responses = generate_responses(model, entries, tokenizer, settings, args.gen_seed)
-    with atomic_open(os.path.join(args.work_dir, "test_responses.jsonl")) as f:
-        for entry, response in zip(entries, responses):
-            f.write(json.dumps({"id": entry["id"], "instruction": entry["instruction"],
-                                "input": entry["input"], "reference": entry["output"],
-                                "response": response}) + "\n")
-    result = {"backend": args.backend, "checkpoint": checkpoint, "test_entries": len(entries),
-              "rouge_l": rouge_l([e["output"] for e in entries], responses),
-              "test_loss": perplexity["loss"], "test_ppl": perplexity["ppl"],
-              "scored_tokens": perplexity["tokens"],
-              "loss_on": "all tokens" if args.full_loss else "response tokens",
-              "sampling": {"temperature": args.temperature, "top_k": args.top_k,
-                           "top_p": args.top_p, "max_new_tokens": args.max_new_tokens,
-                           "seed": args.gen_seed}}
-    write_json(os.path.join(args.work_dir, "instruct_eval.json"), result)
-    print(f"test: ROUGE-L {result['rouge_l']:.4f}, perplexity {result['test_ppl']:.3f} "
-          f"({result['scored_tokens']} {result['loss_on']}), {len(entries)} responses in "
-          f"{os.path.join(args.work_dir, 'test_responses.jsonl')}", flush=True)
-    return result
+from shared.instruct_task import build_instruct_parser, train_and_evaluate
+from shared.training_script import run_training_script
 
 
 def main(argv=None):
-    parser = build_parser()
+    parser = build_instruct_parser()
     args = parser.parse_args(argv)
     if not args.data:
         parser.error("give --data (an Alpaca JSON file) or set INSTRUCT_DATA")
     if args.no_eval and args.eval_only:
         parser.error("--no_eval and --eval_only exclude each other")
-    try:
-        with raise_on_stop_signals(), RunLock(args.work_dir):  # the loop's own handler saves first
-            tokenizer = load_tokenizer(args.vocab)
-            counts = prepare(args, tokenizer)
-            print(f"instruction data {args.data}: " + ", ".join(
-                f"{k} {v}" for k, v in counts.items()) + f" entries -> {args.data_out}", flush=True)
-            validate(args)
-            checkpoint = final_checkpoint(args.work_dir) if args.eval_only else \
-                Trainer(args, training_backend(args.backend)).train()["final_checkpoint"]
-            if not args.no_eval:
-                evaluate(args, tokenizer, checkpoint)
-    except ArgumentProblem as exc:
-        parser.error(str(exc))
-    except (InstructDataError, VocabError, TrainingError, CheckpointError, RunFolderBusy,
-            FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # e.g. the work dir filled up or became unwritable mid-run
-        print(f"error: {exc}; free space or fix permissions, then rerun with --resume",
-              file=sys.stderr)
-        return 2
-    except TrainingInterrupted as exc:
-        print(str(exc), file=sys.stderr)
-        return exit_status(exc.signum)
-    except StopSignal as exc:
-        print(f"{exc} outside the training loop; the checkpoints already in {args.work_dir} are "
-              f"whole: rerun the same command (with --resume if it holds any)", file=sys.stderr)
-        return exc.exit_code
-    return 0
+    return run_training_script(
+        parser, args, lambda: train_and_evaluate(args, training_backend, load_inference_model))
 
 
 if __name__ == "__main__":

@@ -11,14 +11,8 @@ import os
 import sys
 
 from backends import training_backend
-from shared.checkpoint import CheckpointError
-from shared.pretrain_task import (PRETRAIN_RESUME_KEYS, PeriodicSampler, build_pretrain_parser,
-                                  pretrain_datasets, pretrain_problems)
-from shared.run_lock import RunFolderBusy, RunLock
-from shared.stop_signals import StopSignal, exit_status, raise_on_stop_signals
-from shared.tokenizer import VocabError, load_tokenizer
-from shared.train_args import ArgumentProblem
-from shared.trainer import Trainer, TrainingError, TrainingInterrupted
+from shared.pretrain_task import build_pretrain_parser, pretrain, pretrain_problems
+from shared.training_script import run_training_script
 
 
 def main(argv=None):
@@ -28,29 +22,8 @@ def main(argv=None):
     if problems:
         parser.error("bad arguments:\n  " + "\n  ".join(problems))
     args.train_data = os.pathsep.join(args.text)  # recorded in run_config.json
-    try:
-        with raise_on_stop_signals(), RunLock(args.work_dir):  # the loop's own handler saves first
-            tokenizer = load_tokenizer(args.vocab)
-            datasets = pretrain_datasets(args, tokenizer)
-            trainer = Trainer(args, training_backend(args.backend), datasets=datasets,
-                              resume_keys=PRETRAIN_RESUME_KEYS)
-            sampler = PeriodicSampler(trainer, tokenizer, args)
-            trainer.on_step = sampler
-            summary = trainer.train()
-            sampler.sample(summary["steps"])
-    except ArgumentProblem as exc:
-        parser.error(str(exc))
-    except (TrainingError, CheckpointError, VocabError, RunFolderBusy, OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except TrainingInterrupted as exc:
-        print(str(exc), file=sys.stderr)
-        return exit_status(exc.signum)
-    except StopSignal as exc:
-        print(f"{exc} outside the training loop; the checkpoints already in {args.work_dir} are "
-              f"whole: rerun the same command (with --resume if it holds any)", file=sys.stderr)
-        return exc.exit_code
-    return 0
+    return run_training_script(parser, args, lambda: pretrain(args, training_backend),
+                               disk_hint=False)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ import os
 
 import numpy as np
 
+from .utf8_file import read_utf8
+
 LABELS = ("ham", "spam")
 PAD_ID = 50256
 BALANCE_MODES = ("undersample", "class_weights", "none")
@@ -35,15 +37,7 @@ class ClassifyDataError(ValueError):
 def read_labelled(path, labels=LABELS) -> list:
     """[(label index, text, line number)] of a `label<TAB>text` file."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ClassifyDataError(f"{path}: data file not found")
-    with open(path, "rb") as f:
-        raw = f.read()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[:exc.start].count(b"\n") + 1
-        raise ClassifyDataError(f"{path}:{line}: not UTF-8 ({exc.reason})") from None
+    text = read_utf8(path, ClassifyDataError, "data file")
     lines = text.split("\n")
     while lines and not lines[-1].strip():
         lines.pop()

@@ -18,7 +18,10 @@ from .config import GPT2Config
 from .classifier_params import TRAINABLE_PARTS
 from .classify_data import (BALANCE_MODES, LABELS, ClassifyDataset, classification_metrics,
                             prepare_splits)
+from .run_lock import RunLock
+from .tokenizer import load_tokenizer
 from .train_args import build_parser
+from .trainer import Trainer
 
 SPAM_ENV = "SMS_SPAM_DATA"
 CLASSIFY_RESUME_KEYS = ("data", "balance", "split", "trainable", "max_len", "class_weights")
@@ -105,6 +108,30 @@ def write_model_card(args, summary):
             "max_len": args.max_len, "trainable": args.trainable, "backend": args.backend}
     write_json(os.path.join(args.work_dir, CARD_NAME), card)
     return card
+
+
+def train_and_score(args, backend_for):
+    """Train (`backend_for(args.backend)`: the backend's `ClassifierBackend`), score the final
+    weights on the validation and test splits into WORK_DIR/metrics.json, write the model card
+    and print the scores; the run folder is locked meanwhile."""
+    with RunLock(args.work_dir):
+        tokenizer = load_tokenizer(args.vocab)
+        data = classify_datasets(args, tokenizer)
+        trainer = Trainer(args, backend_for(args.backend), datasets=(data["train"], data["valid"]),
+                          resume_keys=CLASSIFY_RESUME_KEYS)
+        summary = trainer.train()
+        metrics = {name: evaluate(trainer.backend.predict_logits, data[name])
+                   for name in ("valid", "test")}
+        metrics.update(backend=args.backend, steps=summary["steps"],
+                       valid_loss=summary["valid_loss"])
+        write_json(os.path.join(args.work_dir, "metrics.json"), metrics)
+        write_model_card(args, summary)
+    for name in ("valid", "test"):
+        m = metrics[name]
+        print(f"{name}: accuracy {m['accuracy']:.4f}, precision {m['precision']:.4f}, recall "
+              f"{m['recall']:.4f}, F1 {m['f1']:.4f}, confusion {m['confusion_matrix']} "
+              f"(rows true {m['labels']}, columns predicted)")
+    return metrics
 
 
 def read_model_card(model_dir) -> dict:

@@ -28,10 +28,9 @@ import time
 from .atomic import write_text
 from .checkpoint import load_for_model, save_checkpoint
 from .config import GPT2Config
-from .environment import cuda_available, devices, versions
-from .paths import REPO_ROOT, resolve_vocab_dir
-from .pipeline import Pipeline, report_dir
-from .train_args import BACKENDS
+from .environment import devices, versions
+from .paths import REPO_ROOT
+from .pipeline import Pipeline, settings_from
 
 STAGES = ("data", "init", "tune", "eval", "check", "report")
 DEFAULT_DATA = os.path.join(REPO_ROOT, "..", "shared", "data", "instruct", "instruction-data.json")
@@ -110,29 +109,10 @@ class InstructPipeline(Pipeline):
     stages = STAGES
 
     def __init__(self, args):
-        self.args = args
-        preset = args.preset or ("cuda" if cuda_available() else "cpu")
-        self.s = dict(PRESETS[preset], preset=preset)
-        for key in PRESETS[preset]:
-            if getattr(args, key) is not None:
-                self.s[key] = getattr(args, key)
-        self.run = args.run or f"instruct-{preset}"
-        self.run_dir = os.path.join(args.runs_dir, self.run)
-        self.log_dir = report_dir(args, self.run)
-        self.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-        if not self.backends or set(self.backends) - set(BACKENDS):
-            raise ValueError(f"--backends must name torch and/or jittor, got {args.backends!r}")
+        self.open_run(args, settings_from(args, PRESETS), "instruct-{preset}")
         self.data_file = resolve_data(args.data)
-        self.vocab_dir = resolve_vocab_dir(args.vocab_dir)
-        os.makedirs(self.run_dir, exist_ok=True)
-        os.makedirs(self.log_dir, exist_ok=True)
-        self.state_path = os.path.join(self.run_dir, "stages.json")
-        self.stage_folders = {"init": ["base"], "tune": list(self.backends)}
-        self.state = self._load_state()
-        self.config = GPT2Config.from_model_card(
-            self.s["model_card"], n_embd=self.s["n_embd"], n_layer=self.s["n_layer"],
-            n_head=self.s["n_head"], lora_attn_dim=self.s["lora_dim"],
-            lora_attn_alpha=self.s["lora_alpha"])
+        self.make_run_folder({"init": ["base"], "tune": list(self.backends)})
+        self.config = self.model_config()
 
     def _fingerprint(self):
         keys = dict(self.s, data=getattr(self, "data_file", None),
@@ -253,12 +233,7 @@ class InstructPipeline(Pipeline):
                              f"{self.run}: instruction tuning loss (response tokens)")
         plot_lr_schedule(list(logs.values()), os.path.join(self.log_dir, "lr.png"))
         plots = {"loss": "loss.png", "lr": "lr.png"}
-        base_log = self.path("base", "train_log.jsonl")
-        if os.path.isfile(base_log):
-            plot_loss_comparison(read_log(base_log, label="base (torch)"), None,
-                                 os.path.join(self.log_dir, "base_loss.png"),
-                                 f"{self.run}: base model trained from scratch")
-            plots["base_loss"] = "base_loss.png"
+        self.plot_base_loss(plots)
         evals, responses = {}, {}
         for backend in self.backends:
             with open(self.path(backend, "instruct_eval.json")) as f:

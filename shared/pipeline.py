@@ -79,9 +79,11 @@ def setting_types() -> dict:
     return dict(sorted(types.items()))
 
 
-def settings_from(args):
+def settings_from(args, presets=PRESETS):
+    """The preset `args.preset` names (default: cuda when a GPU is present, else cpu) with the
+    values given on the command line in place of its own, and its name under "preset"."""
     preset = args.preset or ("cuda" if cuda_available() else "cpu")
-    settings = dict(PRESETS[preset])
+    settings = dict(presets[preset])
     for key in settings:
         value = getattr(args, key)
         if value is not None:
@@ -100,24 +102,37 @@ class Pipeline:
     stages = STAGES  # the order stage() and run_all() follow (task pipelines have their own)
 
     def __init__(self, args):
-        self.args = args
-        self.s = settings_from(args)
-        self.run = args.run or f"{self.s['preset']}-default"
+        self.open_run(args, settings_from(args), "{preset}-default")
+        self.data_dir = resolve_e2e_dir(args.data_dir)
+        self.seed_band = bool(getattr(args, "seed_band", False)) and "torch" in self.backends
+        self.make_run_folder({"init": ["base"], "lora": list(self.backends) + self.seed_runs()})
+        self.config = self.model_config()
+
+    # ------------------------------------------------------------- setup (every pipeline's)
+    def open_run(self, args, settings, default_run):
+        """The arguments, settings, run name (`default_run` with {preset} filled in, unless
+        --run names it), run and report folders and backends that every pipeline has."""
+        self.args, self.s = args, settings
+        self.run = args.run or default_run.format(preset=settings["preset"])
         self.run_dir = os.path.join(args.runs_dir, self.run)
         self.log_dir = report_dir(args, self.run)
         self.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-        unknown = set(self.backends) - set(BACKENDS)
-        if unknown or not self.backends:
+        if not self.backends or set(self.backends) - set(BACKENDS):
             raise ValueError(f"--backends must name torch and/or jittor, got {args.backends!r}")
-        self.data_dir = resolve_e2e_dir(args.data_dir)
-        self.vocab_dir = resolve_vocab_dir(args.vocab_dir)
+
+    def make_run_folder(self, stage_folders):
+        """After the pipeline found its data: the vocabulary, the run and report folders and the
+        state of the stages (stages.json; `stage_folders`: the folders each stage writes)."""
+        self.vocab_dir = resolve_vocab_dir(self.args.vocab_dir)
         os.makedirs(self.run_dir, exist_ok=True)
         os.makedirs(self.log_dir, exist_ok=True)
         self.state_path = os.path.join(self.run_dir, "stages.json")
-        self.seed_band = bool(getattr(args, "seed_band", False)) and "torch" in self.backends
-        self.stage_folders = {"init": ["base"], "lora": list(self.backends) + self.seed_runs()}
+        self.stage_folders = stage_folders
         self.state = self._load_state()
-        self.config = GPT2Config.from_model_card(
+
+    def model_config(self) -> GPT2Config:
+        """The model the settings describe."""
+        return GPT2Config.from_model_card(
             self.s["model_card"], n_embd=self.s["n_embd"], n_layer=self.s["n_layer"],
             n_head=self.s["n_head"], lora_attn_dim=self.s["lora_dim"],
             lora_attn_alpha=self.s["lora_alpha"])
@@ -198,6 +213,18 @@ class Pipeline:
         write_json(self.state_path, self.state)
         print(f"--- {name}: {time.time() - started:.1f}s", flush=True)
         return outputs
+
+    def plot_base_loss(self, plots):
+        """LOG_DIR/base_loss.png, the loss of the base model the init stage trained from scratch
+        (none when it started from --init_checkpoint), added to `plots`."""
+        from .plotting import plot_loss_comparison
+        from .trainlog import read_log
+        base_log = self.path("base", "train_log.jsonl")
+        if os.path.isfile(base_log):
+            plot_loss_comparison(read_log(base_log, label="base (torch)"), None,
+                                 os.path.join(self.log_dir, "base_loss.png"),
+                                 f"{self.run}: base model trained from scratch")
+            plots["base_loss"] = "base_loss.png"
 
     # ---------------------------------------------------------------------------- stages
     def stage_data(self):
@@ -389,12 +416,7 @@ class Pipeline:
             plots["loss"] = "loss.png"
         plot_lr_schedule(list(logs.values()), os.path.join(self.log_dir, "lr.png"))
         plots["lr"] = "lr.png"
-        base_log = self.path("base", "train_log.jsonl")
-        if os.path.isfile(base_log):
-            plot_loss_comparison(read_log(base_log, label="base (torch)"), None,
-                                 os.path.join(self.log_dir, "base_loss.png"),
-                                 f"{self.run}: base model trained from scratch")
-            plots["base_loss"] = "base_loss.png"
+        self.plot_base_loss(plots)
         metrics = {}
         for backend in self.backends:
             with open(self.path(backend, "metrics.json")) as f:

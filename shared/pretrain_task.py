@@ -12,9 +12,12 @@ import json
 import os
 
 from .atomic import write_text
+from .run_lock import RunLock
 from .sampling import EOT_ID, SamplingSettings
 from .text_data import WindowDataset, split_tail, token_stream
+from .tokenizer import load_tokenizer
 from .train_args import build_parser
+from .trainer import Trainer
 
 # The task's own arguments a resumed run must keep (besides the trainer's RESUME_KEYS).
 PRETRAIN_RESUME_KEYS = ("text", "stride", "valid_fraction")
@@ -113,3 +116,19 @@ class PeriodicSampler:
                              "text": text})
         write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
         return text
+
+
+def pretrain(args, backend_for):
+    """Train every weight on the text windows (`backend_for(args.backend)`: the backend's
+    training class) with a sample every --sample_every steps and one at the end; the run
+    folder is locked meanwhile. Returns the trainer's summary."""
+    with RunLock(args.work_dir):
+        tokenizer = load_tokenizer(args.vocab)
+        datasets = pretrain_datasets(args, tokenizer)
+        trainer = Trainer(args, backend_for(args.backend), datasets=datasets,
+                          resume_keys=PRETRAIN_RESUME_KEYS)
+        sampler = PeriodicSampler(trainer, tokenizer, args)
+        trainer.on_step = sampler
+        summary = trainer.train()
+        sampler.sample(summary["steps"])
+    return summary

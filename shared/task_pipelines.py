@@ -25,12 +25,11 @@ import subprocess
 import sys
 
 from .atomic import write_text
-from .environment import cuda_available, devices, versions
-from .paths import REPO_ROOT, resolve_vocab_dir
+from .environment import devices, versions
+from .paths import REPO_ROOT
 from .instruct_pipeline import InstructPipeline
 from .instruct_pipeline import build_parser as build_instruct_parser
-from .pipeline import Pipeline, report_dir, run_to_end
-from .train_args import BACKENDS
+from .pipeline import Pipeline, run_to_end, settings_from
 
 VERDICT = os.path.join("..", "shared", "data", "text", "the-verdict.txt")
 SMS_SPAM = os.path.join("..", "shared", "data", "sms-spam", "SMSSpamCollection")
@@ -117,26 +116,9 @@ class TaskPipeline(Pipeline):
     task = None
 
     def __init__(self, args):  # Pipeline.__init__ reads E2E data; only its engine is reused
-        self.args = args
-        preset = args.preset or ("cuda" if cuda_available() else "cpu")
-        self.s = dict(PRESETS[self.task][preset], preset=preset)
-        for key in PRESETS[self.task][preset]:
-            if getattr(args, key) is not None:
-                self.s[key] = getattr(args, key)
         self.stages = STAGES[self.task]
-        self.run = args.run or f"{self.task}-{preset}"
-        self.run_dir = os.path.join(args.runs_dir, self.run)
-        self.log_dir = report_dir(args, self.run)
-        self.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-        if set(self.backends) - set(BACKENDS) or not self.backends:
-            raise SystemExit(f"work.sh: --backends must name torch and/or jittor, got "
-                             f"{args.backends!r}")
-        self.vocab_dir = resolve_vocab_dir(args.vocab_dir)
-        os.makedirs(self.run_dir, exist_ok=True)
-        os.makedirs(self.log_dir, exist_ok=True)
-        self.state_path = os.path.join(self.run_dir, "stages.json")
-        self.stage_folders = {"train": list(self.backends)}
-        self.state = self._load_state()
+        self.open_run(args, settings_from(args, PRESETS[self.task]), self.task + "-{preset}")
+        self.make_run_folder({"train": list(self.backends)})
 
     def _fingerprint(self):
         keys = dict(self.s, task=self.task, init_checkpoint=self.args.init_checkpoint,

@@ -12,9 +12,10 @@ resumed run sees the same order; evaluation batches are sequential.
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
+
+from .utf8_file import read_utf8
 
 EOT_ID = 50256
 
@@ -25,16 +26,7 @@ class TextDataError(ValueError):
 
 def read_text_file(path) -> str:
     """The text of one file; a clear error for a missing, non-UTF-8 or empty file."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise TextDataError(f"{path}: text file not found")
-    with open(path, "rb") as f:
-        raw = f.read()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[:exc.start].count(b"\n") + 1
-        raise TextDataError(f"{path}:{line}: not UTF-8 (byte {exc.start}: {exc.reason})") from None
+    text = read_utf8(path, TextDataError, "text file")
     if not text.strip():
         raise TextDataError(f"{path}: the file is empty (no text to train on)")
     return text
