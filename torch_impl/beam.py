@@ -145,7 +145,7 @@ def widen(x, width):
     """x (rows, head, n, head_dim) with zero columns added up to `width`."""
     if x.shape[2] >= width:
         return x
-    return torch.cat([x, zero_columns(x, width - x.shape[2])], dim=2)
+    return torch.concat([x, zero_columns(x, width - x.shape[2])], dim=2)
 
 
 def zero_columns(x, n):
@@ -158,7 +158,7 @@ def reorder_generated(past, rows, cur_len, prefix_masked, eval_len):
     queries' keys and values are the same for every row of a query and stay where they are."""
     width = generated_width(cur_len, eval_len)
     columns = torch.arange(width, device=rows.device)[None, :].expand(rows.shape[0], width)
-    masked = torch.cat([prefix_masked, columns > cur_len], dim=1).view(rows.shape[0], 1, 1, -1)
+    masked = torch.concat([prefix_masked, columns > cur_len], dim=1).view(rows.shape[0], 1, 1, -1)
     for layer in past:
         layer.key = widen(layer.key.index_select(0, rows), width)
         layer.value = widen(layer.value.index_select(0, rows), width)
