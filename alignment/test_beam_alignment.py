@@ -65,14 +65,14 @@ class Twin:
         self.model.load_state_numpy(state)
         self.model.eval()
 
-    def search(self, query, query_len, settings):
-        out = self.beam.beam_search(self.model, query, query_len, settings)
+    def search(self, query, query_len, settings, cache="per_row"):
+        out = self.beam.beam_search(self.model, query, query_len, settings, cache=cache)
         return out.cpu().numpy() if self.backend == "torch" else out.numpy()
 
-    def search_batched(self, contexts, settings, batch_size):
+    def search_batched(self, contexts, settings, batch_size, cache="per_row"):
         """Outputs in query order, searched `batch_size` queries at a time."""
         dataset = FTDataset([(c, [0]) for c in contexts], batch_size, SEQ_LEN, settings.eval_len)
-        return np.concatenate([self.search(b["query"], b["query_len"], settings)
+        return np.concatenate([self.search(b["query"], b["query_len"], settings, cache)
                                for b in dataset.query_batches(batch_size)])
 
     def next_logits(self, prefixes):
@@ -203,6 +203,19 @@ def test_backends_agree_at_every_batch_size(twins, contexts, name):
     assert len({tuple(row) for row in first}) > 1, "every query got the same output"
 
 
+# ------------------------------------------------------- the shared-prefix cache switch
+@pytest.mark.parametrize("name", list(SETTINGS))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_shared_prefix_cache_gives_the_exact_paths_outputs(twins, contexts, backend, name):
+    """The fast cache (its attention sums in another order) against the per-row cache, with
+    queries of different lengths in one batch and beams that finish."""
+    settings, twin = SETTINGS[name], twins[backend]
+    exact = twin.search_batched(contexts, settings, 8)
+    np.testing.assert_array_equal(twin.search_batched(contexts, settings, 8, "shared_prefix"), exact)
+    np.testing.assert_array_equal(twin.search_batched(contexts[:3], settings, 3, "shared_prefix"),
+                                  exact[:3])
+
+
 # ---------------------------------------------------------------------------- the script
 def test_gpt2_beam_script_writes_the_same_file_with_both_backends(tmp_path, state, contexts,
                                                                  twins):
@@ -254,3 +267,19 @@ def test_backends_agree_on_cuda(state, contexts, twins, name):
     np.testing.assert_array_equal(outputs["jittor"], outputs["torch"])
     np.testing.assert_array_equal(outputs["torch"],
                                   twins["torch"].search_batched(contexts, settings, 8))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", list(SETTINGS))
+def test_shared_prefix_cache_on_cuda(state, contexts, twins, name):
+    from jittor_impl import runtime
+    settings = SETTINGS[name]
+    try:
+        on_gpu = {backend: Twin(backend, state, device="cuda") for backend in BACKENDS}
+        outputs = {backend: on_gpu[backend].search_batched(contexts, settings, 8, "shared_prefix")
+                   for backend in BACKENDS}
+    finally:
+        runtime.use_device("cpu")
+    expected = twins["torch"].search_batched(contexts, settings, 8)
+    for backend in BACKENDS:
+        np.testing.assert_array_equal(outputs[backend], expected, err_msg=backend)
