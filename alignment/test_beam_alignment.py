@@ -6,7 +6,8 @@
 - each backend's beam search equals the numpy reference driven by that backend's full forward;
 - torch and jittor give identical outputs at batch sizes 1, 3 and 8, and neither depends on
   the batch size;
-- scripts/gpt2_beam.py writes byte-identical files with either backend.
+- scripts/gpt2_beam.py writes byte-identical files with either backend (and cache);
+- the shared-prefix cache gives the per-row cache's outputs.
 """
 import json
 import os
@@ -229,9 +230,9 @@ def test_gpt2_beam_script_writes_the_same_file_with_both_backends(tmp_path, stat
     settings = BeamSettings(beam=4, eval_len=20, length_penalty=0.8,
                             eos_token_ids=(50256, 628))
     files = {}
-    for backend in BACKENDS:
+    for backend, cache in [(b, "per_row") for b in BACKENDS] + [("torch", "shared_prefix")]:
         argv = [sys.executable, os.path.join(ROOT, "scripts", "gpt2_beam.py"),
-                "--backend", backend, "--device", "cpu", "--data", str(data),
+                "--backend", backend, "--cache", cache, "--device", "cpu", "--data", str(data),
                 "--batch_size", "2", "--seq_len", str(SEQ_LEN), "--eval_len", "20",
                 "--n_embd", str(config.n_embd), "--n_layer", str(config.n_layer),
                 "--n_head", str(config.n_head), "--lora_dim", str(config.lora_attn_dim),
@@ -239,14 +240,14 @@ def test_gpt2_beam_script_writes_the_same_file_with_both_backends(tmp_path, stat
                 "--init_checkpoint", str(tmp_path / "base.safetensors"),
                 "--lora_checkpoint", str(tmp_path / "lora.pt"),
                 "--beam", "4", "--length_penalty", "0.8", "--eos_token_id", "628",
-                "--work_dir", str(tmp_path / backend), "--output_file", "predict.jsonl",
+                "--work_dir", str(tmp_path / backend / cache), "--output_file", "predict.jsonl",
                 "--no_progress"]
         proc = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert "time taken" in proc.stdout
-        files[backend] = (tmp_path / backend / "predict.jsonl").read_text()
-    assert files["torch"] == files["jittor"]
-    records = [json.loads(line) for line in files["torch"].splitlines()]
+        files[backend, cache] = (tmp_path / backend / cache / "predict.jsonl").read_text()
+    assert files["torch", "per_row"] == files["jittor", "per_row"] == files["torch", "shared_prefix"]
+    records = [json.loads(line) for line in files["torch", "per_row"].splitlines()]
     assert [r["id"] for r in records] == list(range(5))
     expected = twins["torch"].search_batched(contexts[:5], settings, batch_size=5)
     assert [r["predict"] for r in records] == expected.tolist()
