@@ -144,7 +144,8 @@ def reorder_cache(past, rows):
 def cache_state(past):
     """The cache arrays a step changes (the loop syncs them)."""
     if isinstance(past[0], SharedPrefixCache):
-        return [x for layer in past for x in (layer.key, layer.value, layer.masked)]
+        return [x for layer in past for x in (layer.prefix_key, layer.prefix_value, layer.key,
+                                              layer.value, layer.masked)]
     return [x for kv in past for x in kv]
 
 
