@@ -156,6 +156,32 @@ def _short_jittor_kernel(key):
     return name + (f" {dtype.group(1)}" if dtype else "")
 
 
+def jittor_kernel_ops(key):
+    """The element operations of a Jittor kernel from its jit key, casts with their types
+    ("cast float32>bfloat16, multiply, reduce add"): what a fused kernel computes, which its
+    short name does not say (its dtype is that of its first input, often an int32 index array)."""
+    import re
+    ops = []
+    for op in re.split(r"«opkey\d+:", key)[1:]:
+        kind = op.split("«")[0]
+        name = re.search(r"«OP:(\w+)", op)
+        if name and name.group(1) == "cast":
+            types = re.findall(r"«T[xy]:(\w+)", op)
+            ops.append("cast " + ">".join(types))
+        elif name:
+            ops.append(("reduce " if kind == "reduce" else "") + name.group(1))
+        elif kind not in ("array", "broadcast_to"):
+            ops.append(kind)
+    return ", ".join(dict.fromkeys(ops))
+
+
+def _jittor_kernel_shape(file_column):
+    """The most time-consuming shape recorded by Jittor's profiler (profiler_record_shape)."""
+    import re
+    found = re.search(r"shapes:\n(\[[\d,]*\])", file_column)
+    return found.group(1).replace(",]", "]") if found else ""
+
+
 def profile_steps(backend, step, first_step, count, top=15):
     """Run `count` steps under the framework's profiler: device time per step and top kernels."""
     kernels = {}  # name -> (ms, calls), summed over the profiled steps
@@ -186,12 +212,20 @@ def profile_steps(backend, step, first_step, count, top=15):
     else:
         from jittor_impl.runtime import jt
         synchronize(backend)
-        with jt.profile_scope() as report:
+        with jt.profile_scope(profiler_record_shape=1) as report:
             for i in range(count):
                 step(first_step + i)
             synchronize(backend)
-        for row in report[1:]:  # name, file, count, total ns, ...
+        distinct = []  # one row per compiled kernel: what it computes and on which shape
+        for row in report[1:]:  # name, file (+ shapes), count, total ns, ...
             add(_short_jittor_kernel(row[0]), float(row[3]) / 1e6, int(row[2]))
+            distinct.append({"kernel": _short_jittor_kernel(row[0]), "ops": jittor_kernel_ops(row[0]),
+                             "shape": _jittor_kernel_shape(row[1]),
+                             "ms_per_step": float(row[3]) / 1e6 / count,
+                             "calls_per_step": int(row[2]) / count})
+        summary = summarize_kernels(kernels, count, top)
+        summary["distinct"] = sorted(distinct, key=lambda d: -d["ms_per_step"])[:top]
+        return summary
     return summarize_kernels(kernels, count, top)
 
 

@@ -10,7 +10,8 @@ import os
 import subprocess
 import sys
 
-from shared.benchmark import (BEAM_BACKENDS, PEERS, beam_key, benchmark_environment,
+from shared.benchmark import (BEAM_BACKENDS, BEAM_SETTINGS, PEERS, beam_key,
+                              benchmark_environment, benchmark_settings, peak_tflops, save)
                               benchmark_settings, peak_tflops, save)
 
 from .benchmark_peers import peer_problem
@@ -60,6 +61,33 @@ class BenchmarkRun:
         self.peak = peak_tflops(env["gpu"], args.peak_tflops)
         self.results = {"environment": env, "settings": benchmark_settings(args),
                         "peak_tflops": self.peak, "training": {}, "beam": {}, "failed": {}}
+        if getattr(args, "resume", False):
+            self._resume(os.path.splitext(args.out)[0] + ".json")
+
+    def _resume(self, path):
+        """Keep the measurements of an earlier run of the same settings on the same kind of
+        device (its record at `path`); what failed or was not measured there runs again."""
+        if not os.path.isfile(path):
+            return
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+        beam_only = () if record.get("beam") else BEAM_SETTINGS  # settings a new beam part may set
+        for key, value in self.results["settings"].items():
+            if key not in beam_only and record.get("settings", {}).get(key) != value:
+                raise ValueError(f"--resume: {path} was measured with {key}="
+                                 f"{record.get('settings', {}).get(key)!r}, this run has {value!r}")
+        for key in ("gpu", "device", "precision"):
+            if record["environment"].get(key) != self.results["environment"].get(key):
+                raise ValueError(f"--resume: {path} was measured with {key}="
+                                 f"{record['environment'].get(key)!r}, this run has "
+                                 f"{self.results['environment'].get(key)!r}")
+        for part in ("training", "beam", "skipped"):
+            if record.get(part):
+                self.results[part] = record[part]
+        self.results["sessions"] = record.get("sessions", 1) + 1
+
+    def _measured(self, part, card, name):
+        return name in self.results[part].get(card, {})
 
     def _measure(self, kind, name, card, label):
         try:
@@ -83,6 +111,8 @@ class BenchmarkRun:
 
     def train(self, card, variants):
         for variant in self._runnable(card, variants):
+            if self._measured("training", card, variant):
+                continue
             r = self._measure("train", variant, card, f"{card} {variant}")
             if r is None:
                 continue
@@ -95,6 +125,8 @@ class BenchmarkRun:
 
     def beam(self, card, backends, caches):
         for name in (beam_key(backend, cache) for backend in backends for cache in caches):
+            if self._measured("beam", card, name):
+                continue
             r = self._measure("beam", name, card, f"beam {card} {name}")
             if r is None:
                 continue

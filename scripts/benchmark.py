@@ -60,6 +60,9 @@ def parse_args(argv):
     p.add_argument("--n_layer", type=int, default=None, help="override every card's n_layer")
     p.add_argument("--n_head", type=int, default=None, help="override every card's n_head")
     p.add_argument("--out", default="logs/benchmark.md")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the measurements already in --out's .json (same settings and GPU); "
+                        "measure only what is missing or failed there")
     p.add_argument("--_measure", nargs=3, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     lists = (("--backends", args.backends, VARIANTS), ("--extra_backends", args.extra_backends, VARIANTS),
@@ -85,7 +88,11 @@ def main(argv=None):
     if args._measure:  # child process: one measurement, printed as a JSON line
         print_result(measure(*args._measure, args))
         return 0
-    print(run_benchmark(__file__, argv, args))
+    try:
+        print(run_benchmark(__file__, argv, args))
+    except ValueError as exc:  # --resume over a record of other settings: nothing was measured
+        print(f"benchmark.py: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

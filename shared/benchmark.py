@@ -30,6 +30,7 @@ BEAM_BACKENDS = ("torch", "jittor")
 # The run's arguments the report needs, kept in the JSON record so it renders on its own.
 SETTINGS = ("seq_len", "batch_size", "steps", "warmup", "test_data", "beam_batch_size",
             "n_embd", "n_layer", "n_head")
+BEAM_SETTINGS = ("test_data", "beam_batch_size")  # a resumed run may add the beam part with them
 
 
 def peak_tflops(gpu_name, override):
@@ -147,9 +148,16 @@ def _profile_section(title, prof):
     kinds = sorted(prof.get("kinds", {}).items(), key=lambda kv: -kv[1][0])
     rows = [[row["kernel"].replace("|", "/"), f"{row['ms_per_step']:.2f}",
              f"{row['calls_per_step']:.0f}", f"{100 * row['share']:.1f}%"] for row in prof["top"]]
-    return ["", title, "", "By kind: " + "; ".join(f"{k} {ms:.1f} ms ({calls:.0f} kernels)"
-                                                   for k, (ms, calls) in kinds),
-            "", markdown_table(["kernel", "ms", "calls", "share"], rows)]
+    lines = ["", title, "", "By kind: " + "; ".join(f"{k} {ms:.1f} ms ({calls:.0f} kernels)"
+                                                    for k, (ms, calls) in kinds),
+             "", markdown_table(["kernel", "ms", "calls", "share"], rows)]
+    if prof.get("distinct"):  # Jittor: each compiled kernel, what it computes and its shape
+        lines += ["", "The same steps by compiled kernel (its element operations, casts with their "
+                  "types, and the shape that took most of its time):", "",
+                  markdown_table(["kernel", "operations", "shape", "ms", "calls"],
+                                 [[d["kernel"], d["ops"], d["shape"], f"{d['ms_per_step']:.2f}",
+                                   f"{d['calls_per_step']:.0f}"] for d in prof["distinct"]])]
+    return lines
 
 
 def _profiles(results, settings):
@@ -225,7 +233,11 @@ def render(results):
              "the framework's allocator cache included: what a card must have), 'tensors' "
              "torch's peak of allocated tensors (torch-based variants only). 'vs torch' and "
              "'vs best peer' are tokens/s ratios to this project's torch eager step and to the "
-             "fastest peer of the same model.", "", _training_table(results["training"])]
+             "fastest peer of the same model."]
+    if results.get("sessions", 1) > 1:
+        lines += ["", f"Measured in {results['sessions']} runs of scripts/benchmark.py (--resume "
+                  "keeps what an earlier run measured), each on a fresh machine of this GPU kind."]
+    lines += ["", _training_table(results["training"])]
     if results.get("skipped"):
         lines += ["", "Not measured: " + "; ".join(f"{k}: {v}" for k, v in results["skipped"].items())]
     if results.get("failed"):

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 from backends import benchmark_peers
+from backends.benchmark import jittor_kernel_ops
 from shared.benchmark import render, summarize_kernels
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,6 +41,7 @@ def test_cpu_run_writes_the_report_of_both_backends(tmp_path):
     assert "Not measured: gpt2.sm hf+peft: the peers run on CUDA only" in report
     assert "Variants that failed" not in report
     assert "### gpt2.sm jittor: step" in report and "### gpt2.sm beam search, jittor" in report
+    assert "| kernel | operations | shape | ms | calls |" in report  # Jittor's kernels, named
     torch_row = next(line for line in report.splitlines() if line.startswith("| gpt2.sm | torch |"))
     assert torch_row.endswith("| 1.00 |  |")  # vs torch, and no peer to compare with
     assert list(record["training"]["gpt2.sm"]) == ["torch", "jittor"]
@@ -91,3 +93,31 @@ def test_peers_skip_without_cuda_or_their_libraries(monkeypatch):
     monkeypatch.setattr(benchmark_peers.importlib.util, "find_spec", lambda name: None)
     assert benchmark_peers.peer_problem("hf+peft", "cuda") == "transformers and peft not installed"
     assert benchmark_peers.peer_problem("reference", "cuda") is None
+
+
+def test_jittor_kernels_are_named_by_their_operations():
+    # a jit key as Jittor's profiler writes it (shortened): an int32 index array, a cast, a product
+    key = ("«opkey0:array«T:int32«o:2«opkey1:broadcast_to«Tx:int32«DIM=2«BCAST=3"
+           "«opkey2:unary«Tx:float32«Ty:bfloat16«OP:cast«opkey3:binary«Tx:bfloat16«Ty:int32"
+           "«Tz:bfloat16«OP:multiply«opkey4:reduce«Tx:float32«Ty:float32«Tz:float32«OP:add«DIM=2"
+           "«JIT:1«JIT_cpu:1«graph:000020,«var_info::111112«index_t:int32")
+    assert jittor_kernel_ops(key) == "cast float32>bfloat16, multiply, reduce add"
+
+
+def test_resume_keeps_what_was_measured_and_measures_the_rest(tmp_path):
+    out = tmp_path / "benchmark.md"
+    tiny = ["--device", "cpu", "--precision", "fp32", "--cards", "gpt2.sm", "--extra_cards", "",
+            "--n_embd", "32", "--n_layer", "1", "--n_head", "2", "--seq_len", "16",
+            "--batch_size", "2", "--steps", "1", "--warmup", "1", "--out", str(out)]
+    assert run_benchmark(*tiny, "--backends", "torch").returncode == 0
+    first = json.loads(out.with_suffix(".json").read_text())
+    proc = run_benchmark(*tiny, "--backends", "torch,jittor", "--resume")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["training"]["gpt2.sm"]["torch"] == first["training"]["gpt2.sm"]["torch"]
+    assert record["training"]["gpt2.sm"]["jittor"]["tokens_per_s"] > 0
+    assert record["sessions"] == 2 and "Measured in 2 runs" in out.read_text()
+    other = [a if a != "16" else "32" for a in tiny]  # another seq_len: refused, nothing written
+    proc = run_benchmark(*other, "--backends", "torch", "--resume")
+    assert proc.returncode == 2 and "seq_len=16" in proc.stderr and "32" in proc.stderr
+    assert json.loads(out.with_suffix(".json").read_text()) == record
