@@ -12,7 +12,6 @@ import sys
 
 from shared.benchmark import (BEAM_BACKENDS, BEAM_SETTINGS, PEERS, beam_key,
                               benchmark_environment, benchmark_settings, peak_tflops, save)
-                              benchmark_settings, peak_tflops, save)
 
 from .benchmark_peers import peer_problem
 
