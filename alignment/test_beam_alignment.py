@@ -6,7 +6,8 @@
 - each backend's beam search equals the numpy reference driven by that backend's full forward;
 - torch and jittor give identical outputs at batch sizes 1, 3 and 8, and neither depends on
   the batch size;
-- scripts/gpt2_beam.py writes byte-identical files with either backend.
+- scripts/gpt2_beam.py writes byte-identical files with either backend (and cache);
+- the shared-prefix cache gives the per-row cache's outputs.
 """
 import json
 import os
@@ -65,14 +66,14 @@ class Twin:
         self.model.load_state_numpy(state)
         self.model.eval()
 
-    def search(self, query, query_len, settings):
-        out = self.beam.beam_search(self.model, query, query_len, settings)
+    def search(self, query, query_len, settings, cache="per_row"):
+        out = self.beam.beam_search(self.model, query, query_len, settings, cache=cache)
         return out.cpu().numpy() if self.backend == "torch" else out.numpy()
 
-    def search_batched(self, contexts, settings, batch_size):
+    def search_batched(self, contexts, settings, batch_size, cache="per_row"):
         """Outputs in query order, searched `batch_size` queries at a time."""
         dataset = FTDataset([(c, [0]) for c in contexts], batch_size, SEQ_LEN, settings.eval_len)
-        return np.concatenate([self.search(b["query"], b["query_len"], settings)
+        return np.concatenate([self.search(b["query"], b["query_len"], settings, cache)
                                for b in dataset.query_batches(batch_size)])
 
     def next_logits(self, prefixes):
@@ -203,6 +204,19 @@ def test_backends_agree_at_every_batch_size(twins, contexts, name):
     assert len({tuple(row) for row in first}) > 1, "every query got the same output"
 
 
+# ------------------------------------------------------- the shared-prefix cache switch
+@pytest.mark.parametrize("name", list(SETTINGS))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_shared_prefix_cache_gives_the_exact_paths_outputs(twins, contexts, backend, name):
+    """The fast cache (its attention sums in another order) against the per-row cache, with
+    queries of different lengths in one batch and beams that finish."""
+    settings, twin = SETTINGS[name], twins[backend]
+    exact = twin.search_batched(contexts, settings, 8)
+    np.testing.assert_array_equal(twin.search_batched(contexts, settings, 8, "shared_prefix"), exact)
+    np.testing.assert_array_equal(twin.search_batched(contexts[:3], settings, 3, "shared_prefix"),
+                                  exact[:3])
+
+
 # ---------------------------------------------------------------------------- the script
 def test_gpt2_beam_script_writes_the_same_file_with_both_backends(tmp_path, state, contexts,
                                                                  twins):
@@ -216,9 +230,9 @@ def test_gpt2_beam_script_writes_the_same_file_with_both_backends(tmp_path, stat
     settings = BeamSettings(beam=4, eval_len=20, length_penalty=0.8,
                             eos_token_ids=(50256, 628))
     files = {}
-    for backend in BACKENDS:
+    for backend, cache in [(b, "per_row") for b in BACKENDS] + [("torch", "shared_prefix")]:
         argv = [sys.executable, os.path.join(ROOT, "scripts", "gpt2_beam.py"),
-                "--backend", backend, "--device", "cpu", "--data", str(data),
+                "--backend", backend, "--cache", cache, "--device", "cpu", "--data", str(data),
                 "--batch_size", "2", "--seq_len", str(SEQ_LEN), "--eval_len", "20",
                 "--n_embd", str(config.n_embd), "--n_layer", str(config.n_layer),
                 "--n_head", str(config.n_head), "--lora_dim", str(config.lora_attn_dim),
@@ -226,14 +240,14 @@ def test_gpt2_beam_script_writes_the_same_file_with_both_backends(tmp_path, stat
                 "--init_checkpoint", str(tmp_path / "base.safetensors"),
                 "--lora_checkpoint", str(tmp_path / "lora.pt"),
                 "--beam", "4", "--length_penalty", "0.8", "--eos_token_id", "628",
-                "--work_dir", str(tmp_path / backend), "--output_file", "predict.jsonl",
+                "--work_dir", str(tmp_path / backend / cache), "--output_file", "predict.jsonl",
                 "--no_progress"]
         proc = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert "time taken" in proc.stdout
-        files[backend] = (tmp_path / backend / "predict.jsonl").read_text()
-    assert files["torch"] == files["jittor"]
-    records = [json.loads(line) for line in files["torch"].splitlines()]
+        files[backend, cache] = (tmp_path / backend / cache / "predict.jsonl").read_text()
+    assert files["torch", "per_row"] == files["jittor", "per_row"] == files["torch", "shared_prefix"]
+    records = [json.loads(line) for line in files["torch", "per_row"].splitlines()]
     assert [r["id"] for r in records] == list(range(5))
     expected = twins["torch"].search_batched(contexts[:5], settings, batch_size=5)
     assert [r["predict"] for r in records] == expected.tolist()
@@ -254,3 +268,19 @@ def test_backends_agree_on_cuda(state, contexts, twins, name):
     np.testing.assert_array_equal(outputs["jittor"], outputs["torch"])
     np.testing.assert_array_equal(outputs["torch"],
                                   twins["torch"].search_batched(contexts, settings, 8))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", list(SETTINGS))
+def test_shared_prefix_cache_on_cuda(state, contexts, twins, name):
+    from jittor_impl import runtime
+    settings = SETTINGS[name]
+    try:
+        on_gpu = {backend: Twin(backend, state, device="cuda") for backend in BACKENDS}
+        outputs = {backend: on_gpu[backend].search_batched(contexts, settings, 8, "shared_prefix")
+                   for backend in BACKENDS}
+    finally:
+        runtime.use_device("cpu")
+    expected = twins["torch"].search_batched(contexts, settings, 8)
+    for backend in BACKENDS:
+        np.testing.assert_array_equal(outputs[backend], expected, err_msg=backend)

@@ -11,6 +11,7 @@ beams rarely stop early). Peak device memory is read through NVML (all the proce
 context and allocator caches included), and for torch-based variants also torch's peak of
 allocated tensors. Each measurement imports only the framework it measures.
 """
+import hashlib
 import threading
 import time
 from types import SimpleNamespace
@@ -228,10 +229,19 @@ def profile_steps(backend, step, first_step, count, top=15):
     return summarize_kernels(kernels, count, top)
 
 
-def bench_beam(backend, card, args):
-    """Time scripts/gpt2_beam.py's search over the test split, model already on the device."""
+def output_digests(outputs):
+    """One short digest per MR's output sequence: runs of different caches compare by these."""
+    return [hashlib.sha1(np.ascontiguousarray(row, dtype=np.int64).tobytes()).hexdigest()[:12]
+            for out in outputs for row in out]
+
+
+def bench_beam(name, card, args):
+    """Time scripts/gpt2_beam.py's search over the test split, model already on the device;
+    `name` is a backend, or backend+cache (shared.benchmark.beam_key) for another cache."""
     from shared.batching import FTDataset
     from shared.beam_spec import BeamSettings
+    backend, _, cache = name.partition("+")
+    cache = cache or "per_row"
     config = GPT2Config.from_model_card(card, n_embd=args.n_embd, n_layer=args.n_layer,
                                         n_head=args.n_head)
     dataset = FTDataset.from_file(args.test_data, args.beam_batch_size, 512, 64)
@@ -246,7 +256,8 @@ def bench_beam(backend, card, args):
 
         def run(batch):
             return beam_search(model, torch.from_numpy(batch["query"]).to(args.device),
-                               torch.from_numpy(batch["query_len"]).to(args.device), settings).cpu().numpy()
+                               torch.from_numpy(batch["query_len"]).to(args.device), settings,
+                               cache=cache).cpu().numpy()
     else:
         from jittor_impl import GPT2LMModel, runtime
         from jittor_impl.beam import beam_search
@@ -256,7 +267,8 @@ def bench_beam(backend, card, args):
         model.eval()
 
         def run(batch):
-            return beam_search(model, jt.array(batch["query"]), jt.array(batch["query_len"]), settings).numpy()
+            return beam_search(model, jt.array(batch["query"]), jt.array(batch["query_len"]), settings,
+                               cache=cache).numpy()
     batches = list(dataset.query_batches(args.beam_batch_size, items=dataset.first_of_each_context()))
     run(batches[0])  # compile / warm up
     synchronize(backend)
@@ -265,7 +277,8 @@ def bench_beam(backend, card, args):
     synchronize(backend)
     seconds = time.perf_counter() - started
     n = sum(len(o) for o in outputs)
-    result = {"queries": n, "seconds": seconds, "queries_per_s": n / seconds}
+    result = {"queries": n, "seconds": seconds, "queries_per_s": n / seconds, "backend": backend,
+              "cache": cache, "output_digests": output_digests(outputs)}
     if args.profile:  # one batch of MRs (64 decoding steps) under the profiler
         result["profile"] = profile_steps(backend, lambda _: run(batches[0]), 0, 1)
     return result

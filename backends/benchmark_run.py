@@ -10,8 +10,8 @@ import os
 import subprocess
 import sys
 
-from shared.benchmark import (BEAM_BACKENDS, BEAM_SETTINGS, PEERS, benchmark_environment,
-                              benchmark_settings, peak_tflops, save)
+from shared.benchmark import (BEAM_BACKENDS, BEAM_SETTINGS, PEERS, beam_key,
+                              benchmark_environment, benchmark_settings, peak_tflops, save)
 
 from .benchmark_peers import peer_problem
 
@@ -122,17 +122,18 @@ class BenchmarkRun:
                   f"{r['step_ms']:7.1f} ms/step  {r['model_tflops']:6.1f} TFLOP/s  "
                   f"peak {r.get('peak_device_mib') or 0:8.0f} MiB", flush=True)
 
-    def beam(self, card, backends):
-        for backend in backends:
-            if self._measured("beam", card, backend):
+    def beam(self, card, backends, caches):
+        for name in (beam_key(backend, cache) for backend in backends for cache in caches):
+            if self._measured("beam", card, name):
                 continue
-            r = self._measure("beam", backend, card, f"beam {card} {backend}")
+            r = self._measure("beam", name, card, f"beam {card} {name}")
             if r is None:
                 continue
-            self.results["beam"].setdefault(card, {})[backend] = r
+            self.results["beam"].setdefault(card, {})[name] = r
             save(self.results, self.args.out)
-            print(f"beam  {card:8s} {backend:6s} {r['queries']} MRs in {r['seconds']:.1f}s "
-                  f"({r['queries_per_s']:.1f} MRs/s)", flush=True)
+            print(f"beam  {card:8s} {name:20s} {r['queries']} MRs in {r['seconds']:.1f}s "
+                  f"({r['queries_per_s']:.1f} MRs/s)  peak {r.get('peak_device_mib') or 0:8.0f} MiB",
+                  flush=True)
 
 
 def run_benchmark(script, argv, args):
@@ -144,7 +145,7 @@ def run_benchmark(script, argv, args):
         run.train(card, variants)
     if args.test_data:
         for card in split(args.beam_cards):
-            run.beam(card, [b for b in BEAM_BACKENDS if b in variants])
+            run.beam(card, [b for b in BEAM_BACKENDS if b in variants], split(args.beam_caches))
     for card in split(args.extra_cards):  # model sizes, after the main figures
         run.train(card, split(args.extra_backends))
     return save(run.results, args.out)

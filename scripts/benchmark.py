@@ -20,6 +20,7 @@ from backends.benchmark import measure
 from backends.benchmark_run import print_result, run_benchmark
 from shared.benchmark import VARIANTS
 from shared.config import MODEL_CARDS, shape_flag_problems
+from shared.decode_cache import CACHES
 from shared.environment import device_problems
 from shared.stop_signals import run_stoppable
 
@@ -51,6 +52,9 @@ def parse_args(argv):
     p.add_argument("--test_data", default=None, help="encoded test jsonl for the beam benchmark")
     p.add_argument("--beam_cards", default="gpt2.md")
     p.add_argument("--beam_batch_size", type=int, default=105)
+    p.add_argument("--beam_caches", default=",".join(CACHES),
+                   help="beam search caches to time, each in its own process: " + ", ".join(CACHES)
+                        + " (per_row: the exact path)")
     p.add_argument("--peak_tflops", type=float, default=None)
     p.add_argument("--n_embd", type=int, default=None, help="override every card's n_embd (quick runs)")
     p.add_argument("--n_layer", type=int, default=None, help="override every card's n_layer")
@@ -63,7 +67,7 @@ def parse_args(argv):
     args = p.parse_args(argv)
     lists = (("--backends", args.backends, VARIANTS), ("--extra_backends", args.extra_backends, VARIANTS),
              ("--cards", args.cards, MODEL_CARDS), ("--extra_cards", args.extra_cards, MODEL_CARDS),
-             ("--beam_cards", args.beam_cards, MODEL_CARDS))
+             ("--beam_cards", args.beam_cards, MODEL_CARDS), ("--beam_caches", args.beam_caches, CACHES))
     problems = [problem for flag, value, known in lists for problem in unknown_names(flag, value, known)]
     problems += [f"--{name} must be at least 1, got {getattr(args, name)}"
                  for name in ("seq_len", "batch_size", "steps", "beam_batch_size")

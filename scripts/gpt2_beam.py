@@ -26,6 +26,7 @@ from shared.batching import FTDataset
 from shared.beam_spec import add_beam_settings_args, settings_from_args
 from shared.checkpoint import CheckpointError
 from shared.config import seq_len_problem
+from shared.decode_cache import CACHES
 from shared.e2e_data import E2EDataError
 from shared.inference_model import add_inference_model_args, inference_model_problems
 from shared.prediction_file import prediction_line
@@ -50,6 +51,9 @@ def build_parser():
                         "an MR once per reference; gpt2_decode.py reads only those lines' "
                         "predictions, so its files come out the same, ~7x faster on E2E test)")
     p.add_argument("--no_progress", action="store_true", help="no tqdm progress bar")
+    p.add_argument("--cache", choices=CACHES, default="per_row",
+                   help="KV cache of the search: per_row, the exact path, or shared_prefix, faster "
+                        "on a GPU (each query's keys once; attention sums in another order)")
     return p
 
 
@@ -105,7 +109,7 @@ def run(args):
                    total=-(-len(items) // args.batch_size), desc="beam", unit="batch",
                    disable=args.no_progress)
     for batch in batches:
-        sequences = loaded.search(batch["query"], batch["query_len"], settings)
+        sequences = loaded.search(batch["query"], batch["query_len"], settings, args.cache)
         for query_id, sequence in zip(batch["id"].tolist(), sequences.tolist()):
             predictions[query_id] = sequence
     seconds = time.time() - started

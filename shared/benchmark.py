@@ -181,21 +181,39 @@ def _profiles(results, settings):
     return lines
 
 
+def beam_key(backend, cache):
+    """A beam record's name: the backend alone for the exact per-row cache (as records before
+    the cache switch), else backend+cache."""
+    return backend if cache == "per_row" else f"{backend}+{cache}"
+
+
 def _beam(results, settings):
     lines = ["", f"Beam search: {os.path.basename(settings['test_data'])}, one query per "
              f"distinct MR, beam 10, eval_len 64, batch {settings['beam_batch_size']} MRs, fp32, "
              f"randomly initialised weights, model already on the device (the first batch is a "
              f"warm-up and is searched again in the timing).", ""]
-    rows = []
+    rows, notes = [], []
     for card, per in results["beam"].items():
-        ratio = (per["torch"]["seconds"] / per["jittor"]["seconds"]
-                 if "jittor" in per and "torch" in per else None)
-        for backend, r in per.items():
-            cell = f"{ratio:.2f}" if ratio is not None and backend == "jittor" else ""
-            rows.append([card, backend, r["queries"], f"{r['seconds']:.1f}",
+        for key, r in per.items():
+            backend, cache = r.get("backend", key), r.get("cache", "per_row")
+            base = per.get(beam_key("torch", cache))
+            cell = f"{base['seconds'] / r['seconds']:.2f}" if base and backend == "jittor" else ""
+            rows.append([card, key, r["queries"], f"{r['seconds']:.1f}",
                          f"{r['queries_per_s']:.1f}", cell])
+            exact = per.get(beam_key(backend, "per_row"))
+            if cache != "per_row" and exact and r.get("output_digests"):
+                same = sum(a == b for a, b in zip(r["output_digests"], exact["output_digests"]))
+                notes.append(f"- {card} {key}: {exact['seconds'] / r['seconds']:.2f}x the speed "
+                             f"of {backend}'s per-row cache; the same output for {same} of "
+                             f"{r['queries']} MRs; peak device memory "
+                             f"{_gib(r.get('peak_device_mib')) or '?'} GiB vs "
+                             f"{_gib(exact.get('peak_device_mib')) or '?'} GiB")
     lines.append(markdown_table(["model", "backend", "MRs", "seconds", "MRs/s",
                                  "jittor/torch speed"], rows))
+    if notes:
+        lines += ["", "Caches (torch_impl/beam.py `cache`): `per_row`, the exact path, holds each "
+                  "row's query keys and values too; `+shared_prefix` holds them once per query and "
+                  "reorders only the generated part (its attention sums in another order)."] + notes
     return lines
 
 

@@ -60,12 +60,12 @@ class InferenceModel:
     """A loaded model and the decoding functions of its backend."""
     backend: str
     model: object
-    beam_search: Callable  # (model, query, query_len, BeamSettings) -> (B, eval_len) ids
+    beam_search: Callable  # (model, query, query_len, BeamSettings, cache=) -> (B, eval_len) ids
     generate: Callable  # (model, prompt_ids, SamplingSettings, seed, num_samples) -> id lists
     to_numpy: Callable
 
-    def search(self, query, query_len, settings) -> np.ndarray:
-        return self.to_numpy(self.beam_search(self.model, query, query_len, settings))
+    def search(self, query, query_len, settings, cache="per_row") -> np.ndarray:
+        return self.to_numpy(self.beam_search(self.model, query, query_len, settings, cache=cache))
 
     def sample(self, prompt_ids, settings, seed, num_samples, on_token=None) -> list:
         return self.generate(self.model, prompt_ids, settings, seed, num_samples, on_token)

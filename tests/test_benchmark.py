@@ -45,8 +45,13 @@ def test_cpu_run_writes_the_report_of_both_backends(tmp_path):
     torch_row = next(line for line in report.splitlines() if line.startswith("| gpt2.sm | torch |"))
     assert torch_row.endswith("| 1.00 |  |")  # vs torch, and no peer to compare with
     assert list(record["training"]["gpt2.sm"]) == ["torch", "jittor"]
-    assert list(record["beam"]["gpt2.sm"]) == ["torch", "jittor"]
-    assert record["beam"]["gpt2.sm"]["jittor"]["queries"] == 2
+    beam = record["beam"]["gpt2.sm"]
+    assert list(beam) == ["torch", "torch+shared_prefix", "jittor", "jittor+shared_prefix"]
+    assert beam["jittor"]["queries"] == 2 and beam["jittor+shared_prefix"]["cache"] == "shared_prefix"
+    for backend in ("torch", "jittor"):  # each cache timed in its own process, outputs compared
+        assert beam[backend + "+shared_prefix"]["output_digests"] == beam[backend]["output_digests"]
+        assert f"- gpt2.sm {backend}+shared_prefix: " in report
+    assert "the same output for 2 of 2 MRs" in report
     assert record["settings"]["n_embd"] == 32 and record["environment"]["device"] == "cpu"
     for result in record["training"]["gpt2.sm"].values():
         assert result["tokens_per_s"] > 0 and result["peak_device_mib"] is None

@@ -10,6 +10,7 @@ than growing), which is what keeps Jittor's kernel cache warm in the twin.
 import torch
 
 from shared.beam_spec import BeamSettings, length_divisor, padded_query_width
+from shared.decode_cache import SharedPrefixCache, check_cache, generated_width
 
 NEG_INF = float("-inf")
 BLOCK = 1024  # candidates per block in `select_top_k`'s first pass
@@ -132,14 +133,52 @@ def reorder_cache(past, rows):
     return [tuple(x.index_select(0, rows) for x in layer) for layer in past]
 
 
+def shared_prefix_cache(presents, eval_len):
+    """Every layer's `SharedPrefixCache` before step 0: the queries' keys and values as the first
+    forward left them, an empty generated part with one row per query."""
+    width = generated_width(0, eval_len)
+    return [SharedPrefixCache(key, value, zero_columns(key, width), zero_columns(value, width),
+                              None, 0) for key, value in presents]
+
+
+def widen(x, width):
+    """x (rows, head, n, head_dim) with zero columns added up to `width`."""
+    if x.shape[2] >= width:
+        return x
+    return torch.concat([x, zero_columns(x, width - x.shape[2])], dim=2)
+
+
+def zero_columns(x, n):
+    return x.new_zeros(x.shape[0], x.shape[1], n, x.shape[3])
+
+
+def reorder_generated(past, rows, cur_len, prefix_masked, eval_len):
+    """The shared-prefix cache after a selection: each row's generated keys and values from its
+    source row (the columns filled so far only), widened to hold step `cur_len`'s token; the
+    queries' keys and values are the same for every row of a query and stay where they are."""
+    width = generated_width(cur_len, eval_len)
+    columns = torch.arange(width, device=rows.device)[None, :].expand(rows.shape[0], width)
+    masked = torch.concat([prefix_masked, columns > cur_len], dim=1).view(rows.shape[0], 1, 1, -1)
+    for layer in past:
+        layer.key = widen(layer.key.index_select(0, rows), width)
+        layer.value = widen(layer.value.index_select(0, rows), width)
+        layer.masked, layer.step = masked, cur_len
+    return past
+
+
 # --------------------------------------------------------------------------------- search
-def beam_search(model, query, query_len, settings: BeamSettings):
-    """Best sequences (B, eval_len) int64 for queries (B, Tq) right-padded, lengths (B,)."""
+def beam_search(model, query, query_len, settings: BeamSettings, cache="per_row"):
+    """Best sequences (B, eval_len) int64 for queries (B, Tq) right-padded, lengths (B,).
+
+    `cache`: "per_row" (the exact path: every row holds its query's keys and values too, the
+    model's own attention) or "shared_prefix" (shared/decode_cache.py: less memory traffic, the
+    math attention with its fp32 sums in another order, so a near-tie may rank otherwise)."""
+    check_cache(cache)
     with torch.no_grad():
-        return _beam_search(model, query, query_len, settings)
+        return _beam_search(model, query, query_len, settings, cache)
 
 
-def _beam_search(model, query, query_len, settings):
+def _beam_search(model, query, query_len, settings, cache):
     model.eval()
     device = next(model.parameters()).device
     query = torch.as_tensor(query, dtype=torch.long, device=device)
@@ -155,8 +194,12 @@ def _beam_search(model, query, query_len, settings):
 
     logits, presents = model(query)  # one row per query until the first selection
     logits = logits[queries, query_len - 1]
-    past = pad_cache(presents, eval_len)
+    if cache == "per_row":
+        past = pad_cache(presents, eval_len)
+    else:
+        past = shared_prefix_cache(presents, eval_len)
     row_len = query_len[:, None].expand(batch, beam).reshape(-1)
+    prefix_masked = torch.arange(width, device=device)[None, :] >= row_len[:, None]  # each row's padding
     beam_scores = torch.zeros(batch, 1, device=device)
     history = torch.zeros(batch, eval_len, dtype=torch.long, device=device)
     best = BestCandidates(batch, eval_len, settings.length_penalty, device)
@@ -168,12 +211,15 @@ def _beam_search(model, query, query_len, settings):
         beam_scores, flat = select_top_k(next_scores.view(batch, -1), beam)
         source = (flat // vocab_size + queries[:, None] * rows_per_query).view(-1)
         token = (flat % vocab_size).view(-1)
-        past = reorder_cache(past, source)
         history = history.index_select(0, source)
         history[:, cur_len] = token
         beam_scores = best.offer(beam_scores, history, cur_len + 1,
                                  eos_columns[token].view(batch, beam))
         if cur_len + 1 < eval_len:  # the new tokens go at position query_len + cur_len
+            if cache == "per_row":
+                past = reorder_cache(past, source)
+            else:
+                past = reorder_generated(past, source, cur_len, prefix_masked, eval_len)
             logits, past = model(token[:, None], past=past, len_past=row_len + cur_len)
             logits = logits[:, -1]
     best.offer(beam_scores, history, eval_len, torch.ones_like(beam_scores, dtype=torch.bool))

@@ -17,12 +17,13 @@ from torch import nn
 from shared.batching import check_width
 from shared.checkpoint import load_for_model
 from shared.config import GPT2Config
+from shared.decode_cache import SharedPrefixCache
 from shared.params import init_state_dict, is_lora_name
 
 from .lora import MergedLinear
 from .ops import (ATTENTION_IMPLS, DEFAULT_ATTENTION, batched_matmul_transpose, causal_mask,
                   cross_entropy, embedding, fused_attention, gelu, layer_norm, matmul,
-                  matmul_transpose, merge_heads, parameter, softmax, split_heads)
+                  matmul_transpose, merge_heads, parameter, permute, softmax, split_heads)
 
 MASK_VALUE = -1.0e10  # the reference's mask value
 
@@ -84,9 +85,32 @@ class Attention(nn.Module):
         w = softmax(w, dim=-1)
         return matmul(w, v)
 
+    def _attn_shared_prefix(self, q, key, value, cache):
+        """One new token per row against a `SharedPrefixCache`, after writing the token's key and
+        value at column `cache.step`: the masked softmax of the math path over [the query's keys,
+        the row's generated keys], the K rows of a query taking their products with its keys in
+        one (K, head_dim) x (head_dim, width) product, so the shared keys are read once per query.
+        Changes the order of fp32 sums against the per-row cache: beam.py's `cache` switch."""
+        cache.key[:, :, cache.step] = key[:, :, 0]
+        cache.value[:, :, cache.step] = value[:, :, 0]
+        rows, n_head, _, head_dim = q.shape
+        queries, width = cache.prefix_key.shape[0], cache.prefix_key.shape[2]
+        grouped = permute(q.reshape(queries, rows // queries, n_head, head_dim), 0, 2, 1, 3)
+        w_prefix = permute(batched_matmul_transpose(grouped, cache.prefix_key), 0, 2, 1, 3)
+        w = torch.concat((w_prefix.reshape(rows, n_head, 1, width),
+                       batched_matmul_transpose(q, cache.key)), dim=-1)
+        w = (w / math.sqrt(head_dim)).masked_fill(cache.masked, MASK_VALUE)
+        w = softmax(w, dim=-1)
+        w_prefix = permute(w[:, :, 0, :width].reshape(queries, rows // queries, n_head, width), 0, 2, 1, 3)
+        a_prefix = permute(matmul(w_prefix, cache.prefix_value), 0, 2, 1, 3)
+        return a_prefix.reshape(rows, n_head, 1, head_dim) + matmul(w[:, :, :, width:], cache.value)
+
     def forward(self, x, layer_past=None, len_past=None):
         query, key, value = self.c_attn(x).split(self.split_size, dim=2)
         query, key, value = (split_heads(t, self.n_head) for t in (query, key, value))
+        if isinstance(layer_past, SharedPrefixCache):  # the beam search's cache (beam.py)
+            a = self._attn_shared_prefix(query, key, value, layer_past)
+            return self.c_proj(merge_heads(a)), layer_past
         len_kv = None
         if layer_past is not None:
             past_key, past_value = layer_past
