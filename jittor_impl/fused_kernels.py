@@ -7,12 +7,18 @@ Jittor has no fused kernel for either, so they are written here with `jt.code` (
 and a CPU source each) and given their backward through `jt.Function`. All arithmetic is float32
 whatever the storage type; outputs keep the input's type.
 
+The attention softmax gets the same treatment: inside autocast it stores its probabilities in
+bf16, the type the next product casts them to anyway, so no float32 copy of the [B,H,T,T]
+scores' probabilities or of their gradient is made.
+
 When they are used (`set_fused_kernels` or the environment variable JLA_FUSED_KERNELS):
 - "auto" (default): on CUDA, for bf16/fp16 inputs and inside `precision.autocast` (the
   mixed-precision step, whose tolerances they are tested within); never for the fp32 path,
   which stays exactly as ops.py writes it.
 - "on": always, on any device and type (the CPU tests compare them with the exact path so).
 - "off": never.
+JLA_FUSED_OPS (default "gelu,layer_norm,softmax") names the ops that take part, so one kernel can
+be left out (or measured alone) without touching the others.
 """
 import math
 import os
@@ -25,6 +31,10 @@ _mode = [os.environ.get("JLA_FUSED_KERNELS", "auto")]
 if _mode[0] not in MODES:
     raise ValueError(f"JLA_FUSED_KERNELS must be one of {MODES}, got {_mode[0]!r}")
 
+OPS = ("gelu", "layer_norm", "softmax")
+_ops = set(filter(None, os.environ.get("JLA_FUSED_OPS", ",".join(OPS)).split(",")))
+if not _ops <= set(OPS):
+    raise ValueError(f"JLA_FUSED_OPS names unknown ops {sorted(_ops - set(OPS))}; known: {OPS}")
 _LOW_PRECISION = ("bfloat16", "float16")
 
 
@@ -38,8 +48,10 @@ def fused_kernels_mode() -> str:
     return _mode[0]
 
 
-def wanted(x) -> bool:
-    """Whether ops.py should take the fused kernel for input `x` (see the module docstring)."""
+def wanted(x, op) -> bool:
+    """Whether ops.py should take the fused kernel of `op` for input `x` (module docstring)."""
+    if op not in _ops:
+        return False
     if _mode[0] != "auto":
         return _mode[0] == "on"
     low = str(x.dtype) in _LOW_PRECISION or precision.compute_dtype() is not None
@@ -323,3 +335,130 @@ def layer_norm(x, weight, bias, eps):
         raise ValueError(f"layer_norm: weight of shape {list(weight.shape)} does not fit the last "
                          f"axis of x {list(x.shape)}")
     return _LayerNorm(eps)(x, weight, bias)
+
+
+# ---------------------------------------------------------------- softmax over the last axis
+# The attention probabilities: one warp per row (up to _SOFTMAX_MAX_WIDTH keys, held in
+# registers), float32 max, exp and sum. Inside autocast the output is stored in the products'
+# type (bf16): the next product casts it to that type anyway, so the values it receives are the
+# same, and neither pass makes a float32 copy of the probabilities or of their gradient.
+_SOFTMAX_MAX_WIDTH = 2048
+
+_WARP_MAX = """
+__device__ __forceinline__ float jla_warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+"""
+
+
+def softmax_wanted(x, dim) -> bool:
+    """`wanted(x, "softmax")` for a softmax along the last axis of at most _SOFTMAX_MAX_WIDTH entries."""
+    last = dim in (-1, x.ndim - 1)
+    return last and 0 < x.shape[-1] <= _SOFTMAX_MAX_WIDTH and wanted(x, "softmax")
+
+
+def _softmax_forward(x, out_type):
+    width = x.shape[-1]
+    rows = x.numel() // width
+    vpl = -(-width // 32)
+    cuda = _WARP_SUM + _WARP_MAX + f"""
+__global__ void jla_softmax_fwd(in0_type* __restrict__ x, out0_type* __restrict__ y, int rows) {{
+    int row = blockIdx.x * {_WARPS} + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= rows) return;
+    size_t base = (size_t)row * {width};
+    float v[{vpl}];
+    float m = -INFINITY;
+    #pragma unroll
+    for (int k = 0; k < {vpl}; k++) {{
+        int col = lane + 32 * k;
+        v[k] = col < {width} ? float(x[base + col]) : -INFINITY;
+        m = fmaxf(m, v[k]);
+    }}
+    m = jla_warp_max(m);
+    float s = 0.f;
+    #pragma unroll
+    for (int k = 0; k < {vpl}; k++) {{
+        int col = lane + 32 * k;
+        v[k] = col < {width} ? expf(v[k] - m) : 0.f;
+        s += v[k];
+    }}
+    s = jla_warp_sum(s);
+    #pragma unroll
+    for (int k = 0; k < {vpl}; k++) {{
+        int col = lane + 32 * k;
+        if (col < {width}) y[base + col] = out0_type(v[k] / s);
+    }}
+}}
+if ({rows}) jla_softmax_fwd<<<({rows} + {_WARPS - 1}) / {_WARPS}, {_THREADS}>>>(in0_p, out0_p, {rows});
+"""
+    cpu = f"""
+for (size_t r = 0; r < {rows}; r++) {{
+    size_t base = r * {width};
+    float m = -INFINITY;
+    for (int col = 0; col < {width}; col++) m = std::fmax(m, float(in0_p[base + col]));
+    float s = 0.f;
+    for (int col = 0; col < {width}; col++) s += std::exp(float(in0_p[base + col]) - m);
+    for (int col = 0; col < {width}; col++)
+        out0_p[base + col] = out0_type(std::exp(float(in0_p[base + col]) - m) / s);
+}}
+"""
+    return jt.code(x.shape, out_type, [x], cpu_header=_HEADER, cpu_src=cpu,
+                   cuda_header=_HEADER, cuda_src=cuda)
+
+
+def _softmax_backward(y, grad, in_type):
+    """dx = y (g - sum(g y)) per row, in the input's type."""
+    width = y.shape[-1]
+    rows = y.numel() // width
+    vpl = -(-width // 32)
+    cuda = _WARP_SUM + f"""
+__global__ void jla_softmax_bwd(in0_type* __restrict__ y, in1_type* __restrict__ g, out0_type* __restrict__ dx, int rows) {{
+    int row = blockIdx.x * {_WARPS} + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= rows) return;
+    size_t base = (size_t)row * {width};
+    float yv[{vpl}], gv[{vpl}];
+    float s = 0.f;
+    #pragma unroll
+    for (int k = 0; k < {vpl}; k++) {{
+        int col = lane + 32 * k;
+        yv[k] = col < {width} ? float(y[base + col]) : 0.f;
+        gv[k] = col < {width} ? float(g[base + col]) : 0.f;
+        s += yv[k] * gv[k];
+    }}
+    s = jla_warp_sum(s);
+    #pragma unroll
+    for (int k = 0; k < {vpl}; k++) {{
+        int col = lane + 32 * k;
+        if (col < {width}) dx[base + col] = out0_type(yv[k] * (gv[k] - s));
+    }}
+}}
+if ({rows}) jla_softmax_bwd<<<({rows} + {_WARPS - 1}) / {_WARPS}, {_THREADS}>>>(in0_p, in1_p, out0_p, {rows});
+"""
+    cpu = f"""
+for (size_t r = 0; r < {rows}; r++) {{
+    size_t base = r * {width};
+    float s = 0.f;
+    for (int col = 0; col < {width}; col++) s += float(in0_p[base + col]) * float(in1_p[base + col]);
+    for (int col = 0; col < {width}; col++)
+        out0_p[base + col] = out0_type(float(in0_p[base + col]) * (float(in1_p[base + col]) - s));
+}}
+"""
+    return jt.code(y.shape, in_type, [y, grad], cpu_header=_HEADER, cpu_src=cpu,
+                   cuda_header=_HEADER, cuda_src=cuda)
+
+
+class _Softmax(jt.Function):
+    """Softmax over the last axis, one kernel per pass; the backward reads the saved output."""
+
+    def execute(self, x):
+        self.in_type = x.dtype
+        self.y = _softmax_forward(x, precision.compute_dtype() or x.dtype)
+        return self.y
+
+    def grad(self, grad_output):
+        return _softmax_backward(self.y, grad_output, self.in_type)
+
+
+def softmax(x):
+    return _Softmax()(x)

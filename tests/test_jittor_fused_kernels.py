@@ -79,14 +79,14 @@ def test_gelu_gradient_finite_at_large_inputs():
 def test_switch_chooses_the_kernels():
     x = jt.ones((2, 4))
     fused_kernels.set_fused_kernels("auto")
-    assert not fused_kernels.wanted(x)  # the CPU: never by default
+    assert not fused_kernels.wanted(x, "gelu")  # the CPU: never by default
     with precision.autocast("bfloat16"):
-        assert fused_kernels.wanted(x) == bool(jt.flags.use_cuda)
+        assert fused_kernels.wanted(x, "gelu") == bool(jt.flags.use_cuda)
     fused_kernels.set_fused_kernels("on")
-    assert fused_kernels.wanted(x)
+    assert fused_kernels.wanted(x, "gelu")
     fused_kernels.set_fused_kernels("off")
     with precision.autocast("bfloat16"):
-        assert not fused_kernels.wanted(x.cast("bfloat16"))
+        assert not fused_kernels.wanted(x.cast("bfloat16"), "gelu")
     with pytest.raises(ValueError, match="fused kernel mode"):
         fused_kernels.set_fused_kernels("fast")
 
@@ -102,7 +102,7 @@ def test_layer_norm_rejects_mismatched_weight():
 def test_fused_kernels_match_exact_path_fp32_cuda(width):
     x, w, b, g = _inputs((2, 33, width), seed=width)
     with jittor_on("cuda"):
-        assert fused_kernels.wanted(jt.ones((1,)).cast("bfloat16"))  # auto: bf16 on CUDA
+        assert fused_kernels.wanted(jt.ones((1,)).cast("bfloat16"), "layer_norm")  # auto: bf16 on CUDA
         got, want = _run("on", x, w, b, g), _run("off", x, w, b, g)
     _compare(got, want, rtol=1e-4, atol=1e-4)
 
@@ -118,3 +118,62 @@ def test_fused_kernels_bf16_cuda_within_bf16_error():
     for name in want:
         scale = np.abs(want[name]).max()
         np.testing.assert_allclose(got[name], want[name], rtol=1e-2, atol=1e-2 * scale, err_msg=name)
+
+
+def _softmax_run(mode, x, g, autocast=None, dtype="float32"):
+    """The attention softmax's output and input gradient through ops.softmax in `mode`."""
+    fused_kernels.set_fused_kernels(mode)
+    with precision.autocast(autocast):
+        xj = jt.array(x).cast(dtype)
+        y = ops.softmax(xj, dim=-1)
+        dx = jt.grad((y.float32() * jt.array(g)).sum(), xj)
+        return y.dtype, y.float32().numpy(), dx.float32().numpy()
+
+
+def _scores(shape, seed=0):
+    """Scores as the attention passes them: scaled, the causal mask's -1e10 above the diagonal."""
+    rng = np.random.default_rng(seed)
+    x = (rng.normal(size=shape) * 4).astype(np.float32)
+    x = np.where(np.tril(np.ones(shape[-2:], dtype=bool)), x, np.float32(-1e10))
+    return x, rng.normal(size=shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 40, 40), (5, 70)])
+def test_fused_softmax_matches_exact_path_fp32_cpu(shape):
+    x, g = _scores(shape)
+    dtype, y, dx = _softmax_run("on", x, g)
+    _, y0, dx0 = _softmax_run("off", x, g)
+    assert dtype == "float32"
+    np.testing.assert_allclose(y, y0, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(dx, dx0, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_softmax_inside_autocast_stores_bf16_cpu():
+    x, g = _scores((2, 2, 64, 64), seed=2)
+    dtype, y, dx = _softmax_run("on", x, g, autocast="bfloat16")
+    _, y0, dx0 = _softmax_run("off", x, g)
+    assert dtype == "bfloat16"
+    np.testing.assert_allclose(y, y0, rtol=1e-2, atol=1e-3)
+    np.testing.assert_allclose(dx, dx0, rtol=1e-2, atol=1e-2 * np.abs(dx0).max())
+
+
+def test_softmax_wide_or_other_axis_takes_exact_path():
+    fused_kernels.set_fused_kernels("on")
+    assert fused_kernels.softmax_wanted(jt.ones((2, 64)), -1)
+    assert not fused_kernels.softmax_wanted(jt.ones((2, 64)), 0)
+    assert not fused_kernels.softmax_wanted(jt.ones((2, 4096)), -1)
+
+
+@pytest.mark.gpu
+def test_fused_softmax_cuda():
+    """fp32 against the exact path; inside autocast (the default on CUDA) bf16 probabilities."""
+    x, g = _scores((2, 4, 512, 512), seed=4)
+    with jittor_on("cuda"):
+        _, y, dx = _softmax_run("on", x, g)
+        _, y0, dx0 = _softmax_run("off", x, g)
+        dtype, y16, dx16 = _softmax_run("auto", x, g, autocast="bfloat16")
+    np.testing.assert_allclose(y, y0, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(dx, dx0, rtol=1e-4, atol=1e-6)
+    assert dtype == "bfloat16"
+    np.testing.assert_allclose(y16, y0, rtol=1e-2, atol=1e-3)
+    np.testing.assert_allclose(dx16, dx0, rtol=1e-2, atol=1e-2 * np.abs(dx0).max())
