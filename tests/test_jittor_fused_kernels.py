@@ -102,6 +102,7 @@ def test_layer_norm_rejects_mismatched_weight():
 def test_fused_kernels_match_exact_path_fp32_cuda(width):
     x, w, b, g = _inputs((2, 33, width), seed=width)
     with jittor_on("cuda"):
+        fused_kernels.set_fused_kernels("auto")
         assert fused_kernels.wanted(jt.ones((1,)).cast("bfloat16"), "layer_norm")  # auto: bf16 on CUDA
         got, want = _run("on", x, w, b, g), _run("off", x, w, b, g)
     _compare(got, want, rtol=1e-4, atol=1e-4)
