@@ -11,7 +11,7 @@ import numpy as np
 
 from shared.batching import check_token_ids
 
-from . import precision
+from . import fused_kernels, precision
 from .runtime import jt
 
 nn = jt.nn
@@ -75,7 +75,10 @@ def fused_attention(q, k, v, len_kv=None):
 
 
 def layer_norm(x, weight, bias, eps):
-    """Two-pass variance, as torch: Jittor's nn.LayerNorm takes E[x^2] - E[x]^2, losing digits."""
+    """Two-pass variance, as torch: Jittor's nn.LayerNorm takes E[x^2] - E[x]^2, losing digits.
+    Mixed precision on CUDA takes one fused kernel per pass (fused_kernels.py)."""
+    if fused_kernels.wanted(x, "layer_norm"):
+        return fused_kernels.layer_norm(x, weight, bias, eps)
     u = x.mean(-1, keepdims=True)
     s = ((x - u) * (x - u)).mean(-1, keepdims=True)
     return weight * ((x - u) / jt.sqrt(s + eps)) + bias
@@ -102,12 +105,18 @@ def gelu(x):
     """0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))); Jittor fuses these into one kernel.
     The tanh argument is clamped to +-20, where float32 tanh is already +-1 (no value changes):
     Jittor 1.3.11's tanh backward is NaN for arguments beyond about +-45 on the CPU (found by
-    scripts/diff_layers.py, logs/diff-layers-cpu), where the true gradient is 0."""
+    scripts/diff_layers.py, logs/diff-layers-cpu), where the true gradient is 0.
+    Mixed precision on CUDA takes one fused kernel per pass (fused_kernels.py)."""
+    if fused_kernels.wanted(x, "gelu"):
+        return fused_kernels.gelu(x)
     z = math.sqrt(2.0 / math.pi) * (x + 0.044715 * jt.pow(x, 3))
     return 0.5 * x * (1.0 + jt.tanh(jt.clamp(z, -20.0, 20.0)))
 
 
 def softmax(x, dim=-1):
+    """Mixed precision on CUDA: one fused kernel per pass, probabilities stored in bf16."""
+    if fused_kernels.softmax_wanted(x, dim):
+        return fused_kernels.softmax(x)
     return nn.softmax(x, dim=dim)
 
 

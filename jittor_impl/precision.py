@@ -29,6 +29,11 @@ def autocast(dtype=None):
         _compute_dtype[0] = previous
 
 
+def compute_dtype():
+    """The products' dtype inside `autocast` ("bfloat16"), None outside (float32 throughout)."""
+    return _compute_dtype[0]
+
+
 def _cast(*tensors):
     dtype = _compute_dtype[0]
     return tensors if dtype is None else tuple(t.cast(dtype) for t in tensors)

@@ -1,0 +1,466 @@
+"""Hand-written fused kernels for the Jittor twin: tanh GELU and LayerNorm, each pass one kernel.
+
+Jittor 1.3.11 compiles these ops from their element operations, and on an H100 the results were
+far from the memory traffic they need (logs/gpu-benchmark/jittor-profile-before: GELU's backward
+9.2 ms per gpt2.md step, ten times its traffic; LayerNorm's mean/variance kernels about 18 ms).
+Jittor has no fused kernel for either, so they are written here with `jt.code` (a CUDA source
+and a CPU source each) and given their backward through `jt.Function`. All arithmetic is float32
+whatever the storage type; outputs keep the input's type.
+
+The attention softmax gets the same treatment: inside autocast it stores its probabilities in
+bf16, the type the next product casts them to anyway, so no float32 copy of the [B,H,T,T]
+scores' probabilities or of their gradient is made.
+
+When they are used (`set_fused_kernels` or the environment variable JLA_FUSED_KERNELS):
+- "auto": on CUDA, for bf16/fp16 inputs and inside `precision.autocast` (the
+  mixed-precision step, whose tolerances they are tested within); never for the fp32 path,
+  which stays exactly as ops.py writes it.
+- "on": always, on any device and type (the CPU tests compare them with the exact path so).
+- "off" (the default for now, see _mode below): never.
+JLA_FUSED_OPS (default "gelu,layer_norm,softmax") names the ops that take part, so one kernel can
+be left out (or measured alone) without touching the others.
+"""
+import math
+import os
+
+from . import precision
+from .runtime import jt
+
+MODES = ("auto", "on", "off")
+# Default "off" until the CUDA sources have run on a GPU: they compile with nvcc 13 for sm_90 and
+# pass the CPU tests, but the one GPU session of their branch ran main's checkout instead.
+_mode = [os.environ.get("JLA_FUSED_KERNELS", "off")]
+if _mode[0] not in MODES:
+    raise ValueError(f"JLA_FUSED_KERNELS must be one of {MODES}, got {_mode[0]!r}")
+
+OPS = ("gelu", "layer_norm", "softmax")
+_ops = set(filter(None, os.environ.get("JLA_FUSED_OPS", ",".join(OPS)).split(",")))
+if not _ops <= set(OPS):
+    raise ValueError(f"JLA_FUSED_OPS names unknown ops {sorted(_ops - set(OPS))}; known: {OPS}")
+_LOW_PRECISION = ("bfloat16", "float16")
+
+
+def set_fused_kernels(mode: str):
+    if mode not in MODES:
+        raise ValueError(f"fused kernel mode must be one of {MODES}, got {mode!r}")
+    _mode[0] = mode
+
+
+def fused_kernels_mode() -> str:
+    return _mode[0]
+
+
+def wanted(x, op) -> bool:
+    """Whether ops.py should take the fused kernel of `op` for input `x` (module docstring)."""
+    if op not in _ops:
+        return False
+    if _mode[0] != "auto":
+        return _mode[0] == "on"
+    low = str(x.dtype) in _LOW_PRECISION or precision.compute_dtype() is not None
+    return bool(jt.flags.use_cuda) and low
+
+
+_THREADS = 256
+_GELU_K = repr(math.sqrt(2.0 / math.pi))
+_GELU_C = "0.044715f"
+# The tanh argument, clamped to +-20 as ops.gelu does (float32 tanh is +-1 there already).
+_GELU_Z = f"float z = {_GELU_K}f * (v + {_GELU_C} * v * v * v); z = fminf(fmaxf(z, -20.f), 20.f);"
+_GELU_Y = "0.5f * v * (1.f + t)"
+_GELU_DY = f"0.5f * (1.f + t) + 0.5f * v * (1.f - t * t) * {_GELU_K}f * (1.f + 3.f * {_GELU_C} * v * v)"
+_HEADER = "#include <cmath>\n#include <type/fp16_compute.h>\n"
+
+
+def _elementwise_cuda(name, body):
+    """A grid-stride CUDA kernel over in0's elements; `body` sets out0_p[i] from v = in0_p[i]."""
+    return f"""
+__global__ void {name}(in0_type* __restrict__ x, in1_type* __restrict__ g, out0_type* __restrict__ y, size_t n) {{
+    size_t stride = (size_t)blockDim.x * gridDim.x;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {{
+        float v = float(x[i]);
+        {body}
+    }}
+}}
+size_t n = in0->numel();
+int blocks = (int)((n + {_THREADS} - 1) / {_THREADS});
+if (blocks > 65536) blocks = 65536;
+if (n) {name}<<<blocks, {_THREADS}>>>(in0_p, IN1_P, out0_p, n);
+"""
+
+
+def _elementwise_cpu(body):
+    return f"""
+size_t n = in0->numel();
+for (size_t i = 0; i < n; i++) {{
+    float v = float(in0_p[i]);
+    {body}
+}}
+"""
+
+
+def _gelu_forward(x):
+    body = f"{_GELU_Z} float t = tanhf(z); y[i] = out0_type({_GELU_Y});"
+    cuda = _elementwise_cuda("jla_gelu_fwd", body).replace("in1_type", "in0_type") \
+        .replace("IN1_P", "in0_p")
+    cpu = _elementwise_cpu(body.replace("y[i]", "out0_p[i]").replace("tanhf", "std::tanh")
+                           .replace("fminf", "std::fmin").replace("fmaxf", "std::fmax"))
+    return jt.code(x.shape, x.dtype, [x], cpu_header=_HEADER, cpu_src=cpu,
+                   cuda_header=_HEADER, cuda_src=cuda)
+
+
+def _gelu_backward(x, grad):
+    body = f"{_GELU_Z} float t = tanhf(z); y[i] = out0_type(float(g[i]) * ({_GELU_DY}));"
+    cuda = _elementwise_cuda("jla_gelu_bwd", body).replace("IN1_P", "in1_p")
+    cpu = _elementwise_cpu(body.replace("y[i]", "out0_p[i]").replace("g[i]", "in1_p[i]")
+                           .replace("tanhf", "std::tanh").replace("fminf", "std::fmin")
+                           .replace("fmaxf", "std::fmax"))
+    return jt.code(x.shape, x.dtype, [x, grad], cpu_header=_HEADER, cpu_src=cpu,
+                   cuda_header=_HEADER, cuda_src=cuda)
+
+
+class _Gelu(jt.Function):
+    """Tanh GELU: one kernel forward, one backward (reads x and the output's gradient)."""
+
+    def execute(self, x):
+        self.x = x
+        return _gelu_forward(x)
+
+    def grad(self, grad_output):
+        return _gelu_backward(self.x, grad_output)
+
+
+def gelu(x):
+    return _Gelu()(x)
+
+
+# ---------------------------------------------------------------- LayerNorm over the last axis
+# CUDA: one warp per row; each lane holds its ceil(C/32) features (columns lane, lane+32, ...) in
+# registers, so a row is read once per pass: mean, then the variance around it (two passes, as
+# ops.layer_norm), then the output. The backward's dx takes one warp per row too; dweight and
+# dbias (sums over rows) are partial sums per warp over a slice of rows, added by a small reduce.
+_WARPS = _THREADS // 32
+_PARTIAL_WARPS = 512  # warps that share the rows in the dweight/dbias kernel
+
+_WARP_SUM = """
+__device__ __forceinline__ float jla_warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+"""
+
+
+def _ln_forward(x, weight, bias, eps):
+    c = x.shape[-1]
+    rows = x.numel() // c
+    vpl = -(-c // 32)
+    cuda = _WARP_SUM + f"""
+__global__ void jla_ln_fwd(in0_type* __restrict__ x, in1_type* __restrict__ w, in2_type* __restrict__ b,
+        out0_type* __restrict__ y, out1_type* __restrict__ mean, out2_type* __restrict__ rstd, int rows) {{
+    int row = blockIdx.x * {_WARPS} + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= rows) return;
+    size_t base = (size_t)row * {c};
+    float v[{vpl}];
+    float s = 0.f;
+    #pragma unroll
+    for (int k = 0; k < {vpl}; k++) {{
+        int col = lane + 32 * k;
+        v[k] = col < {c} ? float(x[base + col]) : 0.f;
+        s += v[k];
+    }}
+    float u = jla_warp_sum(s) / {c}.f;
+    float q = 0.f;
+    #pragma unroll
+    for (int k = 0; k < {vpl}; k++) {{
+        int col = lane + 32 * k;
+        float d = col < {c} ? v[k] - u : 0.f;
+        q += d * d;
+    }}
+    float sd = sqrtf(jla_warp_sum(q) / {c}.f + {eps!r}f);
+    #pragma unroll
+    for (int k = 0; k < {vpl}; k++) {{
+        int col = lane + 32 * k;
+        if (col < {c}) y[base + col] = out0_type(float(w[col]) * ((v[k] - u) / sd) + float(b[col]));
+    }}
+    if (lane == 0) {{ mean[row] = u; rstd[row] = 1.f / sd; }}
+}}
+if ({rows}) jla_ln_fwd<<<({rows} + {_WARPS - 1}) / {_WARPS}, {_THREADS}>>>(in0_p, in1_p, in2_p, out0_p, out1_p, out2_p, {rows});
+"""
+    cpu = f"""
+for (size_t r = 0; r < {rows}; r++) {{
+    size_t base = r * {c};
+    float s = 0.f;
+    for (int col = 0; col < {c}; col++) s += float(in0_p[base + col]);
+    float u = s / {c}.f;
+    float q = 0.f;
+    for (int col = 0; col < {c}; col++) {{ float d = float(in0_p[base + col]) - u; q += d * d; }}
+    float sd = std::sqrt(q / {c}.f + {eps!r}f);
+    for (int col = 0; col < {c}; col++)
+        out0_p[base + col] = out0_type(float(in1_p[col]) * ((float(in0_p[base + col]) - u) / sd) + float(in2_p[col]));
+    out1_p[r] = u;
+    out2_p[r] = 1.f / sd;
+}}
+"""
+    # Output in the type ops.layer_norm's arithmetic promotes to: x's, unless the weight is wider.
+    out_type = x.dtype if str(x.dtype) == str(weight.dtype) else "float32"
+    return jt.code([x.shape, [rows], [rows]], [out_type, "float32", "float32"], [x, weight, bias],
+                   cpu_header=_HEADER, cpu_src=cpu, cuda_header=_HEADER, cuda_src=cuda)
+
+
+def _ln_backward_input(x, weight, mean, rstd, grad):
+    """dx = rstd (g - mean(g) - xhat mean(g xhat)) with g = dy * weight, xhat = (x - mean) rstd."""
+    c = x.shape[-1]
+    rows = x.numel() // c
+    vpl = -(-c // 32)
+    cuda = _WARP_SUM + f"""
+__global__ void jla_ln_bwd_x(in0_type* __restrict__ x, in1_type* __restrict__ w, in2_type* __restrict__ mean,
+        in3_type* __restrict__ rstd, in4_type* __restrict__ dy, out0_type* __restrict__ dx, int rows) {{
+    int row = blockIdx.x * {_WARPS} + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= rows) return;
+    size_t base = (size_t)row * {c};
+    float u = mean[row], rs = rstd[row];
+    float xh[{vpl}], g[{vpl}];
+    float sg = 0.f, sgx = 0.f;
+    #pragma unroll
+    for (int k = 0; k < {vpl}; k++) {{
+        int col = lane + 32 * k;
+        if (col < {c}) {{
+            xh[k] = (float(x[base + col]) - u) * rs;
+            g[k] = float(dy[base + col]) * float(w[col]);
+        }} else {{ xh[k] = 0.f; g[k] = 0.f; }}
+        sg += g[k];
+        sgx += g[k] * xh[k];
+    }}
+    float mg = jla_warp_sum(sg) / {c}.f, mgx = jla_warp_sum(sgx) / {c}.f;
+    #pragma unroll
+    for (int k = 0; k < {vpl}; k++) {{
+        int col = lane + 32 * k;
+        if (col < {c}) dx[base + col] = out0_type(rs * (g[k] - mg - xh[k] * mgx));
+    }}
+}}
+if ({rows}) jla_ln_bwd_x<<<({rows} + {_WARPS - 1}) / {_WARPS}, {_THREADS}>>>(in0_p, in1_p, in2_p, in3_p, in4_p, out0_p, {rows});
+"""
+    cpu = f"""
+for (size_t r = 0; r < {rows}; r++) {{
+    size_t base = r * {c};
+    float u = in2_p[r], rs = in3_p[r];
+    float sg = 0.f, sgx = 0.f;
+    for (int col = 0; col < {c}; col++) {{
+        float xh = (float(in0_p[base + col]) - u) * rs, g = float(in4_p[base + col]) * float(in1_p[col]);
+        sg += g;
+        sgx += g * xh;
+    }}
+    float mg = sg / {c}.f, mgx = sgx / {c}.f;
+    for (int col = 0; col < {c}; col++) {{
+        float xh = (float(in0_p[base + col]) - u) * rs, g = float(in4_p[base + col]) * float(in1_p[col]);
+        out0_p[base + col] = out0_type(rs * (g - mg - xh * mgx));
+    }}
+}}
+"""
+    return jt.code(x.shape, x.dtype, [x, weight, mean, rstd, grad],
+                   cpu_header=_HEADER, cpu_src=cpu, cuda_header=_HEADER, cuda_src=cuda)
+
+
+def _ln_backward_params(x, mean, rstd, grad):
+    """dweight = sum over rows of dy * xhat, dbias = sum of dy: float32 partial sums (one row of
+    partials per warp on CUDA, one in all on the CPU), then added."""
+    c = x.shape[-1]
+    rows = x.numel() // c
+    vpl = -(-c // 32)
+    parts = min(_PARTIAL_WARPS, rows) if jt.flags.use_cuda else 1
+    per = -(-rows // parts) if rows else 0
+    cuda = f"""
+__global__ void jla_ln_bwd_wb(in0_type* __restrict__ x, in1_type* __restrict__ mean, in2_type* __restrict__ rstd,
+        in3_type* __restrict__ dy, out0_type* __restrict__ pw, out1_type* __restrict__ pb, int rows) {{
+    int part = blockIdx.x * {_WARPS} + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (part >= {parts}) return;
+    float aw[{vpl}], ab[{vpl}];
+    #pragma unroll
+    for (int k = 0; k < {vpl}; k++) {{ aw[k] = 0.f; ab[k] = 0.f; }}
+    int end = min(rows, (part + 1) * {per});
+    for (int row = part * {per}; row < end; row++) {{
+        size_t base = (size_t)row * {c};
+        float u = mean[row], rs = rstd[row];
+        #pragma unroll
+        for (int k = 0; k < {vpl}; k++) {{
+            int col = lane + 32 * k;
+            if (col < {c}) {{
+                float d = float(dy[base + col]);
+                aw[k] += d * (float(x[base + col]) - u) * rs;
+                ab[k] += d;
+            }}
+        }}
+    }}
+    #pragma unroll
+    for (int k = 0; k < {vpl}; k++) {{
+        int col = lane + 32 * k;
+        if (col < {c}) {{ pw[(size_t)part * {c} + col] = aw[k]; pb[(size_t)part * {c} + col] = ab[k]; }}
+    }}
+}}
+if ({parts}) jla_ln_bwd_wb<<<({parts} + {_WARPS - 1}) / {_WARPS}, {_THREADS}>>>(in0_p, in1_p, in2_p, in3_p, out0_p, out1_p, {rows});
+"""
+    cpu = f"""
+for (int col = 0; col < {c}; col++) {{ out0_p[col] = 0.f; out1_p[col] = 0.f; }}
+for (size_t r = 0; r < {rows}; r++) {{
+    size_t base = r * {c};
+    float u = in1_p[r], rs = in2_p[r];
+    for (int col = 0; col < {c}; col++) {{
+        float d = float(in3_p[base + col]);
+        out0_p[col] += d * (float(in0_p[base + col]) - u) * rs;
+        out1_p[col] += d;
+    }}
+}}
+"""
+    pw, pb = jt.code([[parts, c], [parts, c]], ["float32", "float32"], [x, mean, rstd, grad],
+                     cpu_header=_HEADER, cpu_src=cpu, cuda_header=_HEADER, cuda_src=cuda)
+    return pw.sum(0), pb.sum(0)
+
+
+class _LayerNorm(jt.Function):
+    """LayerNorm over the last axis with float32 statistics, one kernel per pass (dx; dweight and
+    dbias together, computed only when a parameter needs them)."""
+
+    def __init__(self, eps):
+        self.eps = float(eps)
+
+    def execute(self, x, weight, bias):
+        y, self.mean, self.rstd = _ln_forward(x, weight, bias, self.eps)
+        self.x, self.weight, self.bias = x, weight, bias
+        return y
+
+    def grad(self, grad_output):
+        dx = _ln_backward_input(self.x, self.weight, self.mean, self.rstd, grad_output)
+        dw, db = _ln_backward_params(self.x, self.mean, self.rstd, grad_output)
+        return dx, dw.cast(self.weight.dtype), db.cast(self.bias.dtype)
+
+
+def layer_norm(x, weight, bias, eps):
+    if x.shape[-1] != weight.shape[0] or weight.ndim != 1:
+        raise ValueError(f"layer_norm: weight of shape {list(weight.shape)} does not fit the last "
+                         f"axis of x {list(x.shape)}")
+    return _LayerNorm(eps)(x, weight, bias)
+
+
+# ---------------------------------------------------------------- softmax over the last axis
+# The attention probabilities: one warp per row (up to _SOFTMAX_MAX_WIDTH keys, held in
+# registers), float32 max, exp and sum. Inside autocast the output is stored in the products'
+# type (bf16): the next product casts it to that type anyway, so the values it receives are the
+# same, and neither pass makes a float32 copy of the probabilities or of their gradient.
+_SOFTMAX_MAX_WIDTH = 2048
+
+_WARP_MAX = """
+__device__ __forceinline__ float jla_warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+"""
+
+
+def softmax_wanted(x, dim) -> bool:
+    """`wanted(x, "softmax")` for a softmax along the last axis of at most _SOFTMAX_MAX_WIDTH entries."""
+    last = dim in (-1, x.ndim - 1)
+    return last and 0 < x.shape[-1] <= _SOFTMAX_MAX_WIDTH and wanted(x, "softmax")
+
+
+def _softmax_forward(x, out_type):
+    width = x.shape[-1]
+    rows = x.numel() // width
+    vpl = -(-width // 32)
+    cuda = _WARP_SUM + _WARP_MAX + f"""
+__global__ void jla_softmax_fwd(in0_type* __restrict__ x, out0_type* __restrict__ y, int rows) {{
+    int row = blockIdx.x * {_WARPS} + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= rows) return;
+    size_t base = (size_t)row * {width};
+    float v[{vpl}];
+    float m = -INFINITY;
+    #pragma unroll
+    for (int k = 0; k < {vpl}; k++) {{
+        int col = lane + 32 * k;
+        v[k] = col < {width} ? float(x[base + col]) : -INFINITY;
+        m = fmaxf(m, v[k]);
+    }}
+    m = jla_warp_max(m);
+    float s = 0.f;
+    #pragma unroll
+    for (int k = 0; k < {vpl}; k++) {{
+        int col = lane + 32 * k;
+        v[k] = col < {width} ? expf(v[k] - m) : 0.f;
+        s += v[k];
+    }}
+    s = jla_warp_sum(s);
+    #pragma unroll
+    for (int k = 0; k < {vpl}; k++) {{
+        int col = lane + 32 * k;
+        if (col < {width}) y[base + col] = out0_type(v[k] / s);
+    }}
+}}
+if ({rows}) jla_softmax_fwd<<<({rows} + {_WARPS - 1}) / {_WARPS}, {_THREADS}>>>(in0_p, out0_p, {rows});
+"""
+    cpu = f"""
+for (size_t r = 0; r < {rows}; r++) {{
+    size_t base = r * {width};
+    float m = -INFINITY;
+    for (int col = 0; col < {width}; col++) m = std::fmax(m, float(in0_p[base + col]));
+    float s = 0.f;
+    for (int col = 0; col < {width}; col++) s += std::exp(float(in0_p[base + col]) - m);
+    for (int col = 0; col < {width}; col++)
+        out0_p[base + col] = out0_type(std::exp(float(in0_p[base + col]) - m) / s);
+}}
+"""
+    return jt.code(x.shape, out_type, [x], cpu_header=_HEADER, cpu_src=cpu,
+                   cuda_header=_HEADER, cuda_src=cuda)
+
+
+def _softmax_backward(y, grad, in_type):
+    """dx = y (g - sum(g y)) per row, in the input's type."""
+    width = y.shape[-1]
+    rows = y.numel() // width
+    vpl = -(-width // 32)
+    cuda = _WARP_SUM + f"""
+__global__ void jla_softmax_bwd(in0_type* __restrict__ y, in1_type* __restrict__ g, out0_type* __restrict__ dx, int rows) {{
+    int row = blockIdx.x * {_WARPS} + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= rows) return;
+    size_t base = (size_t)row * {width};
+    float yv[{vpl}], gv[{vpl}];
+    float s = 0.f;
+    #pragma unroll
+    for (int k = 0; k < {vpl}; k++) {{
+        int col = lane + 32 * k;
+        yv[k] = col < {width} ? float(y[base + col]) : 0.f;
+        gv[k] = col < {width} ? float(g[base + col]) : 0.f;
+        s += yv[k] * gv[k];
+    }}
+    s = jla_warp_sum(s);
+    #pragma unroll
+    for (int k = 0; k < {vpl}; k++) {{
+        int col = lane + 32 * k;
+        if (col < {width}) dx[base + col] = out0_type(yv[k] * (gv[k] - s));
+    }}
+}}
+if ({rows}) jla_softmax_bwd<<<({rows} + {_WARPS - 1}) / {_WARPS}, {_THREADS}>>>(in0_p, in1_p, out0_p, {rows});
+"""
+    cpu = f"""
+for (size_t r = 0; r < {rows}; r++) {{
+    size_t base = r * {width};
+    float s = 0.f;
+    for (int col = 0; col < {width}; col++) s += float(in0_p[base + col]) * float(in1_p[base + col]);
+    for (int col = 0; col < {width}; col++)
+        out0_p[base + col] = out0_type(float(in0_p[base + col]) * (float(in1_p[base + col]) - s));
+}}
+"""
+    return jt.code(y.shape, in_type, [y, grad], cpu_header=_HEADER, cpu_src=cpu,
+                   cuda_header=_HEADER, cuda_src=cuda)
+
+
+class _Softmax(jt.Function):
+    """Softmax over the last axis, one kernel per pass; the backward reads the saved output."""
+
+    def execute(self, x):
+        self.in_type = x.dtype
+        self.y = _softmax_forward(x, precision.compute_dtype() or x.dtype)
+        return self.y
+
+    def grad(self, grad_output):
+        return _softmax_backward(self.y, grad_output, self.in_type)
+
+
+def softmax(x):
+    return _Softmax()(x)
