@@ -12,6 +12,7 @@ context and allocator caches included), and for torch-based variants also torch'
 allocated tensors. Each measurement imports only the framework it measures.
 """
 import hashlib
+import re
 import threading
 import time
 from types import SimpleNamespace
@@ -149,7 +150,6 @@ def bench_training(variant, card, args):
 
 def _short_jittor_kernel(key):
     """Jittor's profiler names a kernel by its jit key; keep the op names and the first dtype."""
-    import re
     ops = re.findall(r"opkey\d+:(\w+)", key)
     dtype = re.search(r"«T\w*:(\w+)", key)
     name = ("fused[" + ",".join(dict.fromkeys(ops)) + "]") if ops else key.split("«")[0]
@@ -160,7 +160,6 @@ def jittor_kernel_ops(key):
     """The element operations of a Jittor kernel from its jit key, casts with their types
     ("cast float32>bfloat16, multiply, reduce add"): what a fused kernel computes, which its
     short name does not say (its dtype is that of its first input, often an int32 index array)."""
-    import re
     ops = []
     for op in re.split(r"«opkey\d+:", key)[1:]:
         kind = op.split("«")[0]
@@ -177,7 +176,6 @@ def jittor_kernel_ops(key):
 
 def _jittor_kernel_shape(file_column):
     """The most time-consuming shape recorded by Jittor's profiler (profiler_record_shape)."""
-    import re
     found = re.search(r"shapes:\n(\[[\d,]*\])", file_column)
     return found.group(1).replace(",]", "]") if found else ""
 
