@@ -1,5 +1,7 @@
-"""Paired bootstrap of metric differences (alignment.metric_equivalence) on the committed CPU run's
-predictions (logs/cpu-default, logs/cpu-exact-dropout) against the E2E-offline test references."""
+"""Paired bootstrap of metric differences (alignment.metric_equivalence) on the committed CPU runs'
+predictions against the E2E-offline test references: torch vs jittor of the --framework_dropout
+run (their masks differ, so do their beams), and that run's torch against the default run's torch
+(same base, other dropout masks) as the seed band."""
 import os
 import shutil
 
@@ -22,9 +24,9 @@ SUBSET = 80  # MRs: enough for the checks, seconds on 2 cores
 def corpus(e2e_dir):
     refs = list(group_references(read_raw(os.path.join(e2e_dir, "test.txt"))).values())
     preds = {name: read_predictions(os.path.join(ROOT, "logs", run, f"{backend}_e2e_pred.txt"))
-             for name, run, backend in (("torch", "cpu-default", "torch"),
-                                        ("jittor", "cpu-default", "jittor"),
-                                        ("torch2", "cpu-exact-dropout", "torch"))}
+             for name, run, backend in (("torch", "cpu-framework-dropout", "torch"),
+                                        ("jittor", "cpu-framework-dropout", "jittor"),
+                                        ("torch2", "cpu-default", "torch"))}
     return refs[:SUBSET], {k: v[:SUBSET] for k, v in preds.items()}
 
 

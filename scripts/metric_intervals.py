@@ -4,7 +4,8 @@
   python scripts/metric_intervals.py --references e2e_ref.txt --torch torch_pred.txt \
       --jittor jittor_pred.txt [--torch_seed2 other_torch_pred.txt] --out DIR
 References in measure_scores.py's format (groups separated by an empty line) or a raw E2E
-split (`--references test.txt --raw`). Writes DIR/metric_intervals.{md,json}.
+split (`--references test.txt --raw`). Writes DIR/metric_intervals.{md,json} and
+DIR/report_section.md (the section work.sh's report includes).
 """
 import argparse
 import sys
