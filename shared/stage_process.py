@@ -8,7 +8,9 @@ starting the next stage. The child also runs
   - in its own process group: Ctrl-C in a terminal reaches the pipeline only, which forwards it
     once (a second SIGINT would make the trainer abort without saving);
   - with a parent-death signal (Linux): if the pipeline is killed outright (SIGKILL), the stage
-    gets SIGTERM and stops cleanly rather than running on, re-parented to init.
+    gets SIGTERM and stops cleanly rather than running on, re-parented to init. Linux sends it
+    again on each re-parenting (once per pipeline thread that outlives the one that started the
+    stage), so it may come twice: stages act on the first stop signal and ignore repeats.
 After a stopped stage, whatever it left in its process group (a JVM, a compiler) is sent SIGTERM.
 """
 from __future__ import annotations

@@ -114,7 +114,11 @@ def test_stage_stops_when_the_pipeline_is_killed_outright(tmp_path):
     proc.wait(timeout=30)
     assert gone(int(ready[1]))
     if sys.platform.startswith("linux"):  # parent-death signal: it stopped cleanly, on SIGTERM
-        assert report.read_text() == "got [15]"
+        # Linux sends it each time the stage is re-parented: once per thread of the killed
+        # pipeline that outlived the one that started the stage (here its output reader), so one
+        # or two; the trainer and run_stoppable scripts act on the first and ignore repeats.
+        got = report.read_text()
+        assert got in ("got [15]", "got [15, 15]"), got
 
 
 def test_a_stage_that_ends_by_itself_returns_its_code(tmp_path):
