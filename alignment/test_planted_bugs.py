@@ -5,6 +5,7 @@ noise-floor rule (alignment.trace/compare), optimizer and data-path bugs through
 teacher-forced training step (alignment.drift), beam-search bugs through alignment.beam_divergence.
 The kill rate is printed at the end (and written to $ALIGNMENT_REPORT_DIR/planted_bugs.json).
 """
+import dataclasses
 import os
 import types
 
@@ -23,9 +24,10 @@ from shared.config import GPT2Config
 from shared.params import no_decay
 
 RESULTS = {}  # bug -> (killed, localized to)
-# '.' (13) ends a hypothesis too, so finished hypotheses of many lengths compete (the length
-# penalty matters), and no token may repeat (n = 1), so the n-gram rule acts at every step
-BEAM = BeamSettings(beam=4, eval_len=16, length_penalty=0.8, no_repeat_ngram_size=1,
+# Finished hypotheses of many lengths compete (the length penalty matters), min_length makes the
+# search run past the short sentences the tiny model prefers, and no token may repeat (n = 1), so
+# the n-gram rule acts at every step
+BEAM = BeamSettings(beam=4, eval_len=16, min_length=6, length_penalty=0.8, no_repeat_ngram_size=1,
                     eos_token_ids=(50256, 628, 13))
 # ------------------------------------------------------------------- forward / backward bugs
 @pytest.fixture(scope="module")
@@ -133,44 +135,68 @@ def test_training_step_without_bug_passes():
 
 
 # ---------------------------------------------------------------------------- beam-search bugs
+BEAM_QUERIES = 2  # the MRs each beam bug is searched on
+
+
 @pytest.fixture(scope="module")
 def beam_case(vocab_dir, e2e_dir):
-    """The tiny E2E model, 2 test MRs, and torch's side per settings computed once (only the
-    Jittor twin gets bugs)."""
+    """The tiny E2E model, a pool of test MRs, and torch's outputs and spec traces, computed once
+    per settings (only the Jittor twin gets bugs)."""
     from alignment.beam_divergence import next_logits_fn, traced_search
     from alignment.tiny_e2e_model import encoded_split, trained_state
     from alignment.tiny_e2e_model import tiny_config as e2e_config
     from torch_impl import beam as torch_beam
     from torch_impl.model import GPT2LMModel as TModel
     state = trained_state(vocab_dir, e2e_dir)
-    queries = [list(c) for c, _ in encoded_split(vocab_dir, e2e_dir, "test", 600)][:2]
+    pool = [list(c) for c, _ in encoded_split(vocab_dir, e2e_dir, "test", 100)]
     tm = TModel(e2e_config())
     tm.load_state_numpy(state)
     tm.eval()
-    cache = {}
+    outputs, traces = {}, {}
 
-    def torch_side(settings):
-        if settings not in cache:
-            cache[settings] = [
-                (torch_beam.beam_search(tm, np.array([q]), np.array([len(q)]), settings).cpu().numpy()[0],
-                 traced_search(next_logits_fn("torch", tm), q, settings)) for q in queries]
-        return cache[settings]
-    return state, queries, torch_side
+    def torch_output(settings, i):
+        if (settings, i) not in outputs:
+            q = pool[i]
+            outputs[settings, i] = torch_beam.beam_search(
+                tm, np.array([q]), np.array([len(q)]), settings).cpu().numpy()[0]
+        return outputs[settings, i]
+
+    def torch_side(settings, indices):
+        for i in indices:
+            if (settings, i) not in traces:
+                traces[settings, i] = traced_search(next_logits_fn("torch", tm), pool[i], settings)
+        return [(pool[i], torch_output(settings, i), traces[settings, i]) for i in indices]
+
+    def observable(settings, bug_settings, breaks_rule):
+        """The first BEAM_QUERIES MRs of the pool whose torch output changes when the settings
+        do what the bug does (a bug that changes no output cannot be seen in any output), and,
+        with `breaks_rule`, whose changed output breaks a per-step rule of `settings` (so the
+        output itself shows the search step at fault). Which MRs qualify depends on the trained
+        model's last bits (CPU kernels differ across machines), hence a search, not fixed MRs."""
+        from alignment.beam_divergence import rule_violations
+        found = [i for i in range(len(pool))
+                 if not np.array_equal(torch_output(settings, i), torch_output(bug_settings, i))
+                 and (not breaks_rule or rule_violations(torch_output(bug_settings, i), settings))]
+        assert len(found) >= BEAM_QUERIES, (
+            f"only {len(found)} of {len(pool)} test MRs show {bug_settings}: the tiny model "
+            f"cannot show this bug")
+        return found[:BEAM_QUERIES]
+    return state, torch_side, observable
 
 
-def beam_bug_outcome(beam_case, monkeypatch, plant, settings):
+def beam_bug_outcome(beam_case, monkeypatch, plant, settings, indices):
     from alignment.beam_divergence import beam_divergence, next_logits_fn
     from alignment.tiny_e2e_model import tiny_config as e2e_config
     from jittor_impl import beam as jittor_beam
     from jittor_impl.model import GPT2LMModel as JModel
-    state, queries, torch_side = beam_case
-    reference = torch_side(settings)
+    state, torch_side, _ = beam_case
+    reference = torch_side(settings, indices)
     jm = JModel(e2e_config())
     jm.load_state_numpy(state)
     jm.eval()
     plant(monkeypatch)
     outcomes = []
-    for query, (t_out, t_spec) in zip(queries, reference):
+    for query, t_out, t_spec in reference:
         j_out = jittor_beam.beam_search(jm, np.array([query]), np.array([len(query)]), settings).numpy()[0]
         outcomes.append(beam_divergence(query, None, next_logits_fn("jittor", jm), settings,
                                         t_out, j_out, torch_spec=t_spec))
@@ -180,36 +206,47 @@ def beam_bug_outcome(beam_case, monkeypatch, plant, settings):
 
 @pytest.mark.slow
 def test_beams_without_bug_agree(beam_case, monkeypatch):
-    assert beam_bug_outcome(beam_case, monkeypatch, lambda mp: None, BEAM) == [None, None]
+    """No false alarm on the MRs the planted bugs below are searched on."""
+    _, _, observable = beam_case
+    indices = sorted({i for _, _, settings, bug_settings, breaks_rule in BEAM_BUGS.values()
+                      for i in observable(settings, bug_settings, breaks_rule)})
+    outcomes = beam_bug_outcome(beam_case, monkeypatch, lambda mp: None, BEAM, indices)
+    assert outcomes == [None] * len(indices), outcomes
 
 
+# bug -> (plant in the Jittor twin, where it must be localized, settings, the settings that
+# make the spec do what the bug does, whether the MRs must show it as a broken per-step rule)
 BEAM_BUGS = {
     "beam length penalty inverted": (
         lambda mp: mp.setattr("jittor_impl.beam.length_divisor",
                               lambda length, lp: float(np.float32(length ** -lp))),
-        "final selection (rule 4)", BEAM),
+        "final selection (rule 4)", BEAM,
+        dataclasses.replace(BEAM, length_penalty=-BEAM.length_penalty), False),
     "beam n-gram ban missing": (
         lambda mp: mp.setattr("jittor_impl.beam.banned_ngram_mask",
                               lambda history, cur_len, n, vocab_size: __import__(
                                   "jittor_impl.runtime", fromlist=["jt"]).jt.zeros(
                                   (history.shape[0], vocab_size), dtype="bool")),
-        # Localized to Jittor's beam code, but not within it: its output (e.g. 4 tokens ending in
-        # eos) breaks no rule itself and the spec finished it too, so search step vs. final
-        # selection cannot be told from the output alone; `where` is not asserted here.
-        None, BEAM),
+        # An output that repeats no token could not be told apart from a final-selection bug
+        # (the spec may have finished it too), so the MRs are ones where the bugged output repeats.
+        "search steps (rules 2a-2f)", BEAM, dataclasses.replace(BEAM, no_repeat_ngram_size=0), True),
 }
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("bug", list(BEAM_BUGS))
 def test_beam_bug_is_flagged_and_localized(bug, beam_case, monkeypatch):
-    plant, where, settings = BEAM_BUGS[bug]
-    outcomes = [o for o in beam_bug_outcome(beam_case, monkeypatch, plant, settings) if o]
-    RESULTS[bug] = (bool(outcomes), outcomes[0] if outcomes else None)
-    assert outcomes, f"{bug}: no query's output changed"
-    for o in outcomes:
+    plant, where, settings, bug_settings, breaks_rule = BEAM_BUGS[bug]
+    _, _, observable = beam_case
+    indices = observable(settings, bug_settings, breaks_rule)
+    outcomes = beam_bug_outcome(beam_case, monkeypatch, plant, settings, indices)
+    flagged = [o for o in outcomes if o]
+    RESULTS[bug] = (len(flagged) == len(outcomes), flagged[0] if flagged else None)
+    assert len(flagged) == len(outcomes), (
+        f"{bug}: {len(outcomes) - len(flagged)} of {len(outcomes)} changed outputs not flagged")
+    for o in flagged:
         assert o["cause"] == "implementation" and o["backend"] == "jittor", o
-        assert where is None or o["where"] == where, o
+        assert o["where"] == where, o
 
 
 def test_kill_rate_summary():
