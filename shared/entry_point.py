@@ -24,6 +24,14 @@ from .train_args import ArgumentProblem
 INPUT_ERRORS = (ValueError,)
 
 
+def describe_os_error(exc: OSError) -> str:
+    """`PATH: reason` where the error names its file (Python's str adds `[Errno N]` and quotes)."""
+    if exc.filename is None or not exc.strerror:
+        return str(exc)
+    names = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+    return f"{names}: {exc.strerror}"
+
+
 def stop_note(exc: StopSignal) -> str:
     return f"\n{exc}: no output was left half-written; rerun the same command to redo it"
 
@@ -52,7 +60,9 @@ def run_script(work, parser=None, *, errors=(), disk_hint: str | None = None,
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        print(f"error: {exc}; {disk_hint}" if disk_hint else f"error: {exc}", file=sys.stderr)
+        message = describe_os_error(exc)
+        print(f"error: {message}; {disk_hint}" if disk_hint else f"error: {message}",
+              file=sys.stderr)
         return 2
     except StopSignal as exc:
         print(on_stop(exc), file=sys.stderr, flush=True)

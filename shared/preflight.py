@@ -9,6 +9,17 @@ from __future__ import annotations
 import os
 
 
+class OutputProblem(ValueError):
+    """An output that cannot be written; the message names the flag and the path."""
+
+
+def check_outputs(problems: list):
+    """Raise OutputProblem (one line, every problem) when `problems` is not empty; run_script
+    (shared/entry_point.py) reports it as `error: ...`, status 2, before any work is done."""
+    if problems:
+        raise OutputProblem("; ".join(problems))
+
+
 def output_dir_problems(flag: str, path: str) -> list:
     """Problems that stop `path` from being (made and) written as a folder.
 
