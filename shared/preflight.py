@@ -20,6 +20,17 @@ def check_outputs(problems: list):
         raise OutputProblem("; ".join(problems))
 
 
+def input_file_problems(flag: str, path: str) -> list:
+    """Problems that stop `path` from being read as a file (it must exist and not be a folder)."""
+    if os.path.isdir(path):
+        return [f"{flag} {path}: is a folder, not a file"]
+    if not os.path.exists(path):
+        return [f"{flag} {path}: file not found"]
+    if not os.access(path, os.R_OK):
+        return [f"{flag} {path}: not readable"]
+    return []
+
+
 def output_dir_problems(flag: str, path: str) -> list:
     """Problems that stop `path` from being (made and) written as a folder.
 
