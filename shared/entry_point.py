@@ -37,7 +37,8 @@ def stop_note(exc: StopSignal) -> str:
 
 
 def run_script(work, parser=None, *, errors=(), disk_hint: str | None = None,
-               on_stop=stop_note, interrupted=()) -> int:
+               on_stop=stop_note, interrupted=(), prefix: str = "error: ",
+               failure_status: int = 2) -> int:
     """`work()`'s exit status (its return value, 0 for None) with its known failures turned into
     one line on stderr and the status the script returns.
 
@@ -45,7 +46,8 @@ def run_script(work, parser=None, *, errors=(), disk_hint: str | None = None,
     errors: more exception classes that mean bad input here (e.g. RuntimeError of a framework
     refusing a checkpoint); disk_hint: said after an OSError other than a missing file;
     on_stop: the note printed for a StopSignal; interrupted: exception classes carrying `signum`
-    whose message is printed as is (the trainer's saved stop), status 128 + signum."""
+    whose message is printed as is (the trainer's saved stop), status 128 + signum; prefix and
+    failure_status: how an error line starts and the status it ends with (work.sh: 1)."""
     try:
         with raise_on_stop_signals():
             status = work()
@@ -57,13 +59,13 @@ def run_script(work, parser=None, *, errors=(), disk_hint: str | None = None,
         print(str(exc), file=sys.stderr)
         return exit_status(exc.signum)
     except (*INPUT_ERRORS, FileNotFoundError, *errors) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        print(f"{prefix}{exc}", file=sys.stderr)
+        return failure_status
     except OSError as exc:
         message = describe_os_error(exc)
-        print(f"error: {message}; {disk_hint}" if disk_hint else f"error: {message}",
+        print(f"{prefix}{message}; {disk_hint}" if disk_hint else f"{prefix}{message}",
               file=sys.stderr)
-        return 2
+        return failure_status
     except StopSignal as exc:
         print(on_stop(exc), file=sys.stderr, flush=True)
         return exc.exit_code
