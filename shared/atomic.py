@@ -37,7 +37,10 @@ def _write_failure(exc: BaseException, path: str):
         code = int(match.group(1))
         return OSError(code, os.strerror(code), path)
     if "unexpected pos" in str(exc):  # torch.save's zip writer on a short write
-        return OSError(errno.EIO, f"the write stopped short ({exc}); is the disk full?", path)
+        folder = os.path.dirname(os.path.abspath(path))
+        if os.statvfs(folder).f_bavail == 0:
+            return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+        return OSError(errno.EIO, f"the write stopped short ({exc})", path)
     return None
 
 

@@ -59,7 +59,8 @@ def run_script(work, parser=None, *, errors=(), disk_hint: str | None = None,
         print(str(exc), file=sys.stderr)
         return exit_status(exc.signum)
     except (*INPUT_ERRORS, FileNotFoundError, *errors) as exc:
-        print(f"{prefix}{exc}", file=sys.stderr)
+        print(f"{prefix}{describe_os_error(exc) if isinstance(exc, OSError) else exc}",
+              file=sys.stderr)
         return failure_status
     except OSError as exc:
         message = describe_os_error(exc)
