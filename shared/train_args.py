@@ -5,7 +5,6 @@ Names, meanings and defaults follow microsoft/LoRA `examples/NLG/src/gpt2_ft.py`
 `--backend`. Everything is checked before any work starts.
 """
 import argparse
-import math
 import os
 
 from .config import MODEL_CARDS, GPT2Config, seq_len_problem, shape_flag_problems
@@ -129,8 +128,8 @@ def validate(args, data_files=True):
         problems.append(f"--warmup_step must be >= 0, got {args.warmup_step}")
     if args.max_step is not None and args.warmup_step > args.max_step:
         problems.append(f"--warmup_step {args.warmup_step} > --max_step {args.max_step}")
-    if not 0 < args.lr < math.inf:  # also refuses nan, which compares False with everything
-        problems.append(f"--lr must be a positive number, got {args.lr}")
+    if not args.lr > 0:  # NaN too
+        problems.append(f"--lr must be positive, got {args.lr}")
     if not 0.0 <= args.lora_dropout < 1.0:
         problems.append(f"--lora_dropout must be in [0, 1), got {args.lora_dropout}")
     if not 0.0 <= args.label_smooth < 1.0:

@@ -168,13 +168,12 @@ def lora_checkpoint(tmp_path_factory):
     return path
 
 
-EXPORT_SHAPE = ["--n_embd", "64", "--n_layer", "2", "--n_head", "2", "--lora_dim", "4",
-                "--lora_alpha", "8"]
+SHAPE = ["--n_embd", "64", "--n_layer", "2", "--n_head", "2"]
 
 
 def export(checkpoint, *flags):
-    return run("scripts/export_hf.py", "export", "--init_checkpoint", str(checkpoint),
-               *EXPORT_SHAPE, *flags)
+    return run("scripts/export_hf.py", "export", "--init_checkpoint", str(checkpoint), *SHAPE,
+               "--lora_dim", "4", "--lora_alpha", "8", *flags)
 
 
 def test_export_to_a_file_or_below_one_is_one_line(lora_checkpoint, a_file, tmp_path):
@@ -182,8 +181,8 @@ def test_export_to_a_file_or_below_one_is_one_line(lora_checkpoint, a_file, tmp_
                    "is a file")
     one_error_line(export(lora_checkpoint, "--peft_dir", str(a_file / "sub")), "--peft_dir",
                    "lies under the file")
-    one_error_line(run("scripts/export_hf.py", "import", "--peft_dir", str(tmp_path),
-                       *EXPORT_SHAPE, "--out", str(a_file / "l.pt")), "--out", a_file)
+    one_error_line(run("scripts/export_hf.py", "import", "--peft_dir", str(tmp_path), *SHAPE,
+                       "--out", str(a_file / "l.pt")), "--out", a_file)
 
 
 def test_export_to_a_read_only_folder_is_one_line(lora_checkpoint, read_only_dir):
@@ -203,8 +202,7 @@ def test_export_onto_a_full_disk_leaves_no_folder_half_exported(lora_checkpoint,
 def test_import_of_a_truncated_adapter_or_into_a_read_only_folder(lora_checkpoint, tmp_path,
                                                                   read_only_dir):
     assert export(lora_checkpoint, "--peft_dir", str(tmp_path / "peft")).returncode == 0
-    imported = ("scripts/export_hf.py", "import", "--peft_dir", str(tmp_path / "peft"),
-                *EXPORT_SHAPE)
+    imported = ("scripts/export_hf.py", "import", "--peft_dir", str(tmp_path / "peft"), *SHAPE)
     one_error_line(run(*imported, "--out", str(read_only_dir / "l.pt")), "--out", "read-only")
     weights = tmp_path / "peft" / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:300])
@@ -344,7 +342,7 @@ def test_a_wrong_shape_checkpoint_in_classify_ft_names_the_file_and_the_key(tmp_
 
 @pytest.mark.parametrize("flags,named", [
     (("--seq_len", "0"), "--seq_len must be positive"),
-    (("--lr", "nan"), "--lr must be a positive number, got nan"),
+    (("--lr", "nan"), "--lr must be positive, got nan"),
     (("--prompt", ""), "--prompt is empty"),
     (("--sample_tokens", "0"), "--sample_tokens")])
 def test_pretrain_flags_are_checked_at_parse_time(flags, named, tmp_path):
