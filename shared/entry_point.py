@@ -39,10 +39,11 @@ def stop_note(exc: StopSignal) -> str:
 def run_script(work, parser=None, *, errors=(), disk_hint: str | None = None,
                on_stop=stop_note, interrupted=(), prefix: str = "error: ",
                failure_status: int = 2) -> int:
-    """`work()`'s exit status (its return value, 0 for None) with its known failures turned into
+    """`work()`'s exit status (its return value when an int, else 0) with its known failures turned into
     one line on stderr and the status the script returns.
 
-    parser: the script's argparse parser, which reports an `ArgumentProblem`;
+    parser: the script's argparse parser, which reports an `ArgumentProblem` (without one it is
+    an error line like the others);
     errors: more exception classes that mean bad input here (e.g. RuntimeError of a framework
     refusing a checkpoint); disk_hint: said after an OSError other than a missing file;
     on_stop: the note printed for a StopSignal; interrupted: exception classes carrying `signum`
@@ -52,9 +53,10 @@ def run_script(work, parser=None, *, errors=(), disk_hint: str | None = None,
         with raise_on_stop_signals():
             status = work()
     except ArgumentProblem as exc:
-        if parser is None:
-            raise
-        parser.error(str(exc))
+        if parser is not None:
+            parser.error(str(exc))
+        print(f"{prefix}{exc}", file=sys.stderr)
+        return failure_status
     except interrupted as exc:
         print(str(exc), file=sys.stderr)
         return exit_status(exc.signum)
@@ -70,5 +72,5 @@ def run_script(work, parser=None, *, errors=(), disk_hint: str | None = None,
     except StopSignal as exc:
         print(on_stop(exc), file=sys.stderr, flush=True)
         return exc.exit_code
-    return 0 if status is None else status
+    return status if isinstance(status, int) else 0
 

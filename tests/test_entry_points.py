@@ -107,6 +107,8 @@ def test_run_script_returns_the_works_status_and_turns_failures_into_one_line(ca
     assert run_script(raises(OSError(errno.EROFS, "Read-only file system")),
                       disk_hint="free space") == 2
     assert capsys.readouterr().err == "error: [Errno 30] Read-only file system; free space\n"
+    assert run_script(raises(ArgumentProblem("--lr must be positive"))) == 2
+    assert capsys.readouterr().err == "error: --lr must be positive\n"
     with pytest.raises(RuntimeError):  # not an input error: a bug keeps its traceback
         run_script(raises(RuntimeError("bug")))
     with pytest.raises(SystemExit) as stop:
