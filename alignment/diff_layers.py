@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 
-from shared.atomic import atomic_path, write_json, write_text
+from shared.atomic import atomic_group, atomic_path, write_json, write_text
 
 from .compare import compare_traces
 from .gpt2_trace import batch_inputs, trace_gpt2
@@ -154,12 +154,13 @@ def write(document: dict, out_dir: str, title: str = "Per-layer differences", no
     document["per_layer_worst"] = [
         dict(zip(("layer", "forward_torch", "forward_jittor", "backward_torch", "backward_jittor"), row))
         for row in per_layer_worst(document)]
-    os.makedirs(out_dir, exist_ok=True)
-    write_json(os.path.join(out_dir, "diff_layers.json"), document)
-    write_text(os.path.join(out_dir, "diff_layers.md"), markdown(document, title, note))
-    plot(document, os.path.join(out_dir, "diff_layers.png"))
     from .report_sections import per_layer_section  # work.sh's report takes this section as is
-    write_text(os.path.join(out_dir, "report_section.md"), per_layer_section(document))
+    with atomic_group(out_dir):  # all four files, or (a full disk, a signal) none of them
+        os.makedirs(out_dir, exist_ok=True)
+        write_json(os.path.join(out_dir, "diff_layers.json"), document)
+        write_text(os.path.join(out_dir, "diff_layers.md"), markdown(document, title, note))
+        plot(document, os.path.join(out_dir, "diff_layers.png"))
+        write_text(os.path.join(out_dir, "report_section.md"), per_layer_section(document))
 
 
 def terminal_summary(document: dict) -> list:

@@ -68,7 +68,7 @@ class GPT2Classifier(GPT2Base):
             raw, source = read_checkpoint(state_or_path), str(state_or_path)
         body, head = split_head(raw, self.config, self.num_classes, source)
         base_loaded = self.base_loaded if base_loaded is None else base_loaded
-        state = load_for_model(body, self.config, base_loaded=base_loaded) if body else {}
+        state = load_for_model(body, self.config, base_loaded, source) if body else {}
         return self.load_model_state(state, head)
 
     def state_dict_numpy(self, lora_only: bool = False) -> dict:

@@ -12,7 +12,10 @@ import argparse
 import sys
 
 from alignment.beam_report import from_runs
+from shared.atomic import atomic_group
 from shared.beam_spec import add_beam_settings_args, settings_from_args
+from shared.entry_point import run_script
+from shared.preflight import check_outputs, input_file_problems, output_dir_problems
 from shared.train_args import add_model_shape_args
 
 
@@ -37,13 +40,19 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     model_args = argparse.Namespace(**{k: getattr(args, k) for k in (
         "model_card", "n_embd", "n_layer", "n_head", "lora_dim", "lora_alpha", "device")})
-    try:
+    return run_script(lambda: run(args, model_args))
+
+
+def run(args, model_args):
+    inputs = ("data", "torch_checkpoint", "jittor_checkpoint", "torch_predictions",
+              "jittor_predictions")
+    check_outputs([p for flag in inputs for p in input_file_problems(f"--{flag}", getattr(args, flag))]
+                  + output_dir_problems("--out", args.out))
+    with atomic_group(args.out):  # its files, or none
         document = from_runs(model_args, {"torch": args.torch_checkpoint, "jittor": args.jittor_checkpoint},
                              {"torch": args.torch_predictions, "jittor": args.jittor_predictions},
                              args.data, settings_from_args(args), args.seq_len, args.out,
                              args.max_queries)
-    except (ValueError, OSError) as exc:
-        sys.exit(f"beam_divergence.py: {exc}")
     print(f"{document['differing']} of {document['queries']} queries differ; "
           f"{document['analysed']} analysed: {document['summary']['causes']}")
     return 0

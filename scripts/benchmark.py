@@ -22,6 +22,7 @@ from shared.benchmark import VARIANTS
 from shared.config import MODEL_CARDS, shape_flag_problems
 from shared.decode_cache import CACHES
 from shared.environment import device_problems
+from shared.preflight import input_file_problems, output_file_problems
 from shared.stop_signals import run_stoppable
 
 
@@ -77,6 +78,8 @@ def parse_args(argv):
     problems += sorted({problem for card in cards
                         for problem in shape_flag_problems(args.n_embd, args.n_layer, args.n_head, card)})
     problems += device_problems(args.device)
+    problems += input_file_problems("--test_data", args.test_data) if args.test_data else []
+    problems += output_file_problems("--out", args.out)
     if problems:
         p.error("; ".join(problems))
     return args

@@ -18,6 +18,7 @@ from shared.batching import FTDataset
 from shared.compare import difference
 from shared.config import seq_len_problem
 from shared.environment import default_device
+from shared.preflight import input_file_problems, output_file_problems
 from shared.stop_signals import run_stoppable
 from shared.train_args import add_model_shape_args, model_config
 
@@ -129,7 +130,13 @@ def check(args):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    problems = [p for flag in ("init_checkpoint", "lora_checkpoint", "data") if getattr(args, flag)
+                for p in input_file_problems(f"--{flag}", getattr(args, flag))]
+    problems += output_file_problems("--json", args.json) if args.json else []
+    if problems:  # before both frameworks load
+        parser.error("bad arguments:\n  " + "\n  ".join(problems))
     result = check(args)
     for key in ("logits", "loss", "grad"):
         print(f"{key:7s} max abs {result[key + '_max_abs']:.3e}   rel L2 {result[key + '_rel_l2']:.3e}")

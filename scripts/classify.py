@@ -17,6 +17,7 @@ from shared.checkpoint import CheckpointError
 from shared.classify_data import ClassifyDataError, ClassifyDataset, read_labelled
 from shared.classify_task import evaluate, read_model_card
 from shared.environment import default_device, device_problems
+from shared.preflight import input_file_problems, output_file_problems
 from shared.stop_signals import run_stoppable
 from shared.tokenizer import VocabError, load_tokenizer
 from shared.train_args import BACKENDS
@@ -44,6 +45,8 @@ def main(argv=None):
         parser.error(f"--batch_size must be positive, got {args.batch_size}")
     args.device = args.device or default_device()
     problems = device_problems(args.device)
+    problems += input_file_problems("--eval_file", args.eval_file) if args.eval_file else []
+    problems += output_file_problems("--json", args.json) if args.json else []
     if problems:
         parser.error("bad arguments:\n  " + "\n  ".join(problems))
     try:

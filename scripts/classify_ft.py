@@ -11,6 +11,7 @@ import sys
 
 from backends import classifier_backend
 from shared.classify_task import build_classify_parser, classify_problems, train_and_score
+from shared.train_args import validate
 from shared.training_script import run_training_script
 
 
@@ -20,7 +21,9 @@ def main(argv=None):
     problems = classify_problems(args)
     if problems:
         parser.error("bad arguments:\n  " + "\n  ".join(problems))
-    return run_training_script(parser, args, lambda: train_and_score(args, classifier_backend),
+    # the trainer's checks too, before the data is read (validate runs again in the trainer)
+    return run_training_script(parser, args, lambda: train_and_score(
+        validate(args, data_files=False), classifier_backend),
                                disk_hint=False)
 
 

@@ -14,7 +14,9 @@ import os
 import re
 import sys
 
-from shared.atomic import atomic_open, write_text
+from shared.atomic import atomic_group, atomic_open, write_text
+from shared.entry_point import run_script
+from shared.preflight import check_outputs, output_file_problems
 from shared.report import LOSS_DIGITS, format_value, markdown_table, render_report_md
 from shared.trainlog import TrainLogError, loss_agreement, loss_table, read_log
 
@@ -196,20 +198,25 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        (log_a, log_b), metrics = load_runs(args.a, args.b, args.labels)
-    except (TrainLogError, InputError) as exc:
-        print(f"compare_runs: error: {exc}", file=sys.stderr)
-        return 2
+    return run_script(lambda: run(args))
+
+
+def run(args):
+    check_outputs([p for flag, path in (("--json", args.json), ("--md", args.md)) if path
+                   for p in output_file_problems(flag, path)])
+    (log_a, log_b), metrics = load_runs(args.a, args.b, args.labels)
     result = compare(log_a, log_b, metrics, args.tol)
     print(render_text(result, args.rows))
+    with atomic_group():  # the JSON and the Markdown, or neither
+        if args.json:
+            with atomic_open(args.json) as f:
+                json.dump(_json_safe(result), f, indent=2)
+                f.write("\n")
+        if args.md:
+            write_text(args.md, render_markdown(result))
     if args.json:
-        with atomic_open(args.json) as f:
-            json.dump(_json_safe(result), f, indent=2)
-            f.write("\n")
         print(f"\nwrote {args.json}")
     if args.md:
-        write_text(args.md, render_markdown(result))
         print(f"wrote {args.md}")
     return 0
 

@@ -15,6 +15,10 @@ import sys
 
 from alignment import diff_layers
 from alignment.planted_bugs import MODEL_BUGS
+from shared.config import shape_flag_problems
+from shared.entry_point import run_script
+from shared.environment import device_problems
+from shared.preflight import check_outputs, input_file_problems, output_dir_problems
 from shared.train_args import add_model_shape_args, default_device, model_config
 
 
@@ -39,20 +43,41 @@ def build_parser():
     return p
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    args.device = args.device or default_device()
-    args.lora_dropout = 0.0
-    try:
-        document = diff_layers.from_checkpoints(
-            model_config(args), args.data, args.out, args.init_checkpoint, args.lora_checkpoint,
-            args.random_seed, args.seq_len, args.batch_size, args.batches, args.precision,
-            args.device, args.label_smooth, args.plant)
-    except ValueError as exc:
-        sys.exit(f"diff_layers.py: {exc}")
+def argument_problems(args) -> list:
+    """What is wrong with the flags, as readable lines (empty when all is well)."""
+    problems = [p for flag in ("init_checkpoint", "lora_checkpoint", "data")
+                if getattr(args, flag) for p in input_file_problems(f"--{flag}", getattr(args, flag))]
+    if args.lora_checkpoint and args.lora_dim <= 0:
+        problems.append("--lora_checkpoint needs --lora_dim (the rank it was trained with)")
+    problems += [f"--{name} must be >= 1, got {getattr(args, name)}"
+                 for name in ("seq_len", "batch_size", "batches") if getattr(args, name) < 1]
+    if not 0.0 <= args.label_smooth < 1.0:
+        problems.append(f"--label_smooth must be in [0, 1), got {args.label_smooth}")
+    problems += device_problems(args.device)
+    problems += shape_flag_problems(args.n_embd, args.n_layer, args.n_head, args.model_card)
+    return problems
+
+
+def run(args):
+    check_outputs(output_dir_problems("--out", args.out))
+    document = diff_layers.from_checkpoints(
+        model_config(args), args.data, args.out, args.init_checkpoint, args.lora_checkpoint,
+        args.random_seed, args.seq_len, args.batch_size, args.batches, args.precision,
+        args.device, args.label_smooth, args.plant)
     print("\n".join(diff_layers.terminal_summary(document)))
     print(f"wrote {args.out}/diff_layers.md, .json, .png")
     return 0 if document["passed"] or args.exit_zero else 1
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.device = args.device or default_device()
+    args.lora_dropout = 0.0
+    problems = argument_problems(args)
+    if problems:
+        parser.error("bad arguments:\n  " + "\n  ".join(problems))
+    return run_script(lambda: run(args), parser)
 
 
 if __name__ == "__main__":

@@ -13,10 +13,11 @@ A transformers GPT-2 folder needs no import: --init_checkpoint DIR/model.safeten
 import argparse
 import sys
 
-from shared.checkpoint import CheckpointError, load_for_model, save_checkpoint
-from shared.hf_export import (HFFormatError, export_hf_model, export_peft_adapter,
-                              import_peft_adapter)
-from shared.stop_signals import run_stoppable
+from shared.atomic import atomic_group
+from shared.checkpoint import load_for_model, save_checkpoint
+from shared.entry_point import run_script
+from shared.hf_export import export_hf_model, export_peft_adapter, import_peft_adapter
+from shared.preflight import check_outputs, output_dir_problems, output_file_problems
 from shared.train_args import add_model_shape_args, model_config
 
 
@@ -61,20 +62,29 @@ def import_adapter(args):
     return [args.out]
 
 
+def run(args):
+    """The command's work; every output is checked first and written all-or-nothing."""
+    if args.command == "export":
+        folders = [(flag, path) for flag, path in (("--peft_dir", args.peft_dir),
+                                                   ("--hf_dir", args.hf_dir)) if path]
+        check_outputs([p for flag, path in folders for p in output_dir_problems(flag, path)])
+        with atomic_group(*[path for _, path in folders]):
+            written = export(args)
+    else:
+        check_outputs(output_file_problems("--out", args.out))
+        with atomic_group():
+            written = import_adapter(args)
+    for path in written:
+        print(f"wrote {path}")
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "export" and not (args.peft_dir or args.hf_dir):
         parser.error("export: give --peft_dir and/or --hf_dir")
-    try:
-        written = export(args) if args.command == "export" else import_adapter(args)
-    except (HFFormatError, CheckpointError, FileNotFoundError, ValueError, KeyError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    for path in written:
-        print(f"wrote {path}")
-    return 0
+    return run_script(lambda: run(args), parser, errors=(KeyError,))
 
 
 if __name__ == "__main__":
-    sys.exit(run_stoppable(main))
+    sys.exit(main())

@@ -4,8 +4,11 @@
 Usage: python scripts/format_converting_e2e.py data/e2e/train.txt data/e2e/train_formatted.jsonl
 """
 import argparse
+import sys
 
-from shared.e2e_data import E2EDataError, format_file
+from shared.e2e_data import format_file
+from shared.entry_point import run_script
+from shared.preflight import check_outputs, input_file_problems, output_file_problems
 
 
 def main(argv=None):
@@ -13,12 +16,14 @@ def main(argv=None):
     parser.add_argument("input", help="raw E2E file, one `MR||text` per line")
     parser.add_argument("output", help="formatted jsonl to write")
     args = parser.parse_args(argv)
-    try:
+
+    def run():
+        check_outputs(input_file_problems("input", args.input)
+                      + output_file_problems("output", args.output))
         n = format_file(args.input, args.output)
-    except (E2EDataError, OSError) as exc:
-        parser.exit(2, f"{parser.prog}: error: {exc}\n")
-    print(f"wrote {n} lines to {args.output}")
+        print(f"wrote {n} lines to {args.output}")
+    return run_script(run)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -54,6 +54,8 @@ def main(argv=None):
     if problems:
         parser.error("bad arguments:\n  " + "\n  ".join(problems))
     prompt = args.prompt if args.prompt is not None else sys.stdin.read().rstrip("\n")
+    if not prompt and not args.add_bos:  # before the model loads
+        parser.error("the prompt is empty: give --prompt TEXT (or text on stdin, or --add_bos)")
     try:
         tokenizer = load_tokenizer(args.vocab)
     except (VocabError, OSError) as exc:  # the message says how to get a vocabulary

@@ -30,7 +30,7 @@ from shared.decode_cache import CACHES
 from shared.e2e_data import E2EDataError
 from shared.inference_model import add_inference_model_args, inference_model_problems
 from shared.prediction_file import prediction_line
-from shared.preflight import output_file_problems
+from shared.preflight import input_file_problems, output_file_problems
 from shared.stop_signals import run_stoppable
 from shared.train_args import model_config
 
@@ -59,8 +59,7 @@ def build_parser():
 
 def validate(args):
     problems = []
-    if not os.path.isfile(args.data):
-        problems.append(f"--data {args.data}: file not found")
+    problems += input_file_problems("--data", args.data)
     if args.batch_size < 1:
         problems.append(f"--batch_size must be >= 1, got {args.batch_size}")
     if not 0 < args.eval_len < args.seq_len:

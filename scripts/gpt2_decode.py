@@ -8,8 +8,10 @@ Usage: python scripts/gpt2_decode.py --vocab VOCAB_DIR --sample_file predict.jso
 import argparse
 import sys
 
+from shared.atomic import atomic_group
 from shared.decode import decode_files
-from shared.stop_signals import run_stoppable
+from shared.entry_point import run_script
+from shared.preflight import check_outputs, input_file_problems, output_file_problems
 from shared.tokenizer import load_tokenizer
 
 
@@ -28,15 +30,20 @@ def main(argv=None):
                         help="space out non-word characters (LoRA's stardard_tokenize)")
     parser.add_argument("--lower", action="store_true", help="lowercase both sides")
     args = parser.parse_args(argv)
-    try:
-        n = decode_files(args.input_file, args.sample_file, load_tokenizer(args.vocab),
-                         args.output_ref_file, args.output_pred_file,
-                         tokenize=args.tokenize, lower=args.lower)
-    except (ValueError, OSError) as exc:
-        parser.exit(2, f"{parser.prog}: error: {exc}\n")
-    print(f"wrote {n} reference groups to {args.output_ref_file} and {n} predictions to "
-          f"{args.output_pred_file}")
+
+    def run():
+        check_outputs([p for flag in ("sample_file", "input_file")
+                       for p in input_file_problems(f"--{flag}", getattr(args, flag))]
+                      + [p for flag in ("output_ref_file", "output_pred_file")
+                         for p in output_file_problems(f"--{flag}", getattr(args, flag))])
+        with atomic_group():  # both files, or neither
+            n = decode_files(args.input_file, args.sample_file, load_tokenizer(args.vocab),
+                             args.output_ref_file, args.output_pred_file,
+                             tokenize=args.tokenize, lower=args.lower)
+        print(f"wrote {n} reference groups to {args.output_ref_file} and {n} predictions to "
+              f"{args.output_pred_file}")
+    return run_script(run)
 
 
 if __name__ == "__main__":
-    sys.exit(run_stoppable(main))
+    sys.exit(main())

@@ -5,9 +5,12 @@ Usage: python scripts/gpt2_encode.py --input data/e2e/train_formatted.jsonl
            --output data/e2e/train.jsonl --add_bos --add_eos [--vocab DIR]
 """
 import argparse
+import sys
 
-from shared.e2e_data import E2EDataError, encode_file
-from shared.tokenizer import VocabError, load_tokenizer
+from shared.e2e_data import encode_file
+from shared.entry_point import run_script
+from shared.preflight import check_outputs, input_file_problems, output_file_problems
+from shared.tokenizer import load_tokenizer
 
 
 def main(argv=None):
@@ -21,13 +24,15 @@ def main(argv=None):
     parser.add_argument("--add_eos", action="store_true",
                         help="append <|endoftext|> to completion")
     args = parser.parse_args(argv)
-    try:
+
+    def run():
+        check_outputs(input_file_problems("--input", args.input)
+                      + output_file_problems("--output", args.output))
         tokenizer = load_tokenizer(args.vocab)
         n = encode_file(args.input, args.output, tokenizer, args.add_bos, args.add_eos)
-    except (E2EDataError, VocabError, OSError) as exc:
-        parser.exit(2, f"{parser.prog}: error: {exc}\n")
-    print(f"wrote {n} lines to {args.output}")
+        print(f"wrote {n} lines to {args.output}")
+    return run_script(run)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

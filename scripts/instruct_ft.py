@@ -12,7 +12,8 @@ and instruct_eval.json.
 import sys
 
 from backends import load_inference_model, training_backend
-from shared.instruct_task import build_instruct_parser, train_and_evaluate
+from shared.instruct_task import build_instruct_parser, sampling_settings, train_and_evaluate
+from shared.train_args import validate
 from shared.training_script import run_training_script
 
 
@@ -23,8 +24,13 @@ def main(argv=None):
         parser.error("give --data (an Alpaca JSON file) or set INSTRUCT_DATA")
     if args.no_eval and args.eval_only:
         parser.error("--no_eval and --eval_only exclude each other")
-    return run_training_script(
-        parser, args, lambda: train_and_evaluate(args, training_backend, load_inference_model))
+    try:  # checked now, not when the responses are generated after training
+        sampling_settings(args)
+    except ValueError as exc:
+        parser.error(f"bad arguments:\n  {exc}")
+    # the trainer's checks too, before the data is split (validate runs again before training)
+    return run_training_script(parser, args, lambda: train_and_evaluate(
+        validate(args, data_files=False), training_backend, load_inference_model))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,9 @@ import sys
 
 from alignment.metric_intervals import intervals_from_files
 from alignment.report_sections import metric_intervals_section
+from shared.atomic import atomic_group
+from shared.entry_point import run_script
+from shared.preflight import check_outputs, input_file_problems, output_dir_problems
 
 
 def build_parser():
@@ -27,16 +30,21 @@ def build_parser():
     return p
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
+def run(args):
+    check_outputs([p for flag in ("references", "torch", "jittor", "torch_seed2")
+                   if getattr(args, flag) for p in input_file_problems(f"--{flag}", getattr(args, flag))]
+                  + output_dir_problems("--out", args.out))
     predictions = {"torch": args.torch, "jittor": args.jittor, "torch_seed2": args.torch_seed2}
-    try:
+    with atomic_group(args.out):  # its three files, or none
         result = intervals_from_files(args.references, predictions, args.out, raw=args.raw,
                                       resamples=args.resamples, seed=args.seed)
-    except (ValueError, OSError) as exc:
-        sys.exit(f"metric_intervals.py: {exc}")
     print(metric_intervals_section(result))
     return 0
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    return run_script(lambda: run(args))
 
 
 if __name__ == "__main__":

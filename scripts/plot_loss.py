@@ -8,8 +8,11 @@ stdout logs. Example:
 import argparse
 import sys
 
+from shared.atomic import atomic_group
+from shared.entry_point import run_script
 from shared.plotting import plot_loss_comparison, plot_lr_schedule
-from shared.trainlog import TrainLogError, read_log
+from shared.preflight import check_outputs, output_file_problems
+from shared.trainlog import read_log
 
 
 def parse_args(argv=None):
@@ -27,19 +30,23 @@ def parse_args(argv=None):
     return args
 
 
+def run(args):
+    check_outputs([p for flag, path in (("--out", args.out), ("--lr_out", args.lr_out)) if path
+                   for p in output_file_problems(flag, path)])
+    labels = args.labels or [None] * len(args.logs)
+    logs = [read_log(path, label=label) for path, label in zip(args.logs, labels)]
+    with atomic_group():  # both plots, or neither
+        written = [plot_loss_comparison(logs[0], logs[1] if len(logs) > 1 else None, args.out,
+                                        title=args.title)]
+        if args.lr_out:
+            written.append(plot_lr_schedule(logs, args.lr_out))
+    for path in written:
+        print("wrote", path)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    labels = args.labels or [None] * len(args.logs)
-    try:
-        logs = [read_log(path, label=label) for path, label in zip(args.logs, labels)]
-    except TrainLogError as exc:
-        print(f"plot_loss: error: {exc}", file=sys.stderr)
-        return 2
-    print("wrote", plot_loss_comparison(logs[0], logs[1] if len(logs) > 1 else None, args.out,
-                                        title=args.title))
-    if args.lr_out:
-        print("wrote", plot_lr_schedule(logs, args.lr_out))
-    return 0
+    return run_script(lambda: run(args))
 
 
 if __name__ == "__main__":

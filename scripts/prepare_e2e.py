@@ -5,10 +5,12 @@ Writes {split}_formatted.jsonl and {split}.jsonl to --out_dir, skipping splits a
 """
 import argparse
 import os
+import sys
 
-from shared.e2e_data import E2EDataError, prepare_e2e
+from shared.e2e_data import prepare_e2e
+from shared.entry_point import run_script
 from shared.paths import DEFAULT_E2E_DIR, E2E_SPLITS, resolve_e2e_dir
-from shared.tokenizer import VocabError
+from shared.preflight import check_outputs, output_dir_problems
 
 
 def main(argv=None):
@@ -22,15 +24,16 @@ def main(argv=None):
                         help="folder with encoder.json + vocab.bpe (default: GPT2_VOCAB_DIR, "
                              "data/gpt2, else tiktoken's gpt2 download)")
     args = parser.parse_args(argv)
-    try:
+
+    def run():
+        check_outputs(output_dir_problems("--out_dir", args.out_dir))
         data_dir = resolve_e2e_dir(args.data_dir)
         written = prepare_e2e(data_dir, args.out_dir, vocab_dir=args.vocab)
-    except (E2EDataError, VocabError, OSError) as exc:
-        parser.exit(2, f"{parser.prog}: error: {exc}\n")
-    for split in E2E_SPLITS:
-        state = "written" if split in written else "up to date, skipped"
-        print(f"{split}: {state} ({os.path.join(args.out_dir, split + '.jsonl')})")
+        for split in E2E_SPLITS:
+            state = "written" if split in written else "up to date, skipped"
+            print(f"{split}: {state} ({os.path.join(args.out_dir, split + '.jsonl')})")
+    return run_script(run)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

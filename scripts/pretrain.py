@@ -12,6 +12,7 @@ import sys
 
 from backends import training_backend
 from shared.pretrain_task import build_pretrain_parser, pretrain, pretrain_problems
+from shared.train_args import validate
 from shared.training_script import run_training_script
 
 
@@ -22,7 +23,9 @@ def main(argv=None):
     if problems:
         parser.error("bad arguments:\n  " + "\n  ".join(problems))
     args.train_data = os.pathsep.join(args.text)  # recorded in run_config.json
-    return run_training_script(parser, args, lambda: pretrain(args, training_backend),
+    # the trainer's checks too, before the text is read (validate runs again in the trainer)
+    return run_training_script(parser, args,
+                               lambda: pretrain(validate(args, data_files=False), training_backend),
                                disk_hint=False)
 
 

@@ -206,22 +206,22 @@ def match_state_dict(state: dict, config: GPT2Config, base_loaded: bool = False,
     if not have_base and have_lora and not base_loaded:
         problems.append("  it holds LoRA weights only: load a base checkpoint first "
                         "(--init_checkpoint BASE with --lora_checkpoint THIS in the scripts)")
-    if problems:
-        lines = [f"cannot load {source} into GPT-2 "
-                 f"(n_embd={config.n_embd}, n_layer={config.n_layer}, "
-                 f"lora_dim={config.lora_attn_dim}):"] + problems
-        lines += [f"  hint: {h}" for h in hints]
-        raise CheckpointError("\n".join(lines))
+    if problems:  # one line: the scripts print it as their one error line
+        parts = [p.strip() for p in problems] + [f"hint: {h}" for h in hints]
+        raise CheckpointError(f"cannot load {source} into GPT-2 (n_embd={config.n_embd}, "
+                              f"n_layer={config.n_layer}, lora_dim={config.lora_attn_dim}): "
+                              + "; ".join(parts))
     return OrderedDict((k, np.ascontiguousarray(v, dtype=np.float32)) for k, v in state.items())
 
 
-def load_for_model(source, config: GPT2Config, base_loaded: bool = False):
-    """Path or state dict -> checked canonical {name: float32 array} ready to assign."""
+def load_for_model(source, config: GPT2Config, base_loaded: bool = False, name=None):
+    """Path or state dict -> checked canonical {name: float32 array} ready to assign. `name`:
+    the file a state dict was read from, for the error messages."""
     if isinstance(source, (str, os.PathLike)):
         name = os.fspath(source)
         raw = read_checkpoint(name)
     else:
-        name, raw = "<state dict>", source
+        name, raw = name or "<state dict>", source
     return match_state_dict(normalize_state_dict(raw, name), config, base_loaded, name)
 
 

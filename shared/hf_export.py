@@ -150,7 +150,7 @@ def _is_block(b, e, rank):
 
 def import_peft_adapter(adapter_dir, n_embd: int):
     """Read a peft adapter folder -> (our LoRA state, rank, alpha)."""
-    from safetensors.numpy import load_file
+    from .checkpoint import read_checkpoint  # a damaged file is a CheckpointError naming it
     cfg_path = os.path.join(adapter_dir, ADAPTER_CONFIG)
     weights = os.path.join(adapter_dir, ADAPTER_WEIGHTS)
     for path in (cfg_path, weights):
@@ -165,7 +165,7 @@ def import_peft_adapter(adapter_dir, n_embd: int):
     for key in ("r", "lora_alpha"):
         if key not in adapter_config:
             raise HFFormatError(f"{cfg_path}: has no {key!r}")
-    return peft_to_lora(load_file(weights), adapter_config, n_embd, source=weights)
+    return peft_to_lora(read_checkpoint(weights), adapter_config, n_embd, source=weights)
 
 
 def lora_delta(state: dict, config_or_scaling, layer: int) -> np.ndarray:

@@ -79,6 +79,12 @@ def final_checkpoint(work_dir):
         return json.load(f)["final_checkpoint"]
 
 
+def sampling_settings(args) -> SamplingSettings:
+    """The test responses' sampling (a ValueError names what is wrong)."""
+    return SamplingSettings(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                            max_new_tokens=args.max_new_tokens, eos_token_id=EOT_ID)
+
+
 def evaluate(args, tokenizer, checkpoint, backend_for, load_model):
     """Generate for the test split, score ROUGE-L and perplexity; write the results."""
     entries = read_split_entries(os.path.join(args.data_out, "test_entries.json"))
@@ -90,9 +96,7 @@ def evaluate(args, tokenizer, checkpoint, backend_for, load_model):
                                    args.valid_batch_size, args.seq_len)
     perplexity = response_perplexity(backend, test_set, args.valid_batch_size)
     del backend
-    settings = SamplingSettings(temperature=args.temperature, top_k=args.top_k,
-                                top_p=args.top_p, max_new_tokens=args.max_new_tokens,
-                                eos_token_id=EOT_ID)
+    settings = sampling_settings(args)
     model = load_model(argparse.Namespace(**dict(vars(scored), lora_checkpoint=None)))
     responses = generate_responses(model, entries, tokenizer, settings, args.gen_seed)
     with atomic_open(os.path.join(args.work_dir, "test_responses.jsonl")) as f:

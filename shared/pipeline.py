@@ -35,7 +35,8 @@ from .environment import cuda_available, devices, versions
 from .paths import resolve_e2e_dir, resolve_vocab_dir
 from .run_lock import RunLock
 from .stage_process import run_stage
-from .stop_signals import StopSignal, raise_on_stop_signals
+from .entry_point import run_script
+from .preflight import check_outputs, output_dir_problems
 from .train_args import BACKENDS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where scripts/ is
@@ -116,6 +117,8 @@ class Pipeline:
         self.run = args.run or default_run.format(preset=settings["preset"])
         self.run_dir = os.path.join(args.runs_dir, self.run)
         self.log_dir = report_dir(args, self.run)
+        check_outputs(output_dir_problems("--runs_dir", args.runs_dir)  # before any stage
+                      + (output_dir_problems("--logs_dir", args.logs_dir) if args.logs_dir else []))
         self.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
         if not self.backends or set(self.backends) - set(BACKENDS):
             raise ValueError(f"--backends must name torch and/or jittor, got {args.backends!r}")
@@ -488,17 +491,16 @@ class Pipeline:
 
 def run_to_end(make_pipeline) -> int:
     """Build a pipeline and run its stages under its run folder's lock (one run per folder); a
-    stop signal ends it after the running stage has saved. The exit status of work.sh."""
-    try:
-        with raise_on_stop_signals():  # between stages; sh() passes them on to a running stage
-            pipeline = make_pipeline()
-            with RunLock(pipeline.run_dir):
-                pipeline.run_all()
-    except (RuntimeError, ValueError, FileNotFoundError) as exc:
-        print(f"\nwork.sh: stopped: {exc}", file=sys.stderr)
-        return 1
-    except StopSignal as exc:
-        print(f"\nwork.sh: {exc}. Finished stages and saved checkpoints are kept: run the same "
-              f"command again to resume.", file=sys.stderr)
-        return exc.exit_code
-    return 0
+    stop signal ends it after the running stage has saved. The exit status of work.sh: 1 and
+    one line when it stops on an error (shared/entry_point.py's run_script)."""
+    def work():
+        pipeline = make_pipeline()
+        with RunLock(pipeline.run_dir):
+            pipeline.run_all()
+
+    def stopped(exc):
+        return (f"\nwork.sh: {exc}. Finished stages and saved checkpoints are kept: run the same "
+                f"command again to resume.")
+    # between stages; sh() passes the signals on to a running stage
+    return run_script(work, errors=(RuntimeError,), on_stop=stopped, prefix="\nwork.sh: stopped: ",
+                      failure_status=1)

@@ -9,6 +9,45 @@ from __future__ import annotations
 import os
 
 
+class OutputProblem(ValueError):
+    """An output that cannot be written; the message names the flag and the path."""
+
+
+def check_outputs(problems: list):
+    """Raise OutputProblem (one line, every problem) when `problems` is not empty; run_script
+    (shared/entry_point.py) reports it as `error: ...`, status 2, before any work is done."""
+    if problems:
+        raise OutputProblem("; ".join(problems))
+
+
+def input_file_problems(flag: str, path: str) -> list:
+    """Problems that stop `path` from being read as a file (it must exist and not be a folder)."""
+    if os.path.isdir(path):
+        return [f"{flag} {path}: is a folder, not a file"]
+    if not os.path.exists(path):
+        return [f"{flag} {path}: file not found"]
+    if not os.access(path, os.R_OK):
+        return [f"{flag} {path}: not readable"]
+    return []
+
+
+def _folder_problem(folder: str):
+    """Why `folder` cannot be (made and) written as a folder, or None."""
+    probe = folder
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        return "is a file, not a folder" if probe == folder else f"lies under the file {probe}"
+    if os.statvfs(probe).f_flag & os.ST_RDONLY:
+        return f"{probe} is on a read-only file system"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{probe} is not writable"
+    return None
+
+
 def output_dir_problems(flag: str, path: str) -> list:
     """Problems that stop `path` from being (made and) written as a folder.
 
@@ -16,20 +55,8 @@ def output_dir_problems(flag: str, path: str) -> list:
     writable file system. (os.access alone passes for root on a read-only mount, hence statvfs.)
     """
     path = os.path.abspath(os.fspath(path))
-    probe = path
-    while not os.path.exists(probe):
-        parent = os.path.dirname(probe)
-        if parent == probe:
-            break
-        probe = parent
-    if not os.path.isdir(probe):
-        what = "is a file" if probe == path else f"lies under the file {probe}"
-        return [f"{flag} {path}: {what}, not a folder"]
-    if os.statvfs(probe).f_flag & os.ST_RDONLY:
-        return [f"{flag} {path}: {probe} is on a read-only file system"]
-    if not os.access(probe, os.W_OK | os.X_OK):
-        return [f"{flag} {path}: {probe} is not writable"]
-    return []
+    problem = _folder_problem(path)
+    return [f"{flag} {path}: {problem}"] if problem else []
 
 
 def output_file_problems(flag: str, path: str) -> list:
@@ -37,5 +64,8 @@ def output_file_problems(flag: str, path: str) -> list:
     path = os.path.abspath(os.fspath(path))
     if os.path.isdir(path):
         return [f"{flag} {path}: is a folder, not a file"]
-    return output_dir_problems(flag, os.path.dirname(path))
-
+    folder = os.path.dirname(path)
+    problem = _folder_problem(folder)
+    if problem == "is a file, not a folder":
+        problem = f"lies under the file {folder}"
+    return [f"{flag} {path}: {problem}"] if problem else []

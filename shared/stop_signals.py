@@ -101,13 +101,8 @@ def raise_on_stop_signals():
 
 
 def run_stoppable(main, *args, **kwargs):
-    """`main(...)` of a script without save points: a stop signal ends it with a note and the
-    status 128 + signum (`sys.exit(run_stoppable(main))`); its outputs are written atomically,
-    so nothing half-written remains and rerunning the same command redoes the work."""
-    try:
-        with raise_on_stop_signals():
-            return main(*args, **kwargs)
-    except StopSignal as exc:
-        print(f"\n{exc}: no output was left half-written; rerun the same command to redo it",
-              file=sys.stderr, flush=True)
-        return exc.exit_code
+    """`main(...)` of a script without save points, run by shared/entry_point.py's `run_script`:
+    a stop signal ends it with a note and the status 128 + signum, bad input or an unwritable
+    output with one error line and status 2 (`sys.exit(run_stoppable(main))`)."""
+    from .entry_point import run_script
+    return run_script(lambda: main(*args, **kwargs))

@@ -128,7 +128,7 @@ def validate(args, data_files=True):
         problems.append(f"--warmup_step must be >= 0, got {args.warmup_step}")
     if args.max_step is not None and args.warmup_step > args.max_step:
         problems.append(f"--warmup_step {args.warmup_step} > --max_step {args.max_step}")
-    if args.lr <= 0:
+    if not args.lr > 0:  # NaN too
         problems.append(f"--lr must be positive, got {args.lr}")
     if not 0.0 <= args.lora_dropout < 1.0:
         problems.append(f"--lora_dropout must be in [0, 1), got {args.lora_dropout}")

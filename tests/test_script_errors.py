@@ -85,9 +85,8 @@ def test_encode_without_vocab_or_network_gives_the_same_hint_as_generate(tmp_pat
     monkeypatch.setattr(tokenizer_module.tiktoken, "get_encoding", offline)
     tokenizer_module._cache.pop("tiktoken:gpt2", None)
     (tmp_path / "in.jsonl").write_text('{"context": "a", "completion": "b"}\n')
-    with pytest.raises(SystemExit) as info:
-        gpt2_encode.main(["--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "o")])
-    assert info.value.code == 2
+    assert gpt2_encode.main(["--input", str(tmp_path / "in.jsonl"), "--output",
+                             str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "give --vocab or set GPT2_VOCAB_DIR" in err and "Traceback" not in err
 
