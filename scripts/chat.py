@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from backends import load_inference_model
+from shared.arg_types import non_negative_int, positive_int, seed_int, temperature, top_p_mass
 from shared.chat import ChatHistory, TokenPrinter
 from shared.checkpoint import CheckpointError
 from shared.inference_model import add_inference_model_args, inference_model_problems
@@ -21,12 +22,12 @@ from shared.tokenizer import VocabError, load_tokenizer
 
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--temperature", type=float, default=0.7, help="<= 0: greedy")
-    p.add_argument("--top_k", type=int, default=40, help="keep the k most likely tokens (0: all)")
-    p.add_argument("--top_p", type=float, default=0.95, help="nucleus sampling mass (1: off)")
-    p.add_argument("--max_new_tokens", type=int, default=128, help="longest reply, in tokens")
-    p.add_argument("--seed", type=int, default=10, help="reply n is drawn with seed + n")
-    p.add_argument("--context", type=int, default=None,
+    p.add_argument("--temperature", type=temperature, default=0.7, help="0: greedy")
+    p.add_argument("--top_k", type=non_negative_int, default=40, help="keep the k most likely tokens (0: all)")
+    p.add_argument("--top_p", type=top_p_mass, default=0.95, help="nucleus sampling mass (1: off)")
+    p.add_argument("--max_new_tokens", type=positive_int, default=128, help="longest reply, in tokens")
+    p.add_argument("--seed", type=seed_int, default=10, help="reply n is drawn with seed + n")
+    p.add_argument("--context", type=positive_int, default=None,
                    help="context window in tokens (default: the model's n_positions)")
     p.add_argument("--vocab", default=None, help="GPT-2 vocab folder (default: GPT2_VOCAB_DIR)")
     add_inference_model_args(p)

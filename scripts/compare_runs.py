@@ -14,6 +14,7 @@ import os
 import re
 import sys
 
+from shared.arg_types import non_negative_float, positive_int
 from shared.atomic import atomic_open, write_text
 from shared.report import LOSS_DIGITS, format_value, markdown_table, render_report_md
 from shared.trainlog import TrainLogError, loss_agreement, loss_table, read_log
@@ -184,8 +185,9 @@ def parse_args(argv=None):
     p.add_argument("a", metavar="A", help="log or run folder of the first run")
     p.add_argument("b", metavar="B", help="log or run folder of the second run")
     p.add_argument("--labels", nargs=2, default=None, metavar=("LA", "LB"))
-    p.add_argument("--tol", type=float, default=1e-3, help="absolute loss tolerance")
-    p.add_argument("--rows", type=int, default=5, help="first/last N steps to print")
+    p.add_argument("--tol", type=non_negative_float, default=1e-3,
+                   help="absolute loss tolerance (exit status 1 when a loss differs by more)")
+    p.add_argument("--rows", type=positive_int, default=5, help="first/last N steps to print")
     p.add_argument("--json", default=None, metavar="OUT", help="write the comparison as JSON")
     p.add_argument("--md", default=None, metavar="OUT", help="write the comparison as Markdown")
     args = p.parse_args(argv)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 
+from .arg_types import non_negative_int, positive_int, seed_int, temperature
 from .atomic import write_text
 from .run_lock import RunLock
 from .sampling import EOT_ID, SamplingSettings
@@ -37,10 +38,10 @@ def build_pretrain_parser():
     p.add_argument("--sample_every", type=int, default=0, help="print a sample every N steps "
                    "(0: only at the end)")
     p.add_argument("--prompt", default="Every effort moves you", help="sample prompt")
-    p.add_argument("--temperature", type=float, default=1.0, help="<= 0: greedy")
-    p.add_argument("--top_k", type=int, default=0, help="keep the k most likely tokens (0: all)")
-    p.add_argument("--sample_tokens", type=int, default=32, help="new tokens per sample")
-    p.add_argument("--sample_seed", type=int, default=123, help="seed of the sampler")
+    p.add_argument("--temperature", type=temperature, default=1.0, help="0: greedy")
+    p.add_argument("--top_k", type=non_negative_int, default=0, help="keep the k most likely tokens (0: all)")
+    p.add_argument("--sample_tokens", type=positive_int, default=32, help="new tokens per sample")
+    p.add_argument("--sample_seed", type=seed_int, default=123, help="seed of the sampler")
     p.set_defaults(seq_len=256, lr=0.0004, weight_decay=0.1, save_interval=100000,
                    eval_interval=100000)
     return p
