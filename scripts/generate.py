@@ -25,7 +25,8 @@ def build_parser():
                    help="append <|endoftext|> to the prompt, as gpt2_encode.py --add_bos does "
                         "after an E2E context (use it with E2E-fine-tuned models)")
     p.add_argument("--temperature", type=temperature, default=1.0, help="0: greedy")
-    p.add_argument("--top_k", type=non_negative_int, default=0, help="keep the k most likely tokens (0: all)")
+    p.add_argument("--top_k", type=non_negative_int, default=0,
+                   help="keep the k most likely tokens (0: all)")
     p.add_argument("--top_p", type=top_p_mass, default=1.0, help="nucleus sampling mass (1: off)")
     p.add_argument("--max_new_tokens", type=positive_int, default=64)
     p.add_argument("--seed", type=seed_int, default=10)

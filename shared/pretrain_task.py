@@ -39,7 +39,8 @@ def build_pretrain_parser():
                    "(0: only at the end)")
     p.add_argument("--prompt", default="Every effort moves you", help="sample prompt")
     p.add_argument("--temperature", type=temperature, default=1.0, help="0: greedy")
-    p.add_argument("--top_k", type=non_negative_int, default=0, help="keep the k most likely tokens (0: all)")
+    p.add_argument("--top_k", type=non_negative_int, default=0,
+                   help="keep the k most likely tokens (0: all)")
     p.add_argument("--sample_tokens", type=positive_int, default=32, help="new tokens per sample")
     p.add_argument("--sample_seed", type=seed_int, default=123, help="seed of the sampler")
     p.set_defaults(seq_len=256, lr=0.0004, weight_decay=0.1, save_interval=100000,
