@@ -11,7 +11,8 @@ stop (`kill -9`) loses at most the record being written, never the steps before 
 `SummaryWriter` queues events in a thread and flushes every 120 s, so a killed run's file could
 be empty). A resumed run first rewrites the event files already in DIR without the events after
 its checkpoint step (and without a record cut short by the crash), as `train_log.jsonl` is
-rewritten, then appends a new file: every step shows once, as in an uninterrupted run.
+rewritten, then appends a new file: every step shows once, as in an uninterrupted run. A fresh
+run leaves the files already in DIR alone (give each run its own DIR).
 """
 from __future__ import annotations
 
