@@ -12,6 +12,7 @@ import argparse
 import sys
 
 from alignment.beam_report import from_runs
+from shared.arg_types import non_negative_int, positive_int
 from shared.atomic import atomic_group
 from shared.beam_spec import add_beam_settings_args, settings_from_args
 from shared.entry_point import run_script
@@ -22,7 +23,7 @@ from shared.train_args import add_model_shape_args
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True, help="the encoded jsonl the searches ran on")
-    p.add_argument("--seq_len", type=int, default=512,
+    p.add_argument("--seq_len", type=positive_int, default=512,
                    help="as given to gpt2_beam.py: queries are cut to their last seq_len - eval_len tokens")
     add_beam_settings_args(p)
     add_model_shape_args(p)
@@ -31,7 +32,7 @@ def build_parser():
         p.add_argument(f"--{backend}_checkpoint", required=True, help=f"the {backend} run's weights")
         p.add_argument(f"--{backend}_predictions", required=True,
                        help=f"the {backend} run's gpt2_beam.py prediction file")
-    p.add_argument("--max_queries", type=int, default=20, help="differing queries to analyse")
+    p.add_argument("--max_queries", type=non_negative_int, default=20, help="differing queries to analyse")
     p.add_argument("--out", required=True)
     return p
 

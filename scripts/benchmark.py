@@ -18,6 +18,7 @@ import sys
 
 from backends.benchmark import measure
 from backends.benchmark_run import print_result, run_benchmark
+from shared.arg_types import non_negative_int, positive_float, positive_int
 from shared.benchmark import VARIANTS
 from shared.config import MODEL_CARDS, shape_flag_problems
 from shared.decode_cache import CACHES
@@ -46,17 +47,17 @@ def parse_args(argv):
                    help="a checkout of github.com/microsoft/LoRA: adds its examples/NLG model as a peer")
     p.add_argument("--device", default="cuda", choices=["cpu", "cuda"])
     p.add_argument("--precision", default="bf16", choices=["fp32", "bf16", "fp16"])
-    p.add_argument("--seq_len", type=int, default=512)
-    p.add_argument("--batch_size", type=int, default=8)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--seq_len", type=positive_int, default=512)
+    p.add_argument("--batch_size", type=positive_int, default=8)
+    p.add_argument("--steps", type=positive_int, default=20)
+    p.add_argument("--warmup", type=non_negative_int, default=5)
     p.add_argument("--test_data", default=None, help="encoded test jsonl for the beam benchmark")
     p.add_argument("--beam_cards", default="gpt2.md")
-    p.add_argument("--beam_batch_size", type=int, default=105)
+    p.add_argument("--beam_batch_size", type=positive_int, default=105)
     p.add_argument("--beam_caches", default=",".join(CACHES),
                    help="beam search caches to time, each in its own process: " + ", ".join(CACHES)
                         + " (per_row: the exact path)")
-    p.add_argument("--peak_tflops", type=float, default=None)
+    p.add_argument("--peak_tflops", type=positive_float, default=None)
     p.add_argument("--n_embd", type=int, default=None, help="override every card's n_embd (quick runs)")
     p.add_argument("--n_layer", type=int, default=None, help="override every card's n_layer")
     p.add_argument("--n_head", type=int, default=None, help="override every card's n_head")

@@ -5,13 +5,15 @@ printed token by token, e.g.
       --n_embd 96 --n_layer 3 --n_head 4 --lora_dim 8 --lora_alpha 32 --temperature 0.7 --top_k 40
   printf 'Name a fruit.\nAnd another one?\n' | python scripts/chat.py ...   # scripted
 Earlier turns stay in the prompt (Alpaca template) until the context window is full; then the
-oldest go. `/reset` forgets them, `/quit`, end of input (Ctrl-D) or Ctrl-C ends the chat.
+oldest go; a message too long for the window alone keeps its last tokens (stderr says how many
+were dropped). `/reset` forgets them, `/quit`, end of input (Ctrl-D) or Ctrl-C ends the chat.
 """
 import argparse
 import sys
 
 from backends import load_inference_model
-from shared.chat import ChatHistory, TokenPrinter
+from shared.arg_types import non_negative_int, positive_int, seed_int, temperature, top_p_mass
+from shared.chat import ChatHistory, TokenPrinter, template_size
 from shared.checkpoint import CheckpointError
 from shared.inference_model import add_inference_model_args, inference_model_problems
 from shared.sampling import EOT_ID, SamplingSettings
@@ -21,20 +23,24 @@ from shared.tokenizer import VocabError, load_tokenizer
 
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--temperature", type=float, default=0.7, help="<= 0: greedy")
-    p.add_argument("--top_k", type=int, default=40, help="keep the k most likely tokens (0: all)")
-    p.add_argument("--top_p", type=float, default=0.95, help="nucleus sampling mass (1: off)")
-    p.add_argument("--max_new_tokens", type=int, default=128, help="longest reply, in tokens")
-    p.add_argument("--seed", type=int, default=10, help="reply n is drawn with seed + n")
-    p.add_argument("--context", type=int, default=None,
+    p.add_argument("--temperature", type=temperature, default=0.7, help="0: greedy")
+    p.add_argument("--top_k", type=non_negative_int, default=40,
+                   help="keep the k most likely tokens (0: all)")
+    p.add_argument("--top_p", type=top_p_mass, default=0.95, help="nucleus sampling mass (1: off)")
+    p.add_argument("--max_new_tokens", type=positive_int, default=128,
+                   help="longest reply, in tokens")
+    p.add_argument("--seed", type=seed_int, default=10, help="reply n is drawn with seed + n")
+    p.add_argument("--context", type=positive_int, default=None,
                    help="context window in tokens (default: the model's n_positions)")
     p.add_argument("--vocab", default=None, help="GPT-2 vocab folder (default: GPT2_VOCAB_DIR)")
     add_inference_model_args(p)
     return p
 
 
-def chat(model, tokenizer, settings, seed, budget, lines, write):
-    """Run the conversation over `lines` (an iterator of user messages); returns the turns."""
+def chat(model, tokenizer, settings, seed, budget, lines, write, note=None):
+    """Run the conversation over `lines` (an iterator of user messages); returns the turns.
+    `note(line)`: where a cut message is reported (default: stderr)."""
+    note = note or (lambda line: print(line, file=sys.stderr, flush=True))
     history = ChatHistory(tokenizer, budget)
     turn = 0
     write(">>> ")
@@ -53,6 +59,9 @@ def chat(model, tokenizer, settings, seed, budget, lines, write):
         prompt = history.prompt_ids(message)
         if history.dropped > dropped:
             write(f"(dropped {history.dropped - dropped} oldest turn(s) to fit the context)\n")
+        if history.cut:
+            note(f"chat: message cut: dropped its first {history.cut} tokens, which do not fit "
+                 f"the {budget}-token prompt budget (context window - --max_new_tokens + 1)")
         printer = TokenPrinter(tokenizer, write)
         model.sample(prompt, settings, seed + turn, 1, on_token=printer)
         reply = printer.finish().strip()
@@ -61,6 +70,17 @@ def chat(model, tokenizer, settings, seed, budget, lines, write):
         write("\n>>> ")
     write("\n")
     return history.turns
+
+
+def context_problem(parser, tokenizer, window, max_new_tokens):
+    """Usage error (exit 2) when a `window`-token context cannot hold the prompt template, one
+    message token and the reply (the last reply token is not fed back: + 1)."""
+    template = template_size(tokenizer)
+    need = template + 1 + max_new_tokens - 1
+    if window < need:
+        parser.error(f"--context {window} is too small: the prompt template takes {template} "
+                     f"tokens; with one message token and --max_new_tokens {max_new_tokens} it "
+                     f"needs --context >= {need}")
 
 
 def main(argv=None):
@@ -77,16 +97,23 @@ def main(argv=None):
         parser.error("bad arguments:\n  " + "\n  ".join(problems))
     try:
         tokenizer = load_tokenizer(args.vocab)
+    except (VocabError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.context is not None:  # before the model loads
+        context_problem(parser, tokenizer, args.context, settings.max_new_tokens)
+    try:
         model = load_inference_model(args)
     except (VocabError, CheckpointError, OSError, RuntimeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     n_positions = model.model.config.n_positions
     window = min(args.context or n_positions, n_positions)
+    if window < (args.context or 0):
+        print(f"chat: --context {args.context} exceeds the model's {n_positions} positions; "
+              f"using {n_positions}", file=sys.stderr)
+    context_problem(parser, tokenizer, window, settings.max_new_tokens)
     budget = window - settings.max_new_tokens + 1
-    if budget < 1:
-        parser.error(f"--max_new_tokens {settings.max_new_tokens} leaves no room in a "
-                     f"{window}-token context")
 
     def write(text):
         sys.stdout.write(text)

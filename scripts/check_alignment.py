@@ -13,6 +13,7 @@ import argparse
 import sys
 
 
+from shared.arg_types import fraction_below_one, non_negative_float, positive_int
 from shared.atomic import write_json
 from shared.batching import FTDataset
 from shared.compare import difference
@@ -29,15 +30,15 @@ def build_parser():
     p.add_argument("--lora_checkpoint", default=None, help="LoRA-only checkpoint loaded after it")
     p.add_argument("--data", required=True, help="encoded jsonl (gpt2_encode.py output)")
     add_model_shape_args(p)
-    p.add_argument("--seq_len", type=int, default=512)
-    p.add_argument("--batch_size", type=int, default=4)
-    p.add_argument("--batches", type=int, default=2)
+    p.add_argument("--seq_len", type=positive_int, default=512)
+    p.add_argument("--batch_size", type=positive_int, default=4)
+    p.add_argument("--batches", type=positive_int, default=2)
     p.add_argument("--device", default=None, choices=["cpu", "cuda"])
-    p.add_argument("--label_smooth", type=float, default=0.0)
+    p.add_argument("--label_smooth", type=fraction_below_one, default=0.0)
     p.add_argument("--json", default=None, help="write the differences here")
-    p.add_argument("--logits_atol", type=float, default=1e-3)
-    p.add_argument("--loss_rtol", type=float, default=1e-5)
-    p.add_argument("--grad_atol", type=float, default=1e-4)
+    p.add_argument("--logits_atol", type=non_negative_float, default=1e-3)
+    p.add_argument("--loss_rtol", type=non_negative_float, default=1e-5)
+    p.add_argument("--grad_atol", type=non_negative_float, default=1e-4)
     return p
 
 

@@ -12,6 +12,7 @@ import sys
 import numpy as np
 
 from backends import load_classifier
+from shared.arg_types import positive_int
 from shared.atomic import write_json
 from shared.checkpoint import CheckpointError
 from shared.classify_data import ClassifyDataError, ClassifyDataset, read_labelled
@@ -31,7 +32,7 @@ def build_parser():
     p.add_argument("--text", action="append", default=None, help="a text to classify")
     p.add_argument("--eval_file", default=None, help="`label<TAB>text` file to score")
     p.add_argument("--json", default=None, help="where --eval_file's metrics go")
-    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--batch_size", type=positive_int, default=16)
     p.add_argument("--vocab", default=None, help="GPT-2 vocab folder (else GPT2_VOCAB_DIR)")
     return p
 

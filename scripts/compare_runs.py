@@ -3,8 +3,10 @@
 
 A and B are `train_log.jsonl` files, run folders holding one, or microsoft/LoRA gpt2_ft.py
 stdout logs. Final metrics come from `metrics.json` or `scores.txt` (`NAME: value` lines) in
-each run's folder, when there. Exit status: 0 after a comparison, whatever its outcome;
-2 when an input cannot be read. Example:
+each run's folder, when there. Exit status: 0 when the losses the runs share agree within
+--tol (plus the rounding of microsoft/LoRA logs' 2-decimal losses); 1 when a loss differs by
+more (stderr names the first step and key) or the runs share no step; 2 when an input cannot be
+read or a flag is bad. Example:
     python scripts/compare_runs.py runs/torch runs/jittor --md compare.md --tol 1e-3
 """
 import argparse
@@ -14,6 +16,7 @@ import os
 import re
 import sys
 
+from shared.arg_types import non_negative_float, positive_int
 from shared.atomic import atomic_group, atomic_open, write_text
 from shared.entry_point import run_script
 from shared.preflight import check_outputs, output_file_problems
@@ -85,7 +88,10 @@ def load_runs(path_a, path_b, labels=None):
 
 
 def compare(log_a, log_b, metrics: dict, tol: float) -> dict:
-    """Everything the comparison found, in the report's schema (see shared/report.py)."""
+    """Everything the comparison found, in the report's schema (see shared/report.py). A loss
+    counts as over when it differs by more than `tol` plus both logs' loss resolution (the
+    rounding of microsoft/LoRA's 2-decimal losses; 0 for JSON-lines logs)."""
+    tol = tol + log_a.loss_resolution + log_b.loss_resolution
     return {
         "run": f"{log_a.label} vs {log_b.label}",
         "runs": {log.label: {"source": log.source, "format": log.format, "backend": log.backend,
@@ -120,10 +126,10 @@ def render_text(result: dict, rows: int) -> str:
     for label, run in result["runs"].items():
         out.append(f"{label}: {run['source']} ({run['format']}): {run['train_records']} train "
                    f"records, {run['valid_records']} evaluations, last step {run['last_step']}")
-    resolution = max(run["loss_resolution"] for run in result["runs"].values())
+    resolution = sum(run["loss_resolution"] for run in result["runs"].values())
     if resolution:
-        out.append(f"note: microsoft/LoRA logs print losses with 2 decimals; differences up to "
-                   f"{resolution} are rounding")
+        out.append(f"note: microsoft/LoRA logs print losses with 2 decimals; the tolerance "
+                   f"includes their rounding ({format_value(resolution)})")
     agreement = result["loss_agreement"]
     out.append(f"\nLoss agreement (tol {format_value(agreement['train']['tol'])}):")
     for kind, a in agreement.items():
@@ -181,19 +187,36 @@ def _json_safe(value):
     return value
 
 
+def disagreements(result: dict) -> list:
+    """One line per failed check: each loss kind over tolerance (its first step, that step's
+    difference, how many steps are over), or no common step at all."""
+    agreement = result["loss_agreement"]
+    if not any(a["n_steps"] for a in agreement.values()):
+        return ["the runs share no logged step: nothing was compared"]
+    tables = {"train": result["loss_table"], "valid": result["valid_loss_table"]}
+    lines = []
+    for kind, a in agreement.items():
+        if a["first_step_over"] is None:
+            continue
+        over = [row for row in tables[kind] if not row["abs_diff"] <= a["tol"]]
+        first = next(row for row in over if row["step"] == a["first_step_over"])
+        lines.append(f"{kind} loss differs by {format_value(first['abs_diff'])} at step "
+                     f"{first['step']} (tolerance {format_value(a['tol'])}; {len(over)} of "
+                     f"{a['n_steps']} common steps over)")
+    return lines
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("a", metavar="A", help="log or run folder of the first run")
     p.add_argument("b", metavar="B", help="log or run folder of the second run")
     p.add_argument("--labels", nargs=2, default=None, metavar=("LA", "LB"))
-    p.add_argument("--tol", type=float, default=1e-3, help="absolute loss tolerance")
-    p.add_argument("--rows", type=int, default=5, help="first/last N steps to print")
+    p.add_argument("--tol", type=non_negative_float, default=1e-3,
+                   help="absolute loss tolerance (exit status 1 when a loss differs by more)")
+    p.add_argument("--rows", type=positive_int, default=5, help="first/last N steps to print")
     p.add_argument("--json", default=None, metavar="OUT", help="write the comparison as JSON")
     p.add_argument("--md", default=None, metavar="OUT", help="write the comparison as Markdown")
-    args = p.parse_args(argv)
-    if args.tol < 0 or args.rows < 1:
-        p.error("--tol must be >= 0 and --rows >= 1")
-    return args
+    return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
@@ -218,7 +241,10 @@ def run(args):
         print(f"\nwrote {args.json}")
     if args.md:
         print(f"wrote {args.md}")
-    return 0
+    failures = disagreements(result)
+    for line in failures:
+        print(f"compare_runs: {line}", file=sys.stderr)
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import sys
 
 from alignment import diff_layers
 from alignment.planted_bugs import MODEL_BUGS
+from shared.arg_types import fraction_below_one, positive_int, seed_int
 from shared.config import shape_flag_problems
 from shared.entry_point import run_script
 from shared.environment import device_problems
@@ -28,13 +29,13 @@ def build_parser():
     p.add_argument("--lora_checkpoint", default=None, help="LoRA-only checkpoint loaded after it")
     add_model_shape_args(p)
     p.add_argument("--data", required=True, help="encoded jsonl (gpt2_encode.py output)")
-    p.add_argument("--seq_len", type=int, default=512)
-    p.add_argument("--batch_size", type=int, default=4)
-    p.add_argument("--batches", type=int, default=1, help="validation batches to trace")
+    p.add_argument("--seq_len", type=positive_int, default=512)
+    p.add_argument("--batch_size", type=positive_int, default=4)
+    p.add_argument("--batches", type=positive_int, default=1, help="validation batches to trace")
     p.add_argument("--device", default=None, choices=["cpu", "cuda"])
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
-    p.add_argument("--label_smooth", type=float, default=0.0)
-    p.add_argument("--random_seed", type=int, default=1)
+    p.add_argument("--label_smooth", type=fraction_below_one, default=0.0)
+    p.add_argument("--random_seed", type=seed_int, default=1)
     p.add_argument("--plant", default=None, choices=sorted(MODEL_BUGS), metavar="BUG",
                    help="plant a catalogued bug in the Jittor twin (demonstration)")
     p.add_argument("--out", required=True, help="output folder")

@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from backends import load_inference_model
+from shared.arg_types import non_negative_int, positive_int, seed_int, temperature, top_p_mass
 from shared.checkpoint import CheckpointError
 from shared.inference_model import add_inference_model_args, inference_model_problems
 from shared.sampling import EOT_ID, SamplingSettings
@@ -23,12 +24,13 @@ def build_parser():
     p.add_argument("--add_bos", action="store_true",
                    help="append <|endoftext|> to the prompt, as gpt2_encode.py --add_bos does "
                         "after an E2E context (use it with E2E-fine-tuned models)")
-    p.add_argument("--temperature", type=float, default=1.0, help="<= 0: greedy")
-    p.add_argument("--top_k", type=int, default=0, help="keep the k most likely tokens (0: all)")
-    p.add_argument("--top_p", type=float, default=1.0, help="nucleus sampling mass (1: off)")
-    p.add_argument("--max_new_tokens", type=int, default=64)
-    p.add_argument("--seed", type=int, default=10)
-    p.add_argument("--num_samples", type=int, default=1)
+    p.add_argument("--temperature", type=temperature, default=1.0, help="0: greedy")
+    p.add_argument("--top_k", type=non_negative_int, default=0,
+                   help="keep the k most likely tokens (0: all)")
+    p.add_argument("--top_p", type=top_p_mass, default=1.0, help="nucleus sampling mass (1: off)")
+    p.add_argument("--max_new_tokens", type=positive_int, default=64)
+    p.add_argument("--seed", type=seed_int, default=10)
+    p.add_argument("--num_samples", type=positive_int, default=1)
     p.add_argument("--vocab", default=None,
                    help="GPT-2 vocab folder (encoder.json, vocab.bpe); default: GPT2_VOCAB_DIR "
                         "or the project's data folder")

@@ -21,6 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from backends import load_inference_model
+from shared.arg_types import positive_int, seed_int
 from shared.atomic import atomic_open
 from shared.batching import FTDataset
 from shared.beam_spec import add_beam_settings_args, settings_from_args
@@ -38,14 +39,14 @@ from shared.train_args import model_config
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True, help="encoded jsonl (gpt2_encode.py) to continue")
-    p.add_argument("--batch_size", type=int, default=10, help="queries per search")
-    p.add_argument("--seq_len", type=int, default=512,
+    p.add_argument("--batch_size", type=positive_int, default=10, help="queries per search")
+    p.add_argument("--seq_len", type=positive_int, default=512,
                    help="queries are cut to their last seq_len - eval_len tokens")
     add_beam_settings_args(p)
     add_inference_model_args(p)
     p.add_argument("--work_dir", default=os.getenv("PT_OUTPUT_DIR", "gpt2_model"))
     p.add_argument("--output_file", default="beam_prediction.jsonl")
-    p.add_argument("--random_seed", type=int, default=10)
+    p.add_argument("--random_seed", type=seed_int, default=10)
     p.add_argument("--unique_contexts", action="store_true",
                    help="generate only for the first line of each distinct context (E2E repeats "
                         "an MR once per reference; gpt2_decode.py reads only those lines' "

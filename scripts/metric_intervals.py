@@ -12,6 +12,7 @@ import sys
 
 from alignment.metric_intervals import intervals_from_files
 from alignment.report_sections import metric_intervals_section
+from shared.arg_types import positive_int, seed_int
 from shared.atomic import atomic_group
 from shared.entry_point import run_script
 from shared.preflight import check_outputs, input_file_problems, output_dir_problems
@@ -24,8 +25,8 @@ def build_parser():
     p.add_argument("--torch", required=True, help="torch predictions, one line per MR")
     p.add_argument("--jittor", required=True, help="jittor predictions, one line per MR")
     p.add_argument("--torch_seed2", default=None, help="a second torch run (seed band)")
-    p.add_argument("--resamples", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resamples", type=positive_int, default=1000)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--out", required=True)
     return p
 

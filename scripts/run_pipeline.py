@@ -8,6 +8,7 @@ import argparse
 import os
 import sys
 
+from shared.arg_types import seed_int
 from shared.pipeline import PRESETS, ROOT, STAGES, Pipeline, run_to_end, setting_types
 from shared.task_pipelines import TASKS
 
@@ -50,7 +51,7 @@ def build_parser():
                    help="also fine-tune and search with torch at random_seed + 1, so the metric "
                         "intervals get a seed band (one more training run)")
     p.add_argument("--no_meteor", action="store_true", help="skip METEOR (needs Java)")
-    p.add_argument("--random_seed", type=int, default=10)
+    p.add_argument("--random_seed", type=seed_int, default=10)
     for key, kind in setting_types().items():
         p.add_argument(f"--{key}", type=kind, default=None, help="override the preset's value")
     return p

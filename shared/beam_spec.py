@@ -57,6 +57,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .arg_types import finite_float, non_negative_int, positive_float, positive_int
+
 EOT_ID = 50256  # GPT-2's <|endoftext|>, the reference's default eos_token_id
 NEG_INF = np.float32(-np.inf)
 
@@ -103,13 +105,14 @@ class BeamSettings:
 def add_beam_settings_args(parser):
     """The search flags of microsoft/LoRA's gpt2_beam.py (scripts/gpt2_beam.py and
     scripts/beam_divergence.py take the same ones)."""
-    parser.add_argument("--eval_len", type=int, default=256, help="tokens to generate")
-    parser.add_argument("--min_length", type=int, default=0, help="no eos before this many tokens")
-    parser.add_argument("--beam", type=int, default=1, help="beam size")
-    parser.add_argument("--length_penalty", type=float, default=1.0)
-    parser.add_argument("--no_repeat_ngram_size", type=int, default=4)
-    parser.add_argument("--repetition_penalty", type=float, default=1.0)
-    parser.add_argument("--eos_token_id", action="append", type=int, default=[EOT_ID],
+    parser.add_argument("--eval_len", type=positive_int, default=256, help="tokens to generate")
+    parser.add_argument("--min_length", type=non_negative_int, default=0,
+                        help="no eos before this many tokens")
+    parser.add_argument("--beam", type=positive_int, default=1, help="beam size")
+    parser.add_argument("--length_penalty", type=finite_float, default=1.0)
+    parser.add_argument("--no_repeat_ngram_size", type=non_negative_int, default=4)
+    parser.add_argument("--repetition_penalty", type=positive_float, default=1.0)
+    parser.add_argument("--eos_token_id", action="append", type=non_negative_int, default=[EOT_ID],
                         help="stop token(s); each use adds one to the default 50256")
 
 

@@ -2,7 +2,8 @@
 
 - Reading: every line must be `label<TAB>text` with a known label and non-empty text; a bad line
   stops with `file:line` (nothing is dropped silently). The file may end with blank lines.
-- Splits: by seed, per class (stratified), train/valid/test fractions (default 0.7/0.1/0.2).
+- Splits: by seed, per class (stratified), train/valid/test fractions (default 0.7/0.1/0.2);
+  every split must hold every class (else training learns one answer and the scores mislead).
 - Class balance: `undersample` keeps as many examples of each class as the rarest class has
   (drawn by seed, before the split, as the source projects do: every split is then balanced);
   `class_weights` keeps everything and weights the training loss by n / (classes * n_class);
@@ -113,9 +114,23 @@ def prepare_splits(path, seed, balance, fractions=(0.7, 0.1, 0.2)):
     if balance not in BALANCE_MODES:
         raise ClassifyDataError(f"balance must be one of {BALANCE_MODES}, got {balance!r}")
     examples = read_labelled(path)
+    file_counts = np.bincount([e[0] for e in examples], minlength=len(LABELS))
+    for label, count in zip(LABELS, file_counts):
+        if not count:  # training would learn one answer and score accuracy 1, F1 0
+            raise ClassifyDataError(f"{path}: no {label!r} example, so the train, valid and "
+                                    f"test splits have none; a classifier needs every class "
+                                    f"{list(LABELS)}")
     if balance == "undersample":
         examples = undersample(examples, seed)
     splits = split_examples(examples, seed, fractions)
+    for name, part in splits.items():
+        counts = np.bincount([e[0] for e in part], minlength=len(LABELS))
+        for label, count, in_file in zip(LABELS, counts, file_counts):
+            if not count:
+                raise ClassifyDataError(
+                    f"{path}: the {name} split has no {label!r} example ({in_file} in the file, "
+                    f"split {','.join(f'{f:g}' for f in fractions)}, balance {balance}): give "
+                    f"more {label!r} examples or other split fractions")
     weights = class_weights(splits["train"]) if balance == "class_weights" else None
     return splits, weights
 

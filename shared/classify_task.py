@@ -13,6 +13,7 @@ import os
 
 import numpy as np
 
+from .arg_types import positive_int
 from .atomic import write_json
 from .config import GPT2Config
 from .classifier_params import TRAINABLE_PARTS
@@ -39,7 +40,7 @@ def build_classify_parser():
     p.add_argument("--trainable", default="last", choices=TRAINABLE_PARTS,
                    help="last: head + last block + final LayerNorm; all: every weight; "
                         "lora: LoRA + head (give --lora_dim)")
-    p.add_argument("--max_len", type=int, default=128, help="tokens per text (longer ones are "
+    p.add_argument("--max_len", type=positive_int, default=128, help="tokens per text (longer ones are "
                    "cut, and counted)")
     p.add_argument("--fixed_width", action="store_true", help="pad every batch to --max_len "
                    "(one shape; Jittor then compiles its kernels once)")

@@ -123,7 +123,9 @@ def prepare_instruct(data_path, out_dir, tokenizer, seed: int, response_only: bo
 
     `limit` keeps the first `limit` entries of the file (quick runs)."""
     entries = read_entries(data_path)
-    if limit:
+    if limit is not None:
+        if limit < 1:  # a negative slice would drop entries from the end without a word
+            raise ValueError(f"limit must be >= 1 (None: every entry), got {limit}")
         entries = entries[:limit]
     splits = split_entries(entries, seed, valid_fraction, test_fraction)
     os.makedirs(out_dir, exist_ok=True)

@@ -25,6 +25,7 @@ import os
 import shutil
 import time
 
+from .arg_types import seed_int, setting_type
 from .atomic import write_text
 from .checkpoint import load_for_model, save_checkpoint
 from .config import GPT2Config
@@ -85,12 +86,12 @@ def build_parser():
                    help="LoRA dropout masks from one backend-neutral generator")
     p.add_argument("--full_loss", action="store_true",
                    help="instruction tuning scores every token (default: the response only)")
-    p.add_argument("--random_seed", type=int, default=10)
-    p.add_argument("--split_seed", type=int, default=123)
+    p.add_argument("--random_seed", type=seed_int, default=10)
+    p.add_argument("--split_seed", type=seed_int, default=123)
     types = {"device": str, "model_card": str, "precision": str, "base_lr": float, "lr": float,
              "lora_dropout": float}
     for key in sorted({k for preset in PRESETS.values() for k in preset}):
-        p.add_argument(f"--{key}", type=types.get(key, int), default=None,
+        p.add_argument(f"--{key}", type=setting_type(key, types.get(key, int)), default=None,
                        help="override the preset's value")
     return p
 

@@ -12,6 +12,8 @@ import argparse
 import json
 import os
 
+from .arg_types import (non_negative_int, open_fraction, positive_int, seed_int, temperature,
+                        top_p_mass)
 from .atomic import atomic_open, write_json
 from .batching import FTDataset
 from .instruct_data import prepare_instruct, read_split_entries
@@ -43,20 +45,22 @@ def build_instruct_parser():
     g.add_argument("--vocab", default=None, help="GPT-2 vocab folder (default: GPT2_VOCAB_DIR)")
     g.add_argument("--full_loss", action="store_true",
                    help="score every token (default: the response tokens only)")
-    g.add_argument("--split_seed", type=int, default=123, help="seed of the train/valid/test split")
-    g.add_argument("--valid_fraction", type=float, default=0.05)
-    g.add_argument("--test_fraction", type=float, default=0.1)
-    g.add_argument("--limit", type=int, default=None, help="use only the first N entries")
+    g.add_argument("--split_seed", type=seed_int, default=123,
+                   help="seed of the train/valid/test split")
+    g.add_argument("--valid_fraction", type=open_fraction, default=0.05)
+    g.add_argument("--test_fraction", type=open_fraction, default=0.1)
+    g.add_argument("--limit", type=positive_int, default=None,
+                   help="use only the first N entries (default: all)")
     g.add_argument("--no_eval", action="store_true", help="train only")
     g.add_argument("--eval_only", action="store_true",
                    help="score the finished run in --work_dir (no training)")
-    g.add_argument("--eval_limit", type=int, default=None,
-                   help="generate for at most this many test entries")
-    g.add_argument("--temperature", type=float, default=0.0, help="<= 0: greedy (default)")
-    g.add_argument("--top_k", type=int, default=0)
-    g.add_argument("--top_p", type=float, default=1.0)
-    g.add_argument("--max_new_tokens", type=int, default=64)
-    g.add_argument("--gen_seed", type=int, default=0)
+    g.add_argument("--eval_limit", type=positive_int, default=None,
+                   help="generate for at most this many test entries (default: all)")
+    g.add_argument("--temperature", type=temperature, default=0.0, help="0: greedy (default)")
+    g.add_argument("--top_k", type=non_negative_int, default=0, help="0: all tokens")
+    g.add_argument("--top_p", type=top_p_mass, default=1.0, help="1: off")
+    g.add_argument("--max_new_tokens", type=positive_int, default=64)
+    g.add_argument("--gen_seed", type=seed_int, default=0)
     return p
 
 
@@ -88,7 +92,7 @@ def sampling_settings(args) -> SamplingSettings:
 def evaluate(args, tokenizer, checkpoint, backend_for, load_model):
     """Generate for the test split, score ROUGE-L and perplexity; write the results."""
     entries = read_split_entries(os.path.join(args.data_out, "test_entries.json"))
-    if args.eval_limit:
+    if args.eval_limit is not None:
         entries = entries[:args.eval_limit]
     scored = argparse.Namespace(**dict(vars(args), init_checkpoint=checkpoint))
     backend = backend_for(args.backend)(model_config(args), scored)

@@ -26,6 +26,7 @@ import shutil
 import sys
 import time
 
+from .arg_types import setting_type
 from .atomic import write_json
 from .checkpoint import load_for_model, save_checkpoint
 from .compare import beam_agreement
@@ -71,13 +72,13 @@ PRESETS = {
 
 def setting_types() -> dict:
     """{setting: the type its command-line override parses to}, from the presets' values (int
-    where every preset leaves it None)."""
+    where every preset leaves it None), range-checked (shared/arg_types.py)."""
     types = {}
     for preset in PRESETS.values():
         for key, value in preset.items():
             if value is not None or key not in types:
                 types[key] = type(value) if value is not None else types.get(key, int)
-    return dict(sorted(types.items()))
+    return {key: setting_type(key, kind) for key, kind in sorted(types.items())}
 
 
 def settings_from(args, presets=PRESETS):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 
+from .arg_types import non_negative_int, open_fraction, positive_int, seed_int, temperature
 from .atomic import write_text
 from .run_lock import RunLock
 from .sampling import EOT_ID, SamplingSettings
@@ -30,17 +31,18 @@ def build_pretrain_parser():
     p.add_argument("--text", nargs="+", default=None,
                    help=f"UTF-8 text files (default: ${TEXT_ENV}, paths separated by "
                         f"'{os.pathsep}')")
-    p.add_argument("--stride", type=int, default=None, help="window step (default: --seq_len)")
-    p.add_argument("--valid_fraction", type=float, default=0.1,
+    p.add_argument("--stride", type=positive_int, default=None, help="window step (default: --seq_len)")
+    p.add_argument("--valid_fraction", type=open_fraction, default=0.1,
                    help="held-out tail of the token stream for validation")
     p.add_argument("--vocab", default=None, help="GPT-2 vocab folder (else GPT2_VOCAB_DIR)")
-    p.add_argument("--sample_every", type=int, default=0, help="print a sample every N steps "
+    p.add_argument("--sample_every", type=non_negative_int, default=0, help="print a sample every N steps "
                    "(0: only at the end)")
     p.add_argument("--prompt", default="Every effort moves you", help="sample prompt")
-    p.add_argument("--temperature", type=float, default=1.0, help="<= 0: greedy")
-    p.add_argument("--top_k", type=int, default=0, help="keep the k most likely tokens (0: all)")
-    p.add_argument("--sample_tokens", type=int, default=32, help="new tokens per sample")
-    p.add_argument("--sample_seed", type=int, default=123, help="seed of the sampler")
+    p.add_argument("--temperature", type=temperature, default=1.0, help="0: greedy")
+    p.add_argument("--top_k", type=non_negative_int, default=0,
+                   help="keep the k most likely tokens (0: all)")
+    p.add_argument("--sample_tokens", type=positive_int, default=32, help="new tokens per sample")
+    p.add_argument("--sample_seed", type=seed_int, default=123, help="seed of the sampler")
     p.set_defaults(seq_len=256, lr=0.0004, weight_decay=0.1, save_interval=100000,
                    eval_interval=100000)
     return p

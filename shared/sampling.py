@@ -7,7 +7,7 @@ for torch and jittor given the same weights, unless their logits differ right at
 boundary or the uniform draw lands within float noise of a cumulative-probability edge.
 
 Rules per step, for one row of logits (float64 from here on):
-  temperature <= 0: greedy (the first maximal token);
+  temperature 0: greedy (the first maximal token);
   else logits / temperature; top_k > 0 keeps the k largest (ties broken by lower token id);
   top_p < 1 keeps the smallest set of most probable tokens whose probability reaches top_p
   (the most probable token always stays); the draw is the inverse CDF at u ~ U[0, 1).
@@ -15,6 +15,7 @@ A sample stops after it draws eos_token_id (not included in its tokens) or max_n
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,9 +32,13 @@ class SamplingSettings:
     eos_token_id: int = EOT_ID
 
     def __post_init__(self):
+        # NaN fails every comparison: `nan <= 0` is false, and NaN probabilities draw eos
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ValueError(f"temperature must be a finite number >= 0 (0: greedy), "
+                             f"got {self.temperature}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0 (0 turns it off), got {self.top_k}")
-        if not 0.0 < self.top_p <= 1.0:
+        if not 0.0 < self.top_p <= 1.0:  # false for NaN too
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
@@ -45,7 +50,7 @@ def filtered_probabilities(logits, settings: SamplingSettings) -> np.ndarray:
     if logits.ndim != 1:
         raise ValueError(f"expected one row of logits, got shape {logits.shape}")
     probs = np.zeros_like(logits)
-    if settings.temperature <= 0:
+    if settings.temperature == 0:
         probs[int(np.argmax(logits))] = 1.0
         return probs
     order = np.argsort(-logits, kind="stable")  # most probable first, lower id on ties

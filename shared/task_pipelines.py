@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import sys
 
+from .arg_types import seed_int, setting_type
 from .atomic import write_text
 from .environment import devices, versions
 from .paths import REPO_ROOT
@@ -98,9 +99,9 @@ def build_parser(task):
     p.add_argument("--until", default=None, choices=STAGES[task])
     p.add_argument("--exact_dropout", action="store_true",
                    help="shared LoRA dropout masks (classify with --trainable lora)")
-    p.add_argument("--random_seed", type=int, default=10)
+    p.add_argument("--random_seed", type=seed_int, default=10)
     for key in sorted({k for preset in PRESETS[task].values() for k in preset}):
-        p.add_argument(f"--{key}", type=TYPES.get(key, int), default=None,
+        p.add_argument(f"--{key}", type=setting_type(key, TYPES.get(key, int)), default=None,
                        help="override the preset's value")
     return p
 

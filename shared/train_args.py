@@ -7,6 +7,8 @@ Names, meanings and defaults follow microsoft/LoRA `examples/NLG/src/gpt2_ft.py`
 import argparse
 import os
 
+from .arg_types import (fraction_below_one, non_negative_float, non_negative_int, positive_float,
+                        positive_int, seed_int)
 from .config import MODEL_CARDS, GPT2Config, seq_len_problem, shape_flag_problems
 from .environment import default_device, device_problems
 from .preflight import output_dir_problems
@@ -21,8 +23,8 @@ def add_model_shape_args(parser):
     parser.add_argument("--n_embd", type=int, default=None, help="override the card's n_embd")
     parser.add_argument("--n_layer", type=int, default=None, help="override the card's n_layer")
     parser.add_argument("--n_head", type=int, default=None, help="override the card's n_head")
-    parser.add_argument("--lora_dim", type=int, default=0, help="LoRA rank r (0: no LoRA)")
-    parser.add_argument("--lora_alpha", type=int, default=128, help="LoRA alpha")
+    parser.add_argument("--lora_dim", type=non_negative_int, default=0, help="LoRA rank r (0: no LoRA)")
+    parser.add_argument("--lora_alpha", type=positive_int, default=128, help="LoRA alpha")
 
 
 def add_launcher_args(parser):
@@ -43,35 +45,35 @@ def build_parser(data_args=True, description=None):
     if data_args:
         p.add_argument("--train_data", required=True, help="encoded training jsonl (gpt2_encode.py)")
         p.add_argument("--valid_data", required=True, help="encoded validation jsonl")
-    p.add_argument("--train_batch_size", type=int, default=8)
-    p.add_argument("--valid_batch_size", type=int, default=4)
-    p.add_argument("--grad_acc", type=int, default=1, help="gradient accumulation steps")
-    p.add_argument("--clip", type=float, default=0.0, help="gradient clip (0: none)")
-    p.add_argument("--seq_len", type=int, default=512)
+    p.add_argument("--train_batch_size", type=positive_int, default=8)
+    p.add_argument("--valid_batch_size", type=positive_int, default=4)
+    p.add_argument("--grad_acc", type=positive_int, default=1, help="gradient accumulation steps")
+    p.add_argument("--clip", type=non_negative_float, default=0.0, help="gradient clip (0: none)")
+    p.add_argument("--seq_len", type=positive_int, default=512)
     add_model_shape_args(p)
     add_launcher_args(p)
     p.add_argument("--init_checkpoint", default=None, help="pretrained checkpoint (HF GPT-2, "
                    "microsoft/LoRA, or this project's .safetensors/.npz); default: seeded init")
-    p.add_argument("--lora_dropout", type=float, default=0.0)
-    p.add_argument("--label_smooth", type=float, default=0.0)
-    p.add_argument("--log_interval", type=int, default=100, help="steps between log lines")
-    p.add_argument("--eval_interval", type=int, default=2000)
-    p.add_argument("--save_interval", type=int, default=500)
+    p.add_argument("--lora_dropout", type=fraction_below_one, default=0.0)
+    p.add_argument("--label_smooth", type=fraction_below_one, default=0.0)
+    p.add_argument("--log_interval", type=positive_int, default=100, help="steps between log lines")
+    p.add_argument("--eval_interval", type=positive_int, default=2000)
+    p.add_argument("--save_interval", type=positive_int, default=500)
     p.add_argument("--work_dir", default=os.getenv("PT_OUTPUT_DIR", "gpt2_model"))
-    p.add_argument("--random_seed", type=int, default=10)
+    p.add_argument("--random_seed", type=seed_int, default=10)
     # optimizer (add_optimizer_params)
-    p.add_argument("--lr", type=float, default=0.00001)
-    p.add_argument("--weight_decay", type=float, default=0.01)
+    p.add_argument("--lr", type=positive_float, default=0.00001)
+    p.add_argument("--weight_decay", type=non_negative_float, default=0.01)
     p.add_argument("--correct_bias", action="store_true", help="correct Adam bias terms")
-    p.add_argument("--adam_epislon", type=float, default=1e-6, help="Adam epsilon (sic)")
+    p.add_argument("--adam_epislon", type=positive_float, default=1e-6, help="Adam epsilon (sic)")
     p.add_argument("--no_decay_bias", action="store_true",
                    help="no weight decay on biases and LayerNorm weights")
-    p.add_argument("--adam_beta1", type=float, default=0.9)
-    p.add_argument("--adam_beta2", type=float, default=0.98)
+    p.add_argument("--adam_beta1", type=fraction_below_one, default=0.9)
+    p.add_argument("--adam_beta2", type=fraction_below_one, default=0.98)
     p.add_argument("--scheduler", default="linear", choices=SCHEDULES)
-    p.add_argument("--max_step", type=int, default=None)
-    p.add_argument("--max_epoch", type=int, default=None)
-    p.add_argument("--warmup_step", type=int, default=0)
+    p.add_argument("--max_step", type=positive_int, default=None)
+    p.add_argument("--max_epoch", type=positive_int, default=None)
+    p.add_argument("--warmup_step", type=non_negative_int, default=0)
     # ours
     p.add_argument("--precision", default="fp32", choices=PRECISIONS,
                    help="fp32, or mixed precision on GPUs (bf16 autocast; fp16 with loss scaling)")
@@ -87,7 +89,7 @@ def build_parser(data_args=True, description=None):
                         "mode reduce-overhead; the first steps compile)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the latest checkpoint in --work_dir")
-    p.add_argument("--max_eval_batches", type=int, default=None,
+    p.add_argument("--max_eval_batches", type=positive_int, default=None,
                    help="evaluate on at most this many validation batches")
     p.add_argument("--no_progress", action="store_true", help="no tqdm progress bar")
     p.add_argument("--tensorboard", default=None, metavar="DIR",

@@ -265,7 +265,8 @@ class Trainer:
                                   resume_step=self.step if args.resume else None)
         if getattr(args, "tensorboard", None):
             from .tensorboard_log import TensorBoardLog
-            self.log = TensorBoardLog(self.log, args.tensorboard)
+            self.log = TensorBoardLog(self.log, args.tensorboard,
+                                      resume_step=self.step if args.resume else None)
         self.t_start = time.time()
         self.window_start = self.line_start = self.elapsed()
         self.window_losses = []

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from shared.chat import ChatHistory, TokenPrinter, turn_text
+from shared.chat import ChatHistory, TokenPrinter, template_ids, template_size, turn_text
 from shared.config import GPT2Config
 from shared.instruct_data import PREAMBLE
 from shared.params import init_state_dict
@@ -36,9 +36,26 @@ def test_history_keeps_the_newest_turns_that_fit(tok):
                                + turn_text("last one"))
     history.reset()
     assert tok.decode(history.prompt_ids("hi")) == PREAMBLE + "\n\n" + turn_text("hi")
-    tiny = ChatHistory(tok, 5)  # a message longer than the window keeps its end
-    assert tiny.prompt_ids("a long message " * 10) == tok.encode(
-        PREAMBLE + "\n\n" + turn_text("a long message " * 10))[-5:]
+    assert history.cut == 0
+
+
+def test_a_message_longer_than_the_window_keeps_its_end_inside_the_template(tok):
+    template = template_size(tok)
+    with pytest.raises(ValueError, match=f"no room for a prompt: {template} tokens, but the "
+                                         f"template and one message token take {template + 1}"):
+        ChatHistory(tok, template)
+    tiny = ChatHistory(tok, template + 5)
+    tiny.add("an earlier question", "its answer")
+    message = "a long message " * 10
+    ids = tiny.prompt_ids(message)
+    head, instruction, response = template_ids(tok)
+    kept = tok.encode(message)[-5:]
+    assert ids == head + instruction + kept + response and len(ids) == template + 5
+    assert tiny.cut == len(tok.encode(message)) - 5 and tiny.dropped == 1
+    assert tok.decode(ids).startswith(PREAMBLE + "\n\n### Instruction:\n")
+    assert tok.decode(ids).endswith(tok.decode(kept) + "\n\n### Response:\n")
+    assert tiny.prompt_ids("short") == head + tok.encode(turn_text("short"))
+    assert tiny.cut == 0
 
 
 def test_printer_never_writes_half_a_character(tok):
@@ -73,3 +90,51 @@ def test_scripted_chat_over_stdin(tmp_path, vocab_dir):
     quit_early = subprocess.run(argv, input="/quit\nnever read\n", capture_output=True,
                                 text=True, cwd=ROOT, timeout=300)
     assert quit_early.returncode == 0 and quit_early.stdout == ">>> \n"
+    assert out.stderr == ""  # no message was cut
+
+
+def test_chat_says_when_it_cuts_and_refuses_a_context_too_small(tmp_path, vocab_dir, tok):
+    from shared.checkpoint import save_checkpoint
+    config = GPT2Config(n_embd=32, n_layer=2, n_head=2)
+    ckpt = save_checkpoint(tmp_path / "tiny.safetensors", init_state_dict(config, 4))
+    argv = [sys.executable, os.path.join(ROOT, "scripts", "chat.py"), "--backend", "torch",
+            "--device", "cpu", "--init_checkpoint", ckpt, *SHAPE, "--vocab", vocab_dir,
+            "--max_new_tokens", "5", "--seed", "1"]
+    template = template_size(tok)
+    long_message = ("please read all of this " * 20).strip()  # chat strips each line
+    budget = template + 10 - 5 + 1
+    out = subprocess.run(argv + ["--context", str(template + 10)],
+                         input=f"{long_message}\nshort\n", capture_output=True, text=True,
+                         cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr
+    cut = len(tok.encode(long_message)) - (budget - template)
+    assert out.stderr.splitlines() == [
+        f"chat: message cut: dropped its first {cut} tokens, which do not fit the {budget}-token "
+        f"prompt budget (context window - --max_new_tokens + 1)"]
+    too_small = subprocess.run(argv + ["--context", "10"], input="hi\n", capture_output=True,
+                               text=True, cwd=ROOT, timeout=300)
+    assert too_small.returncode == 2 and too_small.stdout == ""
+    assert too_small.stderr.splitlines()[-1] == (
+        f"chat.py: error: --context 10 is too small: the prompt template takes {template} "
+        f"tokens; with one message token and --max_new_tokens 5 it needs --context >= "
+        f"{template + 5}")
+    capped = subprocess.run(argv + ["--context", "5000"], input="/quit\n", capture_output=True,
+                            text=True, cwd=ROOT, timeout=300)
+    assert capped.returncode == 0
+    assert capped.stderr == ("chat: --context 5000 exceeds the model's 1024 positions; using "
+                             "1024\n")
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--temperature", "nan", "must be a finite number >= 0, got 'nan'"),
+    ("--temperature", "-1", "must be a finite number >= 0, got '-1'"),
+    ("--top_p", "0", "must be a finite number in (0, 1], got '0'"),
+    ("--top_k", "-3", "must be an integer >= 0, got '-3'"),
+    ("--context", "0", "must be an integer >= 1, got '0'"),
+])
+def test_chat_refuses_bad_sampling_flags_before_any_work(flag, value, message):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "chat.py"), "--backend",
+                           "torch", "--init_checkpoint", "missing.pt", f"{flag}={value}"],
+                          input="hi\n", capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.splitlines()[-1] == f"chat.py: error: argument {flag}: {message}"

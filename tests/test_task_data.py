@@ -88,6 +88,25 @@ def test_splits_are_seeded_stratified_and_balanced(tmp_path):
     assert class_weights([(0, "a", 1), (0, "b", 2), (1, "c", 3)]) == [0.75, 1.5]
 
 
+@pytest.mark.parametrize("balance", ["undersample", "class_weights", "none"])
+def test_a_class_missing_from_the_file_or_a_split_stops_naming_both(tmp_path, balance):
+    """One-class data trained to 'accuracy 1.0000, F1 0.0000': now it stops before training."""
+    path = spam_file(tmp_path, n_ham=40, n_spam=0)
+    with pytest.raises(ClassifyDataError, match=r"spam\.tsv: no 'spam' example, so the train, "
+                       r"valid and test splits have none"):
+        prepare_splits(path, seed=3, balance=balance)
+    path = spam_file(tmp_path, n_ham=40, n_spam=3)  # 3 spam: 2 train, 0 valid, 1 test
+    if balance == "undersample":  # 3 of each class: the valid split is empty altogether
+        message = r"the valid split is empty \(6 examples\)"
+    else:
+        message = (r"spam\.tsv: the valid split has no 'spam' example \(3 in the file, split "
+                   r"0\.7,0\.1,0\.2, balance " + balance + r"\): give more 'spam' examples")
+    with pytest.raises(ClassifyDataError, match=message):
+        prepare_splits(path, seed=3, balance=balance)
+    splits, _ = prepare_splits(spam_file(tmp_path, n_ham=40, n_spam=10), 3, balance)
+    assert all(set(e[0] for e in part) == {0, 1} for part in splits.values())
+
+
 def test_classify_batches_cut_and_pad(tmp_path):
     examples = [(0, "abcdef", 1), (1, "xy", 2)]
     data = ClassifyDataset(examples, CharTokenizer(), batch_size=2, max_len=4)

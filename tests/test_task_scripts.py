@@ -46,6 +46,21 @@ def test_classify_ft_names_a_line_without_tab(tmp_path, vocab_dir):
     assert proc.returncode == 2 and "classifier.json not found" in proc.stderr
 
 
+def test_classify_ft_stops_before_training_on_one_class_data(tmp_path, vocab_dir):
+    data = tmp_path / "ham_only.tsv"
+    data.write_text("".join(f"ham\tfine {i}\n" for i in range(30)), encoding="utf-8")
+    proc = run("classify_ft.py", "--backend", "torch", "--device", "cpu", "--data", str(data),
+               "--n_embd", "32", "--n_layer", "1", "--n_head", "2", "--max_step", "2",
+               "--work_dir", str(tmp_path / "w"), "--no_progress", vocab_dir=vocab_dir)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == (f"error: {data}: no 'spam' example, so the train, valid and "
+                                   f"test splits have none; a classifier needs every class "
+                                   f"['ham', 'spam']")
+    assert "accuracy" not in proc.stdout
+    made = os.listdir(tmp_path / "w") if os.path.isdir(tmp_path / "w") else []
+    assert not [n for n in made if n.startswith(("model.", "metrics", "train_log"))], made
+
+
 def test_interrupted_pretraining_resumes_to_the_same_result(tmp_path, vocab_dir):
     """SIGINT mid-run saves a checkpoint; --resume finishes with the uninterrupted run's losses."""
     import json

@@ -260,8 +260,10 @@ def test_compare_runs_script(tmp_path):
     (tmp_path / "jittor_run" / "metrics.json").write_text('{"BLEU": 0.6750, "NIST": 8.65}')
     out_json, out_md = tmp_path / "cmp.json", tmp_path / "cmp.md"
     proc = run_script(a, b, "--json", str(out_json), "--md", str(out_md), "--rows", "3")
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 1, proc.stderr  # step 15 is 2e-3 apart, over --tol 1e-3
     assert "train: 20 common steps" in proc.stdout and "first step over tol: 15" in proc.stdout
+    assert proc.stderr.strip() == ("compare_runs: train loss differs by 0.002 at step 15 "
+                                   "(tolerance 0.001; 1 of 20 common steps over)")
     assert "valid: 2 common steps" in proc.stdout
     assert "first and last 3" in proc.stdout
     assert "BLEU" in proc.stdout and "0.005" in proc.stdout  # torch - jittor BLEU
@@ -282,6 +284,47 @@ def test_compare_runs_against_mslora_log(tmp_path):
     assert "train: 3 common steps" in proc.stdout and "2 decimals" in proc.stdout
     same_labels = run_script(ours, ours)
     assert same_labels.returncode == 0 and "torch A" in same_labels.stdout
+
+
+def test_compare_runs_exit_status_is_the_verdict(tmp_path):
+    """0 within --tol, 1 (naming the key and step) past it, a NaN or no common step."""
+    losses = {s: 5.0 / s for s in range(1, 11)}
+    a = make_log(tmp_path, "a", losses, {10: 1.0})
+    close = make_log(tmp_path, "close", {s: v + 5e-4 for s, v in losses.items()}, {10: 1.0})
+    proc = run_script(a, close)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert run_script(a, close, "--tol", "1e-4").returncode == 1
+    far = make_log(tmp_path, "far", {s: v + (10.0 if s >= 7 else 0.0) for s, v in losses.items()},
+                   {10: 1.0})
+    proc = run_script(a, far, "--tol", "0.5")
+    assert proc.returncode == 1
+    assert "train loss differs by 10 at step 7 (tolerance 0.5; 4 of 10 common steps over)" \
+        in proc.stderr
+    valid_off = make_log(tmp_path, "valid_off", losses, {10: 1.25})
+    proc = run_script(a, valid_off)
+    assert proc.returncode == 1 and "valid loss differs by 0.25 at step 10" in proc.stderr
+    assert "train loss" not in proc.stderr
+    nan = make_log(tmp_path, "nan", {s: (math.nan if s == 3 else v) for s, v in losses.items()},
+                   {10: 1.0})
+    proc = run_script(a, nan, "--tol", "100")
+    assert proc.returncode == 1 and "train loss differs by inf at step 3" in proc.stderr
+    elsewhere = make_log(tmp_path, "elsewhere", {100: 1.0}, {100: 1.0})
+    proc = run_script(a, elsewhere)
+    assert proc.returncode == 1 and "share no logged step" in proc.stderr
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--tol", "nan", "argument --tol: must be a finite number >= 0, got 'nan'"),
+    ("--tol", "inf", "argument --tol: must be a finite number >= 0, got 'inf'"),
+    ("--tol", "-1e-3", "argument --tol: must be a finite number >= 0, got '-1e-3'"),
+    ("--rows", "0", "argument --rows: must be an integer >= 1, got '0'"),
+])
+def test_compare_runs_refuses_bad_tolerances(tmp_path, flag, value, message):
+    a = make_log(tmp_path, "a", {1: 1.0})
+    b = make_log(tmp_path, "b", {1: 11.0})
+    proc = run_script(a, b, f"{flag}={value}")
+    assert proc.returncode == 2 and proc.stderr.strip().endswith(message), proc.stderr
+    assert proc.stdout == ""
 
 
 def test_compare_runs_bad_inputs_exit_2(tmp_path):
