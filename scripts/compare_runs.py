@@ -21,7 +21,7 @@ from shared.atomic import atomic_group, atomic_open, write_text
 from shared.entry_point import run_script
 from shared.preflight import check_outputs, output_file_problems
 from shared.report import LOSS_DIGITS, format_value, markdown_table, render_report_md
-from shared.trainlog import TrainLogError, loss_agreement, loss_table, read_log
+from shared.trainlog import loss_agreement, loss_table, read_log
 
 METRICS_JSON = "metrics.json"
 SCORES_TXT = "scores.txt"
