@@ -343,8 +343,8 @@ def test_a_wrong_shape_checkpoint_in_classify_ft_names_the_file_and_the_key(tmp_
 
 
 @pytest.mark.parametrize("flags,named", [
-    (("--seq_len", "0"), "--seq_len must be positive"),
-    (("--lr", "nan"), "--lr must be positive, got nan"),
+    (("--seq_len", "0"), "argument --seq_len: must be an integer >= 1"),
+    (("--lr", "nan"), "argument --lr: must be a finite number > 0, got 'nan'"),
     (("--prompt", ""), "--prompt is empty"),
     (("--sample_tokens", "0"), "--sample_tokens")])
 def test_pretrain_flags_are_checked_at_parse_time(flags, named, tmp_path):
