@@ -15,6 +15,7 @@ import sys
 
 from shared.atomic import write_json
 from shared.batching import FTDataset
+from shared.checkpoint import CheckpointError
 from shared.compare import difference
 from shared.config import seq_len_problem
 from shared.environment import default_device
@@ -130,7 +131,11 @@ def check(args):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    result = check(args)
+    try:
+        result = check(args)
+    except (CheckpointError, FileNotFoundError) as exc:  # names the file and key
+        print(f"check_alignment.py: error: {exc}", file=sys.stderr)
+        return 2
     for key in ("logits", "loss", "grad"):
         print(f"{key:7s} max abs {result[key + '_max_abs']:.3e}   rel L2 {result[key + '_rel_l2']:.3e}")
     print(f"{result['grad_params']} trainable tensors, {result['batches']} batches of "

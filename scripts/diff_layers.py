@@ -15,6 +15,7 @@ import sys
 
 from alignment import diff_layers
 from alignment.planted_bugs import MODEL_BUGS
+from shared.checkpoint import CheckpointError
 from shared.train_args import add_model_shape_args, default_device, model_config
 
 
@@ -48,6 +49,9 @@ def main(argv=None):
             model_config(args), args.data, args.out, args.init_checkpoint, args.lora_checkpoint,
             args.random_seed, args.seq_len, args.batch_size, args.batches, args.precision,
             args.device, args.label_smooth, args.plant)
+    except (CheckpointError, FileNotFoundError) as exc:  # names the file and key
+        print(f"diff_layers.py: error: {exc}", file=sys.stderr)
+        return 2
     except ValueError as exc:
         sys.exit(f"diff_layers.py: {exc}")
     print("\n".join(diff_layers.terminal_summary(document)))
