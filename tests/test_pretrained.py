@@ -361,3 +361,48 @@ def test_export_hf_of_a_tf_checkpoint_is_its_hf_twin(tmp_path):
     assert sorted(exported) == sorted(twin)
     for key in twin:
         np.testing.assert_array_equal(exported[key], twin[key])
+
+
+def test_pretrain_from_a_folder_trains_its_model_and_writes_its_config(tmp_path):
+    """pretrain.py (work.sh --task pretrain) from a folder whose config says
+    scale_attn_weights false: the run's checkpoints are read back as that model."""
+    from shared.config import GPT2Config
+    from shared.hf_export import export_hf_model
+    from shared.params import init_state_dict
+    config = GPT2Config(n_positions=32, n_ctx=32, n_embd=16, n_layer=1, n_head=2,
+                        scale_attn_weights=False, layer_norm_epsilon=1e-3)
+    folder = tmp_path / "pretrained"
+    export_hf_model(init_state_dict(config, seed=1), config, folder)
+    text = tmp_path / "text.txt"
+    text.write_text("Every effort moves you, said the painter, and the sketch grew. " * 40)
+    common = ["scripts/pretrain.py", "--backend", "torch", "--device", "cpu", "--text", str(text),
+              "--seq_len", "16", "--max_step", "2", "--sample_tokens", "2", "--no_progress",
+              "--init_checkpoint", str(folder)]
+    out = run_script(*common, "--n_layer", "4", "--work_dir", str(tmp_path / "refused"))
+    assert out.returncode == 2
+    assert f"--n_layer 4 contradicts n_layer = 1 in {folder}/config.json" in out.stderr
+    work = tmp_path / "work"
+    out = run_script(*common, "--work_dir", str(work))
+    assert out.returncode == 0, out.stderr
+    saved = json.loads((work / "config.json").read_text())
+    assert (saved["scale_attn_weights"], saved["layer_norm_epsilon"], saved["n_layer"]) == \
+        (False, 1e-3, 1)
+    trained = model_config(flags(str(work / "model.2.pt")))
+    assert trained == GPT2Config(**dict(config.to_dict()))
+
+
+def test_e2e_and_instruct_pipelines_take_the_folder_config(tmp_path):
+    """The pipelines convert --init_checkpoint to base/base.safetensors for their later stages:
+    the folder's config comes along beside it."""
+    from shared.pipeline import Pipeline
+    fake = argparse.Namespace(args=argparse.Namespace(init_checkpoint=TF_DIR),
+                              s=dict(model_card="gpt2.sm", n_embd=None, n_layer=None, n_head=None,
+                                     lora_dim=0, lora_alpha=32))
+    config = Pipeline.model_config(fake)
+    assert config == model_config(flags(TF_DIR, lora_alpha=32))
+    base = tmp_path / "base" / "base.safetensors"
+    Pipeline.save_base(fake, str(base), config)
+    assert model_config(flags(str(base))) == model_config(flags(TF_DIR))
+    fake.s["n_embd"] = 32
+    with pytest.raises(ConfigFileError, match="--n_embd 32 contradicts n_embd = 16"):
+        Pipeline.model_config(fake)
