@@ -38,6 +38,7 @@ VARIANTS = {
     "scale_attn_by_inverse_layer_idx": {"scale_attn_by_inverse_layer_idx": True},
     "reorder_and_upcast_attn": {"reorder_and_upcast_attn": True},
     "gelu_pytorch_tanh": {"activation_function": "gelu_pytorch_tanh"},
+    "gelu_fast": {"activation_function": "gelu_fast"},
     "shapes": {"vocab_size": 80, "n_positions": 24, "n_embd": 24, "n_layer": 3, "n_head": 3},
 }
 
