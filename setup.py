@@ -21,6 +21,8 @@ setup(
         "tqdm",
         "safetensors",
         "tensorboardX",
+        "protobuf",
+        "google-crc32c",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={"test": ["pytest", "transformers"]},
 )

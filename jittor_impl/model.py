@@ -1,14 +1,13 @@
 """GPT-2 with LoRA in Jittor (twin: torch_impl/model.py, same structure line for line).
 
 Semantics of microsoft/LoRA `examples/NLG/src/model.py`: tanh-approximate GELU, Conv1D weights
-stored (in, out), attention scaled by 1/sqrt(head_dim) with the causal mask applied as
+stored (in, out), attention scaled by 1/sqrt(head_dim) (unless the config says otherwise) with the causal mask applied as
 `w * b - 1e10 * (1 - b)`, no attention/residual dropout, output head tied to `wte`, and
 `execute(input_ids, lm_labels, lm_mask, past, len_past, label_smooth)`. The KV cache `past` is a
 list of per-layer `(key, value)` pairs shaped (batch, head, seq, head_dim); with `len_past` (one
 int per row) a single new token is written at that position of a preallocated cache and keys at
 or beyond `len_past + 1` are masked, which lets rows of different lengths decode together.
 """
-import math
 
 import numpy as np
 
@@ -73,10 +72,11 @@ class Attention(nn.Module):
                                    lora_dropout=config.lora_dropout, layer_index=layer_index)
         self.c_proj = Conv1D(config.n_embd, config.n_embd)
         self.attn_impl = DEFAULT_ATTENTION  # one of ATTENTION_IMPLS
+        self.divisor = config.attention_divisor(layer_index)  # sqrt(head_dim) by default
 
     def _attn_math(self, q, k, v, len_kv=None):
         w = batched_matmul_transpose(q, k)
-        w = w / math.sqrt(v.shape[-1])
+        w = w / self.divisor
         nd, ns = w.shape[-2], w.shape[-1]
         b = causal_mask(nd, ns, w)  # float32, as the reference buffer: masks in fp32
         w = w * b - 1e10 * (1 - b)
@@ -100,7 +100,7 @@ class Attention(nn.Module):
         w_prefix = permute(batched_matmul_transpose(grouped, cache.prefix_key), 0, 2, 1, 3)
         w = jt.concat((w_prefix.reshape(rows, n_head, 1, width),
                        batched_matmul_transpose(q, cache.key)), dim=-1)
-        w = (w / math.sqrt(head_dim)).masked_fill(cache.masked, MASK_VALUE)
+        w = (w / self.divisor).masked_fill(cache.masked, MASK_VALUE)
         w = softmax(w, dim=-1)
         w_prefix = permute(w[:, :, 0, :width].reshape(queries, rows // queries, n_head, width), 0, 2, 1, 3)
         a_prefix = permute(matmul(w_prefix, cache.prefix_value), 0, 2, 1, 3)
@@ -126,7 +126,7 @@ class Attention(nn.Module):
                 len_kv = len_past + 1
         present = (key, value)
         if self.attn_impl == "sdpa":  # the fused kernel, as nanoGPT's flash path
-            a = fused_attention(query, key, value, len_kv=len_kv)
+            a = fused_attention(query, key, value, len_kv=len_kv, scale=1.0 / self.divisor)
         else:
             a = self._attn_math(query, key, value, len_kv=len_kv)
         return self.c_proj(merge_heads(a)), present

@@ -69,7 +69,7 @@ def causal_mask(nd, ns, like):
     return _MASKS[key]
 
 
-def fused_attention(q, k, v, len_kv=None):
+def fused_attention(q, k, v, len_kv=None, scale=None):
     """Not available: ATTENTION_IMPLS keeps GPT2LMModel.set_attention from choosing it."""
     raise ValueError("the jittor backend has no fused attention kernel; use attention 'math'")
 

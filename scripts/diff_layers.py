@@ -50,10 +50,6 @@ def argument_problems(args) -> list:
                 if getattr(args, flag) for p in input_file_problems(f"--{flag}", getattr(args, flag))]
     if args.lora_checkpoint and args.lora_dim <= 0:
         problems.append("--lora_checkpoint needs --lora_dim (the rank it was trained with)")
-    problems += [f"--{name} must be >= 1, got {getattr(args, name)}"
-                 for name in ("seq_len", "batch_size", "batches") if getattr(args, name) < 1]
-    if not 0.0 <= args.label_smooth < 1.0:
-        problems.append(f"--label_smooth must be in [0, 1), got {args.label_smooth}")
     problems += device_problems(args.device)
     problems += shape_flag_problems(args.n_embd, args.n_layer, args.n_head, args.model_card)
     return problems

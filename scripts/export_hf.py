@@ -8,7 +8,8 @@
   python scripts/export_hf.py export --init_checkpoint base.safetensors --hf_dir hf/base
   # a peft adapter (LoRA on c_attn) -> this project's LoRA checkpoint (microsoft/LoRA layout)
   python scripts/export_hf.py import --peft_dir hf/adapter --model_card gpt2.md --out lora.pt
-A transformers GPT-2 folder needs no import: --init_checkpoint DIR/model.safetensors reads it.
+A transformers GPT-2 folder (or OpenAI's TF GPT-2 folder) needs no import: --init_checkpoint DIR
+reads it, with its config.json (hparams.json) giving the model's shape.
 """
 import argparse
 import sys

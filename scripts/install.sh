@@ -22,6 +22,8 @@ java -version 2>&1 | head -1
 
 echo "== Python packages (requirements.txt) =="
 "$PYTHON" -m pip install -q --disable-pip-version-check -r requirements.txt
+echo "== test extra (requirements-test.txt) =="
+"$PYTHON" -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-test.txt
 echo "== this project (editable) =="
 "$PYTHON" -m pip install -q --disable-pip-version-check --no-deps -e .
 echo "== Jittor warm-up =="

@@ -8,7 +8,9 @@ Readable layouts:
 - microsoft/LoRA fine-tuned: `{'model_state_dict': ...}` with `module.transformer.` (DDP) or
   `transformer.` keys, full or LoRA-only;
 - this project's backend-neutral files: `.safetensors` or `.npz` under canonical names, and
-  Jittor's pickled `.pkl` state dicts.
+  Jittor's pickled `.pkl` state dicts;
+- folders: transformers' (config.json + weights, sharded too) and OpenAI's TF GPT-2 checkpoints
+  (pretrained.py, whose configs give the model's shape).
 Nothing is loaded half-way: missing, unexpected and mis-shaped keys are reported together.
 """
 from __future__ import annotations
@@ -73,13 +75,18 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
 
 
 def read_checkpoint(path) -> "OrderedDict[str, np.ndarray]":
-    """Load a checkpoint file into a flat {key: numpy array} dict with its keys untouched."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+    """Load a checkpoint into a flat {key: numpy array} dict with its keys untouched: a file, or
+    a transformers / OpenAI TF folder (or a TF prefix): see pretrained.py."""
+    from .pretrained import read_openai_tf, read_sharded, weights_location
+    from .tf_checkpoint import TFCheckpointError
+    kind, path = weights_location(os.fspath(path))
+    if kind == "sharded":
+        return read_sharded(path)
     ext = os.path.splitext(path)[1].lower()
     try:
-        if ext == ".safetensors":
+        if kind == "tf":
+            raw = read_openai_tf(path)
+        elif ext == ".safetensors":
             from safetensors.numpy import load_file
             raw = load_file(path)
         elif ext == ".npz":
@@ -91,6 +98,8 @@ def read_checkpoint(path) -> "OrderedDict[str, np.ndarray]":
         else:  # .bin / .pt / .pth and anything torch.save wrote
             import torch
             raw = torch.load(path, map_location="cpu", weights_only=True)
+    except TFCheckpointError as exc:  # names the file and tensor already
+        raise CheckpointError(str(exc)) from exc
     except Exception as exc:  # noqa: BLE001 - parsers of damaged files raise anything
         # (IndexError from torch's unpickler, SafetensorError, BadZipFile, EOFError, ...)
         raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") \

@@ -19,6 +19,7 @@ from .config import GPT2Config
 from .classifier_params import TRAINABLE_PARTS
 from .classify_data import (BALANCE_MODES, LABELS, ClassifyDataset, classification_metrics,
                             prepare_splits)
+from .pretrained import checkpoint_config
 from .run_lock import RunLock
 from .tokenizer import load_tokenizer
 from .train_args import build_parser
@@ -147,8 +148,12 @@ def read_model_card(model_dir) -> dict:
 
 
 def card_config(card) -> GPT2Config:
-    """The model shape a model card records (the classifier is built from it)."""
-    return GPT2Config.from_model_card(card["model_card"], n_embd=card["n_embd"],
-                                      n_layer=card["n_layer"], n_head=card["n_head"],
-                                      lora_attn_dim=card["lora_dim"],
-                                      lora_attn_alpha=card["lora_alpha"])
+    """The model shape a model card records (the classifier is built from it); a run that
+    started from a pretrained folder has its config.json beside the checkpoint (the trainer
+    writes it), which gives the model as for --init_checkpoint."""
+    shape = dict(n_embd=card["n_embd"], n_layer=card["n_layer"], n_head=card["n_head"])
+    lora = dict(lora_attn_dim=card["lora_dim"], lora_attn_alpha=card["lora_alpha"])
+    found = checkpoint_config(card["checkpoint"]) if os.path.exists(card["checkpoint"]) else None
+    if found is not None:
+        return found.model_config(**shape, **lora)
+    return GPT2Config.from_model_card(card["model_card"], **shape, **lora)

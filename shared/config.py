@@ -6,6 +6,7 @@ code written against the reference constructs the same shapes here.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 # The three model cards of microsoft/LoRA's NLG scripts: (n_embd, n_layer, n_head).
@@ -26,6 +27,11 @@ class GPT2Config:
     n_head: int = 12
     layer_norm_epsilon: float = 1e-5
     initializer_range: float = 0.02
+    # Attention scores are divided by sqrt(head_dim) (scale_attn_weights) and, with
+    # scale_attn_by_inverse_layer_idx, by layer_index + 1 too: transformers' GPT2Config keys,
+    # read from a checkpoint folder's config.json (shared/pretrained.py).
+    scale_attn_weights: bool = True
+    scale_attn_by_inverse_layer_idx: bool = False
     lora_attn_dim: int = 0  # LoRA rank r; 0 means no LoRA
     lora_attn_alpha: int = 128
     lora_dropout: float = 0.0
@@ -40,10 +46,22 @@ class GPT2Config:
             raise ValueError(f"GPT2Config: lora_attn_dim must be >= 0, got {self.lora_attn_dim}")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ValueError(f"GPT2Config: lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if not self.layer_norm_epsilon > 0:
+            raise ValueError(f"GPT2Config: layer_norm_epsilon must be positive, got "
+                             f"{self.layer_norm_epsilon}")
 
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
+
+    def attention_divisor(self, layer_index: int) -> float:
+        """What layer `layer_index` divides its attention scores by (transformers' GPT-2:
+        sqrt(head_dim) if scale_attn_weights, times layer_index + 1 if
+        scale_attn_by_inverse_layer_idx)."""
+        divisor = math.sqrt(self.head_dim) if self.scale_attn_weights else 1.0
+        if self.scale_attn_by_inverse_layer_idx:
+            divisor *= layer_index + 1
+        return divisor
 
     @classmethod
     def from_model_card(cls, model_card: str, n_embd=None, n_layer=None, n_head=None, **kwargs):

@@ -199,7 +199,9 @@ def hf_gpt2_config(config: GPT2Config) -> dict:
         "n_head": config.n_head, "n_inner": None, "activation_function": "gelu_new",
         "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
         "layer_norm_epsilon": config.layer_norm_epsilon,
-        "initializer_range": config.initializer_range, "scale_attn_weights": True,
+        "initializer_range": config.initializer_range,
+        "scale_attn_weights": config.scale_attn_weights,
+        "scale_attn_by_inverse_layer_idx": config.scale_attn_by_inverse_layer_idx,
         "bos_token_id": 50256, "eos_token_id": 50256, "tie_word_embeddings": True,
         "use_cache": True,
     }
@@ -232,17 +234,10 @@ def export_hf_model(state: dict, config: GPT2Config, out_dir) -> list:
 
 
 def config_from_hf(hf_dir) -> GPT2Config:
-    """Our GPT2Config from a transformers GPT-2 config.json (refusing what this model lacks)."""
+    """Our GPT2Config from a transformers GPT-2 config.json (refusing what this model lacks;
+    pretrained.parse_hf_config says what is read and what is refused)."""
+    from .pretrained import parse_hf_config, read_config_json
     path = os.path.join(hf_dir, MODEL_CONFIG)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Hugging Face config not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        hf = json.load(f)
-    if hf.get("model_type") != "gpt2":
-        raise HFFormatError(f"{path}: model_type {hf.get('model_type')!r} is not gpt2")
-    if hf.get("activation_function", "gelu_new") != "gelu_new" or hf.get("n_inner"):
-        raise HFFormatError(f"{path}: only gelu_new and n_inner = 4 n_embd are supported")
-    return GPT2Config(vocab_size=hf["vocab_size"], n_positions=hf["n_positions"],
-                      n_ctx=hf.get("n_ctx", hf["n_positions"]), n_embd=hf["n_embd"],
-                      n_layer=hf["n_layer"], n_head=hf["n_head"],
-                      layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-5))
+    return GPT2Config(**parse_hf_config(read_config_json(path), path))

@@ -7,7 +7,6 @@ ready model with its backend's decoding functions, so the scripts themselves sta
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -15,6 +14,7 @@ import numpy as np
 
 from .config import shape_flag_problems
 from .environment import default_device, device_problems
+from .pretrained import checkpoint_path_problem
 from .train_args import BACKENDS, add_launcher_args, add_model_shape_args, model_config
 
 
@@ -25,8 +25,9 @@ def add_inference_model_args(parser):
     add_model_shape_args(parser)
     add_launcher_args(parser)
     parser.add_argument("--init_checkpoint", default=None,
-                        help="model weights: HF GPT-2, microsoft/LoRA (full or fine-tuned), or "
-                             "this project's .safetensors/.npz")
+                        help="model weights: HF GPT-2 (file or folder, whose config.json gives "
+                             "the shape), OpenAI's TF GPT-2 folder, microsoft/LoRA (full or "
+                             "fine-tuned), or this project's .safetensors/.npz")
     parser.add_argument("--lora_checkpoint", default=None,
                         help="LoRA-only weights loaded after --init_checkpoint")
 
@@ -36,8 +37,9 @@ def inference_model_problems(args) -> list:
     problems = []
     for flag in ("init_checkpoint", "lora_checkpoint"):
         path = getattr(args, flag)
-        if path and not os.path.isfile(path):
-            problems.append(f"--{flag} {path}: file not found")
+        if path:
+            problems.append(checkpoint_path_problem(f"--{flag}", path))
+    problems = [p for p in problems if p]
     if args.lora_checkpoint and not args.init_checkpoint:
         problems.append("--lora_checkpoint holds LoRA weights only: give the base model with "
                         "--init_checkpoint too")

@@ -147,8 +147,7 @@ class InstructPipeline(Pipeline):
         base = self.path("base", "base.safetensors")
         base_config = GPT2Config(**dict(self.config.to_dict(), lora_attn_dim=0))
         if self.args.init_checkpoint:
-            save_checkpoint(base, load_for_model(self.args.init_checkpoint, base_config))
-            return {"base": base, "source": self.args.init_checkpoint}
+            return self.save_base(base, base_config)
         work, steps = self.path("base"), self.s["base_steps"]
         argv = ["scripts/gpt2_ft.py", "--backend", "torch", "--device", self.s["device"],
                 "--train_data", self.path("data", "full", "train.jsonl"),

@@ -34,6 +34,7 @@ from .config import GPT2Config
 from .e2e_data import limit_test_split
 from .environment import cuda_available, devices, versions
 from .paths import resolve_e2e_dir, resolve_vocab_dir
+from .pretrained import checkpoint_config, write_config_beside
 from .run_lock import RunLock
 from .stage_process import run_stage
 from .entry_point import run_script
@@ -135,11 +136,22 @@ class Pipeline:
         self.state = self._load_state()
 
     def model_config(self) -> GPT2Config:
-        """The model the settings describe."""
-        return GPT2Config.from_model_card(
-            self.s["model_card"], n_embd=self.s["n_embd"], n_layer=self.s["n_layer"],
-            n_head=self.s["n_head"], lora_attn_dim=self.s["lora_dim"],
-            lora_attn_alpha=self.s["lora_alpha"])
+        """The model the settings describe; an --init_checkpoint whose folder has a config
+        (pretrained.py) gives the shape, and shape settings must agree with it."""
+        shape = dict(n_embd=self.s["n_embd"], n_layer=self.s["n_layer"], n_head=self.s["n_head"])
+        lora = dict(lora_attn_dim=self.s["lora_dim"], lora_attn_alpha=self.s["lora_alpha"])
+        found = checkpoint_config(self.args.init_checkpoint)
+        if found is not None:
+            return found.model_config(**shape, **lora)
+        return GPT2Config.from_model_card(self.s["model_card"], **shape, **lora)
+
+    def save_base(self, base, base_config):
+        """--init_checkpoint converted to `base` (backend-neutral), with a config.json beside it
+        when the checkpoint had a config, so the later stages read the same model."""
+        save_checkpoint(base, load_for_model(self.args.init_checkpoint, base_config))
+        if checkpoint_config(self.args.init_checkpoint) is not None:
+            write_config_beside(os.path.dirname(base), base_config)
+        return {"base": base, "source": self.args.init_checkpoint}
 
     # --------------------------------------------------------------------------- helpers
     def _load_state(self):
@@ -242,9 +254,7 @@ class Pipeline:
         base = self.path("base", "base.safetensors")
         base_config = GPT2Config(**dict(self.config.to_dict(), lora_attn_dim=0))
         if self.args.init_checkpoint:
-            state = load_for_model(self.args.init_checkpoint, base_config)
-            save_checkpoint(base, state)
-            return {"base": base, "source": self.args.init_checkpoint}
+            return self.save_base(base, base_config)
         work = self.path("base")
         argv = ["scripts/gpt2_ft.py", "--backend", "torch", "--device", self.s["device"],
                 "--train_data", self.path("data", "train.jsonl"),

@@ -12,6 +12,7 @@ from .arg_types import (fraction_below_one, non_negative_float, non_negative_int
 from .config import MODEL_CARDS, GPT2Config, seq_len_problem, shape_flag_problems
 from .environment import default_device, device_problems
 from .preflight import output_dir_problems
+from .pretrained import checkpoint_config, checkpoint_path_problem
 from .schedule import SCHEDULES
 
 BACKENDS = ("torch", "jittor")
@@ -52,8 +53,9 @@ def build_parser(data_args=True, description=None):
     p.add_argument("--seq_len", type=positive_int, default=512)
     add_model_shape_args(p)
     add_launcher_args(p)
-    p.add_argument("--init_checkpoint", default=None, help="pretrained checkpoint (HF GPT-2, "
-                   "microsoft/LoRA, or this project's .safetensors/.npz); default: seeded init")
+    p.add_argument("--init_checkpoint", default=None, help="pretrained checkpoint (HF GPT-2 "
+                   "file or folder, whose config.json gives the shape; OpenAI's TF GPT-2 folder; "
+                   "microsoft/LoRA; or this project's .safetensors/.npz); default: seeded init")
     p.add_argument("--lora_dropout", type=fraction_below_one, default=0.0)
     p.add_argument("--label_smooth", type=fraction_below_one, default=0.0)
     p.add_argument("--log_interval", type=positive_int, default=100, help="steps between log lines")
@@ -114,8 +116,8 @@ def validate(args, data_files=True):
         path = getattr(args, name)
         if not os.path.isfile(path):
             problems.append(f"--{name} {path}: file not found")
-    if args.init_checkpoint and not os.path.isfile(args.init_checkpoint):
-        problems.append(f"--init_checkpoint {args.init_checkpoint}: file not found")
+    if args.init_checkpoint:
+        problems.append(checkpoint_path_problem("--init_checkpoint", args.init_checkpoint))
     for name in ("train_batch_size", "valid_batch_size", "grad_acc", "seq_len", "log_interval",
                  "eval_interval", "save_interval"):
         if getattr(args, name) <= 0:
@@ -149,6 +151,7 @@ def validate(args, data_files=True):
     problems += device_problems(args.device)
     problems += output_dir_problems("--work_dir", args.work_dir)
     problems += shape_flag_problems(args.n_embd, args.n_layer, args.n_head, args.model_card)
+    problems = [p for p in problems if p]
     if not problems:
         try:
             problems.append(seq_len_problem(args.seq_len, model_config(args)))
@@ -161,7 +164,14 @@ def validate(args, data_files=True):
 
 
 def model_config(args) -> GPT2Config:
+    """The model the flags name: from --init_checkpoint's config.json / hparams.json where its
+    folder has one (pretrained.py; shape flags must agree with it), else from --model_card and
+    the shape flags. Every script that takes --init_checkpoint builds its model here."""
+    lora = dict(lora_attn_dim=args.lora_dim, lora_attn_alpha=args.lora_alpha,
+                lora_dropout=getattr(args, "lora_dropout", 0.0))
+    found = checkpoint_config(getattr(args, "init_checkpoint", None))
+    if found is not None:
+        return found.model_config(n_embd=args.n_embd, n_layer=args.n_layer, n_head=args.n_head,
+                                  **lora)
     return GPT2Config.from_model_card(
-        args.model_card, n_embd=args.n_embd, n_layer=args.n_layer, n_head=args.n_head,
-        lora_attn_dim=args.lora_dim, lora_attn_alpha=args.lora_alpha,
-        lora_dropout=getattr(args, "lora_dropout", 0.0))
+        args.model_card, n_embd=args.n_embd, n_layer=args.n_layer, n_head=args.n_head, **lora)

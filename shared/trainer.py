@@ -32,6 +32,7 @@ from .atomic import write_json
 from .batching import FTDataset, check_batch
 from .checkpoint import (CheckpointError, latest_checkpoint_step, load_trainer_state,
                          save_checkpoint, save_trainer_state)
+from .pretrained import checkpoint_config, write_config_beside
 from .run_lock import RunLock
 from .schedule import lr_at
 from .stop_signals import signal_name, stop_signal_handler
@@ -261,6 +262,8 @@ class Trainer:
             raise TrainingError(f"{self.work_dir} already holds checkpoints of a run: pass "
                                 f"--resume to continue it, or choose another --work_dir")
         write_json(os.path.join(self.work_dir, "run_config.json"), self.run_config())
+        if checkpoint_config(args.init_checkpoint) is not None:  # model.N.pt read back as this model
+            write_config_beside(self.work_dir, self.config)
         self.log = JsonlLogWriter(os.path.join(self.work_dir, "train_log.jsonl"),
                                   resume_step=self.step if args.resume else None)
         if getattr(args, "tensorboard", None):

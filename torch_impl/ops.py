@@ -52,16 +52,16 @@ def causal_mask(nd, ns, like):
     return torch.ones(nd, ns, device=like.device).tril(diagonal=ns - nd)
 
 
-def fused_attention(q, k, v, len_kv=None):
-    """softmax(q k^T / sqrt(d) + causal mask) v as one fused kernel; with `len_kv`, keys at or
-    beyond each row's length are masked too."""
+def fused_attention(q, k, v, len_kv=None, scale=None):
+    """softmax(q k^T * scale + causal mask) v as one fused kernel (scale None: 1/sqrt(d)); with
+    `len_kv`, keys at or beyond each row's length are masked too."""
     nd, ns = q.shape[-2], k.shape[-2]
     if len_kv is None and nd == ns:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
     keep = causal_mask(nd, ns, q).bool()
     if len_kv is not None:
         keep = keep & (torch.arange(ns, device=k.device)[None, :] < len_kv[:, None])[:, None, None, :]
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=keep, scale=scale)
 
 
 def layer_norm(x, weight, bias, eps):
