@@ -56,25 +56,14 @@ def pretrain_problems(args) -> list:
         args.text = [p for p in env.split(os.pathsep) if p]
     if not args.text:
         problems.append(f"give --text FILE [FILE ...] or set {TEXT_ENV}")
-    if args.seq_len <= 0:
-        problems.append(f"--seq_len must be positive, got {args.seq_len}")
-    elif args.stride is None:
+    if args.stride is None:  # the numeric flags' ranges are checked by their argparse types
         args.stride = args.seq_len
-    if args.stride is not None and args.stride <= 0:
-        problems.append(f"--stride must be positive, got {args.stride}")
     if not args.prompt.strip():
         problems.append("--prompt is empty: the samples continue it, give some text")
-    if args.sample_tokens < 1:
-        problems.append(f"--sample_tokens must be >= 1, got {args.sample_tokens}")
-    if not 0.0 < args.valid_fraction < 1.0:
-        problems.append(f"--valid_fraction must be in (0, 1), got {args.valid_fraction}")
-    if args.sample_every < 0:
-        problems.append(f"--sample_every must be >= 0, got {args.sample_every}")
     if args.lora_dim:
         problems.append("pretraining trains every weight: leave --lora_dim at 0")
     try:
-        if args.sample_tokens >= 1:
-            sampling_settings(args)
+        sampling_settings(args)
     except ValueError as exc:
         problems.append(str(exc))
     return problems
