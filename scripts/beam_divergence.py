@@ -13,6 +13,7 @@ import sys
 
 from alignment.beam_report import from_runs
 from shared.beam_spec import add_beam_settings_args, settings_from_args
+from shared.lora_settings import resolve_lora_args
 from shared.train_args import add_model_shape_args
 
 
@@ -37,7 +38,8 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     model_args = argparse.Namespace(**{k: getattr(args, k) for k in (
         "model_card", "n_embd", "n_layer", "n_head", "lora_dim", "lora_alpha", "device")})
-    try:
+    try:  # --lora_dim/--lora_alpha left out: the checkpoints' stored LoRA settings
+        resolve_lora_args(model_args, paths=[args.torch_checkpoint, args.jittor_checkpoint])
         document = from_runs(model_args, {"torch": args.torch_checkpoint, "jittor": args.jittor_checkpoint},
                              {"torch": args.torch_predictions, "jittor": args.jittor_predictions},
                              args.data, settings_from_args(args), args.seq_len, args.out,

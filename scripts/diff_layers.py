@@ -48,8 +48,9 @@ def main(argv=None):
             model_config(args), args.data, args.out, args.init_checkpoint, args.lora_checkpoint,
             args.random_seed, args.seq_len, args.batch_size, args.batches, args.precision,
             args.device, args.label_smooth, args.plant)
-    except ValueError as exc:
-        sys.exit(f"diff_layers.py: {exc}")
+    except ValueError as exc:  # bad input (a checkpoint, the data, LoRA flags): status 2
+        print(f"diff_layers.py: error: {exc}", file=sys.stderr)
+        return 2
     print("\n".join(diff_layers.terminal_summary(document)))
     print(f"wrote {args.out}/diff_layers.md, .json, .png")
     return 0 if document["passed"] or args.exit_zero else 1
