@@ -22,5 +22,7 @@ setup(
         "safetensors",
         "tensorboardX",
     ],
-    extras_require={"test": ["pytest"]},
+    # test: pytest, and the real Hugging Face clients of the export/import tests (pinned as in
+    # requirements-hf.txt)
+    extras_require={"test": ["pytest", "transformers==5.17.0", "peft==0.21.2"]},
 )

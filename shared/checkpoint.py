@@ -225,7 +225,7 @@ def load_for_model(source, config: GPT2Config, base_loaded: bool = False):
         settings = read_lora_settings(name)
         problem = settings and config.lora_attn_dim > 0 and mismatch(settings, config, name)
         if problem:  # LoRA weights trained with other settings would load and compute wrong
-            raise CheckpointError(f"cannot load {name}: the model's {problem}")
+            raise CheckpointError(f"cannot load {name}: {problem}")
     else:
         name, raw = "<state dict>", source
     return match_state_dict(normalize_state_dict(raw, name), config, base_loaded, name)

@@ -13,6 +13,15 @@ Importing reverses this when the adapter has that block structure (rank r, bit-e
 peft adapter on c_attn whose key rows of lora_B are zero is taken at rank R with lora_A used for
 both query and value (A_q = A_v = A): the same delta weight. Key rows that are not zero cannot be
 expressed by a q/v-only MergedLinear and are refused.
+Per layer, as peft does: `rank_pattern` / `alpha_pattern` (first key k with
+re.match(rf"(.*\.)?({k})$", "transformer.h.N.attn.c_attn")) give that layer's rank and alpha, and
+layers outside `layers_to_transform` get no LoRA; the model takes them as per-layer rank and
+alpha (GPT2Config.lora_layer_dims / lora_layer_alphas), so the scaling alpha / r of each layer is
+peft's exactly (any float alpha). The imported checkpoint stores these settings
+(shared/lora_settings.py). Everything else in adapter_config.json that changes the output and
+that the twins cannot express (use_rslora, use_dora, bias, modules_to_save, other target
+modules, fan_in_fan_out false, unknown options...) is refused naming the key. Exporting a model
+with per-layer settings writes them the same way.
 
 Full weights go out as `model.safetensors` + `config.json` that `GPT2LMHeadModel.from_pretrained`
 reads (keys `transformer.*`, Conv1D layout as here, head tied to `wte`, metadata format "pt"),

@@ -169,8 +169,9 @@ def mismatch(settings: dict, config, source) -> "str | None":
         else:
             same = a == b
         if not same:
-            return (f"{name} {a} given, but {source} was trained with {name} {b} (its stored "
-                    f"LoRA settings): leave the flag out to use the checkpoint's")
+            return (f"the model has {name} {a}, but {source} was trained with {name} {b} (its "
+                    f"stored LoRA settings); build the model with the checkpoint's settings "
+                    f"(leave --lora_dim/--lora_alpha out)")
     return None
 
 

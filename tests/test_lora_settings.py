@@ -110,10 +110,10 @@ def test_a_damaged_record_is_named(tmp_path, state):
 
 
 def test_loading_into_a_model_of_other_settings_is_refused(saved):
-    for wrong, message in ((dict(lora_attn_alpha=8), "lora_alpha 8 given, but .*lora.pt was "
-                                                      "trained with lora_alpha 32"),
-                           (dict(lora_attn_dim=2), "lora_dim 2 given, but .*lora.pt was trained "
-                                                   "with lora_dim 4")):
+    for wrong, message in ((dict(lora_attn_alpha=8), "the model has lora_alpha 8, but .*lora.pt "
+                                                      "was trained with lora_alpha 32"),
+                           (dict(lora_attn_dim=2), "the model has lora_dim 2, but .*lora.pt was "
+                                                   "trained with lora_dim 4")):
         config = GPT2Config(**dict(CONFIG.to_dict(), **wrong))
         with pytest.raises(CheckpointError, match=message):
             load_for_model(saved["lora"], config, base_loaded=True)
