@@ -130,7 +130,11 @@ def check(args):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    result = check(args)
+    try:
+        result = check(args)
+    except ValueError as exc:  # a checkpoint or LoRA flag that cannot be used (CheckpointError...)
+        print(f"check_alignment.py: error: {exc}", file=sys.stderr)
+        return 2
     for key in ("logits", "loss", "grad"):
         print(f"{key:7s} max abs {result[key + '_max_abs']:.3e}   rel L2 {result[key + '_rel_l2']:.3e}")
     print(f"{result['grad_params']} trainable tensors, {result['batches']} batches of "
