@@ -88,8 +88,8 @@ def test_each_format_stores_the_settings_beside_the_weights(tmp_path, state, fil
         raw = torch.load(path, weights_only=True)
         assert sorted(raw) == ["lora_config", "model_state_dict"]
         assert all(k.startswith("module.transformer.") for k in raw["model_state_dict"])
-    np.testing.assert_array_equal(load_for_model(path, config)["transformer.h.0.attn.c_attn.lora_B"],
-                                  state["transformer.h.0.attn.c_attn.lora_B"])
+    name = "transformer.h.0.attn.c_attn.lora_B"
+    np.testing.assert_array_equal(load_for_model(path, config)[name], state[name])
 
 
 def test_a_base_checkpoint_carries_no_lora_settings(saved):
@@ -101,7 +101,8 @@ def test_a_damaged_record_is_named(tmp_path, state):
     from safetensors.numpy import save_file
     path = tmp_path / "bad.safetensors"
     save_file(dict(state), str(path), metadata={"lora_config": '{"lora_dim": 4}'})
-    with pytest.raises(LoRASettingsError, match=r"bad.safetensors: lora_config has no 'lora_alpha'"):
+    with pytest.raises(LoRASettingsError,
+                       match=r"bad.safetensors: lora_config has no 'lora_alpha'"):
         read_lora_settings(path)
     save_file(dict(state), str(path), metadata={"lora_config": json.dumps(
         {"lora_dim": 4, "lora_alpha": 8, "lora_targets": ["c_attn.query", "c_proj"]})})
