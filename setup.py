@@ -24,5 +24,7 @@ setup(
         "protobuf",
         "google-crc32c",
     ],
-    extras_require={"test": ["pytest", "transformers"]},
+    # test: pytest, and the real Hugging Face clients of the export/import tests (pinned as in
+    # requirements-test.txt)
+    extras_require={"test": ["pytest", "transformers==5.17.0", "peft==0.21.2"]},
 )

@@ -17,6 +17,7 @@ from shared.atomic import atomic_group
 from shared.beam_spec import add_beam_settings_args, settings_from_args
 from shared.entry_point import run_script
 from shared.preflight import check_outputs, input_file_problems, output_dir_problems
+from shared.lora_settings import resolve_lora_args
 from shared.train_args import add_model_shape_args
 
 
@@ -49,6 +50,8 @@ def run(args, model_args):
               "jittor_predictions")
     check_outputs([p for flag in inputs for p in input_file_problems(f"--{flag}", getattr(args, flag))]
                   + output_dir_problems("--out", args.out))
+    # --lora_dim/--lora_alpha left out: the checkpoints' stored LoRA settings
+    resolve_lora_args(model_args, paths=[args.torch_checkpoint, args.jittor_checkpoint])
     with atomic_group(args.out):  # its files, or none
         document = from_runs(model_args, {"torch": args.torch_checkpoint, "jittor": args.jittor_checkpoint},
                              {"torch": args.torch_predictions, "jittor": args.jittor_predictions},

@@ -20,7 +20,7 @@ from shared.config import shape_flag_problems
 from shared.entry_point import run_script
 from shared.environment import device_problems
 from shared.preflight import check_outputs, input_file_problems, output_dir_problems
-from shared.train_args import add_model_shape_args, default_device, model_config
+from shared.train_args import add_model_shape_args, default_device, lora_flag_problems, model_config
 
 
 def build_parser():
@@ -48,6 +48,7 @@ def argument_problems(args) -> list:
     """What is wrong with the flags, as readable lines (empty when all is well)."""
     problems = [p for flag in ("init_checkpoint", "lora_checkpoint", "data")
                 if getattr(args, flag) for p in input_file_problems(f"--{flag}", getattr(args, flag))]
+    problems += lora_flag_problems(args)  # --lora_dim/--lora_alpha, from the checkpoints too
     if args.lora_checkpoint and args.lora_dim <= 0:
         problems.append("--lora_checkpoint needs --lora_dim (the rank it was trained with)")
     problems += device_problems(args.device)

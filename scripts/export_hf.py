@@ -1,12 +1,14 @@
 #!/usr/bin/env python
 """Move weights between this project and the Hugging Face ecosystem (no framework needed).
 
-  # a trained LoRA run -> a peft adapter folder and a transformers GPT-2 folder (LoRA merged)
-  python scripts/export_hf.py export --init_checkpoint trained/model.600.pt --lora_dim 4 \
-      --lora_alpha 32 --model_card gpt2.md --peft_dir hf/adapter --hf_dir hf/model
+  # a trained LoRA run -> a peft adapter folder and a transformers GPT-2 folder (LoRA merged);
+  # the checkpoint carries its rank and alpha (--lora_dim/--lora_alpha only for files without)
+  python scripts/export_hf.py export --init_checkpoint trained/model.600.pt \
+      --model_card gpt2.md --peft_dir hf/adapter --hf_dir hf/model
   # the base model alone, for peft's base_model_name_or_path
   python scripts/export_hf.py export --init_checkpoint base.safetensors --hf_dir hf/base
-  # a peft adapter (LoRA on c_attn) -> this project's LoRA checkpoint (microsoft/LoRA layout)
+  # a peft adapter (LoRA on c_attn) -> this project's LoRA checkpoint (microsoft/LoRA layout),
+  # its rank and alpha (per layer with rank_pattern/alpha_pattern/layers_to_transform) stored in it
   python scripts/export_hf.py import --peft_dir hf/adapter --model_card gpt2.md --out lora.pt
 A transformers GPT-2 folder (or OpenAI's TF GPT-2 folder) needs no import: --init_checkpoint DIR
 reads it, with its config.json (hparams.json) giving the model's shape.
@@ -18,6 +20,7 @@ from shared.atomic import atomic_group
 from shared.checkpoint import load_for_model, save_checkpoint
 from shared.entry_point import run_script
 from shared.hf_export import export_hf_model, export_peft_adapter, import_peft_adapter
+from shared.lora_settings import format_alpha
 from shared.preflight import check_outputs, output_dir_problems, output_file_problems
 from shared.train_args import add_model_shape_args, model_config
 
@@ -37,7 +40,8 @@ def build_parser():
     i = sub.add_parser("import", help="peft adapter -> this project's LoRA checkpoint")
     add_model_shape_args(i)
     i.add_argument("--peft_dir", required=True)
-    i.add_argument("--out", required=True, help=".pt (microsoft/LoRA layout) or .safetensors")
+    i.add_argument("--out", required=True, help=".pt (microsoft/LoRA layout) or .safetensors; "
+                   "it stores the adapter's LoRA settings")
     return p
 
 
@@ -55,11 +59,19 @@ def export(args):
 
 
 def import_adapter(args):
+    for flag in ("lora_dim", "lora_alpha"):
+        if getattr(args, flag) is not None:
+            raise ValueError(f"import: --{flag} is not used (the adapter's adapter_config.json "
+                             f"gives the LoRA settings)")
+    args.lora_dim = 0  # the base model's shape only
     config = model_config(args)
-    state, rank, alpha = import_peft_adapter(args.peft_dir, config.n_embd)
-    save_checkpoint(args.out, state)
-    print(f"LoRA rank {rank}, alpha {alpha:g}: load it with --lora_dim {rank} --lora_alpha "
-          f"{alpha:g} --lora_checkpoint {args.out} on top of the base model")
+    state, settings = import_peft_adapter(args.peft_dir, config)
+    save_checkpoint(args.out, state, lora_settings=settings)
+    per_layer = ", per layer: rank " + str(settings.get("lora_layer_dims", "-")) + ", alpha " \
+        + str(settings.get("lora_layer_alphas", "-")) if len(settings) > 3 else ""
+    print(f"LoRA rank {settings['lora_dim']}, alpha {format_alpha(settings['lora_alpha'])}"
+          f"{per_layer} (stored in {args.out}): load it with --lora_checkpoint {args.out} on "
+          f"top of the base model")
     return [args.out]
 
 

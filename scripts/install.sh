@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything jittor-lora-align needs, in one command:
-#   Java (METEOR 1.5 runs on it), the pinned Python packages, this project, and a Jittor warm-up
+#   Java (METEOR 1.5 runs on it), the pinned Python packages (requirements.txt, and the test
+#   clients transformers + peft of requirements-test.txt), this project, and a Jittor warm-up
 #   (its first import compiles its core for 1-2 minutes and may ask for one rerun).
 # Safe to run again. Non-interactive (CI=true, no stdin needed).
 set -euo pipefail
@@ -20,9 +21,7 @@ if ! command -v java >/dev/null 2>&1; then
 fi
 java -version 2>&1 | head -1
 
-echo "== Python packages (requirements.txt) =="
-"$PYTHON" -m pip install -q --disable-pip-version-check -r requirements.txt
-echo "== test extra (requirements-test.txt) =="
+echo "== Python packages (requirements.txt, and the test clients of requirements-test.txt) =="
 "$PYTHON" -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-test.txt
 echo "== this project (editable) =="
 "$PYTHON" -m pip install -q --disable-pip-version-check --no-deps -e .

@@ -26,6 +26,8 @@ import numpy as np
 
 from .atomic import atomic_path
 from .config import GPT2Config
+from .lora_settings import (LORA_CONFIG_KEY, encode_for_npz, encode_for_safetensors, mismatch,
+                            read_lora_settings)
 from .params import is_lora_name, parameter_shapes
 
 # Keys that hold no parameter of their own: causal-mask buffers and the tied output head.
@@ -90,8 +92,8 @@ def read_checkpoint(path) -> "OrderedDict[str, np.ndarray]":
             from safetensors.numpy import load_file
             raw = load_file(path)
         elif ext == ".npz":
-            with np.load(path, allow_pickle=False) as npz:
-                raw = {k: npz[k] for k in npz.files}
+            with np.load(path, allow_pickle=False) as npz:  # without its LoRA settings record
+                raw = {k: npz[k] for k in npz.files if k != LORA_CONFIG_KEY}
         elif ext == ".pkl":
             with open(path, "rb") as f:
                 raw = _ArraysOnlyUnpickler(f).load()
@@ -229,20 +231,28 @@ def load_for_model(source, config: GPT2Config, base_loaded: bool = False, name=N
     if isinstance(source, (str, os.PathLike)):
         name = os.fspath(source)
         raw = read_checkpoint(name)
+        settings = read_lora_settings(name)
+        problem = settings and config.lora_attn_dim > 0 and mismatch(settings, config, name)
+        if problem:  # LoRA weights trained with other settings would load and compute wrong
+            raise CheckpointError(f"cannot load {name}: {problem}")
     else:
         name, raw = name or "<state dict>", source
     return match_state_dict(normalize_state_dict(raw, name), config, base_loaded, name)
 
 
 # ----------------------------------------------------------------------------------- writing
-def save_checkpoint(path, state: dict, layout: str = "auto"):
+def save_checkpoint(path, state: dict, layout: str = "auto", lora_settings: dict = None):
     """Write canonical numpy weights atomically.
 
     layout 'lora' (the default for .pt/.bin) is microsoft/LoRA's: `{'model_state_dict': ...}`
     with `module.transformer.` keys as its DDP training writes them, loadable by its
     `load_weight`; 'neutral' (the default for .safetensors/.npz) keeps canonical names.
+    `lora_settings` (shared/lora_settings.py, e.g. `settings_from_config(config)`) is stored
+    with the weights when they hold LoRA weights, so that the file names its own rank and alpha.
     """
     path = os.fspath(path)
+    if not any(is_lora_name(k) for k in state):
+        lora_settings = None  # a base model: no LoRA settings to carry
     ext = os.path.splitext(path)[1].lower()
     if layout == "auto":
         layout = "lora" if ext in (".pt", ".bin", ".pth") else "neutral"
@@ -250,12 +260,18 @@ def save_checkpoint(path, state: dict, layout: str = "auto"):
     with atomic_path(path) as tmp:
         if layout == "lora":
             import torch
-            torch.save({"model_state_dict": OrderedDict(
-                ("module." + k, torch.from_numpy(v.copy())) for k, v in arrays.items())}, tmp)
+            saved = {"model_state_dict": OrderedDict(
+                ("module." + k, torch.from_numpy(v.copy())) for k, v in arrays.items())}
+            if lora_settings:
+                saved[LORA_CONFIG_KEY] = dict(lora_settings)
+            torch.save(saved, tmp)
         elif ext == ".safetensors":
             from safetensors.numpy import save_file
-            save_file(dict(arrays), tmp)
+            save_file(dict(arrays), tmp,
+                      metadata=encode_for_safetensors(lora_settings) if lora_settings else None)
         elif ext == ".npz":
+            if lora_settings:
+                arrays[LORA_CONFIG_KEY] = encode_for_npz(lora_settings)
             with open(tmp, "wb") as f:
                 np.savez(f, **arrays)
         else:

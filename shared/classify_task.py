@@ -22,7 +22,7 @@ from .classify_data import (BALANCE_MODES, LABELS, ClassifyDataset, classificati
 from .pretrained import checkpoint_config
 from .run_lock import RunLock
 from .tokenizer import load_tokenizer
-from .train_args import build_parser
+from .train_args import build_parser, lora_flag_problems
 from .trainer import Trainer
 
 SPAM_ENV = "SMS_SPAM_DATA"
@@ -53,7 +53,7 @@ def build_classify_parser():
 
 def classify_problems(args) -> list:
     """Task-specific argument problems; fills derived values (data path, seq_len, classes)."""
-    problems = []
+    problems = lora_flag_problems(args)  # --lora_dim/--lora_alpha, from the checkpoint too
     args.data = args.data or os.environ.get(SPAM_ENV)
     if not args.data:
         problems.append(f"give --data FILE or set {SPAM_ENV}")

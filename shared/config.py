@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Optional, Tuple
 
 # The three model cards of microsoft/LoRA's NLG scripts: (n_embd, n_layer, n_head).
 MODEL_CARDS = {
@@ -33,8 +34,13 @@ class GPT2Config:
     scale_attn_weights: bool = True
     scale_attn_by_inverse_layer_idx: bool = False
     lora_attn_dim: int = 0  # LoRA rank r; 0 means no LoRA
-    lora_attn_alpha: int = 128
+    lora_attn_alpha: float = 128  # scaling = alpha / r (microsoft/LoRA); any positive number
     lora_dropout: float = 0.0
+    # Per-layer LoRA rank and alpha (one entry per layer; rank 0: no LoRA on that layer), e.g.
+    # from a peft adapter's rank_pattern/alpha_pattern/layers_to_transform; None: every layer
+    # has lora_attn_dim / lora_attn_alpha.
+    lora_layer_dims: Optional[Tuple[int, ...]] = None
+    lora_layer_alphas: Optional[Tuple[float, ...]] = None
 
     def __post_init__(self):
         for name in ("vocab_size", "n_positions", "n_ctx", "n_embd", "n_layer", "n_head"):
@@ -49,6 +55,30 @@ class GPT2Config:
         if not self.layer_norm_epsilon > 0:
             raise ValueError(f"GPT2Config: layer_norm_epsilon must be positive, got "
                              f"{self.layer_norm_epsilon}")
+        if self.lora_attn_dim == 0:  # a base model: per-layer LoRA settings do not apply
+            self.lora_layer_dims = self.lora_layer_alphas = None
+        for name in ("lora_layer_dims", "lora_layer_alphas"):
+            values = getattr(self, name)
+            if values is None:
+                continue
+            values = tuple(values)
+            if len(values) != self.n_layer:
+                raise ValueError(f"GPT2Config: {name} has {len(values)} entries for "
+                                 f"{self.n_layer} layers")
+            setattr(self, name, values)
+        if self.lora_layer_dims is not None and (min(self.lora_layer_dims) < 0
+                                                 or not any(self.lora_layer_dims)):
+            raise ValueError(f"GPT2Config: lora_layer_dims must be >= 0 with one > 0, got "
+                             f"{list(self.lora_layer_dims)}")
+
+    def lora_dim_of(self, layer: int) -> int:
+        """LoRA rank of layer `layer` (0: none)."""
+        return self.lora_attn_dim if self.lora_layer_dims is None else self.lora_layer_dims[layer]
+
+    def lora_alpha_of(self, layer: int) -> float:
+        """LoRA alpha of layer `layer` (its scaling is alpha / rank)."""
+        return (self.lora_attn_alpha if self.lora_layer_alphas is None
+                else self.lora_layer_alphas[layer])
 
     @property
     def head_dim(self) -> int:

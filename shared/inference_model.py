@@ -15,7 +15,8 @@ import numpy as np
 from .config import shape_flag_problems
 from .environment import default_device, device_problems
 from .pretrained import checkpoint_path_problem
-from .train_args import BACKENDS, add_launcher_args, add_model_shape_args, model_config
+from .train_args import (BACKENDS, add_launcher_args, add_model_shape_args, lora_flag_problems,
+                         model_config)
 
 
 def add_inference_model_args(parser):
@@ -40,11 +41,13 @@ def inference_model_problems(args) -> list:
         if path:
             problems.append(checkpoint_path_problem(f"--{flag}", path))
     problems = [p for p in problems if p]
+    problems += lora_flag_problems(args)  # --lora_dim/--lora_alpha, from the checkpoints too
     if args.lora_checkpoint and not args.init_checkpoint:
         problems.append("--lora_checkpoint holds LoRA weights only: give the base model with "
                         "--init_checkpoint too")
     if args.lora_checkpoint and args.lora_dim <= 0:
-        problems.append("--lora_checkpoint needs --lora_dim (the rank it was trained with)")
+        problems.append(f"--lora_checkpoint needs --lora_dim (the rank it was trained with; "
+                        f"{args.lora_checkpoint} does not store its LoRA settings)")
     if args.device is None:
         args.device = default_device()
     problems += device_problems(args.device)

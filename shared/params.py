@@ -24,12 +24,12 @@ def is_lora_name(name: str) -> bool:
 
 def parameter_shapes(config: GPT2Config) -> "OrderedDict[str, tuple]":
     """Every parameter of the model, in a fixed order, with its shape."""
-    e, r = config.n_embd, config.lora_attn_dim
+    e = config.n_embd
     shapes = OrderedDict()
     shapes["transformer.wte.weight"] = (config.vocab_size, e)
     shapes["transformer.wpe.weight"] = (config.n_positions, e)
     for i in range(config.n_layer):
-        p = f"transformer.h.{i}."
+        p, r = f"transformer.h.{i}.", config.lora_dim_of(i)
         shapes[p + "ln_1.weight"] = (e,)
         shapes[p + "ln_1.bias"] = (e,)
         shapes[p + "attn.c_attn.weight"] = (e, 3 * e)

@@ -17,7 +17,7 @@ from .run_lock import RunLock
 from .sampling import EOT_ID, SamplingSettings
 from .text_data import WindowDataset, split_tail, token_stream
 from .tokenizer import load_tokenizer
-from .train_args import build_parser
+from .train_args import build_parser, lora_flag_problems
 from .trainer import Trainer
 
 # The task's own arguments a resumed run must keep (besides the trainer's RESUME_KEYS).
@@ -50,7 +50,7 @@ def build_pretrain_parser():
 
 def pretrain_problems(args) -> list:
     """Task-specific argument problems (the trainer checks the rest); fills derived values."""
-    problems = []
+    problems = lora_flag_problems(args)  # --lora_dim/--lora_alpha, from the checkpoint too
     if not args.text:
         env = os.environ.get(TEXT_ENV, "")
         args.text = [p for p in env.split(os.pathsep) if p]

@@ -11,6 +11,7 @@ from .arg_types import (fraction_below_one, non_negative_float, non_negative_int
                         positive_int, seed_int)
 from .config import MODEL_CARDS, GPT2Config, seq_len_problem, shape_flag_problems
 from .environment import default_device, device_problems
+from .lora_settings import LoRASettingsError, resolve_lora_args
 from .preflight import output_dir_problems
 from .pretrained import checkpoint_config, checkpoint_path_problem
 from .schedule import SCHEDULES
@@ -24,8 +25,12 @@ def add_model_shape_args(parser):
     parser.add_argument("--n_embd", type=int, default=None, help="override the card's n_embd")
     parser.add_argument("--n_layer", type=int, default=None, help="override the card's n_layer")
     parser.add_argument("--n_head", type=int, default=None, help="override the card's n_head")
-    parser.add_argument("--lora_dim", type=non_negative_int, default=0, help="LoRA rank r (0: no LoRA)")
-    parser.add_argument("--lora_alpha", type=positive_int, default=128, help="LoRA alpha")
+    parser.add_argument("--lora_dim", type=non_negative_int, default=None,
+                        help="LoRA rank r (0: no LoRA); default: the rank stored in the "
+                             "checkpoint, else 0")
+    parser.add_argument("--lora_alpha", type=positive_float, default=None,
+                        help="LoRA alpha (scaling = alpha / r; any number, e.g. 2.5); default: "
+                             "the alpha stored in the checkpoint, else 128")
 
 
 def add_launcher_args(parser):
@@ -103,6 +108,18 @@ class ArgumentProblem(ValueError):
     pass
 
 
+def lora_flag_problems(args) -> list:
+    """Resolve --lora_dim/--lora_alpha against the checkpoints' stored LoRA settings; the
+    problems as lines (the flags fall back to their defaults so the other checks can run)."""
+    try:
+        resolve_lora_args(args)
+    except LoRASettingsError as exc:
+        args.lora_dim = 0 if args.lora_dim is None else args.lora_dim
+        args.lora_alpha = 128.0 if args.lora_alpha is None else args.lora_alpha
+        return [str(exc)]
+    return []
+
+
 def validate(args, data_files=True):
     """Fail before any work on arguments that cannot run; fills derived values.
     `data_files=False`: the task reads its own data (pretraining, classification)."""
@@ -118,6 +135,7 @@ def validate(args, data_files=True):
             problems.append(f"--{name} {path}: file not found")
     if args.init_checkpoint:
         problems.append(checkpoint_path_problem("--init_checkpoint", args.init_checkpoint))
+    problems += lora_flag_problems(args)
     for name in ("train_batch_size", "valid_batch_size", "grad_acc", "seq_len", "log_interval",
                  "eval_interval", "save_interval"):
         if getattr(args, name) <= 0:
@@ -166,9 +184,13 @@ def validate(args, data_files=True):
 def model_config(args) -> GPT2Config:
     """The model the flags name: from --init_checkpoint's config.json / hparams.json where its
     folder has one (pretrained.py; shape flags must agree with it), else from --model_card and
-    the shape flags. Every script that takes --init_checkpoint builds its model here."""
+    the shape flags. --lora_dim/--lora_alpha left out are taken from the LoRA settings stored in
+    the checkpoints they name (shared/lora_settings.py). Every script that takes
+    --init_checkpoint builds its model here."""
+    resolve_lora_args(args)
     lora = dict(lora_attn_dim=args.lora_dim, lora_attn_alpha=args.lora_alpha,
-                lora_dropout=getattr(args, "lora_dropout", 0.0))
+                lora_dropout=getattr(args, "lora_dropout", 0.0),
+                lora_layer_dims=args.lora_layer_dims, lora_layer_alphas=args.lora_layer_alphas)
     found = checkpoint_config(getattr(args, "init_checkpoint", None))
     if found is not None:
         return found.model_config(n_embd=args.n_embd, n_layer=args.n_layer, n_head=args.n_head,

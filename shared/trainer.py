@@ -33,6 +33,7 @@ from .batching import FTDataset, check_batch
 from .checkpoint import (CheckpointError, latest_checkpoint_step, load_trainer_state,
                          save_checkpoint, save_trainer_state)
 from .pretrained import checkpoint_config, write_config_beside
+from .lora_settings import settings_from_config
 from .run_lock import RunLock
 from .schedule import lr_at
 from .stop_signals import signal_name, stop_signal_handler
@@ -166,7 +167,8 @@ class Trainer:
                 "run_config": self.run_config()}
         for path, write in (
                 (model_path, lambda: save_checkpoint(
-                    model_path, self.backend.state_numpy(lora_only=lora_only), layout="lora")),
+                    model_path, self.backend.state_numpy(lora_only=lora_only), layout="lora",
+                    lora_settings=settings_from_config(self.config))),
                 (state_path, lambda: save_trainer_state(state_path, meta,
                                                         self.backend.optimizer_state()))):
             try:

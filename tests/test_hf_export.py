@@ -55,8 +55,9 @@ def test_peft_adapter_has_the_same_delta_weight(state):
 
 def test_adapter_round_trip_is_exact(state, tmp_path):
     export_peft_adapter(state, CONFIG, tmp_path / "adapter", base_model="base")
-    back, rank, alpha = import_peft_adapter(tmp_path / "adapter", CONFIG.n_embd)
-    assert (rank, alpha) == (3, 12)
+    back, settings = import_peft_adapter(tmp_path / "adapter", CONFIG)
+    assert (settings["lora_dim"], settings["lora_alpha"]) == (3, 12)
+    assert "lora_layer_dims" not in settings and "lora_layer_alphas" not in settings
     for name, value in back.items():
         np.testing.assert_array_equal(value, state[name])
     assert len(back) == 2 * CONFIG.n_layer
@@ -75,18 +76,21 @@ def test_a_dense_peft_adapter_imports_with_the_same_delta():
         arrays[key + "A.weight"] = rng.normal(size=(rank, e)).astype(np.float32)
         arrays[key + "B.weight"] = b
     cfg = {"peft_type": "LORA", "r": rank, "lora_alpha": 8, "fan_in_fan_out": True}
-    state, our_rank, alpha = peft_to_lora(arrays, cfg, e)
+    two_layers = GPT2Config(n_embd=e, n_layer=2, n_head=4)
+    state, settings = peft_to_lora(arrays, cfg, two_layers)
+    our_rank, alpha = settings["lora_dim"], settings["lora_alpha"]
     assert our_rank == rank and alpha == 8
     for i in range(2):
         np.testing.assert_allclose(lora_delta(state, alpha / our_rank, i), peft_delta(arrays, cfg, i),
                                    atol=1e-5, rtol=1e-6)
     arrays["base_model.model.transformer.h.1.attn.c_attn.lora_B.weight"][40, 0] = 1.0
     with pytest.raises(HFFormatError, match="layer 1: lora_B updates the key projection"):
-        peft_to_lora(arrays, cfg, e)
+        peft_to_lora(arrays, cfg, two_layers)
     with pytest.raises(HFFormatError, match="fan_in_fan_out"):
-        peft_to_lora(arrays, dict(cfg, fan_in_fan_out=False), e)
+        peft_to_lora(arrays, dict(cfg, fan_in_fan_out=False), two_layers)
     with pytest.raises(HFFormatError, match="'base_model.model.lm_head.lora_A.weight' is not"):
-        peft_to_lora({"base_model.model.lm_head.lora_A.weight": np.zeros((4, 32))}, cfg, e)
+        peft_to_lora({"base_model.model.lm_head.lora_A.weight": np.zeros((4, 32))}, cfg,
+                     two_layers)
 
 
 def test_full_export_reproduces_the_lora_model(state, tmp_path):
@@ -117,7 +121,10 @@ def test_script_export_then_import(state, tmp_path):
                           *shape, "--out", str(tmp_path / "lora.pt")],
                          capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
-    assert "--lora_dim 3 --lora_alpha 12" in out.stdout
+    assert "LoRA rank 3, alpha 12 (stored in" in out.stdout
+    from shared.lora_settings import read_lora_settings
+    assert read_lora_settings(tmp_path / "lora.pt") == {
+        "lora_dim": 3, "lora_alpha": 12.0, "lora_targets": ["c_attn.query", "c_attn.value"]}
     back = load_for_model(str(tmp_path / "lora.pt"), CONFIG, base_loaded=True)
     for name, value in back.items():
         np.testing.assert_array_equal(value, state[name])

@@ -66,8 +66,9 @@ class Attention(nn.Module):
     def __init__(self, config: GPT2Config, layer_index: int):
         super().__init__()
         self.n_head, self.split_size = config.n_head, config.n_embd
-        self.c_attn = MergedLinear(config.n_embd, 3 * config.n_embd, r=config.lora_attn_dim,
-                                   lora_alpha=config.lora_attn_alpha,
+        self.c_attn = MergedLinear(config.n_embd, 3 * config.n_embd,
+                                   r=config.lora_dim_of(layer_index),
+                                   lora_alpha=config.lora_alpha_of(layer_index),
                                    lora_dropout=config.lora_dropout, layer_index=layer_index)
         self.c_proj = Conv1D(config.n_embd, config.n_embd)
         self.attn_impl = DEFAULT_ATTENTION  # one of ATTENTION_IMPLS
