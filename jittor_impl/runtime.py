@@ -10,6 +10,9 @@ reads it. The policy, each part overridable by setting the variable yourself:
   import would otherwise fail on a machine with nvcc but no GPU. With a driver and a CUDA 13
   toolkit, `cuda_compat` supplies wrapper compilers (set JLA_CUDA13_COMPAT=0 to opt out).
 - `log_silent` defaults to 1 (Jittor logs every import); set JLA_JITTOR_VERBOSE=1 to see them.
+- `python_config_path` (the running Python's own `python3.X-config`, also in a virtualenv) and
+  `cache_name` (`jla-<hash>`) give each compile configuration its own Jittor cache folder, set
+  for Jittor's import only: see `jittor_cache.py`.
 Run `python scripts/jittor_warmup.py` once after installing: it does the first import (Jittor
 compiles its core for 1-2 minutes, and may ask for one rerun) and checks a computation.
 """
@@ -18,6 +21,8 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+
+from .jittor_cache import IMPORT_ONLY, cache_environment
 
 OPTIONAL_LIBRARIES = ("use_mkl", "use_nccl", "use_cutt", "use_cutlass", "use_mpi")
 _CUDA_NOTE = ""  # why CUDA is or is not available, for error messages
@@ -38,6 +43,12 @@ def find_nvcc():
 def configure_environment(env=None) -> str:
     """Set Jittor's switches in `env` (default os.environ); return a note on CUDA."""
     env = os.environ if env is None else env
+    note = _configure_switches(env)
+    cache_environment(env)
+    return note
+
+
+def _configure_switches(env) -> str:
     for name in OPTIONAL_LIBRARIES:
         env.setdefault(name, "0")
     env.setdefault("conv_opt", "1")
@@ -75,6 +86,7 @@ def _import_jittor():
     KeyboardInterrupt and the trainer's save-then-stop handling."""
     global _CUDA_NOTE
     _check_numpy()
+    before = {name: os.environ.get(name) for name in IMPORT_ONLY}
     _CUDA_NOTE = configure_environment()
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGCHLD, signal.SIGINT)}
     try:
@@ -84,6 +96,12 @@ def _import_jittor():
                            "again in a fresh process: rerun the command. Running "
                            "`python scripts/jittor_warmup.py` once after installing avoids this.") \
             from exc
+    finally:
+        for name, value in before.items():  # jittor has read them (and exported cache_name)
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     for sig, handler in saved.items():
         try:
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
