@@ -11,8 +11,8 @@ reads it. The policy, each part overridable by setting the variable yourself:
   toolkit, `cuda_compat` supplies wrapper compilers (set JLA_CUDA13_COMPAT=0 to opt out).
 - `log_silent` defaults to 1 (Jittor logs every import); set JLA_JITTOR_VERBOSE=1 to see them.
 - `python_config_path` (the running Python's own `python3.X-config`, also in a virtualenv) and
-  `cache_name` (`jla-<hash>`) give each compile configuration its own Jittor cache folder, set
-  for Jittor's import only: see `jittor_cache.py`.
+  `cache_name` (`jla-<hash>/cache`) give each compile configuration its own Jittor cache folder and
+  Jittor's `python_path` flag is set to `kernel_python()`: see `jittor_cache.py`.
 Run `python scripts/jittor_warmup.py` once after installing: it does the first import (Jittor
 compiles its core for 1-2 minutes, and may ask for one rerun) and checks a computation.
 """
@@ -22,7 +22,7 @@ import os
 import shutil
 import signal
 
-from .jittor_cache import IMPORT_ONLY, cache_environment
+from .jittor_cache import cache_environment, kernel_python
 
 OPTIONAL_LIBRARIES = ("use_mkl", "use_nccl", "use_cutt", "use_cutlass", "use_mpi")
 _CUDA_NOTE = ""  # why CUDA is or is not available, for error messages
@@ -86,7 +86,6 @@ def _import_jittor():
     KeyboardInterrupt and the trainer's save-then-stop handling."""
     global _CUDA_NOTE
     _check_numpy()
-    before = {name: os.environ.get(name) for name in IMPORT_ONLY}
     _CUDA_NOTE = configure_environment()
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGCHLD, signal.SIGINT)}
     try:
@@ -96,12 +95,9 @@ def _import_jittor():
                            "again in a fresh process: rerun the command. Running "
                            "`python scripts/jittor_warmup.py` once after installing avoids this.") \
             from exc
-    finally:
-        for name, value in before.items():  # jittor has read them (and exported cache_name)
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    # every kernel's compile command names it: one name for python, python3 and venvs (no kernel
+    # compiles during the import)
+    jittor.flags.python_path = kernel_python()
     for sig, handler in saved.items():
         try:
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)

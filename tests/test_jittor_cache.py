@@ -4,8 +4,9 @@ A virtualenv's Python must compile exactly as its base Python does, so that the 
 cache folder and neither rebuilds it under the other; a process that compiles differently gets
 a folder of its own. The probes ask Jittor's own `jittor_utils` which folder and Python headers
 it uses (no compile); the process tests import Jittor for real, from a venv and from its base
-Python at once, and check that the compiled core was not rebuilt. The fresh-cache variant
-compiles Jittor's core (minutes on 2 cores), so it runs only with JLA_TEST_FRESH_JITTOR_CACHE=1.
+Python at once, and check that neither rebuilt the compiled core nor compiled kernels again. The
+fresh-cache variant compiles Jittor's core twice (minutes on 2 cores), so it runs only with
+JLA_TEST_FRESH_JITTOR_CACHE=1.
 """
 import importlib.util
 import json
@@ -34,27 +35,27 @@ PROBE = textwrap.dedent("""\
         module.cache_environment(os.environ)
     import jittor_utils
     print(json.dumps({"executable": sys.executable, "cache_path": jittor_utils.cache_path,
-                      "includes": jittor_utils.get_py3_include_path()}))
+                      "includes": jittor_utils.get_py3_include_path(),
+                      "kernel_python": module.kernel_python() if pin else None}))
     """)
 
 # A project process: imports Jittor through runtime, notes its compiled core as loaded, computes.
 CHILD = textwrap.dedent("""\
     import glob, json, os, sys
     from jittor_impl import runtime
-    from jittor_impl.jittor_cache import IMPORT_ONLY
     import jittor_utils
     dirs = sorted({jittor_utils.cache_path, runtime.jt.compiler.cache_path})
     core = {f: [os.stat(f).st_ino, os.stat(f).st_mtime_ns]
             for d in dirs for f in glob.glob(os.path.join(d, "jit*_core*"))}
     print(json.dumps({"check": runtime.self_check(), "cache_path": jittor_utils.cache_path,
                       "core_dirs": dirs, "core": core,
-                      "left_in_environ": {n: os.environ.get(n) for n in IMPORT_ONLY}}))
+                      "python_path": runtime.jt.flags.python_path}))
     """)
 
 
 def base_env(**extra):
-    """This process's environment minus what runtime sets for Jittor's import only."""
-    env = {k: v for k, v in os.environ.items() if k not in jittor_cache.IMPORT_ONLY}
+    """This process's environment minus what runtime set for this Python (children find theirs)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("python_config_path", "cache_name")}
     env.update(extra)
     return env
 
@@ -88,10 +89,12 @@ def finish(children, timeout):
     for child in children:
         out, err = child.communicate(timeout=timeout)
         assert child.returncode == 0, f"exit {child.returncode}:\n{out}\n{err[-3000:]}"
-        reports.append(json.loads(out.strip().splitlines()[-1]))
+        report = json.loads(out.strip().splitlines()[-1])
+        report["compiled"] = "Compiling" in out + err  # Jittor's progress line while compiling
+        reports.append(report)
     for report in reports:
         assert " ok on cpu" in report["check"], report
-        assert report["left_in_environ"] == {"python_config_path": None, "cache_name": None}
+        assert report["python_path"] == os.path.realpath(sys.executable)
     return reports
 
 
@@ -111,7 +114,8 @@ def test_a_venv_compiles_like_its_base_python(venv_python):
     assert in_venv["executable"] != plain["executable"]
     assert in_venv["includes"] == plain["includes"]
     assert in_venv["cache_path"] == plain["cache_path"]
-    assert os.path.basename(plain["cache_path"]).startswith("jla-")
+    assert in_venv["kernel_python"] == plain["kernel_python"] == os.path.realpath(sys.executable)
+    assert re.search(r"/jla-[0-9a-f]{12}/cache$", plain["cache_path"])
     base_include = f"-I{os.path.realpath(sysconfig.get_paths()['include'])}"
     assert base_include in [f"-I{os.path.realpath(p[2:])}" for p in plain["includes"].split()]
 
@@ -166,6 +170,7 @@ def test_a_venv_process_and_a_plain_one_at_once_share_the_warm_cache(venv_python
     reports = finish(start_children([sys.executable, venv_python], lambda i: base_env()), 600)
     assert [r["cache_path"] for r in reports] == [plain["cache_path"]] * 2
     assert core_files(dirs) == before
+    assert [r["compiled"] for r in reports] == [False, False]  # kernels are shared too
 
 
 @pytest.mark.slow
