@@ -10,6 +10,9 @@ reads it. The policy, each part overridable by setting the variable yourself:
   import would otherwise fail on a machine with nvcc but no GPU. With a driver and a CUDA 13
   toolkit, `cuda_compat` supplies wrapper compilers (set JLA_CUDA13_COMPAT=0 to opt out).
 - `log_silent` defaults to 1 (Jittor logs every import); set JLA_JITTOR_VERBOSE=1 to see them.
+- `python_config_path` (the running Python's own `python3.X-config`, also in a virtualenv) and
+  `cache_name` (`jla-<hash>/cache`) give each compile configuration its own Jittor cache folder and
+  Jittor's `python_path` flag is set to `kernel_python()`: see `jittor_cache.py`.
 Run `python scripts/jittor_warmup.py` once after installing: it does the first import (Jittor
 compiles its core for 1-2 minutes, and may ask for one rerun) and checks a computation.
 """
@@ -18,6 +21,8 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+
+from .jittor_cache import cache_environment, kernel_python
 
 OPTIONAL_LIBRARIES = ("use_mkl", "use_nccl", "use_cutt", "use_cutlass", "use_mpi")
 _CUDA_NOTE = ""  # why CUDA is or is not available, for error messages
@@ -38,6 +43,12 @@ def find_nvcc():
 def configure_environment(env=None) -> str:
     """Set Jittor's switches in `env` (default os.environ); return a note on CUDA."""
     env = os.environ if env is None else env
+    note = _configure_switches(env)
+    cache_environment(env)
+    return note
+
+
+def _configure_switches(env) -> str:
     for name in OPTIONAL_LIBRARIES:
         env.setdefault(name, "0")
     env.setdefault("conv_opt", "1")
@@ -84,6 +95,9 @@ def _import_jittor():
                            "again in a fresh process: rerun the command. Running "
                            "`python scripts/jittor_warmup.py` once after installing avoids this.") \
             from exc
+    # every kernel's compile command names it: one name for python, python3 and venvs (no kernel
+    # compiles during the import)
+    jittor.flags.python_path = kernel_python()
     for sig, handler in saved.items():
         try:
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
