@@ -17,7 +17,7 @@ When they are used (`set_fused_kernels` or the environment variable JLA_FUSED_KE
   which stays exactly as ops.py writes it.
 - "on": always, on any device and type (the CPU tests compare them with the exact path so).
 - "off": never.
-JLA_FUSED_OPS (default "gelu,layer_norm,softmax") names the ops that take part, so one kernel can
+JLA_FUSED_OPS (default "gelu,layer_norm,softmax,attention") names the ops that take part, so one kernel can
 be left out (or measured alone) without touching the others.
 """
 import math
@@ -33,7 +33,7 @@ _mode = [os.environ.get("JLA_FUSED_KERNELS", "auto")]
 if _mode[0] not in MODES:
     raise ValueError(f"JLA_FUSED_KERNELS must be one of {MODES}, got {_mode[0]!r}")
 
-OPS = ("gelu", "layer_norm", "softmax")
+OPS = ("gelu", "layer_norm", "softmax", "attention")  # attention: flash_attention.py
 _ops = set(filter(None, os.environ.get("JLA_FUSED_OPS", ",".join(OPS)).split(",")))
 if not _ops <= set(OPS):
     raise ValueError(f"JLA_FUSED_OPS names unknown ops {sorted(_ops - set(OPS))}; known: {OPS}")

@@ -11,14 +11,12 @@ import numpy as np
 
 from shared.batching import check_token_ids
 
-from . import fused_kernels, precision
+from . import flash_attention, fused_kernels, precision
 from .runtime import jt
 
 nn = jt.nn
-# Only the reference's formula: Jittor 1.3.11 has no fused attention kernel (its
-# jittor.attention.scaled_dot_product_attention is the same formula, unfused).
-ATTENTION_IMPLS = ("math",)
-DEFAULT_ATTENTION = "math"
+ATTENTION_IMPLS = ("math", "sdpa")  # the reference's formula; the fused kernel, same function
+DEFAULT_ATTENTION = "sdpa"
 
 
 def parameter(*shape, value=0.0):
@@ -70,8 +68,23 @@ def causal_mask(nd, ns, like):
 
 
 def fused_attention(q, k, v, len_kv=None):
-    """Not available: ATTENTION_IMPLS keeps GPT2LMModel.set_attention from choosing it."""
-    raise ValueError("the jittor backend has no fused attention kernel; use attention 'math'")
+    """softmax(q k^T / sqrt(d) + causal mask) v; with `len_kv`, keys at or beyond each row's
+    length are masked too. Jittor 1.3.11 has no fused attention (its
+    jittor.attention.scaled_dot_product_attention is the formula, unfused): mixed precision on
+    CUDA takes flash_attention.py's kernels (no [B, H, T, T] tensor); float32 computes exactly
+    the reference's formula, as model.py's `_attn_math`, so its results do not change."""
+    if fused_kernels.wanted(q, "attention") and flash_attention.supported(q, k, v, len_kv):
+        return flash_attention.flash_attention(q, k, v, len_kv=len_kv)
+    w = batched_matmul_transpose(q, k)
+    w = w / math.sqrt(v.shape[-1])
+    nd, ns = w.shape[-2], w.shape[-1]
+    b = causal_mask(nd, ns, w)
+    w = w * b - 1e10 * (1 - b)
+    if len_kv is not None:
+        beyond = jt.arange(ns).reshape(1, ns) >= len_kv.reshape(-1, 1)
+        w = w.masked_fill(beyond.reshape(-1, 1, 1, ns), -1.0e10)
+    w = softmax(w, dim=-1)
+    return matmul(w, v)
 
 
 def layer_norm(x, weight, bias, eps):
