@@ -340,7 +340,8 @@ class DeviceMemoryCap:
     def explain(self, exc):
         """A one-line error naming the flag when `exc` is an out-of-memory failure, else None."""
         text = f"{type(exc).__name__} {exc}"
-        if any(s in text for s in ("OutOfMemory", "out of memory", "MemoryAllocation", "unable to alloc")):
+        if any(s in text.lower() for s in ("outofmemory", "out of memory", "memoryallocation",
+                                           "unable to alloc")):
             return RuntimeError(f"--device_mem_cap_gib {self.cap_gib:g}: the step needs more device "
                                 f"memory than the cap ({text.splitlines()[0][:160]})")
         return None

@@ -29,8 +29,10 @@ def matmul(a, b):
 
 
 def matmul_transpose(a, b):
-    """a @ b.T without a transposed copy of b (a may have leading batch dimensions, b is 2-D)."""
-    return precision.matmul_transpose(a, b)
+    """a @ b.T without a transposed copy of b (a may have leading batch dimensions, b is 2-D).
+    The tied output head's product: where the fused cross-entropy takes its logits (mixed
+    precision on CUDA), they stay bf16."""
+    return precision.matmul_transpose(a, b, fused_kernels.wanted(a, "cross_entropy"))
 
 
 def batched_matmul_transpose(a, b):
@@ -142,6 +144,8 @@ def cross_entropy(logits, labels, smoothing):
     lse - shifted[label] and the smoothing term -mean(logprobs) is lse - mean(shifted), so no
     vocabulary-wide reduction appears in the backward pass (Jittor's log_softmax differentiates
     through its max shift, where fp32 leaves a residue)."""
+    if fused_kernels.wanted(logits, "cross_entropy"):  # mixed precision on CUDA: one kernel each way
+        return fused_kernels.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), smoothing)
     flat = logits.float32()
     shifted = flat - flat.max(dim=-1, keepdims=True).stop_grad()
     lse = shifted.exp().float64().sum(dim=-1).log().float32()

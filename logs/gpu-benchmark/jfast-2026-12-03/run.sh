@@ -26,6 +26,16 @@ for stage in "$@"; do
       timeout $(lim 200) python3 -m pytest -m gpu -q -rA -p no:cacheprovider tests/test_jittor_flash_attention.py \
         tests/test_jittor_fused_kernels.py > "$W/gpu-tests.log" 2>&1
       note "gpu tests rc=$?: $(tail -1 "$W/gpu-tests.log")" ;;
+    tests4)  # the new kernels' GPU tests and the bf16 alignment tests, 4 processes (compiling in parallel)
+      GPT2_VOCAB_DIR=$PWD/.device-data/gpt2 E2E_DATA_DIR=$PWD/.device-data/e2e-offline timeout $(lim 210) \
+        python3 -m pytest -m gpu -q -rA -p no:cacheprovider -n 4 --dist loadfile tests/test_jittor_flash_attention.py \
+        tests/test_jittor_fused_loss.py tests/test_jittor_fused_kernels.py alignment/test_mixed_precision.py \
+        > "$W/gpu-tests4.log" 2>&1
+      note "gpu tests (4 files) rc=$?: $(tail -1 "$W/gpu-tests4.log")" ;;
+    jbench)
+      timeout $(lim 200) python3 scripts/benchmark.py --backends jittor,torch --cards gpt2.md --extra_cards "" \
+        --steps 10 --warmup 5 --profile --out "$W/final.md" > "$W/final.log" 2>&1
+      note "jittor+torch bench rc=$?"; grep "^train\|FAILED" "$W/final.log" ;;
     products)
       timeout $(lim 120) python3 scripts/bench_products.py --repeats 3 --out "$W/products.md" > "$W/products.log" 2>&1
       note "products rc=$?"; tail -3 "$W/products.md" ;;
@@ -37,6 +47,10 @@ for stage in "$@"; do
       timeout $(lim 200) python3 scripts/benchmark.py --backends jittor,torch --cards gpt2.md --extra_cards "" \
         --steps 10 --warmup 5 --device_mem_cap_gib 8 --out "$W/cap8.md" > "$W/cap8.log" 2>&1
       note "cap8 rc=$?"; grep "^train\|FAILED" "$W/cap8.log" ;;
+    jab)  # the same step without this branch's two new kernels (flash attention, cross-entropy)
+      JLA_FUSED_OPS=gelu,layer_norm,softmax timeout $(lim 150) python3 scripts/benchmark.py --backends jittor \
+        --cards gpt2.md --extra_cards "" --steps 10 --warmup 5 --out "$W/ab-old-kernels.md" > "$W/ab-old-kernels.log" 2>&1
+      note "A/B old kernels rc=$?"; grep "^train\|FAILED" "$W/ab-old-kernels.log" ;;
     final)
       timeout $(lim 400) python3 scripts/benchmark.py --backends torch,torch+compile,jittor --cards gpt2.md \
         --extra_cards "" --steps 10 --warmup 5 --profile --out "$W/final.md" > "$W/final.log" 2>&1
