@@ -27,13 +27,13 @@ for stage in "$@"; do
         tests/test_jittor_fused_kernels.py > "$W/gpu-tests.log" 2>&1
       note "gpu tests rc=$?: $(tail -1 "$W/gpu-tests.log")" ;;
     tests4)  # the new kernels' GPU tests and the bf16 alignment tests, 4 processes (compiling in parallel)
-      GPT2_VOCAB_DIR=$PWD/.device-data/gpt2 E2E_DATA_DIR=$PWD/.device-data/e2e-offline timeout $(lim 210) \
+      GPT2_VOCAB_DIR=$PWD/.device-data/gpt2 E2E_DATA_DIR=$PWD/.device-data/e2e-offline timeout $(lim 150) \
         python3 -m pytest -m gpu -q -rA -p no:cacheprovider -n 4 --dist loadfile tests/test_jittor_flash_attention.py \
         tests/test_jittor_fused_loss.py tests/test_jittor_fused_kernels.py alignment/test_mixed_precision.py \
         > "$W/gpu-tests4.log" 2>&1
       note "gpu tests (4 files) rc=$?: $(tail -1 "$W/gpu-tests4.log")" ;;
     jbench)
-      timeout $(lim 200) python3 scripts/benchmark.py --backends jittor,torch --cards gpt2.md --extra_cards "" \
+      timeout $(lim 170) python3 scripts/benchmark.py --backends jittor,torch --cards gpt2.md --extra_cards "" \
         --steps 10 --warmup 5 --profile --out "$W/final.md" > "$W/final.log" 2>&1
       note "jittor+torch bench rc=$?"; grep "^train\|FAILED" "$W/final.log" ;;
     products)
@@ -44,7 +44,7 @@ for stage in "$@"; do
         --steps 10 --warmup 5 --profile --out "$W/bench.md" > "$W/bench.log" 2>&1
       note "bench rc=$?"; grep "^train\|FAILED" "$W/bench.log" ;;
     cap)
-      timeout $(lim 200) python3 scripts/benchmark.py --backends jittor,torch --cards gpt2.md --extra_cards "" \
+      timeout $(lim 170) python3 scripts/benchmark.py --backends jittor,torch --cards gpt2.md --extra_cards "" \
         --steps 10 --warmup 5 --device_mem_cap_gib 8 --out "$W/cap8.md" > "$W/cap8.log" 2>&1
       note "cap8 rc=$?"; grep "^train\|FAILED" "$W/cap8.log" ;;
     jab)  # the same step without this branch's two new kernels (flash attention, cross-entropy)
