@@ -282,10 +282,89 @@ def bench_beam(name, card, args):
     return result
 
 
+class DeviceMemoryCap:
+    """At most `cap_gib` GiB of device memory for this process, CUDA context included (what a
+    card of that size offers a process, give or take the driver's own reserve).
+
+    torch: the caching allocator's per-process fraction, set to the cap less what the process
+    already holds (its context). Jittor: its own limit, the `device_mem_limit` flag, acts only in
+    builds with JT_SAVE_MEM (src/mem/swap.cc: it then swaps to host memory), which the released
+    1.3.11 is not; so the rest of the card is taken by one plain cudaMalloc before Jittor
+    allocates anything. Jittor's allocator (SFRL) caches freed blocks and, when cudaMalloc fails,
+    frees its whole cache and retries, so under the cap its cache shrinks to what fits. The
+    flag is set too, for builds that honour it. `ballast_mib` is subtracted from NVML's peak."""
+
+    def __init__(self, backend, cap_gib, memory):
+        self.cap_gib, self.ballast_mib = cap_gib, 0.0
+        cap = int(cap_gib * 2 ** 30)
+        if backend == "torch":
+            import torch
+            torch.zeros(1, device="cuda")  # the context
+            held = memory.read() - memory.base
+            total = torch.cuda.get_device_properties(0).total_memory
+            self._check(held, cap)
+            torch.cuda.set_per_process_memory_fraction((cap - held) / total)
+            return
+        import ctypes
+        from jittor_impl.runtime import jt
+        jt.flags.use_cuda = 1
+        jt.flags.device_mem_limit = cap
+        rt = ctypes.CDLL(self._cudart_path())
+        rt.cudaFree(ctypes.c_void_p(0))  # the context, shared with Jittor (the primary one)
+        free, total = ctypes.c_size_t(), ctypes.c_size_t()
+        rt.cudaMemGetInfo(ctypes.byref(free), ctypes.byref(total))
+        held = memory.read() - memory.base
+        self._check(held, cap)
+        ballast = free.value - (cap - held)
+        if ballast > 0:
+            self._ptr = ctypes.c_void_p()
+            err = rt.cudaMalloc(ctypes.byref(self._ptr), ctypes.c_size_t(ballast))
+            if err:
+                raise RuntimeError(f"--device_mem_cap_gib: cudaMalloc of the {ballast / 2 ** 30:.2f} "
+                                   f"GiB outside the cap failed (CUDA error {err})")
+            self.ballast_mib = ballast / 2 ** 20
+
+    def _check(self, held, cap):
+        if held >= cap:
+            raise ValueError(f"--device_mem_cap_gib {self.cap_gib:g}: below the {held / 2 ** 30:.2f} "
+                             f"GiB this process holds before any tensor (CUDA context)")
+
+    @staticmethod
+    def _cudart_path():
+        with open("/proc/self/maps", encoding="utf-8") as f:
+            for line in f:
+                if "libcudart.so" in line:
+                    return line.split()[-1]
+        raise RuntimeError("--device_mem_cap_gib: Jittor has not loaded libcudart (no CUDA?)")
+
+    def explain(self, exc):
+        """A one-line error naming the flag when `exc` is an out-of-memory failure, else None."""
+        text = f"{type(exc).__name__} {exc}"
+        if any(s in text.lower() for s in ("outofmemory", "out of memory", "memoryallocation",
+                                           "unable to alloc")):
+            return RuntimeError(f"--device_mem_cap_gib {self.cap_gib:g}: the step needs more device "
+                                f"memory than the cap ({text.splitlines()[0][:160]})")
+        return None
+
+
 def measure(kind, name, card, args):
     """One measurement ("train" a variant or "beam" a backend) with the process's peak device
-    memory added (None without NVML)."""
+    memory added (None without NVML), under --device_mem_cap_gib when given."""
     memory = DevicePeakMemory() if args.device == "cuda" else None
-    result = bench_training(name, card, args) if kind == "train" else bench_beam(name, card, args)
-    result["peak_device_mib"] = memory.stop_mib() if memory else None
+    cap = None
+    if getattr(args, "device_mem_cap_gib", None):
+        if memory is None or memory.handle is None:
+            raise ValueError("--device_mem_cap_gib needs a CUDA device with NVML")
+        backend = "torch" if name in PEERS else name.split("+")[0]
+        cap = DeviceMemoryCap(backend, args.device_mem_cap_gib, memory)
+    try:
+        result = bench_training(name, card, args) if kind == "train" else bench_beam(name, card, args)
+    except Exception as exc:
+        explained = cap.explain(exc) if cap else None
+        if explained is not None:
+            raise explained from exc
+        raise
+    result["peak_device_mib"] = memory.stop_mib() - (cap.ballast_mib if cap else 0) if memory else None
+    if cap:
+        result["device_mem_cap_gib"] = args.device_mem_cap_gib
     return result

@@ -17,7 +17,7 @@ When they are used (`set_fused_kernels` or the environment variable JLA_FUSED_KE
   which stays exactly as ops.py writes it.
 - "on": always, on any device and type (the CPU tests compare them with the exact path so).
 - "off": never.
-JLA_FUSED_OPS (default "gelu,layer_norm,softmax") names the ops that take part, so one kernel can
+JLA_FUSED_OPS (default: all of OPS) names the ops that take part, so one kernel can
 be left out (or measured alone) without touching the others.
 """
 import math
@@ -33,7 +33,7 @@ _mode = [os.environ.get("JLA_FUSED_KERNELS", "auto")]
 if _mode[0] not in MODES:
     raise ValueError(f"JLA_FUSED_KERNELS must be one of {MODES}, got {_mode[0]!r}")
 
-OPS = ("gelu", "layer_norm", "softmax")
+OPS = ("gelu", "layer_norm", "softmax", "attention", "cross_entropy")  # attention: flash_attention.py
 _ops = set(filter(None, os.environ.get("JLA_FUSED_OPS", ",".join(OPS)).split(",")))
 if not _ops <= set(OPS):
     raise ValueError(f"JLA_FUSED_OPS names unknown ops {sorted(_ops - set(OPS))}; known: {OPS}")
@@ -97,13 +97,13 @@ for (size_t i = 0; i < n; i++) {{
 """
 
 
-def _gelu_forward(x):
+def _gelu_forward(x, out_type):
     body = f"{_GELU_Z} float t = tanhf(z); y[i] = out0_type({_GELU_Y});"
-    cuda = _elementwise_cuda("jla_gelu_fwd", body).replace("in1_type", "in0_type") \
-        .replace("IN1_P", "in0_p")
+    cuda = _elementwise_cuda("jla_gelu_fwd", body).replace("in1_type", "out0_type") \
+        .replace("IN1_P", "out0_p")
     cpu = _elementwise_cpu(body.replace("y[i]", "out0_p[i]").replace("tanhf", "std::tanh")
                            .replace("fminf", "std::fmin").replace("fmaxf", "std::fmax"))
-    return jt.code(x.shape, x.dtype, [x], cpu_header=_HEADER, cpu_src=cpu,
+    return jt.code(x.shape, out_type, [x], cpu_header=_HEADER, cpu_src=cpu,
                    cuda_header=_HEADER, cuda_src=cuda)
 
 
@@ -118,11 +118,14 @@ def _gelu_backward(x, grad):
 
 
 class _Gelu(jt.Function):
-    """Tanh GELU: one kernel forward, one backward (reads x and the output's gradient)."""
+    """Tanh GELU: one kernel forward, one backward (reads x and the output's gradient). Inside
+    autocast the output is stored in the products' type: its one consumer, the MLP's second
+    product, casts it so anyway (the same values, without a float32 copy and a cast kernel; torch's
+    autocast GELU, fed a bf16 product, returns bf16 too)."""
 
     def execute(self, x):
         self.x = x
-        return _gelu_forward(x)
+        return _gelu_forward(x, precision.compute_dtype() or x.dtype)
 
     def grad(self, grad_output):
         return _gelu_backward(self.x, grad_output)
@@ -465,3 +468,131 @@ class _Softmax(jt.Function):
 
 def softmax(x):
     return _Softmax()(x)
+
+
+# ---------------------------------------------------------------- cross-entropy over the vocabulary
+# The loss of the language model on (N, V) logits as they leave the tied head (bf16 inside autocast:
+# no float32 copy of them, of their exponentials or of their gradient is made; at gpt2.md's batch
+# these are 0.8 GB each). Forward: one block per row, a float32 running max and sum of exp, the
+# row's log-sum-exp saved; backward: one pass writing g (softmax - (1 - s) onehot - s / V).
+# The CPU source sums in float64, as ops.cross_entropy does.
+_CE_THREADS = 256
+
+
+def _ce_forward(logits, labels, smoothing):
+    n, v = logits.shape
+    cuda = _WARP_SUM + _WARP_MAX + f"""
+__global__ void jla_ce_fwd(const in0_type* __restrict__ x, const in1_type* __restrict__ labels,
+        float* __restrict__ loss, float* __restrict__ lse, int V) {{
+    __shared__ float red_m[{_CE_THREADS // 32}], red_s[{_CE_THREADS // 32}], red_t[{_CE_THREADS // 32}];
+    int row = blockIdx.x, tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const in0_type* xr = x + (size_t)row * V;
+    float m = -INFINITY, s = 0.f, t = 0.f;
+    for (int c = tid; c < V; c += {_CE_THREADS}) {{
+        float v = float(xr[c]);
+        if (v > m) {{ s = s * __expf(m - v) + 1.f; m = v; }} else s += __expf(v - m);
+        t += v;
+    }}
+    float wm = jla_warp_max(m);
+    s = (m == -INFINITY ? 0.f : s * __expf(m - wm));
+    s = jla_warp_sum(s); t = jla_warp_sum(t);
+    if (lane == 0) {{ red_m[warp] = wm; red_s[warp] = s; red_t[warp] = t; }}
+    __syncthreads();
+    if (warp == 0) {{
+        float bm = lane < {_CE_THREADS // 32} ? red_m[lane] : -INFINITY;
+        float bs = lane < {_CE_THREADS // 32} ? red_s[lane] : 0.f;
+        float bt = lane < {_CE_THREADS // 32} ? red_t[lane] : 0.f;
+        float gm = jla_warp_max(bm);
+        bs = bm == -INFINITY ? 0.f : bs * __expf(bm - gm);
+        bs = jla_warp_sum(bs); bt = jla_warp_sum(bt);
+        if (lane == 0) {{
+            float l = gm + logf(bs);
+            long long label = (long long)labels[row];
+            float target = label >= 0 ? float(xr[label]) : 0.f;
+            float value = (1.f - {smoothing!r}f) * (l - target) + {smoothing!r}f * (l - bt / (float)V);
+            loss[row] = label == -1 ? 0.f : value;
+            lse[row] = l;
+        }}
+    }}
+}}
+int N = in0->shape[0], V = in0->shape[1];
+if (N) jla_ce_fwd<<<N, {_CE_THREADS}>>>(in0_p, in1_p, out0_p, out1_p, V);
+"""
+    cpu = f"""
+int N = in0->shape[0], V = in0->shape[1];
+for (int r = 0; r < N; r++) {{
+    const in0_type* xr = in0_p + (size_t)r * V;
+    float m = -INFINITY;
+    for (int c = 0; c < V; c++) m = std::fmax(m, float(xr[c]));
+    double s = 0.0, t = 0.0;
+    for (int c = 0; c < V; c++) {{ float sh = float(xr[c]) - m; s += (double)std::exp(sh); t += (double)sh; }}
+    float lse = (float)std::log(s);
+    long long label = (long long)in1_p[r];
+    float target = label >= 0 ? float(xr[label]) - m : 0.f;
+    float smooth = lse - (float)(t / V);
+    float value = (1.f - {smoothing!r}f) * (lse - target) + {smoothing!r}f * smooth;
+    out0_p[r] = label == -1 ? 0.f : value;
+    out1_p[r] = m + lse;
+}}
+"""
+    return jt.code([[n], [n]], ["float32", "float32"], [logits, labels],
+                   cpu_header=_HEADER, cpu_src=cpu, cuda_header=_HEADER, cuda_src=cuda)
+
+
+def _ce_backward(logits, labels, lse, grad, smoothing):
+    n, v = logits.shape
+    cuda = f"""
+__global__ void jla_ce_bwd(const in0_type* __restrict__ x, const in1_type* __restrict__ labels,
+        const float* __restrict__ lse, const in3_type* __restrict__ g, out0_type* __restrict__ dx, int V) {{
+    int row = blockIdx.y;
+    long long label = (long long)labels[row];
+    float gr = label == -1 ? 0.f : float(g[row]), l = lse[row];
+    size_t base = (size_t)row * V;
+    for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < V; c += gridDim.x * blockDim.x) {{
+        float p = __expf(float(x[base + c]) - l);
+        float d = p - {smoothing!r}f / (float)V - (c == label ? 1.f - {smoothing!r}f : 0.f);
+        dx[base + c] = out0_type(gr * d);
+    }}
+}}
+int N = in0->shape[0], V = in0->shape[1];
+dim3 grid(16, N);
+if (N) jla_ce_bwd<<<grid, {_CE_THREADS}>>>(in0_p, in1_p, in2_p, in3_p, out0_p, V);
+"""
+    cpu = f"""
+int N = in0->shape[0], V = in0->shape[1];
+for (int r = 0; r < N; r++) {{
+    long long label = (long long)in1_p[r];
+    float gr = label == -1 ? 0.f : float(in3_p[r]), l = in2_p[r];
+    size_t base = (size_t)r * V;
+    for (int c = 0; c < V; c++) {{
+        float p = std::exp(float(in0_p[base + c]) - l);
+        float d = p - {smoothing!r}f / (float)V - (c == label ? 1.f - {smoothing!r}f : 0.f);
+        out0_p[base + c] = out0_type(gr * d);
+    }}
+}}
+"""
+    return jt.code(logits.shape, logits.dtype, [logits, labels, lse, grad],
+                   cpu_header=_HEADER, cpu_src=cpu, cuda_header=_HEADER, cuda_src=cuda)
+
+
+class _CrossEntropy(jt.Function):
+    """Per-row label-smoothed cross-entropy of (N, V) logits (0 where the label is -1): one
+    kernel each way, float32 arithmetic, the gradient in the logits' type."""
+
+    def __init__(self, smoothing):
+        self.smoothing = float(smoothing)
+
+    def execute(self, logits, labels):
+        loss, self.lse = _ce_forward(logits, labels, self.smoothing)
+        self.logits, self.labels = logits, labels
+        return loss
+
+    def grad(self, grad_output):
+        return _ce_backward(self.logits, self.labels, self.lse, grad_output, self.smoothing), None
+
+
+def cross_entropy(logits, labels, smoothing):
+    if logits.ndim != 2 or labels.ndim != 1 or labels.shape[0] != logits.shape[0]:
+        raise ValueError(f"cross_entropy: logits (N, V) and labels (N,) expected, got "
+                         f"{list(logits.shape)} and {list(labels.shape)}")
+    return _CrossEntropy(smoothing)(logits, labels.stop_grad())

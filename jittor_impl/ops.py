@@ -11,14 +11,12 @@ import numpy as np
 
 from shared.batching import check_token_ids
 
-from . import fused_kernels, precision
+from . import flash_attention, fused_kernels, precision
 from .runtime import jt
 
 nn = jt.nn
-# Only the reference's formula: Jittor 1.3.11 has no fused attention kernel (its
-# jittor.attention.scaled_dot_product_attention is the same formula, unfused).
-ATTENTION_IMPLS = ("math",)
-DEFAULT_ATTENTION = "math"
+ATTENTION_IMPLS = ("math", "sdpa")  # the reference's formula; the fused kernel, same function
+DEFAULT_ATTENTION = "sdpa"
 
 
 def parameter(*shape, value=0.0):
@@ -31,8 +29,10 @@ def matmul(a, b):
 
 
 def matmul_transpose(a, b):
-    """a @ b.T without a transposed copy of b (a may have leading batch dimensions, b is 2-D)."""
-    return precision.matmul_transpose(a, b)
+    """a @ b.T without a transposed copy of b (a may have leading batch dimensions, b is 2-D).
+    The tied output head's product: where the fused cross-entropy takes its logits (mixed
+    precision on CUDA), they stay bf16."""
+    return precision.matmul_transpose(a, b, fused_kernels.wanted(a, "cross_entropy"))
 
 
 def batched_matmul_transpose(a, b):
@@ -69,9 +69,25 @@ def causal_mask(nd, ns, like):
     return _MASKS[key]
 
 
-def fused_attention(q, k, v, len_kv=None, scale=None):
-    """Not available: ATTENTION_IMPLS keeps GPT2LMModel.set_attention from choosing it."""
-    raise ValueError("the jittor backend has no fused attention kernel; use attention 'math'")
+def fused_attention(q, k, v, len_kv=None, divisor=None):
+    """softmax(q k^T / divisor + causal mask) v (divisor None: sqrt(d)); with `len_kv`, keys at
+    or beyond each row's length are masked too. Jittor 1.3.11 has no fused attention (its
+    jittor.attention.scaled_dot_product_attention is the formula, unfused): mixed precision on
+    CUDA takes flash_attention.py's kernels (no [B, H, T, T] tensor); float32 computes exactly
+    the reference's formula, as model.py's `_attn_math`, so its results do not change."""
+    divisor = math.sqrt(v.shape[-1]) if divisor is None else divisor
+    if fused_kernels.wanted(q, "attention") and flash_attention.supported(q, k, v, len_kv):
+        return flash_attention.flash_attention(q, k, v, len_kv=len_kv, scale=1.0 / divisor)
+    w = batched_matmul_transpose(q, k)
+    w = w / divisor
+    nd, ns = w.shape[-2], w.shape[-1]
+    b = causal_mask(nd, ns, w)
+    w = w * b - 1e10 * (1 - b)
+    if len_kv is not None:
+        beyond = jt.arange(ns).reshape(1, ns) >= len_kv.reshape(-1, 1)
+        w = w.masked_fill(beyond.reshape(-1, 1, 1, ns), -1.0e10)
+    w = softmax(w, dim=-1)
+    return matmul(w, v)
 
 
 def layer_norm(x, weight, bias, eps):
@@ -129,6 +145,8 @@ def cross_entropy(logits, labels, smoothing):
     lse - shifted[label] and the smoothing term -mean(logprobs) is lse - mean(shifted), so no
     vocabulary-wide reduction appears in the backward pass (Jittor's log_softmax differentiates
     through its max shift, where fp32 leaves a residue)."""
+    if fused_kernels.wanted(logits, "cross_entropy"):  # mixed precision on CUDA: one kernel each way
+        return fused_kernels.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), smoothing)
     flat = logits.float32()
     shifted = flat - flat.max(dim=-1, keepdims=True).stop_grad()
     lse = shifted.exp().float64().sum(dim=-1).log().float32()

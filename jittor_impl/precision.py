@@ -71,18 +71,21 @@ class _CublasProduct(jt.Function):
     here makes every weight product a GEMM whatever the fusion does. Gradients of frozen
     operands are returned too but, Jittor being lazy, never computed."""
 
-    def __init__(self, ops, transpose_b=False):
-        self.ops, self.transpose_b = ops, transpose_b
+    def __init__(self, ops, transpose_b=False, b_needs_grad=True):
+        self.ops, self.transpose_b, self.b_needs_grad = ops, transpose_b, b_needs_grad
 
     def execute(self, a, b):
-        self.a, self.b = a, b
+        # a is kept for the backward only when b trains: a frozen weight's product (all but the
+        # LoRA ones in LoRA training) would otherwise hold its input activation until the backward
+        self.a, self.b, self.dtype = (a if self.b_needs_grad else None), b, a.dtype
         return self.ops.cublas_matmul(a, b, False, self.transpose_b)
 
     def grad(self, grad_output):
-        g, mm = grad_output.cast(self.a.dtype), self.ops.cublas_matmul
+        g, mm = grad_output.cast(self.dtype), self.ops.cublas_matmul
         if self.transpose_b:  # c = a b^T: da = g b, db = g^T a
-            return mm(g, self.b, False, False), mm(g, self.a, True, False)
-        return mm(g, self.b, False, True), mm(self.a, g, True, False)  # da = g b^T, db = a^T g
+            return mm(g, self.b, False, False), (mm(g, self.a, True, False) if self.a is not None else None)
+        da = mm(g, self.b, False, True)  # da = g b^T, db = a^T g
+        return da, (mm(self.a, g, True, False) if self.a is not None else None)
 
 
 def _rows_product(a, b, product):
@@ -91,16 +94,23 @@ def _rows_product(a, b, product):
     return out.reshape(list(a.shape[:-1]) + [out.shape[-1]])
 
 
-def _product_2d_weight(a, b, transpose_b, ops):
+def _product_2d_weight(a, b, transpose_b, ops, b_needs_grad=True):
     """a (..., k) times a 2-D b (or b.T), through cuBLAS."""
-    return _rows_product(a, b, _CublasProduct(ops, transpose_b))
+    return _rows_product(a, b, _CublasProduct(ops, transpose_b, b_needs_grad))
+
+
+def _trains(b):
+    """False for a frozen parameter (asked before the cast: Jittor reports every op's output as
+    requiring a gradient)."""
+    return bool(b.requires_grad)
 
 
 def matmul(a, b):
+    b_needs_grad = _trains(b)
     a, b = _cast(a, b)
     ops = _cublas_ops()
     if ops is not None and b.ndim == 2 and a.ndim >= 2:
-        return _float32(_product_2d_weight(a, b, False, ops))
+        return _float32(_product_2d_weight(a, b, False, ops, b_needs_grad))
     return _float32(jt.matmul(a, b))
 
 
@@ -166,12 +176,17 @@ class _ProductWithTransposeCPU(jt.Function):
         return _blocked_matmul(grad_output, self.b), jt.matmul(grad_output.transpose(0, 1), self.a)
 
 
-def matmul_transpose(a, b):
-    """a @ b.T without materialising b.T (a may have leading batch dimensions, b is 2-D)."""
+def matmul_transpose(a, b, low_precision_out=False):
+    """a @ b.T without materialising b.T (a may have leading batch dimensions, b is 2-D). With
+    `low_precision_out` a mixed-precision product on CUDA stays in the compute type (the tied
+    output head, whose bf16 logits the fused cross-entropy reads: torch's autocast head returns
+    bf16 too) instead of coming back as float32."""
+    b_needs_grad = _trains(b)
     a, b = _cast(a, b)
     ops = _cublas_ops()
     if ops is not None:
-        return _float32(_product_2d_weight(a, b, True, ops))
+        product = _product_2d_weight(a, b, True, ops, b_needs_grad)
+        return product if low_precision_out else _float32(product)
     if jt.flags.use_cuda:  # Jittor's own broadcast-multiply-sum, left to its fusion pass
         return _float32(jt.nn.matmul_transpose(a, b))
     return _float32(_rows_product(a, b, _ProductWithTransposeCPU()))

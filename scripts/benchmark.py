@@ -58,6 +58,10 @@ def parse_args(argv):
                    help="beam search caches to time, each in its own process: " + ", ".join(CACHES)
                         + " (per_row: the exact path)")
     p.add_argument("--peak_tflops", type=positive_float, default=None)
+    p.add_argument("--device_mem_cap_gib", type=positive_float, default=None,
+                   help="cap each measurement's device memory (CUDA context included) at this many "
+                        "GiB: torch through its allocator's per-process fraction, Jittor by taking "
+                        "the rest of the card first (backends/benchmark.py DeviceMemoryCap)")
     p.add_argument("--n_embd", type=int, default=None, help="override every card's n_embd (quick runs)")
     p.add_argument("--n_layer", type=int, default=None, help="override every card's n_layer")
     p.add_argument("--n_head", type=int, default=None, help="override every card's n_head")
@@ -78,6 +82,8 @@ def parse_args(argv):
              for card in value.split(",") if card in MODEL_CARDS}
     problems += sorted({problem for card in cards
                         for problem in shape_flag_problems(args.n_embd, args.n_layer, args.n_head, card)})
+    if args.device_mem_cap_gib is not None and args.device != "cuda":
+        problems.append("--device_mem_cap_gib needs --device cuda")
     problems += device_problems(args.device)
     problems += input_file_problems("--test_data", args.test_data) if args.test_data else []
     problems += output_file_problems("--out", args.out)

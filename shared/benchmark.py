@@ -29,7 +29,7 @@ BEAM_BACKENDS = ("torch", "jittor")
 
 # The run's arguments the report needs, kept in the JSON record so it renders on its own.
 SETTINGS = ("seq_len", "batch_size", "steps", "warmup", "test_data", "beam_batch_size",
-            "n_embd", "n_layer", "n_head")
+            "n_embd", "n_layer", "n_head", "device_mem_cap_gib")
 BEAM_SETTINGS = ("test_data", "beam_batch_size")  # a resumed run may add the beam part with them
 
 
@@ -116,7 +116,7 @@ def benchmark_environment(device, precision):
 
 
 def benchmark_settings(args) -> dict:
-    return {name: getattr(args, name) for name in SETTINGS}
+    return {name: getattr(args, name, None) for name in SETTINGS}
 
 
 def _gib(mib):
@@ -228,7 +228,10 @@ def render(results):
              f"Training: LoRA r=4, seq_len {settings['seq_len']}, batch {settings['batch_size']}, "
              f"{settings['steps']} timed steps after {settings['warmup']} warm-up steps. MFU "
              f"against {results.get('peak_tflops') or 'unknown'} TFLOP/s peak."
-             + ("".join(f" Every card's {k} set to {v}." for k, v in shape.items())), "",
+             + ("".join(f" Every card's {k} set to {v}." for k, v in shape.items()))
+             + (f" Every measurement ran under a device-memory cap of {settings['device_mem_cap_gib']:g} "
+                "GiB per process (--device_mem_cap_gib; CUDA context included)."
+                if settings.get("device_mem_cap_gib") else ""), "",
              "Peak memory: 'device' is what the process held on the GPU (NVML; CUDA context and "
              "the framework's allocator cache included: what a card must have), 'tensors' "
              "torch's peak of allocated tensors (torch-based variants only). 'vs torch' and "

@@ -126,7 +126,7 @@ class Attention(nn.Module):
                 len_kv = len_past + 1
         present = (key, value)
         if self.attn_impl == "sdpa":  # the fused kernel, as nanoGPT's flash path
-            a = fused_attention(query, key, value, len_kv=len_kv, scale=1.0 / self.divisor)
+            a = fused_attention(query, key, value, len_kv=len_kv, divisor=self.divisor)
         else:
             a = self._attn_math(query, key, value, len_kv=len_kv)
         return self.c_proj(merge_heads(a)), present

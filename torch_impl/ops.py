@@ -52,9 +52,10 @@ def causal_mask(nd, ns, like):
     return torch.ones(nd, ns, device=like.device).tril(diagonal=ns - nd)
 
 
-def fused_attention(q, k, v, len_kv=None, scale=None):
-    """softmax(q k^T * scale + causal mask) v as one fused kernel (scale None: 1/sqrt(d)); with
+def fused_attention(q, k, v, len_kv=None, divisor=None):
+    """softmax(q k^T / divisor + causal mask) v as one fused kernel (divisor None: sqrt(d)); with
     `len_kv`, keys at or beyond each row's length are masked too."""
+    scale = None if divisor is None else 1.0 / divisor
     nd, ns = q.shape[-2], k.shape[-2]
     if len_kv is None and nd == ns:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)

@@ -1,0 +1,122 @@
+"""The fused causal attention of the Jittor twin (jittor_impl/flash_attention.py) against the exact
+path (the reference's formula in float32, as ops.fused_attention computes it outside mixed
+precision): output and the gradients of q, k and v, for training shapes (Tq == Tk), cached
+decoding (Tq < Tk) and per-row key lengths (`len_kv`); on the CPU (the kernels' CPU source) and,
+marked gpu, on CUDA (the CUDA source), where it is also checked against the CPU source."""
+import numpy as np
+import pytest
+
+from alignment.harness import jittor_on
+from jittor_impl import flash_attention, fused_kernels, ops, precision
+from jittor_impl.runtime import jt
+
+
+@pytest.fixture(autouse=True)
+def restore_mode():
+    before = fused_kernels.fused_kernels_mode()
+    yield
+    fused_kernels.set_fused_kernels(before)
+
+
+def _inputs(b, h, tq, tk, d, seed):
+    rng = np.random.default_rng(seed)
+    q = rng.normal(size=(b, h, tq, d)).astype(np.float32)
+    k = rng.normal(size=(b, h, tk, d)).astype(np.float32)
+    v = rng.normal(size=(b, h, tk, d)).astype(np.float32)
+    g = rng.normal(size=(b, h, tq, d)).astype(np.float32)
+    return q, k, v, g
+
+
+def _attention(mode, q, k, v, g, len_kv=None, autocast=None):
+    """Output and (dq, dk, dv) of ops.fused_attention in fused-kernel `mode`, as float32 numpy."""
+    fused_kernels.set_fused_kernels(mode)
+    with precision.autocast(autocast):
+        qj, kj, vj = jt.array(q), jt.array(k), jt.array(v)
+        lens = None if len_kv is None else jt.array(np.asarray(len_kv, dtype=np.int32))
+        out = ops.fused_attention(qj, kj, vj, len_kv=lens)
+        grads = jt.grad((out.float32() * jt.array(g)).sum(), [qj, kj, vj])
+        return [x.float32().numpy() for x in [out] + list(grads)]
+
+
+def _numpy_reference(q, k, v, g, len_kv=None):
+    """The same function in float64 numpy (independent of both Jittor paths)."""
+    b, h, tq, d = q.shape
+    tk = k.shape[2]
+    s = np.einsum("bhqd,bhkd->bhqk", q.astype(np.float64), k.astype(np.float64)) / np.sqrt(d)
+    allowed = np.arange(tk)[None, :] <= np.arange(tq)[:, None] + (tk - tq)
+    allowed = np.broadcast_to(allowed, (b, 1, tq, tk))
+    if len_kv is not None:
+        allowed = allowed & (np.arange(tk)[None, None, None, :] < np.asarray(len_kv)[:, None, None, None])
+    s = np.where(allowed, s, -np.inf)
+    p = np.exp(s - s.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    out = p @ v
+    dp = g @ v.transpose(0, 1, 3, 2)
+    ds = p * (dp - (dp * p).sum(-1, keepdims=True))
+    return out, ds @ k / np.sqrt(d), ds.transpose(0, 1, 3, 2) @ q / np.sqrt(d), p.transpose(0, 1, 3, 2) @ g
+
+
+def _close(got, want, rel, names=("out", "dq", "dk", "dv")):
+    for name, a, b in zip(names, got, want):
+        assert np.isfinite(a).all(), name
+        err = np.linalg.norm(a - b) / np.linalg.norm(b)
+        assert err < rel, f"{name}: relative L2 error {err:.2e} >= {rel}"
+
+
+CASES = [  # (B, H, Tq, Tk, D, len_kv)
+    (2, 2, 70, 70, 64, None),      # training: two query/key tiles, a partial one
+    (1, 3, 5, 133, 32, None),      # decoding: the last 5 of 133 positions
+    (3, 2, 1, 80, 16, [80, 9, 41]),  # one new token per row against a preallocated cache
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_flash_attention_cpu_matches_exact_path(case):
+    b, h, tq, tk, d, len_kv = case
+    q, k, v, g = _inputs(b, h, tq, tk, d, seed=tk)
+    exact = _attention("off", q, k, v, g, len_kv)  # float32: the reference's formula
+    _close(exact, _numpy_reference(q, k, v, g, len_kv), 1e-5)
+    fused = _attention("on", q, k, v, g, len_kv, autocast="bfloat16")
+    _close(fused, exact, 2e-2)  # bf16 operands, float32 sums
+
+
+def test_flash_attention_switch():
+    q = jt.ones((1, 2, 8, 16))
+    fused_kernels.set_fused_kernels("auto")
+    with precision.autocast("bfloat16"):
+        assert fused_kernels.wanted(q, "attention") == bool(jt.flags.use_cuda)
+    assert flash_attention.supported(q.cast("bfloat16"), q, q)
+    assert not flash_attention.supported(q, q, q)  # float32 outside autocast: the exact path
+    assert not flash_attention.supported(jt.ones((1, 2, 8, 12)).cast("bfloat16"), q, q)  # head dim 12
+    with pytest.raises(ValueError, match="flash_attention: needs 16-bit compute"):
+        flash_attention.flash_attention(q, q, q)
+
+
+def test_fp32_default_attention_is_the_math_path():
+    """Outside mixed precision the default ("sdpa") computes what "math" does, bit for bit."""
+    from jittor_impl.model import GPT2LMModel
+    from shared.config import GPT2Config
+    fused_kernels.set_fused_kernels("auto")
+    config = GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=2, lora_attn_dim=2)
+    model = GPT2LMModel(config)
+    ids = jt.array(np.random.default_rng(0).integers(0, 64, size=(2, 9)).astype(np.int64))
+    outs = {}
+    for impl in ("math", "sdpa"):
+        model.set_attention(impl)
+        outs[impl] = model(ids)[0].numpy()
+    np.testing.assert_array_equal(outs["sdpa"], outs["math"])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", CASES + [(4, 16, 512, 512, 64, None), (2, 4, 200, 200, 128, None)])
+def test_flash_attention_cuda(case):
+    """The CUDA source against the float32 exact path (on CUDA), and against the CPU source with
+    the same roundings: the two differ only in the order of float32 sums and exp's last bits."""
+    b, h, tq, tk, d, len_kv = case
+    q, k, v, g = _inputs(b, h, tq, tk, d, seed=tk + 1)
+    with jittor_on("cuda"):
+        exact = _attention("off", q, k, v, g, len_kv)
+        fused = _attention("auto", q, k, v, g, len_kv, autocast="bfloat16")
+    _close(fused, exact, 2e-2)
+    if b * h * tq * tk <= 200_000:
+        _close(fused, _attention("on", q, k, v, g, len_kv, autocast="bfloat16"), 5e-3)
