@@ -125,7 +125,10 @@ def encode_for_npz(settings: dict) -> np.ndarray:
 def read_lora_settings(path) -> "dict | None":
     """The record stored in checkpoint `path`, or None when it carries none. Reads the header
     (safetensors), one array (npz) or the pickle's small top level (torch, memory-mapped)."""
-    path = os.fspath(path)
+    from .pretrained import weights_location  # (lazy: pretrained -> checkpoint -> this module)
+    kind, path = weights_location(os.fspath(path))  # a folder: the weights file inside it
+    if kind != "file":
+        return None  # sharded transformers folders and TF checkpoints carry no LoRA settings
     ext = os.path.splitext(path)[1].lower()
     try:
         if ext == ".safetensors":
