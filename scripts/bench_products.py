@@ -21,10 +21,8 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from shared.atomic import write_json, write_text  # noqa: E402
-from shared.config import MODEL_CARDS  # noqa: E402
+from shared.atomic import write_json, write_text
+from shared.config import MODEL_CARDS
 
 PREFIX = "PRODUCTS-RESULT "
 
