@@ -30,7 +30,7 @@ from .atomic import write_text
 from .checkpoint import load_for_model, save_checkpoint
 from .config import GPT2Config
 from .environment import devices, versions
-from .paths import REPO_ROOT
+from .paths import REPO_ROOT, file_check, resolve_data_path
 from .pipeline import Pipeline, settings_from
 
 STAGES = ("data", "init", "tune", "eval", "check", "report")
@@ -97,11 +97,8 @@ def build_parser():
 
 
 def resolve_data(flag):
-    path = flag or os.environ.get("INSTRUCT_DATA") or DEFAULT_DATA
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"instruction data not found: {path} (give --data or set "
-                                f"INSTRUCT_DATA)")
-    return os.path.abspath(path)
+    return os.path.abspath(resolve_data_path(flag, "INSTRUCT_DATA", [DEFAULT_DATA], flag="--data",
+                                             what="instruction data", check=file_check))
 
 
 class InstructPipeline(Pipeline):

@@ -27,7 +27,7 @@ import sys
 from .arg_types import seed_int, setting_type
 from .atomic import write_text
 from .environment import devices, versions
-from .paths import REPO_ROOT
+from .paths import REPO_ROOT, resolve_data_path
 from .instruct_pipeline import InstructPipeline
 from .instruct_pipeline import build_parser as build_instruct_parser
 from .pipeline import Pipeline, run_to_end, settings_from
@@ -106,10 +106,6 @@ def build_parser(task):
     return p
 
 
-def _data_path(flag, env, beside):
-    """flag, else the environment variable, else the shared data folder beside the checkout."""
-    path = flag or os.environ.get(env) or os.path.join(REPO_ROOT, beside)
-    return os.path.abspath(path)
 
 
 class TaskPipeline(Pipeline):
@@ -213,10 +209,9 @@ class PretrainPipeline(TaskPipeline):
     task = "pretrain"
 
     def data_files(self):
-        if self.args.text:
-            return [os.path.abspath(p) for p in self.args.text]
-        env = [p for p in os.environ.get("TEXT_DATA", "").split(os.pathsep) if p]
-        return [os.path.abspath(p) for p in env] or [os.path.abspath(os.path.join(REPO_ROOT, VERDICT))]
+        paths = resolve_data_path(self.args.text, "TEXT_DATA", [[os.path.join(REPO_ROOT, VERDICT)]],
+                                  flag="--text", what="text", many=True)
+        return [os.path.abspath(p) for p in paths]
 
     def stage_data(self):
         from .text_data import split_tail, token_stream
@@ -302,7 +297,9 @@ class ClassifyPipeline(TaskPipeline):
     task = "classify"
 
     def data_files(self):
-        return [_data_path(self.args.data, "SMS_SPAM_DATA", SMS_SPAM)]
+        path = resolve_data_path(self.args.data, "SMS_SPAM_DATA", [os.path.join(REPO_ROOT, SMS_SPAM)],
+                                 flag="--data", what="label<TAB>text file")
+        return [os.path.abspath(path)]
 
     def stage_data(self):
         from .classify_data import LABELS, prepare_splits
