@@ -16,7 +16,8 @@ _HOW_TO_GET = "run `bash scripts/download_data.sh` (needs internet) or point {en
 
 
 class DataDirError(FileNotFoundError):
-    """A data folder that is missing or lacks files the caller needs; says how to get them."""
+    """A data path (folder or file) that is missing or lacks files the caller needs; the message
+    names the flag or variable it came from and says how to get the data where it can."""
 
 
 def missing_files(names):
@@ -48,22 +49,16 @@ def resolve_data_path(value, env, defaults=(), *, flag, what, check=None, check_
     the data) ends every message.
     """
     tail = f"; {how}" if how else ""
-    if many:
-        given = [os.fspath(p) for p in value or () if p]
-        origin = flag
-        if not given and os.environ.get(env):
-            given, origin = [p for p in os.environ[env].split(os.pathsep) if p], env
-    else:
-        given = os.fspath(value) if value else None
-        origin = flag
-        if not given and os.environ.get(env):
-            given, origin = os.environ[env], env
+    given, origin = [os.fspath(p) for p in ((value or ()) if many else [value]) if p], flag
+    if not given and os.environ.get(env):
+        named = os.environ[env]
+        given, origin = [p for p in named.split(os.pathsep) if p] if many else [named], env
     if given:
-        for path in given if many else [given]:
+        for path in given:
             problem = check(path) if check and check_given else None
             if problem:
                 raise DataDirError(f"{what} {path} (from {origin}): {problem}{tail}")
-        return given
+        return given if many else given[0]
     tried = []
     for default in defaults:
         paths = list(default) if many else [default]
