@@ -12,6 +12,7 @@ and instruct_eval.json.
 import sys
 
 from backends import load_inference_model, training_backend
+from shared.paths import DataDirError, resolve_data_path
 from shared.instruct_task import build_instruct_parser, sampling_settings, train_and_evaluate
 from shared.train_args import validate
 from shared.training_script import run_training_script
@@ -20,8 +21,11 @@ from shared.training_script import run_training_script
 def main(argv=None):
     parser = build_instruct_parser()
     args = parser.parse_args(argv)
-    if not args.data:
-        parser.error("give --data (an Alpaca JSON file) or set INSTRUCT_DATA")
+    try:
+        args.data = resolve_data_path(args.data, "INSTRUCT_DATA", flag="--data",
+                                      what="instruction data (an Alpaca JSON file)")
+    except DataDirError as exc:
+        parser.error(str(exc))
     if args.no_eval and args.eval_only:
         parser.error("--no_eval and --eval_only exclude each other")
     try:  # checked now, not when the responses are generated after training

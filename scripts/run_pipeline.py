@@ -21,7 +21,7 @@ def build_parser():
     p.add_argument("--task", default="e2e", choices=TASKS,
                    help="e2e: this pipeline; pretrain / classify / instruct: their own pipelines "
                         "(`--task pretrain --help` lists their flags)")
-    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+    p.add_argument("--preset", choices=sorted(PRESETS["e2e"]), default=None,
                    help="defaults to use: cuda when a GPU is present, else cpu; micro is a "
                         "seconds-long smoke run")
     p.add_argument("--run", default=None, help="run name (default: <preset>-default)")

@@ -22,6 +22,7 @@ from .classify_data import (BALANCE_MODES, LABELS, ClassifyDataset, classificati
 from .pretrained import checkpoint_config
 from .run_lock import RunLock
 from .tokenizer import load_tokenizer
+from .paths import DataDirError, file_check, resolve_data_path
 from .train_args import build_parser, lora_flag_problems
 from .trainer import Trainer
 
@@ -54,11 +55,11 @@ def build_classify_parser():
 def classify_problems(args) -> list:
     """Task-specific argument problems; fills derived values (data path, seq_len, classes)."""
     problems = lora_flag_problems(args)  # --lora_dim/--lora_alpha, from the checkpoint too
-    args.data = args.data or os.environ.get(SPAM_ENV)
-    if not args.data:
-        problems.append(f"give --data FILE or set {SPAM_ENV}")
-    elif not os.path.isfile(args.data):
-        problems.append(f"--data {args.data}: file not found")
+    try:
+        args.data = resolve_data_path(args.data, SPAM_ENV, flag="--data", what="label<TAB>text file",
+                                      check=file_check)
+    except DataDirError as exc:
+        problems.append(str(exc))
     try:
         args.split_fractions = tuple(float(x) for x in args.split.split(","))
     except ValueError:

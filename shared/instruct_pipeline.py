@@ -30,30 +30,12 @@ from .atomic import write_text
 from .checkpoint import load_for_model, save_checkpoint
 from .config import GPT2Config
 from .environment import devices, versions
-from .paths import REPO_ROOT
-from .pipeline import Pipeline, settings_from
+from .paths import REPO_ROOT, file_check, resolve_data_path
+from .pipeline import PRESETS, Pipeline
 
 STAGES = ("data", "init", "tune", "eval", "check", "report")
 DEFAULT_DATA = os.path.join(REPO_ROOT, "..", "shared", "data", "instruct", "instruction-data.json")
 
-PRESETS = {
-    "cpu": dict(device="cpu", model_card="gpt2.sm", n_embd=96, n_layer=3, n_head=4, seq_len=256,
-                precision="fp32", base_steps=400, base_lr=0.002, base_batch_size=8,
-                max_step=120, train_batch_size=8, lr=0.002, warmup_step=12, lora_dim=8,
-                lora_alpha=32, lora_dropout=0.1, max_new_tokens=48, limit=None,
-                eval_limit=40, eval_interval=60, save_interval=60),
-    "cuda": dict(device="cuda", model_card="gpt2.sm", n_embd=None, n_layer=None, n_head=None,
-                 seq_len=512, precision="bf16", base_steps=1500, base_lr=0.0005,
-                 base_batch_size=16, max_step=600, train_batch_size=8, lr=0.0005,
-                 warmup_step=50, lora_dim=8, lora_alpha=32, lora_dropout=0.1,
-                 max_new_tokens=96, limit=None, eval_limit=None, eval_interval=200,
-                 save_interval=200),
-    "micro": dict(device="cpu", model_card="gpt2.sm", n_embd=32, n_layer=2, n_head=2, seq_len=256,
-                  precision="fp32", base_steps=4, base_lr=0.003, base_batch_size=4, max_step=4,
-                  train_batch_size=4, lr=0.003, warmup_step=1, lora_dim=4, lora_alpha=16,
-                  lora_dropout=0.1, max_new_tokens=6, limit=60, eval_limit=3,
-                  eval_interval=2, save_interval=2),
-}
 EXAMPLES_SHOWN = 5
 
 
@@ -64,7 +46,7 @@ def build_parser():
                     "and seeds: data, base model, LoRA tuning, responses + ROUGE-L + "
                     "perplexity, final check, report.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+    p.add_argument("--preset", choices=sorted(PRESETS["instruct"]), default=None,
                    help="cuda when a GPU is present, else cpu; micro is a smoke run")
     p.add_argument("--run", default=None, help="run name (default: instruct-<preset>)")
     p.add_argument("--runs_dir", default=os.path.join(REPO_ROOT, "runs"))
@@ -90,30 +72,29 @@ def build_parser():
     p.add_argument("--split_seed", type=seed_int, default=123)
     types = {"device": str, "model_card": str, "precision": str, "base_lr": float, "lr": float,
              "lora_dropout": float}
-    for key in sorted({k for preset in PRESETS.values() for k in preset}):
+    for key in sorted({k for preset in PRESETS["instruct"].values() for k in preset}):
         p.add_argument(f"--{key}", type=setting_type(key, types.get(key, int)), default=None,
                        help="override the preset's value")
     return p
 
 
 def resolve_data(flag):
-    path = flag or os.environ.get("INSTRUCT_DATA") or DEFAULT_DATA
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"instruction data not found: {path} (give --data or set "
-                                f"INSTRUCT_DATA)")
-    return os.path.abspath(path)
+    return os.path.abspath(resolve_data_path(flag, "INSTRUCT_DATA", [DEFAULT_DATA], flag="--data",
+                                             what="instruction data", check=file_check))
 
 
 class InstructPipeline(Pipeline):
     """The E2E Pipeline's engine (stages.json, resume, --force_stage, --until, the script
-    runner) with the instruction-tuning stages; Pipeline.__init__ reads E2E data, so not called."""
+    runner) with the instruction-tuning data and stages."""
+    task = "instruct"
     stages = STAGES
+    run_name = "instruct-{preset}"
 
-    def __init__(self, args):
-        self.open_run(args, settings_from(args, PRESETS), "instruct-{preset}")
-        self.data_file = resolve_data(args.data)
-        self.make_run_folder({"init": ["base"], "tune": list(self.backends)})
-        self.config = self.model_config()
+    def find_data(self):
+        self.data_file = resolve_data(self.args.data)
+
+    def stage_folders(self):
+        return {"init": ["base"], "tune": list(self.backends)}
 
     def _fingerprint(self):
         keys = dict(self.s, data=getattr(self, "data_file", None),

@@ -28,7 +28,6 @@ from .trainer import Trainer, TrainingError
 DESCRIPTION = ("Instruction-tune GPT-2 (+ LoRA) on Alpaca-format JSON with the PyTorch or Jittor "
                "backend, then generate and score responses for the held-out test split "
                "(ROUGE-L, perplexity)")
-DEFAULT_DATA = os.environ.get("INSTRUCT_DATA", "")
 
 
 def build_instruct_parser():
@@ -38,7 +37,7 @@ def build_instruct_parser():
         if action.dest in ("train_data", "valid_data"):
             action.required, action.help = False, "written from --data (do not give)"
     g = p.add_argument_group("instruction data and evaluation")
-    g.add_argument("--data", default=DEFAULT_DATA or None,
+    g.add_argument("--data", default=None,
                    help="Alpaca JSON (instruction/input/output); default: $INSTRUCT_DATA")
     g.add_argument("--data_out", default=None, help="folder for the encoded splits "
                    "(default: WORK_DIR/data)")

@@ -45,48 +45,100 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where scri
 STAGES = ("data", "init", "lora", "beam", "check", "metrics", "report")
 SEED_BAND_RUN = "torch_seed2"  # torch again, random_seed + 1: what chance alone moves a score by
 
-# Defaults: a short CPU run on 2 cores, a GPU run that scales up, and a seconds-long smoke run.
-# Every setting of the run is here (and so in the report's hyper-parameter table).
+# The E2E settings its three presets share.
 COMMON = dict(weight_decay=0.01, label_smooth=0.1, valid_batch_size=16, clip=0.0, base_clip=1.0,
               scheduler="linear", base_scheduler="cosine", log_interval=10, attn="math",
               length_penalty=0.8, no_repeat_ngram_size=4, repetition_penalty=1.0,
               eos_token_id=628, check_batch_size=4, check_batches=2, divergence_queries=20,
               bootstrap_resamples=1000)
+# work.sh's presets, one table keyed by task (--task e2e: scripts/run_pipeline.py): per task a
+# short CPU run on 2 cores, a GPU run that scales up, and a seconds-long smoke run. A preset holds
+# every setting of a run (and so the report's hyper-parameter table).
 PRESETS = {
-    "cpu": dict(COMMON, device="cpu", model_card="gpt2.sm", n_embd=96, n_layer=3, n_head=4, seq_len=96,
-                precision="fp32", base_steps=700, base_lr=0.002, base_batch_size=8,
-                max_step=150, train_batch_size=8, lr=0.002, warmup_step=20, lora_dim=4,
-                lora_alpha=32, lora_dropout=0.1, beam=10, eval_len=48, beam_batch_size=63,
-                test_limit=None, eval_interval=50, save_interval=50, valid_batches=8),
-    "cuda": dict(COMMON, device="cuda", model_card="gpt2.md", n_embd=None, n_layer=None, n_head=None,
-                 seq_len=128, precision="bf16", base_steps=800, base_lr=0.0005,
-                 base_batch_size=16, max_step=600, train_batch_size=8, lr=0.0002,
-                 warmup_step=100, lora_dim=4, lora_alpha=32, lora_dropout=0.1, beam=10,
-                 eval_len=64, beam_batch_size=126, test_limit=None, eval_interval=200,
-                 save_interval=200, valid_batches=None),
-    "micro": dict(COMMON, device="cpu", model_card="gpt2.sm", n_embd=32, n_layer=2, n_head=2, seq_len=64,
-                  precision="fp32", base_steps=6, base_lr=0.003, base_batch_size=4, max_step=6,
-                  train_batch_size=4, lr=0.003, warmup_step=2, lora_dim=4, lora_alpha=16,
-                  lora_dropout=0.1, beam=2, eval_len=8, beam_batch_size=8, test_limit=6,
-                  eval_interval=3, save_interval=3, valid_batches=2),
+    "e2e": {
+        "cpu": dict(COMMON, device="cpu", model_card="gpt2.sm", n_embd=96, n_layer=3, n_head=4,
+                    seq_len=96, precision="fp32", base_steps=700, base_lr=0.002, base_batch_size=8,
+                    max_step=150, train_batch_size=8, lr=0.002, warmup_step=20, lora_dim=4,
+                    lora_alpha=32, lora_dropout=0.1, beam=10, eval_len=48, beam_batch_size=63,
+                    test_limit=None, eval_interval=50, save_interval=50, valid_batches=8),
+        "cuda": dict(COMMON, device="cuda", model_card="gpt2.md", n_embd=None, n_layer=None,
+                     n_head=None, seq_len=128, precision="bf16", base_steps=800, base_lr=0.0005,
+                     base_batch_size=16, max_step=600, train_batch_size=8, lr=0.0002,
+                     warmup_step=100, lora_dim=4, lora_alpha=32, lora_dropout=0.1, beam=10,
+                     eval_len=64, beam_batch_size=126, test_limit=None, eval_interval=200,
+                     save_interval=200, valid_batches=None),
+        "micro": dict(COMMON, device="cpu", model_card="gpt2.sm", n_embd=32, n_layer=2, n_head=2,
+                      seq_len=64, precision="fp32", base_steps=6, base_lr=0.003,
+                      base_batch_size=4, max_step=6, train_batch_size=4, lr=0.003, warmup_step=2,
+                      lora_dim=4, lora_alpha=16, lora_dropout=0.1, beam=2, eval_len=8,
+                      beam_batch_size=8, test_limit=6, eval_interval=3, save_interval=3,
+                      valid_batches=2),
+    },
+    "instruct": {
+        "cpu": dict(device="cpu", model_card="gpt2.sm", n_embd=96, n_layer=3, n_head=4, seq_len=256,
+                    precision="fp32", base_steps=400, base_lr=0.002, base_batch_size=8,
+                    max_step=120, train_batch_size=8, lr=0.002, warmup_step=12, lora_dim=8,
+                    lora_alpha=32, lora_dropout=0.1, max_new_tokens=48, limit=None,
+                    eval_limit=40, eval_interval=60, save_interval=60),
+        "cuda": dict(device="cuda", model_card="gpt2.sm", n_embd=None, n_layer=None, n_head=None,
+                     seq_len=512, precision="bf16", base_steps=1500, base_lr=0.0005,
+                     base_batch_size=16, max_step=600, train_batch_size=8, lr=0.0005,
+                     warmup_step=50, lora_dim=8, lora_alpha=32, lora_dropout=0.1,
+                     max_new_tokens=96, limit=None, eval_limit=None, eval_interval=200,
+                     save_interval=200),
+        "micro": dict(device="cpu", model_card="gpt2.sm", n_embd=32, n_layer=2, n_head=2,
+                      seq_len=256, precision="fp32", base_steps=4, base_lr=0.003,
+                      base_batch_size=4, max_step=4, train_batch_size=4, lr=0.003, warmup_step=1,
+                      lora_dim=4, lora_alpha=16, lora_dropout=0.1, max_new_tokens=6, limit=60,
+                      eval_limit=3, eval_interval=2, save_interval=2),
+    },
+    "pretrain": {
+        # A few minutes on 2 idle CPU cores: a tiny GPT-2 trained from scratch on the-verdict.
+        "cpu": dict(device="cpu", n_embd=48, n_layer=2, n_head=4, seq_len=48, stride=48,
+                    batch_size=8, max_step=80, lr=0.003, warmup_step=8, eval_interval=20,
+                    sample_every=20, valid_fraction=0.1, temperature=0.8, top_k=20,
+                    sample_tokens=40, precision="fp32"),
+        "cuda": dict(device="cuda", n_embd=768, n_layer=12, n_head=12, seq_len=256, stride=128,
+                     batch_size=8, max_step=400, lr=0.0004, warmup_step=40, eval_interval=50,
+                     sample_every=100, valid_fraction=0.1, temperature=0.8, top_k=20,
+                     sample_tokens=40, precision="bf16"),
+        "micro": dict(device="cpu", n_embd=32, n_layer=2, n_head=2, seq_len=32, stride=32,
+                      batch_size=4, max_step=6, lr=0.003, warmup_step=2, eval_interval=3,
+                      sample_every=3, valid_fraction=0.1, temperature=0.8, top_k=20,
+                      sample_tokens=8, precision="fp32"),
+    },
+    "classify": {
+        # A few minutes on 2 idle CPU cores: no pretrained GPT-2 here, so a tiny one from
+        # scratch (--init_checkpoint gives it pretrained weights, e.g. the pretrain run's).
+        "cpu": dict(device="cpu", n_embd=64, n_layer=2, n_head=4, max_len=64, batch_size=16,
+                    max_step=260, lr=0.001, warmup_step=20, eval_interval=50,
+                    trainable="all", lora_dim=0, balance="undersample", precision="fp32"),
+        "cuda": dict(device="cuda", n_embd=768, n_layer=12, n_head=12, max_len=128,
+                     batch_size=16, max_step=600, lr=0.0001, warmup_step=50, eval_interval=100,
+                     trainable="all", lora_dim=0, balance="undersample", precision="bf16"),
+        "micro": dict(device="cpu", n_embd=32, n_layer=2, n_head=2, max_len=32, batch_size=8,
+                      max_step=6, lr=0.003, warmup_step=2, eval_interval=3, trainable="all",
+                      lora_dim=0, balance="undersample", precision="fp32"),
+    },
 }
 
-def setting_types() -> dict:
-    """{setting: the type its command-line override parses to}, from the presets' values (int
-    where every preset leaves it None), range-checked (shared/arg_types.py)."""
+
+def setting_types(task="e2e") -> dict:
+    """{setting: the type its command-line override parses to}, from the task's preset values
+    (int where every preset leaves it None), range-checked (shared/arg_types.py)."""
     types = {}
-    for preset in PRESETS.values():
+    for preset in PRESETS[task].values():
         for key, value in preset.items():
             if value is not None or key not in types:
                 types[key] = type(value) if value is not None else types.get(key, int)
     return {key: setting_type(key, kind) for key, kind in sorted(types.items())}
 
 
-def settings_from(args, presets=PRESETS):
-    """The preset `args.preset` names (default: cuda when a GPU is present, else cpu) with the
-    values given on the command line in place of its own, and its name under "preset"."""
+def settings_from(args, task="e2e"):
+    """The task's preset `args.preset` names (default: cuda when a GPU is present, else cpu) with
+    the values given on the command line in place of its own, and its name under "preset"."""
     preset = args.preset or ("cuda" if cuda_available() else "cpu")
-    settings = dict(presets[preset])
+    settings = dict(PRESETS[task][preset])
     for key in settings:
         value = getattr(args, key)
         if value is not None:
@@ -102,13 +154,30 @@ def report_dir(args, run):
 
 
 class Pipeline:
+    """A run of work.sh: its settings (PRESETS[task] + flags), folders, stages and their state.
+    Task pipelines (instruct_pipeline.py, task_pipelines.py) subclass it and override the hooks
+    __init__ calls (find_data, stage_folders, configure) and the stages."""
+    task = "e2e"  # the key of its presets in PRESETS
     stages = STAGES  # the order stage() and run_all() follow (task pipelines have their own)
+    run_name = "{preset}-default"  # the run folder's name unless --run names it
 
     def __init__(self, args):
-        self.open_run(args, settings_from(args), "{preset}-default")
-        self.data_dir = resolve_e2e_dir(args.data_dir)
-        self.seed_band = bool(getattr(args, "seed_band", False)) and "torch" in self.backends
-        self.make_run_folder({"init": ["base"], "lora": list(self.backends) + self.seed_runs()})
+        self.open_run(args, settings_from(args, self.task), self.run_name)
+        self.find_data()
+        self.make_run_folder(self.stage_folders())
+        self.configure()
+
+    def find_data(self):
+        """The E2E .txt folder, checked before any folder is made (and the seed band's run)."""
+        self.data_dir = resolve_e2e_dir(self.args.data_dir)
+        self.seed_band = bool(getattr(self.args, "seed_band", False)) and "torch" in self.backends
+
+    def stage_folders(self):
+        """{stage: the run's folders it writes}: --force_stage starts them over."""
+        return {"init": ["base"], "lora": list(self.backends) + self.seed_runs()}
+
+    def configure(self):
+        """What the stages need once the run folder is there: the model's config."""
         self.config = self.model_config()
 
     # ------------------------------------------------------------- setup (every pipeline's)
@@ -193,13 +262,17 @@ class Pipeline:
         os.makedirs(self.path("logs"), exist_ok=True)
         log_path = self.path("logs", log_name)
         print("$ " + " ".join(argv), flush=True)
+        with open(log_path, "a") as log:
+            code = run_stage(cmd, cwd=ROOT, env=self.stage_env(), log=log)
+        if code != 0:
+            raise RuntimeError(f"`{' '.join(argv)}` failed with exit code {code} (log: {log_path})")
+
+    def stage_env(self):
+        """The environment of a stage's script: ours, unbuffered, with the run's vocabulary."""
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         if self.vocab_dir:
             env["GPT2_VOCAB_DIR"] = self.vocab_dir
-        with open(log_path, "a") as log:
-            code = run_stage(cmd, cwd=ROOT, env=env, log=log)
-        if code != 0:
-            raise RuntimeError(f"`{' '.join(argv)}` failed with exit code {code} (log: {log_path})")
+        return env
 
     def stage(self, name, func):
         stages = self.stages

@@ -17,6 +17,7 @@ from .run_lock import RunLock
 from .sampling import EOT_ID, SamplingSettings
 from .text_data import WindowDataset, split_tail, token_stream
 from .tokenizer import load_tokenizer
+from .paths import DataDirError, resolve_data_path
 from .train_args import build_parser, lora_flag_problems
 from .trainer import Trainer
 
@@ -51,11 +52,11 @@ def build_pretrain_parser():
 def pretrain_problems(args) -> list:
     """Task-specific argument problems (the trainer checks the rest); fills derived values."""
     problems = lora_flag_problems(args)  # --lora_dim/--lora_alpha, from the checkpoint too
-    if not args.text:
-        env = os.environ.get(TEXT_ENV, "")
-        args.text = [p for p in env.split(os.pathsep) if p]
-    if not args.text:
-        problems.append(f"give --text FILE [FILE ...] or set {TEXT_ENV}")
+    try:
+        args.text = resolve_data_path(args.text, TEXT_ENV, flag="--text FILE [FILE ...]",
+                                      what="text", many=True)
+    except DataDirError as exc:
+        problems.append(str(exc))
     if args.stride is None:  # the numeric flags' ranges are checked by their argparse types
         args.stride = args.seq_len
     if not args.prompt.strip():

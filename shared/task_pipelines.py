@@ -27,44 +27,14 @@ import sys
 from .arg_types import seed_int, setting_type
 from .atomic import write_text
 from .environment import devices, versions
-from .paths import REPO_ROOT
+from .paths import REPO_ROOT, resolve_data_path
 from .instruct_pipeline import InstructPipeline
 from .instruct_pipeline import build_parser as build_instruct_parser
-from .pipeline import Pipeline, run_to_end, settings_from
+from .pipeline import PRESETS, Pipeline, run_to_end
 
 VERDICT = os.path.join("..", "shared", "data", "text", "the-verdict.txt")
 SMS_SPAM = os.path.join("..", "shared", "data", "sms-spam", "SMSSpamCollection")
 
-PRESETS = {
-    "pretrain": {
-        # A few minutes on 2 idle CPU cores: a tiny GPT-2 trained from scratch on the-verdict.
-        "cpu": dict(device="cpu", n_embd=48, n_layer=2, n_head=4, seq_len=48, stride=48,
-                    batch_size=8, max_step=80, lr=0.003, warmup_step=8, eval_interval=20,
-                    sample_every=20, valid_fraction=0.1, temperature=0.8, top_k=20,
-                    sample_tokens=40, precision="fp32"),
-        "cuda": dict(device="cuda", n_embd=768, n_layer=12, n_head=12, seq_len=256, stride=128,
-                     batch_size=8, max_step=400, lr=0.0004, warmup_step=40, eval_interval=50,
-                     sample_every=100, valid_fraction=0.1, temperature=0.8, top_k=20,
-                     sample_tokens=40, precision="bf16"),
-        "micro": dict(device="cpu", n_embd=32, n_layer=2, n_head=2, seq_len=32, stride=32,
-                      batch_size=4, max_step=6, lr=0.003, warmup_step=2, eval_interval=3,
-                      sample_every=3, valid_fraction=0.1, temperature=0.8, top_k=20,
-                      sample_tokens=8, precision="fp32"),
-    },
-    "classify": {
-        # A few minutes on 2 idle CPU cores: no pretrained GPT-2 here, so a tiny one from
-        # scratch (--init_checkpoint gives it pretrained weights, e.g. the pretrain run's).
-        "cpu": dict(device="cpu", n_embd=64, n_layer=2, n_head=4, max_len=64, batch_size=16,
-                    max_step=260, lr=0.001, warmup_step=20, eval_interval=50,
-                    trainable="all", lora_dim=0, balance="undersample", precision="fp32"),
-        "cuda": dict(device="cuda", n_embd=768, n_layer=12, n_head=12, max_len=128,
-                     batch_size=16, max_step=600, lr=0.0001, warmup_step=50, eval_interval=100,
-                     trainable="all", lora_dim=0, balance="undersample", precision="bf16"),
-        "micro": dict(device="cpu", n_embd=32, n_layer=2, n_head=2, max_len=32, batch_size=8,
-                      max_step=6, lr=0.003, warmup_step=2, eval_interval=3, trainable="all",
-                      lora_dim=0, balance="undersample", precision="fp32"),
-    },
-}
 STAGES = {"pretrain": ("data", "train", "sample", "report"),
           "classify": ("data", "train", "evaluate", "report")}
 TYPES = {"device": str, "lr": float, "valid_fraction": float, "temperature": float,
@@ -106,20 +76,21 @@ def build_parser(task):
     return p
 
 
-def _data_path(flag, env, beside):
-    """flag, else the environment variable, else the shared data folder beside the checkout."""
-    path = flag or os.environ.get(env) or os.path.join(REPO_ROOT, beside)
-    return os.path.abspath(path)
 
 
 class TaskPipeline(Pipeline):
-    """The E2E Pipeline's engine with a task's settings; subclasses add the stages."""
+    """The E2E Pipeline's engine with a task's settings; subclasses add the stages (and name
+    the task, its stages and run)."""
     task = None
 
-    def __init__(self, args):  # Pipeline.__init__ reads E2E data; only its engine is reused
-        self.stages = STAGES[self.task]
-        self.open_run(args, settings_from(args, PRESETS[self.task]), self.task + "-{preset}")
-        self.make_run_folder({"train": list(self.backends)})
+    def find_data(self):
+        """Nothing to find first: data_files() resolves the task's files when they are needed."""
+
+    def stage_folders(self):
+        return {"train": list(self.backends)}
+
+    def configure(self):
+        """Nothing: the scripts get the model's shape as flags (shape_flags), not a config."""
 
     def _fingerprint(self):
         keys = dict(self.s, task=self.task, init_checkpoint=self.args.init_checkpoint,
@@ -154,11 +125,8 @@ class TaskPipeline(Pipeline):
     def capture(self, argv, log_name):
         """Run a short project script and return its stdout (kept in RUN_DIR/logs/log_name too);
         a stop signal ends it with the run (subprocess.run kills it on the way out)."""
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        if self.vocab_dir:
-            env["GPT2_VOCAB_DIR"] = self.vocab_dir
         print("$ " + " ".join(argv), flush=True)
-        proc = subprocess.run([sys.executable, *argv], cwd=REPO_ROOT, env=env,
+        proc = subprocess.run([sys.executable, *argv], cwd=REPO_ROOT, env=self.stage_env(),
                               capture_output=True, text=True)
         os.makedirs(self.path("logs"), exist_ok=True)
         write_text(self.path("logs", log_name), proc.stdout + proc.stderr)
@@ -211,12 +179,13 @@ class TaskPipeline(Pipeline):
 
 class PretrainPipeline(TaskPipeline):
     task = "pretrain"
+    stages = STAGES["pretrain"]
+    run_name = "pretrain-{preset}"
 
     def data_files(self):
-        if self.args.text:
-            return [os.path.abspath(p) for p in self.args.text]
-        env = [p for p in os.environ.get("TEXT_DATA", "").split(os.pathsep) if p]
-        return [os.path.abspath(p) for p in env] or [os.path.abspath(os.path.join(REPO_ROOT, VERDICT))]
+        paths = resolve_data_path(self.args.text, "TEXT_DATA", [[os.path.join(REPO_ROOT, VERDICT)]],
+                                  flag="--text", what="text", many=True)
+        return [os.path.abspath(p) for p in paths]
 
     def stage_data(self):
         from .text_data import split_tail, token_stream
@@ -300,9 +269,14 @@ class PretrainPipeline(TaskPipeline):
 
 class ClassifyPipeline(TaskPipeline):
     task = "classify"
+    stages = STAGES["classify"]
+    run_name = "classify-{preset}"
 
     def data_files(self):
-        return [_data_path(self.args.data, "SMS_SPAM_DATA", SMS_SPAM)]
+        path = resolve_data_path(self.args.data, "SMS_SPAM_DATA",
+                                 [os.path.join(REPO_ROOT, SMS_SPAM)], flag="--data",
+                                 what="label<TAB>text file")
+        return [os.path.abspath(path)]
 
     def stage_data(self):
         from .classify_data import LABELS, prepare_splits
