@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from .atomic import atomic_open
-from .compare import relative
+from .compare import agree, relative
 
 LOG_FILENAME = "train_log.jsonl"
 FORMAT_JSONL = "jsonl"
