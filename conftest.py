@@ -46,8 +46,13 @@ def encoded(tmp_path_factory, e2e_dir, vocab_dir):
     return out
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects by marker
 def pytest_collection_modifyitems(config, items):
     from shared.environment import cuda_available
+    for item in items:  # alignment.harness.DEVICES: the "cuda" variant needs a GPU
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("device") == "cuda":
+            item.add_marker(pytest.mark.gpu)
     if cuda_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")

@@ -154,13 +154,20 @@ def write(document: dict, out_dir: str, title: str = "Per-layer differences", no
     document["per_layer_worst"] = [
         dict(zip(("layer", "forward_torch", "forward_jittor", "backward_torch", "backward_jittor"), row))
         for row in per_layer_worst(document)]
-    from .report_sections import per_layer_section  # work.sh's report takes this section as is
     with atomic_group(out_dir):  # all four files, or (a full disk, a signal) none of them
         os.makedirs(out_dir, exist_ok=True)
         write_json(os.path.join(out_dir, "diff_layers.json"), document)
         write_text(os.path.join(out_dir, "diff_layers.md"), markdown(document, title, note))
         plot(document, os.path.join(out_dir, "diff_layers.png"))
         write_text(os.path.join(out_dir, "report_section.md"), per_layer_section(document))
+
+
+def per_layer_section(document: dict) -> str:
+    """work.sh's report section (alignment.report_sections), from `run`'s document or
+    diff_layers.json: `markdown`'s body with its headings nested under the section's."""
+    body = markdown(document, title="x").split("\n", 2)[2]
+    body = body.replace("\n## ", "\n### ")  # its parts nest under the section's heading
+    return "## Per-layer check (torch, Jittor and float64)\n" + body
 
 
 def terminal_summary(document: dict) -> list:
@@ -192,11 +199,9 @@ def from_checkpoints(config, data, out_dir, init_checkpoint=None, lora_checkpoin
     """scripts/diff_layers.py's work: trace `batches` validation batches of the encoded jsonl
     `data`, write OUT/diff_layers.{md,json,png} and return the document. `plant` names one of
     alignment.planted_bugs.MODEL_BUGS to plant in the Jittor twin (a demonstration)."""
-    import pytest
-
     from shared.batching import FTDataset
 
-    from .planted_bugs import MODEL_BUGS
+    from .planted_bugs import MODEL_BUGS, Patches
     if batch_size < 1 or batches < 1:
         raise ValueError("--batch_size and --batches must be >= 1")
     if plant is not None and plant not in MODEL_BUGS:
@@ -207,7 +212,7 @@ def from_checkpoints(config, data, out_dir, init_checkpoint=None, lora_checkpoin
         runtime.use_device("cuda")
     dataset = FTDataset.from_file(data, batch_size, seq_len)
     chosen = [b for _, b in zip(range(batches), dataset.eval_batches())]
-    patch, hook, note = pytest.MonkeyPatch(), None, ""
+    patch, hook, note = Patches(), None, ""
     if plant:
         hook = lambda model: MODEL_BUGS[plant][0](patch, model)  # noqa: E731
         note = f"Planted bug (demonstration): **{plant}** in the Jittor twin."

@@ -16,11 +16,10 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import pytest
 import torch
 
 from shared.atomic import write_json, write_text
-from shared.compare import difference
+from shared.compare import agree, difference
 from shared.config import GPT2Config
 from shared.environment import gpu_name, versions
 from shared.params import init_state_dict
@@ -30,8 +29,9 @@ from shared.report import markdown_table
 # the tied output head over the real vocabulary is part of what must align.
 TINY_SHAPE = dict(n_embd=64, n_layer=2, n_head=4, n_positions=64, n_ctx=64)
 
-# Every cross-backend test runs on the CPU; the CUDA variant is skipped without a GPU.
-DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", id="cuda", marks=pytest.mark.gpu)]
+# Every cross-backend test runs on the CPU; the CUDA variant is skipped without a GPU (the root
+# conftest.py marks every test parametrised with device "cuda" as `gpu`).
+DEVICES = ("cpu", "cuda")
 
 
 def tiny_config(lora_dim: int = 0, **overrides) -> GPT2Config:
@@ -151,28 +151,33 @@ def jittor_forward(model, input_ids, labels=None, mask=None, label_smooth=0.0):
     return to_numpy(logits), to_numpy(second)
 
 
-def torch_grads(model, input_ids, labels, mask=None, label_smooth=0.0, device="cpu"):
-    """(loss, {name: grad or None}) after one backward pass; None where no grad arrived."""
+def torch_grads(model, input_ids, labels, mask=None, label_smooth=0.0, device="cpu",
+                logits=False):
+    """(loss, {name: grad or None}) after one backward pass; None where no grad arrived.
+    With `logits`: (loss, grads, logits as numpy)."""
     ids, lab, msk = torch_inputs(device, input_ids, labels, mask)
     model.zero_grad(set_to_none=True)
-    _, loss = model(ids, lm_labels=lab, lm_mask=msk, label_smooth=label_smooth)
+    out, loss = model(ids, lm_labels=lab, lm_mask=msk, label_smooth=label_smooth)
     loss.backward()
     grads = {n: (None if p.grad is None else to_numpy(p.grad)) for n, p in model.named_parameters()}
-    return float(loss.item()), grads
+    return (float(loss.item()), grads) + ((to_numpy(out),) if logits else ())
 
 
-def jittor_grads(model, input_ids, labels, mask=None, label_smooth=0.0, names=None):
+def jittor_grads(model, input_ids, labels, mask=None, label_smooth=0.0, names=None,
+                 logits=False):
     """(loss, {name: grad}) from `jt.grad(loss, params)` for the trainable parameters, or for
-    `names` when given (Jittor returns zeros for a parameter the loss does not reach)."""
+    `names` when given (Jittor returns zeros for a parameter the loss does not reach).
+    With `logits`: (loss, grads, logits as numpy)."""
     from jittor_impl.runtime import jt
     ids, lab, msk = jittor_inputs(input_ids, labels, mask)
-    _, loss = model(ids, lm_labels=lab, lm_mask=msk, label_smooth=label_smooth)
+    out, loss = model(ids, lm_labels=lab, lm_mask=msk, label_smooth=label_smooth)
     params = dict(model.named_parameters())
     if names is None:
         names = [n for n, p in params.items() if p.requires_grad]
     grads = jt.grad(loss, [params[n] for n in names])
     jt.sync_all(True)
-    return float(loss.item()), {n: to_numpy(g) for n, g in zip(names, grads)}
+    return ((float(loss.item()), {n: to_numpy(g) for n, g in zip(names, grads)})
+            + ((to_numpy(out),) if logits else ()))
 
 
 # ------------------------------------------------------------------------------ comparing
@@ -256,13 +261,12 @@ RECORDER = ComparisonRecorder()
 
 def compare(name: str, a, b, atol: float, rtol: float, device: str = "cpu") -> Comparison:
     """Record how far `a` is from the reference `b`, then assert |a-b| <= atol + rtol*|b|
-    elementwise (numpy.allclose's rule; NaN never passes) and equal shapes."""
+    elementwise (shared.compare.agree: numpy.allclose's rule; NaN never passes) and equal shapes."""
     a, b = to_numpy(a), to_numpy(b)
     same_shape = a.shape == b.shape
     if same_shape:
         max_abs, max_rel = differences(a, b, atol, rtol)
-        a64, b64 = a.astype(np.float64), b.astype(np.float64)
-        passed = bool(np.all(np.abs(a64 - b64) <= atol + rtol * np.abs(b64)))
+        passed = agree(a, b, atol=atol, rtol=rtol)
     else:
         max_abs = max_rel = float("inf")
         passed = False

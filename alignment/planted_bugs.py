@@ -4,10 +4,32 @@ edits): alignment/test_planted_bugs.py asserts that the harness flags and locali
 
 Each entry of MODEL_BUGS: (plant(monkeypatch, jittor model), LoRA dropout to trace with,
 where the harness must localize it: {"forward": module or None, "backward": module}).
-`monkeypatch` is a pytest.MonkeyPatch (`with pytest.MonkeyPatch.context() as mp:` outside tests).
+`monkeypatch` is pytest's `monkeypatch` fixture in tests, or a `Patches()` outside them (both
+offer `setattr(target, name, value)` and `setattr("module.attr", value)`, then `undo()`).
 """
+import contextlib
 import math
 import types
+from unittest import mock
+
+_UNSET = object()
+
+
+class Patches:
+    """pytest.MonkeyPatch's setattr/undo over unittest.mock, so planting needs no pytest."""
+
+    def __init__(self):
+        self._stack = contextlib.ExitStack()
+
+    def setattr(self, target, name, value=_UNSET):
+        """setattr(obj, "name", value), or setattr("package.module.obj.name", value)."""
+        patcher = (mock.patch(target, name) if value is _UNSET
+                   else mock.patch.object(target, name, value))
+        self._stack.enter_context(patcher)
+
+    def undo(self):
+        """Every attribute back as it was, the latest patch first."""
+        self._stack.close()
 
 def gelu_exact(x):
     from jittor_impl.runtime import jt

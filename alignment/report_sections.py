@@ -4,14 +4,10 @@ Each takes the plain JSON-able result of its module, so the pipeline can compute
 check/metrics stages, store them in report.json and render them here."""
 from __future__ import annotations
 
-from . import diff_layers, metric_equivalence
+from . import metric_equivalence
+from .diff_layers import per_layer_section  # from alignment.diff_layers.run (or diff_layers.json)
 
-
-def per_layer_section(document: dict) -> str:
-    """From alignment.diff_layers.run (or diff_layers.json)."""
-    body = diff_layers.markdown(document, title="x").split("\n", 2)[2]
-    body = body.replace("\n## ", "\n### ")  # its parts nest under the section's heading
-    return "## Per-layer check (torch, Jittor and float64)\n" + body
+__all__ = ["per_layer_section", "beam_divergence_section", "metric_intervals_section"]
 
 
 def beam_divergence_section(divergences: list, ids: list = None, queries: int = None,

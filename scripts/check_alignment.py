@@ -16,7 +16,7 @@ import sys
 from shared.arg_types import fraction_below_one, non_negative_float, positive_int
 from shared.atomic import write_json
 from shared.batching import FTDataset
-from shared.compare import difference
+from shared.compare import agree, difference
 from shared.config import seq_len_problem
 from shared.environment import default_device
 from shared.preflight import input_file_problems, output_file_problems
@@ -54,39 +54,31 @@ def loaded_model(backend, config, args):
 
 
 def torch_side(config, args, batches):
-    import torch
     import torch_impl
+    from alignment.harness import torch_grads
     model = loaded_model(torch_impl, config, args)
     model.set_attention("math")
     model.to(args.device).eval()
     out = []
     for batch in batches:
-        data = {k: torch.from_numpy(v).to(args.device) for k, v in batch.items()}
-        model.zero_grad(set_to_none=True)
-        logits, loss = model(data["input"], lm_labels=data["target"], lm_mask=data["mask"],
-                             label_smooth=args.label_smooth)
-        loss.backward()
-        grads = {n: p.grad.cpu().numpy() for n, p in model.named_parameters() if p.grad is not None}
-        out.append((logits.detach().cpu().numpy(), float(loss.detach()), grads))
+        loss, grads, logits = torch_grads(model, batch["input"], batch["target"], batch["mask"],
+                                          args.label_smooth, args.device, logits=True)
+        out.append((logits, loss, {n: g for n, g in grads.items() if g is not None}))
     return out
 
 
 def jittor_side(config, args, batches):
     import jittor_impl
+    from alignment.harness import jittor_grads
     from jittor_impl import runtime
-    from jittor_impl.runtime import jt
     runtime.use_device(args.device)
     model = loaded_model(jittor_impl, config, args)
-    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     model.train()  # jittor's eval() stops every gradient; LoRA dropout is 0 here anyway
     out = []
     for batch in batches:
-        data = {k: jt.array(v) for k, v in batch.items()}
-        logits, loss = model(data["input"], lm_labels=data["target"], lm_mask=data["mask"],
-                             label_smooth=args.label_smooth)
-        grads = jt.grad(loss, [p for _, p in params])
-        out.append((logits.numpy(), float(loss.item()),
-                    {n: g.numpy() for (n, _), g in zip(params, grads)}))
+        loss, grads, logits = jittor_grads(model, batch["input"], batch["target"], batch["mask"],
+                                           args.label_smooth, logits=True)
+        out.append((logits, loss, grads))
     runtime.use_device("cpu")
     return out
 
@@ -106,11 +98,17 @@ def check(args):
               "loss_rel_l2": 0.0, "grad_max_abs": 0.0, "grad_rel_l2": 0.0,
               "grad_params": 0, "losses_torch": [], "losses_jittor": []}
 
+    tolerances = {"logits": dict(atol=args.logits_atol), "loss": dict(rel_l2=args.loss_rtol),
+                  "grad": dict(atol=args.grad_atol)}
+    agreed = []
+
     def keep_worst(key, torch_value, jittor_value):
-        """The largest max |a - b| and relative L2 distance (torch is the reference) so far."""
+        """The largest max |a - b| and relative L2 distance (torch is the reference) so far, and
+        whether this pair agrees within its tolerance (shared.compare.agree)."""
         d = difference(jittor_value, torch_value)
         result[key + "_max_abs"] = max(result[key + "_max_abs"], d.max_abs)
         result[key + "_rel_l2"] = max(result[key + "_rel_l2"], d.rel_l2)
+        agreed.append(agree(jittor_value, torch_value, **tolerances[key]))
 
     for (tl, tloss, tg), (jl, jloss, jg) in zip(t_side, j_side):
         keep_worst("logits", tl, jl)
@@ -124,9 +122,7 @@ def check(args):
             keep_worst("grad", tg[name], jg[name])
     result["tolerances"] = {"logits_atol": args.logits_atol, "loss_rtol": args.loss_rtol,
                             "grad_atol": args.grad_atol}
-    result["passed"] = (result["logits_max_abs"] <= args.logits_atol
-                        and result["loss_rel_l2"] <= args.loss_rtol
-                        and result["grad_max_abs"] <= args.grad_atol)
+    result["passed"] = all(agreed)
     return result
 
 

@@ -8,6 +8,9 @@ two runs (shared/trainlog.py) all measure here:
   `floor` (near zero an absolute tolerance governs, and a ratio would only measure rounding);
 - rel_l2: ||a - b|| / ||b||, the relative L2 distance from the reference b, which does not blow
   up on single elements near zero.
+
+Whether two results agree within a tolerance is decided in one place too, `agree`, which every
+one of those comparisons (and alignment/compare.py's per-tensor check) calls.
 """
 from __future__ import annotations
 
@@ -43,6 +46,25 @@ def difference(a, b, floor: float = TINY) -> Difference:
     norm = float(np.linalg.norm(b))
     return Difference(float(diff.max()), max_rel,
                       float(np.linalg.norm(a - b)) / (norm if norm > 0 else 1.0))
+
+
+def agree(a, b, atol: float = 0.0, rtol: float = 0.0, rel_l2: float = None,
+          equal_nonfinite: bool = False) -> bool:
+    """Whether `a` agrees with the reference `b` (the same shape, else False), by one of two rules:
+    - elementwise (rel_l2 None): every |a - b| <= atol + rtol * |b| (numpy.allclose's rule, in
+      float64); NaN never agrees, nor do two infinities, unless `equal_nonfinite`, where equal
+      values (equal infinities, NaN and NaN) agree;
+    - relative L2 (rel_l2 given): difference(a, b).rel_l2 <= rel_l2; NaN never agrees."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        return False
+    if rel_l2 is not None:
+        return bool(difference(a, b).rel_l2 <= rel_l2)
+    with np.errstate(invalid="ignore"):
+        ok = np.abs(a - b) <= atol + rtol * np.abs(b)
+    if equal_nonfinite:
+        ok |= (a == b) | (np.isnan(a) & np.isnan(b))
+    return bool(np.all(ok))
 
 
 def beam_agreement(prediction_files) -> dict:

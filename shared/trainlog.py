@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from .atomic import atomic_open
-from .compare import relative
+from .compare import agree, relative
 
 LOG_FILENAME = "train_log.jsonl"
 FORMAT_JSONL = "jsonl"
@@ -363,7 +363,7 @@ def _agreement(aligned: list, tol: float) -> dict:
         d = _abs_diff(a, b)
         diffs.append(d)
         rels.append(float(relative(d, a, b, floor=1e-12)) if math.isfinite(d) else math.inf)
-        if first_over is None and d > tol:
+        if first_over is None and not agree(a, b, atol=tol, equal_nonfinite=True):
             first_over = step
     return {"n_steps": len(aligned), "max_abs": max(diffs), "mean_abs": sum(diffs) / len(diffs),
             "max_rel": max(rels), "first_step_over": first_over, "tol": tol}
