@@ -31,6 +31,7 @@ class Patches:
         """Every attribute back as it was, the latest patch first."""
         self._stack.close()
 
+
 def gelu_exact(x):
     from jittor_impl.runtime import jt
     return 0.5 * x * (1.0 + jt.erf(x / math.sqrt(2.0)))
@@ -77,16 +78,27 @@ def plant_ln_eps(mp, model):
     model.transformer.h[1].ln_2.eps = 1e-6
 
 
+def on_the_formula_path(mp, model):
+    """The attention bugs are planted in model.py's formula (`_attn_math` and the names it
+    calls); a model on the fused path ("sdpa", the default) computes through ops.fused_attention
+    instead, so the planted model's attention is switched to the formula for the plant."""
+    for block in model.transformer.h:
+        mp.setattr(block.attn, "attn_impl", "math")
+
+
 def plant_attn_scale(mp, model):
+    on_the_formula_path(mp, model)
     mp.setattr("jittor_impl.model.Attention._attn_math", attn_math_without_scale)
 
 
 def plant_mask(mp, model):
+    on_the_formula_path(mp, model)
     mp.setattr("jittor_impl.model.causal_mask", causal_mask_off_by_one)
 
 
 def plant_softmax_axis(mp, model):
     from jittor_impl.runtime import jt
+    on_the_formula_path(mp, model)
     # model.py imports `softmax` from .ops; only the attention's softmax runs through that name
     mp.setattr("jittor_impl.model.softmax", lambda w, dim=-1: jt.nn.softmax(w, dim=-2))
 
