@@ -19,12 +19,17 @@ def parse(data_files, *extra):
 
 @pytest.mark.parametrize("extra, message", [
     (("--backend", "jittor", "--compile"), "--compile exists for the torch backend only"),
-    (("--backend", "jittor", "--attn", "sdpa"), "--attn sdpa exists for the torch backend only"),
     (("--backend", "torch", "--precision", "bf16"), "--precision bf16 needs --device cuda"),
 ])
 def test_impossible_combinations_are_named(data_files, extra, message):
     with pytest.raises(ArgumentProblem, match=message):
         validate(parse(data_files, *extra))
+
+
+@pytest.mark.parametrize("attn", ["math", "sdpa"])
+def test_both_backends_take_both_attention_paths(data_files, attn):
+    for backend in ("torch", "jittor"):  # Jittor's fused path is its flash kernel
+        assert validate(parse(data_files, "--backend", backend, "--attn", attn)).attn == attn
 
 
 def test_torch_compile_is_accepted(data_files):
