@@ -279,6 +279,14 @@ def write_config_beside(folder, config: GPT2Config):
     return path
 
 
+def remove_config_beside(folder):
+    """Remove a config.json that an earlier run wrote into `folder`, if there is one."""
+    try:
+        os.remove(os.path.join(folder, HF_CONFIG))
+    except FileNotFoundError:
+        pass
+
+
 def checkpoint_config(path):
     """The CheckpointConfig of the weights `path` names, or None (no path, or no config)."""
     if not path:

@@ -32,7 +32,7 @@ from .atomic import write_json
 from .batching import FTDataset, check_batch
 from .checkpoint import (CheckpointError, latest_checkpoint_step, load_trainer_state,
                          save_checkpoint, save_trainer_state)
-from .pretrained import checkpoint_config, write_config_beside
+from .pretrained import checkpoint_config, remove_config_beside, write_config_beside
 from .lora_settings import settings_from_config
 from .run_lock import RunLock
 from .schedule import lr_at
@@ -266,6 +266,8 @@ class Trainer:
         write_json(os.path.join(self.work_dir, "run_config.json"), self.run_config())
         if checkpoint_config(args.init_checkpoint) is not None:  # model.N.pt read back as this model
             write_config_beside(self.work_dir, self.config)
+        elif not args.resume:  # one left by an earlier run would describe these checkpoints wrongly
+            remove_config_beside(self.work_dir)
         self.log = JsonlLogWriter(os.path.join(self.work_dir, "train_log.jsonl"),
                                   resume_step=self.step if args.resume else None)
         if getattr(args, "tensorboard", None):

@@ -390,6 +390,16 @@ def test_pretrain_from_a_folder_trains_its_model_and_writes_its_config(tmp_path)
         (False, 1e-3, 1)
     trained = model_config(flags(str(work / "model.2.pt")))
     assert trained == GPT2Config(**dict(config.to_dict()))
+    # the folder reused for a run from scratch (its checkpoints cleared): the earlier run's
+    # config.json does not describe the new checkpoints
+    for old in work.iterdir():
+        if old.name != "config.json":
+            old.unlink() if old.is_file() else shutil.rmtree(old)
+    scratch = [a for a in common if a not in ("--init_checkpoint", str(folder))]
+    out = run_script(*scratch, "--n_embd", "16", "--n_layer", "2", "--n_head", "2",
+                     "--work_dir", str(work))
+    assert out.returncode == 0, out.stderr
+    assert not (work / "config.json").exists()
 
 
 def test_e2e_and_instruct_pipelines_take_the_folder_config(tmp_path):
