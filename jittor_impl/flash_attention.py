@@ -499,7 +499,9 @@ def _sources(template, launch, cpu, ct, d, scale, sizes, len_input=None, round_o
     length = f"(const int*){len_input}_p" if len_input else "(const int*)0"
     prelude = sizes + f"const int* LENKV = {length};\n"
     out = "#define JLA_OUT(x) " + ("jla_round(x)" if round_out else "(x)") + "\n"
-    return dict(cuda_header=_header(ct, d, True), cuda_src=template + prelude + launch.replace("SCALE", scale_text),
+    # the kernels are templates, which jt.code leaves in the launch function's body unless they
+    # stand in the header (it hoists only leading definitions that start with "__")
+    return dict(cuda_header=_header(ct, d, True) + template, cuda_src=prelude + launch.replace("SCALE", scale_text),
                 cpu_header=_header(ct, d, False) + out, cpu_src=prelude + cpu.replace("SCALE", scale_text))
 
 
