@@ -17,6 +17,11 @@ The kernels (`jt.code`, a CUDA and a CPU source each, backward through `jt.Funct
   tiles that can see them: it recomputes p = exp(s - lse), and accumulates dV += p^T dO and
   dK += dS^T q in registers, dQ += dS k into a float32 buffer with atomic adds
   (dS = p (dO v^T - delta)).
+The packed form (`packed_flash_attention`, model.py's self-attention through ops.qkv_attention)
+runs the same kernels on the fused projection's output qkv (B, T, 3C) = [q | k | v], each
+(B, T, H, D), read in place through strides (_STRIDES): the output is written as (B, T, H, D) =
+(B, T, C) in the compute type and the gradient as one float32 (B, T, 3C) tensor, so the split of
+qkv, the head permutes around the kernels and their backward copies are gone.
 The operands are rounded to the compute type (bf16 inside precision.autocast("bfloat16"), else the
 input's 16-bit type) before the products, the probabilities and dS before theirs; every sum is
 float32. The CPU source computes the same function with the same roundings, row by row: the CPU

@@ -96,7 +96,7 @@ def qkv_attention(qkv, n_head, divisor=None):
     place and writes merged heads (flash_attention.packed_flash_attention), so the split and the
     head permutes are no copies; otherwise the split heads through fused_attention."""
     if fused_kernels.wanted(qkv, "attention") and flash_attention.packed_supported(qkv, n_head):
-        return flash_attention.packed_flash_attention(qkv, n_head, scale=1.0 / divisor)
+        return flash_attention.packed_flash_attention(qkv, n_head, scale=None if divisor is None else 1.0 / divisor)
     q, k, v = (split_heads(t, n_head) for t in qkv.split(qkv.shape[-1] // 3, dim=2))
     return merge_heads(fused_attention(q, k, v, divisor=divisor))
 

@@ -128,7 +128,7 @@ def _qkv_attention(mode, qkv, g, n_head, autocast=None):
     fused_kernels.set_fused_kernels(mode)
     with precision.autocast(autocast):
         x = jt.array(qkv)
-        out = ops.qkv_attention(x, n_head, divisor=float(qkv.shape[2] // 3 // n_head) ** 0.5)
+        out = ops.qkv_attention(x, n_head)  # divisor None: sqrt(D)
         (grad,) = jt.grad((out.float32() * jt.array(g)).sum(), [x])
         return [out.float32().numpy(), grad.float32().numpy()]
 

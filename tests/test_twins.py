@@ -232,7 +232,7 @@ ALLOWED = {
             'place and writes merged heads (flash_attention.packed_flash_attention), so the split and the',
             'head permutes are no copies; otherwise the split heads through fused_attention."""',
             'if fused_kernels.wanted(qkv, "attention") and flash_attention.packed_supported(qkv, n_head):',
-            'return flash_attention.packed_flash_attention(qkv, n_head, scale=1.0 / divisor)',
+            'return flash_attention.packed_flash_attention(qkv, n_head, scale=None if divisor is None else 1.0 / divisor)',
             '"""Whether the products run in a 16-bit type (inside precision.autocast): where forms that',
             'return precision.compute_dtype() is not None',
             'if fused_kernels.wanted(logits, "cross_entropy"):  # mixed precision on CUDA: one kernel each way',
