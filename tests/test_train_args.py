@@ -1,7 +1,7 @@
 """gpt2_ft.py's arguments: what cannot run fails before any work, naming the flag."""
 import pytest
 
-from shared.train_args import ArgumentProblem, build_parser, validate
+from shared.train.train_args import ArgumentProblem, build_parser, validate
 
 
 @pytest.fixture
