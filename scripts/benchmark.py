@@ -24,7 +24,7 @@ from shared.model.config import MODEL_CARDS, shape_flag_problems
 from shared.decode.decode_cache import CACHES
 from shared.runtime.environment import device_problems
 from shared.runtime.preflight import input_file_problems, output_file_problems
-from shared.runtime.stop_signals import run_stoppable
+from shared.runtime.entry_point import run_stoppable
 
 
 def unknown_names(flag, value, known):

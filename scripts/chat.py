@@ -18,7 +18,8 @@ from shared.decode.chat_prompt import ChatHistory, TokenPrinter, template_size
 from shared.model.checkpoint import CheckpointError
 from shared.decode.inference_model import add_inference_model_args, inference_model_problems
 from shared.decode.sampling import EOT_ID, SamplingSettings
-from shared.runtime.stop_signals import StopSignal, run_stoppable
+from shared.runtime.entry_point import run_stoppable
+from shared.runtime.stop_signals import StopSignal
 from shared.text.tokenizer import VocabError, load_tokenizer
 
 

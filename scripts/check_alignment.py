@@ -20,7 +20,7 @@ from shared.runtime.differences import agree, difference
 from shared.model.config import seq_len_problem
 from shared.runtime.environment import default_device
 from shared.runtime.preflight import input_file_problems, output_file_problems
-from shared.runtime.stop_signals import run_stoppable
+from shared.runtime.entry_point import run_stoppable
 from shared.train.train_args import add_model_shape_args, model_config
 
 

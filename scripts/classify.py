@@ -19,7 +19,7 @@ from shared.text.classify_data import ClassifyDataError, ClassifyDataset, read_l
 from shared.tasks.classify_task import evaluate, read_model_card
 from shared.runtime.environment import default_device, device_problems
 from shared.runtime.preflight import input_file_problems, output_file_problems
-from shared.runtime.stop_signals import run_stoppable
+from shared.runtime.entry_point import run_stoppable
 from shared.text.tokenizer import VocabError, load_tokenizer
 from shared.train.train_args import BACKENDS
 

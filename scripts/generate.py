@@ -15,7 +15,7 @@ from shared.runtime.arg_types import (non_negative_int, positive_int, seed_int, 
 from shared.model.checkpoint import CheckpointError
 from shared.decode.inference_model import add_inference_model_args, inference_model_problems
 from shared.decode.sampling import EOT_ID, SamplingSettings
-from shared.runtime.stop_signals import run_stoppable
+from shared.runtime.entry_point import run_stoppable
 from shared.text.tokenizer import VocabError, load_tokenizer
 
 

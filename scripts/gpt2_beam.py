@@ -32,7 +32,7 @@ from shared.text.e2e_data import E2EDataError
 from shared.decode.inference_model import add_inference_model_args, inference_model_problems
 from shared.decode.prediction_file import prediction_line
 from shared.runtime.preflight import input_file_problems, output_file_problems
-from shared.runtime.stop_signals import run_stoppable
+from shared.runtime.entry_point import run_stoppable
 from shared.train.train_args import model_config
 
 

@@ -11,7 +11,7 @@ import sys
 from shared.runtime.atomic import write_json
 from shared.metrics import format_scores, measure_scores
 from shared.runtime.preflight import output_file_problems
-from shared.runtime.stop_signals import run_stoppable
+from shared.runtime.entry_point import run_stoppable
 
 
 def main(argv=None):

@@ -40,6 +40,7 @@ from shared.runtime.atomic import atomic_path, write_json
 from shared.model.config import GPT2Config
 from shared.model.lora_settings import LORA_TARGETS
 from shared.model.params import is_lora_name, parameter_shapes
+from shared.model.pretrained import hf_gpt2_config, parse_hf_config, read_config_json
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -335,23 +336,6 @@ def peft_delta(arrays: dict, adapter_config: dict, layer: int) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------- full weights <-> HF
-def hf_gpt2_config(config: GPT2Config) -> dict:
-    """config.json of transformers' GPT2LMHeadModel with this model's shapes and semantics."""
-    return {
-        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
-        "vocab_size": config.vocab_size, "n_positions": config.n_positions,
-        "n_ctx": config.n_ctx, "n_embd": config.n_embd, "n_layer": config.n_layer,
-        "n_head": config.n_head, "n_inner": None, "activation_function": "gelu_new",
-        "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
-        "layer_norm_epsilon": config.layer_norm_epsilon,
-        "initializer_range": config.initializer_range,
-        "scale_attn_weights": config.scale_attn_weights,
-        "scale_attn_by_inverse_layer_idx": config.scale_attn_by_inverse_layer_idx,
-        "bos_token_id": 50256, "eos_token_id": 50256, "tie_word_embeddings": True,
-        "use_cache": True,
-    }
-
-
 def merged_base_state(state: dict, config: GPT2Config) -> "OrderedDict[str, np.ndarray]":
     """All base weights with the LoRA updates folded into c_attn.weight (no lora_* keys)."""
     out = OrderedDict()
@@ -381,7 +365,6 @@ def export_hf_model(state: dict, config: GPT2Config, out_dir) -> list:
 def config_from_hf(hf_dir) -> GPT2Config:
     """Our GPT2Config from a transformers GPT-2 config.json (refusing what this model lacks;
     pretrained.parse_hf_config says what is read and what is refused)."""
-    from shared.model.pretrained import parse_hf_config, read_config_json
     path = os.path.join(hf_dir, MODEL_CONFIG)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Hugging Face config not found: {path}")

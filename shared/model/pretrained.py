@@ -268,11 +268,27 @@ class CheckpointConfig:
         return GPT2Config(**self.values, **kwargs)
 
 
+def hf_gpt2_config(config: GPT2Config) -> dict:
+    """config.json of transformers' GPT2LMHeadModel with this model's shapes and semantics."""
+    return {
+        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
+        "vocab_size": config.vocab_size, "n_positions": config.n_positions,
+        "n_ctx": config.n_ctx, "n_embd": config.n_embd, "n_layer": config.n_layer,
+        "n_head": config.n_head, "n_inner": None, "activation_function": "gelu_new",
+        "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
+        "layer_norm_epsilon": config.layer_norm_epsilon,
+        "initializer_range": config.initializer_range,
+        "scale_attn_weights": config.scale_attn_weights,
+        "scale_attn_by_inverse_layer_idx": config.scale_attn_by_inverse_layer_idx,
+        "bos_token_id": 50256, "eos_token_id": 50256, "tie_word_embeddings": True,
+        "use_cache": True,
+    }
+
+
 def write_config_beside(folder, config: GPT2Config):
     """config.json (transformers' GPT-2 keys) of `config` into `folder`, so that checkpoints
     written there are read back as the model they are (shapes, eps, attention scaling)."""
     from shared.runtime.atomic import write_json
-    from shared.model.hf_export import hf_gpt2_config
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, HF_CONFIG)
     write_json(path, hf_gpt2_config(config))

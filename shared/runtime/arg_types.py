@@ -13,6 +13,10 @@ import argparse
 import math
 
 
+class ArgumentProblem(ValueError):
+    """Flags that parse one by one but not together: the script's usage error (status 2)."""
+
+
 def _int(text) -> int:
     try:
         return int(text)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import sys
 
 from shared.runtime.stop_signals import StopSignal, exit_status, raise_on_stop_signals
-from shared.train.train_args import ArgumentProblem
+from shared.runtime.arg_types import ArgumentProblem
 
 #: What `work` may raise for bad input or an unwritable output (besides OSError).
 INPUT_ERRORS = (ValueError,)
@@ -74,3 +74,9 @@ def run_script(work, parser=None, *, errors=(), disk_hint: str | None = None,
         return exc.exit_code
     return status if isinstance(status, int) else 0
 
+
+def run_stoppable(main, *args, **kwargs):
+    """`main(...)` of a script without save points, run by `run_script`:
+    a stop signal ends it with a note and the status 128 + signum, bad input or an unwritable
+    output with one error line and status 2 (`sys.exit(run_stoppable(main))`)."""
+    return run_script(lambda: main(*args, **kwargs))

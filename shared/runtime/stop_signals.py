@@ -98,10 +98,3 @@ def raise_on_stop_signals():
     with stop_signal_handler(handler):
         yield
 
-
-def run_stoppable(main, *args, **kwargs):
-    """`main(...)` of a script without save points, run by shared/runtime/entry_point.py's `run_script`:
-    a stop signal ends it with a note and the status 128 + signum, bad input or an unwritable
-    output with one error line and status 2 (`sys.exit(run_stoppable(main))`)."""
-    from shared.runtime.entry_point import run_script
-    return run_script(lambda: main(*args, **kwargs))

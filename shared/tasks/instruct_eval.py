@@ -53,5 +53,5 @@ def response_perplexity(backend, dataset, batch_size: int) -> dict:
 
 def rouge_l(references: list, responses: list) -> float:
     """Corpus ROUGE-L (mean of per-entry F-scores), as the E2E scorer computes it."""
-    from .metrics.coco import coco_scores
+    from shared.metrics.coco import coco_scores
     return coco_scores([[r] for r in references], responses, meteor=False)["ROUGE_L"]

@@ -7,8 +7,8 @@ Names, meanings and defaults follow microsoft/LoRA `examples/NLG/src/gpt2_ft.py`
 import argparse
 import os
 
-from shared.runtime.arg_types import (fraction_below_one, non_negative_float, non_negative_int,
-                                      positive_float, positive_int, seed_int)
+from shared.runtime.arg_types import (ArgumentProblem, fraction_below_one, non_negative_float,
+                                      non_negative_int, positive_float, positive_int, seed_int)
 from shared.model.config import MODEL_CARDS, GPT2Config, seq_len_problem, shape_flag_problems
 from shared.runtime.environment import default_device, device_problems
 from shared.model.lora_settings import LoRASettingsError, resolve_lora_args
@@ -104,10 +104,6 @@ def build_parser(data_args=True, description=None):
     p.add_argument("--tensorboard", default=None, metavar="DIR",
                    help="also write the training curves as TensorBoard events into DIR")
     return p
-
-
-class ArgumentProblem(ValueError):
-    pass
 
 
 def lora_flag_problems(args) -> list:
