@@ -23,7 +23,7 @@ from shared.model.checkpoint import save_checkpoint
 from shared.model.config import GPT2Config
 from shared.runtime.entry_point import run_script
 from shared.model.params import init_state_dict
-from shared.train.train_args import ArgumentProblem
+from shared.runtime.arg_types import ArgumentProblem
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--n_embd", "16", "--n_layer", "1", "--n_head", "2"]

@@ -73,7 +73,8 @@ def run_script(script, argv, **kw):
     (["--seq_len", "2048"], "--seq_len 2048 is longer than the model's 1024 positions"),
 ])
 def test_model_shape_and_length_are_checked_naming_the_flag(tmp_path, encoded, bad, message):
-    from shared.train.train_args import ArgumentProblem, build_parser, validate
+    from shared.runtime.arg_types import ArgumentProblem
+    from shared.train.train_args import build_parser, validate
     args = build_parser().parse_args(ft_argv(encoded, tmp_path / "w", *bad))
     with pytest.raises(ArgumentProblem) as info:
         validate(args)

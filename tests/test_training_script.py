@@ -9,7 +9,7 @@ import pytest
 
 from shared.model.checkpoint import CheckpointError
 from shared.runtime.run_lock import RunFolderBusy
-from shared.train.train_args import ArgumentProblem
+from shared.runtime.arg_types import ArgumentProblem
 from shared.train.trainer import TrainingError, TrainingInterrupted
 from shared.train.training_script import DISK_HINT, run_training_script
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from shared.model.config import shape_flag_problems
 from shared.runtime.environment import default_device, device_problems
-from shared.model.pretrained import checkpoint_path_problem
+from shared.model.checkpoint_files import checkpoint_path_problem
 from shared.train.train_args import (BACKENDS, add_launcher_args, add_model_shape_args,
                                      lora_flag_problems, model_config)
 

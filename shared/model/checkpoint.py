@@ -15,7 +15,6 @@ Nothing is loaded half-way: missing, unexpected and mis-shaped keys are reported
 """
 from __future__ import annotations
 
-import glob
 import json
 import os
 import pickle
@@ -28,7 +27,9 @@ from shared.runtime.atomic import atomic_path
 from shared.model.config import GPT2Config
 from shared.model.lora_settings import (LORA_CONFIG_KEY, encode_for_npz, encode_for_safetensors,
                                         mismatch, read_lora_settings)
+from shared.model.checkpoint_files import CheckpointError, weights_location
 from shared.model.params import is_lora_name, parameter_shapes
+from shared.model.pretrained import ConfigFileError, read_config_json, read_openai_tf
 
 # Keys that hold no parameter of their own: causal-mask buffers and the tied output head.
 _BUFFER_SUFFIXES = (".attn.bias", ".attn.masked_bias")
@@ -36,10 +37,6 @@ _HEAD_KEYS = ("lm_head.weight", "lm_head.decoder.weight")
 _TF_SUFFIXES = {".g": ".weight", ".b": ".bias", ".w": ".weight"}
 _PREFIXES = ("module.transformer.", "module.", "transformer.")
 _LIST_LIMIT = 12
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded as it is; the message names the file and the keys."""
 
 
 # ----------------------------------------------------------------------------------- reading
@@ -79,7 +76,6 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
 def read_checkpoint(path) -> "OrderedDict[str, np.ndarray]":
     """Load a checkpoint into a flat {key: numpy array} dict with its keys untouched: a file, or
     a transformers / OpenAI TF folder (or a TF prefix): see pretrained.py."""
-    from shared.model.pretrained import read_openai_tf, read_sharded, weights_location
     from shared.model.tf_checkpoint import TFCheckpointError
     kind, path = weights_location(os.fspath(path))
     if kind == "sharded":
@@ -107,6 +103,20 @@ def read_checkpoint(path) -> "OrderedDict[str, np.ndarray]":
         raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") \
             from exc
     return flatten_state_dict(raw, source=path)
+
+
+def read_sharded(index_path):
+    """transformers' sharded weights: {"weight_map": {key: shard file}} next to the shards."""
+    data = read_config_json(index_path)
+    weight_map = data.get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ConfigFileError(f"{index_path}: key 'weight_map' missing or not an object")
+    folder, out = os.path.dirname(index_path), OrderedDict()
+    for shard in sorted(set(weight_map.values())):
+        if not isinstance(shard, str):
+            raise ConfigFileError(f"{index_path}: key 'weight_map' names a shard {shard!r}")
+        out.update(read_checkpoint(os.path.join(folder, shard)))
+    return out
 
 
 def flatten_state_dict(raw, source="<state dict>") -> "OrderedDict[str, np.ndarray]":
@@ -280,16 +290,6 @@ def save_checkpoint(path, state: dict, layout: str = "auto", lora_settings: dict
 
 
 # ------------------------------------------------------------------------- trainer state
-def latest_checkpoint_step(work_dir):
-    """The last step N with both model.N.pt and trainer_state.N.npz in `work_dir`, or None."""
-    steps = []
-    for path in glob.glob(os.path.join(work_dir, "trainer_state.*.npz")):
-        m = re.search(r"trainer_state\.(\d+)\.npz$", path)
-        if m and os.path.isfile(os.path.join(work_dir, f"model.{m.group(1)}.pt")):
-            steps.append(int(m.group(1)))
-    return max(steps) if steps else None
-
-
 def save_trainer_state(path, meta: dict, optimizer_state: dict):
     """What resuming needs besides the weights: `meta` (JSON) and the optimizer's arrays."""
     arrays = {f"optim/{k}": np.asarray(v) for k, v in optimizer_state.items()}

@@ -22,6 +22,8 @@ import zipfile
 
 import numpy as np
 
+from shared.model.checkpoint_files import latest_checkpoint_step, weights_location
+
 LORA_CONFIG_KEY = "lora_config"
 # This project's LoRA adapts the query and value thirds of each layer's fused c_attn.
 LORA_TARGETS = ["c_attn.query", "c_attn.value"]
@@ -125,7 +127,6 @@ def encode_for_npz(settings: dict) -> np.ndarray:
 def read_lora_settings(path) -> "dict | None":
     """The record stored in checkpoint `path`, or None when it carries none. Reads the header
     (safetensors), one array (npz) or the pickle's small top level (torch, memory-mapped)."""
-    from shared.model.pretrained import weights_location  # (lazy: pretrained -> checkpoint -> this module)
     kind, path = weights_location(os.fspath(path))  # a folder: the weights file inside it
     if kind != "file":
         return None  # sharded transformers folders and TF checkpoints carry no LoRA settings
@@ -191,7 +192,6 @@ def resolve_lora_args(args, paths=None):
     if paths is None:
         paths = [getattr(args, name, None) for name in ("init_checkpoint", "lora_checkpoint")]
         if getattr(args, "resume", False) and getattr(args, "work_dir", None):
-            from shared.model.checkpoint import latest_checkpoint_step
             step = latest_checkpoint_step(args.work_dir)
             if step is not None:
                 paths.append(os.path.join(args.work_dir, f"model.{step}.pt"))

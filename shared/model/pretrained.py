@@ -1,4 +1,5 @@
-"""Pretrained GPT-2 folders: where their weights are and what their config says about the model.
+"""Pretrained GPT-2 folders: what their config says about the model (checkpoint_files.py finds
+their weights).
 
 `--init_checkpoint` of every script may name
 - a folder written by transformers: `config.json` + `model.safetensors` or `pytorch_model.bin`
@@ -25,7 +26,6 @@ embd_pdrop) are not read: this GPT-2, as microsoft/LoRA's, has no such dropout.
 """
 from __future__ import annotations
 
-import glob
 import json
 import math
 import os
@@ -33,15 +33,12 @@ import re
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from shared.model.checkpoint import CheckpointError
+from shared.model.checkpoint_files import CheckpointError, weights_location
 from shared.model.config import GPT2Config
 
 HF_CONFIG = "config.json"
 OPENAI_HPARAMS = "hparams.json"
-HF_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-              "pytorch_model.bin.index.json")
 TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
-_TF_DATA = re.compile(r"\.data-\d{5}-of-\d{5}$")
 _TF_OPTIMIZER = re.compile(r"(^|/)(global_step|beta[12]_power)$|/Adam(_1)?$")
 _TF_NAME = re.compile(r"^model/(?:h(\d+)/)?(.+)$")
 _REQUIRED = object()
@@ -51,82 +48,7 @@ class ConfigFileError(CheckpointError):
     """A config.json / hparams.json that cannot describe this model; names the file and key."""
 
 
-# ------------------------------------------------------------------------------- locating
-def tf_prefix(path):
-    """The TF checkpoint prefix `path` names (a folder holding one, PREFIX.index, a data file,
-    or PREFIX itself); None when it names none."""
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        state = os.path.join(path, "checkpoint")
-        if os.path.isfile(state):
-            with open(state, encoding="utf-8", errors="replace") as f:
-                m = re.search(r'^model_checkpoint_path:\s*"(.*)"\s*$', f.read(), re.M)
-            if m:
-                prefix = m.group(1)
-                candidates = [os.path.join(path, prefix), os.path.join(path, os.path.basename(prefix))]
-                for candidate in candidates:  # TF writes absolute paths; folders get moved
-                    if os.path.isfile(candidate + ".index"):
-                        return candidate
-        indexes = sorted(glob.glob(os.path.join(glob.escape(path), "*.index")))
-        return indexes[0][:-len(".index")] if len(indexes) == 1 else None
-    if path.endswith(".index") and os.path.isfile(path):
-        return path[:-len(".index")]
-    if _TF_DATA.search(path) and os.path.isfile(path):
-        return _TF_DATA.sub("", path)
-    if not os.path.exists(path) and os.path.isfile(path + ".index"):
-        return path
-    return None
-
-
-def weights_location(path):
-    """('file', FILE), ('sharded', INDEX_JSON) or ('tf', PREFIX): where the weights of what
-    `path` names are. Raises FileNotFoundError naming what was looked for."""
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        for name in HF_WEIGHTS:
-            if os.path.isfile(os.path.join(path, name)):
-                kind = "sharded" if name.endswith(".index.json") else "file"
-                return kind, os.path.join(path, name)
-        prefix = tf_prefix(path)
-        if prefix:
-            return "tf", prefix
-        raise FileNotFoundError(f"checkpoint folder {path} holds no {', '.join(HF_WEIGHTS)} "
-                                f"and no TF checkpoint (model.ckpt.index)")
-    if path.endswith(".index.json") and os.path.isfile(path):
-        return "sharded", path
-    prefix = tf_prefix(path)
-    if prefix:
-        return "tf", prefix
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    return "file", path
-
-
-def checkpoint_path_problem(flag, path):
-    """The readable problem with `--flag path`, or None when it names loadable weights."""
-    try:
-        weights_location(path)
-    except FileNotFoundError as exc:
-        return f"{flag} {path}: {exc}" if os.path.isdir(path) else f"{flag} {path}: file not found"
-    return None
-
-
 # -------------------------------------------------------------------------------- reading
-def read_sharded(index_path):
-    """transformers' sharded weights: {"weight_map": {key: shard file}} next to the shards."""
-    from shared.model.checkpoint import read_checkpoint
-    data = read_config_json(index_path)
-    weight_map = data.get("weight_map")
-    if not isinstance(weight_map, dict) or not weight_map:
-        raise ConfigFileError(f"{index_path}: key 'weight_map' missing or not an object")
-    folder, out = os.path.dirname(index_path), OrderedDict()
-    for shard in sorted(set(weight_map.values())):
-        if not isinstance(shard, str):
-            raise ConfigFileError(f"{index_path}: key 'weight_map' names a shard {shard!r}")
-        out.update(read_checkpoint(os.path.join(folder, shard)))
-    return out
-
-
 def read_openai_tf(prefix):
     """An OpenAI GPT-2 TF checkpoint under Hugging Face's key names (TF-style .g/.b/.w suffixes,
     which checkpoint.canonical_key maps), conv1d weights [1, nx, nf] squeezed to [nx, nf];

@@ -13,7 +13,8 @@ from shared.model.config import MODEL_CARDS, GPT2Config, seq_len_problem, shape_
 from shared.runtime.environment import default_device, device_problems
 from shared.model.lora_settings import LoRASettingsError, resolve_lora_args
 from shared.runtime.preflight import output_dir_problems
-from shared.model.pretrained import checkpoint_config, checkpoint_path_problem
+from shared.model.checkpoint_files import checkpoint_path_problem
+from shared.model.pretrained import checkpoint_config
 from shared.train.schedule import SCHEDULES
 
 BACKENDS = ("torch", "jittor")

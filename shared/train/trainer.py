@@ -30,8 +30,9 @@ import numpy as np
 
 from shared.runtime.atomic import write_json
 from shared.text.batching import FTDataset, check_batch
-from shared.model.checkpoint import (CheckpointError, latest_checkpoint_step, load_trainer_state,
-                                     save_checkpoint, save_trainer_state)
+from shared.model.checkpoint_files import latest_checkpoint_step
+from shared.model.checkpoint import (CheckpointError, load_trainer_state, save_checkpoint,
+                                     save_trainer_state)
 from shared.model.pretrained import checkpoint_config, remove_config_beside, write_config_beside
 from shared.model.lora_settings import settings_from_config
 from shared.runtime.run_lock import RunLock
