@@ -1,0 +1,360 @@
+"""`auto_diff` (exported as `alignment.auto_diff`): hand in a PyTorch model, its Jittor port
+and an input; be told where they part.
+
+    import alignment
+    result = alignment.auto_diff(torchvision.models.resnet18(), jittor.models.resnet18(), (images,))
+    result.first_divergence   # {"forward": None, "backward": None, "buffers": None, "steps": None}
+
+What it does, in order:
+1. copies torch's parameters and buffers into the port by name and shape
+   (alignment.weight_transfer.assign_weights; `layer_map` names what differs);
+2. sets both models' mode (`train`), keeps the port's trainable parameters trainable in eval
+   (Jittor's `eval()` stops every gradient) and turns dropout off;
+3. records every submodule's input and output, and the gradients w.r.t. them and every
+   parameter, in torch fp32, in Jittor and in torch float64 (the yardstick), at hook time
+   (alignment.model_trace: safe against in-place operations and aliases, and each module's
+   input gradient is its own contribution);
+4. compares every tensor by the noise-floor rule (alignment.compare: Jittor's error against
+   float64 within k times torch fp32's own + 4 unit roundoffs) and localizes the first forward
+   divergence (the deepest module whose input agrees and whose output does not) and backward
+   divergence (the deepest whose output gradient agrees and whose input gradient does not);
+   gives no backward verdict once the forward has diverged; recognises rounding-induced kink
+   flips (alignment.kink_flips) and reports them as such, not as a divergence;
+5. compares buffers after the forward (BatchNorm's running statistics in train mode), and
+   weights, buffers and optimizer state after each of `steps` optimizer steps;
+6. writes auto_diff.{md,json,png} to `out_dir` when given.
+
+k is measured per model family, not carried over from GPT-2 (see K_MEASURED).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .compare import FLOORS, check_tensor, compare_traces, localize
+from .kink_flips import flip
+from .model_trace import ROOT, record
+from .weight_transfer import assign_weights
+
+# Jittor's error against float64 over torch fp32's, the largest over every recorded tensor whose
+# torch error is above the floor, on the clean ports of scripts/auto_diff_ports.py (CPU, 3
+# seeds, 2 images of 64x64; logs/auto-diff-cpu/noise_floor.json) and on this project's GPT-2.
+K_MEASURED = {"gpt2 (alignment/compare.py)": 2.19}
+K_DEFAULT = 8.0
+GRADIENT_KINDS = ("output_grads", "input_grads", "param_grads")
+OPTIMIZER_STATE = {"momentum_buffer": "values", "exp_avg": "m", "exp_avg_sq": "values"}
+
+
+@dataclass
+class AutoDiffResult:
+    """What auto_diff found. `first_divergence`: {"forward", "backward", "buffers", "steps"}, each
+    a module name (steps: "step N: tensor") or None; `records`: one per compared tensor
+    (alignment.compare.check_tensor's fields, plus "explained" for a failure a kink flip
+    accounts for); `kink_flips`: the flips recognised; `notes`: verdicts not given, and why."""
+    first_divergence: dict
+    passed: bool
+    records: list = field(default_factory=list)
+    kink_flips: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+    rule: dict = field(default_factory=dict)
+    forward_order: list = field(default_factory=list)
+    per_module: dict = field(default_factory=dict)
+    skipped_weights: list = field(default_factory=list)
+    train: bool = False
+    steps: int = 0
+
+    def failing(self, kind=None) -> list:
+        return [r for r in self.records if not r["passed"] and not r.get("explained")
+                and (kind is None or r["kind"] == kind)]
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def split_inputs(inputs):
+    """((positional arrays), {keyword arrays}) from a tuple/list, a dict or one array."""
+    if isinstance(inputs, dict):
+        return (), {k: np.asarray(v) for k, v in inputs.items()}
+    if isinstance(inputs, (tuple, list)):
+        return tuple(np.asarray(v) for v in inputs), {}
+    if isinstance(inputs, np.ndarray):
+        return (inputs,), {}
+    raise TypeError("inputs: a tuple of positional numpy arrays or a dict of keyword arrays, "
+                    f"not {type(inputs).__name__}")
+
+
+def _mean_of_output(out):
+    from .trace import _first_tensor
+    first = out if hasattr(out, "shape") else _first_tensor(out, lambda x: hasattr(x, "shape"))
+    return first.mean()
+
+
+def loss_functions(loss_fn):
+    """(torch loss, Jittor loss) from None (the mean of the first output), one callable valid on
+    both frameworks' outputs, or a (torch_fn, jittor_fn) pair."""
+    if loss_fn is None:
+        return _mean_of_output, _mean_of_output
+    if isinstance(loss_fn, (tuple, list)):
+        if len(loss_fn) != 2 or not all(callable(f) for f in loss_fn):
+            raise TypeError("loss_fn: one callable or a (torch_fn, jittor_fn) pair")
+        return tuple(loss_fn)
+    if not callable(loss_fn):
+        raise TypeError("loss_fn: one callable or a (torch_fn, jittor_fn) pair")
+    return loss_fn, loss_fn
+
+
+def _is_dropout(module) -> bool:
+    return "Dropout" in type(module).__name__
+
+
+@contextlib.contextmanager
+def prepared(torch_models, jittor_model, train: bool):
+    """Both frameworks' models in train or eval mode, dropout off, the port's trainable
+    parameters trainable (Jittor's eval() stops them); dropout and gradients restored after."""
+    trainable = [p for _, p in jittor_model.named_parameters() if not p.is_stop_grad()]
+    for model in torch_models:
+        model.train(train)
+    jittor_model.train() if train else jittor_model.eval()
+    for p in trainable:
+        p.start_grad()
+    dropouts = [m for model in torch_models for m in model.modules() if _is_dropout(m)]
+    for m in dropouts:
+        m.eval()
+    jittor_dropouts = [(m, m.is_train) for _, m in jittor_model.named_modules() if _is_dropout(m)]
+    for m, _ in jittor_dropouts:
+        m.is_train = False
+    try:
+        yield
+    finally:
+        for m in dropouts:
+            m.train(train)
+        for m, was in jittor_dropouts:
+            m.is_train = was
+
+
+def _module_index(order):
+    index = {}
+    for i, name in enumerate(order):
+        index.setdefault(name.split("#")[0], i)
+    return index
+
+
+def _owner(tensor_name: str) -> str:
+    return tensor_name.rsplit(".", 1)[0] if "." in tensor_name else tensor_name
+
+
+def _record_position(record, index, order):
+    """Forward position of what a record belongs to (a parameter or buffer: its module)."""
+    name = record["name"]
+    if name in index or name.split("#")[0] in index:
+        return index.get(name, index.get(name.split("#")[0]))
+    if name.startswith("input."):
+        return -1
+    owner = _owner(name)
+    while owner and owner not in index:
+        owner = _owner(owner) if "." in owner else ""
+    return index.get(owner, len(order))
+
+
+def _explain_kink_flips(result, traces, torch_model, order):
+    """Recognise kink flips where the backward pass parts (see alignment.kink_flips), mark the
+    gradient failures they account for as explained, and localize what remains."""
+    t, j, ref = traces
+    modules = dict(torch_model.named_modules())
+    index = _module_index(order)
+    backward = result.first_divergence["backward"]
+    while backward is not None:
+        found = flip(modules.get(backward.split("#")[0]), j.inputs.get(backward),
+                     ref.inputs.get(backward), j.input_grads.get(backward),
+                     ref.input_grads.get(backward), t.input_grads.get(backward))
+        if found is None:
+            return backward
+        result.kink_flips.append(dict(found, module=backward))
+        cut = order.index(backward)
+        for r in result.records:
+            if r["kind"] in GRADIENT_KINDS and not r["passed"] and not r.get("explained") and \
+                    _record_position(r, index, order) <= cut:
+                r["explained"] = f"kink flip at {backward}"
+        status = lambda kind: {r["name"]: r["passed"] or bool(r.get("explained"))  # noqa: E731
+                               for r in result.records if r["kind"] == kind}
+        backward = localize(order[::-1], status("input_grads"), status("output_grads"),
+                            forward=False)
+        if backward is None:
+            bad = [r["name"] for r in result.failing("param_grads")]
+            backward = _owner(bad[0]) if bad else None
+    return None
+
+
+def _buffer_records(torch_model, jittor_model, ref_model, mapping, k, floor, kind, suffix=""):
+    tb, rb = dict(torch_model.named_buffers()), dict(ref_model.named_buffers())
+    js = jittor_model.state_dict()
+    records = []
+    for name in mapping.buffers:
+        if not tb[name].is_floating_point():
+            continue
+        records.append(check_tensor(name + suffix, js[mapping.pairs[name]].numpy(),
+                                    tb[name].detach().double().numpy(),
+                                    rb[name].detach().double().numpy(), k=k, floor=floor, kind=kind))
+    return records
+
+
+def _first_owner(records, order):
+    index = _module_index(order)
+    bad = [r for r in records if not r["passed"]]
+    if not bad:
+        return None
+    return _owner(min(bad, key=lambda r: _record_position(r, index, order))["name"])
+
+
+def _run_steps(torch_model, jittor_model, ref_model, mapping, split, losses, optimizers, steps,
+               k, floor):
+    """`steps` optimizer steps on all three models; records of weights, buffers and optimizer
+    state after each, and the first failing one ("step N: tensor")."""
+    import torch
+    from jittor_impl.runtime import jt
+    if not (isinstance(optimizers, (tuple, list)) and len(optimizers) == 2
+            and all(callable(f) for f in optimizers)):
+        raise TypeError("optimizers: a (torch_factory, jittor_factory) pair, each called with "
+                        "its model's trainable parameters")
+    torch_params = [p for p in torch_model.parameters() if p.requires_grad]
+    topt, ropt = optimizers[0](torch_params), optimizers[0](
+        [p for p in ref_model.parameters() if p.requires_grad])
+    jittor_named = {jn: p for jn, p in jittor_model.named_parameters() if not p.is_stop_grad()}
+    jopt = optimizers[1](list(jittor_named.values()))
+    args, kw = split
+    jstate = jittor_model.state_dict()
+    torch_names = {id(p): n for n, p in torch_model.named_parameters()}
+    jittor_names = {id(p): n for n, p in jittor_model.named_parameters()}
+    records, first = [], None
+    for step in range(1, steps + 1):
+        for model, opt, dtype in ((torch_model, topt, torch.float32), (ref_model, ropt, torch.float64)):
+            opt.zero_grad()
+            out = model(*[torch.as_tensor(a).to(dtype) if np.issubdtype(a.dtype, np.floating)
+                          else torch.as_tensor(a) for a in args],
+                        **{n: torch.as_tensor(a).to(dtype) if np.issubdtype(a.dtype, np.floating)
+                           else torch.as_tensor(a) for n, a in kw.items()})
+            losses[0](out).backward()
+            opt.step()
+        jin = lambda a: jt.array(a.astype(np.float32) if np.issubdtype(a.dtype, np.floating) else a)  # noqa: E731
+        jopt.step(losses[1](jittor_model(*[jin(a) for a in args], **{n: jin(a) for n, a in kw.items()})))
+        jt.sync_all(True)
+        suffix = f"@{step}"
+        here = []
+        tstate, rstate = torch_model.state_dict(), ref_model.state_dict()
+        for name, target in mapping.pairs.items():
+            if name in mapping.buffers:
+                continue
+            here.append(check_tensor(name + suffix, jstate[target].numpy(),
+                                     tstate[name].detach().double().numpy(),
+                                     rstate[name].detach().double().numpy(), k=k, floor=floor,
+                                     kind="step_weights"))
+        here += _buffer_records(torch_model, jittor_model, ref_model, mapping, k, floor,
+                                "step_buffers", suffix)
+        here += _optimizer_records(topt, ropt, jopt, torch_names, jittor_names, mapping, k, floor,
+                                   suffix)
+        records += here
+        bad = [r for r in here if not r["passed"]]
+        if first is None and bad:
+            first = f"step {step}: {bad[0]['name'].rsplit('@', 1)[0]} ({bad[0]['kind']})"
+    return records, first
+
+
+def _optimizer_records(topt, ropt, jopt, torch_names, jittor_names, mapping, k, floor, suffix):
+    """torch's per-parameter optimizer state against the Jittor optimizer's lists (SGD momentum,
+    Adam/AdamW moments: OPTIMIZER_STATE names them)."""
+    jittor_state = {}
+    for group in jopt.param_groups:
+        for i, p in enumerate(group["params"]):
+            for tkey, jkey in OPTIMIZER_STATE.items():
+                if jkey in group and i < len(group[jkey]):
+                    jittor_state[(jittor_names.get(id(p)), tkey)] = group[jkey][i]
+    records = []
+    ref_state = list(ropt.state.values())
+    for i, (p, state) in enumerate(topt.state.items()):
+        name = torch_names.get(id(p))
+        for key, value in state.items():
+            if key not in OPTIMIZER_STATE or not hasattr(value, "shape") or value.shape != p.shape:
+                continue
+            jvar = jittor_state.get((mapping.pairs.get(name), key))
+            if jvar is None:
+                continue
+            records.append(check_tensor(f"{name}.{key}{suffix}", jvar.numpy(),
+                                        value.detach().double().numpy(),
+                                        ref_state[i][key].detach().double().numpy(), k=k,
+                                        floor=floor, kind="step_optimizer"))
+    return records
+
+
+def _per_module(records):
+    """{module: {"outputs": [torch err, jittor err], "output_grads": [...]}} for the plot."""
+    rows = {}
+    for r in records:
+        if r["kind"] in ("outputs", "output_grads"):
+            row = rows.setdefault(r["name"], {"outputs": [0.0, 0.0], "output_grads": [0.0, 0.0]})
+            row[r["kind"]] = [r["err_base"] or 0.0,
+                              None if r["err_test"] is None and not r["passed"] else r["err_test"] or 0.0]
+    return rows
+
+
+def auto_diff(torch_model, jittor_model, inputs, loss_fn=None, train: bool = False, steps: int = 0,
+              optimizers=None, layer_map=None, out_dir: str = None, k: float = None,
+              title: str = "auto_diff: a PyTorch model and its Jittor port") -> AutoDiffResult:
+    """Where `jittor_model` (a Jittor port) parts from `torch_model` on `inputs` (see module
+    doc). `inputs`: a tuple of positional numpy arrays or a dict of keyword arrays; `loss_fn`:
+    one callable valid on both outputs or a (torch_fn, jittor_fn) pair (default: the mean of
+    the output); `optimizers`: a (torch_factory, jittor_factory) pair for `steps` > 0, each
+    called with its model's trainable parameters; `layer_map`: torch -> Jittor names (see
+    alignment.weight_transfer); `k`: the noise-floor factor (default K_DEFAULT)."""
+    split = split_inputs(inputs)
+    losses = loss_functions(loss_fn)
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, not {steps}")
+    if steps and optimizers is None:
+        raise TypeError("steps > 0 needs optimizers=(torch_factory, jittor_factory)")
+    mapping = assign_weights(torch_model, jittor_model, layer_map)
+    ref_model = copy.deepcopy(torch_model).double()
+    k = K_DEFAULT if k is None else k
+    floor = FLOORS["float32"]
+    to_torch = {j: t for t, j in mapping.pairs.items()}
+    with prepared((torch_model, ref_model), jittor_model, train):
+        t = record("torch", torch_model, split, losses[0])
+        j = record("jittor", jittor_model, split, losses[1], param_map=lambda n: to_torch.get(n, n))
+        ref = record("torch", ref_model, split, losses[0], dtype="float64")
+        comparison = compare_traces(j, t, ref, k=k, floor=floor)
+        order = list(t.order)
+        result = AutoDiffResult(first_divergence=dict(comparison.first_divergence),
+                                passed=False, records=comparison.records,
+                                rule=dict(comparison.rule), forward_order=order,
+                                skipped_weights=list(mapping.skipped), train=train, steps=steps)
+        fd = result.first_divergence
+        if fd["forward"] is not None:
+            if fd["backward"] is not None:
+                result.notes.append(f"backward not judged: the forward pass already parts at "
+                                    f"{fd['forward']}, so every gradient after it differs too")
+            fd["backward"] = None
+        else:
+            fd["backward"] = _explain_kink_flips(result, (t, j, ref), torch_model, order)
+        for flipped in result.kink_flips:
+            result.notes.append(f"kink flip at {flipped['module']} ({flipped['module_type']}: "
+                                f"{flipped['elements']} of {flipped['size']} elements on "
+                                "different sides of a kink by rounding); the gradients upstream "
+                                "of it are not judged")
+        buffers = _buffer_records(torch_model, jittor_model, ref_model, mapping, k, floor, "buffers")
+        result.records += buffers
+        fd["buffers"] = _first_owner(buffers, order)
+        fd["steps"] = None
+        if steps:
+            step_records, fd["steps"] = _run_steps(torch_model, jittor_model, ref_model, mapping,
+                                                   split, losses, optimizers, steps, k, floor)
+            result.records += step_records
+    result.passed = not result.failing()
+    result.per_module = _per_module(result.records)
+    if out_dir:
+        from .port_diff_report import write
+        write(result, out_dir, title)
+    return result
+
+
