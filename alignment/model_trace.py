@@ -68,9 +68,9 @@ class TorchRecorder:
     """Records a torch model (see module doc)."""
     backend = "torch"
 
-    def __init__(self, model, dtype):
+    def __init__(self, model, dtype, incoming=None):
         import torch
-        self.torch, self.model, self.dtype = torch, model, dtype
+        self.torch, self.model, self.dtype, self.incoming = torch, model, dtype, incoming
         self.order, self.inputs, self.outputs, self.grads, self.handles = [], {}, {}, {}, []
         self.watched = []  # (kind, name) of every recorded tensor that carries a gradient
         self.calls = _Calls()
@@ -119,6 +119,9 @@ class TorchRecorder:
         self.order.append(call)
         if _is_float(first):
             self._watch("out", call, first)
+            if self.incoming is not None and call in self.incoming and first.requires_grad:
+                given = self.torch.as_tensor(self.incoming[call]).to(first.dtype)
+                first.register_hook(lambda g, _given=given: _given.reshape(g.shape))
         else:
             self.outputs[call] = first.detach().clone()
         return _replace_first(out, self.is_tensor, self._copy)
@@ -162,9 +165,9 @@ class JittorRecorder:
     """Records a Jittor model (see module doc)."""
     backend = "jittor"
 
-    def __init__(self, model, dtype):
+    def __init__(self, model, dtype, incoming=None):
         from jittor_impl.runtime import jt
-        self.jt, self.model, self.dtype = jt, model, dtype
+        self.jt, self.model, self.dtype, self.incoming = jt, model, dtype, incoming
         self.order, self.inputs, self.outputs, self.grads = [], {}, {}, {}
         self.watched, self.saved = [], []
         self.calls = _Calls()
@@ -212,6 +215,10 @@ class JittorRecorder:
             return None
         self.order.append(call)
         self._watch("out", call, first)
+        if self.incoming is not None and call in self.incoming and _is_float(first):
+            given = self.incoming[call].astype(np.float64)
+            return _replace_first(out, self.is_tensor, lambda x: self.jt.grad_hooker(
+                (x,), lambda grads, _g=given, _x=x: (self.jt.array(_g).cast(_x.dtype).reshape(_x.shape),))[0])
         return _replace_first(out, self.is_tensor, self._copy)
 
     def detach(self):
@@ -260,11 +267,18 @@ class JittorRecorder:
 
 
 def record(backend: str, model, inputs, loss_fn: Callable, dtype: str = "float32",
-           backward: bool = True, param_map: Callable[[str], str] = None) -> Trace:
+           backward: bool = True, param_map: Callable[[str], str] = None,
+           incoming: dict = None) -> Trace:
     """Run `model` once on `inputs` ((positional numpy arrays), {keyword arrays}) and return its
     Trace; `loss_fn(output)` gives the scalar to differentiate; `param_map` renames this
-    backend's parameter names to the common ones (torch's)."""
-    recorder = (TorchRecorder if backend == "torch" else JittorRecorder)(model, dtype)
+    backend's parameter names to the common ones (torch's).
+
+    `incoming` ({module call: gradient w.r.t. its output}, the float64 reference's): the local
+    pass. Each module's backward then starts from the given gradient instead of the one its
+    consumers computed, so its input gradient and its parameters' gradients are its own
+    vector-Jacobian product on the reference's incoming gradient: no error accumulates from
+    the modules after it, and a kink flip stays at the module where it happens."""
+    recorder = (TorchRecorder if backend == "torch" else JittorRecorder)(model, dtype, incoming)
     recorder.attach()
     try:
         loss, param_grads = recorder.run(inputs, loss_fn, backward)

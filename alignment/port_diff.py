@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .compare import FLOORS, check_tensor, compare_traces, localize
+from .compare import FLOORS, check_tensor, compare_traces
 from .kink_flips import flip
 from .model_trace import ROOT, record
 from .weight_transfer import assign_weights
@@ -45,6 +45,7 @@ from .weight_transfer import assign_weights
 K_MEASURED = {"gpt2 (alignment/compare.py)": 2.19}
 K_DEFAULT = 8.0
 GRADIENT_KINDS = ("output_grads", "input_grads", "param_grads")
+LOCAL_KINDS = ("local_input_grads", "local_param_grads")
 OPTIMIZER_STATE = {"momentum_buffer": "values", "exp_avg": "m", "exp_avg_sq": "values"}
 
 
@@ -159,33 +160,65 @@ def _record_position(record, index, order):
     return index.get(owner, len(order))
 
 
-def _explain_kink_flips(result, traces, torch_model, order):
-    """Recognise kink flips where the backward pass parts (see alignment.kink_flips), mark the
-    gradient failures they account for as explained, and localize what remains."""
-    t, j, ref = traces
+def _local_records(tl, jl, ref, k, floor):
+    """The local pass compared: each module's own input gradient and each parameter's gradient,
+    both on the reference's incoming gradients (alignment.model_trace.record's `incoming`)."""
+    records = []
+    for name, r in ref.input_grads.items():
+        records.append(check_tensor(name, jl.input_grads.get(name), tl.input_grads.get(name), r,
+                                    k=k, floor=floor, kind="local_input_grads"))
+    for name, r in ref.param_grads.items():
+        records.append(check_tensor(name, jl.param_grads.get(name), tl.param_grads.get(name), r,
+                                    k=k, floor=floor, kind="local_param_grads"))
+    return records
+
+
+def _backward_verdict(result, local, traces, torch_model, order):
+    """The deepest module, in backward order, whose own input gradient (local pass) fails, else
+    the owner of the first failing local parameter gradient, else None. A failure that is a
+    kink flip (alignment.kink_flips) is recorded as such and marked explained, with the modules
+    around it that pass on the same input (a Sequential whose first child it is)."""
+    j, ref, jl, tl = traces
     modules = dict(torch_model.named_modules())
-    index = _module_index(order)
-    backward = result.first_divergence["backward"]
-    while backward is not None:
-        found = flip(modules.get(backward.split("#")[0]), j.inputs.get(backward),
-                     ref.inputs.get(backward), j.input_grads.get(backward),
-                     ref.input_grads.get(backward), t.input_grads.get(backward))
+    by_name = {r["name"]: r for r in local if r["kind"] == "local_input_grads"}
+    while True:
+        candidates = {r["name"] for r in by_name.values() if not r["passed"] and not r.get("explained")}
+        found = next((name for name in order[::-1] if name in candidates and not any(
+            c != name and c.split("#")[0].startswith(name.split("#")[0] + ".") for c in candidates)),
+            None)
         if found is None:
-            return backward
-        result.kink_flips.append(dict(found, module=backward))
-        cut = order.index(backward)
-        for r in result.records:
-            if r["kind"] in GRADIENT_KINDS and not r["passed"] and not r.get("explained") and \
-                    _record_position(r, index, order) <= cut:
-                r["explained"] = f"kink flip at {backward}"
-        status = lambda kind: {r["name"]: r["passed"] or bool(r.get("explained"))  # noqa: E731
-                               for r in result.records if r["kind"] == kind}
-        backward = localize(order[::-1], status("input_grads"), status("output_grads"),
-                            forward=False)
-        if backward is None:
-            bad = [r["name"] for r in result.failing("param_grads")]
-            backward = _owner(bad[0]) if bad else None
-    return None
+            break
+        flipped = flip(modules.get(found.split("#")[0]), j.inputs.get(found), ref.inputs.get(found),
+                       jl.input_grads.get(found), ref.input_grads.get(found),
+                       tl.input_grads.get(found))
+        if flipped is None:
+            return found
+        result.kink_flips.append(dict(flipped, module=found))
+        by_name[found]["explained"] = f"kink flip at {found}"
+        for name in candidates - {found}:
+            same = j.inputs.get(name)
+            if found.split("#")[0].startswith(name.split("#")[0] + ".") and same is not None and \
+                    same.shape == j.inputs[found].shape and np.array_equal(same, j.inputs[found]):
+                by_name[name]["explained"] = f"kink flip at {found}"
+    bad = [r["name"] for r in local if r["kind"] == "local_param_grads" and not r["passed"]]
+    return _owner(bad[0]) if bad else None
+
+
+@contextlib.contextmanager
+def _buffers_kept(torch_model, jittor_model):
+    """Both models' buffers as they were on entry, whatever the block's forward passes did to
+    them (train-mode BatchNorm updates its running statistics)."""
+    saved = {n: b.detach().clone() for n, b in torch_model.named_buffers()}
+    jittor_saved = [(v, v.numpy().copy()) for v in jittor_model.state_dict().values()
+                    if v.is_stop_grad()]
+    try:
+        yield
+    finally:
+        for n, b in torch_model.named_buffers():
+            b.data.copy_(saved[n])
+        for var, value in jittor_saved:
+            var.assign(value)
+            var.stop_grad()
 
 
 def _buffer_records(torch_model, jittor_model, ref_model, mapping, k, floor, kind, suffix=""):
@@ -329,20 +362,33 @@ def auto_diff(torch_model, jittor_model, inputs, loss_fn=None, train: bool = Fal
                                 passed=False, records=comparison.records,
                                 rule=dict(comparison.rule), forward_order=order,
                                 skipped_weights=list(mapping.skipped), train=train, steps=steps)
+        buffers = _buffer_records(torch_model, jittor_model, ref_model, mapping, k, floor, "buffers")
+        with _buffers_kept(torch_model, jittor_model):  # the local pass runs the forward again
+            tl = record("torch", torch_model, split, losses[0], incoming=ref.output_grads)
+            jl = record("jittor", jittor_model, split, losses[1], incoming=ref.output_grads,
+                        param_map=lambda n: to_torch.get(n, n))
+        local = _local_records(tl, jl, ref, k, floor)
+        result.records += local
         fd = result.first_divergence
         if fd["forward"] is not None:
-            if fd["backward"] is not None:
-                result.notes.append(f"backward not judged: the forward pass already parts at "
-                                    f"{fd['forward']}, so every gradient after it differs too")
             fd["backward"] = None
+            result.notes.append(f"backward not judged: the forward pass already parts at "
+                                f"{fd['forward']}, so the gradients differ too")
+            why = f"after the forward divergence at {fd['forward']}"
         else:
-            fd["backward"] = _explain_kink_flips(result, (t, j, ref), torch_model, order)
+            fd["backward"] = _backward_verdict(result, local, (j, ref, jl, tl), torch_model, order)
+            why = "each module's own gradient agrees (local pass): the difference accumulates " \
+                  "over the backward pass" + (" through a kink flip" if result.kink_flips else "")
+        if fd["backward"] is None:  # the verdict is the local pass's; the end-to-end gradients
+            for r in result.records:  # differ by accumulation (or after a forward divergence)
+                if r["kind"] in GRADIENT_KINDS + LOCAL_KINDS and not r["passed"] and \
+                        not r.get("explained"):
+                    r["explained"] = why
         for flipped in result.kink_flips:
             result.notes.append(f"kink flip at {flipped['module']} ({flipped['module_type']}: "
-                                f"{flipped['elements']} of {flipped['size']} elements on "
-                                "different sides of a kink by rounding); the gradients upstream "
-                                "of it are not judged")
-        buffers = _buffer_records(torch_model, jittor_model, ref_model, mapping, k, floor, "buffers")
+                                f"{flipped['elements']} of {flipped['size']} elements of its "
+                                "gradient differ, each where rounding put the input on the other "
+                                "side of a kink)")
         result.records += buffers
         fd["buffers"] = _first_owner(buffers, order)
         fd["steps"] = None

@@ -17,8 +17,8 @@ _MISSING_OPS = ("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor"
                 "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
 _LIBRARY = []  # keeps the schema library alive
 
-# name -> (torchvision constructor, jittor.models constructor); both models of the same design
-PORTS = ("resnet18", "mobilenet_v2")
+# name -> the jittor.models constructor that takes num_classes (torchvision's has the same name)
+PORTS = {"resnet18": "resnet.Resnet18", "mobilenet_v2": "mobilenet.MobileNetV2"}
 
 
 def torchvision():
@@ -51,8 +51,9 @@ def build(name: str, seed: int = 0, num_classes: int = 10):
         raise ValueError(f"unknown port {name!r}; choose one of {list(PORTS)}")
     tv = torchvision()
     torch.manual_seed(seed)
-    return (getattr(tv.models, name)(num_classes=num_classes),
-            getattr(jittor_models, name)(num_classes=num_classes))
+    module, constructor = PORTS[name].split(".")
+    port = getattr(getattr(jittor_models, module), constructor)
+    return getattr(tv.models, name)(num_classes=num_classes), port(num_classes=num_classes)
 
 
 def images(batch: int = 2, size: int = 64, seed: int = 0) -> np.ndarray:
