@@ -46,6 +46,7 @@ K_MEASURED = {"gpt2 (alignment/compare.py)": 2.19}
 K_DEFAULT = 8.0
 GRADIENT_KINDS = ("output_grads", "input_grads", "param_grads")
 LOCAL_KINDS = ("local_input_grads", "local_param_grads")
+LOSS = "loss"  # the backward verdict when the loss functions' gradients differ
 OPTIMIZER_STATE = {"momentum_buffer": "values", "exp_avg": "m", "exp_avg_sq": "values"}
 
 
@@ -375,14 +376,20 @@ def auto_diff(torch_model, jittor_model, inputs, loss_fn=None, train: bool = Fal
             result.notes.append(f"backward not judged: the forward pass already parts at "
                                 f"{fd['forward']}, so the gradients differ too")
             why = f"after the forward divergence at {fd['forward']}"
+        elif not next(r["passed"] for r in result.records
+                      if r["kind"] == "output_grads" and r["name"] == ROOT):
+            fd["backward"] = LOSS  # the gradient every module's backward starts from
+            result.notes.append("the two loss functions' gradients w.r.t. the output differ")
+            why = "after the loss function's gradient"
         else:
             fd["backward"] = _backward_verdict(result, local, (j, ref, jl, tl), torch_model, order)
             why = "each module's own gradient agrees (local pass): the difference accumulates " \
                   "over the backward pass" + (" through a kink flip" if result.kink_flips else "")
-        if fd["backward"] is None:  # the verdict is the local pass's; the end-to-end gradients
+        if fd["backward"] in (None, LOSS):  # the verdict is the local pass's; the end-to-end gradients
             for r in result.records:  # differ by accumulation (or after a forward divergence)
                 if r["kind"] in GRADIENT_KINDS + LOCAL_KINDS and not r["passed"] and \
-                        not r.get("explained"):
+                        not r.get("explained") and not (r["kind"] == "output_grads" and
+                                                        r["name"] == ROOT):
                     r["explained"] = why
         for flipped in result.kink_flips:
             result.notes.append(f"kink flip at {flipped['module']} ({flipped['module_type']}: "
