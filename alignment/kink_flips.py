@@ -39,24 +39,34 @@ def kinked(module) -> bool:
     return name in ELEMENTWISE or name in POOLS
 
 
+def sparse_difference(test_grad, ref_grad, base_grad):
+    """The mask of the elements where `test_grad` differs from `ref_grad` (more than 10x torch's
+    largest own deviation `base_grad - ref_grad`, and above 1e-6 of the gradient's scale), when
+    there are some and at most FLIP_SHARE of them; else None."""
+    if test_grad is None or ref_grad is None:
+        return None
+    t, r = np.asarray(test_grad, np.float64), np.asarray(ref_grad, np.float64)
+    if t.shape != r.shape or not np.all(np.isfinite(t)) or not r.size:
+        return None
+    base_dev = float(np.abs(np.asarray(base_grad, np.float64) - r).max()) if base_grad is not None else 0.0
+    differs = np.abs(t - r) > max(10 * base_dev, 1e-6 * float(np.abs(r).max()))
+    count = int(differs.sum())
+    return differs if 0 < count <= FLIP_SHARE * differs.size else None
+
+
 def flip(module, test_input, ref_input, test_grad, ref_grad, base_grad) -> dict:
     """A description of the flip ({"module_type", "elements", "size"}) when the difference of
     `test_grad` (the gradient w.r.t. the module's input) from `ref_grad` is a kink flip (see
-    module doc), else None. `base_grad` (torch fp32's) sets what counts as a differing element:
-    more than 10x torch's largest own deviation, and above 1e-6 of the gradient's scale."""
+    module doc), else None. `base_grad` (torch fp32's) sets what counts as a differing element
+    (`sparse_difference`)."""
     kind = type(module).__name__
-    if not kinked(module) or test_grad is None or ref_grad is None or test_input is None \
-            or ref_input is None:
+    if not kinked(module) or test_input is None or ref_input is None:
         return None
-    t, r = np.asarray(test_grad, np.float64), np.asarray(ref_grad, np.float64)
-    if t.shape != r.shape or not np.all(np.isfinite(t)):
+    differs = sparse_difference(test_grad, ref_grad, base_grad)
+    if differs is None:
         return None
-    scale = float(np.abs(r).max()) if r.size else 0.0
-    base_dev = float(np.abs(np.asarray(base_grad, np.float64) - r).max()) if base_grad is not None else 0.0
-    differs = np.abs(t - r) > max(10 * base_dev, 1e-6 * scale)
     count = int(differs.sum())
-    if count == 0 or count > FLIP_SHARE * differs.size:
-        return None
+    t = np.asarray(test_grad)
     if kind in ELEMENTWISE:
         x, x_ref = np.asarray(test_input, np.float64), np.asarray(ref_input, np.float64)
         if x.shape != t.shape:

@@ -165,9 +165,10 @@ class JittorRecorder:
     """Records a Jittor model (see module doc)."""
     backend = "jittor"
 
-    def __init__(self, model, dtype, incoming=None):
+    def __init__(self, model, dtype, incoming=None, module_map=None):
         from jittor_impl.runtime import jt
         self.jt, self.model, self.dtype, self.incoming = jt, model, dtype, incoming
+        self.module_map = module_map or {}
         self.order, self.inputs, self.outputs, self.grads = [], {}, {}, {}
         self.watched, self.saved = [], []
         self.calls = _Calls()
@@ -195,6 +196,7 @@ class JittorRecorder:
         for name, sub in self.model.named_modules():
             if not name:
                 continue
+            name = self.module_map.get(name, name)
             self.saved.append((sub, getattr(sub, "__fhook__", None), getattr(sub, "__fhook2__", None)))
             sub.register_pre_forward_hook(
                 lambda mod, args, kw=None, _n=name: self._pre(mod, _n, args, kw or {}))
@@ -268,7 +270,7 @@ class JittorRecorder:
 
 def record(backend: str, model, inputs, loss_fn: Callable, dtype: str = "float32",
            backward: bool = True, param_map: Callable[[str], str] = None,
-           incoming: dict = None) -> Trace:
+           incoming: dict = None, module_map: dict = None) -> Trace:
     """Run `model` once on `inputs` ((positional numpy arrays), {keyword arrays}) and return its
     Trace; `loss_fn(output)` gives the scalar to differentiate; `param_map` renames this
     backend's parameter names to the common ones (torch's).
@@ -277,8 +279,10 @@ def record(backend: str, model, inputs, loss_fn: Callable, dtype: str = "float32
     pass. Each module's backward then starts from the given gradient instead of the one its
     consumers computed, so its input gradient and its parameters' gradients are its own
     vector-Jacobian product on the reference's incoming gradient: no error accumulates from
-    the modules after it, and a kink flip stays at the module where it happens."""
-    recorder = (TorchRecorder if backend == "torch" else JittorRecorder)(model, dtype, incoming)
+    the modules after it, and a kink flip stays at the module where it happens. `module_map`
+    ({Jittor module name: torch module name}) names a port's modules as torch's."""
+    recorder = (TorchRecorder(model, dtype, incoming) if backend == "torch"
+                else JittorRecorder(model, dtype, incoming, module_map))
     recorder.attach()
     try:
         loss, param_grads = recorder.run(inputs, loss_fn, backward)

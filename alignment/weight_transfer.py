@@ -7,7 +7,8 @@ error, every name at once, so a user writes the whole `layer_map` in one go inst
 failure at a time. `layer_map` renames torch names to Jittor names: a dict whose keys are full
 names or module prefixes (`{"features.0": "stem.conv"}` renames `features.0.weight` and
 `features.0.bias`), a value None drops a torch tensor on purpose, or a callable
-`torch_name -> jittor_name or None`.
+`torch_name -> jittor_name or None`. The same renaming applies to module names, so that the
+traces of alignment.auto_diff name the port's modules as torch's.
 
 torch's integer bookkeeping buffers that the port lacks (BatchNorm's `num_batches_tracked`,
 which only matters with momentum=None) are skipped and listed, not errors.
@@ -66,7 +67,7 @@ def plan(torch_model, jittor_model, layer_map=None) -> WeightMap:
     jittor_state = jittor_model.state_dict()
     buffer_names = {n for n, _ in torch_model.named_buffers()}
     rename = _renamer(layer_map)
-    result, problems, assigned = WeightMap(), [], set()
+    result, problems, assigned, claimed = WeightMap(), [], set(), set()
     for name, tensor in torch_state.items():
         target = rename(name)
         if target is None:
@@ -81,6 +82,7 @@ def plan(torch_model, jittor_model, layer_map=None) -> WeightMap:
         shape = list(jittor_state[target].shape)
         if shape != list(tensor.shape):
             problems.append(f"torch {name} {list(tensor.shape)} vs Jittor {target} {shape}: shapes differ")
+            claimed.add(target)
             continue
         if target in assigned:
             problems.append(f"Jittor {target} is the target of two torch tensors")
@@ -90,12 +92,24 @@ def plan(torch_model, jittor_model, layer_map=None) -> WeightMap:
         if name in buffer_names:
             result.buffers.append(name)
     for target, var in jittor_state.items():
-        if target not in assigned and str(var.dtype).startswith("float"):
+        if target not in assigned | claimed and str(var.dtype).startswith("float"):
             problems.append(f"Jittor {target} {list(var.shape)}: nothing in torch maps to it")
     if problems:
         raise WeightMismatch(f"the torch model and its Jittor port do not match ({len(problems)} "
                              "problems; name them in layer_map):\n  " + "\n  ".join(problems))
     return result
+
+
+def module_names(torch_model, layer_map=None) -> dict:
+    """{Jittor module name: torch module name} where `layer_map` renames a module (its prefix
+    rule applies to module names as to tensor names), so the two traces name modules alike."""
+    rename = _renamer(layer_map)
+    out = {}
+    for name, _ in torch_model.named_modules():
+        target = rename(name) if name else None
+        if target and target != name:
+            out[target] = name
+    return out
 
 
 def assign_weights(torch_model, jittor_model, layer_map=None) -> WeightMap:
