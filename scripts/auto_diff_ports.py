@@ -246,17 +246,17 @@ def run(args):
     unknown = set(parts) - {"planted", "clean", "noise"}
     if unknown:
         raise ValueError(f"--parts: unknown {sorted(unknown)}; choose from planted, clean, noise")
-    earlier = {}  # the parts not run now are kept from OUT/ports.json
+    done = {"planted": planted_runs(args.out, args.bugs, log) if "planted" in parts else None,
+            "clean": clean_runs(args.out, log) if "clean" in parts else None,
+            "noise_floor": noise_floor(args.seeds, log) if "noise" in parts else None}
+    earlier = {}  # the parts not run now are kept from OUT/ports.json, as it is at the end
     if os.path.exists(f"{args.out}/ports.json"):
         with open(f"{args.out}/ports.json") as f:
             earlier = json.load(f)
-    doc["planted"] = planted_runs(args.out, args.bugs, log) if "planted" in parts \
-        else earlier.get("planted", [])
-    doc["clean"] = clean_runs(args.out, log) if "clean" in parts else earlier.get("clean", [])
-    if "noise" in parts:
-        doc["noise_floor"] = noise_floor(args.seeds, log)
-    else:
-        doc["noise_floor"], doc["seeds"] = earlier.get("noise_floor", []), earlier.get("seeds", 0)
+    for key, value in done.items():
+        doc[key] = value if value is not None else earlier.get(key, [])
+    if "noise" not in parts:
+        doc["seeds"] = earlier.get("seeds", 0)
     doc["findings"] = FINDINGS
     with atomic_group(args.out):
         write_json(f"{args.out}/ports.json", doc)
