@@ -46,7 +46,7 @@ from .weight_transfer import assign_weights, module_names
 # GPT-2) at most about 4x; BatchNorm in train mode far more, because Jittor computes the batch
 # variance as E[x^2] - E[x]^2 and its means by plain float32 sums.
 K_DEFAULT = 8.0  # GPT-2's (alignment/compare.py), which the ports in eval mode also keep to
-K_TRAIN_BATCHNORM = 32.0  # a model with BatchNorm in train mode (Jittor's batch statistics)
+K_TRAIN_BATCHNORM = 64.0  # a model with BatchNorm in train mode (Jittor's batch statistics)
 GRADIENT_KINDS = ("output_grads", "input_grads", "param_grads")
 LOCAL_KINDS = ("local_input_grads", "local_param_grads")
 LOSS = "loss"  # the backward verdict when the loss functions' gradients differ

@@ -83,7 +83,7 @@ def test_buffers_differ_in_train_mode_and_agree_once_corrected():
     assert {r["name"].rsplit(".", 1)[1] for r in shipped.failing("buffers")} >= {"running_var"}
     corrected = diff(train=True, correct=True)
     assert corrected.first_divergence["buffers"] is None, corrected.failing("buffers")
-    assert corrected.rule["k"] == 32.0  # K_TRAIN_BATCHNORM
+    assert corrected.rule["k"] == 64.0  # K_TRAIN_BATCHNORM
 
 
 @pytest.mark.parametrize("bug", [
