@@ -116,8 +116,11 @@ def bn_mean_detached(patches, model):
 
 
 def bn_running_mean_frozen(patches, model):
+    # the depthwise conv's BatchNorm: its input (a conv of ReLU6 outputs) has a batch mean away
+    # from zero. The expand conv's (conv.0.1) does not: it is a 1x1 conv of the previous block's
+    # BatchNorm output, whose batch mean is zero, so a frozen running mean there is unobservable
     unbiased_running_var(patches, model)
-    _replace(patches, model, "features.5.conv.0.1", _bn_variant(update_mean=False))
+    _replace(patches, model, "features.5.conv.1.1", _bn_variant(update_mean=False))
 
 
 def maxpool_as_average(patches, model):
@@ -170,9 +173,9 @@ PORT_BUGS = {
     "BatchNorm momentum 0.1 -> 0.01 (buffers only, layer3.0.bn1)": (
         "resnet18", bn_momentum, True, {"forward": None, "backward": None,
                                         "buffers": "layer3.0.bn1"}),
-    "BatchNorm running mean never updated (buffers only, features.5.conv.0.1)": (
+    "BatchNorm running mean never updated (buffers only, features.5.conv.1.1)": (
         "mobilenet_v2", bn_running_mean_frozen, True, {"forward": None, "backward": None,
-                                                       "buffers": "features.5.conv.0.1"}),
+                                                       "buffers": "features.5.conv.1.1"}),
     "max pooling computes the average (maxpool)": (
         "resnet18", maxpool_as_average, False, {"forward": "maxpool"}),
     "global average pooling computes the max (avgpool)": (

@@ -231,6 +231,7 @@ def run(args):
 
     import torch
 
+    from alignment.port_bugs import PORT_BUGS
     from shared.atomic import atomic_group, write_json, write_text
     check_outputs(output_dir_problems("--out", args.out))
 
@@ -255,6 +256,10 @@ def run(args):
             earlier = json.load(f)
     for key, value in done.items():
         doc[key] = value if value is not None else earlier.get(key, [])
+    if args.bugs and done["planted"] is not None:  # the chosen bugs replace their earlier rows
+        rows = {r["case"]: r for r in earlier.get("planted", [])}
+        rows.update({r["case"]: r for r in done["planted"]})
+        doc["planted"] = [r for case, r in rows.items() if case in PORT_BUGS]
     if "noise" not in parts:
         doc["seeds"] = earlier.get("seeds", 0)
     doc["findings"] = FINDINGS
