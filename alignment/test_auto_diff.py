@@ -213,3 +213,17 @@ def test_gpt2_twins_through_auto_diff():
         patches.undo()
     assert result.first_divergence["forward"] is None
     assert result.first_divergence["backward"] == expected["backward"]
+
+
+def test_ports_script_refuses_unknown_parts(capsys):
+    import importlib.util
+    import os
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location(
+        "auto_diff_ports", os.path.join(root, "scripts", "auto_diff_ports.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    with pytest.raises(SystemExit) as exit_info:
+        script.main(["--out", "unused", "--parts", "planted,everything"])
+    assert exit_info.value.code == 2
+    assert "--parts: unknown ['everything']" in capsys.readouterr().err

@@ -255,9 +255,6 @@ def run(args):
                        f"{platform.python_version()}",
            "seeds": args.seeds}
     parts = args.parts.split(",")
-    unknown = set(parts) - {"planted", "clean", "noise"}
-    if unknown:
-        raise ValueError(f"--parts: unknown {sorted(unknown)}; choose from planted, clean, noise")
     done = {"planted": planted_runs(args.out, args.bugs, log) if "planted" in parts else None,
             "clean": clean_runs(args.out, log) if "clean" in parts else None,
             "noise_floor": noise_floor(args.seeds, log) if "noise" in parts else None}
@@ -285,6 +282,9 @@ def run(args):
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    unknown = set(args.parts.split(",")) - {"planted", "clean", "noise"}
+    if unknown:
+        parser.error(f"--parts: unknown {sorted(unknown)}; choose from planted, clean, noise")
     return run_script(lambda: run(args), parser)
 
 
