@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import os
 
-from shared.atomic import atomic_group, write_json, write_text
+from shared.runtime.atomic import atomic_group, write_json, write_text
 
-from .diff_layers import plot
+from .layer_report import plot
 
 VERDICTS = (("forward", "the deepest module whose input agrees and whose output does not"),
             ("backward", "the deepest module whose output gradient agrees and whose own input "

@@ -23,9 +23,9 @@ import time
 
 import numpy as np
 
-from shared.arg_types import positive_int
-from shared.entry_point import run_script
-from shared.preflight import check_outputs, output_dir_problems
+from shared.runtime.arg_types import positive_int
+from shared.runtime.entry_point import run_script
+from shared.runtime.preflight import check_outputs, output_dir_problems
 
 FORWARD = ("outputs", "inputs")
 LOCAL = ("local_input_grads", "local_param_grads")
@@ -243,7 +243,7 @@ def run(args):
     import torch
 
     from alignment.port_bugs import PORT_BUGS
-    from shared.atomic import atomic_group, write_json, write_text
+    from shared.runtime.atomic import atomic_group, write_json, write_text
     check_outputs(output_dir_problems("--out", args.out))
 
     def log(message):
