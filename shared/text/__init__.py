@@ -1,0 +1,1 @@
+"""Text data: tokenizer, datasets and their encodings (backend-neutral)."""
