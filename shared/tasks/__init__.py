@@ -1,0 +1,1 @@
+"""Training tasks beyond E2E fine-tuning: their flags, data and evaluation (backend-neutral)."""

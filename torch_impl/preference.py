@@ -1,0 +1,91 @@
+"""Preference tuning in PyTorch (twin: jittor_impl/preference.py, same structure): the reward
+model's pairwise loss, DPO's loss, and their training backends for shared/trainer.py.
+
+Batches are shared/text/preference_data.py's: 2B rows, the B chosen sequences, then the B
+rejected ones. `RewardBackend` trains GPT-2 with a scalar head on the last real token
+(classifier.py's GPT2Classifier with one output, its head `score`), loss
+-log sigmoid(r_chosen - r_rejected - margin) averaged over pairs. `DPOBackend` trains the policy
+(GPT2LMModel, LoRA or every weight) against a frozen reference built alike from the same
+checkpoint and seed (the starting model), loss -log sigmoid(beta * ((pi_c - ref_c) -
+(pi_r - ref_r))) with pi, ref the summed log-probabilities of the response tokens; at the first
+step, where the policy is the reference, it is ln 2. Both hand the trainer their metrics
+(implicit or predicted rewards of chosen and rejected, accuracy, margin) as device scalars.
+"""
+import torch
+
+from .classifier import ClassifierBackend
+from .lora import mark_trainable
+from .model import GPT2LMModel
+from .ops import DEFAULT_ATTENTION, cross_entropy
+from .train import TorchBackend
+
+
+def log_sigmoid(x):
+    """log sigmoid(x) = min(x, 0) - log(1 + exp(-|x|)), written the same in both twins."""
+    return 0.5 * (x - x.abs()) - (1.0 + (-x.abs()).exp()).log()
+
+
+def pairwise_metrics(chosen, rejected, prefix):
+    """Mean scores of the chosen and rejected rows, how often chosen wins, the mean margin."""
+    return {f"{prefix}chosen": chosen.mean().detach(), f"{prefix}rejected": rejected.mean().detach(),
+            f"{prefix}accuracy": (chosen > rejected).float().mean().detach(),
+            f"{prefix}margin": (chosen - rejected).mean().detach()}
+
+
+def reward_loss(rewards, margin=0.0):
+    """Pairwise ranking loss of 2B rewards (chosen rows first) and its metrics."""
+    half = rewards.shape[0] // 2
+    chosen, rejected = rewards[:half], rewards[half:]
+    loss = -log_sigmoid(chosen - rejected - margin).mean()
+    return loss, pairwise_metrics(chosen, rejected, "reward_")
+
+
+def sequence_logprobs(logits, target, mask):
+    """(R, T, V) logits -> (R,) summed log-probabilities of the targets under `mask`."""
+    token_logprobs = -cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), 0.0)
+    return (token_logprobs.reshape(target.shape) * mask).sum(dim=1)
+
+
+def dpo_loss(policy, reference, beta):
+    """DPO loss of 2B sequence log-probabilities (chosen rows first) and its metrics."""
+    half = policy.shape[0] // 2
+    rewards = beta * (policy - reference)  # the implicit rewards
+    chosen, rejected = rewards[:half], rewards[half:]
+    loss = -log_sigmoid(chosen - rejected).mean()
+    return loss, pairwise_metrics(chosen, rejected, "rewards_")
+
+
+class RewardBackend(ClassifierBackend):
+    """ClassifierBackend with one output (the reward) and the pairwise loss; `args.num_classes`
+    is 1 and `args.trainable` picks the trained part as for classification."""
+
+    def batch_loss(self, data, label_smooth=0.0):
+        rewards = self.forward(data["input"], data["length"]).reshape(-1)
+        loss, self.metrics = reward_loss(rewards.float(), self.margin)
+        return loss
+
+    def build_model(self, config, args):
+        self.margin = args.margin
+        return super().build_model(config, args)
+
+
+class DPOBackend(TorchBackend):
+    """TorchBackend training the policy with the DPO loss against a frozen reference copy."""
+
+    def build_model(self, config, args):
+        self.beta = args.beta
+        self.reference = super().build_model(config, args)
+        mark_trainable(self.reference, lambda name: False)
+        self.reference.set_attention(args.attn or DEFAULT_ATTENTION)
+        self.reference.eval()
+        self.reference.to(self.device)
+        return super().build_model(config, args)
+
+    def batch_loss(self, data, label_smooth=0.0):
+        logits, _ = self.forward(data["input"])
+        policy = sequence_logprobs(logits, data["target"], data["mask"])
+        with torch.no_grad():
+            ref_logits, _ = self.reference(data["input"])
+            reference = sequence_logprobs(ref_logits, data["target"], data["mask"])
+        loss, self.metrics = dpo_loss(policy, reference, self.beta)
+        return loss
