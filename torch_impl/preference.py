@@ -13,6 +13,8 @@ step, where the policy is the reference, it is ln 2. Both hand the trainer their
 """
 import torch
 
+from shared.classifier_params import reward_trains
+
 from .classifier import ClassifierBackend
 from .lora import mark_trainable
 from .model import GPT2LMModel
@@ -40,16 +42,17 @@ def reward_loss(rewards, margin=0.0):
     return loss, pairwise_metrics(chosen, rejected, "reward_")
 
 
-def sequence_logprobs(logits, target, mask):
-    """(R, T, V) logits -> (R,) summed log-probabilities of the targets under `mask`."""
-    token_logprobs = -cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), 0.0)
-    return (token_logprobs.reshape(target.shape) * mask).sum(dim=1)
+def token_logprobs(logits, target):
+    """(R, T, V) logits -> (R, T) log-probabilities of the targets."""
+    return -cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), 0.0).reshape(target.shape)
 
 
-def dpo_loss(policy, reference, beta):
-    """DPO loss of 2B sequence log-probabilities (chosen rows first) and its metrics."""
+def dpo_loss(policy, reference, mask, beta):
+    """DPO loss of 2B rows of token log-probabilities (chosen rows first) and its metrics; the
+    log-ratios are taken token by token, then summed under `mask` (a difference of two sums of
+    order 100 would lose digits to rounding)."""
     half = policy.shape[0] // 2
-    rewards = beta * (policy - reference)  # the implicit rewards
+    rewards = beta * ((policy - reference) * mask).sum(dim=1)  # the implicit rewards
     chosen, rejected = rewards[:half], rewards[half:]
     loss = -log_sigmoid(chosen - rejected).mean()
     return loss, pairwise_metrics(chosen, rejected, "rewards_")
@@ -57,7 +60,8 @@ def dpo_loss(policy, reference, beta):
 
 class RewardBackend(ClassifierBackend):
     """ClassifierBackend with one output (the reward) and the pairwise loss; `args.num_classes`
-    is 1 and `args.trainable` picks the trained part as for classification."""
+    is 1 and `args.trainable` picks the trained part as for classification, less the biases the
+    pairwise loss cannot train (shared/classifier_params.PAIRWISE_INVARIANT)."""
 
     def batch_loss(self, data, label_smooth=0.0):
         rewards = self.forward(data["input"], data["length"]).reshape(-1)
@@ -66,7 +70,9 @@ class RewardBackend(ClassifierBackend):
 
     def build_model(self, config, args):
         self.margin = args.margin
-        return super().build_model(config, args)
+        model = super().build_model(config, args)
+        mark_trainable(model, lambda name: reward_trains(name, args.trainable, config.n_layer))
+        return model
 
 
 class DPOBackend(TorchBackend):
@@ -83,9 +89,9 @@ class DPOBackend(TorchBackend):
 
     def batch_loss(self, data, label_smooth=0.0):
         logits, _ = self.forward(data["input"])
-        policy = sequence_logprobs(logits, data["target"], data["mask"])
+        policy = token_logprobs(logits, data["target"])
         with torch.no_grad():
             ref_logits, _ = self.reference(data["input"])
-            reference = sequence_logprobs(ref_logits, data["target"], data["mask"])
-        loss, self.metrics = dpo_loss(policy, reference, self.beta)
+            reference = token_logprobs(ref_logits, data["target"])
+        loss, self.metrics = dpo_loss(policy, reference, data["mask"], self.beta)
         return loss
