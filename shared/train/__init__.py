@@ -1,0 +1,1 @@
+"""Training: the loop, its arguments, schedules, seeding, logs (backend-neutral)."""
