@@ -229,3 +229,107 @@ def test_training_runs_agree_with_shared_dropout(tmp_path, data_file, vocab_dir,
         for first_step in (t_train[0], j_train[0]):
             assert first_step["loss"] == pytest.approx(math.log(2), abs=1e-6)
             assert abs(first_step["rewards_margin"]) < 1e-6
+
+
+def rollouts(batch, old_logprobs, old_values):
+    """PPO's inputs for the rollouts `batch` (the chosen rows as generated responses): old
+    log-probabilities perturbed so that ratios leave the clip range, KL-penalised rewards,
+    GAE and whitened advantages, all from shared/train/ppo_math.py, placed at the positions
+    that predict each response token."""
+    from shared.train.ppo_math import gae, penalized_rewards, whiten
+    rows = slice(0, 3)  # the chosen responses
+    mask = batch["mask"][rows]
+    target = batch["target"][rows]
+    starts = mask.argmax(axis=1)
+    lengths = mask.sum(axis=1).astype(int)
+    width = lengths.max()
+    rng = np.random.default_rng(3)
+
+    def to_response(a):  # sequence positions -> left-aligned response columns
+        out = np.zeros((3, width))
+        for r in range(3):
+            out[r, :lengths[r]] = a[r, starts[r]:starts[r] + lengths[r]]
+        return out
+
+    def to_sequence(a):
+        out = np.zeros(mask.shape, dtype=np.float32)
+        for r in range(3):
+            out[r, starts[r]:starts[r] + lengths[r]] = a[r, :lengths[r]]
+        return out
+    response_mask = to_response(mask)
+    old = to_response(old_logprobs) + rng.normal(0, 0.3, size=(3, width)) * response_mask
+    ref = to_response(old_logprobs) + rng.normal(0, 0.1, size=(3, width)) * response_mask
+    values = to_response(old_values)
+    rewards, _ = penalized_rewards([1.0, -0.5, 0.25], old, ref, response_mask, kl_coef=0.2)
+    advantages, returns = gae(rewards, values, response_mask, gamma=1.0, lam=0.95)
+    advantages = whiten(advantages, response_mask)
+    return {"input": batch["input"][rows], "target": target, "mask": mask,
+            "old_logprobs": to_sequence(old),
+            "old_values": to_sequence(values + rng.normal(0, 0.3, size=(3, width)) * response_mask),
+            "advantages": to_sequence(advantages), "returns": to_sequence(returns)}
+
+
+def ppo_pass(backend, cfg, state, data, clip_range=0.2, value_clip=0.2):
+    """(policy loss, value loss, metrics, gradients of the trained weights) of one PPO pass."""
+    if backend == "torch":
+        from torch_impl.lora import mark_trainable
+        from torch_impl.preference import GPT2WithValueHead, ppo_losses
+        model = GPT2WithValueHead(cfg)
+        model.load_state_numpy(state)
+        model.set_attention("math")
+        mark_trainable(model, lambda n: "lora_" in n or n.startswith("v_head."))
+        tensors = {k: torch.from_numpy(v) for k, v in data.items()}
+        logits, values = model(tensors["input"])
+        policy, value, metrics = ppo_losses(logits, values, tensors, clip_range, value_clip)
+        (policy + 0.1 * value).backward()
+        grads = {n: p.grad.numpy() for n, p in model.named_parameters() if p.requires_grad}
+        return (float(policy.detach()), float(value.detach()),
+                {k: float(v) for k, v in metrics.items()}, grads)
+    from jittor_impl.lora import mark_trainable
+    from jittor_impl.preference import GPT2WithValueHead, ppo_losses
+    from jittor_impl.runtime import jt
+    model = GPT2WithValueHead(cfg)
+    model.load_state_numpy(state)
+    model.set_attention("math")
+    mark_trainable(model, lambda n: "lora_" in n or n.startswith("v_head."))
+    tensors = {k: jt.array(v) for k, v in data.items()}
+    logits, values = model(tensors["input"])
+    policy, value, metrics = ppo_losses(logits, values, tensors, clip_range, value_clip)
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    grads = dict(zip(params, (g.numpy() for g in jt.grad(policy + 0.1 * value,
+                                                          list(params.values())))))
+    return (float(policy.numpy()), float(value.numpy()),
+            {k: float(v.numpy()) for k, v in metrics.items()}, grads)
+
+
+def test_ppo_losses_and_gradients_from_identical_rollouts(batch):
+    """The same rollouts (advantages and returns computed once, on the host) give the same
+    clipped policy and value losses, metrics and gradients (LoRA and value head) in both."""
+    from shared.model.value_head import init_value_head
+    from torch_impl.preference import GPT2WithValueHead, token_logprobs
+    cfg = config()
+    state = {**seeded_state(cfg, seed=9), **init_value_head(cfg, 9)}
+    start = GPT2WithValueHead(cfg)
+    start.load_state_numpy(state)
+    start.set_attention("math")
+    with torch.no_grad():
+        logits, values = start(torch.from_numpy(batch["input"][:3]))
+        old_logprobs = token_logprobs(logits, torch.from_numpy(batch["target"][:3])).numpy()
+    data = rollouts(batch, old_logprobs, values.numpy())
+    t_policy, t_value, t_metrics, t_grads = ppo_pass("torch", cfg, state, data)
+    with jittor_on("cpu"):
+        j_policy, j_value, j_metrics, j_grads = ppo_pass("jittor", cfg, state, data)
+    compare("ppo/policy_loss", np.array(j_policy), np.array(t_policy), 0.0, LOSS_RTOL)
+    compare("ppo/value_loss", np.array(j_value), np.array(t_value), 0.0, LOSS_RTOL)
+    for name, value in t_metrics.items():
+        assert j_metrics[name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
+    # the perturbed ratios and old values reach both branches of each clip
+    assert 0 < t_metrics["clip_fraction"] < 1 and 0 < t_metrics["value_clip_fraction"] < 1
+    assert len(t_grads) == 6  # the LoRA matrices of both layers and the value head
+    compare_grads("ppo", t_grads, j_grads)
+    # the clipped policy loss, by hand
+    m = data["mask"]
+    ratio = np.exp(old_logprobs - data["old_logprobs"])
+    adv = data["advantages"]
+    by_hand = (np.maximum(-adv * ratio, -adv * np.clip(ratio, 0.8, 1.2)) * m).sum() / m.sum()
+    assert t_policy == pytest.approx(by_hand, rel=1e-5)

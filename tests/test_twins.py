@@ -597,16 +597,20 @@ ALLOWED = {
     'preference.py': {
         'torch': [
             'import jt',
+            'import jt.nn.functional as F',
             'from .train import TorchBackend',
             'class DPOBackend(TorchBackend):',
             '"""TorchBackend training the policy with the DPO loss against a frozen reference copy."""',
             'self.reference.to(self.device)',
+            'token_logp = F.log_softmax(logits.detach().float32(), dim=-1)',
         ],
         'jittor': [
             'from .runtime import jt',
             'from .train import JittorBackend',
             'class DPOBackend(JittorBackend):',
             '"""JittorBackend training the policy with the DPO loss against a frozen reference copy."""',
+            'nn = jt.nn',
+            'token_logp = nn.log_softmax(logits.detach().float32(), dim=-1)',
         ],
     },
 }

@@ -10,15 +10,20 @@ checkpoint and seed (the starting model), loss -log sigmoid(beta * ((pi_c - ref_
 (pi_r - ref_r))) with pi, ref the summed log-probabilities of the response tokens; at the first
 step, where the policy is the reference, it is ln 2. Both hand the trainer their metrics
 (implicit or predicted rewards of chosen and rejected, accuracy, margin) as device scalars.
+For PPO: `GPT2WithValueHead` (logits and a value per position in one pass) and `ppo_losses`
+(clipped policy and value losses from rollouts whose advantages and returns
+shared/train/ppo_math.py computed once, on the host).
 """
 import torch
+import torch.nn.functional as F
 
 from shared.classifier_params import reward_trains
+from shared.model.value_head import init_value_head
 
 from .classifier import ClassifierBackend
 from .lora import mark_trainable
-from .model import GPT2LMModel
-from .ops import DEFAULT_ATTENTION, cross_entropy
+from .model import Conv1D, GPT2LMModel
+from .ops import DEFAULT_ATTENTION, cross_entropy, matmul_transpose
 from .train import TorchBackend
 
 
@@ -95,3 +100,44 @@ class DPOBackend(TorchBackend):
             reference = token_logprobs(ref_logits, data["target"])
         loss, self.metrics = dpo_loss(policy, reference, data["mask"], self.beta)
         return loss
+
+
+def masked_mean(values, mask):
+    return (values * mask).sum() / mask.sum()
+
+
+def ppo_losses(logits, values, batch, clip_range, value_clip):
+    """PPO's clipped policy loss and clipped value loss over the response tokens of rollouts
+    (`batch`: target, mask, and old_logprobs, old_values, advantages, returns at the same
+    positions, computed once by shared/train/ppo_math.py) and their metrics."""
+    mask = batch["mask"]
+    logprobs = token_logprobs(logits, batch["target"])
+    ratio = (logprobs - batch["old_logprobs"]).exp()
+    pg_losses = -batch["advantages"] * ratio
+    pg_clipped = -batch["advantages"] * ratio.clamp(1.0 - clip_range, 1.0 + clip_range)
+    policy_loss = masked_mean(torch.maximum(pg_losses, pg_clipped), mask)
+    values_clipped = batch["old_values"] + (values - batch["old_values"]).clamp(-value_clip, value_clip)
+    vf_losses = (values - batch["returns"]) ** 2
+    vf_clipped = (values_clipped - batch["returns"]) ** 2
+    value_loss = 0.5 * masked_mean(torch.maximum(vf_losses, vf_clipped), mask)
+    token_logp = F.log_softmax(logits.detach().float(), dim=-1)
+    metrics = {"clip_fraction": masked_mean((pg_clipped > pg_losses).float(), mask).detach(),
+               "value_clip_fraction": masked_mean(((values - batch["old_values"]).abs() > value_clip).float(), mask).detach(),
+               "approx_kl": (0.5 * masked_mean((logprobs - batch["old_logprobs"]) ** 2, mask)).detach(),
+               "entropy": masked_mean(-(token_logp.exp() * token_logp).sum(dim=-1), mask).detach()}
+    return policy_loss, value_loss, metrics
+
+
+class GPT2WithValueHead(GPT2LMModel):
+    """GPT2LMModel + a value per position (shared/model/value_head.py) for PPO: one pass gives
+    the tied head's logits and the values."""
+
+    def __init__(self, config, seed=0):
+        super().__init__(config, seed)
+        self.v_head = Conv1D(config.n_embd, 1)
+        self.load_state_numpy(init_value_head(config, seed))
+
+    def forward(self, input_ids):
+        hidden_states, _ = self.transformer(input_ids)
+        logits = matmul_transpose(hidden_states, self.transformer.wte.weight)  # tied head
+        return logits, self.v_head(hidden_states).reshape(hidden_states.shape[:2])

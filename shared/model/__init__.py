@@ -1,0 +1,1 @@
+"""The model's description: configuration, parameter names and initialisation, checkpoints."""
