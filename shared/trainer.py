@@ -248,7 +248,7 @@ class Trainer:
                            "valid_loss": valid_loss, "valid_ppl": valid_ppl,
                            "elapsed_s": self.elapsed(), "backend": self.backend.name,
                            **{f"valid_{name}": float(np.mean([m[name] for m in per_batch]))
-                              for name in per_batch[0]}}
+                              for name in (per_batch[0] if per_batch else ())}}
         self.log.write(self.last_valid)
         self.best_ppl = min(valid_ppl, self.best_ppl or valid_ppl)
         self.write(f"| Eval {self.step // self.args.eval_interval:3d} at step {self.step:>8d} | "
