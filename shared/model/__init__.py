@@ -1,1 +1,1 @@
-"""The model's description: configuration, parameter names and initialisation, checkpoints."""
+"""The GPT-2 + LoRA model as data: config, parameter layout, checkpoints, file formats."""

@@ -1,1 +1,1 @@
-"""Training tasks beyond E2E fine-tuning: their flags, data and evaluation (backend-neutral)."""
+"""The non-E2E training tasks (pretraining, classification, instruction tuning, preference tuning)."""

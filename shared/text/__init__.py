@@ -1,1 +1,1 @@
-"""Text data: tokenizer, datasets and their encodings (backend-neutral)."""
+"""Text in, tokens out: the tokenizer and each task's data (E2E, raw text, instructions, labels)."""

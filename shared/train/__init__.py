@@ -1,1 +1,1 @@
-"""Training: the loop, its arguments, schedules, seeding, logs (backend-neutral)."""
+"""The training loop written once for both backends: flags, schedules, seeds, masks, logs."""
