@@ -18,10 +18,10 @@ import torch
 
 from alignment.harness import build_jittor, build_torch, compare, jittor_on, seeded_state, tiny_config
 from alignment.task_fixtures import assert_task_runs_agree
-from shared.checkpoint import read_checkpoint
-from shared.classifier_params import init_head
+from shared.model.checkpoint import read_checkpoint
+from shared.model.classifier_params import init_head
 from shared.text.preference_data import PreferenceDataset, read_preference_entries
-from shared.tokenizer import load_tokenizer
+from shared.text.tokenizer import load_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOSS_RTOL, GRAD_SCALE_TOL, GRAD_RTOL, WEIGHT_ATOL = 1e-5, 1e-4, 1e-3, 1e-5

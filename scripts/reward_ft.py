@@ -13,8 +13,8 @@ import sys
 
 from backends import reward_backend
 from shared.tasks.preference_task import build_preference_parser, preference_problems, train_and_score
-from shared.train_args import validate
-from shared.training_script import run_training_script
+from shared.train.train_args import validate
+from shared.train.training_script import run_training_script
 
 
 def main(argv=None):

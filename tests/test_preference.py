@@ -7,10 +7,10 @@ import signal
 import numpy as np
 import pytest
 
-from shared.instruct_data import format_prompt
+from shared.text.instruct_data import format_prompt
 from shared.text.preference_data import (PreferenceDataError, PreferenceDataset,
                                          read_preference_entries, split_preference_entries)
-from shared.tokenizer import EOT_ID, load_tokenizer
+from shared.text.tokenizer import EOT_ID, load_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--n_embd", "32", "--n_layer", "1", "--n_head", "2"]
@@ -142,9 +142,9 @@ def test_scripts_refuse_bad_data_writing_nothing(tmp_path, vocab_dir, capsys):
 
 
 def test_a_reward_model_for_another_vocabulary_is_refused(tmp_path, vocab_dir, capsys):
-    from shared.checkpoint import save_checkpoint
-    from shared.config import GPT2Config
-    from shared.params import init_state_dict
+    from shared.model.checkpoint import save_checkpoint
+    from shared.model.config import GPT2Config
+    from shared.model.params import init_state_dict
     other = save_checkpoint(tmp_path / "small_vocab.safetensors",
                             init_state_dict(GPT2Config(vocab_size=1000, n_embd=32, n_layer=1,
                                                        n_head=2), 0))
@@ -158,10 +158,10 @@ def test_a_reward_model_for_another_vocabulary_is_refused(tmp_path, vocab_dir, c
 
 def test_dpo_resumes_bit_exactly_after_a_stop(tmp_path, vocab_dir):
     from backends import dpo_backend
-    from shared.checkpoint import read_checkpoint
+    from shared.model.checkpoint import read_checkpoint
     from shared.tasks.preference_task import (DATA_RESUME_KEYS, TASKS, build_preference_parser,
                                               preference_datasets, preference_problems)
-    from shared.trainer import Trainer, TrainingInterrupted
+    from shared.train.trainer import Trainer, TrainingInterrupted
     data = write(tmp_path / "p.json", entries())
 
     def trainer(work_dir, *extra, on_step=None):

@@ -1,5 +1,5 @@
 """Preference tuning in PyTorch (twin: jittor_impl/preference.py, same structure): the reward
-model's pairwise loss, DPO's loss, and their training backends for shared/trainer.py.
+model's pairwise loss, DPO's loss, and their training backends for shared/train/trainer.py.
 
 Batches are shared/text/preference_data.py's: 2B rows, the B chosen sequences, then the B
 rejected ones. `RewardBackend` trains GPT-2 with a scalar head on the last real token
@@ -17,7 +17,7 @@ shared/train/ppo_math.py computed once, on the host).
 import torch
 import torch.nn.functional as F
 
-from shared.classifier_params import reward_trains
+from shared.model.classifier_params import reward_trains
 from shared.model.value_head import init_value_head
 
 from .classifier import ClassifierBackend
@@ -66,7 +66,7 @@ def dpo_loss(policy, reference, mask, beta):
 class RewardBackend(ClassifierBackend):
     """ClassifierBackend with one output (the reward) and the pairwise loss; `args.num_classes`
     is 1 and `args.trainable` picks the trained part as for classification, less the biases the
-    pairwise loss cannot train (shared/classifier_params.PAIRWISE_INVARIANT)."""
+    pairwise loss cannot train (shared/model/classifier_params.PAIRWISE_INVARIANT)."""
 
     def batch_loss(self, data, label_smooth=0.0):
         rewards = self.forward(data["input"], data["length"]).reshape(-1)

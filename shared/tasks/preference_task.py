@@ -2,7 +2,7 @@
 (`scripts/dpo_ft.py`), their flags, data splits, training and held-out scores.
 
 Both read a preference JSON (shared/text/preference_data.py), split it by `--split_seed` as
-instruction tuning does, and train with shared/trainer.py (so --resume, checkpoints, the JSON-lines
+instruction tuning does, and train with shared/train/trainer.py (so --resume, checkpoints, the JSON-lines
 log, --tensorboard and stop signals work as for E2E) with a backend's `RewardBackend` or
 `DPOBackend` (torch_impl/preference.py, jittor_impl/preference.py). The log's train and valid
 records carry the task's metrics next to the loss (`reward_chosen`, `reward_rejected`,
@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import os
 
-from shared.arg_types import non_negative_float, open_fraction, positive_float, positive_int, seed_int
-from shared.atomic import write_json
-from shared.classifier_params import TRAINABLE_PARTS
-from shared.paths import DataDirError, file_check, resolve_data_path
-from shared.run_lock import RunLock
+from shared.runtime.arg_types import (non_negative_float, open_fraction, positive_float,
+                                      positive_int, seed_int)
+from shared.runtime.atomic import write_json
+from shared.model.classifier_params import TRAINABLE_PARTS
+from shared.runtime.paths import DataDirError, file_check, resolve_data_path
+from shared.runtime.run_lock import RunLock
 from shared.text.preference_data import PreferenceDataset, split_preference_entries
-from shared.tokenizer import load_tokenizer
-from shared.train_args import build_parser, lora_flag_problems
-from shared.trainer import Trainer
+from shared.text.tokenizer import load_tokenizer
+from shared.train.train_args import build_parser, lora_flag_problems
+from shared.train.trainer import Trainer
 
 PREFERENCE_ENV = "PREFERENCE_DATA"
 DATA_RESUME_KEYS = ("data", "split_seed", "valid_fraction", "test_fraction", "limit",

@@ -4,7 +4,7 @@ checking, a seeded split and the batches that reward-model training and DPO read
 The file is a JSON list of objects with `instruction`, optional `input`, and `chosen` and
 `rejected` responses (`instruction-data-with-preference.json` of the source project; other keys
 such as `output` are ignored). The prompt is the project's Alpaca template
-(`shared/instruct_data.format_prompt`), so a model instruction-tuned by `instruct_ft.py` sees the
+(`shared/text/instruct_data.format_prompt`), so a model instruction-tuned by `instruct_ft.py` sees the
 prompts it learned; the split is `instruct_data.split_entries` (same seed, same entries per split
 as instruction tuning on the same file).
 
@@ -37,8 +37,8 @@ import os
 
 import numpy as np
 
-from shared.instruct_data import format_prompt, split_entries
-from shared.tokenizer import EOT_ID
+from shared.text.instruct_data import format_prompt, split_entries
+from shared.text.tokenizer import EOT_ID
 
 RESPONSE_KEYS = ("chosen", "rejected")
 
@@ -135,7 +135,7 @@ def encode_pair(entry: dict, tokenizer) -> tuple:
 
 
 class PreferenceDataset:
-    """Encoded preference pairs batched for shared/trainer.py (`FTDataset`'s batch interface)."""
+    """Encoded preference pairs batched for shared/train/trainer.py (`FTDataset`'s batch interface)."""
 
     def __init__(self, entries, tokenizer, batch_size, seq_len, name="data", fixed_width=False):
         if batch_size < 1 or seq_len < 2:
