@@ -1,0 +1,1 @@
+"""Training: the loop's backend-neutral parts (see shared/trainer.py)."""
