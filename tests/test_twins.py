@@ -396,7 +396,7 @@ ALLOWED = {
             'dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo",',
             'timeout=datetime.timedelta(seconds=args.dist_timeout))',
             'return DistributedDataParallel(model, device_ids=[self.device] if self.device.type == "cuda" else None,',
-            'broadcast_buffers=False)  # constant buffers: no collective per forward',
+            'forward_sync_buffers=False)  # constant buffers: no collective per forward',
             '"""Leave the process group (after training, on every rank)."""',
             'if self.processes.distributed and dist.is_initialized():',
             'dist.destroy_process_group()',

@@ -98,7 +98,7 @@ class TorchBackend:
         dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo",
                                 timeout=datetime.timedelta(seconds=args.dist_timeout))
         return DistributedDataParallel(model, device_ids=[self.device] if self.device.type == "cuda" else None,
-                                       broadcast_buffers=False)  # constant buffers: no collective per forward
+                                       forward_sync_buffers=False)  # constant buffers: no collective per forward
 
     def leave_processes(self):
         """Leave the process group (after training, on every rank)."""
