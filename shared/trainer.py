@@ -358,14 +358,16 @@ class Trainer:
                 is_update = self.step % args.grad_acc == 0
                 check_batch(batch, self.config)
                 tokens, share, loss_scale = int(np.prod(batch["input"].shape)), 1.0, 1.0
+                sync = {}  # one process: the backend's forward_backward as it always was called
                 if self.processes.distributed:  # this rank's rows, its loss weighted by its share
                     share = loss_share(batch, self.processes, getattr(args, "class_weights", None))
                     batch = shard_rows(batch, self.processes)
                     loss_scale = self.processes.world_size * share  # the engines average
+                    sync = {"sync": is_update}  # gradients averaged at the update's micro-batch
                 try:
                     with self.watchdog.guard(f"the gradients of step {self.step}"):
                         loss = self.backend.forward_backward(batch, loss_scale / args.grad_acc,
-                                                             args.label_smooth, sync=is_update)
+                                                             args.label_smooth, **sync)
                         lr = lr_at(args.lr, args.scheduler, self.step, args.warmup_step, self.max_step)
                         grad_norm = self.backend.update(lr, args.clip) if is_update else None
                 except Exception as exc:
