@@ -19,6 +19,7 @@ from .batching import FTDataset
 from .instruct_data import prepare_instruct, read_split_entries
 from .instruct_eval import generate_responses, response_perplexity, rouge_l
 from .run_lock import RunLock
+from .train.data_parallel import main_process_lock, processes_of
 from .sampling import EOT_ID, SamplingSettings
 from .tokenizer import load_tokenizer
 from .train_args import build_parser as build_train_parser
@@ -126,7 +127,7 @@ def train_and_evaluate(args, backend_for, load_model):
     """Split and encode --data, train (or take the finished run's checkpoint), then score it;
     `backend_for(name)`: a backend's training class, `load_model(args)`: its inference model
     (backends/); the run folder is locked meanwhile."""
-    with RunLock(args.work_dir):
+    with main_process_lock(args.work_dir, processes_of(args), RunLock):
         tokenizer = load_tokenizer(args.vocab)
         counts = prepare(args, tokenizer)
         print(f"instruction data {args.data}: " + ", ".join(
@@ -134,5 +135,5 @@ def train_and_evaluate(args, backend_for, load_model):
         validate(args)
         checkpoint = final_checkpoint(args.work_dir) if args.eval_only else \
             Trainer(args, backend_for(args.backend)).train()["final_checkpoint"]
-        if not args.no_eval:
+        if not args.no_eval and processes_of(args).is_main:  # rank 0 alone scores
             evaluate(args, tokenizer, checkpoint, backend_for, load_model)

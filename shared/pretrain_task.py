@@ -19,6 +19,7 @@ from .text_data import WindowDataset, split_tail, token_stream
 from .tokenizer import load_tokenizer
 from .paths import DataDirError, resolve_data_path
 from .train_args import build_parser, lora_flag_problems
+from .train.data_parallel import main_process_lock, processes_of
 from .trainer import Trainer
 
 # The task's own arguments a resumed run must keep (besides the trainer's RESUME_KEYS).
@@ -106,6 +107,8 @@ class PeriodicSampler:
             self.sample(step)
 
     def sample(self, step):
+        if not self.trainer.processes.is_main:  # rank 0 alone samples and writes
+            return None
         tokens = self.trainer.backend.sample(self.prompt_ids, self.settings, self.seed)[0]
         text = self.prompt + self.tokenizer.decode(tokens)
         self.trainer.write(f"| sample at step {step}: {text!r}")
@@ -121,7 +124,7 @@ def pretrain(args, backend_for):
     """Train every weight on the text windows (`backend_for(args.backend)`: the backend's
     training class) with a sample every --sample_every steps and one at the end; the run
     folder is locked meanwhile. Returns the trainer's summary."""
-    with RunLock(args.work_dir):
+    with main_process_lock(args.work_dir, processes_of(args), RunLock):
         tokenizer = load_tokenizer(args.vocab)
         datasets = pretrain_datasets(args, tokenizer)
         trainer = Trainer(args, backend_for(args.backend), datasets=datasets,

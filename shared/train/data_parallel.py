@@ -100,8 +100,8 @@ def setup_processes(args) -> list:
 
 
 def processes_of(args) -> Processes:
-    """`args.processes` where validate() set it, else one process."""
-    return getattr(args, "processes", None) or Processes()
+    """`args.processes` where validate() set it, else what the launcher's variables say."""
+    return getattr(args, "processes", None) or detect_processes()
 
 
 def dropout_rows(args):
