@@ -217,3 +217,19 @@ def test_sigterm_to_one_rank_stops_every_rank_and_one_process_resumes(runs, tmp_
     assert not os.path.exists(work / "run.lock")
     run([sys.executable, *ft_args(encoded, work, backend, 4, ["--resume"])], "1 process resumes")
     assert_same_training(result(work), two)
+
+
+def test_work_sh_launches_each_backend_with_its_engine_at_the_per_process_batch(monkeypatch):
+    from shared.train.data_parallel import launch_command, per_process_batch
+    assert launch_command("torch", 1, "py") == launch_command("jittor", 1, "py") == ["py"]
+    assert launch_command("torch", 2, "py") == ["py", "-m", "torch.distributed.run",
+                                                "--standalone", "--nproc_per_node", "2"]
+    monkeypatch.setattr(shutil, "which", lambda name: f"/opt/{name}")
+    command = launch_command("jittor", 3, "py")
+    assert command[:4] == ["/opt/mpirun", "--oversubscribe", "-np", "3"] and command[-1] == "py"
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(DataParallelError, match="scripts/install.sh installs OpenMPI"):
+        launch_command("jittor", 2)
+    assert per_process_batch(8, 2, "--train_batch_size") == 4
+    with pytest.raises(DataParallelError, match="--nproc 3 does not divide --train_batch_size 8"):
+        per_process_batch(8, 3, "--train_batch_size")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sys
 import threading
 from dataclasses import dataclass
@@ -189,3 +190,27 @@ class Watchdog:
             yield
         finally:
             timer.cancel()
+
+
+def launch_command(backend, nproc, python=None) -> list:
+    """The command that runs a Python script on `nproc` processes with the backend's own engine
+    (torchrun; mpirun, which must be installed): the script's path and flags follow."""
+    python = python or sys.executable
+    if nproc == 1:
+        return [python]
+    if backend == "torch":
+        return [python, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
+    mpirun = shutil.which("mpirun")
+    if mpirun is None:
+        raise DataParallelError(f"--nproc {nproc} with the jittor backend runs under mpirun, "
+                                f"which is not installed: bash scripts/install.sh installs OpenMPI")
+    as_root = ["--allow-run-as-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []
+    return [mpirun, "--oversubscribe", "-np", str(nproc), *as_root, python]
+
+
+def per_process_batch(batch, nproc, name) -> int:
+    """The per-process batch that keeps the global batch `batch` on `nproc` processes."""
+    if batch % nproc:
+        raise DataParallelError(f"--nproc {nproc} does not divide {name} {batch}: the global "
+                                f"batch is split evenly over the processes")
+    return batch // nproc
