@@ -242,7 +242,16 @@ class Trainer:
     def all_reduce(self, values, what):
         """The sum over ranks (a collective: every rank calls it at the same point)."""
         with self.watchdog.guard(what):
-            return self.backend.all_reduce(values)
+            try:
+                return self.backend.all_reduce(values)
+            except RuntimeError as exc:  # a rank left: gloo/MPI report it here
+                raise self.lost_ranks(what, exc) from exc
+
+    def lost_ranks(self, what, exc):
+        """One line for a collective that failed (another rank stopped or failed)."""
+        return TrainingError(f"rank {self.processes.rank} of {self.processes.world_size}: "
+                             f"{what} failed, another rank stopped or failed ({exc}); rerun "
+                             f"with --resume to continue from the last checkpoint")
 
     def stop_agreed(self, stop):
         """At an update: the stop signal any rank received (None: go on); every rank learns it
@@ -377,6 +386,8 @@ class Trainer:
                             f"{args.train_batch_size} and --seq_len {args.seq_len}: lower "
                             f"--train_batch_size (raise --grad_acc to keep the effective "
                             f"batch) or --seq_len") from exc
+                    if self.processes.distributed and isinstance(exc, RuntimeError):
+                        raise self.lost_ranks(f"step {self.step}", exc) from exc
                     raise
                 self.pending.append({"step": self.step, "epoch": self.epoch, "loss": loss,
                                      "grad_norm": grad_norm, "lr": lr, "tokens": tokens,

@@ -233,3 +233,16 @@ def test_work_sh_launches_each_backend_with_its_engine_at_the_per_process_batch(
     assert per_process_batch(8, 2, "--train_batch_size") == 4
     with pytest.raises(DataParallelError, match="--nproc 3 does not divide --train_batch_size 8"):
         per_process_batch(8, 3, "--train_batch_size")
+
+
+def test_a_collective_that_never_returns_ends_the_rank_with_one_line_naming_it():
+    code = ("import time\n"
+            "from shared.train.data_parallel import Processes, Watchdog\n"
+            "with Watchdog(Processes(1, 2, 1, 'mpirun'), 0.5).guard('the stop vote at step 4'):\n"
+            "    time.sleep(60)\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=ENV, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "error: rank 1 of 2: no answer from the other ranks within 0.5 s (the stop vote at step "
+        "4): another rank failed or hangs; stopping (rerun with --resume)")
