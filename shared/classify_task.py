@@ -24,7 +24,7 @@ from .run_lock import RunLock
 from .tokenizer import load_tokenizer
 from .paths import DataDirError, file_check, resolve_data_path
 from .train_args import build_parser, lora_flag_problems
-from .train.data_parallel import main_process_lock, processes_of
+from shared.train.data_parallel import main_process_lock, processes_of
 from .trainer import Trainer
 
 SPAM_ENV = "SMS_SPAM_DATA"

@@ -19,7 +19,7 @@ from .batching import FTDataset
 from .instruct_data import prepare_instruct, read_split_entries
 from .instruct_eval import generate_responses, response_perplexity, rouge_l
 from .run_lock import RunLock
-from .train.data_parallel import main_process_lock, processes_of
+from shared.train.data_parallel import main_process_lock, processes_of
 from .sampling import EOT_ID, SamplingSettings
 from .tokenizer import load_tokenizer
 from .train_args import build_parser as build_train_parser

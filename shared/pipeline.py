@@ -39,7 +39,7 @@ from .run_lock import RunLock
 from .stage_process import run_stage
 from .entry_point import run_script
 from .preflight import check_outputs, output_dir_problems
-from .train.data_parallel import launch_command, per_process_batch
+from shared.train.data_parallel import launch_command, per_process_batch
 from .train_args import BACKENDS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where scripts/ is

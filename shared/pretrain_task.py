@@ -19,7 +19,7 @@ from .text_data import WindowDataset, split_tail, token_stream
 from .tokenizer import load_tokenizer
 from .paths import DataDirError, resolve_data_path
 from .train_args import build_parser, lora_flag_problems
-from .train.data_parallel import main_process_lock, processes_of
+from shared.train.data_parallel import main_process_lock, processes_of
 from .trainer import Trainer
 
 # The task's own arguments a resumed run must keep (besides the trainer's RESUME_KEYS).

@@ -15,7 +15,7 @@ from .lora_settings import LoRASettingsError, resolve_lora_args
 from .preflight import output_dir_problems
 from .pretrained import checkpoint_config, checkpoint_path_problem
 from .schedule import SCHEDULES
-from .train.data_parallel import DEFAULT_TIMEOUT_S, setup_processes
+from shared.train.data_parallel import DEFAULT_TIMEOUT_S, setup_processes
 
 BACKENDS = ("torch", "jittor")
 PRECISIONS = ("fp32", "bf16", "fp16")
