@@ -40,8 +40,8 @@ from .lora_settings import settings_from_config
 from .run_lock import RunLock
 from .schedule import lr_at
 from .stop_signals import STOP_SIGNALS, signal_name, stop_signal_handler
-from shared.train.data_parallel import (NullLog, Watchdog, loss_share, main_process_lock, processes_of,
-                                  shard_rows, stop_votes)
+from shared.train.data_parallel import (NullLog, Watchdog, loss_share, main_process_lock,
+                                        processes_of, shard_rows, stop_votes)
 from .train_args import model_config, validate
 from .trainlog import JsonlLogWriter
 
