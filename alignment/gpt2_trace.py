@@ -4,7 +4,7 @@ and the float64 reference (the torch twin in float64).
 Every parameter is made trainable while tracing (LoRA included), so that a gradient reaches
 every submodule's output and input: with only LoRA trainable, the hidden states before the
 first LoRA layer carry no gradient in torch. Dropout is off by default (config lora_dropout 0);
-with `dropout=p` both twins draw their LoRA dropout masks from one shared.dropout.SharedDropout
+with `dropout=p` both twins draw their LoRA dropout masks from one shared.train.dropout.SharedDropout
 (step 1), so a port that ignores the shared masks shows up at the LoRA branch.
 """
 from __future__ import annotations
@@ -14,8 +14,8 @@ import dataclasses
 
 import numpy as np
 
-from shared.config import GPT2Config
-from shared.dropout import SharedDropout
+from shared.model.config import GPT2Config
+from shared.train.dropout import SharedDropout
 
 from .trace import trace_module
 

@@ -4,7 +4,7 @@
 fan_in_fan_out=True)` does: a frozen (in, out) weight plus low-rank updates of the query and
 value thirds, `scaling = alpha / r`, dropout on the LoRA input only.
 """
-from shared.params import is_lora_name
+from shared.model.params import is_lora_name
 
 from .ops import dropout, matmul, parameter
 from .runtime import jt
@@ -21,7 +21,7 @@ class MergedLinear(nn.Module):
         self.bias = parameter(out_features)
         self.layer_index = layer_index  # names this layer's stream in shared dropout masks
         self.dropout_p = lora_dropout
-        self.shared_dropout = None  # shared.dropout.SharedDropout: backend-neutral masks
+        self.shared_dropout = None  # shared.train.dropout.SharedDropout: backend-neutral masks
         self.merged = False
         if r > 0:
             self.scaling = lora_alpha / r

@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from shared.batching import check_token_ids
+from shared.text.batching import check_token_ids
 
 from . import flash_attention, fused_kernels, precision
 from .runtime import jt

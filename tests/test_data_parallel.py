@@ -15,8 +15,8 @@ import time
 import numpy as np
 import pytest
 
-from shared.checkpoint import read_checkpoint
-from shared.dropout import SharedDropout
+from shared.model.checkpoint import read_checkpoint
+from shared.train.dropout import SharedDropout
 from shared.train.data_parallel import (DataParallelError, Processes, detect_processes,
                                         dropout_rows, loss_normaliser, loss_share, setup_processes,
                                         shard_rows)

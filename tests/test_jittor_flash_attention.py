@@ -95,7 +95,7 @@ def test_flash_attention_switch():
 def test_fp32_default_attention_is_the_math_path():
     """Outside mixed precision the default ("sdpa") computes what "math" does, bit for bit."""
     from jittor_impl.model import GPT2LMModel
-    from shared.config import GPT2Config
+    from shared.model.config import GPT2Config
     fused_kernels.set_fused_kernels("auto")
     config = GPT2Config(vocab_size=64, n_positions=32, n_embd=32, n_layer=2, n_head=2, lora_attn_dim=2)
     model = GPT2LMModel(config)

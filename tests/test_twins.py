@@ -181,7 +181,7 @@ ALLOWED = {
             'CUDA, blocked sums on the CPU).',
             'import math',
             'import numpy as np',
-            'from shared.batching import check_token_ids',
+            'from shared.text.batching import check_token_ids',
             'from . import flash_attention, fused_kernels, precision',
             'from .runtime import jt',
             'nn = jt.nn',

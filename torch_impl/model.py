@@ -13,11 +13,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from shared.batching import check_width
-from shared.checkpoint import load_for_model
-from shared.config import GPT2Config
-from shared.decode_cache import SharedPrefixCache
-from shared.params import init_state_dict, is_lora_name
+from shared.text.batching import check_width
+from shared.model.checkpoint import load_for_model
+from shared.model.config import GPT2Config
+from shared.decode.decode_cache import SharedPrefixCache
+from shared.model.params import init_state_dict, is_lora_name
 
 from .lora import MergedLinear
 from .ops import (ATTENTION_IMPLS, DEFAULT_ATTENTION, batched_matmul_transpose, causal_mask,
@@ -211,7 +211,7 @@ class GPT2Base(nn.Module):
             block.attn.attn_impl = impl
 
     def load_model_state(self, state: dict, extra=None):
-        """`state` (as shared.checkpoint.load_for_model gives it) and `extra` (weights outside
+        """`state` (as shared.model.checkpoint.load_for_model gives it) and `extra` (weights outside
         the body, e.g. a classifier head) into the parameters; returns the model."""
         self.load_state_numpy({**state, **(extra or {})})
         if any(not is_lora_name(k) for k in state):
@@ -227,7 +227,7 @@ class GPT2Base(nn.Module):
 
 
 class GPT2LMModel(GPT2Base):
-    """GPT-2 language model. New models are initialised by `shared.params.init_state_dict`
+    """GPT-2 language model. New models are initialised by `shared.model.params.init_state_dict`
     (seeded numpy), so both backends built with the same config and seed hold equal weights."""
 
     def __init__(self, config: GPT2Config, seed: int = 0):
@@ -249,7 +249,7 @@ class GPT2LMModel(GPT2Base):
 
     # ------------------------------------------------------------------ weights in and out
     def load_weight(self, state_or_path):
-        """Load a checkpoint (path or state dict) of any supported layout; see shared.checkpoint."""
+        """Load a checkpoint (path or state dict) of any supported layout; see shared.model.checkpoint."""
         state = load_for_model(state_or_path, self.config, base_loaded=self.base_loaded)
         return self.load_model_state(state)
 

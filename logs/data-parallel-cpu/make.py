@@ -24,8 +24,8 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
-from shared.checkpoint import read_checkpoint  # noqa: E402
-from shared.e2e_data import prepare_e2e  # noqa: E402
+from shared.model.checkpoint import read_checkpoint  # noqa: E402
+from shared.text.e2e_data import prepare_e2e  # noqa: E402
 
 OUT = os.path.join(ROOT, "logs", "data-parallel-cpu")
 MAX_STEP = 60

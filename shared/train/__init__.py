@@ -1,1 +1,1 @@
-"""Training: the loop's backend-neutral parts (see shared/trainer.py)."""
+"""The training loop written once for both backends: flags, schedules, seeds, masks, logs."""

@@ -6,7 +6,8 @@ unchanged) and keeps rows [rank*b, (rank+1)*b) at the global batch's width; its 
 by its share of the global loss's normaliser (`loss_normaliser`: the mask's token count for a
 language-model batch), so the gradient the engines average over ranks (DDP, Jittor's MPI
 optimizer) is the one-process gradient up to summation order, and so is the logged loss; the
-exact-dropout masks (shared/dropout.py) are drawn for the global batch and sliced the same way.
+exact-dropout masks (shared/train/dropout.py) are drawn for the global batch and sliced the
+same way.
 Rank 0 alone writes checkpoints, logs, events and the progress bar; the checkpoints hold no
 per-rank state, so a run resumes with any N at the same global batch.
 """
@@ -159,8 +160,8 @@ class NullLog:
 
 
 def main_process_lock(work_dir, processes, lock_cls):
-    """`lock_cls(work_dir)` on rank 0 (shared/run_lock.py's RunLock): one lock per run, not per
-    rank; the other ranks write nothing into the folder."""
+    """`lock_cls(work_dir)` on rank 0 (shared/runtime/run_lock.py's RunLock): one lock per run,
+    not per rank; the other ranks write nothing into the folder."""
     return lock_cls(work_dir) if processes.is_main else contextlib.nullcontext()
 
 
