@@ -24,7 +24,7 @@ setup(
         "protobuf",
         "google-crc32c",
     ],
-    # test: pytest, and the real Hugging Face clients of the export/import tests (pinned as in
-    # requirements-test.txt)
+    # test: pytest and the real Hugging Face clients of the export/import tests (pinned as in
+    # requirements-test.txt; torchvision for alignment.auto_diff comes from scripts/install.sh)
     extras_require={"test": ["pytest", "transformers==5.17.0", "peft==0.21.2"]},
 )

@@ -15,7 +15,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TWIN_FILES = ("__init__.py", "model.py", "lora.py", "ops.py", "optim.py", "train.py", "beam.py",
-              "generate.py", "classifier.py")
+              "generate.py", "classifier.py", "preference.py")
 
 # torch name -> Jittor name, applied to the torch side before the diff.
 NAME_MAP = [
@@ -174,6 +174,9 @@ ALLOWED = {
             'if logits.dtype in (jt.bfloat16, jt.float16):',
             'return low_precision_cross_entropy(logits, labels, smoothing)',
             'return F.cross_entropy(logits, labels, ignore_index=-1, reduction="none", label_smoothing=smoothing)',
+            'merged back: (B, T, E)."""',
+            '"""Whether the products run in a 16-bit type (inside jt.autocast): where forms that',
+            'return jt.is_autocast_enabled(x.device.type)',
         ],
         'jittor': [
             'differs between the frameworks stands here, once. The products and permutes take their',
@@ -225,6 +228,13 @@ ALLOWED = {
             'Mixed precision on CUDA takes one fused kernel per pass (fused_kernels.py)."""',
             'if fused_kernels.wanted(x, "layer_norm"):',
             'return fused_kernels.layer_norm(x, weight, bias, eps)',
+            'merged back: (B, T, E). Mixed precision on CUDA: one kernel each way that reads q, k, v in',
+            'place and writes merged heads (flash_attention.packed_flash_attention), so the split and the',
+            'head permutes are no copies; otherwise the split heads through fused_attention."""',
+            'if fused_kernels.wanted(qkv, "attention") and flash_attention.packed_supported(qkv, n_head):',
+            'return flash_attention.packed_flash_attention(qkv, n_head, scale=None if divisor is None else 1.0 / divisor)',
+            '"""Whether the products run in a 16-bit type (inside precision.autocast): where forms that',
+            'return precision.compute_dtype() is not None',
             'if fused_kernels.wanted(logits, "cross_entropy"):  # mixed precision on CUDA: one kernel each way',
             'return fused_kernels.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), smoothing)',
             'u = x.mean(-1, keepdims=True)',
@@ -429,12 +439,12 @@ ALLOWED = {
             'jt.set_seed(step_seed(self.seed, step))',
             'self.optimizer.backward(loss * loss_scale)',
             'loss = loss.detach()',
-            'jt.sync([loss])  # run the forward now, so the graph behind the loss is not kept alive',
+            'jt.sync([loss] + list(self.metrics.values()))  # run the forward now, so its graph is not kept',
             'return loss',
             'jt.sync([grad_norm])',
             'jt.sync(list(self.params.values()))',
             'with jt.no_grad(), self.autocast():',
-            'jt.sync([loss])',
+            'jt.sync([loss] + list(self.metrics.values()))',
             'return loss',
             '"""Lazy scalars -> Python floats in one transfer (the loop\'s only host sync)."""',
             'return jt.concat([v.float32().reshape(1) for v in values]).numpy().tolist()',
@@ -640,6 +650,25 @@ ALLOWED = {
             '"""JittorBackend training GPT2Classifier on {"input", "length", "label"} batches."""',
             'with jt.no_grad(), self.autocast():',
             'return logits.float32().numpy()',
+        ],
+    },
+    'preference.py': {
+        'torch': [
+            'import jt',
+            'import jt.nn.functional as F',
+            'from .train import TorchBackend',
+            'class DPOBackend(TorchBackend):',
+            '"""TorchBackend training the policy with the DPO loss against a frozen reference copy."""',
+            'self.reference.to(self.device)',
+            'token_logp = F.log_softmax(logits.detach().float32(), dim=-1)',
+        ],
+        'jittor': [
+            'from .runtime import jt',
+            'from .train import JittorBackend',
+            'class DPOBackend(JittorBackend):',
+            '"""JittorBackend training the policy with the DPO loss against a frozen reference copy."""',
+            'nn = jt.nn',
+            'token_logp = nn.log_softmax(logits.detach().float32(), dim=-1)',
         ],
     },
 }
