@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything jittor-lora-align needs, in one command:
-#   Java (METEOR 1.5 runs on it), the pinned Python packages (requirements.txt, and the test
+#   Java (METEOR 1.5 runs on it), OpenMPI (Jittor's training on several processes, under
+#   mpirun, compiles its MPI ops with mpicc), the pinned Python packages (requirements.txt, and the test
 #   clients transformers + peft of requirements-test.txt), this project, and a Jittor warm-up
 #   (its first import compiles its core for 1-2 minutes and may ask for one rerun).
 # Safe to run again. Non-interactive (CI=true, no stdin needed).
@@ -20,6 +21,19 @@ if ! command -v java >/dev/null 2>&1; then
   fi
 fi
 java -version 2>&1 | head -1
+
+if ! command -v mpirun >/dev/null 2>&1 || ! command -v mpicc >/dev/null 2>&1; then
+  echo "== OpenMPI not found: installing it (Jittor trains on several processes under mpirun) =="
+  if command -v apt-get >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends openmpi-bin libopenmpi-dev
+  else
+    echo "warning: install OpenMPI (mpirun and mpicc) yourself to train Jittor on several" \
+         "processes; everything else works without it" >&2
+  fi
+fi
+command -v mpirun >/dev/null 2>&1 && mpirun --version 2>&1 | head -1
 
 echo "== Python packages (requirements.txt, and the test clients of requirements-test.txt) =="
 "$PYTHON" -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-test.txt

@@ -39,6 +39,7 @@ from shared.runtime.run_lock import RunLock
 from shared.pipeline.stage_process import run_stage
 from shared.runtime.entry_point import run_script
 from shared.runtime.preflight import check_outputs, output_dir_problems
+from shared.train.data_parallel import launch_command, per_process_batch
 from shared.train.train_args import BACKENDS
 
 ROOT = REPO_ROOT  # where scripts/ is
@@ -177,8 +178,12 @@ class Pipeline:
         return {"init": ["base"], "lora": list(self.backends) + self.seed_runs()}
 
     def configure(self):
-        """What the stages need once the run folder is there: the model's config."""
+        """What the stages need once the run folder is there: the model's config, and the
+        per-process batches of --nproc N (the preset's batches are the global ones)."""
         self.config = self.model_config()
+        self.nproc = getattr(self.args, "nproc", 1)
+        self.batch = {key: per_process_batch(self.s[key], self.nproc, f"--{key}")
+                      for key in ("base_batch_size", "train_batch_size") if key in self.s}
 
     # ------------------------------------------------------------- setup (every pipeline's)
     def open_run(self, args, settings, default_run):
@@ -255,10 +260,11 @@ class Pipeline:
                 flags += [f"--{key}", str(self.s[key])]
         return flags
 
-    def sh(self, argv, log_name):
+    def sh(self, argv, log_name, launcher=None):
         """Run a project script, streaming its output and keeping a copy in RUN_DIR/logs; a stop
-        signal is passed on to it and ends the run once it has stopped (shared/stage_process)."""
-        cmd = [sys.executable, *argv]
+        signal is passed on to it and ends the run once it has stopped (shared/stage_process).
+        `launcher`: what runs it (default: this Python; data_parallel.launch_command)."""
+        cmd = [*(launcher or [sys.executable]), *argv]
         os.makedirs(self.path("logs"), exist_ok=True)
         log_path = self.path("logs", log_name)
         print("$ " + " ".join(argv), flush=True)
@@ -332,7 +338,7 @@ class Pipeline:
         argv = ["scripts/gpt2_ft.py", "--backend", "torch", "--device", self.s["device"],
                 "--train_data", self.path("data", "train.jsonl"),
                 "--valid_data", self.path("data", "valid.jsonl"), *self.shape_flags(),
-                "--lora_dim", "0", "--train_batch_size", str(self.s["base_batch_size"]),
+                "--lora_dim", "0", "--train_batch_size", str(self.batch["base_batch_size"]),
                 "--valid_batch_size", str(self.s["valid_batch_size"]), "--seq_len", str(self.s["seq_len"]),
                 "--lr", str(self.s["base_lr"]), "--weight_decay", str(self.s["weight_decay"]), "--correct_bias",
                 "--clip", str(self.s["base_clip"]), "--warmup_step", str(max(1, self.s["base_steps"] // 20)),
@@ -345,7 +351,7 @@ class Pipeline:
             argv += ["--max_eval_batches", str(self.s["valid_batches"])]
         if self._has_checkpoint(work):
             argv.append("--resume")
-        self.sh(argv, "base_train.log")
+        self.sh(argv, "base_train.log", launch_command("torch", self.nproc))
         state = load_for_model(self.path("base", f"model.{self.s['base_steps']}.pt"), base_config)
         save_checkpoint(base, state)
         return {"base": base, "source": "trained from scratch (torch, full fine-tuning)"}
@@ -366,7 +372,7 @@ class Pipeline:
                 "--init_checkpoint", self.path("base", "base.safetensors"),
                 "--lora_dim", str(self.s["lora_dim"]), "--lora_alpha", str(self.s["lora_alpha"]),
                 "--lora_dropout", str(self.s["lora_dropout"]),
-                "--train_batch_size", str(self.s["train_batch_size"]), "--valid_batch_size", str(self.s["valid_batch_size"]),
+                "--train_batch_size", str(self.batch["train_batch_size"]), "--valid_batch_size", str(self.s["valid_batch_size"]),
                 "--seq_len", str(self.s["seq_len"]), "--lr", str(self.s["lr"]),
                 "--weight_decay", str(self.s["weight_decay"]), "--correct_bias", "--warmup_step", str(self.s["warmup_step"]),
                 "--max_step", str(self.s["max_step"]), "--scheduler", self.s["scheduler"],
@@ -393,7 +399,8 @@ class Pipeline:
         out = {}
         for folder, backend, seed in self.runs():
             started = time.time()
-            self.sh(self.lora_argv(backend, folder, seed), f"{folder}_train.log")
+            self.sh(self.lora_argv(backend, folder, seed), f"{folder}_train.log",
+                    launch_command(backend, self.nproc))
             out[folder] = {"checkpoint": self.path(folder, f"model.{self.s['max_step']}.pt"),
                            "seconds": time.time() - started}
         return out
