@@ -14,12 +14,18 @@ from collections import OrderedDict
 import numpy as np
 
 from .config import GPT2Config
+from shared.model.peft_methods import added_shapes, initial_value, is_added_name
 
 LORA_MARK = "lora_"
 
 
 def is_lora_name(name: str) -> bool:
     return LORA_MARK in name.rsplit(".", 1)[-1]
+
+
+def is_adapter_name(name: str) -> bool:
+    """A parameter outside GPT-2's own: LoRA's, or one a PEFT method adds (peft_methods.py)."""
+    return is_lora_name(name) or is_added_name(name)
 
 
 def parameter_shapes(config: GPT2Config) -> "OrderedDict[str, tuple]":
@@ -47,6 +53,7 @@ def parameter_shapes(config: GPT2Config) -> "OrderedDict[str, tuple]":
         shapes[p + "mlp.c_proj.bias"] = (e,)
     shapes["transformer.ln_f.weight"] = (e,)
     shapes["transformer.ln_f.bias"] = (e,)
+    shapes.update(added_shapes(config))  # a PEFT method's own parameters (none by default)
     return shapes
 
 
@@ -62,7 +69,9 @@ def init_state_dict(config: GPT2Config, seed: int = 0) -> "OrderedDict[str, np.n
     for name, shape in parameter_shapes(config).items():
         rng = np.random.default_rng([int(seed), zlib.crc32(name.encode())])
         leaf = name.rsplit(".", 1)[-1]
-        if leaf == "lora_A":
+        if is_added_name(name):
+            value = initial_value(name, shape, rng, config, out)
+        elif leaf == "lora_A":
             bound = 1.0 / math.sqrt(shape[1])
             value = rng.uniform(-bound, bound, size=shape)
         elif leaf == "lora_B" or leaf == "bias":

@@ -1,0 +1,1 @@
+"""The model: its configuration, parameters, checkpoints and parameter-efficient methods."""
