@@ -314,3 +314,8 @@ def read_peft_settings(path) -> "PeftSettings | None":
 
 def settings_dict(settings: "PeftSettings | None"):
     return None if settings is None else asdict(settings)
+
+
+def input_positions(config) -> int:
+    """Positions left to the real tokens (the virtual ones take the first N)."""
+    return config.n_positions - virtual_tokens(config)
