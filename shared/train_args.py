@@ -12,6 +12,8 @@ from .arg_types import (fraction_below_one, non_negative_float, non_negative_int
 from .config import MODEL_CARDS, GPT2Config, seq_len_problem, shape_flag_problems
 from .environment import default_device, device_problems
 from .lora_settings import LoRASettingsError, resolve_lora_args
+from shared.model.peft_methods import (add_peft_args, flag_problems as peft_flag_problems,
+                                       positions_problem, resolve_peft_args, settings_from_args)
 from .preflight import output_dir_problems
 from .pretrained import checkpoint_config, checkpoint_path_problem
 from .schedule import SCHEDULES
@@ -57,6 +59,7 @@ def build_parser(data_args=True, description=None):
     p.add_argument("--clip", type=non_negative_float, default=0.0, help="gradient clip (0: none)")
     p.add_argument("--seq_len", type=positive_int, default=512)
     add_model_shape_args(p)
+    add_peft_args(p)
     add_launcher_args(p)
     p.add_argument("--init_checkpoint", default=None, help="pretrained checkpoint (HF GPT-2 "
                    "file or folder, whose config.json gives the shape; OpenAI's TF GPT-2 folder; "
@@ -138,6 +141,7 @@ def validate(args, data_files=True):
     if args.init_checkpoint:
         problems.append(checkpoint_path_problem("--init_checkpoint", args.init_checkpoint))
     problems += lora_flag_problems(args)
+    problems += peft_flag_problems(resolve_peft_args(args))
     for name in ("train_batch_size", "valid_batch_size", "grad_acc", "seq_len", "log_interval",
                  "eval_interval", "save_interval"):
         if getattr(args, name) <= 0:
@@ -172,7 +176,9 @@ def validate(args, data_files=True):
     problems = [p for p in problems if p]
     if not problems:
         try:
-            problems.append(seq_len_problem(args.seq_len, model_config(args)))
+            config = model_config(args)
+            problems += [seq_len_problem(args.seq_len, config),
+                         positions_problem(config, args.seq_len)]
         except ValueError as exc:
             problems.append(str(exc))
         problems = [p for p in problems if p]
@@ -190,7 +196,8 @@ def model_config(args) -> GPT2Config:
     resolve_lora_args(args)
     lora = dict(lora_attn_dim=args.lora_dim, lora_attn_alpha=args.lora_alpha,
                 lora_dropout=getattr(args, "lora_dropout", 0.0),
-                lora_layer_dims=args.lora_layer_dims, lora_layer_alphas=args.lora_layer_alphas)
+                lora_layer_dims=args.lora_layer_dims, lora_layer_alphas=args.lora_layer_alphas,
+                peft=settings_from_args(resolve_peft_args(args)))
     found = checkpoint_config(getattr(args, "init_checkpoint", None))
     if found is not None:
         return found.model_config(n_embd=args.n_embd, n_layer=args.n_layer, n_head=args.n_head,

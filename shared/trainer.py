@@ -34,6 +34,7 @@ from .checkpoint import (CheckpointError, latest_checkpoint_step, load_trainer_s
                          save_checkpoint, save_trainer_state)
 from .pretrained import checkpoint_config, remove_config_beside, write_config_beside
 from .lora_settings import settings_from_config
+from shared.model.peft_methods import trainable_line
 from .run_lock import RunLock
 from .schedule import lr_at
 from .stop_signals import signal_name, stop_signal_handler
@@ -46,6 +47,9 @@ RESUME_KEYS = ("train_data", "train_batch_size", "grad_acc", "clip", "seq_len", 
                "lora_dropout", "label_smooth", "random_seed", "lr", "weight_decay",
                "correct_bias", "adam_epislon", "no_decay_bias", "adam_beta1", "adam_beta2",
                "scheduler", "max_step", "warmup_step", "shared_dropout", "max_epoch")
+# The --peft flags, compared when the saved run recorded them (runs before them trained lora/full).
+PEFT_RESUME_KEYS = ("peft", "num_virtual_tokens", "prompt_init", "ptuning_encoder",
+                    "encoder_hidden_size", "prefix_projection", "adapter_dim")
 
 
 class TrainingError(RuntimeError):
@@ -112,6 +116,8 @@ class Trainer:
             raise TrainingError(f"--warmup_step {args.warmup_step} > max_step {self.max_step} "
                                 f"(from --max_epoch {args.max_epoch})")
         self.backend = backend_cls(self.config, args)
+        self.parameter_counts = self.backend.parameter_counts()  # (trainable, all), as peft counts
+        print(trainable_line(*self.parameter_counts), flush=True)
         self.step, self.epoch, self.batch_in_epoch, self.elapsed_before = 0, 1, 0, 0.0
         self.pending = []  # per-step records whose device values are not fetched yet
         self.last_valid = None
@@ -145,7 +151,8 @@ class Trainer:
                 f"continue exactly; delete model.{step}.pt and trainer_state.{step}.npz to resume "
                 f"from the one before")
         saved, now = meta["run_config"], self.run_config()
-        changed = [f"--{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in self.resume_keys
+        keys = self.resume_keys + tuple(k for k in PEFT_RESUME_KEYS if k in saved)
+        changed = [f"--{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in keys
                    if saved.get(k) != now.get(k)]
         if changed:
             raise TrainingError("--resume with arguments that change the result:\n  "
@@ -159,7 +166,8 @@ class Trainer:
 
     def save(self, final=False):
         self.flush()
-        lora_only = self.config.lora_attn_dim > 0 and not final
+        # intermediate checkpoints: the trained weights only (LoRA's, or a PEFT method's)
+        lora_only = (self.config.lora_attn_dim > 0 or self.config.peft is not None) and not final
         model_path = os.path.join(self.work_dir, f"model.{self.step}.pt")
         state_path = os.path.join(self.work_dir, f"trainer_state.{self.step}.npz")
         meta = {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
@@ -168,7 +176,7 @@ class Trainer:
         for path, write in (
                 (model_path, lambda: save_checkpoint(
                     model_path, self.backend.state_numpy(lora_only=lora_only), layout="lora",
-                    lora_settings=settings_from_config(self.config))),
+                    lora_settings=settings_from_config(self.config), peft_settings=self.config.peft)),
                 (state_path, lambda: save_trainer_state(state_path, meta,
                                                         self.backend.optimizer_state()))):
             try:
@@ -295,7 +303,8 @@ class Trainer:
         summary = {"backend": self.backend.name, "steps": self.step, "epochs": self.epoch,
                    "final_checkpoint": final_path, "elapsed_s": self.elapsed(),
                    "valid_loss": self.last_valid["valid_loss"],
-                   "valid_ppl": self.last_valid["valid_ppl"]}
+                   "valid_ppl": self.last_valid["valid_ppl"],
+                   "trainable_params": self.parameter_counts[0], "all_params": self.parameter_counts[1]}
         write_json(os.path.join(self.work_dir, "train_summary.json"), summary)
         self.write(f"done: {self.step} steps in {summary['elapsed_s']:.1f}s, valid loss "
                    f"{summary['valid_loss']:.4f}, checkpoint {final_path}")

@@ -215,10 +215,10 @@ def settings_from_args(args) -> "PeftSettings | None":
                                           for k, v in values.items()})
 
 
-def flag_problems(args, n_positions=None) -> list:
+def flag_problems(args) -> list:
     """Lines naming each bad --peft flag: a flag of another method, a size out of range,
-    --lora_dim with a method other than lora, virtual tokens that leave no room for --seq_len.
-    Fills args.peft (default: lora with --lora_dim > 0, else full)."""
+    --lora_dim with a method other than lora. Fills args.peft (default: lora with --lora_dim > 0,
+    else full)."""
     method = getattr(args, "peft", None)
     lora_dim = getattr(args, "lora_dim", None) or 0
     if method is None:
@@ -226,7 +226,7 @@ def flag_problems(args, n_positions=None) -> list:
     problems = []
     if method == "lora" and lora_dim <= 0:
         problems.append("--peft lora needs --lora_dim > 0")
-    if method not in ("lora",) and lora_dim > 0:
+    if method != "lora" and lora_dim > 0:
         problems.append(f"--lora_dim {lora_dim} is a flag of --peft lora, not of --peft {method}")
     for flag, methods in METHOD_FLAGS.items():
         value = getattr(args, flag, None)
@@ -234,20 +234,36 @@ def flag_problems(args, n_positions=None) -> list:
             problems.append(f"--{flag} is a flag of --peft {'/'.join(methods)}, not of "
                             f"--peft {method}")
     n = getattr(args, "num_virtual_tokens", None)
-    if method in VIRTUAL:
-        n = DEFAULTS["num_virtual_tokens"] if n is None else n
-        if n <= 0:
-            problems.append(f"--num_virtual_tokens must be positive, got {n}")
-        elif n_positions is not None and n + args.seq_len > n_positions:
-            problems.append(f"--num_virtual_tokens {n} leaves {n_positions - n} of the model's "
-                            f"{n_positions} positions, fewer than --seq_len {args.seq_len}")
-    for flag in ("adapter_dim", "encoder_hidden_size"):
-        value = getattr(args, flag, None)
-        if value is not None and value <= 0:
-            problems.append(f"--{flag} must be positive, got {value}")
-    if (getattr(args, "prefix_projection", None) or 0) < 0:
-        problems.append(f"--prefix_projection must be >= 0, got {args.prefix_projection}")
+    if n is not None and n <= 0:
+        problems.append(f"--num_virtual_tokens must be positive, got {n}")
     return problems
+
+
+def positions_problem(config, seq_len, flag="--seq_len") -> "str | None":
+    """Virtual tokens that leave fewer positions than `seq_len` real ones need; None if they fit."""
+    n = virtual_tokens(config)
+    if n and n + seq_len > config.n_positions:
+        return (f"--num_virtual_tokens {n} leaves {config.n_positions - n} of the model's "
+                f"{config.n_positions} positions, fewer than {flag} {seq_len}")
+    return None
+
+
+def resolve_peft_args(args):
+    """--peft and its flags left out: taken from the method record of the checkpoints the
+    command names (--init_checkpoint, --lora_checkpoint), so that decoding a checkpoint of a
+    PEFT run builds the model it was trained as."""
+    if getattr(args, "peft", None) is not None:
+        return args
+    for name in ("init_checkpoint", "lora_checkpoint"):
+        path = getattr(args, name, None)
+        settings = read_peft_settings(path) if path else None
+        if settings is not None:
+            args.peft = settings.method
+            for key, value in settings.to_record().items():
+                if key != "method" and getattr(args, key, None) is None:
+                    setattr(args, key, value)
+            break
+    return args
 
 
 def add_peft_args(parser):
@@ -289,7 +305,8 @@ def read_peft_settings(path) -> "PeftSettings | None":
     .npz array), or None when it carries none."""
     import os
     import zipfile
-    ext = os.path.splitext(os.fspath(path))[1].lower()
+    path = os.fspath(path)
+    ext = os.path.splitext(path)[1].lower()
     if not os.path.isfile(path):
         return None
     try:
@@ -319,3 +336,8 @@ def settings_dict(settings: "PeftSettings | None"):
 def input_positions(config) -> int:
     """Positions left to the real tokens (the virtual ones take the first N)."""
     return config.n_positions - virtual_tokens(config)
+
+
+def trains(config):
+    """The predicate `name -> bool` of the parameters the method trains."""
+    return lambda name: bool(trainable_names(config, [name]))
