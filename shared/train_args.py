@@ -179,6 +179,11 @@ def validate(args, data_files=True):
             config = model_config(args)
             problems += [seq_len_problem(args.seq_len, config),
                          positions_problem(config, args.seq_len)]
+            if args.init_checkpoint and os.path.isfile(args.init_checkpoint):
+                from .checkpoint import method_problem
+                from .lora_settings import read_lora_settings
+                problems.append(method_problem(args.init_checkpoint,
+                                               read_lora_settings(args.init_checkpoint), config))
         except ValueError as exc:
             problems.append(str(exc))
         problems = [p for p in problems if p]
