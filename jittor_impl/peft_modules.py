@@ -70,7 +70,7 @@ class MLPHead(nn.Module):
 
 class LSTM(nn.Module):
     """jt.nn.LSTM(n_in, hidden, num_layers=2, bidirectional=True) over one (T, n_in) sequence,
-    written out (gates i, f, g, o; torch's parameter names and shapes) so both twins compute it
+    written out (gates i, f, g, o; the reference LSTM's parameter names and shapes) so both twins compute it
     the same way; T is the few virtual tokens."""
 
     def __init__(self, n_in, hidden):
