@@ -192,3 +192,56 @@ def test_a_checkpoint_of_another_method_is_refused_naming_both(tmp_path, encoded
                      extra=["--init_checkpoint", str(tmp_path / "prefix" / "model.8.pt")])
     summary = train(args, backend_class("torch"))
     assert args.peft == "prefix" and summary["trainable_params"] == 4 * 2 * 2 * 32
+
+
+# ------------------------------------------------------------------------ peft's format
+@pytest.mark.parametrize("case", ["prompt", "ptuning-mlp", "ptuning-lstm", "prefix",
+                                  "prefix-projection"])
+def test_prompt_adapters_load_in_real_peft_with_the_same_logits_and_import_back(tmp_path, case):
+    import torch
+
+    from shared.hf_export import export_hf_model
+    from shared.model.peft_export import export_prompt_adapter, import_prompt_adapter
+    from shared.params import init_state_dict
+    from torch_impl.model import GPT2LMModel
+    transformers, peft = import_peft()
+    settings = {"prompt": PeftSettings("prompt", num_virtual_tokens=4),
+                "ptuning-mlp": PeftSettings("ptuning", num_virtual_tokens=4, encoder_hidden_size=16),
+                "ptuning-lstm": PeftSettings("ptuning", num_virtual_tokens=3,
+                                             ptuning_encoder="lstm", encoder_hidden_size=8),
+                "prefix": PeftSettings("prefix", num_virtual_tokens=4),
+                "prefix-projection": PeftSettings("prefix", num_virtual_tokens=4,
+                                                  prefix_projection=16)}[case]
+    config = GPT2Config(**dict(SHAPE, initializer_range=0.2), peft=settings)
+    state = init_state_dict(config, seed=4)
+    ours = GPT2LMModel(config).eval()
+    ours.load_state_numpy(state)
+    ids = torch.from_numpy(np.random.default_rng(1).integers(0, 1000, size=(2, 7)))
+    with torch.no_grad():
+        expected = ours(ids)[0].numpy()
+    export_hf_model(state, config, tmp_path / "base")
+    export_prompt_adapter(state, config, tmp_path / "adapter", base_model=str(tmp_path / "base"))
+    base = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "base").eval()
+    model = peft.PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.numpy()
+    np.testing.assert_allclose(logits[:, -ids.shape[1]:], expected, atol=2e-5, rtol=1e-4)
+    imported, back = import_prompt_adapter(tmp_path / "adapter", GPT2Config(**SHAPE))
+    again = GPT2LMModel(GPT2Config(**SHAPE, peft=back)).eval()
+    again.load_state_numpy({**{k: v for k, v in state.items() if k in
+                               dict(again.named_parameters())}, **imported})
+    with torch.no_grad():
+        np.testing.assert_allclose(again(ids)[0].numpy(), expected, atol=2e-5, rtol=1e-4)
+
+
+def test_methods_peft_cannot_express_are_refused_by_the_export(tmp_path):
+    from shared.checkpoint import save_checkpoint
+    from shared.params import init_state_dict
+    config = GPT2Config(n_embd=32, n_layer=2, n_head=2, peft=PeftSettings("adapter", adapter_dim=4))
+    save_checkpoint(tmp_path / "a.pt", init_state_dict(config), peft_settings=config.peft)
+    proc = subprocess.run([sys.executable, "scripts/export_hf.py", "export", "--init_checkpoint",
+                           str(tmp_path / "a.pt"), "--n_embd", "32", "--n_layer", "2",
+                           "--n_head", "2", "--peft_dir", str(tmp_path / "out")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "--peft adapter has no peft" in proc.stderr, proc.stderr
+    assert not (tmp_path / "out").exists()
