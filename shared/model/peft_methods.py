@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -327,10 +327,6 @@ def read_peft_settings(path) -> "PeftSettings | None":
     except Exception:  # noqa: BLE001 - the weights reader reports a damaged file itself
         return None
     return None if raw is None else parse_record(raw, path)
-
-
-def settings_dict(settings: "PeftSettings | None"):
-    return None if settings is None else asdict(settings)
 
 
 def input_positions(config) -> int:
