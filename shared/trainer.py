@@ -9,8 +9,9 @@ Semantics kept from the reference: `step` counts micro-batches; an update happen
 `grad_acc` micro-batches with learning rate `lr_at(step)`; `--max_step` counts micro-batches
 (derived from `--max_epoch` when absent); intermediate checkpoints `model.{step}.pt` hold the
 LoRA weights only (a --peft method's trained weights; all weights for full fine-tuning), the
-final one all weights. A checkpoint falls due every `--save_interval` steps and is written at the next update (the reference saves inside an
-accumulation window too, where the gradient summed so far would be lost to a resume).
+final one all weights. A checkpoint falls due every `--save_interval` steps and is written at
+the next update (the reference saves inside an accumulation window too, where the gradient
+summed so far would be lost to a resume).
 Additions: every step is logged as a JSON line; values are fetched from the device once per
 `--log_interval` (and before each eval/save), so the loop does not wait on the GPU every step;
 a non-finite loss stops the run naming the step; Ctrl-C, SIGTERM or SIGHUP finishes the current
