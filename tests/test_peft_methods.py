@@ -245,3 +245,35 @@ def test_methods_peft_cannot_express_are_refused_by_the_export(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "--peft adapter has no peft" in proc.stderr, proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_prompt_adapter_of_another_base_is_refused_naming_the_file(tmp_path):
+    from shared.model.peft_export import export_prompt_adapter
+    from shared.params import init_state_dict
+    config = config_of("prefix", num_virtual_tokens=3)
+    export_prompt_adapter(init_state_dict(config), config, tmp_path / "adapter")
+    proc = subprocess.run([sys.executable, "scripts/export_hf.py", "import", "--peft_dir",
+                           str(tmp_path / "adapter"), "--n_embd", "64", "--n_layer", "2",
+                           "--n_head", "2", "--out", str(tmp_path / "back.pt")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "adapter_config.json" in proc.stderr, proc.stderr
+    assert "another base" in proc.stderr and not (tmp_path / "back.pt").exists()
+
+
+def test_beam_search_script_decodes_a_peft_checkpoint_alike_in_both_backends(tmp_path, encoded):
+    """gpt2_beam.py builds the prefix model from the checkpoint's own record (no --peft flag)."""
+    train(make_args(encoded, tmp_path / "run", "prefix"), backend_class("torch"))
+    lines = (encoded / "valid.jsonl").read_text().splitlines(keepends=True)
+    (tmp_path / "queries.jsonl").write_text("".join(lines[:80]))
+    outputs = {}
+    for backend in ("torch", "jittor"):
+        proc = subprocess.run(
+            [sys.executable, "scripts/gpt2_beam.py", "--backend", backend, "--device", "cpu",
+             "--data", str(tmp_path / "queries.jsonl"), "--n_embd", "32", "--n_layer", "2",
+             "--n_head", "2", "--init_checkpoint", str(tmp_path / "run" / "model.8.pt"),
+             "--seq_len", "64", "--eval_len", "6", "--beam", "3", "--batch_size", "8",
+             "--unique_contexts", "--work_dir", str(tmp_path / backend), "--no_progress"],
+            cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        outputs[backend] = (tmp_path / backend / "beam_prediction.jsonl").read_text()
+    assert outputs["torch"] == outputs["jittor"] and outputs["torch"].count("\n") >= 8
