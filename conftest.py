@@ -40,7 +40,7 @@ def e2e_dir():
 @pytest.fixture(scope="session")
 def encoded(tmp_path_factory, e2e_dir, vocab_dir):
     """The train and valid splits formatted and encoded as gpt2_encode.py --add_bos --add_eos."""
-    from shared.e2e_data import prepare_e2e
+    from shared.text.e2e_data import prepare_e2e
     out = tmp_path_factory.mktemp("e2e_encoded")
     prepare_e2e(e2e_dir, str(out), vocab_dir=vocab_dir, splits=("train", "valid"))
     return out
@@ -48,7 +48,7 @@ def encoded(tmp_path_factory, e2e_dir, vocab_dir):
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` selects by marker
 def pytest_collection_modifyitems(config, items):
-    from shared.environment import cuda_available
+    from shared.runtime.environment import cuda_available
     for item in items:  # alignment.harness.DEVICES: the "cuda" variant needs a GPU
         callspec = getattr(item, "callspec", None)
         if callspec is not None and callspec.params.get("device") == "cuda":

@@ -1,6 +1,6 @@
 """scripts/beam_divergence.py's work: for each query whose beam outputs differ between the two
 backends' runs (their prediction files), where and why the searches part
-(alignment.beam_divergence: the first parting step, the two competing tokens, the score margin),
+(alignment.divergence_step: the first parting step, the two competing tokens, the score margin),
 written as OUT/beam_divergence.json and work.sh's report section.
 
 Each backend's search is re-traced with that backend's own checkpoint (the two runs trained
@@ -16,10 +16,10 @@ from argparse import Namespace
 
 import numpy as np
 
-from shared.atomic import write_json, write_text
-from shared.batching import FTDataset
+from shared.runtime.atomic import write_json, write_text
+from shared.text.batching import FTDataset
 
-from .beam_divergence import beam_divergence, next_logits_fn, summarize
+from alignment.divergence_step import beam_divergence, next_logits_fn, summarize
 from .report_sections import beam_divergence_section
 
 BACKENDS = ("torch", "jittor")

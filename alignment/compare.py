@@ -1,7 +1,7 @@
 """Compare two traces (alignment.trace) tensor by tensor and say where the twins part.
 
 Per tensor (`check_tensor`): max abs and max rel difference, relative L2 ||a-b||/||b|| (all three
-through shared.compare.difference, the project's one definition) and cosine of the test backend
+through shared.runtime.differences.difference, the project's one definition) and cosine of the test backend
 (Jittor) against the base (torch), and pass/fail by one of two rules:
 
 - noise floor (when a float64 reference trace exists): with e(x) = ||x - x64|| / ||x64||, the
@@ -41,7 +41,7 @@ from typing import Optional
 
 import numpy as np
 
-from shared.compare import agree, difference
+from shared.runtime.differences import agree, difference
 
 K_FP32 = 8.0
 K_BF16 = 8.0  # the fp32 value until measured on CUDA (alignment/test_noise_floor.py, gpu)

@@ -4,7 +4,7 @@ and the float64 reference (the torch twin in float64).
 Every parameter is made trainable while tracing (LoRA included), so that a gradient reaches
 every submodule's output and input: with only LoRA trainable, the hidden states before the
 first LoRA layer carry no gradient in torch. Dropout is off by default (config lora_dropout 0);
-with `dropout=p` both twins draw their LoRA dropout masks from one shared.dropout.SharedDropout
+with `dropout=p` both twins draw their LoRA dropout masks from one shared.train.dropout.SharedDropout
 (step 1), so a port that ignores the shared masks shows up at the LoRA branch.
 """
 from __future__ import annotations
@@ -14,8 +14,8 @@ import dataclasses
 
 import numpy as np
 
-from shared.config import GPT2Config
-from shared.dropout import SharedDropout
+from shared.model.config import GPT2Config
+from shared.train.dropout import SharedDropout
 
 from .trace import trace_module
 
@@ -140,3 +140,25 @@ def trace_gpt2(config: GPT2Config, state: dict, inputs: dict, precision: str = "
         out["float64"] = trace_module("torch", ref, inputs, run, dtype="float64",
                                       context=torch_float64_loss, **kw)
     return out
+
+
+def auto_diff_case(config: GPT2Config, state: dict, inputs: dict):
+    """(torch model, Jittor model, inputs, (torch loss, Jittor loss)) for alignment.auto_diff:
+    the twins from one state, `inputs` as random_batch gives them; the loss is the masked
+    cross-entropy of the logits, written once per framework outside the models (the torch
+    twin's own loss casts to float32, which would spoil the float64 reference)."""
+    vocab = config.vocab_size
+    onehot = np.eye(vocab, dtype=np.float64)[inputs["labels"]] * inputs["mask"][..., None]
+    count = float(inputs["mask"].sum())
+
+    def torch_loss(out):
+        import torch
+        logp = torch.log_softmax(out[0], dim=-1)
+        return -(logp * torch.as_tensor(onehot, dtype=logp.dtype)).sum() / count
+
+    def jittor_loss(out):  # vocabulary sums in float64, as jittor_impl's own loss does
+        from jittor_impl.runtime import jt
+        logp = jt.nn.log_softmax(out[0].float64(), dim=-1)
+        return -(logp * jt.array(onehot).cast(logp.dtype)).sum() / count
+    return (build_torch(config, state), build_jittor(config, state),
+            {"input_ids": inputs["input_ids"]}, (torch_loss, jittor_loss))

@@ -18,12 +18,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from shared.atomic import write_json, write_text
-from shared.compare import agree, difference
-from shared.config import GPT2Config
-from shared.environment import gpu_name, versions
-from shared.params import init_state_dict
-from shared.report import markdown_table
+from shared.runtime.atomic import write_json, write_text
+from shared.runtime.differences import agree, difference
+from shared.model.config import GPT2Config
+from shared.runtime.environment import gpu_name, versions
+from shared.model.params import init_state_dict
+from shared.pipeline.report import markdown_table
 
 # Tiny shapes keep the suite fast on 2 CPU cores; the vocabulary stays GPT-2's 50257 because
 # the tied output head over the real vocabulary is part of what must align.
@@ -195,7 +195,7 @@ class Comparison:
 
 def differences(a: np.ndarray, b: np.ndarray, atol: float, rtol: float):
     """(max |a-b|, max relative difference over the elements where the relative tolerance
-    governs, i.e. rtol * magnitude > atol): shared/compare.py's measures. Near zero the absolute
+    governs, i.e. rtol * magnitude > atol): shared/runtime/differences.py's measures. Near zero the absolute
     tolerance governs, and a relative difference there would only measure rounding noise."""
     d = difference(a, b, floor=max(atol / rtol if rtol > 0 else atol, np.finfo(np.float64).tiny))
     return d.max_abs, d.max_rel
@@ -261,7 +261,7 @@ RECORDER = ComparisonRecorder()
 
 def compare(name: str, a, b, atol: float, rtol: float, device: str = "cpu") -> Comparison:
     """Record how far `a` is from the reference `b`, then assert |a-b| <= atol + rtol*|b|
-    elementwise (shared.compare.agree: numpy.allclose's rule; NaN never passes) and equal shapes."""
+    elementwise (shared.runtime.differences.agree: numpy.allclose's rule; NaN never passes) and equal shapes."""
     a, b = to_numpy(a), to_numpy(b)
     same_shape = a.shape == b.shape
     if same_shape:
@@ -280,7 +280,7 @@ def compare(name: str, a, b, atol: float, rtol: float, device: str = "cpu") -> C
 
 
 def environment_info() -> dict:
-    """Versions and devices the comparisons ran with (shared/environment.py's probe, plus how
+    """Versions and devices the comparisons ran with (shared/runtime/environment.py's probe, plus how
     Jittor's runtime sees CUDA)."""
     info = versions(("numpy", "torch"))
     info.update(platform=platform.platform(), torch_cuda=torch.version.cuda or "none",

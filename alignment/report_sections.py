@@ -1,21 +1,21 @@
-"""Markdown sections for work.sh's report (shared/report.py), from the harness's results: the
+"""Markdown sections for work.sh's report (shared/pipeline/report.py), from the harness's results: the
 per-layer check, the beam divergence summary, and the metric intervals with the seed band.
 Each takes the plain JSON-able result of its module, so the pipeline can compute them in its
 check/metrics stages, store them in report.json and render them here."""
 from __future__ import annotations
 
 from . import metric_equivalence
-from .diff_layers import per_layer_section  # from alignment.diff_layers.run (or diff_layers.json)
+from alignment.layer_report import per_layer_section  # from alignment.layer_report.run (or diff_layers.json)
 
 __all__ = ["per_layer_section", "beam_divergence_section", "metric_intervals_section"]
 
 
 def beam_divergence_section(divergences: list, ids: list = None, queries: int = None,
                             differing: int = None) -> str:
-    """From alignment.beam_divergence.beam_divergence per query (None where outputs agree).
+    """From alignment.divergence_step.beam_divergence per query (None where outputs agree).
     `ids` labels the rows (default: the list index); `queries`/`differing` count all queries
     when only some of the differing ones were analysed (alignment.beam_report)."""
-    from .beam_divergence import TIE_TOL, summarize
+    from alignment.divergence_step import TIE_TOL, summarize
     s = summarize(divergences)
     ids = list(range(len(divergences))) if ids is None else ids
     headline = f"{s['differing']} of {s['queries']} queries differ between the backends."

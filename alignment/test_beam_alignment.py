@@ -1,5 +1,5 @@
 """Beam search on device (torch_impl/beam.py, jittor_impl/beam.py) against the numpy spec
-(shared/beam_spec.py) and against each other, on a tiny model trained on E2E in the test.
+(shared/decode/beam_spec.py) and against each other, on a tiny model trained on E2E in the test.
 
 - the vectorised rules (top-k with its tie order, n-gram bans, penalties) equal the spec's
   per-row helpers on random inputs full of ties;
@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 
 from alignment.tiny_e2e_model import SEQ_LEN, encoded_split, tiny_config, trained_state
-from shared.batching import FTDataset
-from shared.beam_spec import (BeamSettings, BestCandidate, banned_ngram_tokens,
-                              beam_search_reference, postprocess_logits, top_k_order)
-from shared.checkpoint import save_checkpoint
-from shared.params import is_lora_name
+from shared.text.batching import FTDataset
+from shared.decode.beam_spec import (BeamSettings, BestCandidate, banned_ngram_tokens,
+                                     beam_search_reference, postprocess_logits, top_k_order)
+from shared.model.checkpoint import save_checkpoint
+from shared.model.params import is_lora_name
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVAL_LEN = 20

@@ -1,9 +1,9 @@
-"""alignment.beam_divergence on synthetic logits (numpy only, fast): the traced search reproduces
+"""alignment.divergence_step on synthetic logits (numpy only, fast): the traced search reproduces
 the spec's reference, and a parting is found at the right step with its tokens and margin."""
 import numpy as np
 
-from alignment.beam_divergence import beam_divergence, rule_violations, summarize, traced_search
-from shared.beam_spec import BeamSettings, beam_search_reference
+from alignment.divergence_step import beam_divergence, rule_violations, summarize, traced_search
+from shared.decode.beam_spec import BeamSettings, beam_search_reference
 
 V = 40
 

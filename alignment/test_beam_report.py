@@ -6,13 +6,13 @@ import json
 
 import pytest
 
-from alignment.beam_divergence import next_logits_fn, traced_search
+from alignment.divergence_step import next_logits_fn, traced_search
 from alignment.beam_report import from_runs, read_predictions
 from alignment.harness import seeded_state
-from shared.batching import FTDataset
-from shared.beam_spec import BeamSettings
-from shared.checkpoint import save_checkpoint
-from shared.config import GPT2Config
+from shared.text.batching import FTDataset
+from shared.decode.beam_spec import BeamSettings
+from shared.model.checkpoint import save_checkpoint
+from shared.model.config import GPT2Config
 
 SETTINGS = BeamSettings(beam=2, eval_len=4, length_penalty=0.8, no_repeat_ngram_size=4,
                         eos_token_ids=(50256, 628))

@@ -17,10 +17,10 @@ import torch
 
 from alignment.harness import compare, jittor_on, tiny_config
 from alignment.task_fixtures import assert_task_runs_agree, write_spam_file
-from shared.checkpoint import read_checkpoint
-from shared.classifier_params import init_head, is_trainable
+from shared.model.checkpoint import read_checkpoint
+from shared.model.classifier_params import init_head, is_trainable
 from alignment.harness import randomize_lora_B
-from shared.params import init_state_dict
+from shared.model.params import init_state_dict
 
 LOSS_RTOL, GRAD_SCALE_TOL, WEIGHT_ATOL = 1e-5, 1e-4, 1e-5
 WEIGHTS = [0.625, 2.5]

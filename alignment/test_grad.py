@@ -18,7 +18,7 @@ import pytest
 
 from alignment.harness import (DEVICES, build_jittor, build_torch, compare, jittor_grads,
                                jittor_on, seeded_state, tiny_config, torch_grads)
-from shared.params import is_lora_name
+from shared.model.params import is_lora_name
 
 GRAD_SCALE_TOL, GRAD_RTOL = 1e-4, 1e-3
 SDPA_ATOL, SDPA_RTOL = 1e-6, 1e-4  # torch against torch: the same reductions on both sides

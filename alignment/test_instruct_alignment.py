@@ -3,7 +3,7 @@ gradients, a 16-step training run with shared dropout masks, and generated text 
 responses, sampled responses, a scripted chat) from the same weights and seed.
 
 Data: the first entries of instruction-data.json (INSTRUCT_DATA, else ../shared/data/instruct),
-split and encoded by shared/instruct_data.py. Tolerances as the E2E suite's (fp32, CPU).
+split and encoded by shared/text/instruct_data.py. Tolerances as the E2E suite's (fp32, CPU).
 """
 import os
 import subprocess
@@ -15,10 +15,10 @@ import pytest
 from alignment.harness import (build_jittor, build_torch, compare, jittor_forward, jittor_grads,
                                jittor_on, seeded_state, tiny_config, torch_forward, torch_grads)
 from alignment.test_train_alignment import assert_same_run
-from shared.batching import FTDataset
-from shared.instruct_data import encode_entry, prepare_instruct, read_entries
-from shared.sampling import SamplingSettings
-from shared.tokenizer import load_tokenizer
+from shared.text.batching import FTDataset
+from shared.text.instruct_data import encode_entry, prepare_instruct, read_entries
+from shared.decode.sampling import SamplingSettings
+from shared.text.tokenizer import load_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOGITS_ATOL, LOGITS_RTOL = 5e-6, 1e-4
@@ -101,7 +101,7 @@ def test_instruct_training_runs_agree_with_shared_dropout(tmp_path, data_file, t
 
 
 def build_inference(backend, state, cfg):
-    from shared.inference_model import InferenceModel
+    from shared.decode.inference_model import InferenceModel
     if backend == "torch":
         from torch_impl.generate import generate
         model = build_torch(cfg, state, attention="math")
@@ -112,7 +112,7 @@ def build_inference(backend, state, cfg):
 
 @pytest.mark.parametrize("temperature", [0.0, 0.9], ids=["greedy", "sampled"])
 def test_generated_responses_are_the_same(data_file, tok, temperature):
-    from shared.instruct_eval import generate_responses
+    from shared.tasks.instruct_eval import generate_responses
     entries = [dict(e, id=i) for i, e in enumerate(read_entries(data_file)[:3])]
     settings = SamplingSettings(temperature=temperature, top_k=40, top_p=0.95, max_new_tokens=12)
     state = seeded_state(config(), seed=4)
@@ -126,10 +126,10 @@ def test_generated_responses_are_the_same(data_file, tok, temperature):
 
 
 def test_chat_script_prints_the_same_conversation(tmp_path, vocab_dir):
-    from shared.checkpoint import save_checkpoint
-    from shared.config import GPT2Config
+    from shared.model.checkpoint import save_checkpoint
+    from shared.model.config import GPT2Config
     from alignment.harness import randomize_lora_B
-    from shared.params import init_state_dict
+    from shared.model.params import init_state_dict
     cfg = GPT2Config(n_embd=32, n_layer=2, n_head=2, lora_attn_dim=4, lora_attn_alpha=16)
     ckpt = save_checkpoint(tmp_path / "tiny.safetensors",
                            randomize_lora_B(init_state_dict(cfg, 6), 6, std=0.3))

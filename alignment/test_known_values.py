@@ -22,8 +22,8 @@ import torch
 
 from alignment.harness import (DEVICES, build_jittor, build_torch, compare, jittor_forward,
                                jittor_on, seeded_state, tiny_config, to_numpy, torch_forward)
-from shared.config import GPT2Config
-from shared.params import init_state_dict, parameter_shapes
+from shared.model.config import GPT2Config
+from shared.model.params import init_state_dict, parameter_shapes
 
 LOGITS_ATOL, LOGITS_RTOL = 5e-6, 1e-4
 LOSS_ATOL, LOSS_RTOL = 2e-5, 1e-5

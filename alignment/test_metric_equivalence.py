@@ -11,8 +11,8 @@ import pytest
 from alignment.metric_equivalence import (CorpusStatistics, bleu_from_statistics, bleu_statistics,
                                           metric_equivalence, nist_from_statistics,
                                           nist_statistics, paired_bootstrap)
-from shared.decode import group_references
-from shared.e2e_data import read_raw
+from shared.decode.scorer_files import group_references
+from shared.text.e2e_data import read_raw
 from shared.metrics import mteval
 from shared.metrics.e2e import read_predictions
 

@@ -20,12 +20,12 @@ from alignment.harness import (build_jittor, build_torch, compare, jittor_forwar
                                jittor_on, tiny_config, torch_forward, torch_grads)
 from alignment.test_grad import GRAD_RTOL, GRAD_SCALE_TOL, LABEL_SMOOTH, LOSS_ATOL, LOSS_RTOL, batch
 from backends import training_backend as backend_class
-from shared.beam_spec import BeamSettings
-from shared.checkpoint import read_checkpoint
-from shared.model.peft_methods import PeftSettings, trainable_names
-from shared.params import init_state_dict
-from shared.train_args import build_parser
-from shared.trainer import train
+from shared.decode.beam_spec import BeamSettings
+from shared.model.checkpoint import read_checkpoint
+from shared.model.params import init_state_dict, trainable_names
+from shared.model.peft_methods import PeftSettings
+from shared.train.train_args import build_parser
+from shared.train.trainer import train
 
 CASES = {
     "top2": PeftSettings("top2"),

@@ -2,7 +2,7 @@
 (monkeypatching, no file edits) and each must be flagged and localized to the right module, step
 or quantity. Forward and backward bugs go through the per-layer trace with the float64
 noise-floor rule (alignment.trace/compare), optimizer and data-path bugs through one
-teacher-forced training step (alignment.drift), beam-search bugs through alignment.beam_divergence.
+teacher-forced training step (alignment.drift), beam-search bugs through alignment.divergence_step.
 The kill rate is printed at the end (and written to $ALIGNMENT_REPORT_DIR/planted_bugs.json).
 """
 import dataclasses
@@ -18,10 +18,10 @@ from alignment.gpt2_trace import METHODS, ROOT_OUTPUTS, build_jittor, call, rand
 from alignment.harness import seeded_state, tiny_config
 from alignment.planted_bugs import MODEL_BUGS
 from alignment.trace import trace_module
-from shared.atomic import write_json
-from shared.beam_spec import BeamSettings
-from shared.config import GPT2Config
-from shared.params import no_decay
+from shared.runtime.atomic import write_json
+from shared.decode.beam_spec import BeamSettings
+from shared.model.config import GPT2Config
+from shared.model.params import no_decay
 
 RESULTS = {}  # bug -> (killed, localized to)
 # Finished hypotheses of many lengths compete (the length penalty matters), min_length makes the
@@ -142,7 +142,7 @@ BEAM_QUERIES = 2  # the MRs each beam bug is searched on
 def beam_case(vocab_dir, e2e_dir):
     """The tiny E2E model, a pool of test MRs, and torch's outputs and spec traces, computed once
     per settings (only the Jittor twin gets bugs)."""
-    from alignment.beam_divergence import next_logits_fn, traced_search
+    from alignment.divergence_step import next_logits_fn, traced_search
     from alignment.tiny_e2e_model import encoded_split, trained_state
     from alignment.tiny_e2e_model import tiny_config as e2e_config
     from torch_impl import beam as torch_beam
@@ -173,7 +173,7 @@ def beam_case(vocab_dir, e2e_dir):
         with `breaks_rule`, whose changed output breaks a per-step rule of `settings` (so the
         output itself shows the search step at fault). Which MRs qualify depends on the trained
         model's last bits (CPU kernels differ across machines), hence a search, not fixed MRs."""
-        from alignment.beam_divergence import rule_violations
+        from alignment.divergence_step import rule_violations
         found = [i for i in range(len(pool))
                  if not np.array_equal(torch_output(settings, i), torch_output(bug_settings, i))
                  and (not breaks_rule or rule_violations(torch_output(bug_settings, i), settings))]
@@ -185,7 +185,7 @@ def beam_case(vocab_dir, e2e_dir):
 
 
 def beam_bug_outcome(beam_case, monkeypatch, plant, settings, indices):
-    from alignment.beam_divergence import beam_divergence, next_logits_fn
+    from alignment.divergence_step import beam_divergence, next_logits_fn
     from alignment.tiny_e2e_model import tiny_config as e2e_config
     from jittor_impl import beam as jittor_beam
     from jittor_impl.model import GPT2LMModel as JModel

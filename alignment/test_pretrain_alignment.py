@@ -2,7 +2,7 @@
 run and samples in both backends.
 
 Tiny model on CPU (n_embd 64, 2 layers, GPT-2's vocabulary). The batch format is
-shared/text_data.py's (every position carries loss); training is `scripts/pretrain.py` itself,
+shared/text/text_data.py's (every position carries loss); training is `scripts/pretrain.py` itself,
 full training from the same seeded init, 8 steps. Tolerances (fp32, CPU) as the E2E suite's:
 loss 1e-5 relative, gradients 1e-4 of each tensor's scale, final weights 1e-5 absolute after 8
 Adam steps; the periodic samples (seeded numpy sampler, temperature 0.8, top-k 20) must be the
@@ -16,8 +16,8 @@ import numpy as np
 from alignment.harness import (build_pair, compare, jittor_forward, jittor_grads, jittor_on,
                                tiny_config, torch_forward, torch_grads)
 from alignment.task_fixtures import assert_task_runs_agree, write_text_file
-from shared.checkpoint import read_checkpoint
-from shared.text_data import WindowDataset
+from shared.model.checkpoint import read_checkpoint
+from shared.text.text_data import WindowDataset
 
 LOSS_RTOL, GRAD_SCALE_TOL, WEIGHT_ATOL = 1e-5, 1e-4, 1e-5
 

@@ -8,10 +8,10 @@ import sys
 import pytest
 
 from alignment.tiny_e2e_model import tiny_config, trained_state
-from shared.checkpoint import save_checkpoint
-from shared.e2e_data import encode_record
-from shared.sampling import SampleStreams, SamplingSettings
-from shared.tokenizer import EOT_ID, load_tokenizer
+from shared.model.checkpoint import save_checkpoint
+from shared.text.e2e_data import encode_record
+from shared.decode.sampling import SampleStreams, SamplingSettings
+from shared.text.tokenizer import EOT_ID, load_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MR = "name : The Eagle | Type : coffee shop | food : French | area : riverside"

@@ -1,7 +1,7 @@
 """Training alignment: the same run in both backends gives the same loss curve and weights.
 
 Tiny model on CPU (n_embd 32, 2 layers), LoRA r=4 on top of a seeded base, 16 steps of the real
-training loop (shared/trainer.py) on encoded e2e-offline data. Tolerances (fp32, CPU): per-step
+training loop (shared/train/trainer.py) on encoded e2e-offline data. Tolerances (fp32, CPU): per-step
 training loss relative difference <= 1e-5, final LoRA weights max abs difference <= 1e-5.
 """
 import json
@@ -10,10 +10,10 @@ import os
 import numpy as np
 import pytest
 
-from shared.checkpoint import read_checkpoint
+from shared.model.checkpoint import read_checkpoint
 from backends import training_backend as backend_class
-from shared.train_args import build_parser
-from shared.trainer import train
+from shared.train.train_args import build_parser
+from shared.train.trainer import train
 
 LOSS_RTOL = 1e-5
 WEIGHT_ATOL = 1e-5

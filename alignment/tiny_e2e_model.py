@@ -13,10 +13,10 @@ import functools
 
 import numpy as np
 
-from shared.batching import FTDataset
-from shared.config import GPT2Config
-from shared.e2e_data import encode_record, read_raw
-from shared.tokenizer import load_tokenizer
+from shared.text.batching import FTDataset
+from shared.model.config import GPT2Config
+from shared.text.e2e_data import encode_record, read_raw
+from shared.text.tokenizer import load_tokenizer
 
 CONFIG = dict(n_embd=64, n_layer=2, n_head=4, lora_attn_dim=4,
               lora_attn_alpha=32)

@@ -1,18 +1,18 @@
 """Pick a backend by name: the one package that imports both twins, so that shared/ imports none.
 
-`training_backend(name)` gives shared/trainer.py its backend class; `load_inference_model(args)`
-builds the model an inference script names (shared/inference_model.py holds its flags) with its
+`training_backend(name)` gives shared/train/trainer.py its backend class; `load_inference_model(args)`
+builds the model an inference script names (shared/decode/inference_model.py holds its flags) with its
 backend's decoding functions; `classifier_backend(name)` and `load_classifier(...)` do the same
 for the classification task (scripts/classify_ft.py, scripts/classify.py). Each imports only the
 framework it is asked for.
 """
-from shared.classify_task import card_config
-from shared.inference_model import InferenceModel, load_checkpoints
-from shared.train_args import BACKENDS, model_config
+from shared.tasks.classify_task import card_config
+from shared.decode.inference_model import InferenceModel, load_checkpoints
+from shared.train.train_args import BACKENDS, model_config
 
 
 def training_backend(name: str):
-    """The training backend class (`TorchBackend` or `JittorBackend`) for shared/trainer.py."""
+    """The training backend class (`TorchBackend` or `JittorBackend`) for shared/train/trainer.py."""
     if name == "torch":
         from torch_impl.train import TorchBackend
         return TorchBackend

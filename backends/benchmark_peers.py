@@ -1,4 +1,4 @@
-"""Other LoRA trainers of the same model, measured by backends/benchmark.py beside this project.
+"""Other LoRA trainers of the same model, measured by backends/benchmark_steps.py beside this project.
 
 Each peer builds its own GPT-2 of the card's shape with LoRA r=4 (alpha 32, dropout 0.1) on the
 attention's fused projection, random weights, and returns one training step (forward, backward,
@@ -15,7 +15,7 @@ import importlib.util
 import os
 import sys
 
-from shared.benchmark import PEERS
+from shared.pipeline.benchmark_plan import PEERS
 
 
 def _card_shape(config):

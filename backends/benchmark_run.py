@@ -1,4 +1,4 @@
-"""The benchmark's run: every measurement of backends/benchmark.py in a fresh process, in order
+"""The benchmark's run: every measurement of backends/benchmark_steps.py in a fresh process, in order
 (the main cards' variants, beam search, the extra cards), the report saved after each one.
 
 A fresh process per measurement: no memory held by the other framework's caches, and no
@@ -10,8 +10,9 @@ import os
 import subprocess
 import sys
 
-from shared.benchmark import (BEAM_BACKENDS, BEAM_SETTINGS, PEERS, beam_key,
-                              benchmark_environment, benchmark_settings, peak_tflops, save)
+from shared.pipeline.benchmark_plan import (BEAM_BACKENDS, BEAM_SETTINGS, PEERS, beam_key,
+                                            benchmark_environment, benchmark_settings, peak_tflops,
+                                            save)
 
 from .benchmark_peers import peer_problem
 
@@ -51,7 +52,7 @@ def split(names):
 
 
 class BenchmarkRun:
-    """The record of one benchmark run (shared/benchmark.py renders it), filled measurement by
+    """The record of one benchmark run (shared/pipeline/benchmark_plan.py renders it), filled measurement by
     measurement; a failing measurement is noted and the others go on."""
 
     def __init__(self, script, argv, args):

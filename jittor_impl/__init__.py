@@ -3,7 +3,7 @@
 Mirrors `torch_impl` name for name, so code switches backend by changing one import. Importing
 it configures Jittor for this machine first (see `runtime.py`).
 """
-from shared.config import GPT2Config
+from shared.model.config import GPT2Config
 
 from .lora import mark_only_lora_as_trainable, merge_lora, set_shared_dropout, unmerge_lora
 from .model import GPT2LMModel

@@ -1,11 +1,11 @@
 """Sampling generation with a KV cache, in Jittor (twin: torch_impl/generate.py).
 
-The model runs here; filtering and the draw happen in numpy (`shared/sampling.py`), so both
+The model runs here; filtering and the draw happen in numpy (`shared/decode/sampling.py`), so both
 backends sample the same text from the same weights. The cache grows by concatenation (`past`
 without `len_past`): all samples share the prompt and advance one token per step.
 """
 from shared.model.peft_methods import input_positions
-from shared.sampling import SampleStreams, SamplingSettings, prompt_batch
+from shared.decode.sampling import SampleStreams, SamplingSettings, prompt_batch
 
 from .runtime import jt
 

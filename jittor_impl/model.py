@@ -11,17 +11,18 @@ or beyond `len_past + 1` are masked, which lets rows of different lengths decode
 
 import numpy as np
 
-from shared.batching import check_width
-from shared.checkpoint import load_for_model
-from shared.config import GPT2Config
-from shared.decode_cache import SharedPrefixCache
+from shared.text.batching import check_width
+from shared.model.checkpoint import load_for_model
+from shared.model.config import GPT2Config
+from shared.decode.decode_cache import SharedPrefixCache
+from shared.model.params import init_state_dict, is_adapter_name, is_lora_name
 from shared.model.peft_methods import method_of, virtual_tokens
-from shared.params import init_state_dict, is_adapter_name, is_lora_name
 
 from .lora import MergedLinear
 from .ops import (ATTENTION_IMPLS, DEFAULT_ATTENTION, batched_matmul_transpose, causal_mask,
                   cross_entropy, embedding, fused_attention, gelu, layer_norm, matmul,
-                  matmul_transpose, merge_heads, parameter, permute, softmax, split_heads)
+                  matmul_transpose, merge_heads, parameter, permute, qkv_attention, softmax,
+                  split_heads)
 from .peft_modules import Adapter, PrefixEncoder, PromptEncoder, with_virtual_tokens
 from .runtime import jt
 
@@ -110,8 +111,10 @@ class Attention(nn.Module):
         return a_prefix.reshape(rows, n_head, 1, head_dim) + matmul(w[:, :, :, width:], cache.value)
 
     def execute(self, x, layer_past=None, len_past=None):
-        query, key, value = self.c_attn(x).split(self.split_size, dim=2)
-        query, key, value = (split_heads(t, self.n_head) for t in (query, key, value))
+        qkv = self.c_attn(x)
+        query, key, value = (split_heads(t, self.n_head) for t in qkv.split(self.split_size, dim=2))
+        if layer_past is None and self.attn_impl == "sdpa":  # self-attention: straight from qkv
+            return self.c_proj(qkv_attention(qkv, self.n_head, self.divisor)), (key, value)
         if isinstance(layer_past, SharedPrefixCache):  # the beam search's cache (beam.py)
             a = self._attn_shared_prefix(query, key, value, layer_past)
             return self.c_proj(merge_heads(a)), layer_past
@@ -231,7 +234,7 @@ class GPT2Base(nn.Module):
             block.attn.attn_impl = impl
 
     def load_model_state(self, state: dict, extra=None):
-        """`state` (as shared.checkpoint.load_for_model gives it) and `extra` (weights outside
+        """`state` (as shared.model.checkpoint.load_for_model gives it) and `extra` (weights outside
         the body, e.g. a classifier head) into the parameters; returns the model."""
         self.load_state_numpy({**state, **(extra or {})})
         if any(not is_adapter_name(k) for k in state):
@@ -246,7 +249,7 @@ class GPT2Base(nn.Module):
 
 
 class GPT2LMModel(GPT2Base):
-    """GPT-2 language model. New models are initialised by `shared.params.init_state_dict`
+    """GPT-2 language model. New models are initialised by `shared.model.params.init_state_dict`
     (seeded numpy), so both backends built with the same config and seed hold equal weights."""
 
     def __init__(self, config: GPT2Config, seed: int = 0):
@@ -266,7 +269,7 @@ class GPT2LMModel(GPT2Base):
 
     # ------------------------------------------------------------------ weights in and out
     def load_weight(self, state_or_path):
-        """Load a checkpoint (path or state dict) of any supported layout; see shared.checkpoint."""
+        """Load a checkpoint (path or state dict) of any supported layout; see shared.model.checkpoint."""
         state = load_for_model(state_or_path, self.config, base_loaded=self.base_loaded)
         return self.load_model_state(state)
 

@@ -12,13 +12,13 @@ import argparse
 import sys
 
 from alignment.beam_report import from_runs
-from shared.arg_types import non_negative_int, positive_int
-from shared.atomic import atomic_group
-from shared.beam_spec import add_beam_settings_args, settings_from_args
-from shared.entry_point import run_script
-from shared.preflight import check_outputs, input_file_problems, output_dir_problems
-from shared.lora_settings import resolve_lora_args
-from shared.train_args import add_model_shape_args
+from shared.runtime.arg_types import non_negative_int, positive_int
+from shared.runtime.atomic import atomic_group
+from shared.decode.beam_spec import add_beam_settings_args, settings_from_args
+from shared.runtime.entry_point import run_script
+from shared.runtime.preflight import check_outputs, input_file_problems, output_dir_problems
+from shared.model.lora_settings import resolve_lora_args
+from shared.train.train_args import add_model_shape_args
 
 
 def build_parser():

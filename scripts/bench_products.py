@@ -21,8 +21,8 @@ import subprocess
 import sys
 import time
 
-from shared.atomic import write_json, write_text
-from shared.config import MODEL_CARDS
+from shared.runtime.atomic import write_json, write_text
+from shared.model.config import MODEL_CARDS
 
 PREFIX = "PRODUCTS-RESULT "
 

@@ -2,9 +2,9 @@
 """Training and beam-search throughput of both backends and their peers, side by side, in one run.
 
 Training: each backend's real training step (LoRA r=4, seq_len 512, batch 8) in the variants of
-backends/benchmark.py (torch eager, torch+compile, jittor, jittor+tuner) and the peers of
+backends/benchmark_steps.py (torch eager, torch+compile, jittor, jittor+tuner) and the peers of
 backends/benchmark_peers.py (Hugging Face transformers + peft; microsoft/LoRA's own code with
---reference_src), with model FLOPs and MFU as shared/benchmark.py counts them, peak device memory
+--reference_src), with model FLOPs and MFU as shared/pipeline/benchmark_plan.py counts them, peak device memory
 through NVML and torch's peak tensors, and ratios to torch eager and the best peer.
 --extra_cards measures other model sizes with --extra_backends. Beam search: the E2E-offline
 test split (630 MRs), beam 10, eval_len 64, no_repeat_ngram 4, randomly initialised weights.
@@ -16,15 +16,15 @@ its own process (backends/benchmark_run.py). Prints a table and writes logs/benc
 import argparse
 import sys
 
-from backends.benchmark import measure
+from backends.benchmark_steps import measure
 from backends.benchmark_run import print_result, run_benchmark
-from shared.arg_types import non_negative_int, positive_float, positive_int
-from shared.benchmark import VARIANTS
-from shared.config import MODEL_CARDS, shape_flag_problems
-from shared.decode_cache import CACHES
-from shared.environment import device_problems
-from shared.preflight import input_file_problems, output_file_problems
-from shared.stop_signals import run_stoppable
+from shared.runtime.arg_types import non_negative_int, positive_float, positive_int
+from shared.pipeline.benchmark_plan import VARIANTS
+from shared.model.config import MODEL_CARDS, shape_flag_problems
+from shared.decode.decode_cache import CACHES
+from shared.runtime.environment import device_problems
+from shared.runtime.preflight import input_file_problems, output_file_problems
+from shared.runtime.entry_point import run_stoppable
 
 
 def unknown_names(flag, value, known):
@@ -61,7 +61,7 @@ def parse_args(argv):
     p.add_argument("--device_mem_cap_gib", type=positive_float, default=None,
                    help="cap each measurement's device memory (CUDA context included) at this many "
                         "GiB: torch through its allocator's per-process fraction, Jittor by taking "
-                        "the rest of the card first (backends/benchmark.py DeviceMemoryCap)")
+                        "the rest of the card first (backends/benchmark_steps.py DeviceMemoryCap)")
     p.add_argument("--n_embd", type=int, default=None, help="override every card's n_embd (quick runs)")
     p.add_argument("--n_layer", type=int, default=None, help="override every card's n_layer")
     p.add_argument("--n_head", type=int, default=None, help="override every card's n_head")

@@ -12,14 +12,16 @@ import argparse
 import sys
 
 from backends import load_inference_model
-from shared.arg_types import non_negative_int, positive_int, seed_int, temperature, top_p_mass
-from shared.chat import ChatHistory, TokenPrinter, template_size
-from shared.checkpoint import CheckpointError
-from shared.inference_model import add_inference_model_args, inference_model_problems
+from shared.runtime.arg_types import (non_negative_int, positive_int, seed_int, temperature,
+                                      top_p_mass)
+from shared.decode.chat_prompt import ChatHistory, TokenPrinter, template_size
+from shared.model.checkpoint import CheckpointError
+from shared.decode.inference_model import add_inference_model_args, inference_model_problems
 from shared.model.peft_methods import input_positions
-from shared.sampling import EOT_ID, SamplingSettings
-from shared.stop_signals import StopSignal, run_stoppable
-from shared.tokenizer import VocabError, load_tokenizer
+from shared.decode.sampling import EOT_ID, SamplingSettings
+from shared.runtime.entry_point import run_stoppable
+from shared.runtime.stop_signals import StopSignal
+from shared.text.tokenizer import VocabError, load_tokenizer
 
 
 def build_parser():

@@ -3,7 +3,7 @@
 
 For each of `--batches` validation batches: logits, the masked loss, and the gradients of every
 trainable parameter (LoRA weights when --lora_dim > 0, all weights otherwise), with dropout off.
-Prints the max abs differences and relative L2 distances (shared/compare.py) and writes them
+Prints the max abs differences and relative L2 distances (shared/runtime/differences.py) and writes them
 as JSON. Exit code 1 when a difference exceeds its tolerance (fp32 defaults: logits 1e-3 abs,
 loss 1e-5 rel, grads 1e-4 abs).
   python scripts/check_alignment.py --init_checkpoint base.safetensors \
@@ -13,15 +13,15 @@ import argparse
 import sys
 
 
-from shared.arg_types import fraction_below_one, non_negative_float, positive_int
-from shared.atomic import write_json
-from shared.batching import FTDataset
-from shared.compare import agree, difference
-from shared.config import seq_len_problem
-from shared.environment import default_device
-from shared.preflight import input_file_problems, output_file_problems
-from shared.stop_signals import run_stoppable
-from shared.train_args import add_model_shape_args, model_config
+from shared.runtime.arg_types import fraction_below_one, non_negative_float, positive_int
+from shared.runtime.atomic import write_json
+from shared.text.batching import FTDataset
+from shared.runtime.differences import agree, difference
+from shared.model.config import seq_len_problem
+from shared.runtime.environment import default_device
+from shared.runtime.preflight import input_file_problems, output_file_problems
+from shared.runtime.entry_point import run_stoppable
+from shared.train.train_args import add_model_shape_args, model_config
 
 
 def build_parser():
@@ -104,7 +104,7 @@ def check(args):
 
     def keep_worst(key, torch_value, jittor_value):
         """The largest max |a - b| and relative L2 distance (torch is the reference) so far, and
-        whether this pair agrees within its tolerance (shared.compare.agree)."""
+        whether this pair agrees within its tolerance (shared.runtime.differences.agree)."""
         d = difference(jittor_value, torch_value)
         result[key + "_max_abs"] = max(result[key + "_max_abs"], d.max_abs)
         result[key + "_rel_l2"] = max(result[key + "_rel_l2"], d.rel_l2)

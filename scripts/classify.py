@@ -12,16 +12,16 @@ import sys
 import numpy as np
 
 from backends import load_classifier
-from shared.arg_types import positive_int
-from shared.atomic import write_json
-from shared.checkpoint import CheckpointError
-from shared.classify_data import ClassifyDataError, ClassifyDataset, read_labelled
-from shared.classify_task import evaluate, read_model_card
-from shared.environment import default_device, device_problems
-from shared.preflight import input_file_problems, output_file_problems
-from shared.stop_signals import run_stoppable
-from shared.tokenizer import VocabError, load_tokenizer
-from shared.train_args import BACKENDS
+from shared.runtime.arg_types import positive_int
+from shared.runtime.atomic import write_json
+from shared.model.checkpoint import CheckpointError
+from shared.text.classify_data import ClassifyDataError, ClassifyDataset, read_labelled
+from shared.tasks.classify_task import evaluate, read_model_card
+from shared.runtime.environment import default_device, device_problems
+from shared.runtime.preflight import input_file_problems, output_file_problems
+from shared.runtime.entry_point import run_stoppable
+from shared.text.tokenizer import VocabError, load_tokenizer
+from shared.train.train_args import BACKENDS
 
 
 def build_parser():

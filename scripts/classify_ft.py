@@ -10,9 +10,9 @@ the final weights are scored on the validation and test splits into WORK_DIR/met
 import sys
 
 from backends import classifier_backend
-from shared.classify_task import build_classify_parser, classify_problems, train_and_score
-from shared.train_args import validate
-from shared.training_script import run_training_script
+from shared.tasks.classify_task import build_classify_parser, classify_problems, train_and_score
+from shared.train.train_args import validate
+from shared.train.training_script import run_training_script
 
 
 def main(argv=None):

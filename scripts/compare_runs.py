@@ -16,12 +16,12 @@ import os
 import re
 import sys
 
-from shared.arg_types import non_negative_float, positive_int
-from shared.atomic import atomic_group, atomic_open, write_text
-from shared.entry_point import run_script
-from shared.preflight import check_outputs, output_file_problems
-from shared.report import LOSS_DIGITS, format_value, markdown_table, render_report_md
-from shared.trainlog import loss_agreement, loss_table, read_log
+from shared.runtime.arg_types import non_negative_float, positive_int
+from shared.runtime.atomic import atomic_group, atomic_open, write_text
+from shared.runtime.entry_point import run_script
+from shared.runtime.preflight import check_outputs, output_file_problems
+from shared.pipeline.report import LOSS_DIGITS, format_value, markdown_table, render_report_md
+from shared.train.trainlog import loss_agreement, loss_table, read_log
 
 METRICS_JSON = "metrics.json"
 SCORES_TXT = "scores.txt"
@@ -88,7 +88,7 @@ def load_runs(path_a, path_b, labels=None):
 
 
 def compare(log_a, log_b, metrics: dict, tol: float) -> dict:
-    """Everything the comparison found, in the report's schema (see shared/report.py). A loss
+    """Everything the comparison found, in the report's schema (see shared/pipeline/report.py). A loss
     counts as over when it differs by more than `tol` plus both logs' loss resolution (the
     rounding of microsoft/LoRA's 2-decimal losses; 0 for JSON-lines logs)."""
     tol = tol + log_a.loss_resolution + log_b.loss_resolution

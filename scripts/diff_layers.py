@@ -13,14 +13,15 @@ plants one of alignment/planted_bugs.py's bugs in the Jittor twin, to see a loca
 import argparse
 import sys
 
-from alignment import diff_layers
+from alignment import layer_report as diff_layers
 from alignment.planted_bugs import MODEL_BUGS
-from shared.arg_types import fraction_below_one, positive_int, seed_int
-from shared.config import shape_flag_problems
-from shared.entry_point import run_script
-from shared.environment import device_problems
-from shared.preflight import check_outputs, input_file_problems, output_dir_problems
-from shared.train_args import add_model_shape_args, default_device, lora_flag_problems, model_config
+from shared.runtime.arg_types import fraction_below_one, positive_int, seed_int
+from shared.model.config import shape_flag_problems
+from shared.runtime.entry_point import run_script
+from shared.runtime.environment import device_problems
+from shared.runtime.preflight import check_outputs, input_file_problems, output_dir_problems
+from shared.train.train_args import (add_model_shape_args, default_device, lora_flag_problems,
+                                     model_config)
 
 
 def build_parser():

@@ -16,15 +16,15 @@ reads it, with its config.json (hparams.json) giving the model's shape.
 import argparse
 import sys
 
-from shared.atomic import atomic_group
-from shared.checkpoint import load_for_model, save_checkpoint
-from shared.entry_point import run_script
-from shared.hf_export import export_hf_model, export_peft_adapter, import_peft_adapter
-from shared.lora_settings import format_alpha
+from shared.runtime.atomic import atomic_group
+from shared.model.checkpoint import load_for_model, save_checkpoint
+from shared.runtime.entry_point import run_script
+from shared.model.hf_export import export_hf_model, export_peft_adapter, import_peft_adapter
+from shared.model.lora_settings import format_alpha
 from shared.model.peft_export import (export_prompt_adapter, import_prompt_adapter,
                                       is_prompt_adapter)
-from shared.preflight import check_outputs, output_dir_problems, output_file_problems
-from shared.train_args import add_model_shape_args, model_config
+from shared.runtime.preflight import check_outputs, output_dir_problems, output_file_problems
+from shared.train.train_args import add_model_shape_args, model_config
 
 
 def build_parser():

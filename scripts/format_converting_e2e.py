@@ -6,9 +6,9 @@ Usage: python scripts/format_converting_e2e.py data/e2e/train.txt data/e2e/train
 import argparse
 import sys
 
-from shared.e2e_data import format_file
-from shared.entry_point import run_script
-from shared.preflight import check_outputs, input_file_problems, output_file_problems
+from shared.text.e2e_data import format_file
+from shared.runtime.entry_point import run_script
+from shared.runtime.preflight import check_outputs, input_file_problems, output_file_problems
 
 
 def main(argv=None):

@@ -3,19 +3,20 @@
   python scripts/generate.py --backend torch --init_checkpoint model.pt --lora_dim 4 \
       --prompt "name : The Eagle | eatType : coffee shop | area : riverside" --add_bos \
       --temperature 0.8 --top_k 40 --num_samples 3
-Filtering and drawing happen in numpy from seeded generators (shared/sampling.py), so the two
+Filtering and drawing happen in numpy from seeded generators (shared/decode/sampling.py), so the two
 backends print the same text for the same weights and --seed.
 """
 import argparse
 import sys
 
 from backends import load_inference_model
-from shared.arg_types import non_negative_int, positive_int, seed_int, temperature, top_p_mass
-from shared.checkpoint import CheckpointError
-from shared.inference_model import add_inference_model_args, inference_model_problems
-from shared.sampling import EOT_ID, SamplingSettings
-from shared.stop_signals import run_stoppable
-from shared.tokenizer import VocabError, load_tokenizer
+from shared.runtime.arg_types import (non_negative_int, positive_int, seed_int, temperature,
+                                      top_p_mass)
+from shared.model.checkpoint import CheckpointError
+from shared.decode.inference_model import add_inference_model_args, inference_model_problems
+from shared.decode.sampling import EOT_ID, SamplingSettings
+from shared.runtime.entry_point import run_stoppable
+from shared.text.tokenizer import VocabError, load_tokenizer
 
 
 def build_parser():

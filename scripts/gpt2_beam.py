@@ -3,13 +3,13 @@
 
 Same flags, defaults and output (one line `{"id": i, "predict": [eval_len ids]}` per input line,
 in id order, in WORK_DIR/OUTPUT_FILE; plus a "query_digest" key that gpt2_decode.py checks, see
-shared/prediction_file.py), plus `--backend`, e.g.
+shared/decode/prediction_file.py), plus `--backend`, e.g.
   python scripts/gpt2_beam.py --backend jittor --data data/e2e/test.jsonl --batch_size 1 \
       --seq_len 512 --eval_len 64 --model_card gpt2.md --init_checkpoint model.26290.pt \
       --lora_dim 4 --lora_alpha 32 --beam 10 --length_penalty 0.8 --no_repeat_ngram_size 4 \
       --repetition_penalty 1.0 --eos_token_id 628 --work_dir out --output_file predict.jsonl
 `--eos_token_id` appends to the default [50256], as in the reference. The search itself is
-specified in shared/beam_spec.py; its results do not depend on --batch_size.
+specified in shared/decode/beam_spec.py; its results do not depend on --batch_size.
 """
 import argparse
 import os
@@ -21,19 +21,19 @@ import numpy as np
 from tqdm import tqdm
 
 from backends import load_inference_model
-from shared.arg_types import positive_int, seed_int
-from shared.atomic import atomic_open
-from shared.batching import FTDataset
-from shared.beam_spec import add_beam_settings_args, settings_from_args
-from shared.checkpoint import CheckpointError
-from shared.config import seq_len_problem
-from shared.decode_cache import CACHES
-from shared.e2e_data import E2EDataError
-from shared.inference_model import add_inference_model_args, inference_model_problems
-from shared.prediction_file import prediction_line
-from shared.preflight import input_file_problems, output_file_problems
-from shared.stop_signals import run_stoppable
-from shared.train_args import model_config
+from shared.runtime.arg_types import positive_int, seed_int
+from shared.runtime.atomic import atomic_open
+from shared.text.batching import FTDataset
+from shared.decode.beam_spec import add_beam_settings_args, settings_from_args
+from shared.model.checkpoint import CheckpointError
+from shared.model.config import seq_len_problem
+from shared.decode.decode_cache import CACHES
+from shared.text.e2e_data import E2EDataError
+from shared.decode.inference_model import add_inference_model_args, inference_model_problems
+from shared.decode.prediction_file import prediction_line
+from shared.runtime.preflight import input_file_problems, output_file_problems
+from shared.runtime.entry_point import run_stoppable
+from shared.train.train_args import model_config
 
 
 def build_parser():

@@ -8,11 +8,11 @@ Usage: python scripts/gpt2_decode.py --vocab VOCAB_DIR --sample_file predict.jso
 import argparse
 import sys
 
-from shared.atomic import atomic_group
-from shared.decode import decode_files
-from shared.entry_point import run_script
-from shared.preflight import check_outputs, input_file_problems, output_file_problems
-from shared.tokenizer import load_tokenizer
+from shared.runtime.atomic import atomic_group
+from shared.decode.scorer_files import decode_files
+from shared.runtime.entry_point import run_script
+from shared.runtime.preflight import check_outputs, input_file_problems, output_file_problems
+from shared.text.tokenizer import load_tokenizer
 
 
 def main(argv=None):

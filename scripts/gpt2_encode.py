@@ -7,10 +7,10 @@ Usage: python scripts/gpt2_encode.py --input data/e2e/train_formatted.jsonl
 import argparse
 import sys
 
-from shared.e2e_data import encode_file
-from shared.entry_point import run_script
-from shared.preflight import check_outputs, input_file_problems, output_file_problems
-from shared.tokenizer import load_tokenizer
+from shared.text.e2e_data import encode_file
+from shared.runtime.entry_point import run_script
+from shared.runtime.preflight import check_outputs, input_file_problems, output_file_problems
+from shared.text.tokenizer import load_tokenizer
 
 
 def main(argv=None):

@@ -9,9 +9,9 @@ Takes microsoft/LoRA `examples/NLG/src/gpt2_ft.py`'s arguments plus `--backend`,
 import sys
 
 from backends import training_backend
-from shared.train_args import build_parser, validate
-from shared.trainer import train
-from shared.training_script import run_training_script
+from shared.train.train_args import build_parser, validate
+from shared.train.trainer import train
+from shared.train.training_script import run_training_script
 
 
 def main(argv=None):

@@ -5,17 +5,17 @@ then generate and score responses for the held-out test split (ROUGE-L, perplexi
       --init_checkpoint base.safetensors --lora_dim 8 --lora_alpha 16 --lr 0.001 --max_epoch 2 \
       --work_dir trained/instruct
 Takes every flag of gpt2_ft.py except --train_data/--valid_data (the splits are written to
---data_out, default WORK_DIR/data); training is shared/trainer.py, so --resume, checkpoints,
+--data_out, default WORK_DIR/data); training is shared/train/trainer.py, so --resume, checkpoints,
 the JSON-lines log and --tensorboard work as for E2E. Outputs in WORK_DIR: test_responses.jsonl
 and instruct_eval.json.
 """
 import sys
 
 from backends import load_inference_model, training_backend
-from shared.paths import DataDirError, resolve_data_path
-from shared.instruct_task import build_instruct_parser, sampling_settings, train_and_evaluate
-from shared.train_args import validate
-from shared.training_script import run_training_script
+from shared.runtime.paths import DataDirError, resolve_data_path
+from shared.tasks.instruct_task import build_instruct_parser, sampling_settings, train_and_evaluate
+from shared.train.train_args import validate
+from shared.train.training_script import run_training_script
 
 
 def main(argv=None):

@@ -8,10 +8,10 @@ line; PRED one output line per instance.
 import argparse
 import sys
 
-from shared.atomic import write_json
+from shared.runtime.atomic import write_json
 from shared.metrics import format_scores, measure_scores
-from shared.preflight import output_file_problems
-from shared.stop_signals import run_stoppable
+from shared.runtime.preflight import output_file_problems
+from shared.runtime.entry_point import run_stoppable
 
 
 def main(argv=None):

@@ -10,12 +10,12 @@ DIR/report_section.md (the section work.sh's report includes).
 import argparse
 import sys
 
-from alignment.metric_intervals import intervals_from_files
+from alignment.interval_report import intervals_from_files
 from alignment.report_sections import metric_intervals_section
-from shared.arg_types import positive_int, seed_int
-from shared.atomic import atomic_group
-from shared.entry_point import run_script
-from shared.preflight import check_outputs, input_file_problems, output_dir_problems
+from shared.runtime.arg_types import positive_int, seed_int
+from shared.runtime.atomic import atomic_group
+from shared.runtime.entry_point import run_script
+from shared.runtime.preflight import check_outputs, input_file_problems, output_dir_problems
 
 
 def build_parser():

@@ -8,11 +8,11 @@ stdout logs. Example:
 import argparse
 import sys
 
-from shared.atomic import atomic_group
-from shared.entry_point import run_script
-from shared.plotting import plot_loss_comparison, plot_lr_schedule
-from shared.preflight import check_outputs, output_file_problems
-from shared.trainlog import read_log
+from shared.runtime.atomic import atomic_group
+from shared.runtime.entry_point import run_script
+from shared.pipeline.plotting import plot_loss_comparison, plot_lr_schedule
+from shared.runtime.preflight import check_outputs, output_file_problems
+from shared.train.trainlog import read_log
 
 
 def parse_args(argv=None):

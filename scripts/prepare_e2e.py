@@ -7,10 +7,10 @@ import argparse
 import os
 import sys
 
-from shared.e2e_data import prepare_e2e
-from shared.entry_point import run_script
-from shared.paths import DEFAULT_E2E_DIR, E2E_SPLITS, resolve_e2e_dir
-from shared.preflight import check_outputs, output_dir_problems
+from shared.text.e2e_data import prepare_e2e
+from shared.runtime.entry_point import run_script
+from shared.runtime.paths import DEFAULT_E2E_DIR, E2E_SPLITS, resolve_e2e_dir
+from shared.runtime.preflight import check_outputs, output_dir_problems
 
 
 def main(argv=None):

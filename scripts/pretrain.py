@@ -11,9 +11,9 @@ import os
 import sys
 
 from backends import training_backend
-from shared.pretrain_task import build_pretrain_parser, pretrain, pretrain_problems
-from shared.train_args import validate
-from shared.training_script import run_training_script
+from shared.tasks.pretrain_task import build_pretrain_parser, pretrain, pretrain_problems
+from shared.train.train_args import validate
+from shared.train.training_script import run_training_script
 
 
 def main(argv=None):

@@ -1,16 +1,16 @@
 #!/usr/bin/env python
 """The end-to-end alignment run behind `bash work.sh`: both backends, identical weights and seeds.
 
-The stages, presets and their engine live in shared/pipeline.py; this script parses the flags
+The stages, presets and their engine live in shared/pipeline/engine.py; this script parses the flags
 (`bash work.sh --help` lists them) and runs it.
 """
 import argparse
 import os
 import sys
 
-from shared.arg_types import seed_int
-from shared.pipeline import PRESETS, ROOT, STAGES, Pipeline, run_to_end, setting_types
-from shared.task_pipelines import TASKS
+from shared.runtime.arg_types import seed_int
+from shared.pipeline.engine import PRESETS, ROOT, STAGES, Pipeline, run_to_end, setting_types
+from shared.pipeline.task_pipelines import TASKS
 
 
 def build_parser():
@@ -69,7 +69,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     task, rest = task_and_rest(argv)
     if task != "e2e":
-        from shared.task_pipelines import main as task_main
+        from shared.pipeline.task_pipelines import main as task_main
         return task_main(task, rest)
     args = build_parser().parse_args(argv)
     return run_to_end(lambda: Pipeline(args))

@@ -1,9 +1,9 @@
-"""shared.compare.agree: the one place that decides whether two results agree within a tolerance."""
+"""shared.runtime.differences.agree: the one place that decides whether two results agree within a tolerance."""
 import math
 
 import numpy as np
 
-from shared.compare import agree, difference
+from shared.runtime.differences import agree, difference
 
 
 def test_elementwise_rule_is_numpy_allclose_in_float64():

@@ -1,4 +1,4 @@
-"""Numeric flags are range-checked where they are parsed (shared/arg_types.py): `--temperature nan`
+"""Numeric flags are range-checked where they are parsed (shared/runtime/arg_types.py): `--temperature nan`
 once emptied every response, `--limit -3` silently dropped entries. A bad value stops with one line
 naming the flag, exit status 2, before any work; every script's numeric flags use the types."""
 import argparse
@@ -11,8 +11,8 @@ from unittest import mock
 
 import pytest
 
-from shared import arg_types
-from shared.sampling import SamplingSettings, filtered_probabilities
+from shared.runtime import arg_types
+from shared.decode.sampling import SamplingSettings, filtered_probabilities
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -67,12 +67,12 @@ def test_sampling_settings_refuse_a_temperature_without_meaning(temperature):
 
 def parsers():
     """(name, parser) for every entry point with numeric flags."""
-    from shared.classify_task import build_classify_parser
-    from shared.instruct_pipeline import build_parser as instruct_pipeline
-    from shared.instruct_task import build_instruct_parser
-    from shared.pretrain_task import build_pretrain_parser
-    from shared.task_pipelines import build_parser as task_pipeline
-    from shared.train_args import build_parser
+    from shared.tasks.classify_task import build_classify_parser
+    from shared.pipeline.instruct_pipeline import build_parser as instruct_pipeline
+    from shared.tasks.instruct_task import build_instruct_parser
+    from shared.tasks.pretrain_task import build_pretrain_parser
+    from shared.pipeline.task_pipelines import build_parser as task_pipeline
+    from shared.train.train_args import build_parser
     out = [("gpt2_ft", build_parser()), ("instruct_ft", build_instruct_parser()),
            ("pretrain", build_pretrain_parser()), ("classify_ft", build_classify_parser()),
            ("work.sh --task instruct", instruct_pipeline()),
@@ -102,7 +102,7 @@ def parser_of(parse_args):
 
 
 # Integer flags checked after parsing instead: the model shape against the model card
-# (shared/config.py shape_flag_problems, with its own messages), and torch.distributed's
+# (shared/model/config.py shape_flag_problems, with its own messages), and torch.distributed's
 # --local_rank, accepted for compatibility and unused.
 CHECKED_ELSEWHERE = {"n_embd", "n_layer", "n_head", "local_rank"}
 

@@ -3,7 +3,7 @@ both models built on the GPT-2 body, the language model and the classifier (whos
 set an attribute the attention no longer read, so --attn never reached it)."""
 import pytest
 
-from shared.config import GPT2Config
+from shared.model.config import GPT2Config
 from torch_impl.classifier import GPT2Classifier
 from torch_impl.model import GPT2LMModel
 

@@ -1,11 +1,11 @@
-"""shared/batching.py against a literal transcription of microsoft/LoRA's FT_Dataset."""
+"""shared/text/batching.py against a literal transcription of microsoft/LoRA's FT_Dataset."""
 import random
 
 import numpy as np
 import pytest
 
-from shared.batching import FTDataset, padding_tokens
-from shared.e2e_data import prepare_e2e, read_encoded
+from shared.text.batching import FTDataset, padding_tokens
+from shared.text.e2e_data import prepare_e2e, read_encoded
 
 SEQ_LEN, EVAL_LEN, BS, SEED = 64, 32, 8, 110  # truncates many E2E examples both ways
 

@@ -1,13 +1,13 @@
-"""The beam search's shared-prefix cache (shared/decode_cache.py) against the per-row cache, the
+"""The beam search's shared-prefix cache (shared/decode/decode_cache.py) against the per-row cache, the
 exact path: the same decoding steps (queries of different lengths, beams reordered at random,
 the generated part widened across a bucket boundary) give the same logits up to fp32 rounding,
 in both backends. tests of whole searches: alignment/test_beam_alignment.py."""
 import numpy as np
 import pytest
 
-from shared.beam_spec import padded_query_width
-from shared.config import GPT2Config
-from shared.decode_cache import GENERATED_BUCKET, check_cache, generated_width
+from shared.decode.beam_spec import padded_query_width
+from shared.model.config import GPT2Config
+from shared.decode.decode_cache import GENERATED_BUCKET, check_cache, generated_width
 
 CONFIG = GPT2Config(vocab_size=97, n_positions=128, n_ctx=128, n_embd=32, n_layer=2, n_head=4)
 QUERY_LEN = np.array([5, 11, 2])

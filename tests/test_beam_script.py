@@ -4,11 +4,11 @@ import os
 import subprocess
 import sys
 
-from shared.batching import FTDataset
-from shared.checkpoint import save_checkpoint
-from shared.config import GPT2Config
-from shared.e2e_data import prepare_e2e
-from shared.params import init_state_dict
+from shared.text.batching import FTDataset
+from shared.model.checkpoint import save_checkpoint
+from shared.model.config import GPT2Config
+from shared.text.e2e_data import prepare_e2e
+from shared.model.params import init_state_dict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,4 +1,4 @@
-"""The numpy beam-search spec (shared/beam_spec.py) on hand-made cases with known answers.
+"""The numpy beam-search spec (shared/decode/beam_spec.py) on hand-made cases with known answers.
 
 Vocabulary in the search cases: A=0, B=1, C=2, EOS=3; a "model" is a table giving the next-token
 probabilities after the prefix's last token, so each expected output can be worked out by hand.
@@ -8,10 +8,10 @@ import math
 import numpy as np
 import pytest
 
-from shared.beam_spec import (BeamSettings, BestCandidate, apply_repetition_penalty,
-                              banned_ngram_tokens, beam_search_reference, candidate_score,
-                              log_probabilities, padded_query_width, postprocess_logits,
-                              top_k_order)
+from shared.decode.beam_spec import (BeamSettings, BestCandidate, apply_repetition_penalty,
+                                     banned_ngram_tokens, beam_search_reference, candidate_score,
+                                     log_probabilities, padded_query_width, postprocess_logits,
+                                     top_k_order)
 
 A, B, C, EOS = 0, 1, 2, 3
 UNIFORM = [0.25, 0.25, 0.25, 0.25]

@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 from backends import benchmark_peers
-from backends.benchmark import jittor_kernel_ops
-from shared.benchmark import render, summarize_kernels
+from backends.benchmark_steps import jittor_kernel_ops
+from shared.pipeline.benchmark_plan import render, summarize_kernels
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAINING_HEADER = ("| model | variant | tokens/s | step (ms) | model TFLOP/s | MFU | peak device GiB "

@@ -1,4 +1,4 @@
-"""The chat (shared/chat.py, scripts/chat.py): history within the context window, tokens printed
+"""The chat (shared/decode/chat_prompt.py, scripts/chat.py): history within the context window, tokens printed
 as they come without broken characters, a scripted conversation over stdin, EOF and /quit."""
 import os
 import subprocess
@@ -6,11 +6,12 @@ import sys
 
 import pytest
 
-from shared.chat import ChatHistory, TokenPrinter, template_ids, template_size, turn_text
-from shared.config import GPT2Config
-from shared.instruct_data import PREAMBLE
-from shared.params import init_state_dict
-from shared.tokenizer import load_tokenizer
+from shared.decode.chat_prompt import (ChatHistory, TokenPrinter, template_ids, template_size,
+                                       turn_text)
+from shared.model.config import GPT2Config
+from shared.text.instruct_data import PREAMBLE
+from shared.model.params import init_state_dict
+from shared.text.tokenizer import load_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPE = ["--n_embd", "32", "--n_layer", "2", "--n_head", "2"]
@@ -72,7 +73,7 @@ def test_printer_never_writes_half_a_character(tok):
 
 
 def test_scripted_chat_over_stdin(tmp_path, vocab_dir):
-    from shared.checkpoint import save_checkpoint
+    from shared.model.checkpoint import save_checkpoint
     config = GPT2Config(n_embd=32, n_layer=2, n_head=2)
     ckpt = save_checkpoint(tmp_path / "tiny.safetensors", init_state_dict(config, 4))
     argv = [sys.executable, os.path.join(ROOT, "scripts", "chat.py"), "--backend", "torch",
@@ -94,7 +95,7 @@ def test_scripted_chat_over_stdin(tmp_path, vocab_dir):
 
 
 def test_chat_says_when_it_cuts_and_refuses_a_context_too_small(tmp_path, vocab_dir, tok):
-    from shared.checkpoint import save_checkpoint
+    from shared.model.checkpoint import save_checkpoint
     config = GPT2Config(n_embd=32, n_layer=2, n_head=2)
     ckpt = save_checkpoint(tmp_path / "tiny.safetensors", init_state_dict(config, 4))
     argv = [sys.executable, os.path.join(ROOT, "scripts", "chat.py"), "--backend", "torch",

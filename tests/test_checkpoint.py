@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from alignment.harness import DEVICES, jittor_on
-from shared.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
-from shared.config import GPT2Config
-from shared.params import is_lora_name, parameter_shapes
+from shared.model.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from shared.model.config import GPT2Config
+from shared.model.params import is_lora_name, parameter_shapes
 
 CONFIG = dict(n_embd=32, n_layer=2, n_head=2, n_positions=32, n_ctx=32)
 LORA_DIM = 2
@@ -360,7 +360,7 @@ def test_jittor_pkl_reads_without_importing_jittor(tmp_path):
         source = backends(config())[1][1]
         source.load_state_numpy(BASE)
         source.save(path)
-    code = ("import sys; from shared.checkpoint import read_checkpoint; "
+    code = ("import sys; from shared.model.checkpoint import read_checkpoint; "
             f"state = read_checkpoint({path!r}); "
             "assert 'jittor' not in sys.modules, 'jittor was imported'; "
             "print(len(state), type(state['transformer.wte.weight']).__name__)")

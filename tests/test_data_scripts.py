@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from shared.e2e_data import read_encoded
-from shared.tokenizer import EOT_ID, load_tokenizer
+from shared.text.e2e_data import read_encoded
+from shared.text.tokenizer import EOT_ID, load_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -6,11 +6,11 @@ import sys
 
 import pytest
 
-from shared.decode import (clean_prediction, decode_files, post_process, read_samples,
-                           standard_tokenize)
-from shared.e2e_data import format_file
+from shared.decode.scorer_files import (clean_prediction, decode_files, post_process, read_samples,
+                                        standard_tokenize)
+from shared.text.e2e_data import format_file
 from shared.metrics import measure_scores, read_predictions, read_references
-from shared.tokenizer import EOT_ID, load_tokenizer
+from shared.text.tokenizer import EOT_ID, load_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,4 +1,4 @@
-"""shared/e2e_data.py: the reference's formatting/encoding, bad-input errors, prepare_e2e."""
+"""shared/text/e2e_data.py: the reference's formatting/encoding, bad-input errors, prepare_e2e."""
 import json
 import os
 import re
@@ -6,10 +6,10 @@ import time
 
 import pytest
 
-from shared.e2e_data import (E2EDataError, encode_file, format_file, parse_raw_line,
-                             prepare_e2e, read_encoded, read_formatted, read_raw, split_paths)
-from shared.paths import DataDirError, resolve_e2e_dir, resolve_vocab_dir
-from shared.tokenizer import EOT_ID, load_tokenizer
+from shared.text.e2e_data import (E2EDataError, encode_file, format_file, parse_raw_line,
+                                  prepare_e2e, read_encoded, read_formatted, read_raw, split_paths)
+from shared.runtime.paths import DataDirError, resolve_e2e_dir, resolve_vocab_dir
+from shared.text.tokenizer import EOT_ID, load_tokenizer
 
 
 def reference_format(in_txt):
@@ -181,7 +181,7 @@ def test_resolve_vocab_dir_order(vocab_dir, monkeypatch):
     assert resolve_vocab_dir("/some/flag") == "/some/flag"
     assert resolve_vocab_dir() == vocab_dir
     monkeypatch.delenv("GPT2_VOCAB_DIR")
-    monkeypatch.setattr("shared.paths.DEFAULT_VOCAB_DIR", "/nonexistent/gpt2")
+    monkeypatch.setattr("shared.runtime.paths.DEFAULT_VOCAB_DIR", "/nonexistent/gpt2")
     assert resolve_vocab_dir() is None
-    monkeypatch.setattr("shared.paths.DEFAULT_VOCAB_DIR", vocab_dir)
+    monkeypatch.setattr("shared.runtime.paths.DEFAULT_VOCAB_DIR", vocab_dir)
     assert resolve_vocab_dir() == vocab_dir

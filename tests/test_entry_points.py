@@ -1,4 +1,4 @@
-"""Every entry point ends the same way (shared/entry_point.py's run_script): bad input, a missing
+"""Every entry point ends the same way (shared/runtime/entry_point.py's run_script): bad input, a missing
 or folder input, an output that is a file, read-only or on a full disk is one line on stderr and
 exit status 2; a stop signal is 128 + its number; nothing half-written is left behind.
 
@@ -17,13 +17,13 @@ import threading
 
 import pytest
 
-from shared import atomic
-from shared.atomic import atomic_group, write_json, write_text
-from shared.checkpoint import save_checkpoint
-from shared.config import GPT2Config
-from shared.entry_point import run_script
-from shared.params import init_state_dict
-from shared.train_args import ArgumentProblem
+from shared.runtime import atomic
+from shared.runtime.atomic import atomic_group, write_json, write_text
+from shared.model.checkpoint import save_checkpoint
+from shared.model.config import GPT2Config
+from shared.runtime.entry_point import run_script
+from shared.model.params import init_state_dict
+from shared.runtime.arg_types import ArgumentProblem
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--n_embd", "16", "--n_layer", "1", "--n_head", "2"]
@@ -223,7 +223,7 @@ def test_import_of_a_truncated_adapter_or_into_a_read_only_folder(lora_checkpoin
 @pytest.fixture(scope="module")
 def traced(tmp_path_factory, e2e_dir, vocab_dir):
     """(encoded valid split, tiny checkpoint) for diff_layers.py."""
-    from shared.e2e_data import prepare_e2e
+    from shared.text.e2e_data import prepare_e2e
     folder = tmp_path_factory.mktemp("diff")
     prepare_e2e(e2e_dir, str(folder), vocab_dir=vocab_dir, splits=("valid",))
     save_checkpoint(folder / "m.safetensors", init_state_dict(GPT2Config(n_embd=16, n_layer=1,

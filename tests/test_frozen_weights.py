@@ -6,9 +6,9 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from shared.config import GPT2Config
+from shared.model.config import GPT2Config
 from alignment.harness import randomize_lora_B
-from shared.params import init_state_dict
+from shared.model.params import init_state_dict
 from torch_impl.frozen_weights import store_frozen_weights
 from torch_impl.train import TorchBackend
 

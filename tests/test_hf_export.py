@@ -1,4 +1,4 @@
-"""Hugging Face round trips (shared/hf_export.py, scripts/export_hf.py): the peft adapter gives the
+"""Hugging Face round trips (shared/model/hf_export.py, scripts/export_hf.py): the peft adapter gives the
 same c_attn delta weight as our MergedLinear LoRA, comes back bit-exact, and a transformers
 GPT-2 export reproduces the logits; with transformers + peft installed, they load the exports
 and give our logits."""
@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from shared.checkpoint import load_for_model, read_checkpoint
-from shared.config import GPT2Config
-from shared.hf_export import (HFFormatError, config_from_hf, export_hf_model, export_peft_adapter,
-                              import_peft_adapter, lora_delta, lora_to_peft, peft_adapter_config,
-                              peft_delta, peft_to_lora)
+from shared.model.checkpoint import load_for_model, read_checkpoint
+from shared.model.config import GPT2Config
+from shared.model.hf_export import (HFFormatError, config_from_hf, export_hf_model,
+                                    export_peft_adapter, import_peft_adapter, lora_delta,
+                                    lora_to_peft, peft_adapter_config, peft_delta, peft_to_lora)
 from alignment.harness import randomize_lora_B
-from shared.params import init_state_dict
+from shared.model.params import init_state_dict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = GPT2Config(n_embd=32, n_layer=2, n_head=4,
@@ -106,7 +106,7 @@ def test_full_export_reproduces_the_lora_model(state, tmp_path):
 
 
 def test_script_export_then_import(state, tmp_path):
-    from shared.checkpoint import save_checkpoint
+    from shared.model.checkpoint import save_checkpoint
     ckpt = save_checkpoint(tmp_path / "run.safetensors", state)
     shape = ["--n_embd", "32", "--n_layer", "2", "--n_head", "4"]
     script = os.path.join(ROOT, "scripts", "export_hf.py")
@@ -122,7 +122,7 @@ def test_script_export_then_import(state, tmp_path):
                          capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert "LoRA rank 3, alpha 12 (stored in" in out.stdout
-    from shared.lora_settings import read_lora_settings
+    from shared.model.lora_settings import read_lora_settings
     assert read_lora_settings(tmp_path / "lora.pt") == {
         "lora_dim": 3, "lora_alpha": 12.0, "lora_targets": ["c_attn.query", "c_attn.value"]}
     back = load_for_model(str(tmp_path / "lora.pt"), CONFIG, base_loaded=True)

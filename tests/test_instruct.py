@@ -1,4 +1,4 @@
-"""Instruction data (shared/instruct_data.py), scripts/instruct_ft.py end to end on a tiny model,
+"""Instruction data (shared/text/instruct_data.py), scripts/instruct_ft.py end to end on a tiny model,
 and --tensorboard event files read back with an independent TFRecord reader."""
 import json
 import os
@@ -9,10 +9,10 @@ import sys
 import numpy as np
 import pytest
 
-from shared.batching import FTDataset
-from shared.instruct_data import (InstructDataError, encode_entry, format_prompt, read_entries,
-                                  split_entries)
-from shared.tokenizer import EOT_ID, load_tokenizer
+from shared.text.batching import FTDataset
+from shared.text.instruct_data import (InstructDataError, encode_entry, format_prompt, read_entries,
+                                       split_entries)
+from shared.text.tokenizer import EOT_ID, load_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENTRIES = [{"instruction": "Add the numbers.", "input": "2 and 3", "output": "5"},

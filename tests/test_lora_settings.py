@@ -1,4 +1,4 @@
-"""Checkpoints carry the LoRA settings they were trained with (shared/lora_settings.py), every
+"""Checkpoints carry the LoRA settings they were trained with (shared/model/lora_settings.py), every
 reader takes them when --lora_dim/--lora_alpha are left out and refuses a flag that disagrees;
 peft adapters import exactly (rank_pattern, alpha_pattern, layers_to_transform, fractional
 alpha) or are refused naming the adapter_config.json key; with peft installed, peft's own
@@ -14,13 +14,15 @@ import pytest
 import torch
 
 from alignment.harness import jittor_on, randomize_lora_B
-from shared.checkpoint import CheckpointError, load_for_model, read_checkpoint, save_checkpoint
-from shared.config import GPT2Config
-from shared.hf_export import (HFFormatError, export_hf_model, export_peft_adapter,
-                              import_peft_adapter, lora_to_peft, peft_adapter_config, peft_to_lora)
-from shared.lora_settings import (LORA_TARGETS, LoRASettingsError, read_lora_settings,
-                                  resolve_lora_args, settings_from_config)
-from shared.params import init_state_dict, is_lora_name
+from shared.model.checkpoint import (CheckpointError, load_for_model, read_checkpoint,
+                                     save_checkpoint)
+from shared.model.config import GPT2Config
+from shared.model.hf_export import (HFFormatError, export_hf_model, export_peft_adapter,
+                                    import_peft_adapter, lora_to_peft, peft_adapter_config,
+                                    peft_to_lora)
+from shared.model.lora_settings import (LORA_TARGETS, LoRASettingsError, read_lora_settings,
+                                        resolve_lora_args, settings_from_config)
+from shared.model.params import init_state_dict, is_lora_name
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPE = dict(n_embd=32, n_layer=3, n_head=4)
@@ -156,7 +158,7 @@ def test_two_checkpoints_with_different_settings_are_refused(tmp_path, state):
 
 
 def test_fractional_alpha_from_the_command_line():
-    from shared.train_args import build_parser, model_config
+    from shared.train.train_args import build_parser, model_config
     args = build_parser(data_args=False).parse_args(
         ["--backend", "torch", *SHAPE_FLAGS, "--lora_dim", "4", "--lora_alpha", "2.5"])
     config = model_config(args)
@@ -168,8 +170,8 @@ def test_fractional_alpha_from_the_command_line():
 # ------------------------------------------------------------------------ writers, readers
 def test_training_stores_the_settings_and_resume_takes_them(tmp_path, encoded):
     from backends import training_backend
-    from shared.train_args import build_parser
-    from shared.trainer import train
+    from shared.train.train_args import build_parser
+    from shared.train.trainer import train
     work = tmp_path / "run"
     argv = ["--backend", "torch", "--device", "cpu", "--train_data", str(encoded / "train.jsonl"),
             "--valid_data", str(encoded / "valid.jsonl"), *SHAPE_FLAGS, "--lora_dim", "2",
@@ -274,7 +276,7 @@ def test_patterns_and_layers_to_transform_import_exactly(tmp_path):
     base_path = save_checkpoint(tmp_path / "base.safetensors", base)
     args = resolve_lora_args(namespace(init_checkpoint=base_path,
                                        lora_checkpoint=str(tmp_path / "lora.pt")))
-    from shared.train_args import model_config
+    from shared.train.train_args import model_config
     args.model_card, args.n_embd, args.n_layer, args.n_head = "gpt2.sm", 32, 3, 4
     config = model_config(args)
     assert [config.lora_dim_of(i) for i in range(3)] == [4, 0, 2]

@@ -1,11 +1,11 @@
-"""shared/paths.py's one data-path rule: a flag wins, then an environment variable, then the
+"""shared/runtime/paths.py's one data-path rule: a flag wins, then an environment variable, then the
 first usable default; the errors name the flag, the variable and the path."""
 import os
 import sys
 
 import pytest
 
-from shared.paths import DataDirError, file_check, missing_files, resolve_data_path
+from shared.runtime.paths import DataDirError, file_check, missing_files, resolve_data_path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -72,8 +72,8 @@ def test_missing_files_check(files):
 
 
 def test_task_flags_keep_their_rule_and_name_flag_and_variable(files, monkeypatch):
-    from shared.classify_task import build_classify_parser, classify_problems
-    from shared.pretrain_task import build_pretrain_parser, pretrain_problems
+    from shared.tasks.classify_task import build_classify_parser, classify_problems
+    from shared.tasks.pretrain_task import build_pretrain_parser, pretrain_problems
     monkeypatch.delenv("SMS_SPAM_DATA", raising=False)
     monkeypatch.delenv("TEXT_DATA", raising=False)
     args = build_classify_parser().parse_args(["--backend", "torch", "--work_dir", str(files)])
@@ -108,8 +108,9 @@ def test_instruct_ft_without_data_is_a_usage_error_naming_flag_and_variable(monk
 
 
 def test_pipelines_take_flag_then_variable_then_the_shared_data_folder(files, monkeypatch):
-    from shared.instruct_pipeline import DEFAULT_DATA, resolve_data
-    from shared.task_pipelines import REPO_ROOT, SMS_SPAM, VERDICT, ClassifyPipeline, PretrainPipeline
+    from shared.pipeline.instruct_pipeline import DEFAULT_DATA, resolve_data
+    from shared.pipeline.task_pipelines import (REPO_ROOT, SMS_SPAM, VERDICT, ClassifyPipeline,
+                                                PretrainPipeline)
     from types import SimpleNamespace
     monkeypatch.delenv("TEXT_DATA", raising=False)
     monkeypatch.delenv("SMS_SPAM_DATA", raising=False)
@@ -128,7 +129,7 @@ def test_pipelines_take_flag_then_variable_then_the_shared_data_folder(files, mo
     assert resolve_data(str(files / "a.txt")) == str(files / "a.txt")
     assert resolve_data(None) == str(files / "b.txt")
     monkeypatch.delenv("INSTRUCT_DATA")
-    monkeypatch.setattr("shared.instruct_pipeline.DEFAULT_DATA", str(files / "none.json"))
+    monkeypatch.setattr("shared.pipeline.instruct_pipeline.DEFAULT_DATA", str(files / "none.json"))
     with pytest.raises(FileNotFoundError, match=r"give --data or set INSTRUCT_DATA \(default "
                        r".*none\.json: file not found\)"):
         resolve_data(None)

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from backends import training_backend as backend_class
-from shared.checkpoint import read_checkpoint
-from shared.config import GPT2Config
-from shared.model.peft_methods import PeftSettings, parameter_counts, trainable_line
-from shared.params import parameter_shapes
-from shared.train_args import build_parser, model_config
-from shared.trainer import TrainingInterrupted, train
+from shared.model.checkpoint import read_checkpoint
+from shared.model.config import GPT2Config
+from shared.model.peft_methods import PeftSettings, trainable_line
+from shared.model.params import parameter_counts, parameter_shapes
+from shared.train.train_args import build_parser, model_config
+from shared.train.trainer import TrainingInterrupted, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPE = dict(n_embd=32, n_layer=2, n_head=2, vocab_size=1000, n_positions=128)
@@ -200,9 +200,9 @@ def test_a_checkpoint_of_another_method_is_refused_naming_both(tmp_path, encoded
 def test_prompt_adapters_load_in_real_peft_with_the_same_logits_and_import_back(tmp_path, case):
     import torch
 
-    from shared.hf_export import export_hf_model
+    from shared.model.hf_export import export_hf_model
     from shared.model.peft_export import export_prompt_adapter, import_prompt_adapter
-    from shared.params import init_state_dict
+    from shared.model.params import init_state_dict
     from torch_impl.model import GPT2LMModel
     transformers, peft = import_peft()
     settings = {"prompt": PeftSettings("prompt", num_virtual_tokens=4),
@@ -235,8 +235,8 @@ def test_prompt_adapters_load_in_real_peft_with_the_same_logits_and_import_back(
 
 
 def test_methods_peft_cannot_express_are_refused_by_the_export(tmp_path):
-    from shared.checkpoint import save_checkpoint
-    from shared.params import init_state_dict
+    from shared.model.checkpoint import save_checkpoint
+    from shared.model.params import init_state_dict
     config = GPT2Config(n_embd=32, n_layer=2, n_head=2, peft=PeftSettings("adapter", adapter_dim=4))
     save_checkpoint(tmp_path / "a.pt", init_state_dict(config), peft_settings=config.peft)
     proc = subprocess.run([sys.executable, "scripts/export_hf.py", "export", "--init_checkpoint",
@@ -249,7 +249,7 @@ def test_methods_peft_cannot_express_are_refused_by_the_export(tmp_path):
 
 def test_a_prompt_adapter_of_another_base_is_refused_naming_the_file(tmp_path):
     from shared.model.peft_export import export_prompt_adapter
-    from shared.params import init_state_dict
+    from shared.model.params import init_state_dict
     config = config_of("prefix", num_virtual_tokens=3)
     export_prompt_adapter(init_state_dict(config), config, tmp_path / "adapter")
     proc = subprocess.run([sys.executable, "scripts/export_hf.py", "import", "--peft_dir",

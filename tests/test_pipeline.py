@@ -194,7 +194,7 @@ def test_sigterm_stops_training_cleanly_and_a_rerun_resumes_to_the_same_result(p
         for name in ("predict.jsonl", "e2e_pred.txt", "metrics.json"):
             assert (got_dir / name).read_text() == (ref_dir / name).read_text(), (backend, name)
         ref_log, got_log = ((d / "train_log.jsonl").read_text().splitlines() for d in (ref_dir, got_dir))
-        from shared.checkpoint import read_checkpoint
+        from shared.model.checkpoint import read_checkpoint
         ref_w, got_w = (read_checkpoint(d / "model.6.pt") for d in (ref_dir, got_dir))
         assert sorted(got_w) == sorted(ref_w)
         for name in ref_w:

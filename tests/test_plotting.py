@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared.plotting import DPI, FIGSIZE_IN, plot_loss_comparison, plot_lr_schedule
-from shared.trainlog import read_log
+from shared.pipeline.plotting import DPI, FIGSIZE_IN, plot_loss_comparison, plot_lr_schedule
+from shared.train.trainlog import read_log
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPECTED_SIZE = (int(FIGSIZE_IN[0] * DPI), int(FIGSIZE_IN[1] * DPI))

@@ -12,13 +12,13 @@ import sys
 
 import pytest
 
-from shared.checkpoint import save_checkpoint
-from shared.config import GPT2Config
-from shared.decode import decode_files
-from shared.e2e_data import encode_record
-from shared.params import init_state_dict
-from shared.prediction_file import query_digest
-from shared.tokenizer import EOT_ID, load_tokenizer
+from shared.model.checkpoint import save_checkpoint
+from shared.model.config import GPT2Config
+from shared.decode.scorer_files import decode_files
+from shared.text.e2e_data import encode_record
+from shared.model.params import init_state_dict
+from shared.decode.prediction_file import query_digest
+from shared.text.tokenizer import EOT_ID, load_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

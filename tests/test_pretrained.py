@@ -1,4 +1,4 @@
-"""Pretrained folders as --init_checkpoint (shared/pretrained.py, shared/tf_checkpoint.py).
+"""Pretrained folders as --init_checkpoint (shared/model/pretrained.py, shared/model/tf_checkpoint.py).
 
 A transformers folder's config.json gives the model: tiny GPT-2s saved by real transformers with
 another layer_norm_epsilon, attention scaling, activation spelling or shape load into both
@@ -20,9 +20,9 @@ import pytest
 import torch
 
 from alignment.harness import jittor_forward, jittor_on
-from shared.checkpoint import CheckpointError, load_for_model, read_checkpoint
-from shared.pretrained import ConfigFileError, checkpoint_config
-from shared.train_args import model_config
+from shared.model.checkpoint import CheckpointError, load_for_model, read_checkpoint
+from shared.model.pretrained import ConfigFileError, checkpoint_config
+from shared.train.train_args import model_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TF_DIR = os.path.join(ROOT, "tests", "fixtures", "openai_tf_gpt2")
@@ -101,7 +101,7 @@ def test_transformers_folder_gives_transformers_logits(tmp_path, name):
         np.testing.assert_allclose(logits, reference, atol=3e-5, rtol=0, err_msg=backend)
     if name in ("layer_norm_epsilon", "scale_attn_weights", "scale_attn_by_inverse_layer_idx"):
         # what the folder used to compute: the weights under default settings, silently
-        from shared.config import GPT2Config
+        from shared.model.config import GPT2Config
         from torch_impl.model import GPT2LMModel
         old = GPT2LMModel(GPT2Config(**BASE)).eval()
         old.load_weight(os.path.join(folder, "model.safetensors"))
@@ -158,7 +158,7 @@ def test_shape_flags_agree_or_are_refused_naming_both_values():
 
 
 def test_a_plain_checkpoint_file_keeps_the_flags(tmp_path):
-    from shared.checkpoint import save_checkpoint
+    from shared.model.checkpoint import save_checkpoint
     state = load_for_model(TF_HF_DIR, model_config(flags(TF_HF_DIR)))
     path = save_checkpoint(tmp_path / "plain.safetensors", state)
     assert checkpoint_config(path) is None
@@ -192,7 +192,7 @@ def test_openai_tf_checkpoint_logits_in_both_backends():
 
 
 def test_tf_optimizer_slots_are_dropped(monkeypatch):
-    from shared import pretrained, tf_checkpoint
+    from shared.model import pretrained, tf_checkpoint
     real = tf_checkpoint.read_tf_checkpoint(os.path.join(TF_DIR, "model.ckpt"))
     extra = dict(real, **{"model/wte/Adam": real["model/wte"], "model/wte/Adam_1": real["model/wte"],
                           "global_step": np.int64(3), "beta1_power": np.float32(0.9)})
@@ -367,9 +367,9 @@ def test_export_hf_of_a_tf_checkpoint_is_its_hf_twin(tmp_path):
 def test_pretrain_from_a_folder_trains_its_model_and_writes_its_config(tmp_path):
     """pretrain.py (work.sh --task pretrain) from a folder whose config says
     scale_attn_weights false: the run's checkpoints are read back as that model."""
-    from shared.config import GPT2Config
-    from shared.hf_export import export_hf_model
-    from shared.params import init_state_dict
+    from shared.model.config import GPT2Config
+    from shared.model.hf_export import export_hf_model
+    from shared.model.params import init_state_dict
     config = GPT2Config(n_positions=32, n_ctx=32, n_embd=16, n_layer=1, n_head=2,
                         scale_attn_weights=False, layer_norm_epsilon=1e-3)
     folder = tmp_path / "pretrained"
@@ -405,7 +405,7 @@ def test_pretrain_from_a_folder_trains_its_model_and_writes_its_config(tmp_path)
 def test_e2e_and_instruct_pipelines_take_the_folder_config(tmp_path):
     """The pipelines convert --init_checkpoint to base/base.safetensors for their later stages:
     the folder's config comes along beside it."""
-    from shared.pipeline import Pipeline
+    from shared.pipeline.engine import Pipeline
     fake = argparse.Namespace(args=argparse.Namespace(init_checkpoint=TF_DIR),
                               s=dict(model_card="gpt2.sm", n_embd=None, n_layer=None, n_head=None,
                                      lora_dim=0, lora_alpha=32))

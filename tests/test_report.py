@@ -5,7 +5,7 @@ import re
 import numpy as np
 import pytest
 
-from shared.report import markdown_table, render_report_md, thin_rows, write_report
+from shared.pipeline.report import markdown_table, render_report_md, thin_rows, write_report
 
 
 def full_results(n_steps=100):

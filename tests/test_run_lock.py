@@ -8,14 +8,14 @@ import sys
 
 import pytest
 
-from shared.run_lock import HELD_ENV, LOCK_NAME, RunFolderBusy, RunLock
+from shared.runtime.run_lock import HELD_ENV, LOCK_NAME, RunFolderBusy, RunLock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 HOLDER = """
 import sys
 sys.path.insert(0, {root!r})
-from shared.run_lock import RunLock
+from shared.runtime.run_lock import RunLock
 lock = RunLock(sys.argv[1], command="holder " + sys.argv[1]).acquire()
 print("held", flush=True)
 sys.stdin.read()  # until the test closes stdin

@@ -1,11 +1,11 @@
-"""shared/sampling.py: filtering, the inverse-CDF draw and the sample streams, on known values."""
+"""shared/decode/sampling.py: filtering, the inverse-CDF draw and the sample streams, on known values."""
 import math
 
 import numpy as np
 import pytest
 
-from shared.sampling import (SampleStreams, SamplingSettings, draw, filtered_probabilities,
-                             prompt_batch)
+from shared.decode.sampling import (SampleStreams, SamplingSettings, draw, filtered_probabilities,
+                                    prompt_batch)
 
 EOS = 4
 

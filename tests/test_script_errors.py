@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
-from shared.checkpoint import save_checkpoint
-from shared.config import GPT2Config
-from shared.params import init_state_dict
+from shared.model.checkpoint import save_checkpoint
+from shared.model.config import GPT2Config
+from shared.model.params import init_state_dict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -19,7 +19,7 @@ def run(*args, env=None):
 
 
 def test_beam_checks_its_output_place_before_the_search(tmp_path, e2e_dir, vocab_dir):
-    from shared.e2e_data import prepare_e2e
+    from shared.text.e2e_data import prepare_e2e
     prepare_e2e(e2e_dir, str(tmp_path / "data"), vocab_dir=vocab_dir, splits=("valid",))
     config = GPT2Config(n_embd=16, n_layer=1, n_head=2)
     save_checkpoint(tmp_path / "m.safetensors", init_state_dict(config, seed=1))
@@ -72,7 +72,7 @@ def test_encode_without_vocab_or_network_gives_the_same_hint_as_generate(tmp_pat
                                                                         capsys):
     import requests
 
-    import shared.tokenizer as tokenizer_module
+    import shared.text.tokenizer as tokenizer_module
     sys.path.insert(0, os.path.join(ROOT, "scripts"))
     try:
         import gpt2_encode
@@ -92,7 +92,7 @@ def test_encode_without_vocab_or_network_gives_the_same_hint_as_generate(tmp_pat
 
 
 def test_work_sh_default_output_is_not_the_committed_logs(tmp_path):
-    from shared.pipeline import report_dir
+    from shared.pipeline.engine import report_dir
     sys.path.insert(0, os.path.join(ROOT, "scripts"))
     try:
         import run_pipeline

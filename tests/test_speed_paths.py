@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from shared.config import GPT2Config
+from shared.model.config import GPT2Config
 from alignment.harness import randomize_lora_B
-from shared.params import init_state_dict
+from shared.model.params import init_state_dict
 
 pytestmark = pytest.mark.gpu
 CONFIG = GPT2Config(vocab_size=1001, n_positions=128, n_embd=128, n_layer=2, n_head=4,

@@ -38,7 +38,7 @@ sys.exit(128 + got[0] if got else 3)
 DRIVER = """
 import sys
 sys.path.insert(0, {root!r})
-from shared.stage_process import StageStopped, run_stage
+from shared.pipeline.stage_process import StageStopped, run_stage
 try:
     with open(sys.argv[1], "w") as log:
         code = run_stage([sys.executable, "-c", {stage!r}, *sys.argv[2:]], log=log)
@@ -122,7 +122,7 @@ def test_stage_stops_when_the_pipeline_is_killed_outright(tmp_path):
 
 
 def test_a_stage_that_ends_by_itself_returns_its_code(tmp_path):
-    from shared.stage_process import run_stage
+    from shared.pipeline.stage_process import run_stage
     handler_before = signal.getsignal(signal.SIGTERM)
     log_path = tmp_path / "log.txt"
     with open(log_path, "w") as log:

@@ -11,8 +11,8 @@ import time
 import numpy as np
 import pytest
 
-from shared.checkpoint import read_checkpoint
-from shared.stop_signals import StopSignal, raise_on_stop_signals
+from shared.model.checkpoint import read_checkpoint
+from shared.runtime.stop_signals import StopSignal, raise_on_stop_signals
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -62,10 +62,10 @@ def wait_for_line(proc, prefix, timeout=300):
 
 # ------------------------------------------------------------------------------ beam search
 def test_beam_search_stopped_by_sigterm_leaves_no_output(tmp_path, e2e_dir, vocab_dir):
-    from shared.checkpoint import save_checkpoint
-    from shared.config import GPT2Config
-    from shared.e2e_data import prepare_e2e
-    from shared.params import init_state_dict
+    from shared.model.checkpoint import save_checkpoint
+    from shared.model.config import GPT2Config
+    from shared.text.e2e_data import prepare_e2e
+    from shared.model.params import init_state_dict
     data = tmp_path / "data"
     prepare_e2e(e2e_dir, str(data), vocab_dir=vocab_dir, splits=("test",))
     config = GPT2Config(n_embd=32, n_layer=1, n_head=2)
@@ -115,7 +115,7 @@ def uninterrupted(tmp_path_factory, encoded):
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_every_stop_signal_asks_the_training_loop_to_save_and_stop(sig):
-    from shared.trainer import StopRequest
+    from shared.train.trainer import StopRequest
     with StopRequest() as stop:
         os.kill(os.getpid(), sig)
         assert stop.requested and stop.signum == sig
@@ -149,8 +149,8 @@ def test_gpt2_ft_saves_on_sigterm_and_resumes_bit_identically(tmp_path, encoded,
 def test_resuming_a_finished_training_keeps_it(tmp_path, encoded):
     """A pipeline rerun after a stop resumes every backend's training, also one that finished."""
     from backends import training_backend
-    from shared.train_args import build_parser
-    from shared.trainer import train
+    from shared.train.train_args import build_parser
+    from shared.train.trainer import train
     argv = ft_argv(encoded, tmp_path / "run", ["--max_step", "2", "--warmup_step", "1",
                                                "--log_interval", "1", "--eval_interval", "2"])[2:]
     first = train(build_parser().parse_args(argv), training_backend("torch"))

@@ -1,12 +1,12 @@
 """Data of the pretraining and classification tasks: bad input named by file and line, windows,
-seeded splits, class balance and metrics (shared/text_data.py, shared/classify_data.py)."""
+seeded splits, class balance and metrics (shared/text/text_data.py, shared/text/classify_data.py)."""
 import numpy as np
 import pytest
 
-from shared.classifier_params import is_trainable
-from shared.classify_data import (ClassifyDataError, ClassifyDataset, class_weights,
-                                  classification_metrics, prepare_splits, read_labelled)
-from shared.text_data import TextDataError, WindowDataset, read_text_file, split_tail
+from shared.model.classifier_params import is_trainable
+from shared.text.classify_data import (ClassifyDataError, ClassifyDataset, class_weights,
+                                       classification_metrics, prepare_splits, read_labelled)
+from shared.text.text_data import TextDataError, WindowDataset, read_text_file, split_tail
 
 
 class CharTokenizer:
@@ -152,8 +152,8 @@ def test_windows_report_a_stream_they_mostly_skip():
 
 def test_a_classification_split_where_every_text_is_cut_is_an_error(tmp_path):
     """Every text cut at max_len: the trainer refuses to start, naming the split and max_len."""
-    from shared.classify_task import build_classify_parser
-    from shared.trainer import Trainer, TrainingError
+    from shared.tasks.classify_task import build_classify_parser
+    from shared.train.trainer import Trainer, TrainingError
     examples = [(0, "abcdef", 1), (1, "uvwxyz", 2), (0, "ab", 3)]
     some = ClassifyDataset(examples, CharTokenizer(), batch_size=2, max_len=4, name="train")
     assert some.source == "train" and not some.keeps_no_completion()
@@ -168,8 +168,8 @@ def test_a_classification_split_where_every_text_is_cut_is_an_error(tmp_path):
 
 
 def test_check_batch_validates_targets_masks_and_classifier_lengths():
-    from shared.batching import check_batch
-    from shared.config import GPT2Config
+    from shared.text.batching import check_batch
+    from shared.model.config import GPT2Config
     config = GPT2Config(n_embd=8, n_layer=1, n_head=2, n_positions=4, n_ctx=4, vocab_size=10)
     ids = np.zeros((2, 4), dtype=np.int64)
     check_batch({"input": ids, "target": ids, "mask": np.ones((2, 4), np.float32)}, config)

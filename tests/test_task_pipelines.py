@@ -1,4 +1,4 @@
-"""`bash work.sh --task pretrain|classify` (shared/task_pipelines.py): dispatch, data stages,
+"""`bash work.sh --task pretrain|classify` (shared/pipeline/task_pipelines.py): dispatch, data stages,
 resume of finished stages, and one whole micro run with its report."""
 import json
 import os

@@ -68,10 +68,10 @@ def test_interrupted_pretraining_resumes_to_the_same_result(tmp_path, vocab_dir)
 
     from alignment.task_fixtures import write_text_file
     from backends import training_backend
-    from shared.pretrain_task import (PRETRAIN_RESUME_KEYS, build_pretrain_parser,
-                                      pretrain_datasets, pretrain_problems)
-    from shared.tokenizer import load_tokenizer
-    from shared.trainer import Trainer, TrainingInterrupted
+    from shared.tasks.pretrain_task import (PRETRAIN_RESUME_KEYS, build_pretrain_parser,
+                                            pretrain_datasets, pretrain_problems)
+    from shared.text.tokenizer import load_tokenizer
+    from shared.train.trainer import Trainer, TrainingInterrupted
     import pytest
 
     text = write_text_file(tmp_path / "story.txt")
@@ -107,10 +107,10 @@ def test_interrupted_pretraining_resumes_to_the_same_result(tmp_path, vocab_dir)
 
 def test_task_scripts_refuse_a_work_dir_another_process_trains_into(tmp_path, vocab_dir):
     """pretrain.py, classify_ft.py and instruct_ft.py take the run-folder lock before any work."""
-    from shared.run_lock import HELD_ENV, LOCK_NAME
+    from shared.runtime.run_lock import HELD_ENV, LOCK_NAME
     work = tmp_path / "w"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from shared.run_lock import RunLock; "
+        [sys.executable, "-c", "import sys; from shared.runtime.run_lock import RunLock; "
          "lock = RunLock(sys.argv[1]).acquire(); print('held', flush=True); sys.stdin.read()",
          str(work)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         env={**{k: v for k, v in os.environ.items() if k != HELD_ENV}, "PYTHONPATH": ROOT})

@@ -12,8 +12,8 @@ import time
 import numpy as np
 import pytest
 
-from shared.tensorboard_log import (EventFileError, TensorBoardLog, drop_events_after,
-                                    event_files, read_records)
+from shared.train.tensorboard_log import (EventFileError, TensorBoardLog, drop_events_after,
+                                          event_files, read_records)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

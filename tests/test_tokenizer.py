@@ -1,4 +1,4 @@
-"""shared/tokenizer.py against an independent transcription of OpenAI's GPT-2 `encoder.py`.
+"""shared/text/tokenizer.py against an independent transcription of OpenAI's GPT-2 `encoder.py`.
 
 `OriginalGPT2Encoder` below re-implements gpt-2/src/encoder.py (the encoder microsoft/LoRA's
 gpt2_encode.py uses) in plain Python with the `regex` package; tiktoken must agree with it token
@@ -13,9 +13,9 @@ from functools import lru_cache
 import pytest
 import regex
 
-from shared import tokenizer as tok
-from shared.e2e_data import prepare_e2e, read_encoded
-from shared.tokenizer import EOT_ID, VocabError, load_tokenizer
+from shared.text import tokenizer as tok
+from shared.text.e2e_data import prepare_e2e, read_encoded
+from shared.text.tokenizer import EOT_ID, VocabError, load_tokenizer
 
 
 # ------------------------------------------------------------- the original, transcribed

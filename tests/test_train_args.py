@@ -1,7 +1,8 @@
 """gpt2_ft.py's arguments: what cannot run fails before any work, naming the flag."""
 import pytest
 
-from shared.train_args import ArgumentProblem, build_parser, validate
+from shared.runtime.arg_types import ArgumentProblem
+from shared.train.train_args import build_parser, validate
 
 
 @pytest.fixture

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from backends import training_backend as backend_class
-from shared.checkpoint import read_checkpoint
-from shared.schedule import lr_at, multiplier
-from shared.train_args import build_parser
-from shared.trainer import TrainingError, TrainingInterrupted, train
+from shared.model.checkpoint import read_checkpoint
+from shared.train.schedule import lr_at, multiplier
+from shared.train.train_args import build_parser
+from shared.train.trainer import TrainingError, TrainingInterrupted, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

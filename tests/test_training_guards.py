@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from backends import training_backend as backend_class
-from shared.trainer import TrainingError, train
+from shared.train.trainer import TrainingError, train
 
 from test_training import assert_same_result, make_args
 
@@ -73,7 +73,8 @@ def run_script(script, argv, **kw):
     (["--seq_len", "2048"], "--seq_len 2048 is longer than the model's 1024 positions"),
 ])
 def test_model_shape_and_length_are_checked_naming_the_flag(tmp_path, encoded, bad, message):
-    from shared.train_args import ArgumentProblem, build_parser, validate
+    from shared.runtime.arg_types import ArgumentProblem
+    from shared.train.train_args import build_parser, validate
     args = build_parser().parse_args(ft_argv(encoded, tmp_path / "w", *bad))
     with pytest.raises(ArgumentProblem) as info:
         validate(args)
@@ -81,7 +82,7 @@ def test_model_shape_and_length_are_checked_naming_the_flag(tmp_path, encoded, b
 
 
 def test_card_sizes_are_overridden_only_by_given_values():
-    from shared.config import GPT2Config
+    from shared.model.config import GPT2Config
     assert GPT2Config.from_model_card("gpt2.sm", n_layer=2).n_embd == 768
     with pytest.raises(ValueError, match="n_embd must be positive"):
         GPT2Config.from_model_card("gpt2.sm", n_embd=0)
@@ -112,7 +113,7 @@ def test_work_dir_under_a_regular_file_fails_before_any_work(tmp_path, encoded):
 
 
 def test_work_dir_on_a_read_only_file_system_is_a_problem(tmp_path, monkeypatch):
-    from shared import preflight
+    from shared.runtime import preflight
 
     class ReadOnly:
         f_flag = os.ST_RDONLY
@@ -130,8 +131,8 @@ def test_a_run_where_no_example_keeps_a_completion_token_is_an_error(tmp_path, e
 
 
 def test_training_batches_are_checked_on_the_host_before_the_device():
-    from shared.batching import check_batch
-    from shared.config import GPT2Config
+    from shared.text.batching import check_batch
+    from shared.model.config import GPT2Config
     config = GPT2Config(n_embd=8, n_layer=1, n_head=2, n_positions=4, n_ctx=4)
     check_batch({"input": np.zeros((2, 4), dtype=np.int64)}, config)
     with pytest.raises(ValueError, match="5 positions"):
@@ -141,7 +142,7 @@ def test_training_batches_are_checked_on_the_host_before_the_device():
 
 
 def test_a_split_where_most_completions_are_cut_gets_a_loud_warning():
-    from shared.batching import FTDataset
+    from shared.text.batching import FTDataset
     samples = [([1] * 10, [2, 3]), ([1] * 10, [2]), ([1] * 10, [2, 3, 4]), ([1] * 2, [5, 6])]
     report = FTDataset(samples, batch_size=2, seq_len=8, source="x.jsonl").completion_report()
     assert report.startswith("WARNING") and "3 of 4" in report and "x.jsonl:1" in report
@@ -151,7 +152,7 @@ def test_a_split_where_most_completions_are_cut_gets_a_loud_warning():
 # ------------------------------------------------------------------------ faults at a save
 def test_disk_full_at_a_save_is_one_line_naming_the_file_and_how_to_resume(tmp_path, encoded,
                                                                         monkeypatch):
-    import shared.atomic
+    import shared.runtime.atomic
 
     real_fsync = os.fsync
 
@@ -159,7 +160,7 @@ def test_disk_full_at_a_save_is_one_line_naming_the_file_and_how_to_resume(tmp_p
         if ".model." in os.path.basename(os.readlink(f"/proc/self/fd/{fd}")):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real_fsync(fd)
-    monkeypatch.setattr(shared.atomic.os, "fsync", no_space_for_checkpoints)
+    monkeypatch.setattr(shared.runtime.atomic.os, "fsync", no_space_for_checkpoints)
     with pytest.raises(TrainingError) as info:
         train(make_args(encoded, tmp_path / "w"), backend_class("torch"))
     message = str(info.value)
@@ -194,7 +195,7 @@ def test_truncated_trainer_state_names_the_file(tmp_path, encoded):
 # ---------------------------------------------------------------- the Jittor position table
 @pytest.mark.parametrize("backend", ["torch", "jittor"])
 def test_models_refuse_positions_and_ids_outside_their_tables(backend):
-    from shared.config import GPT2Config
+    from shared.model.config import GPT2Config
     config = GPT2Config(n_embd=8, n_layer=1, n_head=2, n_positions=6, n_ctx=6)
     if backend == "torch":
         import torch

@@ -1,4 +1,4 @@
-"""How the training scripts end (shared/training_script.py): each known failure of the work is
+"""How the training scripts end (shared/train/training_script.py): each known failure of the work is
 one line on stderr and its exit status; a stop signal outside the training loop ends it too."""
 import argparse
 import errno
@@ -7,11 +7,11 @@ import signal
 
 import pytest
 
-from shared.checkpoint import CheckpointError
-from shared.run_lock import RunFolderBusy
-from shared.train_args import ArgumentProblem
-from shared.trainer import TrainingError, TrainingInterrupted
-from shared.training_script import DISK_HINT, run_training_script
+from shared.model.checkpoint import CheckpointError
+from shared.runtime.run_lock import RunFolderBusy
+from shared.runtime.arg_types import ArgumentProblem
+from shared.train.trainer import TrainingError, TrainingInterrupted
+from shared.train.training_script import DISK_HINT, run_training_script
 
 
 def run(exc, **kwargs):

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from shared.trainlog import (FORMAT_JSONL, FORMAT_MSLORA, JsonlLogWriter, TrainLogError,
-                             align_steps, loss_agreement, loss_table, read_log)
+from shared.train.trainlog import (FORMAT_JSONL, FORMAT_MSLORA, JsonlLogWriter, TrainLogError,
+                                   align_steps, loss_agreement, loss_table, read_log)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

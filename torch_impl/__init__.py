@@ -2,7 +2,7 @@
 
 Mirrors `jittor_impl` name for name, so code switches backend by changing one import.
 """
-from shared.config import GPT2Config
+from shared.model.config import GPT2Config
 
 from .lora import mark_only_lora_as_trainable, merge_lora, set_shared_dropout, unmerge_lora
 from .model import GPT2LMModel

@@ -1,6 +1,6 @@
 """Batched beam search on the model's device, in PyTorch (twin: jittor_impl/beam.py).
 
-Implements the spec of `shared/beam_spec.py` for B queries x K beams at once: one forward over
+Implements the spec of `shared/decode/beam_spec.py` for B queries x K beams at once: one forward over
 the queries (right-padded to a width bucket, see `padded_query_width`), then one token per row
 per step into a KV cache preallocated to that width + eval_len.
 The per-step rules work on whole (rows, V) tensors: no Python loop over rows and no host sync.
@@ -9,8 +9,8 @@ than growing), which is what keeps Jittor's kernel cache warm in the twin.
 """
 import torch
 
-from shared.beam_spec import BeamSettings, length_divisor, padded_query_width
-from shared.decode_cache import SharedPrefixCache, check_cache, generated_width
+from shared.decode.beam_spec import BeamSettings, length_divisor, padded_query_width
+from shared.decode.decode_cache import SharedPrefixCache, check_cache, generated_width
 from shared.model.peft_methods import input_positions, virtual_tokens
 
 NEG_INF = float("-inf")
@@ -172,7 +172,7 @@ def beam_search(model, query, query_len, settings: BeamSettings, cache="per_row"
     """Best sequences (B, eval_len) int64 for queries (B, Tq) right-padded, lengths (B,).
 
     `cache`: "per_row" (the exact path: every row holds its query's keys and values too, the
-    model's own attention) or "shared_prefix" (shared/decode_cache.py: less memory traffic, the
+    model's own attention) or "shared_prefix" (shared/decode/decode_cache.py: less memory traffic, the
     math attention with its fp32 sums in another order, so a near-tie may rank otherwise)."""
     check_cache(cache)
     with torch.no_grad():

@@ -1,19 +1,19 @@
 """GPT-2 as a text classifier, in PyTorch (twin: jittor_impl/classifier.py, same structure).
 
-The head (`score`, shared/classifier_params.py) reads the final hidden state of each row's last
+The head (`score`, shared/model/classifier_params.py) reads the final hidden state of each row's last
 real token (`lengths - 1`; padding after it is never seen, attention being causal). The loss is
 the class-weighted mean cross-entropy (weights 1 without class weights). `ClassifierBackend` is
-the training backend of shared/trainer.py for this model: it builds the classifier, marks the
+the training backend of shared/train/trainer.py for this model: it builds the classifier, marks the
 `--trainable` part and replaces the language-model loss; everything else is `TorchBackend`'s.
 """
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from shared.checkpoint import load_for_model, read_checkpoint
-from shared.classifier_params import init_head, is_head_name, is_trainable, split_head
-from shared.config import GPT2Config
-from shared.params import init_state_dict, is_lora_name
+from shared.model.checkpoint import load_for_model, read_checkpoint
+from shared.model.classifier_params import init_head, is_head_name, is_trainable, split_head
+from shared.model.config import GPT2Config
+from shared.model.params import init_state_dict, is_lora_name
 
 from .lora import mark_trainable
 from .model import Conv1D, GPT2Base, GPT2Model

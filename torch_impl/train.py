@@ -1,4 +1,4 @@
-"""The PyTorch side of training (twin: jittor_impl/train.py); the loop is shared/trainer.py.
+"""The PyTorch side of training (twin: jittor_impl/train.py); the loop is shared/train/trainer.py.
 
 A backend owns the model and optimizer on its device and does what depends on the framework:
 forward/backward of a micro-batch, the optimizer update, evaluation losses, fetching values,
@@ -7,11 +7,10 @@ and the weights/optimizer state as numpy for backend-neutral checkpoints.
 import numpy as np
 import torch
 
-from shared.checkpoint import load_for_model
-from shared.dropout import SharedDropout
-from shared.model.peft_methods import trains
-from shared.seeding import step_seed
-from shared.params import optimizer_groups
+from shared.model.checkpoint import load_for_model
+from shared.train.dropout import SharedDropout
+from shared.train.seeding import step_seed
+from shared.model.params import optimizer_groups, trains
 
 from .frozen_weights import store_frozen_weights
 # the reference AdamW and clipping, one kernel per operation for all tensors (fused_optim.py)
@@ -135,7 +134,7 @@ class TorchBackend:
         return torch.stack([v.float() for v in values]).cpu().tolist()
 
     def sample(self, prompt_ids, settings, seed, num_samples=1):
-        """Sampled continuations from the model being trained (shared/sampling.py's draws)."""
+        """Sampled continuations from the model being trained (shared/decode/sampling.py's draws)."""
         return generate(self.model, prompt_ids, settings, seed, num_samples)
 
     def parameter_counts(self):

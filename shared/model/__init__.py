@@ -1,1 +1,1 @@
-"""The model: its configuration, parameters, checkpoints and parameter-efficient methods."""
+"""The GPT-2 + LoRA model as data: config, parameter layout, checkpoints, file formats."""

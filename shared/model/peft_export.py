@@ -103,7 +103,7 @@ def export_prompt_adapter(state: dict, config, out_dir, base_model: str = "") ->
     """Write adapter_config.json + adapter_model.safetensors into `out_dir`; returns the paths."""
     from safetensors.numpy import save_file
 
-    from shared.atomic import atomic_path, write_json
+    from shared.runtime.atomic import atomic_path, write_json
     table = virtual_table(state, config)
     os.makedirs(out_dir, exist_ok=True)
     weights = os.path.join(out_dir, ADAPTER_WEIGHTS)

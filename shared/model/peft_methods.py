@@ -174,34 +174,10 @@ def initial_value(name, shape, rng, config, drawn):
 
 
 # ------------------------------------------------------------------------------- training
-def trainable_names(config, names) -> list:
-    """Of the model's parameter `names`, those the method trains."""
-    from shared.params import is_lora_name  # (lazy: params imports this module)
-    method = method_of(config)
-    if method == "full":
-        return list(names)
-    if method == "lora":
-        return [n for n in names if is_lora_name(n)]
-    if method == "top2":
-        last = tuple(f"transformer.h.{i}." for i in range(max(0, config.n_layer - 2), config.n_layer))
-        return [n for n in names if n.startswith(last)]
-    if method == "bitfit":
-        return [n for n in names if n.endswith(".bias")]
-    return [n for n in names if is_added_name(n)]
-
-
 def trainable_line(trainable: int, total: int) -> str:
     """peft's `print_trainable_parameters` line (peft_model.py), character for character."""
     return (f"trainable params: {trainable:,d} || all params: {total:,d} || "
             f"trainable%: {100 * trainable / total:.4f}")
-
-
-def parameter_counts(config) -> "tuple[int, int]":
-    """(trainable, all) parameter counts of a model of `config`, as peft counts them."""
-    from shared.params import parameter_shapes
-    shapes = parameter_shapes(config)
-    sizes = {n: int(np.prod(s)) for n, s in shapes.items()}
-    return sum(sizes[n] for n in trainable_names(config, shapes)), sum(sizes.values())
 
 
 # ------------------------------------------------------------------------ flags and files
@@ -268,7 +244,7 @@ def resolve_peft_args(args):
 
 def add_peft_args(parser):
     """The --peft flags (None: not given, so a flag of another method is caught)."""
-    from shared.arg_types import non_negative_int, positive_int
+    from shared.runtime.arg_types import non_negative_int, positive_int
     parser.add_argument("--peft", default=None, choices=METHODS,
                         help="fine-tuning method (default: lora with --lora_dim > 0, else full)")
     parser.add_argument("--num_virtual_tokens", type=int, default=None,
@@ -332,8 +308,3 @@ def read_peft_settings(path) -> "PeftSettings | None":
 def input_positions(config) -> int:
     """Positions left to the real tokens (the virtual ones take the first N)."""
     return config.n_positions - virtual_tokens(config)
-
-
-def trains(config):
-    """The predicate `name -> bool` of the parameters the method trains."""
-    return lambda name: bool(trainable_names(config, [name]))

@@ -1,0 +1,1 @@
+"""Generation written once for both backends: beam-search spec, sampling, chat, output files."""

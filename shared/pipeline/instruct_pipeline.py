@@ -1,0 +1,277 @@
+"""`bash work.sh --task instruct`: instruction tuning on both backends, side by side.
+
+Stages (recorded in RUN_DIR/stages.json by the E2E pipeline's machinery, so reruns skip
+finished stages, interrupted training resumes, `--force_stage` redoes a stage and the later ones):
+  1 data    the Alpaca JSON split by seed and encoded twice: all tokens scored (for the base) and
+            response tokens only (for instruction tuning)
+  2 init    --init_checkpoint converted, or a small base GPT-2 trained from scratch with torch on
+            the training split's prompts and responses (full loss): the model must know some
+            English before LoRA teaches it to answer
+  3 tune    LoRA instruction tuning with `scripts/instruct_ft.py`, torch and jittor, same base,
+            data order and seed (`--exact_dropout`: same dropout masks); --tensorboard events
+  4 eval    each backend's responses for the held-out test split (greedy), ROUGE-L, perplexity
+  5 check   the torch run's final weights in both backends: logits, loss, LoRA gradients
+  6 report  report.md + report.json (in the run folder, or LOGS_DIR/<run> with --logs_dir):
+            metrics side by side, loss agreement, response agreement, example responses, plots
+Every stage runs the project's scripts, as the E2E pipeline does; shared/pipeline/task_pipelines.py
+registers this pipeline for work.sh's --task dispatch.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import time
+
+from shared.runtime.arg_types import seed_int, setting_type
+from shared.runtime.atomic import write_text
+from shared.model.checkpoint import load_for_model, save_checkpoint
+from shared.model.config import GPT2Config
+from shared.runtime.environment import devices, versions
+from shared.runtime.paths import REPO_ROOT, file_check, resolve_data_path
+from shared.pipeline.engine import PRESETS, Pipeline
+
+STAGES = ("data", "init", "tune", "eval", "check", "report")
+DEFAULT_DATA = os.path.join(REPO_ROOT, "..", "shared", "data", "instruct", "instruction-data.json")
+
+EXAMPLES_SHOWN = 5
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="work.sh --task instruct",
+        description="Instruction tuning (Alpaca JSON) on both backends from identical weights "
+                    "and seeds: data, base model, LoRA tuning, responses + ROUGE-L + "
+                    "perplexity, final check, report.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--preset", choices=sorted(PRESETS["instruct"]), default=None,
+                   help="cuda when a GPU is present, else cpu; micro is a smoke run")
+    p.add_argument("--run", default=None, help="run name (default: instruct-<preset>)")
+    p.add_argument("--runs_dir", default=os.path.join(REPO_ROOT, "runs"))
+    p.add_argument("--logs_dir", default=None,
+                   help="write the report and plots to LOGS_DIR/<run> (default: the run folder, "
+                        "so a plain run never replaces the committed results under logs/)")
+    p.add_argument("--data", default=None,
+                   help="Alpaca JSON (else $INSTRUCT_DATA, else ../shared/data/instruct/"
+                        "instruction-data.json)")
+    p.add_argument("--vocab_dir", default=None, help="GPT-2 vocab (else GPT2_VOCAB_DIR)")
+    p.add_argument("--backends", default="torch,jittor", help="comma-separated")
+    p.add_argument("--force", action="store_true", help="rerun every stage")
+    p.add_argument("--force_stage", action="append", default=[], choices=STAGES,
+                   help="rerun this stage and the ones after it")
+    p.add_argument("--until", default=None, choices=STAGES, help="stop after this stage")
+    p.add_argument("--init_checkpoint", default=None,
+                   help="pretrained GPT-2 (HF or microsoft/LoRA layout): skips base training")
+    p.add_argument("--exact_dropout", action="store_true",
+                   help="LoRA dropout masks from one backend-neutral generator")
+    p.add_argument("--full_loss", action="store_true",
+                   help="instruction tuning scores every token (default: the response only)")
+    p.add_argument("--random_seed", type=seed_int, default=10)
+    p.add_argument("--split_seed", type=seed_int, default=123)
+    types = {"device": str, "model_card": str, "precision": str, "base_lr": float, "lr": float,
+             "lora_dropout": float}
+    for key in sorted({k for preset in PRESETS["instruct"].values() for k in preset}):
+        p.add_argument(f"--{key}", type=setting_type(key, types.get(key, int)), default=None,
+                       help="override the preset's value")
+    return p
+
+
+def resolve_data(flag):
+    return os.path.abspath(resolve_data_path(flag, "INSTRUCT_DATA", [DEFAULT_DATA], flag="--data",
+                                             what="instruction data", check=file_check))
+
+
+class InstructPipeline(Pipeline):
+    """The E2E Pipeline's engine (stages.json, resume, --force_stage, --until, the script
+    runner) with the instruction-tuning data and stages."""
+    task = "instruct"
+    stages = STAGES
+    run_name = "instruct-{preset}"
+
+    def find_data(self):
+        self.data_file = resolve_data(self.args.data)
+
+    def stage_folders(self):
+        return {"init": ["base"], "tune": list(self.backends)}
+
+    def _fingerprint(self):
+        keys = dict(self.s, data=getattr(self, "data_file", None),
+                    init_checkpoint=self.args.init_checkpoint,
+                    exact_dropout=self.args.exact_dropout, full_loss=self.args.full_loss,
+                    random_seed=self.args.random_seed, split_seed=self.args.split_seed,
+                    backends=self.args.backends)
+        return json.loads(json.dumps(keys))
+
+    def data_flags(self):
+        flags = ["--data", self.data_file, "--split_seed", str(self.args.split_seed)]
+        if self.s["limit"]:
+            flags += ["--limit", str(self.s["limit"])]
+        if self.vocab_dir:
+            flags += ["--vocab", self.vocab_dir]
+        return flags
+
+    # ---------------------------------------------------------------------------- stages
+    def stage_data(self):
+        from shared.text.instruct_data import prepare_instruct
+        from shared.text.tokenizer import load_tokenizer
+        tokenizer = load_tokenizer(self.vocab_dir)
+        counts = {}
+        for folder, response_only in (("full", False), ("response", True)):
+            counts[folder] = prepare_instruct(self.data_file, self.path("data", folder), tokenizer,
+                                              self.args.split_seed, response_only=response_only,
+                                              limit=self.s["limit"])
+        return {"data": self.data_file, "entries": counts["response"]}
+
+    def stage_init(self):
+        base = self.path("base", "base.safetensors")
+        base_config = GPT2Config(**dict(self.config.to_dict(), lora_attn_dim=0))
+        if self.args.init_checkpoint:
+            return self.save_base(base, base_config)
+        work, steps = self.path("base"), self.s["base_steps"]
+        argv = ["scripts/gpt2_ft.py", "--backend", "torch", "--device", self.s["device"],
+                "--train_data", self.path("data", "full", "train.jsonl"),
+                "--valid_data", self.path("data", "full", "valid.jsonl"), *self.shape_flags(),
+                "--lora_dim", "0", "--train_batch_size", str(self.s["base_batch_size"]),
+                "--valid_batch_size", "8", "--seq_len", str(self.s["seq_len"]),
+                "--lr", str(self.s["base_lr"]), "--weight_decay", "0.01", "--correct_bias",
+                "--clip", "1.0", "--warmup_step", str(max(1, steps // 20)),
+                "--max_step", str(steps), "--scheduler", "cosine",
+                "--log_interval", str(max(1, steps // 10)), "--eval_interval", str(steps),
+                "--save_interval", str(max(1, steps // 4)), "--precision", self.s["precision"],
+                "--random_seed", str(self.args.random_seed), "--work_dir", work, "--no_progress"]
+        if self._has_checkpoint(work):
+            argv.append("--resume")
+        self.sh(argv, "base_train.log")
+        save_checkpoint(base, load_for_model(self.path("base", f"model.{steps}.pt"), base_config))
+        return {"base": base, "source": "trained from scratch (torch, full loss on train split)"}
+
+    def tune_argv(self, backend, extra=()):
+        argv = ["scripts/instruct_ft.py", "--backend", backend, "--device", self.s["device"],
+                *self.data_flags(), "--data_out", self.path("data", "response"),
+                *self.shape_flags(), "--init_checkpoint", self.path("base", "base.safetensors"),
+                "--lora_dim", str(self.s["lora_dim"]), "--lora_alpha", str(self.s["lora_alpha"]),
+                "--lora_dropout", str(self.s["lora_dropout"]),
+                "--train_batch_size", str(self.s["train_batch_size"]), "--valid_batch_size", "8",
+                "--seq_len", str(self.s["seq_len"]), "--lr", str(self.s["lr"]),
+                "--weight_decay", "0.01", "--correct_bias", "--clip", "1.0",
+                "--warmup_step", str(self.s["warmup_step"]), "--max_step", str(self.s["max_step"]),
+                "--scheduler", "linear", "--log_interval", "10",
+                "--eval_interval", str(self.s["eval_interval"]),
+                "--save_interval", str(self.s["save_interval"]), "--precision", self.s["precision"],
+                "--random_seed", str(self.args.random_seed), "--work_dir", self.path(backend),
+                "--attn", "math", "--max_new_tokens", str(self.s["max_new_tokens"]),
+                "--no_progress", *extra]
+        if self.s["eval_limit"]:
+            argv += ["--eval_limit", str(self.s["eval_limit"])]
+        if self.args.full_loss:
+            argv.append("--full_loss")
+        if self.args.exact_dropout:
+            argv.append("--shared_dropout")
+        return argv
+
+    def stage_tune(self):
+        out = {}
+        for backend in self.backends:
+            started = time.time()
+            extra = ["--no_eval", "--tensorboard", self.path(backend, "tensorboard")]
+            if self._has_checkpoint(self.path(backend)):
+                extra.append("--resume")
+            self.sh(self.tune_argv(backend, extra), f"{backend}_tune.log")
+            out[backend] = {"seconds": time.time() - started}
+        return out
+
+    def stage_eval(self):
+        out = {}
+        for backend in self.backends:
+            started = time.time()
+            self.sh(self.tune_argv(backend, ["--eval_only"]), f"{backend}_eval.log")
+            with open(self.path(backend, "instruct_eval.json")) as f:
+                out[backend] = dict(json.load(f), seconds=time.time() - started)
+        return out
+
+    def stage_check(self):
+        if len(self.backends) < 2:
+            return {"skipped": "needs both backends"}
+        argv = ["scripts/check_alignment.py", "--init_checkpoint",
+                self.path("base", "base.safetensors"), "--lora_checkpoint",
+                self.path(self.backends[0], f"model.{self.s['max_step']}.pt"),
+                "--data", self.path("data", "response", "valid.jsonl"), *self.shape_flags(),
+                "--lora_dim", str(self.s["lora_dim"]), "--lora_alpha", str(self.s["lora_alpha"]),
+                "--seq_len", str(self.s["seq_len"]), "--batch_size", "4", "--batches", "2",
+                "--device", self.s["device"], "--json", self.path("final_check.json")]
+        self.sh(argv, "final_check.log")
+        return {"json": self.path("final_check.json")}
+
+    def stage_report(self):
+        from shared.pipeline.plotting import plot_loss_comparison, plot_lr_schedule
+        from shared.pipeline.report import render_report_md, write_report
+        from shared.train.trainlog import loss_agreement, loss_table, read_log
+        logs = {b: read_log(self.path(b), label=b) for b in self.backends}
+        pair = [logs[b] for b in self.backends] + [None]
+        plot_loss_comparison(pair[0], pair[1], os.path.join(self.log_dir, "loss.png"),
+                             f"{self.run}: instruction tuning loss (response tokens)")
+        plot_lr_schedule(list(logs.values()), os.path.join(self.log_dir, "lr.png"))
+        plots = {"loss": "loss.png", "lr": "lr.png"}
+        self.plot_base_loss(plots)
+        evals, responses = {}, {}
+        for backend in self.backends:
+            with open(self.path(backend, "instruct_eval.json")) as f:
+                evals[backend] = json.load(f)
+            with open(self.path(backend, "test_responses.jsonl")) as f:
+                responses[backend] = [json.loads(line) for line in f]
+            shutil.copyfile(self.path(backend, "train_log.jsonl"),
+                            os.path.join(self.log_dir, f"{backend}_train_log.jsonl"))
+            shutil.copyfile(self.path(backend, "test_responses.jsonl"),
+                            os.path.join(self.log_dir, f"{backend}_test_responses.jsonl"))
+        metrics = {b: {"ROUGE_L": e["rouge_l"], "test_ppl": e["test_ppl"],
+                       "test_loss": e["test_loss"], "test_entries": e["test_entries"]}
+                   for b, e in evals.items()}
+        results = {
+            "run": self.run, "created": datetime.datetime.now().isoformat(timespec="seconds"),
+            "task": "instruct", "devices": devices(self.s["device"]), "versions": versions(),
+            "config": dict(self.s, exact_dropout=self.args.exact_dropout,
+                           full_loss=self.args.full_loss, random_seed=self.args.random_seed,
+                           split_seed=self.args.split_seed, data=self.data_file,
+                           entries=self.state["stages"].get("data", {}).get("outputs", {})
+                           .get("entries"),
+                           init=self.state["stages"].get("init", {}).get("outputs", {})
+                           .get("source")),
+            "stages": [{"name": n, "seconds": round(v.get("seconds", 0.0), 1),
+                        "status": v["status"]} for n, v in self.state["stages"].items()],
+            "metrics": metrics, "plots": plots,
+        }
+        if len(self.backends) == 2:
+            a, b = (logs[n] for n in self.backends)
+            results["loss_agreement"] = loss_agreement(a, b)
+            results["loss_table"] = loss_table(a, b)
+            ra, rb = (responses[n] for n in self.backends)
+            results["response_agreement"] = {
+                "identical_responses": sum(x["response"] == y["response"] for x, y in zip(ra, rb)),
+                "total": len(ra)}
+            if os.path.isfile(self.path("final_check.json")):
+                with open(self.path("final_check.json")) as f:
+                    results["final_check"] = json.load(f)
+        write_report(self.log_dir, results)
+        write_text(os.path.join(self.log_dir, "report.md"),
+                   render_report_md(results, self.log_dir) + self.examples_md(results, responses))
+        print(f"report: {os.path.join(self.log_dir, 'report.md')}")
+        return {"report": os.path.join(self.log_dir, "report.md")}
+
+    def examples_md(self, results, responses) -> str:
+        """Response agreement and the first test entries with each backend's response."""
+        lines = ["", "## Responses on the test split", ""]
+        agreement = results.get("response_agreement")
+        if agreement:
+            lines += [f"{agreement['identical_responses']} of {agreement['total']} greedy "
+                      f"responses are identical across the backends.", ""]
+        first = responses[self.backends[0]]
+        for index, row in enumerate(first[:EXAMPLES_SHOWN]):
+            prompt = row["instruction"] + (f" / input: {row['input']}" if row["input"] else "")
+            lines += [f"**{index + 1}. {prompt}**", "", f"- reference: {row['reference']}"]
+            for backend in self.backends:
+                lines.append(f"- {backend}: {responses[backend][index]['response']}")
+            lines.append("")
+        return "\n".join(lines)
+

@@ -1,0 +1,1 @@
+"""What every script stands on: atomic writes, locks, paths, flag types, exits, stop signals."""

@@ -1,0 +1,1 @@
+"""Text in, tokens out: the tokenizer and each task's data (E2E, raw text, instructions, labels)."""
