@@ -46,7 +46,8 @@ def inference_model_problems(args) -> list:
     if args.lora_checkpoint and not args.init_checkpoint:
         problems.append("--lora_checkpoint holds LoRA weights only: give the base model with "
                         "--init_checkpoint too")
-    if args.lora_checkpoint and args.lora_dim <= 0 and resolve_peft_args(args).peft is None:
+    if args.lora_checkpoint and args.lora_dim <= 0 \
+            and getattr(resolve_peft_args(args), "peft", None) is None:
         problems.append(f"--lora_checkpoint needs --lora_dim (the rank it was trained with; "
                         f"{args.lora_checkpoint} does not store its LoRA settings)")
     if args.device is None:
