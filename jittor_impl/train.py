@@ -35,6 +35,7 @@ class JittorBackend:
         self.compute_dtype = COMPUTE_DTYPES.get(args.precision)
         self.seed = args.random_seed
         self.config = config
+        self.metrics = {}  # the last batch's task metrics (device scalars), see take_metrics
         self.model = self.build_model(config, args)
         self.shared_dropout = SharedDropout(config.lora_dropout, args.random_seed) if args.shared_dropout else None
         set_shared_dropout(self.model, self.shared_dropout)
@@ -82,7 +83,7 @@ class JittorBackend:
             loss = self.batch_loss(data, label_smooth)
         self.optimizer.backward(loss * loss_scale)
         loss = loss.detach()
-        jt.sync([loss])  # run the forward now, so the graph behind the loss is not kept alive
+        jt.sync([loss] + list(self.metrics.values()))  # run the forward now, so its graph is not kept
         return loss
 
     def update(self, lr, clip):
@@ -99,7 +100,7 @@ class JittorBackend:
         data = self.to_device(batch)
         with jt.no_grad(), self.autocast():
             loss = self.batch_loss(data)
-        jt.sync([loss])
+        jt.sync([loss] + list(self.metrics.values()))
         return loss
 
     def batch_loss(self, data, label_smooth=0.0):
@@ -107,6 +108,12 @@ class JittorBackend:
         _, loss = self.forward(data["input"], lm_labels=data["target"], lm_mask=data["mask"],
                              label_smooth=label_smooth)
         return loss
+
+    def take_metrics(self):
+        """The metrics the last batch_loss left ({name: device scalar}, e.g. DPO's rewards; none
+        for the language model), handed over once."""
+        metrics, self.metrics = self.metrics, {}
+        return metrics
 
     def fetch(self, values):
         """Lazy scalars -> Python floats in one transfer (the loop's only host sync)."""

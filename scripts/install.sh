@@ -25,6 +25,17 @@ echo "== Python packages (requirements.txt, and the test clients of requirements
 "$PYTHON" -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-test.txt
 echo "== this project (editable) =="
 "$PYTHON" -m pip install -q --disable-pip-version-check --no-deps -e .
+echo "== torchvision (the originals of Jittor's ported models, for alignment.auto_diff) =="
+# Where the plain import fails (PyPI's wheel is a CUDA build; beside a CPU-only torch its import
+# fails and would break transformers), the pinned release goes into a folder off the path that
+# only alignment/torchvision_ports.py reads.
+if ! "$PYTHON" -c "import torchvision" >/dev/null 2>&1; then
+  TORCHVISION_DIR=$("$PYTHON" -c "from alignment.torchvision_ports import private_dir; print(private_dir())")
+  if [ ! -d "$TORCHVISION_DIR/torchvision" ]; then
+    "$PYTHON" -m pip install -q --disable-pip-version-check --no-deps --target "$TORCHVISION_DIR" torchvision==0.28.0
+  fi
+  echo "torchvision 0.28.0 in $TORCHVISION_DIR"
+fi
 echo "== Jittor warm-up =="
 "$PYTHON" scripts/jittor_warmup.py
 echo "installed."

@@ -15,7 +15,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TWIN_FILES = ("__init__.py", "model.py", "lora.py", "ops.py", "optim.py", "train.py", "beam.py",
-              "generate.py", "classifier.py", "peft_modules.py")
+              "generate.py", "classifier.py", "preference.py", "peft_modules.py")
 
 # torch name -> Jittor name, applied to the torch side before the diff.
 NAME_MAP = [
@@ -421,12 +421,12 @@ ALLOWED = {
             'jt.set_seed(step_seed(self.seed, step))',
             'self.optimizer.backward(loss * loss_scale)',
             'loss = loss.detach()',
-            'jt.sync([loss])  # run the forward now, so the graph behind the loss is not kept alive',
+            'jt.sync([loss] + list(self.metrics.values()))  # run the forward now, so its graph is not kept',
             'return loss',
             'jt.sync([grad_norm])',
             'jt.sync(list(self.params.values()))',
             'with jt.no_grad(), self.autocast():',
-            'jt.sync([loss])',
+            'jt.sync([loss] + list(self.metrics.values()))',
             'return loss',
             '"""Lazy scalars -> Python floats in one transfer (the loop\'s only host sync)."""',
             'return jt.concat([v.float32().reshape(1) for v in values]).numpy().tolist()',
@@ -614,6 +614,25 @@ ALLOWED = {
             '"""JittorBackend training GPT2Classifier on {"input", "length", "label"} batches."""',
             'with jt.no_grad(), self.autocast():',
             'return logits.float32().numpy()',
+        ],
+    },
+    'preference.py': {
+        'torch': [
+            'import jt',
+            'import jt.nn.functional as F',
+            'from .train import TorchBackend',
+            'class DPOBackend(TorchBackend):',
+            '"""TorchBackend training the policy with the DPO loss against a frozen reference copy."""',
+            'self.reference.to(self.device)',
+            'token_logp = F.log_softmax(logits.detach().float32(), dim=-1)',
+        ],
+        'jittor': [
+            'from .runtime import jt',
+            'from .train import JittorBackend',
+            'class DPOBackend(JittorBackend):',
+            '"""JittorBackend training the policy with the DPO loss against a frozen reference copy."""',
+            'nn = jt.nn',
+            'token_logp = nn.log_softmax(logits.detach().float32(), dim=-1)',
         ],
     },
 }

@@ -32,6 +32,7 @@ class TorchBackend:
             raise RuntimeError("--device cuda requested but torch sees no CUDA GPU")
         self.device, self.seed = torch.device(args.device), args.random_seed
         self.config = config
+        self.metrics = {}  # the last batch's task metrics (device scalars), see take_metrics
         self.model = self.build_model(config, args)
         self.shared_dropout = SharedDropout(config.lora_dropout, args.random_seed) if args.shared_dropout else None
         set_shared_dropout(self.model, self.shared_dropout)
@@ -126,6 +127,12 @@ class TorchBackend:
         _, loss = self.forward(data["input"], lm_labels=data["target"], lm_mask=data["mask"],
                                label_smooth=label_smooth)
         return loss
+
+    def take_metrics(self):
+        """The metrics the last batch_loss left ({name: device scalar}, e.g. DPO's rewards; none
+        for the language model), handed over once."""
+        metrics, self.metrics = self.metrics, {}
+        return metrics
 
     def fetch(self, values):
         """Device scalars -> Python floats in one transfer (the loop's only host sync)."""

@@ -201,21 +201,23 @@ class Trainer:
             return
         values = self.backend.fetch([r["loss"] for r in self.pending]
                                     + [r["grad_norm"] for r in self.pending
-                                       if r["grad_norm"] is not None])
-        losses, norms = values[:len(self.pending)], iter(values[len(self.pending):])
+                                       if r["grad_norm"] is not None]
+                                    + [v for r in self.pending for v in r["metrics"].values()])
+        losses, rest = values[:len(self.pending)], iter(values[len(self.pending):])
+        norms = [next(rest) if r["grad_norm"] is not None else None for r in self.pending]
         now = self.elapsed()
         window = max(now - self.window_start, 1e-9)
         tokens_per_s = sum(r["tokens"] for r in self.pending) / window
-        for record, loss in zip(self.pending, losses):
+        for record, loss, norm in zip(self.pending, losses, norms):
             if not math.isfinite(loss):
                 raise TrainingError(f"loss is {loss} at step {record['step']} (epoch "
                                     f"{record['epoch']}): stopping. Lower --lr, set --clip, or "
                                     f"use fp32; the last saved checkpoint is untouched")
-            norm = next(norms) if record["grad_norm"] is not None else None
             self.log.write({"kind": "train", "step": record["step"], "epoch": record["epoch"],
                             "loss": loss, "lr": record["lr"], "grad_norm": norm,
                             "tokens_per_s": tokens_per_s, "elapsed_s": record["elapsed_s"],
-                            "backend": self.backend.name})
+                            "backend": self.backend.name,
+                            **{name: next(rest) for name in record["metrics"]}})
         self.window_losses.extend(losses)
         self.pending, self.window_start = [], now
 
@@ -241,16 +243,22 @@ class Trainer:
     def evaluate(self):
         self.flush()
         started = time.time()
-        losses = []
+        losses, metrics = [], []
         for index, batch in enumerate(self.valid_set.eval_batches()):
             if self.args.max_eval_batches is not None and index >= self.args.max_eval_batches:
                 break
             losses.append(self.backend.eval_loss(batch))
-        valid_loss = float(np.mean(self.backend.fetch(losses)))
+            metrics.append(self.backend.take_metrics())
+        values = self.backend.fetch(losses + [v for m in metrics for v in m.values()])
+        valid_loss = float(np.mean(values[:len(losses)]))
         valid_ppl = math.exp(min(valid_loss, 700.0))
+        rest = iter(values[len(losses):])  # task metrics: the mean over the batches
+        per_batch = [{name: next(rest) for name in m} for m in metrics]
         self.last_valid = {"kind": "valid", "step": self.step, "epoch": self.epoch,
                            "valid_loss": valid_loss, "valid_ppl": valid_ppl,
-                           "elapsed_s": self.elapsed(), "backend": self.backend.name}
+                           "elapsed_s": self.elapsed(), "backend": self.backend.name,
+                           **{f"valid_{name}": float(np.mean([m[name] for m in per_batch]))
+                              for name in (per_batch[0] if per_batch else ())}}
         self.log.write(self.last_valid)
         self.best_ppl = min(valid_ppl, self.best_ppl or valid_ppl)
         self.write(f"| Eval {self.step // self.args.eval_interval:3d} at step {self.step:>8d} | "
@@ -306,7 +314,9 @@ class Trainer:
                    "final_checkpoint": final_path, "elapsed_s": self.elapsed(),
                    "valid_loss": self.last_valid["valid_loss"],
                    "valid_ppl": self.last_valid["valid_ppl"],
-                   "trainable_params": self.parameter_counts[0], "all_params": self.parameter_counts[1]}
+                   "trainable_params": self.parameter_counts[0], "all_params": self.parameter_counts[1],
+                   **{k: v for k, v in self.last_valid.items()
+                      if k.startswith("valid_") and k not in ("valid_loss", "valid_ppl")}}
         write_json(os.path.join(self.work_dir, "train_summary.json"), summary)
         self.write(f"done: {self.step} steps in {summary['elapsed_s']:.1f}s, valid loss "
                    f"{summary['valid_loss']:.4f}, checkpoint {final_path}")
@@ -326,6 +336,7 @@ class Trainer:
                 try:
                     loss = self.backend.forward_backward(batch, 1.0 / args.grad_acc,
                                                          args.label_smooth)
+                    metrics = self.backend.take_metrics()  # a task's own, logged with the loss
                     lr = lr_at(args.lr, args.scheduler, self.step, args.warmup_step, self.max_step)
                     grad_norm = self.backend.update(lr, args.clip) if is_update else None
                 except Exception as exc:
@@ -337,7 +348,7 @@ class Trainer:
                             f"batch) or --seq_len") from exc
                     raise
                 self.pending.append({"step": self.step, "epoch": self.epoch, "loss": loss,
-                                     "grad_norm": grad_norm, "lr": lr,
+                                     "grad_norm": grad_norm, "lr": lr, "metrics": metrics,
                                      "tokens": int(np.prod(batch["input"].shape)),
                                      "elapsed_s": self.elapsed()})
                 if self.bar is not None:
