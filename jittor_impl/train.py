@@ -13,13 +13,13 @@ import numpy as np
 from shared.model.checkpoint import load_for_model
 from shared.train.dropout import SharedDropout
 from shared.train.seeding import step_seed
-from shared.model.params import optimizer_groups
+from shared.model.params import optimizer_groups, trains
 from shared.train.data_parallel import dropout_rows, processes_of
 
 from . import runtime
 from .frozen_weights import store_frozen_weights
 from .generate import generate
-from .lora import mark_only_lora_as_trainable, set_shared_dropout
+from .lora import mark_only_lora_as_trainable, mark_trainable, set_shared_dropout
 from .model import GPT2LMModel
 from .ops import DEFAULT_ATTENTION
 from .optim import AdamW, grad_norm_and_clip, set_lr
@@ -68,6 +68,8 @@ class JittorBackend:
             model.load_weight(args.init_checkpoint)
         if config.lora_attn_dim > 0:
             mark_only_lora_as_trainable(model)
+        elif config.peft is not None:  # --peft top2/bitfit/adapter/prompt/ptuning/prefix
+            mark_trainable(model, trains(config))
         return model
 
     def join_processes(self, model, args):
@@ -160,11 +162,18 @@ class JittorBackend:
         """Sampled continuations from the model being trained (shared/decode/sampling.py's draws)."""
         return generate(self.model, prompt_ids, settings, seed, num_samples)
 
+    def parameter_counts(self):
+        """(trainable, all) parameters of the model, as peft's print_trainable_parameters."""
+        sizes = {n: int(np.prod(p.shape)) for n, p in self.model.named_parameters()}
+        return sum(sizes[n] for n in self.params), sum(sizes.values())
+
     def is_out_of_memory(self, exc):
         return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
     # ------------------------------------------------------------- state for checkpoints
     def state_numpy(self, lora_only):
+        if lora_only and self.config.peft is not None:  # a PEFT method's trained weights
+            return {n: v for n, v in self.model.state_dict_numpy().items() if n in self.params}
         state = self.model.state_dict_numpy(lora_only=lora_only)
         if not lora_only:  # frozen weights as loaded, not their bf16 copies
             state.update(self.exact_frozen)

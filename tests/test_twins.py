@@ -15,7 +15,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TWIN_FILES = ("__init__.py", "model.py", "lora.py", "ops.py", "optim.py", "train.py", "beam.py",
-              "generate.py", "classifier.py", "preference.py")
+              "generate.py", "classifier.py", "preference.py", "peft_modules.py")
 
 # torch name -> Jittor name, applied to the torch side before the diff.
 NAME_MAP = [
@@ -81,7 +81,7 @@ ALLOWED = {
             'from jt import nn',
             'beyond = jt.arange(ns, device=k.device).reshape(1, ns) >= len_kv.reshape(-1, 1)',
             'rows = jt.arange(key.shape[0], device=key.device)',
-            'position_ids = jt.arange(past_length, past_length + input_ids.shape[-1],',
+            'position_ids = jt.arange(past_length, past_length + width,',
             'dtype=jt.long, device=input_ids.device)',
             '@jt.no_grad()',
             'param.copy_(jt.from_numpy(np.ascontiguousarray(value)).to(param.dtype))',
@@ -96,11 +96,23 @@ ALLOWED = {
             'nn = jt.nn',
             'beyond = jt.arange(ns).reshape(1, ns) >= len_kv.reshape(-1, 1)',
             'rows = jt.arange(key.shape[0])',
-            'position_ids = jt.arange(past_length, past_length + input_ids.shape[-1]).int64()',
+            'position_ids = jt.arange(past_length, past_length + width).int64()',
             'param.assign(jt.array(np.ascontiguousarray(value)).cast(param.dtype))',
             'lm_logits = matmul_transpose(hidden_states, self.transformer.wte.weight)  # tied head',
             'out[name] = param.float32().numpy().copy()',
             'out[f"transformer.h.{index}.attn.c_attn.weight"] = unmerged.float32().numpy()',
+        ],
+    },
+    'peft_modules.py': {
+        'torch': [
+            'import jt',
+            'from jt import nn',
+            'return jt.relu(x)',
+        ],
+        'jittor': [
+            'from .runtime import jt',
+            'nn = jt.nn',
+            'return jt.nn.relu(x)',
         ],
     },
     'lora.py': {
@@ -522,7 +534,7 @@ ALLOWED = {
             'query = jt.cat([query, query.new_zeros(batch, width - query_width)], dim=1)',
             'eos_columns = jt.zeros(vocab_size, dtype=jt.bool, device=device)',
             'queries = jt.arange(batch, device=device)',
-            "prefix_masked = jt.arange(width, device=device)[None, :] >= row_len[:, None]  # each row's padding",
+            "prefix_masked = jt.arange(virtual + width, device=device)[None, :] >= (row_len + virtual)[:, None]  # each row's padding",
             'beam_scores = jt.zeros(batch, 1, device=device)',
             'history = jt.zeros(batch, eval_len, dtype=jt.long, device=device)',
             'best = BestCandidates(batch, eval_len, settings.length_penalty, device)',
@@ -595,7 +607,7 @@ ALLOWED = {
             'query = jt.concat([query, jt.zeros((batch, width - query_width), dtype="int32")], dim=1)',
             'eos_columns = jt.zeros((vocab_size,), dtype="bool")',
             'queries = jt.arange(batch).int32()',
-            "prefix_masked = jt.arange(width).int32()[None, :] >= row_len[:, None]  # each row's padding",
+            "prefix_masked = jt.arange(virtual + width).int32()[None, :] >= (row_len + virtual)[:, None]  # each row's padding",
             'beam_scores = jt.zeros((batch, 1))',
             'history = jt.zeros((batch, eval_len), dtype="int32")',
             'best = BestCandidates(batch, eval_len, settings.length_penalty)',

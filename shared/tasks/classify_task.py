@@ -72,6 +72,9 @@ def classify_problems(args) -> list:
     if args.trainable != "lora" and args.lora_dim > 0:
         problems.append(f"--lora_dim {args.lora_dim} with --trainable {args.trainable}: LoRA "
                         f"trains with --trainable lora only")
+    if getattr(args, "peft", None) not in (None, "lora", "full"):
+        problems.append(f"--peft {args.peft} is for the language-model scripts (gpt2_ft.py, "
+                        f"instruct_ft.py); the classifier chooses its weights with --trainable")
     if args.label_smooth:
         problems.append("--label_smooth applies to the language-model loss only")
     args.seq_len, args.num_classes = args.max_len, len(LABELS)

@@ -12,6 +12,8 @@ from shared.runtime.arg_types import (ArgumentProblem, fraction_below_one, non_n
 from shared.model.config import MODEL_CARDS, GPT2Config, seq_len_problem, shape_flag_problems
 from shared.runtime.environment import default_device, device_problems
 from shared.model.lora_settings import LoRASettingsError, resolve_lora_args
+from shared.model.peft_methods import (add_peft_args, flag_problems as peft_flag_problems,
+                                       positions_problem, resolve_peft_args, settings_from_args)
 from shared.runtime.preflight import output_dir_problems
 from shared.model.checkpoint_files import checkpoint_path_problem
 from shared.model.pretrained import checkpoint_config
@@ -63,6 +65,7 @@ def build_parser(data_args=True, description=None):
     p.add_argument("--clip", type=non_negative_float, default=0.0, help="gradient clip (0: none)")
     p.add_argument("--seq_len", type=positive_int, default=512)
     add_model_shape_args(p)
+    add_peft_args(p)
     add_launcher_args(p)
     p.add_argument("--dist_timeout", type=positive_float, default=DEFAULT_TIMEOUT_S,
                    help="under several processes: seconds a step may wait for the other ranks "
@@ -143,6 +146,7 @@ def validate(args, data_files=True):
     if args.init_checkpoint:
         problems.append(checkpoint_path_problem("--init_checkpoint", args.init_checkpoint))
     problems += lora_flag_problems(args)
+    problems += peft_flag_problems(resolve_peft_args(args))
     for name in ("train_batch_size", "valid_batch_size", "grad_acc", "seq_len", "log_interval",
                  "eval_interval", "save_interval"):
         if getattr(args, name) <= 0:
@@ -178,7 +182,14 @@ def validate(args, data_files=True):
     problems = [p for p in problems if p]
     if not problems:
         try:
-            problems.append(seq_len_problem(args.seq_len, model_config(args)))
+            config = model_config(args)
+            problems += [seq_len_problem(args.seq_len, config),
+                         positions_problem(config, args.seq_len)]
+            if args.init_checkpoint and os.path.isfile(args.init_checkpoint):
+                from shared.model.checkpoint import method_problem
+                from shared.model.lora_settings import read_lora_settings
+                problems.append(method_problem(args.init_checkpoint,
+                                               read_lora_settings(args.init_checkpoint), config))
         except ValueError as exc:
             problems.append(str(exc))
         problems = [p for p in problems if p]
@@ -196,7 +207,8 @@ def model_config(args) -> GPT2Config:
     resolve_lora_args(args)
     lora = dict(lora_attn_dim=args.lora_dim, lora_attn_alpha=args.lora_alpha,
                 lora_dropout=getattr(args, "lora_dropout", 0.0),
-                lora_layer_dims=args.lora_layer_dims, lora_layer_alphas=args.lora_layer_alphas)
+                lora_layer_dims=args.lora_layer_dims, lora_layer_alphas=args.lora_layer_alphas,
+                peft=settings_from_args(resolve_peft_args(args)))
     found = checkpoint_config(getattr(args, "init_checkpoint", None))
     if found is not None:
         return found.model_config(n_embd=args.n_embd, n_layer=args.n_layer, n_head=args.n_head,

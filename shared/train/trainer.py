@@ -8,9 +8,10 @@ rate schedule, gradient accumulation, logging, evaluation, checkpoints and resum
 Semantics kept from the reference: `step` counts micro-batches; an update happens every
 `grad_acc` micro-batches with learning rate `lr_at(step)`; `--max_step` counts micro-batches
 (derived from `--max_epoch` when absent); intermediate checkpoints `model.{step}.pt` hold the
-LoRA weights only (all weights for full fine-tuning), the final one all weights. A checkpoint falls
-due every `--save_interval` steps and is written at the next update (the reference saves inside an
-accumulation window too, where the gradient summed so far would be lost to a resume).
+LoRA weights only (a --peft method's trained weights; all weights for full fine-tuning), the
+final one all weights. A checkpoint falls due every `--save_interval` steps and is written at
+the next update (the reference saves inside an accumulation window too, where the gradient
+summed so far would be lost to a resume).
 Additions: every step is logged as a JSON line; values are fetched from the device once per
 `--log_interval` (and before each eval/save), so the loop does not wait on the GPU every step;
 a non-finite loss stops the run naming the step; Ctrl-C, SIGTERM or SIGHUP finishes the current
@@ -38,6 +39,7 @@ from shared.model.checkpoint import (CheckpointError, load_trainer_state, save_c
                                      save_trainer_state)
 from shared.model.pretrained import checkpoint_config, remove_config_beside, write_config_beside
 from shared.model.lora_settings import settings_from_config
+from shared.model.peft_methods import trainable_line
 from shared.runtime.run_lock import RunLock
 from shared.train.schedule import lr_at
 from shared.runtime.stop_signals import STOP_SIGNALS, signal_name, stop_signal_handler
@@ -52,6 +54,9 @@ RESUME_KEYS = ("train_data", "train_batch_size", "grad_acc", "clip", "seq_len", 
                "lora_dropout", "label_smooth", "random_seed", "lr", "weight_decay",
                "correct_bias", "adam_epislon", "no_decay_bias", "adam_beta1", "adam_beta2",
                "scheduler", "max_step", "warmup_step", "shared_dropout", "max_epoch")
+# The --peft flags, compared when the saved run recorded them (runs before them trained lora/full).
+PEFT_RESUME_KEYS = ("peft", "num_virtual_tokens", "prompt_init", "ptuning_encoder",
+                    "encoder_hidden_size", "prefix_projection", "adapter_dim")
 
 
 class TrainingError(RuntimeError):
@@ -120,6 +125,9 @@ class Trainer:
             raise TrainingError(f"--warmup_step {args.warmup_step} > max_step {self.max_step} "
                                 f"(from --max_epoch {args.max_epoch})")
         self.backend = backend_cls(self.config, args)
+        self.parameter_counts = self.backend.parameter_counts()  # (trainable, all), as peft counts
+        if self.processes.is_main:
+            print(trainable_line(*self.parameter_counts), flush=True)
         self.step, self.epoch, self.batch_in_epoch, self.elapsed_before = 0, 1, 0, 0.0
         self.pending = []  # per-step records whose device values are not fetched yet
         self.last_valid = None
@@ -158,7 +166,8 @@ class Trainer:
                 f"continue exactly; delete model.{step}.pt and trainer_state.{step}.npz to resume "
                 f"from the one before")
         saved, now = meta["run_config"], self.run_config()
-        changed = [f"--{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in self.resume_keys
+        keys = self.resume_keys + tuple(k for k in PEFT_RESUME_KEYS if k in saved)
+        changed = [f"--{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in keys
                    if saved.get(k) != now.get(k)]
         if changed:
             raise TrainingError("--resume with arguments that change the result:\n  "
@@ -173,7 +182,8 @@ class Trainer:
     def save(self, final=False):
         """Every rank calls it (its flush is collective); rank 0 alone writes."""
         self.flush()
-        lora_only = self.config.lora_attn_dim > 0 and not final
+        # intermediate checkpoints: the trained weights only (LoRA's, or a PEFT method's)
+        lora_only = (self.config.lora_attn_dim > 0 or self.config.peft is not None) and not final
         model_path = os.path.join(self.work_dir, f"model.{self.step}.pt")
         state_path = os.path.join(self.work_dir, f"trainer_state.{self.step}.npz")
         if not self.processes.is_main:
@@ -184,7 +194,7 @@ class Trainer:
         for path, write in (
                 (model_path, lambda: save_checkpoint(
                     model_path, self.backend.state_numpy(lora_only=lora_only), layout="lora",
-                    lora_settings=settings_from_config(self.config))),
+                    lora_settings=settings_from_config(self.config), peft_settings=self.config.peft)),
                 (state_path, lambda: save_trainer_state(state_path, meta,
                                                         self.backend.optimizer_state()))):
             try:
@@ -343,6 +353,7 @@ class Trainer:
                    "final_checkpoint": final_path, "elapsed_s": self.elapsed(),
                    "valid_loss": self.last_valid["valid_loss"],
                    "valid_ppl": self.last_valid["valid_ppl"],
+                   "trainable_params": self.parameter_counts[0], "all_params": self.parameter_counts[1],
                    **{k: v for k, v in self.last_valid.items()
                       if k.startswith("valid_") and k not in ("valid_loss", "valid_ppl")}}
         if self.processes.is_main:
