@@ -247,7 +247,7 @@ def add_peft_args(parser):
     from shared.runtime.arg_types import non_negative_int, positive_int
     parser.add_argument("--peft", default=None, choices=METHODS,
                         help="fine-tuning method (default: lora with --lora_dim > 0, else full)")
-    parser.add_argument("--num_virtual_tokens", type=int, default=None,
+    parser.add_argument("--num_virtual_tokens", type=positive_int, default=None,
                         help="prompt/ptuning/prefix: virtual tokens N (default 20)")
     parser.add_argument("--prompt_init", default=None, choices=PROMPT_INITS,
                         help="prompt: random N(0,1) embeddings or rows of wte (default random)")
