@@ -33,7 +33,7 @@ from shared.runtime.differences import beam_agreement
 from shared.model.config import GPT2Config
 from shared.text.e2e_data import limit_test_split
 from shared.runtime.environment import cuda_available, devices, versions
-from shared.runtime.paths import resolve_e2e_dir, resolve_vocab_dir
+from shared.runtime.paths import REPO_ROOT, resolve_e2e_dir, resolve_vocab_dir
 from shared.model.pretrained import checkpoint_config, write_config_beside
 from shared.runtime.run_lock import RunLock
 from shared.pipeline.stage_process import run_stage
@@ -41,7 +41,7 @@ from shared.runtime.entry_point import run_script
 from shared.runtime.preflight import check_outputs, output_dir_problems
 from shared.train.train_args import BACKENDS
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where scripts/ is
+ROOT = REPO_ROOT  # where scripts/ is
 STAGES = ("data", "init", "lora", "beam", "check", "metrics", "report")
 SEED_BAND_RUN = "torch_seed2"  # torch again, random_seed + 1: what chance alone moves a score by
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # shared/runtime/..
 DEFAULT_VOCAB_DIR = os.path.join(REPO_ROOT, "data", "gpt2")
 DEFAULT_E2E_DIR = os.path.join(REPO_ROOT, "data", "e2e")
 VOCAB_FILES = ("encoder.json", "vocab.bpe")
