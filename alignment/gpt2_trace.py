@@ -140,3 +140,25 @@ def trace_gpt2(config: GPT2Config, state: dict, inputs: dict, precision: str = "
         out["float64"] = trace_module("torch", ref, inputs, run, dtype="float64",
                                       context=torch_float64_loss, **kw)
     return out
+
+
+def auto_diff_case(config: GPT2Config, state: dict, inputs: dict):
+    """(torch model, Jittor model, inputs, (torch loss, Jittor loss)) for alignment.auto_diff:
+    the twins from one state, `inputs` as random_batch gives them; the loss is the masked
+    cross-entropy of the logits, written once per framework outside the models (the torch
+    twin's own loss casts to float32, which would spoil the float64 reference)."""
+    vocab = config.vocab_size
+    onehot = np.eye(vocab, dtype=np.float64)[inputs["labels"]] * inputs["mask"][..., None]
+    count = float(inputs["mask"].sum())
+
+    def torch_loss(out):
+        import torch
+        logp = torch.log_softmax(out[0], dim=-1)
+        return -(logp * torch.as_tensor(onehot, dtype=logp.dtype)).sum() / count
+
+    def jittor_loss(out):  # vocabulary sums in float64, as jittor_impl's own loss does
+        from jittor_impl.runtime import jt
+        logp = jt.nn.log_softmax(out[0].float64(), dim=-1)
+        return -(logp * jt.array(onehot).cast(logp.dtype)).sum() / count
+    return (build_torch(config, state), build_jittor(config, state),
+            {"input_ids": inputs["input_ids"]}, (torch_loss, jittor_loss))

@@ -200,15 +200,16 @@ class JittorSide:
         return {n: p for n, p in module.named_parameters() if not p.is_stop_grad()}
 
     def backward(self, module, loss, tensors: dict, params: dict):
-        # One target per distinct Var: a parent that returns its child's output holds the same
-        # Var, and jt.grad gives a repeated target a zero gradient.
+        # One target per graph node: a parent that returns its child's output holds the same
+        # Var, Jittor's Dropout returns an alias (a new Var on its input's node), and jt.grad
+        # gives a repeated node a zero gradient. Var.id names the node, Python's id() the Var.
         unique = {}
         for x in list(tensors.values()) + list(params.values()):
-            unique.setdefault(id(x), x)
+            unique.setdefault(x.id, x)
         grads = dict(zip(unique, self.jt.grad(loss, list(unique.values()))))
         self.jt.sync_all(True)
-        return ({k: grads[id(x)] for k, x in tensors.items()},
-                {n: grads[id(p)] for n, p in params.items()})
+        return ({k: grads[x.id] for k, x in tensors.items()},
+                {n: grads[p.id] for n, p in params.items()})
 
 
 def side(backend: str, device: str = "cpu"):

@@ -20,7 +20,8 @@ from shared.model.params import init_state_dict, is_lora_name
 from .lora import MergedLinear
 from .ops import (ATTENTION_IMPLS, DEFAULT_ATTENTION, batched_matmul_transpose, causal_mask,
                   cross_entropy, embedding, fused_attention, gelu, layer_norm, matmul,
-                  matmul_transpose, merge_heads, parameter, permute, softmax, split_heads)
+                  matmul_transpose, merge_heads, parameter, permute, qkv_attention, softmax,
+                  split_heads)
 from .runtime import jt
 
 nn = jt.nn
@@ -108,8 +109,10 @@ class Attention(nn.Module):
         return a_prefix.reshape(rows, n_head, 1, head_dim) + matmul(w[:, :, :, width:], cache.value)
 
     def execute(self, x, layer_past=None, len_past=None):
-        query, key, value = self.c_attn(x).split(self.split_size, dim=2)
-        query, key, value = (split_heads(t, self.n_head) for t in (query, key, value))
+        qkv = self.c_attn(x)
+        query, key, value = (split_heads(t, self.n_head) for t in qkv.split(self.split_size, dim=2))
+        if layer_past is None and self.attn_impl == "sdpa":  # self-attention: straight from qkv
+            return self.c_proj(qkv_attention(qkv, self.n_head, self.divisor)), (key, value)
         if isinstance(layer_past, SharedPrefixCache):  # the beam search's cache (beam.py)
             a = self._attn_shared_prefix(query, key, value, layer_past)
             return self.c_proj(merge_heads(a)), layer_past

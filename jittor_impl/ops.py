@@ -90,6 +90,23 @@ def fused_attention(q, k, v, len_kv=None, divisor=None):
     return matmul(w, v)
 
 
+def qkv_attention(qkv, n_head, divisor=None):
+    """Causal self-attention of the fused projection's (B, T, 3E) output = [q | k | v], heads
+    merged back: (B, T, E). Mixed precision on CUDA: one kernel each way that reads q, k, v in
+    place and writes merged heads (flash_attention.packed_flash_attention), so the split and the
+    head permutes are no copies; otherwise the split heads through fused_attention."""
+    if fused_kernels.wanted(qkv, "attention") and flash_attention.packed_supported(qkv, n_head):
+        return flash_attention.packed_flash_attention(qkv, n_head, scale=None if divisor is None else 1.0 / divisor)
+    q, k, v = (split_heads(t, n_head) for t in qkv.split(qkv.shape[-1] // 3, dim=2))
+    return merge_heads(fused_attention(q, k, v, divisor=divisor))
+
+
+def mixed_precision(x):
+    """Whether the products run in a 16-bit type (inside precision.autocast): where forms that
+    round differently from the float32 path may be taken."""
+    return precision.compute_dtype() is not None
+
+
 def layer_norm(x, weight, bias, eps):
     """Two-pass variance, as torch: Jittor's nn.LayerNorm takes E[x^2] - E[x]^2, losing digits.
     Mixed precision on CUDA takes one fused kernel per pass (fused_kernels.py)."""

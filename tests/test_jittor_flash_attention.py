@@ -120,3 +120,65 @@ def test_flash_attention_cuda(case):
     _close(fused, exact, 2e-2)
     if b * h * tq * tk <= 200_000:
         _close(fused, _attention("on", q, k, v, g, len_kv, autocast="bfloat16"), 5e-3)
+
+
+def _qkv_attention(mode, qkv, g, n_head, autocast=None):
+    """Output and dqkv of ops.qkv_attention (the fused projection's output, packed) in fused-kernel
+    `mode`, as float32 numpy."""
+    fused_kernels.set_fused_kernels(mode)
+    with precision.autocast(autocast):
+        x = jt.array(qkv)
+        out = ops.qkv_attention(x, n_head)  # divisor None: sqrt(D)
+        (grad,) = jt.grad((out.float32() * jt.array(g)).sum(), [x])
+        return [out.float32().numpy(), grad.float32().numpy()]
+
+
+PACKED_CASES = [(2, 70, 2, 64), (1, 9, 3, 32)]  # (B, T, H, D)
+
+
+@pytest.mark.parametrize("case", PACKED_CASES)
+def test_packed_flash_attention_cpu_matches_exact_path(case):
+    """The packed kernels read q, k, v in place from (B, T, 3C) and write (B, T, C): the same
+    function as splitting the heads (exact path), and the same roundings as the separate kernels."""
+    b, t, h, d = case
+    rng = np.random.default_rng(t)
+    qkv = rng.normal(size=(b, t, 3 * h * d)).astype(np.float32)
+    g = rng.normal(size=(b, t, h * d)).astype(np.float32)
+    exact = _qkv_attention("off", qkv, g, h)
+    packed = _qkv_attention("on", qkv, g, h, autocast="bfloat16")
+    _close(packed, exact, 2e-2, names=("out", "dqkv"))
+    # the separate kernels on the same q, k, v: equal up to the packed output's bf16 rounding
+    q, k, v = (qkv[..., i * h * d:(i + 1) * h * d].reshape(b, t, h, d).transpose(0, 2, 1, 3) for i in range(3))
+    gh = g.reshape(b, t, h, d).transpose(0, 2, 1, 3)
+    out, dq, dk, dv = _attention("on", q, k, v, gh, autocast="bfloat16")
+    merge = lambda x: x.transpose(0, 2, 1, 3).reshape(b, t, h * d)  # noqa: E731
+    _close([packed[0]], [merge(out)], 5e-3, names=("out",))
+    _close([packed[1]], [np.concatenate([merge(dq), merge(dk), merge(dv)], axis=-1)], 2e-2, names=("dqkv",))
+    assert packed[1].shape == qkv.shape
+
+
+def test_packed_flash_attention_switch():
+    qkv = jt.ones((1, 8, 3 * 2 * 16))
+    with precision.autocast("bfloat16"):
+        assert flash_attention.packed_supported(qkv, 2)
+        assert not flash_attention.packed_supported(qkv, 4)  # head dim 8
+        assert not flash_attention.packed_supported(jt.ones((1, 8, 3 * 2 * 16 + 1)), 2)
+    assert not flash_attention.packed_supported(qkv, 2)  # float32 outside autocast: the exact path
+    with pytest.raises(ValueError, match="packed_flash_attention: needs 16-bit compute"):
+        flash_attention.packed_flash_attention(qkv, 2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", PACKED_CASES + [(8, 512, 16, 64), (2, 200, 4, 128)])
+def test_packed_flash_attention_cuda(case):
+    """The packed CUDA kernels against the float32 exact path on CUDA and against their CPU source."""
+    b, t, h, d = case
+    rng = np.random.default_rng(t + 1)
+    qkv = rng.normal(size=(b, t, 3 * h * d)).astype(np.float32)
+    g = rng.normal(size=(b, t, h * d)).astype(np.float32)
+    with jittor_on("cuda"):
+        exact = _qkv_attention("off", qkv, g, h)
+        fused = _qkv_attention("auto", qkv, g, h, autocast="bfloat16")
+    _close(fused, exact, 2e-2, names=("out", "dqkv"))
+    if b * h * t * t <= 200_000:
+        _close(fused, _qkv_attention("on", qkv, g, h, autocast="bfloat16"), 5e-3, names=("out", "dqkv"))

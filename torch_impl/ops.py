@@ -65,6 +65,19 @@ def fused_attention(q, k, v, len_kv=None, divisor=None):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=keep, scale=scale)
 
 
+def qkv_attention(qkv, n_head, divisor=None):
+    """Causal self-attention of the fused projection's (B, T, 3E) output = [q | k | v], heads
+    merged back: (B, T, E)."""
+    q, k, v = (split_heads(t, n_head) for t in qkv.split(qkv.shape[-1] // 3, dim=2))
+    return merge_heads(fused_attention(q, k, v, divisor=divisor))
+
+
+def mixed_precision(x):
+    """Whether the products run in a 16-bit type (inside torch.autocast): where forms that
+    round differently from the float32 path may be taken."""
+    return torch.is_autocast_enabled(x.device.type)
+
+
 def layer_norm(x, weight, bias, eps):
     return F.layer_norm(x, weight.shape, weight, bias, eps)
 

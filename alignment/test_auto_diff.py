@@ -1,0 +1,229 @@
+"""alignment.auto_diff on a port this project did not write (torchvision's ResNet-18 against
+jittor.models' port: clean, a buffer difference found, planted bugs localized), on tiny twins
+built here (dropout's alias, the weight map's errors, optimizer steps) and on GPT-2; kink-flip
+recognition on constructed values. Small inputs (2 images of 32x32) keep it to about a minute."""
+import numpy as np
+import pytest
+
+from alignment import auto_diff, port_bugs
+from alignment.kink_flips import flip
+from alignment.planted_bugs import Patches
+from alignment.weight_transfer import WeightMismatch, assign_weights
+
+IMAGES = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+
+
+def resnet(plant=None, correct=False):
+    from alignment import torchvision_ports
+    tm, jm = torchvision_ports.build("resnet18", seed=0)
+    patches = Patches()
+    if correct:
+        port_bugs.unbiased_running_var(patches, jm)
+    if plant:
+        plant(patches, jm)
+    return tm, jm, patches
+
+
+def diff(plant=None, train=False, correct=False, **kw):
+    tm, jm, patches = resnet(plant, correct)
+    try:
+        return auto_diff(tm, jm, (IMAGES,), train=train, **kw)
+    finally:
+        patches.undo()
+
+
+def mlp_twins(p=0.5):
+    import torch
+
+    from jittor_impl.runtime import jt
+    torch.manual_seed(0)
+    tm = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Dropout(p), torch.nn.ReLU(),
+                             torch.nn.Linear(8, 3))
+    jm = jt.nn.Sequential(jt.nn.Linear(6, 8), jt.nn.Dropout(p), jt.nn.ReLU(), jt.nn.Linear(8, 3))
+    return tm, jm
+
+
+X = np.random.default_rng(1).standard_normal((4, 6)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def clean_eval():
+    return diff()
+
+
+def test_a_clean_port_passes_in_eval_mode(clean_eval):
+    result = clean_eval
+    assert result.passed, [r["name"] for r in result.failing()]
+    assert result.first_divergence == {"forward": None, "backward": None, "buffers": None,
+                                       "steps": None}
+    kinds = {r["kind"] for r in result.records}
+    assert {"outputs", "inputs", "local_input_grads", "local_param_grads", "buffers"} <= kinds
+    assert result.skipped_weights and all(n.endswith("num_batches_tracked")
+                                          for n in result.skipped_weights)
+
+
+def test_records_are_taken_at_hook_time(clean_eval):
+    """torchvision's ReLU is in place: bn1's recorded output keeps its negative values, and the
+    second call of a block's ReLU is recorded apart from the first."""
+    names = {r["name"] for r in clean_eval.records if r["kind"] == "outputs"}
+    assert {"bn1", "relu", "layer1.0.relu", "layer1.0.relu#2"} <= names
+    from alignment import torchvision_ports
+    from alignment.model_trace import record
+    tm, _ = torchvision_ports.build("resnet18", seed=0)
+    trace = record("torch", tm.eval(), ((IMAGES,), {}), lambda out: out.mean())
+    assert trace.outputs["bn1"].min() < 0 <= trace.outputs["relu"].min()
+    assert np.abs(trace.input_grads["layer1.0.conv1"]).sum() > 0
+
+
+def test_buffers_differ_in_train_mode_and_agree_once_corrected():
+    """The finding: Jittor's BatchNorm keeps the biased running variance."""
+    shipped = diff(train=True)
+    assert shipped.first_divergence["forward"] is None
+    assert shipped.first_divergence["buffers"] == "bn1"
+    assert {r["name"].rsplit(".", 1)[1] for r in shipped.failing("buffers")} >= {"running_var"}
+    corrected = diff(train=True, correct=True)
+    assert corrected.first_divergence["buffers"] is None, corrected.failing("buffers")
+    assert corrected.rule["k"] == 64.0  # K_TRAIN_BATCHNORM
+
+
+@pytest.mark.parametrize("bug", [
+    "BatchNorm batch mean detached (backward only, layer1.1.bn2)",
+    "residual connection dropped (layer2.1)",
+])
+def test_planted_bugs_are_localized(bug):
+    model, plant, train, expected = port_bugs.PORT_BUGS[bug]
+    result = diff(plant, train=train)
+    assert not result.passed
+    for key, value in expected.items():
+        assert result.first_divergence[key] == value, result.first_divergence
+    if expected.get("forward"):
+        assert result.first_divergence["backward"] is None
+        assert any("backward not judged" in n for n in result.notes)
+
+
+def test_report_files(tmp_path):
+    tm, jm = mlp_twins()
+    result = auto_diff(tm, jm, (X,), out_dir=str(tmp_path / "report"))
+    assert result.passed
+    for name in ("auto_diff.md", "auto_diff.json", "auto_diff.png"):
+        assert (tmp_path / "report" / name).stat().st_size > 0
+    assert "first divergence: forward `None`" in (tmp_path / "report" / "auto_diff.md").read_text()
+
+
+def test_jittor_dropout_alias_keeps_its_gradient():
+    """Jittor's Dropout returns an alias of its input (same node): both records get the
+    gradient, none reads zero; train mode turns dropout off in both frameworks."""
+    from alignment.model_trace import record
+    tm, jm = mlp_twins()
+    assign_weights(tm, jm)
+    trace = record("jittor", jm, ((X,), {}), lambda out: out.mean())
+    assert np.abs(trace.input_grads["1"]).sum() > 0
+    np.testing.assert_array_equal(trace.input_grads["1"], trace.output_grads["1"])
+    result = auto_diff(tm, jm, (X,), train=True)
+    assert result.passed, result.failing()
+
+
+def test_weight_map_lists_every_mismatch():
+    import torch
+
+    from jittor_impl.runtime import jt
+    tm = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    jm = jt.nn.Sequential(jt.nn.Linear(6, 8), jt.nn.ReLU(), jt.nn.Linear(8, 4))
+    with pytest.raises(WeightMismatch) as error:
+        assign_weights(tm, jm)
+    message = str(error.value)
+    assert "2.weight [3, 8] vs Jittor 2.weight [4, 8]" in message and "2.bias" in message
+    assert "4 problems" not in message and "2 problems" in message
+
+    class Renamed(jt.nn.Module):
+        def __init__(self):
+            self.first, self.act, self.last = jt.nn.Linear(6, 8), jt.nn.ReLU(), jt.nn.Linear(8, 3)
+
+        def execute(self, x):
+            return self.last(self.act(self.first(x)))
+    with pytest.raises(WeightMismatch, match="8 problems"):
+        assign_weights(tm, Renamed())
+    mapping = assign_weights(tm, Renamed(), layer_map={"0": "first", "2": "last"})
+    assert mapping.pairs["2.bias"] == "last.bias"
+    result = auto_diff(tm, Renamed(), (X,), layer_map={"0": "first", "1": "act", "2": "last"})
+    assert result.passed, result.failing()  # modules without weights are named in it too
+    assert result.forward_order == ["0", "1", "2", "output"]
+
+
+def test_steps_compare_weights_and_optimizer_state():
+    import torch
+
+    from jittor_impl.runtime import jt
+    tm, jm = mlp_twins(0.0)
+    sgd = (lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9),
+           lambda ps: jt.optim.SGD(ps, lr=0.1, momentum=0.9))
+    result = auto_diff(tm, jm, (X,), steps=2, optimizers=sgd)
+    assert result.passed and result.first_divergence["steps"] is None
+    kinds = {r["kind"] for r in result.records}
+    assert {"step_weights", "step_optimizer"} <= kinds
+    tm, jm = mlp_twins(0.0)
+    wrong = (sgd[0], lambda ps: jt.optim.SGD(ps, lr=0.1, momentum=0.8))
+    result = auto_diff(tm, jm, (X,), steps=2, optimizers=wrong)
+    assert result.first_divergence["forward"] is None
+    assert result.first_divergence["steps"].startswith("step 2:")  # momentum shows at step 2
+
+
+def test_bad_arguments_are_refused():
+    tm, jm = mlp_twins()
+    with pytest.raises(TypeError, match="inputs"):
+        auto_diff(tm, jm, "not arrays")
+    with pytest.raises(TypeError, match="optimizers"):
+        auto_diff(tm, jm, (X,), steps=1)
+    with pytest.raises(TypeError, match="loss_fn"):
+        auto_diff(tm, jm, (X,), loss_fn=(len,))
+
+
+def test_kink_flip_recognition():
+    import torch
+    relu6 = torch.nn.ReLU6()
+    ref_x = np.array([7e-6, 1.0, -2.0, 6.5, 3.0] * 40)
+    test_x = ref_x.copy()
+    test_x[0] = -2e-6  # rounding put it on the other side of 0
+    ref_g = np.where((ref_x > 0) & (ref_x < 6), 1.0, 0.0)
+    test_g = np.where((test_x > 0) & (test_x < 6), 1.0, 0.0)
+    found = flip(relu6, test_x, ref_x, test_g, ref_g, ref_g)
+    assert found == {"module_type": "ReLU6", "elements": 1, "size": 200}
+    wrong = test_g.copy()
+    wrong[1] = 0.0  # a gradient that differs where the input is far from any kink: a bug
+    assert flip(relu6, test_x, ref_x, wrong, ref_g, ref_g) is None
+    assert flip(torch.nn.Linear(2, 2), test_x, ref_x, test_g, ref_g, ref_g) is None
+    assert flip(relu6, test_x, ref_x, 1 - ref_g, ref_g, ref_g) is None  # not sparse
+
+
+def test_gpt2_twins_through_auto_diff():
+    from alignment import gpt2_trace
+    from alignment.harness import seeded_state, tiny_config
+    config = tiny_config(lora_dim=4)
+    batch = gpt2_trace.random_batch(config, vocab=2000)
+    tm, jm, inputs, loss = gpt2_trace.auto_diff_case(config, seeded_state(config, 0), batch)
+    clean = auto_diff(tm, jm, inputs, loss_fn=loss)
+    assert clean.passed, [r["name"] for r in clean.failing()]
+    _, plant, _, expected = port_bugs.PORT_BUGS["GPT-2 LayerNorm statistics detached (backward only)"]
+    tm, jm, inputs, loss = gpt2_trace.auto_diff_case(config, seeded_state(config, 0), batch)
+    patches = Patches()
+    plant(patches, jm)
+    try:
+        result = auto_diff(tm, jm, inputs, loss_fn=loss)
+    finally:
+        patches.undo()
+    assert result.first_divergence["forward"] is None
+    assert result.first_divergence["backward"] == expected["backward"]
+
+
+def test_ports_script_refuses_unknown_parts(capsys):
+    import importlib.util
+    import os
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location(
+        "auto_diff_ports", os.path.join(root, "scripts", "auto_diff_ports.py"))
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    with pytest.raises(SystemExit) as exit_info:
+        script.main(["--out", "unused", "--parts", "planted,everything"])
+    assert exit_info.value.code == 2
+    assert "--parts: unknown ['everything']" in capsys.readouterr().err
