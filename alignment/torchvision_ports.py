@@ -6,9 +6,14 @@ operators such as nms) cannot load, and torchvision 0.28's import then fails reg
 kernel for an operator that does not exist. `torchvision()` declares the two operator schemas
 that import needs and imports again: the classification models never call them, and a call
 would fail with torch's "no kernel" error, not compute anything wrong.
+
+A torchvision that fails to import breaks transformers too (it imports torchvision whenever the
+package is found), so `scripts/install.sh` keeps it off the path: where `import torchvision`
+fails, it installs the pinned release into `private_dir()`, which only `torchvision()` reads.
 """
 from __future__ import annotations
 
+import os
 import sys
 
 import numpy as np
@@ -21,8 +26,33 @@ _LIBRARY = []  # keeps the schema library alive
 PORTS = {"resnet18": "resnet.Resnet18", "mobilenet_v2": "mobilenet.MobileNetV2"}
 
 
+def private_dir() -> str:
+    """Where scripts/install.sh puts torchvision when it cannot be imported from the path:
+    $JLA_TORCHVISION_DIR, else ~/.cache/jittor-lora-align/torchvision."""
+    return os.environ.get("JLA_TORCHVISION_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "jittor-lora-align", "torchvision")
+
+
 def torchvision():
-    """The torchvision module, importable on a CPU-only torch (see module doc)."""
+    """The torchvision module: from the path, else from `private_dir()`; importable on a
+    CPU-only torch (see module doc)."""
+    try:
+        return _import_torchvision()
+    except ModuleNotFoundError as exc:
+        if exc.name != "torchvision":
+            raise
+    folder = private_dir()
+    if not os.path.isdir(os.path.join(folder, "torchvision")):
+        raise ModuleNotFoundError(
+            f"torchvision is not installed, neither on the path nor in {folder}: run "
+            f"`bash scripts/install.sh` (or pip install the torchvision built for your torch)",
+            name="torchvision")
+    if folder not in sys.path:
+        sys.path.append(folder)
+    return _import_torchvision()
+
+
+def _import_torchvision():
     try:
         import torchvision as tv
         return tv

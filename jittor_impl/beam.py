@@ -11,6 +11,7 @@ Index tensors are int32 here (Jittor's default index type; keys below stay under
 """
 from shared.decode.beam_spec import BeamSettings, length_divisor, padded_query_width
 from shared.decode.decode_cache import SharedPrefixCache, check_cache, generated_width
+from shared.model.peft_methods import input_positions, virtual_tokens
 
 from .runtime import jt
 
@@ -201,7 +202,7 @@ def _beam_search(model, query, query_len, settings, cache):
     batch, query_width = query.shape
     beam, eval_len, vocab_size = settings.beam, settings.eval_len, model.config.vocab_size
     settings.check_vocab(vocab_size)
-    width = padded_query_width(query_width, eval_len, model.config.n_positions)
+    width = padded_query_width(query_width, eval_len, input_positions(model.config))
     query = jt.concat([query, jt.zeros((batch, width - query_width), dtype="int32")], dim=1)
     eos_columns = jt.zeros((vocab_size,), dtype="bool")
     eos_columns[list(settings.eos_token_ids)] = True
@@ -214,7 +215,8 @@ def _beam_search(model, query, query_len, settings, cache):
     else:
         past = shared_prefix_cache(presents, eval_len)
     row_len = query_len[:, None].expand(batch, beam).reshape(-1)
-    prefix_masked = jt.arange(width).int32()[None, :] >= row_len[:, None]  # each row's padding
+    virtual = virtual_tokens(model.config)  # a PEFT method's positions before the query's
+    prefix_masked = jt.arange(virtual + width).int32()[None, :] >= (row_len + virtual)[:, None]  # each row's padding
     beam_scores = jt.zeros((batch, 1))
     history = jt.zeros((batch, eval_len), dtype="int32")
     best = BestCandidates(batch, eval_len, settings.length_penalty)

@@ -4,6 +4,7 @@ The model runs here; filtering and the draw happen in numpy (`shared/decode/samp
 backends sample the same text from the same weights. The cache grows by concatenation (`past`
 without `len_past`): all samples share the prompt and advance one token per step.
 """
+from shared.model.peft_methods import input_positions
 from shared.decode.sampling import SampleStreams, SamplingSettings, prompt_batch
 
 from .runtime import jt
@@ -19,7 +20,7 @@ def generate(model, prompt_ids, settings: SamplingSettings, seed: int, num_sampl
 
 def _generate(model, prompt_ids, settings, seed, num_samples, on_token):
     model.eval()
-    prompt = prompt_batch(prompt_ids, settings, model.config.n_positions, num_samples)
+    prompt = prompt_batch(prompt_ids, settings, input_positions(model.config), num_samples)
     streams = SampleStreams(settings, seed, num_samples, on_token)
     tokens = jt.array(prompt)
     past = None

@@ -15,13 +15,15 @@ from shared.text.batching import check_width
 from shared.model.checkpoint import load_for_model
 from shared.model.config import GPT2Config
 from shared.decode.decode_cache import SharedPrefixCache
-from shared.model.params import init_state_dict, is_lora_name
+from shared.model.params import init_state_dict, is_adapter_name, is_lora_name
+from shared.model.peft_methods import method_of, virtual_tokens
 
 from .lora import MergedLinear
 from .ops import (ATTENTION_IMPLS, DEFAULT_ATTENTION, batched_matmul_transpose, causal_mask,
                   cross_entropy, embedding, fused_attention, gelu, layer_norm, matmul,
                   matmul_transpose, merge_heads, parameter, permute, qkv_attention, softmax,
                   split_heads)
+from .peft_modules import Adapter, PrefixEncoder, PromptEncoder, with_virtual_tokens
 from .runtime import jt
 
 nn = jt.nn
@@ -153,11 +155,19 @@ class Block(nn.Module):
         self.attn = Attention(config, layer_index)
         self.ln_2 = LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.mlp = MLP(config)
+        adapters = method_of(config) == "adapter"  # --peft adapter (peft_modules.py)
+        self.adapter_attn = Adapter(config.n_embd, config.peft.adapter_dim) if adapters else None
+        self.adapter_mlp = Adapter(config.n_embd, config.peft.adapter_dim) if adapters else None
 
     def execute(self, x, layer_past=None, len_past=None):
         a, present = self.attn(self.ln_1(x), layer_past=layer_past, len_past=len_past)
+        if self.adapter_attn is not None:
+            a = self.adapter_attn(a)
         x = x + a
-        x = x + self.mlp(self.ln_2(x))
+        m = self.mlp(self.ln_2(x))
+        if self.adapter_mlp is not None:
+            m = self.adapter_mlp(m)
+        x = x + m
         return x, present
 
 
@@ -168,24 +178,34 @@ class GPT2Model(nn.Module):
         self.wpe = Embedding(config.n_positions, config.n_embd)
         self.h = nn.ModuleList([Block(config, i) for i in range(config.n_layer)])
         self.ln_f = LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        method = method_of(config)  # the virtual positions of --peft prompt/ptuning/prefix
+        self.virtual_tokens = virtual_tokens(config)
+        self.prompt_encoder = PromptEncoder(config) if method in ("prompt", "ptuning") else None
+        self.prefix_encoder = PrefixEncoder(config) if method == "prefix" else None
 
     def execute(self, input_ids, past=None, len_past=None):
+        inputs_embeds, stripped = self.wte(input_ids), 0
+        if self.virtual_tokens:
+            inputs_embeds, past, len_past, stripped = with_virtual_tokens(
+                self, inputs_embeds, past, len_past)
         if past is None:
             past_length, past = 0, [None] * len(self.h)
         elif len_past is None:
             past_length = past[0][0].shape[-2]
         if len_past is None:
-            check_width(past_length + input_ids.shape[-1], self.wpe.num_embeddings)
-            position_ids = jt.arange(past_length, past_length + input_ids.shape[-1]).int64()
-            position_ids = position_ids.unsqueeze(0).expand(input_ids.shape)
+            width = inputs_embeds.shape[1]
+            check_width(past_length + width, self.wpe.num_embeddings)
+            position_ids = jt.arange(past_length, past_length + width).int64()
+            position_ids = position_ids.unsqueeze(0).expand(input_ids.shape[0], width)
         else:
             position_ids = len_past.unsqueeze(1)
-        hidden_states = self.wte(input_ids) + self.wpe(position_ids)
+        hidden_states = inputs_embeds + self.wpe(position_ids)
         presents = []
         for block, layer_past in zip(self.h, past):
             hidden_states, present = block(hidden_states, layer_past=layer_past, len_past=len_past)
             presents.append(present)
-        return self.ln_f(hidden_states), presents
+        hidden_states = self.ln_f(hidden_states)
+        return (hidden_states[:, stripped:] if stripped else hidden_states), presents
 
 
 def lm_loss(logits, lm_labels, lm_mask=None, label_smooth=0.0):
@@ -217,7 +237,7 @@ class GPT2Base(nn.Module):
         """`state` (as shared.model.checkpoint.load_for_model gives it) and `extra` (weights outside
         the body, e.g. a classifier head) into the parameters; returns the model."""
         self.load_state_numpy({**state, **(extra or {})})
-        if any(not is_lora_name(k) for k in state):
+        if any(not is_adapter_name(k) for k in state):
             self.base_loaded = True
         return self
 

@@ -4,7 +4,9 @@ Every module of `jittor_impl` takes `jt` from here, so the environment is set be
 reads it. The policy, each part overridable by setting the variable yourself:
 - `use_mkl`, `use_nccl`, `use_cutt`, `use_cutlass`, `use_mpi` default to 0. With them on, Jittor
   downloads oneDNN/NCCL/cutt/cutlass at import, which fails offline; GPT-2 needs none of them.
-  A user with network who wants one sets it, e.g. `use_mkl=1`.
+  A user with network who wants one sets it, e.g. `use_mkl=1`. Under `mpirun` (Open MPI's
+  OMPI_COMM_WORLD_SIZE set) `use_mpi` defaults to 1: Jittor's data parallel runs on its MPI ops,
+  which it compiles with the system's `mpicc` (no download).
 - `conv_opt` defaults to 1 so Jittor does not insist on cuDNN (GPT-2 has no convolution).
 - `nvcc_path` defaults to "" (CPU only) when the machine has no NVIDIA driver, because a plain
   import would otherwise fail on a machine with nvcc but no GPU. With a driver and a CUDA 13
@@ -49,6 +51,8 @@ def configure_environment(env=None) -> str:
 
 
 def _configure_switches(env) -> str:
+    if "OMPI_COMM_WORLD_SIZE" in env:  # jittor.in_mpi: it reads the same variable
+        env.setdefault("use_mpi", "1")
     for name in OPTIONAL_LIBRARIES:
         env.setdefault(name, "0")
     env.setdefault("conv_opt", "1")

@@ -2,19 +2,24 @@
 
 A backend owns the model and optimizer on its device and does what depends on the framework:
 forward/backward of a micro-batch, the optimizer update, evaluation losses, fetching values,
-and the weights/optimizer state as numpy for backend-neutral checkpoints.
+and the weights/optimizer state as numpy for backend-neutral checkpoints. Under mpirun
+(shared/train/data_parallel.py) it trains on Jittor's MPI: its optimizer averages the
+gradients over the ranks in every backward.
 """
+import contextlib
+
 import numpy as np
 
 from shared.model.checkpoint import load_for_model
 from shared.train.dropout import SharedDropout
 from shared.train.seeding import step_seed
-from shared.model.params import optimizer_groups
+from shared.model.params import optimizer_groups, trains
+from shared.train.data_parallel import dropout_rows, processes_of
 
 from . import runtime
 from .frozen_weights import store_frozen_weights
 from .generate import generate
-from .lora import mark_only_lora_as_trainable, set_shared_dropout
+from .lora import mark_only_lora_as_trainable, mark_trainable, set_shared_dropout
 from .model import GPT2LMModel
 from .ops import DEFAULT_ATTENTION
 from .optim import AdamW, grad_norm_and_clip, set_lr
@@ -33,13 +38,17 @@ class JittorBackend:
             raise ValueError("the jittor backend trains in fp32 or bf16 (--precision bf16); fp16 "
                              "with loss scaling is available with --backend torch")
         self.compute_dtype = COMPUTE_DTYPES.get(args.precision)
+        self.processes = processes_of(args)
         self.seed = args.random_seed
         self.config = config
+        self.metrics = {}  # the last batch's task metrics (device scalars), see take_metrics
         self.model = self.build_model(config, args)
-        self.shared_dropout = SharedDropout(config.lora_dropout, args.random_seed) if args.shared_dropout else None
+        self.shared_dropout = SharedDropout(config.lora_dropout, args.random_seed, dropout_rows(args)) if args.shared_dropout else None
         set_shared_dropout(self.model, self.shared_dropout)
         self.model.set_attention(args.attn or DEFAULT_ATTENTION)
-        self.forward = self.model  # what forward passes run through (no compile step: Jittor fuses)
+        # the model, or under several processes its data-parallel wrapper
+        self.trained = self.join_processes(self.model, args)
+        self.forward = self.trained  # what forward passes run through (no compile step: Jittor fuses)
         # LoRA under mixed precision: frozen matrices cast once, not in every step
         self.exact_frozen = {}
         if self.compute_dtype is not None and config.lora_attn_dim > 0 and jt.flags.use_cuda:
@@ -59,7 +68,35 @@ class JittorBackend:
             model.load_weight(args.init_checkpoint)
         if config.lora_attn_dim > 0:
             mark_only_lora_as_trainable(model)
+        elif config.peft is not None:  # --peft top2/bitfit/adapter/prompt/ptuning/prefix
+            mark_trainable(model, trains(config))
         return model
+
+    def join_processes(self, model, args):
+        """Under mpirun: check that Jittor runs on its MPI with every rank; the model itself
+        (Jittor's optimizer averages the gradients over the ranks in backward)."""
+        if not self.processes.distributed:
+            return model
+        if self.processes.launcher != "mpirun":
+            raise RuntimeError(f"--backend jittor trains on several processes under mpirun, "
+                               f"not {self.processes.launcher}")
+        if not jt.in_mpi or jt.world_size != self.processes.world_size:
+            raise RuntimeError(f"Jittor's MPI is off (in_mpi {jt.in_mpi}, world size "
+                               f"{jt.world_size}): install OpenMPI's mpicc "
+                               f"(scripts/install.sh) and keep use_mpi unset or 1")
+        return model
+
+    def leave_processes(self):
+        """Leave the process group (after training, on every rank): MPI ends with the process."""
+
+    def all_reduce(self, values):
+        """The sum over ranks of a float64 vector (host values in, numpy out)."""
+        total = jt.array(np.asarray(values, dtype=np.float64))
+        return total.mpi_all_reduce("add").numpy()
+
+    def gradient_sync(self, sync):
+        """Jittor's MPI optimizer averages every backward's gradients: nothing to skip."""
+        return contextlib.nullcontext()
 
     def autocast(self):
         return autocast(self.compute_dtype)
@@ -72,15 +109,18 @@ class JittorBackend:
         if self.shared_dropout is not None:
             self.shared_dropout.set_step(step)
 
-    def forward_backward(self, batch, loss_scale, label_smooth):
-        """Accumulate the gradients of one micro-batch; return its (unscaled) loss on device."""
+    def forward_backward(self, batch, loss_scale, label_smooth, sync=True):
+        """Accumulate the gradients of one micro-batch; return its (unscaled) loss on device.
+        `sync`: under several processes, average the gradients over the ranks now (the
+        micro-batch before an update)."""
         self.model.train()
         data = self.to_device(batch)
-        with self.autocast():
-            loss = self.batch_loss(data, label_smooth)
-        self.optimizer.backward(loss * loss_scale)
+        with self.gradient_sync(sync):
+            with self.autocast():
+                loss = self.batch_loss(data, label_smooth)
+            self.optimizer.backward(loss * loss_scale)
         loss = loss.detach()
-        jt.sync([loss])  # run the forward now, so the graph behind the loss is not kept alive
+        jt.sync([loss] + list(self.metrics.values()))  # run the forward now, so its graph is not kept
         return loss
 
     def update(self, lr, clip):
@@ -97,7 +137,7 @@ class JittorBackend:
         data = self.to_device(batch)
         with jt.no_grad(), self.autocast():
             loss = self.batch_loss(data)
-        jt.sync([loss])
+        jt.sync([loss] + list(self.metrics.values()))
         return loss
 
     def batch_loss(self, data, label_smooth=0.0):
@@ -105,6 +145,12 @@ class JittorBackend:
         _, loss = self.forward(data["input"], lm_labels=data["target"], lm_mask=data["mask"],
                              label_smooth=label_smooth)
         return loss
+
+    def take_metrics(self):
+        """The metrics the last batch_loss left ({name: device scalar}, e.g. DPO's rewards; none
+        for the language model), handed over once."""
+        metrics, self.metrics = self.metrics, {}
+        return metrics
 
     def fetch(self, values):
         """Lazy scalars -> Python floats in one transfer (the loop's only host sync)."""
@@ -116,11 +162,18 @@ class JittorBackend:
         """Sampled continuations from the model being trained (shared/decode/sampling.py's draws)."""
         return generate(self.model, prompt_ids, settings, seed, num_samples)
 
+    def parameter_counts(self):
+        """(trainable, all) parameters of the model, as peft's print_trainable_parameters."""
+        sizes = {n: int(np.prod(p.shape)) for n, p in self.model.named_parameters()}
+        return sum(sizes[n] for n in self.params), sum(sizes.values())
+
     def is_out_of_memory(self, exc):
         return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
     # ------------------------------------------------------------- state for checkpoints
     def state_numpy(self, lora_only):
+        if lora_only and self.config.peft is not None:  # a PEFT method's trained weights
+            return {n: v for n, v in self.model.state_dict_numpy().items() if n in self.params}
         state = self.model.state_dict_numpy(lora_only=lora_only)
         if not lora_only:  # frozen weights as loaded, not their bf16 copies
             state.update(self.exact_frozen)

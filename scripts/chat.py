@@ -17,6 +17,7 @@ from shared.runtime.arg_types import (non_negative_int, positive_int, seed_int, 
 from shared.decode.chat_prompt import ChatHistory, TokenPrinter, template_size
 from shared.model.checkpoint import CheckpointError
 from shared.decode.inference_model import add_inference_model_args, inference_model_problems
+from shared.model.peft_methods import input_positions
 from shared.decode.sampling import EOT_ID, SamplingSettings
 from shared.runtime.entry_point import run_stoppable
 from shared.runtime.stop_signals import StopSignal
@@ -109,7 +110,7 @@ def main(argv=None):
     except (VocabError, CheckpointError, OSError, RuntimeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    n_positions = model.model.config.n_positions
+    n_positions = input_positions(model.model.config)  # less a PEFT method's virtual tokens
     window = min(args.context or n_positions, n_positions)
     if window < (args.context or 0):
         print(f"chat: --context {args.context} exceeds the model's {n_positions} positions; "

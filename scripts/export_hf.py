@@ -21,6 +21,8 @@ from shared.model.checkpoint import load_for_model, save_checkpoint
 from shared.runtime.entry_point import run_script
 from shared.model.hf_export import export_hf_model, export_peft_adapter, import_peft_adapter
 from shared.model.lora_settings import format_alpha
+from shared.model.peft_export import (export_prompt_adapter, import_prompt_adapter,
+                                      is_prompt_adapter)
 from shared.runtime.preflight import check_outputs, output_dir_problems, output_file_problems
 from shared.train.train_args import add_model_shape_args, model_config
 
@@ -51,7 +53,9 @@ def export(args):
     if args.lora_checkpoint:
         state.update(load_for_model(args.lora_checkpoint, config, base_loaded=True))
     written = []
-    if args.peft_dir:
+    if args.peft_dir and config.peft is not None:  # prompt / ptuning / prefix (others: refused)
+        written += export_prompt_adapter(state, config, args.peft_dir, args.base_model)
+    elif args.peft_dir:
         written += export_peft_adapter(state, config, args.peft_dir, args.base_model)
     if args.hf_dir:
         written += export_hf_model(state, config, args.hf_dir)
@@ -65,6 +69,12 @@ def import_adapter(args):
                              f"gives the LoRA settings)")
     args.lora_dim = 0  # the base model's shape only
     config = model_config(args)
+    if is_prompt_adapter(args.peft_dir):
+        state, peft = import_prompt_adapter(args.peft_dir, config)
+        save_checkpoint(args.out, state, peft_settings=peft)
+        print(f"peft {peft.method} adapter, {peft.num_virtual_tokens} virtual tokens (stored in "
+              f"{args.out}): load it with --lora_checkpoint {args.out} on top of the base model")
+        return [args.out]
     state, settings = import_peft_adapter(args.peft_dir, config)
     save_checkpoint(args.out, state, lora_settings=settings)
     per_layer = ", per layer: rank " + str(settings.get("lora_layer_dims", "-")) + ", alpha " \

@@ -8,7 +8,7 @@ import argparse
 import os
 import sys
 
-from shared.runtime.arg_types import seed_int
+from shared.runtime.arg_types import positive_int, seed_int
 from shared.pipeline.engine import PRESETS, ROOT, STAGES, Pipeline, run_to_end, setting_types
 from shared.pipeline.task_pipelines import TASKS
 
@@ -52,6 +52,9 @@ def build_parser():
                         "intervals get a seed band (one more training run)")
     p.add_argument("--no_meteor", action="store_true", help="skip METEOR (needs Java)")
     p.add_argument("--random_seed", type=seed_int, default=10)
+    p.add_argument("--nproc", type=positive_int, default=1,
+                   help="train (base model and LoRA) on N processes: torchrun for torch, mpirun "
+                        "for jittor; the preset's batches stay the global ones, N must divide them")
     for key, kind in setting_types().items():
         p.add_argument(f"--{key}", type=kind, default=None, help="override the preset's value")
     return p

@@ -14,7 +14,7 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DOC_PAGES = ("tutorial", "toolkit", "tasks", "alignment", "gpu", "reliability", "layout", "faq")
+DOC_PAGES = ("tutorial", "toolkit", "tasks", "alignment", "porting", "gpu", "reliability", "layout", "faq")
 README_MAX_LINES = 200
 
 FENCE = re.compile(r"^(\s*)(```|~~~)")

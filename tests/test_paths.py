@@ -134,3 +134,12 @@ def test_pipelines_take_flag_then_variable_then_the_shared_data_folder(files, mo
                        r".*none\.json: file not found\)"):
         resolve_data(None)
     assert DEFAULT_DATA.endswith("instruction-data.json")
+
+
+def test_repo_root_is_the_checkout():
+    """The default data folders and the pipeline's scripts hang off REPO_ROOT: it must be the
+    checkout (where setup.py and scripts/ are), wherever shared/ nests the module."""
+    from shared.pipeline import engine
+    from shared.runtime import paths
+    assert os.path.isfile(os.path.join(paths.REPO_ROOT, "setup.py"))
+    assert os.path.isfile(os.path.join(engine.ROOT, "scripts", "gpt2_ft.py"))

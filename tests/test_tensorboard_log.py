@@ -72,6 +72,21 @@ def test_each_record_is_on_disk_at_once_and_resume_drops_the_later_steps(tmp_pat
     assert drop_events_after(str(tmp_path), 6) == 0  # nothing after the last step: untouched
 
 
+def test_a_tasks_own_metrics_become_curves_too(tmp_path):
+    tb = TensorBoardLog(ListLog(), str(tmp_path))
+    tb.write(dict(train_record(1, 0.69), epoch=1, elapsed_s=3.0, backend="torch",
+                  rewards_margin=0.25, rewards_accuracy=1.0))
+    tb.write({"kind": "valid", "step": 1, "epoch": 1, "valid_loss": 0.7, "valid_ppl": 2.0,
+              "valid_rewards_margin": -0.5, "backend": "torch"})
+    tb.close()
+    tags = scalars(tmp_path)
+    assert sorted(tags) == ["train/loss", "train/lr", "train/rewards_accuracy",
+                            "train/rewards_margin", "train/tokens_per_s", "valid/loss",
+                            "valid/ppl", "valid/rewards_margin"]
+    assert tags["train/rewards_margin"] == [(1, 0.25)]
+    assert tags["valid/rewards_margin"] == [(1, -0.5)]
+
+
 def test_a_damaged_event_file_is_named(tmp_path):
     tb = TensorBoardLog(ListLog(), str(tmp_path))
     tb.write(train_record(1, 1.0))

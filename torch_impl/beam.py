@@ -11,6 +11,7 @@ import torch
 
 from shared.decode.beam_spec import BeamSettings, length_divisor, padded_query_width
 from shared.decode.decode_cache import SharedPrefixCache, check_cache, generated_width
+from shared.model.peft_methods import input_positions, virtual_tokens
 
 NEG_INF = float("-inf")
 BLOCK = 1024  # candidates per block in `select_top_k`'s first pass
@@ -186,7 +187,7 @@ def _beam_search(model, query, query_len, settings, cache):
     batch, query_width = query.shape
     beam, eval_len, vocab_size = settings.beam, settings.eval_len, model.config.vocab_size
     settings.check_vocab(vocab_size)
-    width = padded_query_width(query_width, eval_len, model.config.n_positions)
+    width = padded_query_width(query_width, eval_len, input_positions(model.config))
     query = torch.cat([query, query.new_zeros(batch, width - query_width)], dim=1)
     eos_columns = torch.zeros(vocab_size, dtype=torch.bool, device=device)
     eos_columns[list(settings.eos_token_ids)] = True
@@ -199,7 +200,8 @@ def _beam_search(model, query, query_len, settings, cache):
     else:
         past = shared_prefix_cache(presents, eval_len)
     row_len = query_len[:, None].expand(batch, beam).reshape(-1)
-    prefix_masked = torch.arange(width, device=device)[None, :] >= row_len[:, None]  # each row's padding
+    virtual = virtual_tokens(model.config)  # a PEFT method's positions before the query's
+    prefix_masked = torch.arange(virtual + width, device=device)[None, :] >= (row_len + virtual)[:, None]  # each row's padding
     beam_scores = torch.zeros(batch, 1, device=device)
     history = torch.zeros(batch, eval_len, dtype=torch.long, device=device)
     best = BestCandidates(batch, eval_len, settings.length_penalty, device)

@@ -6,6 +6,7 @@ without `len_past`): all samples share the prompt and advance one token per step
 """
 import torch
 
+from shared.model.peft_methods import input_positions
 from shared.decode.sampling import SampleStreams, SamplingSettings, prompt_batch
 
 
@@ -20,7 +21,7 @@ def generate(model, prompt_ids, settings: SamplingSettings, seed: int, num_sampl
 def _generate(model, prompt_ids, settings, seed, num_samples, on_token):
     model.eval()
     device = next(model.parameters()).device
-    prompt = prompt_batch(prompt_ids, settings, model.config.n_positions, num_samples)
+    prompt = prompt_batch(prompt_ids, settings, input_positions(model.config), num_samples)
     streams = SampleStreams(settings, seed, num_samples, on_token)
     tokens = torch.from_numpy(prompt).to(device)
     past = None

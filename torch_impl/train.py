@@ -2,21 +2,29 @@
 
 A backend owns the model and optimizer on its device and does what depends on the framework:
 forward/backward of a micro-batch, the optimizer update, evaluation losses, fetching values,
-and the weights/optimizer state as numpy for backend-neutral checkpoints.
+and the weights/optimizer state as numpy for backend-neutral checkpoints. Under torchrun
+(shared/train/data_parallel.py) it joins the process group (gloo on CPU, NCCL on GPUs) and
+trains through DistributedDataParallel, which averages the gradients over the ranks.
 """
+import contextlib
+import datetime
+
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from shared.model.checkpoint import load_for_model
 from shared.train.dropout import SharedDropout
 from shared.train.seeding import step_seed
-from shared.model.params import optimizer_groups
+from shared.model.params import optimizer_groups, trains
+from shared.train.data_parallel import dropout_rows, processes_of
 
 from .frozen_weights import store_frozen_weights
 # the reference AdamW and clipping, one kernel per operation for all tensors (fused_optim.py)
 from .fused_optim import ForeachAdamW as AdamW, foreach_grad_norm_and_clip as grad_norm_and_clip
 from .generate import generate
-from .lora import mark_only_lora_as_trainable, set_shared_dropout
+from .lora import mark_only_lora_as_trainable, mark_trainable, set_shared_dropout
 from .model import GPT2LMModel
 from .ops import DEFAULT_ATTENTION
 from .optim import set_lr
@@ -30,10 +38,12 @@ class TorchBackend:
     def __init__(self, config, args):
         if args.device == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("--device cuda requested but torch sees no CUDA GPU")
-        self.device, self.seed = torch.device(args.device), args.random_seed
+        self.processes = processes_of(args)
+        self.device, self.seed = self.process_device(args.device), args.random_seed
         self.config = config
+        self.metrics = {}  # the last batch's task metrics (device scalars), see take_metrics
         self.model = self.build_model(config, args)
-        self.shared_dropout = SharedDropout(config.lora_dropout, args.random_seed) if args.shared_dropout else None
+        self.shared_dropout = SharedDropout(config.lora_dropout, args.random_seed, dropout_rows(args)) if args.shared_dropout else None
         set_shared_dropout(self.model, self.shared_dropout)
         self.model.set_attention(args.attn or DEFAULT_ATTENTION)
         self.model.to(self.device)
@@ -42,15 +52,17 @@ class TorchBackend:
         self.exact_frozen = {}
         if self.autocast_dtype is not None and config.lora_attn_dim > 0 and self.device.type == "cuda":
             self.exact_frozen = store_frozen_weights(self.model, self.autocast_dtype)
+        # the model, or under several processes its data-parallel wrapper
+        self.trained = self.join_processes(self.model, args)
         # what forward passes run through: the model, or its torch.compile'd form; on CUDA
         # "reduce-overhead" also replays each step's kernels as CUDA graphs
         self.compiled = bool(getattr(args, "compile", False))
         if self.compiled:
             mode = getattr(args, "compile_mode", None) or (
                 "reduce-overhead" if self.device.type == "cuda" else "default")
-            self.forward = torch.compile(self.model, mode=mode)
+            self.forward = torch.compile(self.trained, mode=mode)
         else:
-            self.forward = self.model
+            self.forward = self.trained
         self.params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
         groups = optimizer_groups(list(self.params), args.weight_decay, args.no_decay_bias)
         self.optimizer = AdamW([{"params": [self.params[n] for n in names], "weight_decay": wd}
@@ -67,7 +79,47 @@ class TorchBackend:
             model.load_weight(args.init_checkpoint)
         if config.lora_attn_dim > 0:
             mark_only_lora_as_trainable(model)
+        elif config.peft is not None:  # --peft top2/bitfit/adapter/prompt/ptuning/prefix
+            mark_trainable(model, trains(config))
         return model
+
+    def process_device(self, device):
+        """The device of this process: under several processes on GPUs, one GPU per rank."""
+        if device == "cuda" and self.processes.distributed:
+            torch.cuda.set_device(self.processes.local_rank)
+            return torch.device("cuda", self.processes.local_rank)
+        return torch.device(device)
+
+    def join_processes(self, model, args):
+        """Under torchrun: join the process group, return the model in DistributedDataParallel
+        (it averages the gradients over the ranks in backward); else the model itself."""
+        if not self.processes.distributed:
+            return model
+        if self.processes.launcher != "torchrun":
+            raise RuntimeError(f"--backend torch trains on several processes under torchrun, "
+                               f"not {self.processes.launcher}")
+        dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(seconds=args.dist_timeout))
+        return DistributedDataParallel(model, device_ids=[self.device] if self.device.type == "cuda" else None,
+                                       forward_sync_buffers=False)  # constant buffers: no collective per forward
+
+    def leave_processes(self):
+        """Leave the process group (after training, on every rank)."""
+        if self.processes.distributed and dist.is_initialized():
+            dist.destroy_process_group()
+
+    def all_reduce(self, values):
+        """The sum over ranks of a float64 vector (host values in, numpy out)."""
+        total = torch.tensor(np.asarray(values, dtype=np.float64), device=self.device)
+        dist.all_reduce(total)
+        return total.cpu().numpy()
+
+    def gradient_sync(self, sync):
+        """No gradient averaging inside an accumulation window (DDP's no_sync); the update's
+        micro-batch averages the accumulated sum."""
+        if sync or not self.processes.distributed:
+            return contextlib.nullcontext()
+        return self.trained.no_sync()
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.autocast_dtype,
@@ -82,18 +134,21 @@ class TorchBackend:
         if self.shared_dropout is not None:
             self.shared_dropout.set_step(step)
 
-    def forward_backward(self, batch, loss_scale, label_smooth):
-        """Accumulate the gradients of one micro-batch; return its (unscaled) loss on device."""
+    def forward_backward(self, batch, loss_scale, label_smooth, sync=True):
+        """Accumulate the gradients of one micro-batch; return its (unscaled) loss on device.
+        `sync`: under several processes, average the gradients over the ranks now (the
+        micro-batch before an update)."""
         self.model.train()
         if self.compiled:  # a pending gradient may live in CUDA-graph memory the next replay reuses
             for p in self.params.values():
                 if p.grad is not None:
                     p.grad = p.grad.clone()
         data = self.to_device(batch)
-        with self.autocast():
-            loss = self.batch_loss(data, label_smooth)
-        scaled = loss * loss_scale
-        (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+        with self.gradient_sync(sync):
+            with self.autocast():
+                loss = self.batch_loss(data, label_smooth)
+            scaled = loss * loss_scale
+            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
         # a CUDA-graph replay reuses its output memory: keep a copy of the loss
         return loss.detach().clone() if self.compiled else loss.detach()
 
@@ -125,6 +180,12 @@ class TorchBackend:
                                label_smooth=label_smooth)
         return loss
 
+    def take_metrics(self):
+        """The metrics the last batch_loss left ({name: device scalar}, e.g. DPO's rewards; none
+        for the language model), handed over once."""
+        metrics, self.metrics = self.metrics, {}
+        return metrics
+
     def fetch(self, values):
         """Device scalars -> Python floats in one transfer (the loop's only host sync)."""
         if not values:
@@ -135,11 +196,18 @@ class TorchBackend:
         """Sampled continuations from the model being trained (shared/decode/sampling.py's draws)."""
         return generate(self.model, prompt_ids, settings, seed, num_samples)
 
+    def parameter_counts(self):
+        """(trainable, all) parameters of the model, as peft's print_trainable_parameters."""
+        sizes = {n: int(np.prod(p.shape)) for n, p in self.model.named_parameters()}
+        return sum(sizes[n] for n in self.params), sum(sizes.values())
+
     def is_out_of_memory(self, exc):
         return isinstance(exc, torch.cuda.OutOfMemoryError)
 
     # ------------------------------------------------------------- state for checkpoints
     def state_numpy(self, lora_only):
+        if lora_only and self.config.peft is not None:  # a PEFT method's trained weights
+            return {n: v for n, v in self.model.state_dict_numpy().items() if n in self.params}
         state = self.model.state_dict_numpy(lora_only=lora_only)
         if not lora_only:  # frozen weights as loaded, not their bf16 copies
             state.update(self.exact_frozen)

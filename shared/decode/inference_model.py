@@ -15,6 +15,7 @@ import numpy as np
 from shared.model.config import shape_flag_problems
 from shared.runtime.environment import default_device, device_problems
 from shared.model.checkpoint_files import checkpoint_path_problem
+from shared.model.peft_methods import resolve_peft_args
 from shared.train.train_args import (BACKENDS, add_launcher_args, add_model_shape_args,
                                      lora_flag_problems, model_config)
 
@@ -45,7 +46,8 @@ def inference_model_problems(args) -> list:
     if args.lora_checkpoint and not args.init_checkpoint:
         problems.append("--lora_checkpoint holds LoRA weights only: give the base model with "
                         "--init_checkpoint too")
-    if args.lora_checkpoint and args.lora_dim <= 0:
+    if args.lora_checkpoint and args.lora_dim <= 0 \
+            and getattr(resolve_peft_args(args), "peft", None) is None:
         problems.append(f"--lora_checkpoint needs --lora_dim (the rank it was trained with; "
                         f"{args.lora_checkpoint} does not store its LoRA settings)")
     if args.device is None:

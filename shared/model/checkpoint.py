@@ -28,7 +28,8 @@ from shared.model.config import GPT2Config
 from shared.model.lora_settings import (LORA_CONFIG_KEY, encode_for_npz, encode_for_safetensors,
                                         mismatch, read_lora_settings)
 from shared.model.checkpoint_files import CheckpointError, weights_location
-from shared.model.params import is_lora_name, parameter_shapes
+from shared.model.params import is_adapter_name, is_lora_name, parameter_shapes, trainable_names
+from shared.model.peft_methods import PEFT_CONFIG_KEY, method_of, read_peft_settings, record_json
 from shared.model.pretrained import ConfigFileError, read_config_json, read_openai_tf
 
 # Keys that hold no parameter of their own: causal-mask buffers and the tied output head.
@@ -88,8 +89,8 @@ def read_checkpoint(path) -> "OrderedDict[str, np.ndarray]":
             from safetensors.numpy import load_file
             raw = load_file(path)
         elif ext == ".npz":
-            with np.load(path, allow_pickle=False) as npz:  # without its LoRA settings record
-                raw = {k: npz[k] for k in npz.files if k != LORA_CONFIG_KEY}
+            with np.load(path, allow_pickle=False) as npz:  # without its settings records
+                raw = {k: npz[k] for k in npz.files if k not in (LORA_CONFIG_KEY, PEFT_CONFIG_KEY)}
         elif ext == ".pkl":
             with open(path, "rb") as f:
                 raw = _ArraysOnlyUnpickler(f).load()
@@ -194,11 +195,15 @@ def match_state_dict(state: dict, config: GPT2Config, base_loaded: bool = False,
     """Check a canonical state dict against the model's parameters and return what to load.
 
     Accepted: the full base (with or without LoRA weights; absent LoRA weights keep their
-    current values) or LoRA weights alone on a model whose base is already loaded.
+    current values) or LoRA weights alone on a model whose base is already loaded; the same for
+    the weights a PEFT method adds, and for --peft top2/bitfit exactly the weights they train.
     """
     expected = parameter_shapes(config)
-    base_names = [n for n in expected if not is_lora_name(n)]
-    lora_names = [n for n in expected if is_lora_name(n)]
+    if base_loaded and method_of(config) in ("top2", "bitfit") \
+            and set(state) == set(trainable_names(config, expected)):
+        expected = OrderedDict((n, expected[n]) for n in state)  # their resume checkpoints
+    base_names = [n for n in expected if not is_adapter_name(n)]
+    lora_names = [n for n in expected if is_adapter_name(n)]
     unexpected = [k for k in state if k not in expected]
     misshaped = [f"{k} {tuple(state[k].shape)} != {expected[k]}" for k in state
                  if k in expected and tuple(state[k].shape) != expected[k]]
@@ -220,12 +225,14 @@ def match_state_dict(state: dict, config: GPT2Config, base_loaded: bool = False,
     if have_base and len(have_base) < len(base_names):
         problems.append(_listing("missing keys", [n for n in base_names if n not in state]))
     if have_lora and len(have_lora) < len(lora_names):
-        problems.append(_listing("missing LoRA keys", [n for n in lora_names if n not in state]))
+        kind = "LoRA" if all(is_lora_name(n) for n in lora_names) else "adapter"
+        problems.append(_listing(f"missing {kind} keys", [n for n in lora_names if n not in state]))
     if not have_base and not have_lora and not problems:
         problems.append("  no GPT-2 parameter found (keys: "
                         + ", ".join(list(state)[:_LIST_LIMIT]) + ")")
     if not have_base and have_lora and not base_loaded:
-        problems.append("  it holds LoRA weights only: load a base checkpoint first "
+        kind = "LoRA" if all(is_lora_name(n) for n in have_lora) else "adapter"
+        problems.append(f"  it holds {kind} weights only: load a base checkpoint first "
                         "(--init_checkpoint BASE with --lora_checkpoint THIS in the scripts)")
     if problems:  # one line: the scripts print it as their one error line
         parts = [p.strip() for p in problems] + [f"hint: {h}" for h in hints]
@@ -245,20 +252,40 @@ def load_for_model(source, config: GPT2Config, base_loaded: bool = False, name=N
         problem = settings and config.lora_attn_dim > 0 and mismatch(settings, config, name)
         if problem:  # LoRA weights trained with other settings would load and compute wrong
             raise CheckpointError(f"cannot load {name}: {problem}")
+        problem = method_problem(name, settings, config)
+        if problem:
+            raise CheckpointError(problem)
     else:
         name, raw = name or "<state dict>", source
     return match_state_dict(normalize_state_dict(raw, name), config, base_loaded, name)
 
 
+def method_problem(path, lora_settings, config) -> "str | None":
+    """A checkpoint trained with another PEFT method (its stored record) than the model's, as one
+    line naming both; None when they agree or the file names no method (a base model)."""
+    stored = read_peft_settings(path)
+    theirs = stored.method if stored is not None else ("lora" if lora_settings else None)
+    ours = method_of(config)
+    if theirs is None or theirs == ours or (theirs, ours) == ("lora", "full"):
+        if stored is None or config.peft is None or stored.to_record() == config.peft.to_record():
+            return None
+        return (f"cannot load {path}: it was trained with {record_json(stored)}, the model "
+                f"has {record_json(config.peft)}")
+    return (f"cannot load {path}: it holds --peft {theirs} weights, but the model is built "
+            f"for --peft {ours}")
+
+
 # ----------------------------------------------------------------------------------- writing
-def save_checkpoint(path, state: dict, layout: str = "auto", lora_settings: dict = None):
+def save_checkpoint(path, state: dict, layout: str = "auto", lora_settings: dict = None,
+                    peft_settings=None):
     """Write canonical numpy weights atomically.
 
     layout 'lora' (the default for .pt/.bin) is microsoft/LoRA's: `{'model_state_dict': ...}`
     with `module.transformer.` keys as its DDP training writes them, loadable by its
     `load_weight`; 'neutral' (the default for .safetensors/.npz) keeps canonical names.
     `lora_settings` (shared/model/lora_settings.py, e.g. `settings_from_config(config)`) is stored
-    with the weights when they hold LoRA weights, so that the file names its own rank and alpha.
+    with the weights when they hold LoRA weights, so that the file names its own rank and alpha;
+    `peft_settings` (peft_methods.PeftSettings) is stored as the `peft_config` record likewise.
     """
     path = os.fspath(path)
     if not any(is_lora_name(k) for k in state):
@@ -274,14 +301,21 @@ def save_checkpoint(path, state: dict, layout: str = "auto", lora_settings: dict
                 ("module." + k, torch.from_numpy(v.copy())) for k, v in arrays.items())}
             if lora_settings:
                 saved[LORA_CONFIG_KEY] = dict(lora_settings)
+            if peft_settings is not None:
+                saved[PEFT_CONFIG_KEY] = peft_settings.to_record()
             torch.save(saved, tmp)
         elif ext == ".safetensors":
             from safetensors.numpy import save_file
-            save_file(dict(arrays), tmp,
-                      metadata=encode_for_safetensors(lora_settings) if lora_settings else None)
+            metadata = encode_for_safetensors(lora_settings) if lora_settings else {}
+            if peft_settings is not None:
+                metadata[PEFT_CONFIG_KEY] = record_json(peft_settings)
+            save_file(dict(arrays), tmp, metadata=metadata or None)
         elif ext == ".npz":
             if lora_settings:
                 arrays[LORA_CONFIG_KEY] = encode_for_npz(lora_settings)
+            if peft_settings is not None:
+                arrays[PEFT_CONFIG_KEY] = np.frombuffer(record_json(peft_settings).encode(),
+                                                        dtype=np.uint8)
             with open(tmp, "wb") as f:
                 np.savez(f, **arrays)
         else:

@@ -54,6 +54,17 @@ def is_trainable(name: str, part: str, n_layer: int) -> bool:
     raise ValueError(f"--trainable must be one of {TRAINABLE_PARTS}, got {part!r}")
 
 
+# What a pairwise loss cannot train: a shift common to both rewards of a pair cancels in
+# r_chosen - r_rejected, so the head's bias and the final LayerNorm's (read only by the head) get
+# no gradient but rounding noise, which Adam would blow up to steps of ~lr * 1e-3.
+PAIRWISE_INVARIANT = ("score.bias", "transformer.ln_f.bias")
+
+
+def reward_trains(name: str, part: str, n_layer: int) -> bool:
+    """Whether a reward model (one output, pairwise loss) trains `name` under `--trainable part`."""
+    return name not in PAIRWISE_INVARIANT and is_trainable(name, part, n_layer)
+
+
 def split_head(state: dict, config, num_classes, source="<state dict>"):
     """(GPT-2 part, head part) of a classifier state dict; the head's keys checked and may be
     absent (a plain GPT-2 checkpoint initialises a new classifier's body)."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Any, Optional, Tuple
 
 # The three model cards of microsoft/LoRA's NLG scripts: (n_embd, n_layer, n_head).
 MODEL_CARDS = {
@@ -41,8 +41,13 @@ class GPT2Config:
     # has lora_attn_dim / lora_attn_alpha.
     lora_layer_dims: Optional[Tuple[int, ...]] = None
     lora_layer_alphas: Optional[Tuple[float, ...]] = None
+    # A fine-tuning method other than LoRA / full fine-tuning that adds parameters or trains a
+    # subset (shared/model/peft_methods.py's PeftSettings; a dict when read back); None: neither.
+    peft: Any = None
 
     def __post_init__(self):
+        from shared.model.peft_methods import settings_of
+        self.peft = settings_of(self.peft)
         for name in ("vocab_size", "n_positions", "n_ctx", "n_embd", "n_layer", "n_head"):
             if int(getattr(self, name)) <= 0:
                 raise ValueError(f"GPT2Config: {name} must be positive, got {getattr(self, name)}")

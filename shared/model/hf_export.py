@@ -339,7 +339,7 @@ def peft_delta(arrays: dict, adapter_config: dict, layer: int) -> np.ndarray:
 def merged_base_state(state: dict, config: GPT2Config) -> "OrderedDict[str, np.ndarray]":
     """All base weights with the LoRA updates folded into c_attn.weight (no lora_* keys)."""
     out = OrderedDict()
-    for name in parameter_shapes(GPT2Config(**dict(config.to_dict(), lora_attn_dim=0))):
+    for name in parameter_shapes(GPT2Config(**dict(config.to_dict(), lora_attn_dim=0, peft=None))):
         out[name] = np.asarray(state[name], dtype=np.float32)
     if config.lora_attn_dim > 0:
         for i in (i for i in range(config.n_layer) if config.lora_dim_of(i) > 0):

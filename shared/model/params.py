@@ -14,12 +14,18 @@ from collections import OrderedDict
 import numpy as np
 
 from shared.model.config import GPT2Config
+from shared.model.peft_methods import added_shapes, initial_value, is_added_name, method_of
 
 LORA_MARK = "lora_"
 
 
 def is_lora_name(name: str) -> bool:
     return LORA_MARK in name.rsplit(".", 1)[-1]
+
+
+def is_adapter_name(name: str) -> bool:
+    """A parameter outside GPT-2's own: LoRA's, or one a PEFT method adds (peft_methods.py)."""
+    return is_lora_name(name) or is_added_name(name)
 
 
 def parameter_shapes(config: GPT2Config) -> "OrderedDict[str, tuple]":
@@ -47,6 +53,7 @@ def parameter_shapes(config: GPT2Config) -> "OrderedDict[str, tuple]":
         shapes[p + "mlp.c_proj.bias"] = (e,)
     shapes["transformer.ln_f.weight"] = (e,)
     shapes["transformer.ln_f.bias"] = (e,)
+    shapes.update(added_shapes(config))  # a PEFT method's own parameters (none by default)
     return shapes
 
 
@@ -62,7 +69,9 @@ def init_state_dict(config: GPT2Config, seed: int = 0) -> "OrderedDict[str, np.n
     for name, shape in parameter_shapes(config).items():
         rng = np.random.default_rng([int(seed), zlib.crc32(name.encode())])
         leaf = name.rsplit(".", 1)[-1]
-        if leaf == "lora_A":
+        if is_added_name(name):
+            value = initial_value(name, shape, rng, config, out)
+        elif leaf == "lora_A":
             bound = 1.0 / math.sqrt(shape[1])
             value = rng.uniform(-bound, bound, size=shape)
         elif leaf == "lora_B" or leaf == "bias":
@@ -87,3 +96,30 @@ def optimizer_groups(names, weight_decay, no_decay_bias):
     groups = [([n for n in names if not no_decay(n)], weight_decay),
               ([n for n in names if no_decay(n)], 0.0)]
     return [g for g in groups if g[0]]
+
+
+def trainable_names(config: GPT2Config, names) -> list:
+    """Of the model's parameter `names`, those its method trains (peft_methods.py's methods)."""
+    method = method_of(config)
+    if method == "full":
+        return list(names)
+    if method == "lora":
+        return [n for n in names if is_lora_name(n)]
+    if method == "top2":
+        last = tuple(f"transformer.h.{i}." for i in range(max(0, config.n_layer - 2), config.n_layer))
+        return [n for n in names if n.startswith(last)]
+    if method == "bitfit":
+        return [n for n in names if n.endswith(".bias")]
+    return [n for n in names if is_added_name(n)]
+
+
+def trains(config: GPT2Config):
+    """The predicate `name -> bool` of the parameters the method trains."""
+    return lambda name: bool(trainable_names(config, [name]))
+
+
+def parameter_counts(config: GPT2Config) -> "tuple[int, int]":
+    """(trainable, all) parameter counts of a model of `config`, as peft counts them."""
+    shapes = parameter_shapes(config)
+    sizes = {n: int(np.prod(s)) for n, s in shapes.items()}
+    return sum(sizes[n] for n in trainable_names(config, shapes)), sum(sizes.values())

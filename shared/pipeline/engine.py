@@ -42,6 +42,7 @@ from shared.pipeline.run_settings import settings_from as preset_settings
 from shared.pipeline.stage_process import run_stage
 from shared.runtime.entry_point import run_script
 from shared.runtime.preflight import check_outputs, output_dir_problems
+from shared.train.data_parallel import launch_command, per_process_batch
 from shared.train.train_args import BACKENDS
 
 ROOT = REPO_ROOT  # where scripts/ is
@@ -182,8 +183,12 @@ class Pipeline:
                     exact_dropout=self.args.exact_dropout, seed_band=self.seed_band)
 
     def configure(self):
-        """What the stages need once the run folder is there: the model's config."""
+        """What the stages need once the run folder is there: the model's config, and the
+        per-process batches of --nproc N (the preset's batches are the global ones)."""
         self.config = self.model_config()
+        self.nproc = getattr(self.args, "nproc", 1)
+        self.batch = {key: per_process_batch(self.s[key], self.nproc, f"--{key}")
+                      for key in ("base_batch_size", "train_batch_size") if key in self.s}
 
     # ------------------------------------------------------------- setup (every pipeline's)
     def open_run(self, args, settings, default_run):
@@ -265,12 +270,13 @@ class Pipeline:
         """The model's shape as the scripts' flags (None: the card's own value)."""
         return self.pick("model_card", "n_embd", "n_layer", "n_head")
 
-    def sh(self, argv, log_name, capture=False):
+    def sh(self, argv, log_name, launcher=None, capture=False):
         """Run a project script (`stage_argv`'s list), streaming its output and keeping a copy in
         RUN_DIR/logs; a stop signal is passed on to it and ends the run once it has stopped
         (shared/pipeline/stage_process.py). The one stage runner: `capture` returns the script's
-        stdout (kept in the log, not shown), its stderr going to the log only."""
-        cmd = [sys.executable, *argv]
+        stdout (kept in the log, not shown), its stderr going to the log only. `launcher`: what
+        runs it (default: this Python; data_parallel.launch_command)."""
+        cmd = [*(launcher or [sys.executable]), *argv]
         os.makedirs(self.path("logs"), exist_ok=True)
         log_path = self.path("logs", log_name)
         print("$ " + " ".join(argv), flush=True)
@@ -348,14 +354,14 @@ class Pipeline:
         argv = stage_argv("gpt2_ft.py", dict(
             backend="torch", device=self.s["device"], train_data=self.path("data", "train.jsonl"),
             valid_data=self.path("data", "valid.jsonl"), **self.shape_flags(), lora_dim=0,
-            train_batch_size=self.s["base_batch_size"], **self.pick("valid_batch_size", "seq_len"),
+            train_batch_size=self.batch["base_batch_size"], **self.pick("valid_batch_size", "seq_len"),
             lr=self.s["base_lr"], weight_decay=self.s["weight_decay"], correct_bias=True,
             clip=self.s["base_clip"], warmup_step=max(1, steps // 20), max_step=steps,
             scheduler=self.s["base_scheduler"], log_interval=max(1, steps // 10),
             eval_interval=steps, save_interval=max(1, steps // 4), precision=self.s["precision"],
             random_seed=self.args.random_seed, work_dir=work,
             max_eval_batches=self.s["valid_batches"] or None, resume=self._has_checkpoint(work)))
-        self.sh(argv, "base_train.log")
+        self.sh(argv, "base_train.log", launch_command("torch", self.nproc))
         state = load_for_model(self.path("base", f"model.{self.s['base_steps']}.pt"), base_config)
         save_checkpoint(base, state)
         return {"base": base, "source": "trained from scratch (torch, full fine-tuning)"}
@@ -374,8 +380,9 @@ class Pipeline:
             backend=backend, device=self.s["device"], train_data=self.path("data", "train.jsonl"),
             valid_data=self.path("data", "valid.jsonl"), **self.shape_flags(),
             init_checkpoint=self.path("base", "base.safetensors"),
-            **self.pick("lora_dim", "lora_alpha", "lora_dropout", "train_batch_size",
-                        "valid_batch_size", "seq_len", "lr", "weight_decay"),
+            **self.pick("lora_dim", "lora_alpha", "lora_dropout"),
+            train_batch_size=self.batch["train_batch_size"],
+            **self.pick("valid_batch_size", "seq_len", "lr", "weight_decay"),
             correct_bias=True,
             **self.pick("warmup_step", "max_step", "scheduler", "clip", "label_smooth",
                         "log_interval", "eval_interval", "save_interval", "precision"),
@@ -392,7 +399,8 @@ class Pipeline:
         out = {}
         for folder, backend, seed in self.runs():
             started = time.time()
-            self.sh(self.lora_argv(backend, folder, seed), f"{folder}_train.log")
+            self.sh(self.lora_argv(backend, folder, seed), f"{folder}_train.log",
+                    launch_command(backend, self.nproc))
             out[folder] = {"checkpoint": self.path(folder, f"model.{self.s['max_step']}.pt"),
                            "seconds": time.time() - started}
         return out

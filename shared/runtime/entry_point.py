@@ -58,7 +58,8 @@ def run_script(work, parser=None, *, errors=(), disk_hint: str | None = None,
         print(f"{prefix}{exc}", file=sys.stderr)
         return failure_status
     except interrupted as exc:
-        print(str(exc), file=sys.stderr)
+        if str(exc):  # empty: a rank other than 0 of several, stopping with rank 0, which said it
+            print(str(exc), file=sys.stderr)
         return exit_status(exc.signum)
     except (*INPUT_ERRORS, FileNotFoundError, *errors) as exc:
         print(f"{prefix}{describe_os_error(exc) if isinstance(exc, OSError) else exc}",

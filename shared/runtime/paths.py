@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import os
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # shared/runtime/..
+# shared/runtime/paths.py -> the checkout (where setup.py, scripts/ and data/ are)
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_VOCAB_DIR = os.path.join(REPO_ROOT, "data", "gpt2")
 DEFAULT_E2E_DIR = os.path.join(REPO_ROOT, "data", "e2e")
 VOCAB_FILES = ("encoder.json", "vocab.bpe")

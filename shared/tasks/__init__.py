@@ -1,1 +1,1 @@
-"""The non-E2E training tasks (pretraining, classification, instruction tuning)."""
+"""The non-E2E training tasks (pretraining, classification, instruction and preference tuning)."""

@@ -23,6 +23,7 @@ from shared.model.pretrained import checkpoint_config
 from shared.runtime.run_lock import RunLock
 from shared.text.tokenizer import load_tokenizer
 from shared.runtime.paths import DataDirError, file_check, resolve_data_path
+from shared.train.data_parallel import main_process_lock, processes_of
 from shared.train.train_args import build_parser, lora_flag_problems
 from shared.train.trainer import Trainer
 
@@ -71,6 +72,9 @@ def classify_problems(args) -> list:
     if args.trainable != "lora" and args.lora_dim > 0:
         problems.append(f"--lora_dim {args.lora_dim} with --trainable {args.trainable}: LoRA "
                         f"trains with --trainable lora only")
+    if getattr(args, "peft", None) not in (None, "lora", "full"):
+        problems.append(f"--peft {args.peft} is for the language-model scripts (gpt2_ft.py, "
+                        f"instruct_ft.py); the classifier chooses its weights with --trainable")
     if args.label_smooth:
         problems.append("--label_smooth applies to the language-model loss only")
     args.seq_len, args.num_classes = args.max_len, len(LABELS)
@@ -117,12 +121,14 @@ def train_and_score(args, backend_for):
     """Train (`backend_for(args.backend)`: the backend's `ClassifierBackend`), score the final
     weights on the validation and test splits into WORK_DIR/metrics.json, write the model card
     and print the scores; the run folder is locked meanwhile."""
-    with RunLock(args.work_dir):
+    with main_process_lock(args.work_dir, processes_of(args), RunLock):
         tokenizer = load_tokenizer(args.vocab)
         data = classify_datasets(args, tokenizer)
         trainer = Trainer(args, backend_for(args.backend), datasets=(data["train"], data["valid"]),
                           resume_keys=CLASSIFY_RESUME_KEYS)
         summary = trainer.train()
+        if not trainer.processes.is_main:  # under several processes rank 0 alone scores
+            return None
         metrics = {name: evaluate(trainer.backend.predict_logits, data[name])
                    for name in ("valid", "test")}
         metrics.update(backend=args.backend, steps=summary["steps"],

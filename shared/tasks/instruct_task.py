@@ -21,6 +21,7 @@ from shared.tasks.instruct_eval import generate_responses, response_perplexity, 
 from shared.runtime.run_lock import RunLock
 from shared.decode.sampling import EOT_ID, SamplingSettings
 from shared.text.tokenizer import load_tokenizer
+from shared.train.data_parallel import main_process_lock, processes_of
 from shared.train.train_args import build_parser as build_train_parser
 from shared.train.train_args import model_config, validate
 from shared.train.trainer import Trainer, TrainingError
@@ -126,7 +127,7 @@ def train_and_evaluate(args, backend_for, load_model):
     """Split and encode --data, train (or take the finished run's checkpoint), then score it;
     `backend_for(name)`: a backend's training class, `load_model(args)`: its inference model
     (backends/); the run folder is locked meanwhile."""
-    with RunLock(args.work_dir):
+    with main_process_lock(args.work_dir, processes_of(args), RunLock):
         tokenizer = load_tokenizer(args.vocab)
         counts = prepare(args, tokenizer)
         print(f"instruction data {args.data}: " + ", ".join(
@@ -134,5 +135,5 @@ def train_and_evaluate(args, backend_for, load_model):
         validate(args)
         checkpoint = final_checkpoint(args.work_dir) if args.eval_only else \
             Trainer(args, backend_for(args.backend)).train()["final_checkpoint"]
-        if not args.no_eval:
+        if not args.no_eval and processes_of(args).is_main:  # rank 0 alone scores
             evaluate(args, tokenizer, checkpoint, backend_for, load_model)

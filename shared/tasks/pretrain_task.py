@@ -19,6 +19,7 @@ from shared.decode.sampling import EOT_ID, SamplingSettings
 from shared.text.text_data import WindowDataset, split_tail, token_stream
 from shared.text.tokenizer import load_tokenizer
 from shared.runtime.paths import DataDirError, resolve_data_path
+from shared.train.data_parallel import main_process_lock, processes_of
 from shared.train.train_args import build_parser, lora_flag_problems
 from shared.train.trainer import Trainer
 
@@ -107,6 +108,8 @@ class PeriodicSampler:
             self.sample(step)
 
     def sample(self, step):
+        if not self.trainer.processes.is_main:  # rank 0 alone samples and writes
+            return None
         tokens = self.trainer.backend.sample(self.prompt_ids, self.settings, self.seed)[0]
         text = self.prompt + self.tokenizer.decode(tokens)
         self.trainer.write(f"| sample at step {step}: {text!r}")
@@ -122,7 +125,7 @@ def pretrain(args, backend_for):
     """Train every weight on the text windows (`backend_for(args.backend)`: the backend's
     training class) with a sample every --sample_every steps and one at the end; the run
     folder is locked meanwhile. Returns the trainer's summary."""
-    with RunLock(args.work_dir):
+    with main_process_lock(args.work_dir, processes_of(args), RunLock):
         tokenizer = load_tokenizer(args.vocab)
         datasets = pretrain_datasets(args, tokenizer)
         trainer = Trainer(args, backend_for(args.backend), datasets=datasets,

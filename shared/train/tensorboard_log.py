@@ -3,7 +3,9 @@
 The JSON-lines log (`shared/train/trainlog.py`) stays the record of a run; this tee adds an event file
 in DIR (TFRecord framing with masked CRC32C and Event/Summary protobufs, the format TensorBoard
 reads, written with tensorboardX's record writer and protos) with `train/loss`, `train/lr`,
-`train/grad_norm`, `train/tokens_per_s`, `valid/loss` and `valid/ppl` at their step.
+`train/grad_norm`, `train/tokens_per_s`, `valid/loss` and `valid/ppl` at their step, and a task's
+own metrics logged beside the loss (e.g. DPO's `rewards_margin`: `train/rewards_margin`,
+`valid/rewards_margin`).
 tensorboardX is imported only when the flag is given.
 
 Events are written synchronously, one event per log record, flushed to the file at once: a hard
@@ -26,6 +28,7 @@ from shared.runtime.atomic import atomic_open
 TRAIN_SCALARS = {"loss": "train/loss", "lr": "train/lr", "grad_norm": "train/grad_norm",
                  "tokens_per_s": "train/tokens_per_s"}
 VALID_SCALARS = {"valid_loss": "valid/loss", "valid_ppl": "valid/ppl"}
+RECORD_FIELDS = ("kind", "step", "epoch", "elapsed_s", "backend")  # what is not a curve
 EVENT_FILE_PREFIX = "events.out.tfevents."
 
 
@@ -133,7 +136,13 @@ class TensorBoardLog:
 
     def write(self, record: dict):
         self.log.write(record)
-        names = {"train": TRAIN_SCALARS, "valid": VALID_SCALARS}.get(record.get("kind"), {})
+        kind = record.get("kind")
+        names = dict({"train": TRAIN_SCALARS, "valid": VALID_SCALARS}.get(kind, {}))
+        if names:  # a task's own metrics beside the loss (DPO's rewards, ...): kind/name
+            names.update({key: f"{kind}/{key[len('valid_'):] if key.startswith('valid_') else key}"
+                          for key, value in record.items()
+                          if key not in names and key not in RECORD_FIELDS
+                          and isinstance(value, (int, float)) and not isinstance(value, bool)})
         values = [self._summary.Value(tag=tag, simple_value=float(record[key]))
                   for key, tag in names.items() if record.get(key) is not None]
         if values:

@@ -11,11 +11,14 @@ from shared.runtime.arg_types import (ArgumentProblem, fraction_below_one, non_n
 from shared.model.config import MODEL_CARDS, GPT2Config, seq_len_problem, shape_flag_problems
 from shared.runtime.environment import default_device, device_problems
 from shared.model.lora_settings import LoRASettingsError, resolve_lora_args
+from shared.model.peft_methods import (add_peft_args, flag_problems as peft_flag_problems,
+                                       positions_problem, resolve_peft_args, settings_from_args)
 from shared.runtime.preflight import output_dir_problems
 from shared.model.checkpoint_files import checkpoint_path_problem
 from shared.model.pretrained import checkpoint_config
 from shared.train.schedule import SCHEDULES
 from shared.runtime.config_parser import ConfigArgumentParser
+from shared.train.data_parallel import DEFAULT_TIMEOUT_S, setup_processes
 
 BACKENDS = ("torch", "jittor")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -36,10 +39,13 @@ def add_model_shape_args(parser):
 
 def add_launcher_args(parser):
     """Flags that microsoft/LoRA's commands pass (`--platform local`, and `--local_rank` from
-    torch.distributed.launch); accepted so those commands run unchanged. Runs are single-process."""
+    torch.distributed.launch); accepted so those commands run unchanged. Several processes come
+    from the launcher's environment (torchrun, mpirun: shared/train/data_parallel.py)."""
     parser.add_argument("--platform", default="local", choices=["local"],
-                        help="accepted for compatibility; only single-process 'local' runs")
-    parser.add_argument("--local_rank", type=int, default=0, help="accepted for compatibility")
+                        help="accepted for compatibility: 'local' runs one process, or several "
+                             "under torchrun (torch) / mpirun (jittor)")
+    parser.add_argument("--local_rank", type=int, default=0,
+                        help="accepted for compatibility (the launcher's LOCAL_RANK is used)")
 
 
 def build_parser(data_args=True, description=None):
@@ -52,13 +58,18 @@ def build_parser(data_args=True, description=None):
     if data_args:
         p.add_argument("--train_data", required=True, help="encoded training jsonl (gpt2_encode.py)")
         p.add_argument("--valid_data", required=True, help="encoded validation jsonl")
-    p.add_argument("--train_batch_size", type=positive_int, default=8)
+    p.add_argument("--train_batch_size", type=positive_int, default=8,
+                   help="per process: under N processes the global batch is N x this")
     p.add_argument("--valid_batch_size", type=positive_int, default=4)
     p.add_argument("--grad_acc", type=positive_int, default=1, help="gradient accumulation steps")
     p.add_argument("--clip", type=non_negative_float, default=0.0, help="gradient clip (0: none)")
     p.add_argument("--seq_len", type=positive_int, default=512)
     add_model_shape_args(p)
+    add_peft_args(p)
     add_launcher_args(p)
+    p.add_argument("--dist_timeout", type=positive_float, default=DEFAULT_TIMEOUT_S,
+                   help="under several processes: seconds a step may wait for the other ranks "
+                        "before this one stops, naming itself")
     p.add_argument("--init_checkpoint", default=None, help="pretrained checkpoint (HF GPT-2 "
                    "file or folder, whose config.json gives the shape; OpenAI's TF GPT-2 folder; "
                    "microsoft/LoRA; or this project's .safetensors/.npz); default: seeded init")
@@ -135,6 +146,7 @@ def validate(args, data_files=True):
     if args.init_checkpoint:
         problems.append(checkpoint_path_problem("--init_checkpoint", args.init_checkpoint))
     problems += lora_flag_problems(args)
+    problems += peft_flag_problems(resolve_peft_args(args))
     for name in ("train_batch_size", "valid_batch_size", "grad_acc", "seq_len", "log_interval",
                  "eval_interval", "save_interval"):
         if getattr(args, name) <= 0:
@@ -166,10 +178,18 @@ def validate(args, data_files=True):
     problems += device_problems(args.device)
     problems += output_dir_problems("--work_dir", args.work_dir)
     problems += shape_flag_problems(args.n_embd, args.n_layer, args.n_head, args.model_card)
+    problems += setup_processes(args)  # under N processes: the global batch is N x the flag's
     problems = [p for p in problems if p]
     if not problems:
         try:
-            problems.append(seq_len_problem(args.seq_len, model_config(args)))
+            config = model_config(args)
+            problems += [seq_len_problem(args.seq_len, config),
+                         positions_problem(config, args.seq_len)]
+            if args.init_checkpoint and os.path.isfile(args.init_checkpoint):
+                from shared.model.checkpoint import method_problem
+                from shared.model.lora_settings import read_lora_settings
+                problems.append(method_problem(args.init_checkpoint,
+                                               read_lora_settings(args.init_checkpoint), config))
         except ValueError as exc:
             problems.append(str(exc))
         problems = [p for p in problems if p]
@@ -187,7 +207,8 @@ def model_config(args) -> GPT2Config:
     resolve_lora_args(args)
     lora = dict(lora_attn_dim=args.lora_dim, lora_attn_alpha=args.lora_alpha,
                 lora_dropout=getattr(args, "lora_dropout", 0.0),
-                lora_layer_dims=args.lora_layer_dims, lora_layer_alphas=args.lora_layer_alphas)
+                lora_layer_dims=args.lora_layer_dims, lora_layer_alphas=args.lora_layer_alphas,
+                peft=settings_from_args(resolve_peft_args(args)))
     found = checkpoint_config(getattr(args, "init_checkpoint", None))
     if found is not None:
         return found.model_config(n_embd=args.n_embd, n_layer=args.n_layer, n_head=args.n_head,
