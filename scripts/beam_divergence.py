@@ -19,10 +19,11 @@ from shared.runtime.entry_point import run_script
 from shared.runtime.preflight import check_outputs, input_file_problems, output_dir_problems
 from shared.model.lora_settings import resolve_lora_args
 from shared.train.train_args import add_model_shape_args
+from shared.runtime.config_parser import ConfigArgumentParser
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = ConfigArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True, help="the encoded jsonl the searches ran on")
     p.add_argument("--seq_len", type=positive_int, default=512,
                    help="as given to gpt2_beam.py: queries are cut to their last seq_len - eval_len tokens")

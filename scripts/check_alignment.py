@@ -9,7 +9,6 @@ loss 1e-5 rel, grads 1e-4 abs).
   python scripts/check_alignment.py --init_checkpoint base.safetensors \
       --lora_checkpoint run/model.100.pt --data valid.jsonl --lora_dim 4 --n_embd 128 ...
 """
-import argparse
 import sys
 
 
@@ -22,10 +21,11 @@ from shared.runtime.environment import default_device
 from shared.runtime.preflight import input_file_problems, output_file_problems
 from shared.runtime.entry_point import run_stoppable
 from shared.train.train_args import add_model_shape_args, model_config
+from shared.runtime.config_parser import ConfigArgumentParser
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = ConfigArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--init_checkpoint", required=True, help="full checkpoint (any layout)")
     p.add_argument("--lora_checkpoint", default=None, help="LoRA-only checkpoint loaded after it")
     p.add_argument("--data", required=True, help="encoded jsonl (gpt2_encode.py output)")

@@ -6,7 +6,6 @@ Texts come from --text (repeatable), else one per line from stdin; each prints a
 `label<TAB>probability<TAB>text`. With --eval_file (a `label<TAB>text` file) the texts are scored
 instead and the metrics (accuracy, precision, recall, F1, confusion matrix) go to --json.
 """
-import argparse
 import sys
 
 import numpy as np
@@ -22,10 +21,11 @@ from shared.runtime.preflight import input_file_problems, output_file_problems
 from shared.runtime.entry_point import run_stoppable
 from shared.text.tokenizer import VocabError, load_tokenizer
 from shared.train.train_args import BACKENDS
+from shared.runtime.config_parser import ConfigArgumentParser
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ConfigArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--backend", required=True, choices=BACKENDS)
     p.add_argument("--device", default=None, choices=["cpu", "cuda"])
     p.add_argument("--model_dir", required=True, help="the --work_dir of a classify_ft.py run")

@@ -10,7 +10,6 @@ fails the noise-floor rule (alignment/compare.py).
 Without --init_checkpoint the model is the seeded initialisation (--random_seed). `--plant NAME`
 plants one of alignment/planted_bugs.py's bugs in the Jittor twin, to see a localized failure.
 """
-import argparse
 import sys
 
 from alignment import layer_report as diff_layers
@@ -22,10 +21,11 @@ from shared.runtime.environment import device_problems
 from shared.runtime.preflight import check_outputs, input_file_problems, output_dir_problems
 from shared.train.train_args import (add_model_shape_args, default_device, lora_flag_problems,
                                      model_config)
+from shared.runtime.config_parser import ConfigArgumentParser
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = ConfigArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--init_checkpoint", default=None, help="full checkpoint (any layout)")
     p.add_argument("--lora_checkpoint", default=None, help="LoRA-only checkpoint loaded after it")
     add_model_shape_args(p)

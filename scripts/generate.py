@@ -6,7 +6,6 @@
 Filtering and drawing happen in numpy from seeded generators (shared/decode/sampling.py), so the two
 backends print the same text for the same weights and --seed.
 """
-import argparse
 import sys
 
 from backends import load_inference_model
@@ -17,10 +16,11 @@ from shared.decode.inference_model import add_inference_model_args, inference_mo
 from shared.decode.sampling import EOT_ID, SamplingSettings
 from shared.runtime.entry_point import run_stoppable
 from shared.text.tokenizer import VocabError, load_tokenizer
+from shared.runtime.config_parser import ConfigArgumentParser
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ConfigArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--prompt", default=None, help="prompt text (default: read from stdin)")
     p.add_argument("--add_bos", action="store_true",
                    help="append <|endoftext|> to the prompt, as gpt2_encode.py --add_bos does "

@@ -11,7 +11,6 @@ shared/decode/prediction_file.py), plus `--backend`, e.g.
 `--eos_token_id` appends to the default [50256], as in the reference. The search itself is
 specified in shared/decode/beam_spec.py; its results do not depend on --batch_size.
 """
-import argparse
 import os
 import random
 import sys
@@ -34,10 +33,11 @@ from shared.decode.prediction_file import prediction_line
 from shared.runtime.preflight import input_file_problems, output_file_problems
 from shared.runtime.entry_point import run_stoppable
 from shared.train.train_args import model_config
+from shared.runtime.config_parser import ConfigArgumentParser
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ConfigArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True, help="encoded jsonl (gpt2_encode.py) to continue")
     p.add_argument("--batch_size", type=positive_int, default=10, help="queries per search")
     p.add_argument("--seq_len", type=positive_int, default=512,

@@ -5,7 +5,6 @@ Usage: python scripts/gpt2_decode.py --vocab VOCAB_DIR --sample_file predict.jso
            --input_file test_formatted.jsonl --output_ref_file ref.txt
            --output_pred_file pred.txt [--tokenize] [--lower]
 """
-import argparse
 import sys
 
 from shared.runtime.atomic import atomic_group
@@ -13,10 +12,11 @@ from shared.decode.scorer_files import decode_files
 from shared.runtime.entry_point import run_script
 from shared.runtime.preflight import check_outputs, input_file_problems, output_file_problems
 from shared.text.tokenizer import load_tokenizer
+from shared.runtime.config_parser import ConfigArgumentParser
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ConfigArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vocab", default=None,
                         help="GPT-2 vocab folder (encoder.json, vocab.bpe); default: "
                              "GPT2_VOCAB_DIR or the project's data folder")

@@ -5,17 +5,17 @@ Usage: python scripts/measure_scores.py REF PRED [-p] [--no_meteor] [--json OUT]
 REF holds the references of each instance on consecutive lines, instances separated by one empty
 line; PRED one output line per instance.
 """
-import argparse
 import sys
 
 from shared.runtime.atomic import write_json
 from shared.metrics import format_scores, measure_scores
 from shared.runtime.preflight import output_file_problems
 from shared.runtime.entry_point import run_stoppable
+from shared.runtime.config_parser import ConfigArgumentParser
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ConfigArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("ref_file", help="references, groups separated by one empty line")
     parser.add_argument("pred_file", help="system outputs, one line per instance")
     parser.add_argument("-p", "--python", action="store_true",

@@ -7,7 +7,6 @@ References in measure_scores.py's format (groups separated by an empty line) or 
 split (`--references test.txt --raw`). Writes DIR/metric_intervals.{md,json} and
 DIR/report_section.md (the section work.sh's report includes).
 """
-import argparse
 import sys
 
 from alignment.interval_report import intervals_from_files
@@ -16,10 +15,11 @@ from shared.runtime.arg_types import positive_int, seed_int
 from shared.runtime.atomic import atomic_group
 from shared.runtime.entry_point import run_script
 from shared.runtime.preflight import check_outputs, input_file_problems, output_dir_problems
+from shared.runtime.config_parser import ConfigArgumentParser
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = ConfigArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--references", required=True)
     p.add_argument("--raw", action="store_true", help="--references is a raw E2E .txt split")
     p.add_argument("--torch", required=True, help="torch predictions, one line per MR")

@@ -20,6 +20,7 @@ unless --logs_dir names another place (the committed results under logs/ were ma
 is exactly what a user runs; every setting comes from a preset (or its override).
 """
 import datetime
+import io
 import json
 import os
 import shutil
@@ -36,6 +37,8 @@ from shared.runtime.environment import cuda_available, devices, versions
 from shared.runtime.paths import REPO_ROOT, resolve_e2e_dir, resolve_vocab_dir
 from shared.model.pretrained import checkpoint_config, write_config_beside
 from shared.runtime.run_lock import RunLock
+from shared.pipeline.run_settings import RunSettings, resumed, stage_argv
+from shared.pipeline.run_settings import settings_from as preset_settings
 from shared.pipeline.stage_process import run_stage
 from shared.runtime.entry_point import run_script
 from shared.runtime.preflight import check_outputs, output_dir_problems
@@ -135,17 +138,10 @@ def setting_types(task="e2e") -> dict:
     return {key: setting_type(key, kind) for key, kind in sorted(types.items())}
 
 
-def settings_from(args, task="e2e"):
+def settings_from(args, task="e2e") -> RunSettings:
     """The task's preset `args.preset` names (default: cuda when a GPU is present, else cpu) with
-    the values given on the command line in place of its own, and its name under "preset"."""
-    preset = args.preset or ("cuda" if cuda_available() else "cpu")
-    settings = dict(PRESETS[task][preset])
-    for key in settings:
-        value = getattr(args, key)
-        if value is not None:
-            settings[key] = value
-    settings["preset"] = preset
-    return settings
+    the values given on the command line in place of its own (shared/pipeline/run_settings.py)."""
+    return preset_settings(args, PRESETS[task], task, "cuda" if cuda_available() else "cpu")
 
 
 def report_dir(args, run):
@@ -155,9 +151,10 @@ def report_dir(args, run):
 
 
 class Pipeline:
-    """A run of work.sh: its settings (PRESETS[task] + flags), folders, stages and their state.
-    Task pipelines (instruct_pipeline.py, task_pipelines.py) subclass it and override the hooks
-    __init__ calls (find_data, stage_folders, configure) and the stages."""
+    """A run of work.sh: its settings (PRESETS[task] + flags: a RunSettings, written as
+    RUN_DIR/run_config.json), folders, stages and their state. Task pipelines
+    (instruct_pipeline.py, task_pipelines.py) subclass it and override the hooks __init__ calls
+    (find_data, stage_folders, run_values, configure) and the stages."""
     task = "e2e"  # the key of its presets in PRESETS
     stages = STAGES  # the order stage() and run_all() follow (task pipelines have their own)
     run_name = "{preset}-default"  # the run folder's name unless --run names it
@@ -177,6 +174,14 @@ class Pipeline:
         """{stage: the run's folders it writes}: --force_stage starts them over."""
         return {"init": ["base"], "lora": list(self.backends) + self.seed_runs()}
 
+    def run_values(self):
+        """The run-wide values of RunSettings.run (besides the preset's): what else changes the
+        results of this task's run. Not the E2E folder: the same data may sit elsewhere on the
+        machine that finishes a run (--until on one machine, the rest on another)."""
+        return dict(random_seed=self.args.random_seed, backends=self.backends,
+                    init_checkpoint=self.args.init_checkpoint,
+                    exact_dropout=self.args.exact_dropout, seed_band=self.seed_band)
+
     def configure(self):
         """What the stages need once the run folder is there: the model's config, and the
         per-process batches of --nproc N (the preset's batches are the global ones)."""
@@ -189,8 +194,9 @@ class Pipeline:
     def open_run(self, args, settings, default_run):
         """The arguments, settings, run name (`default_run` with {preset} filled in, unless
         --run names it), run and report folders and backends that every pipeline has."""
-        self.args, self.s = args, settings
-        self.run = args.run or default_run.format(preset=settings["preset"])
+        self.args, self.settings = args, settings
+        self.s = dict(settings.settings, preset=settings.preset)  # what the report lists
+        self.run = args.run or default_run.format(preset=settings.preset)
         self.run_dir = os.path.join(args.runs_dir, self.run)
         self.log_dir = report_dir(args, self.run)
         check_outputs(output_dir_problems("--runs_dir", args.runs_dir)  # before any stage
@@ -200,9 +206,17 @@ class Pipeline:
             raise ValueError(f"--backends must name torch and/or jittor, got {args.backends!r}")
 
     def make_run_folder(self, stage_folders):
-        """After the pipeline found its data: the vocabulary, the run and report folders and the
-        state of the stages (stages.json; `stage_folders`: the folders each stage writes)."""
+        """After the pipeline found its data: the vocabulary, the run's settings (those stored by
+        an earlier run of the folder, which its flags must not contradict, unless --force), the
+        run and report folders and the state of the stages (stages.json; `stage_folders`: the
+        folders each stage writes)."""
         self.vocab_dir = resolve_vocab_dir(self.args.vocab_dir)
+        now = RunSettings(self.settings.task, self.settings.preset, self.settings.settings,
+                          self.run_values())
+        stored = RunSettings.read(self.run_dir)
+        if stored is not None and not self.args.force:
+            now = resumed(stored, self.args, PRESETS[self.task], now)
+        self.settings, self.s = now, dict(now.settings, preset=now.preset)
         os.makedirs(self.run_dir, exist_ok=True)
         os.makedirs(self.log_dir, exist_ok=True)
         self.state_path = os.path.join(self.run_dir, "stages.json")
@@ -239,12 +253,7 @@ class Pipeline:
         return {"settings": self._fingerprint(), "stages": {}}
 
     def _fingerprint(self):
-        keys = dict(self.s, init_checkpoint=self.args.init_checkpoint,
-                    exact_dropout=self.args.exact_dropout, random_seed=self.args.random_seed,
-                    backends=self.args.backends)
-        if getattr(self.args, "seed_band", False):
-            keys["seed_band"] = True
-        return json.loads(json.dumps(keys))
+        return self.settings.to_json()
 
     def seed_runs(self):
         """The folders of the extra torch run that gives the seed band (none without --seed_band)."""
@@ -253,25 +262,32 @@ class Pipeline:
     def path(self, *parts):
         return os.path.join(self.run_dir, *parts)
 
-    def shape_flags(self):
-        flags = ["--model_card", self.s["model_card"]]
-        for key in ("n_embd", "n_layer", "n_head"):
-            if self.s[key] is not None:
-                flags += [f"--{key}", str(self.s[key])]
-        return flags
+    def pick(self, *names):
+        """{name: the setting}: settings a stage script takes as flags of the same name."""
+        return {name: self.s[name] for name in names}
 
-    def sh(self, argv, log_name, launcher=None):
-        """Run a project script, streaming its output and keeping a copy in RUN_DIR/logs; a stop
-        signal is passed on to it and ends the run once it has stopped (shared/stage_process).
-        `launcher`: what runs it (default: this Python; data_parallel.launch_command)."""
+    def shape_flags(self):
+        """The model's shape as the scripts' flags (None: the card's own value)."""
+        return self.pick("model_card", "n_embd", "n_layer", "n_head")
+
+    def sh(self, argv, log_name, launcher=None, capture=False):
+        """Run a project script (`stage_argv`'s list), streaming its output and keeping a copy in
+        RUN_DIR/logs; a stop signal is passed on to it and ends the run once it has stopped
+        (shared/pipeline/stage_process.py). The one stage runner: `capture` returns the script's
+        stdout (kept in the log, not shown), its stderr going to the log only. `launcher`: what
+        runs it (default: this Python; data_parallel.launch_command)."""
         cmd = [*(launcher or [sys.executable]), *argv]
         os.makedirs(self.path("logs"), exist_ok=True)
         log_path = self.path("logs", log_name)
         print("$ " + " ".join(argv), flush=True)
+        stdout = io.StringIO() if capture else None
         with open(log_path, "a") as log:
-            code = run_stage(cmd, cwd=ROOT, env=self.stage_env(), log=log)
+            log.flush()
+            code = run_stage(cmd, cwd=ROOT, env=self.stage_env(), log=log, out=stdout,
+                             stderr=log if capture else None)
         if code != 0:
             raise RuntimeError(f"`{' '.join(argv)}` failed with exit code {code} (log: {log_path})")
+        return stdout.getvalue() if capture else None
 
     def stage_env(self):
         """The environment of a stage's script: ours, unbuffered, with the run's vocabulary."""
@@ -334,23 +350,17 @@ class Pipeline:
         base_config = GPT2Config(**dict(self.config.to_dict(), lora_attn_dim=0))
         if self.args.init_checkpoint:
             return self.save_base(base, base_config)
-        work = self.path("base")
-        argv = ["scripts/gpt2_ft.py", "--backend", "torch", "--device", self.s["device"],
-                "--train_data", self.path("data", "train.jsonl"),
-                "--valid_data", self.path("data", "valid.jsonl"), *self.shape_flags(),
-                "--lora_dim", "0", "--train_batch_size", str(self.batch["base_batch_size"]),
-                "--valid_batch_size", str(self.s["valid_batch_size"]), "--seq_len", str(self.s["seq_len"]),
-                "--lr", str(self.s["base_lr"]), "--weight_decay", str(self.s["weight_decay"]), "--correct_bias",
-                "--clip", str(self.s["base_clip"]), "--warmup_step", str(max(1, self.s["base_steps"] // 20)),
-                "--max_step", str(self.s["base_steps"]), "--scheduler", self.s["base_scheduler"],
-                "--log_interval", str(max(1, self.s["base_steps"] // 10)),
-                "--eval_interval", str(self.s["base_steps"]), "--save_interval",
-                str(max(1, self.s["base_steps"] // 4)), "--precision", self.s["precision"],
-                "--random_seed", str(self.args.random_seed), "--work_dir", work]
-        if self.s["valid_batches"]:
-            argv += ["--max_eval_batches", str(self.s["valid_batches"])]
-        if self._has_checkpoint(work):
-            argv.append("--resume")
+        work, steps = self.path("base"), self.s["base_steps"]
+        argv = stage_argv("gpt2_ft.py", dict(
+            backend="torch", device=self.s["device"], train_data=self.path("data", "train.jsonl"),
+            valid_data=self.path("data", "valid.jsonl"), **self.shape_flags(), lora_dim=0,
+            train_batch_size=self.batch["base_batch_size"], **self.pick("valid_batch_size", "seq_len"),
+            lr=self.s["base_lr"], weight_decay=self.s["weight_decay"], correct_bias=True,
+            clip=self.s["base_clip"], warmup_step=max(1, steps // 20), max_step=steps,
+            scheduler=self.s["base_scheduler"], log_interval=max(1, steps // 10),
+            eval_interval=steps, save_interval=max(1, steps // 4), precision=self.s["precision"],
+            random_seed=self.args.random_seed, work_dir=work,
+            max_eval_batches=self.s["valid_batches"] or None, resume=self._has_checkpoint(work)))
         self.sh(argv, "base_train.log", launch_command("torch", self.nproc))
         state = load_for_model(self.path("base", f"model.{self.s['base_steps']}.pt"), base_config)
         save_checkpoint(base, state)
@@ -366,29 +376,19 @@ class Pipeline:
         with `seed` (default: --random_seed)."""
         folder = folder or backend
         seed = self.args.random_seed if seed is None else seed
-        argv = ["scripts/gpt2_ft.py", "--backend", backend, "--device", self.s["device"],
-                "--train_data", self.path("data", "train.jsonl"),
-                "--valid_data", self.path("data", "valid.jsonl"), *self.shape_flags(),
-                "--init_checkpoint", self.path("base", "base.safetensors"),
-                "--lora_dim", str(self.s["lora_dim"]), "--lora_alpha", str(self.s["lora_alpha"]),
-                "--lora_dropout", str(self.s["lora_dropout"]),
-                "--train_batch_size", str(self.batch["train_batch_size"]), "--valid_batch_size", str(self.s["valid_batch_size"]),
-                "--seq_len", str(self.s["seq_len"]), "--lr", str(self.s["lr"]),
-                "--weight_decay", str(self.s["weight_decay"]), "--correct_bias", "--warmup_step", str(self.s["warmup_step"]),
-                "--max_step", str(self.s["max_step"]), "--scheduler", self.s["scheduler"],
-                "--clip", str(self.s["clip"]),
-                "--label_smooth", str(self.s["label_smooth"]), "--log_interval", str(self.s["log_interval"]),
-                "--eval_interval", str(self.s["eval_interval"]),
-                "--save_interval", str(self.s["save_interval"]), "--precision", self.s["precision"],
-                "--random_seed", str(seed), "--work_dir", self.path(folder),
-                "--attn", self.s["attn"]]
-        if self.s["valid_batches"]:
-            argv += ["--max_eval_batches", str(self.s["valid_batches"])]
-        if self.args.exact_dropout:
-            argv.append("--shared_dropout")
-        if self._has_checkpoint(self.path(folder)):
-            argv.append("--resume")
-        return argv
+        return stage_argv("gpt2_ft.py", dict(
+            backend=backend, device=self.s["device"], train_data=self.path("data", "train.jsonl"),
+            valid_data=self.path("data", "valid.jsonl"), **self.shape_flags(),
+            init_checkpoint=self.path("base", "base.safetensors"),
+            **self.pick("lora_dim", "lora_alpha", "lora_dropout"),
+            train_batch_size=self.batch["train_batch_size"],
+            **self.pick("valid_batch_size", "seq_len", "lr", "weight_decay"),
+            correct_bias=True,
+            **self.pick("warmup_step", "max_step", "scheduler", "clip", "label_smooth",
+                        "log_interval", "eval_interval", "save_interval", "precision"),
+            random_seed=seed, work_dir=self.path(folder), attn=self.s["attn"],
+            max_eval_batches=self.s["valid_batches"] or None,
+            shared_dropout=self.args.exact_dropout, resume=self._has_checkpoint(self.path(folder))))
 
     def runs(self):
         """(folder, backend, seed) of every fine-tuning run: one per backend, plus the seed-band run."""
@@ -408,29 +408,29 @@ class Pipeline:
     def search_flags(self):
         """The beam search's data, model shape and settings, as gpt2_beam.py and
         beam_divergence.py take them."""
-        return ["--data", self.path("data", "test.jsonl"), *self.shape_flags(),
-                "--lora_dim", str(self.s["lora_dim"]), "--lora_alpha", str(self.s["lora_alpha"]),
-                "--seq_len", str(self.s["seq_len"] + self.s["eval_len"]),
-                "--eval_len", str(self.s["eval_len"]), "--beam", str(self.s["beam"]),
-                "--length_penalty", str(self.s["length_penalty"]), "--no_repeat_ngram_size", str(self.s["no_repeat_ngram_size"]),
-                "--repetition_penalty", str(self.s["repetition_penalty"]), "--eos_token_id", str(self.s["eos_token_id"])]
+        return dict(data=self.path("data", "test.jsonl"), **self.shape_flags(),
+                    **self.pick("lora_dim", "lora_alpha"),
+                    seq_len=self.s["seq_len"] + self.s["eval_len"],
+                    **self.pick("eval_len", "beam", "length_penalty", "no_repeat_ngram_size",
+                                "repetition_penalty", "eos_token_id"))
 
     def stage_beam(self):
         out = {}
         for folder, backend, _ in self.runs():
             started = time.time()
             work = self.path(folder)
-            argv = ["scripts/gpt2_beam.py", "--backend", backend, "--device", self.s["device"],
-                    "--init_checkpoint", os.path.join(work, f"model.{self.s['max_step']}.pt"),
-                    *self.search_flags(), "--batch_size", str(self.s["beam_batch_size"]),
-                    "--work_dir", work, "--output_file", "predict.jsonl", "--unique_contexts"]
+            argv = stage_argv("gpt2_beam.py", dict(
+                backend=backend, device=self.s["device"],
+                init_checkpoint=os.path.join(work, f"model.{self.s['max_step']}.pt"),
+                **self.search_flags(), batch_size=self.s["beam_batch_size"], work_dir=work,
+                output_file="predict.jsonl", unique_contexts=True))
             self.sh(argv, f"{folder}_beam.log")
             beam_seconds = time.time() - started
-            vocab = ["--vocab", self.vocab_dir] if self.vocab_dir else []
-            self.sh(["scripts/gpt2_decode.py", *vocab, "--sample_file", os.path.join(work, "predict.jsonl"),
-                     "--input_file", self.path("data", "test_formatted.jsonl"),
-                     "--output_ref_file", os.path.join(work, "e2e_ref.txt"),
-                     "--output_pred_file", os.path.join(work, "e2e_pred.txt")], f"{folder}_decode.log")
+            self.sh(stage_argv("gpt2_decode.py", dict(
+                vocab=self.vocab_dir, sample_file=os.path.join(work, "predict.jsonl"),
+                input_file=self.path("data", "test_formatted.jsonl"),
+                output_ref_file=os.path.join(work, "e2e_ref.txt"),
+                output_pred_file=os.path.join(work, "e2e_pred.txt"))), f"{folder}_decode.log")
             out[folder] = {"beam_seconds": beam_seconds, "seconds": time.time() - started}
         return out
 
@@ -439,11 +439,10 @@ class Pipeline:
         for backend in self.backends:
             started = time.time()
             work = self.path(backend)
-            score_argv = ["scripts/measure_scores.py", os.path.join(work, "e2e_ref.txt"),
-                          os.path.join(work, "e2e_pred.txt"), "-p",
-                          "--json", os.path.join(work, "metrics.json")]
-            if self.args.no_meteor:
-                score_argv.append("--no_meteor")
+            score_argv = stage_argv(
+                "measure_scores.py", dict(python=True, json=os.path.join(work, "metrics.json"),
+                                          no_meteor=self.args.no_meteor),
+                positional=[os.path.join(work, "e2e_ref.txt"), os.path.join(work, "e2e_pred.txt")])
             self.sh(score_argv, f"{backend}_scores.log")
             with open(os.path.join(work, "metrics.json")) as f:
                 out[backend] = json.load(f)
@@ -456,39 +455,39 @@ class Pipeline:
         """Paired-bootstrap intervals of torch - jittor per metric, and the seed band (torch -
         torch of another seed) when the seed-band run exists; never without it."""
         pred = lambda folder: os.path.join(self.path(folder), "e2e_pred.txt")  # noqa: E731
-        argv = ["scripts/metric_intervals.py", "--references", os.path.join(self.path("torch"), "e2e_ref.txt"),
-                "--torch", pred("torch"), "--jittor", pred("jittor"),
-                "--resamples", str(self.s["bootstrap_resamples"]), "--out", self.path("metric_intervals")]
-        for folder in self.seed_runs():
-            argv += ["--torch_seed2", pred(folder)]
+        argv = stage_argv("metric_intervals.py", dict(
+            references=os.path.join(self.path("torch"), "e2e_ref.txt"), torch=pred("torch"),
+            jittor=pred("jittor"), resamples=self.s["bootstrap_resamples"],
+            out=self.path("metric_intervals"),
+            torch_seed2=pred(self.seed_runs()[0]) if self.seed_runs() else None))
         self.sh(argv, "metric_intervals.log")
         return {"json": self.path("metric_intervals", "metric_intervals.json")}
 
     def stage_check(self):
         backend = self.backends[0]
-        argv = ["scripts/check_alignment.py", "--init_checkpoint", self.path("base", "base.safetensors"),
-                "--lora_checkpoint", self.path(backend, f"model.{self.s['max_step']}.pt"),
-                "--data", self.path("data", "valid.jsonl"), *self.shape_flags(),
-                "--lora_dim", str(self.s["lora_dim"]), "--lora_alpha", str(self.s["lora_alpha"]),
-                "--seq_len", str(self.s["seq_len"]), "--batch_size", str(self.s["check_batch_size"]),
-                "--batches", str(self.s["check_batches"]), "--label_smooth", str(self.s["label_smooth"]),
-                "--device", self.s["device"],
-                "--json", self.path("final_check.json")]
+        same = dict(  # the checkpoints, data, shape and batches of the check and the trace
+            init_checkpoint=self.path("base", "base.safetensors"),
+            lora_checkpoint=self.path(backend, f"model.{self.s['max_step']}.pt"),
+            data=self.path("data", "valid.jsonl"), **self.shape_flags(),
+            **self.pick("lora_dim", "lora_alpha", "seq_len"),
+            batch_size=self.s["check_batch_size"], batches=self.s["check_batches"],
+            **self.pick("label_smooth", "device"))
         if len(self.backends) < 2:
             return {"skipped": "needs both backends"}
-        self.sh(argv, "final_check.log")
-        same = argv[1:argv.index("--json")]  # the same checkpoints, data, shape and batches
-        self.sh(["scripts/diff_layers.py", *same,
-                 "--precision", self.s["precision"], "--out", self.path("diff_layers"),
-                 "--exit_zero"], "diff_layers.log")
+        self.sh(stage_argv("check_alignment.py", dict(same, json=self.path("final_check.json"))),
+                "final_check.log")
+        self.sh(stage_argv("diff_layers.py", dict(
+            same, precision=self.s["precision"], out=self.path("diff_layers"), exit_zero=True)),
+            "diff_layers.log")
         final = f"model.{self.s['max_step']}.pt"
-        self.sh(["scripts/beam_divergence.py", *self.search_flags(), "--device", self.s["device"],
-                 "--torch_checkpoint", self.path("torch", final),
-                 "--jittor_checkpoint", self.path("jittor", final),
-                 "--torch_predictions", self.path("torch", "predict.jsonl"),
-                 "--jittor_predictions", self.path("jittor", "predict.jsonl"),
-                 "--max_queries", str(self.s["divergence_queries"]),
-                 "--out", self.path("beam_divergence")], "beam_divergence.log")
+        self.sh(stage_argv("beam_divergence.py", dict(
+            **self.search_flags(), device=self.s["device"],
+            torch_checkpoint=self.path("torch", final),
+            jittor_checkpoint=self.path("jittor", final),
+            torch_predictions=self.path("torch", "predict.jsonl"),
+            jittor_predictions=self.path("jittor", "predict.jsonl"),
+            max_queries=self.s["divergence_queries"], out=self.path("beam_divergence"))),
+            "beam_divergence.log")
         return {"json": self.path("final_check.json"),
                 "per_layer": self.path("diff_layers", "diff_layers.json"),
                 "beam_divergence": self.path("beam_divergence", "beam_divergence.json")}
@@ -572,6 +571,7 @@ class Pipeline:
                 and "report" not in self.state["stages"]):  # not this run folder's own report
             print(f"work.sh: replacing the report already in {self.log_dir} when this run ends")
         print("settings: " + ", ".join(f"{k}={v}" for k, v in self.s.items()))
+        self.settings.write(self.run_dir)  # under the run's lock: run_config.json
         for name in self.stages:
             self.stage(name, getattr(self, f"stage_{name}"))
             if name == self.args.until:

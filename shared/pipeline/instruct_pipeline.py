@@ -32,6 +32,7 @@ from shared.model.config import GPT2Config
 from shared.runtime.environment import devices, versions
 from shared.runtime.paths import REPO_ROOT, file_check, resolve_data_path
 from shared.pipeline.engine import PRESETS, Pipeline
+from shared.pipeline.run_settings import stage_argv
 
 STAGES = ("data", "init", "tune", "eval", "check", "report")
 DEFAULT_DATA = os.path.join(REPO_ROOT, "..", "shared", "data", "instruct", "instruction-data.json")
@@ -96,21 +97,15 @@ class InstructPipeline(Pipeline):
     def stage_folders(self):
         return {"init": ["base"], "tune": list(self.backends)}
 
-    def _fingerprint(self):
-        keys = dict(self.s, data=getattr(self, "data_file", None),
+    def run_values(self):
+        return dict(random_seed=self.args.random_seed, backends=self.backends,
                     init_checkpoint=self.args.init_checkpoint,
                     exact_dropout=self.args.exact_dropout, full_loss=self.args.full_loss,
-                    random_seed=self.args.random_seed, split_seed=self.args.split_seed,
-                    backends=self.args.backends)
-        return json.loads(json.dumps(keys))
+                    split_seed=self.args.split_seed, data=self.data_file)
 
     def data_flags(self):
-        flags = ["--data", self.data_file, "--split_seed", str(self.args.split_seed)]
-        if self.s["limit"]:
-            flags += ["--limit", str(self.s["limit"])]
-        if self.vocab_dir:
-            flags += ["--vocab", self.vocab_dir]
-        return flags
+        return dict(data=self.data_file, split_seed=self.args.split_seed,
+                    limit=self.s["limit"] or None, vocab=self.vocab_dir)
 
     # ---------------------------------------------------------------------------- stages
     def stage_data(self):
@@ -130,55 +125,45 @@ class InstructPipeline(Pipeline):
         if self.args.init_checkpoint:
             return self.save_base(base, base_config)
         work, steps = self.path("base"), self.s["base_steps"]
-        argv = ["scripts/gpt2_ft.py", "--backend", "torch", "--device", self.s["device"],
-                "--train_data", self.path("data", "full", "train.jsonl"),
-                "--valid_data", self.path("data", "full", "valid.jsonl"), *self.shape_flags(),
-                "--lora_dim", "0", "--train_batch_size", str(self.s["base_batch_size"]),
-                "--valid_batch_size", "8", "--seq_len", str(self.s["seq_len"]),
-                "--lr", str(self.s["base_lr"]), "--weight_decay", "0.01", "--correct_bias",
-                "--clip", "1.0", "--warmup_step", str(max(1, steps // 20)),
-                "--max_step", str(steps), "--scheduler", "cosine",
-                "--log_interval", str(max(1, steps // 10)), "--eval_interval", str(steps),
-                "--save_interval", str(max(1, steps // 4)), "--precision", self.s["precision"],
-                "--random_seed", str(self.args.random_seed), "--work_dir", work, "--no_progress"]
-        if self._has_checkpoint(work):
-            argv.append("--resume")
+        argv = stage_argv("gpt2_ft.py", dict(
+            backend="torch", device=self.s["device"],
+            train_data=self.path("data", "full", "train.jsonl"),
+            valid_data=self.path("data", "full", "valid.jsonl"), **self.shape_flags(),
+            lora_dim=0, train_batch_size=self.s["base_batch_size"], valid_batch_size=8,
+            seq_len=self.s["seq_len"], lr=self.s["base_lr"], weight_decay=0.01,
+            correct_bias=True, clip=1.0, warmup_step=max(1, steps // 20), max_step=steps,
+            scheduler="cosine", log_interval=max(1, steps // 10), eval_interval=steps,
+            save_interval=max(1, steps // 4), precision=self.s["precision"],
+            random_seed=self.args.random_seed, work_dir=work, no_progress=True,
+            resume=self._has_checkpoint(work)))
         self.sh(argv, "base_train.log")
         save_checkpoint(base, load_for_model(self.path("base", f"model.{steps}.pt"), base_config))
         return {"base": base, "source": "trained from scratch (torch, full loss on train split)"}
 
-    def tune_argv(self, backend, extra=()):
-        argv = ["scripts/instruct_ft.py", "--backend", backend, "--device", self.s["device"],
-                *self.data_flags(), "--data_out", self.path("data", "response"),
-                *self.shape_flags(), "--init_checkpoint", self.path("base", "base.safetensors"),
-                "--lora_dim", str(self.s["lora_dim"]), "--lora_alpha", str(self.s["lora_alpha"]),
-                "--lora_dropout", str(self.s["lora_dropout"]),
-                "--train_batch_size", str(self.s["train_batch_size"]), "--valid_batch_size", "8",
-                "--seq_len", str(self.s["seq_len"]), "--lr", str(self.s["lr"]),
-                "--weight_decay", "0.01", "--correct_bias", "--clip", "1.0",
-                "--warmup_step", str(self.s["warmup_step"]), "--max_step", str(self.s["max_step"]),
-                "--scheduler", "linear", "--log_interval", "10",
-                "--eval_interval", str(self.s["eval_interval"]),
-                "--save_interval", str(self.s["save_interval"]), "--precision", self.s["precision"],
-                "--random_seed", str(self.args.random_seed), "--work_dir", self.path(backend),
-                "--attn", "math", "--max_new_tokens", str(self.s["max_new_tokens"]),
-                "--no_progress", *extra]
-        if self.s["eval_limit"]:
-            argv += ["--eval_limit", str(self.s["eval_limit"])]
-        if self.args.full_loss:
-            argv.append("--full_loss")
-        if self.args.exact_dropout:
-            argv.append("--shared_dropout")
-        return argv
+    def tune_argv(self, backend, **extra):
+        """instruct_ft.py's command for `backend`; `extra`: the stage's own flags."""
+        return stage_argv("instruct_ft.py", dict(
+            backend=backend, device=self.s["device"], **self.data_flags(),
+            data_out=self.path("data", "response"), **self.shape_flags(),
+            init_checkpoint=self.path("base", "base.safetensors"),
+            **self.pick("lora_dim", "lora_alpha", "lora_dropout", "train_batch_size"),
+            valid_batch_size=8, **self.pick("seq_len", "lr"), weight_decay=0.01,
+            correct_bias=True, clip=1.0, **self.pick("warmup_step", "max_step"),
+            scheduler="linear", log_interval=10,
+            **self.pick("eval_interval", "save_interval", "precision"),
+            random_seed=self.args.random_seed, work_dir=self.path(backend), attn="math",
+            max_new_tokens=self.s["max_new_tokens"], no_progress=True, **extra,
+            eval_limit=self.s["eval_limit"] or None, full_loss=self.args.full_loss,
+            shared_dropout=self.args.exact_dropout))
 
     def stage_tune(self):
         out = {}
         for backend in self.backends:
             started = time.time()
-            extra = ["--no_eval", "--tensorboard", self.path(backend, "tensorboard")]
-            if self._has_checkpoint(self.path(backend)):
-                extra.append("--resume")
-            self.sh(self.tune_argv(backend, extra), f"{backend}_tune.log")
+            argv = self.tune_argv(backend, no_eval=True,
+                                  tensorboard=self.path(backend, "tensorboard"),
+                                  resume=self._has_checkpoint(self.path(backend)))
+            self.sh(argv, f"{backend}_tune.log")
             out[backend] = {"seconds": time.time() - started}
         return out
 
@@ -186,7 +171,7 @@ class InstructPipeline(Pipeline):
         out = {}
         for backend in self.backends:
             started = time.time()
-            self.sh(self.tune_argv(backend, ["--eval_only"]), f"{backend}_eval.log")
+            self.sh(self.tune_argv(backend, eval_only=True), f"{backend}_eval.log")
             with open(self.path(backend, "instruct_eval.json")) as f:
                 out[backend] = dict(json.load(f), seconds=time.time() - started)
         return out
@@ -194,13 +179,12 @@ class InstructPipeline(Pipeline):
     def stage_check(self):
         if len(self.backends) < 2:
             return {"skipped": "needs both backends"}
-        argv = ["scripts/check_alignment.py", "--init_checkpoint",
-                self.path("base", "base.safetensors"), "--lora_checkpoint",
-                self.path(self.backends[0], f"model.{self.s['max_step']}.pt"),
-                "--data", self.path("data", "response", "valid.jsonl"), *self.shape_flags(),
-                "--lora_dim", str(self.s["lora_dim"]), "--lora_alpha", str(self.s["lora_alpha"]),
-                "--seq_len", str(self.s["seq_len"]), "--batch_size", "4", "--batches", "2",
-                "--device", self.s["device"], "--json", self.path("final_check.json")]
+        argv = stage_argv("check_alignment.py", dict(
+            init_checkpoint=self.path("base", "base.safetensors"),
+            lora_checkpoint=self.path(self.backends[0], f"model.{self.s['max_step']}.pt"),
+            data=self.path("data", "response", "valid.jsonl"), **self.shape_flags(),
+            **self.pick("lora_dim", "lora_alpha", "seq_len"), batch_size=4, batches=2,
+            device=self.s["device"], json=self.path("final_check.json")))
         self.sh(argv, "final_check.log")
         return {"json": self.path("final_check.json")}
 

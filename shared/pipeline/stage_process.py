@@ -62,9 +62,10 @@ def _child_setup(parent_pid):
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
-def run_stage(argv, *, cwd=None, env=None, log=None, out=None) -> int:
+def run_stage(argv, *, cwd=None, env=None, log=None, out=None, stderr=None) -> int:
     """Run `argv`, copying its merged stdout/stderr line by line to `out` (default sys.stdout)
-    and to the open text file `log`; return its exit code. Raises StageStopped after forwarding a
+    and to the open text file `log`; return its exit code. `stderr`: an open file that takes the
+    stderr instead (then `out` gets the stdout alone). Raises StageStopped after forwarding a
     stop signal to it and waiting for it to exit. Main thread only (it sets signal handlers)."""
     out = out if out is not None else sys.stdout
     received, announced = [], []
@@ -89,7 +90,8 @@ def run_stage(argv, *, cwd=None, env=None, log=None, out=None) -> int:
     handlers = stop_signal_handler(forward)
     try:
         child = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, text=True, bufsize=1,
+                                 stderr=subprocess.STDOUT if stderr is None else stderr,
+                                 text=True, bufsize=1,
                                  preexec_fn=lambda parent=os.getpid(): _child_setup(parent))
         handlers.__enter__()
     finally:

@@ -21,8 +21,6 @@ import datetime
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 from shared.runtime.arg_types import seed_int, setting_type
 from shared.runtime.atomic import write_text
@@ -31,6 +29,7 @@ from shared.runtime.paths import REPO_ROOT, resolve_data_path
 from shared.pipeline.instruct_pipeline import InstructPipeline
 from shared.pipeline.instruct_pipeline import build_parser as build_instruct_parser
 from shared.pipeline.engine import PRESETS, Pipeline, run_to_end
+from shared.pipeline.run_settings import stage_argv
 
 VERDICT = os.path.join("..", "shared", "data", "text", "the-verdict.txt")
 SMS_SPAM = os.path.join("..", "shared", "data", "sms-spam", "SMSSpamCollection")
@@ -92,48 +91,27 @@ class TaskPipeline(Pipeline):
     def configure(self):
         """Nothing: the scripts get the model's shape as flags (shape_flags), not a config."""
 
-    def _fingerprint(self):
-        keys = dict(self.s, task=self.task, init_checkpoint=self.args.init_checkpoint,
-                    exact_dropout=self.args.exact_dropout, random_seed=self.args.random_seed,
-                    backends=self.args.backends, data=self.data_files())
-        return json.loads(json.dumps(keys))
+    def run_values(self):
+        return dict(random_seed=self.args.random_seed, backends=self.backends,
+                    init_checkpoint=self.args.init_checkpoint,
+                    exact_dropout=self.args.exact_dropout, data=self.data_files())
 
     def shape_flags(self):
-        return ["--n_embd", str(self.s["n_embd"]), "--n_layer", str(self.s["n_layer"]),
-                "--n_head", str(self.s["n_head"])]
+        return self.pick("n_embd", "n_layer", "n_head")
 
     def common_train_flags(self, backend):
-        flags = ["--backend", backend, "--device", self.s["device"], *self.shape_flags(),
-                 "--precision", self.s["precision"], "--train_batch_size",
-                 str(self.s["batch_size"]), "--valid_batch_size", str(self.s["batch_size"]),
-                 "--max_step", str(self.s["max_step"]), "--warmup_step", str(self.s["warmup_step"]),
-                 "--lr", str(self.s["lr"]), "--scheduler", "cosine", "--correct_bias",
-                 "--clip", "1.0", "--log_interval", "10", "--eval_interval",
-                 str(self.s["eval_interval"]), "--save_interval", str(self.s["eval_interval"]),
-                 "--random_seed", str(self.args.random_seed), "--work_dir", self.path(backend),
-                 "--no_progress"]
-        if self.s["device"] == "cpu" or backend == "jittor":
-            flags += ["--attn", "math"]
-        if self.vocab_dir:
-            flags += ["--vocab", self.vocab_dir]
-        if self.args.init_checkpoint:
-            flags += ["--init_checkpoint", os.path.abspath(self.args.init_checkpoint)]
-        if self._has_checkpoint(self.path(backend)):
-            flags.append("--resume")
-        return flags
-
-    def capture(self, argv, log_name):
-        """Run a short project script and return its stdout (kept in RUN_DIR/logs/log_name too);
-        a stop signal ends it with the run (subprocess.run kills it on the way out)."""
-        print("$ " + " ".join(argv), flush=True)
-        proc = subprocess.run([sys.executable, *argv], cwd=REPO_ROOT, env=self.stage_env(),
-                              capture_output=True, text=True)
-        os.makedirs(self.path("logs"), exist_ok=True)
-        write_text(self.path("logs", log_name), proc.stdout + proc.stderr)
-        if proc.returncode != 0:
-            raise RuntimeError(f"`{' '.join(argv)}` failed with exit code {proc.returncode}: "
-                               f"{proc.stderr.strip()[-500:]}")
-        return proc.stdout
+        """The flags every task's training script takes (train_args.py), as {flag: value}."""
+        return dict(
+            backend=backend, device=self.s["device"], **self.shape_flags(),
+            precision=self.s["precision"], train_batch_size=self.s["batch_size"],
+            valid_batch_size=self.s["batch_size"], **self.pick("max_step", "warmup_step", "lr"),
+            scheduler="cosine", correct_bias=True, clip=1.0, log_interval=10,
+            eval_interval=self.s["eval_interval"], save_interval=self.s["eval_interval"],
+            random_seed=self.args.random_seed, work_dir=self.path(backend), no_progress=True,
+            attn="math" if self.s["device"] == "cpu" or backend == "jittor" else None,
+            vocab=self.vocab_dir, init_checkpoint=(os.path.abspath(self.args.init_checkpoint)
+                                                   if self.args.init_checkpoint else None),
+            resume=self._has_checkpoint(self.path(backend)))
 
     def training_logs(self):
         from shared.train.trainlog import read_log
@@ -182,6 +160,9 @@ class PretrainPipeline(TaskPipeline):
     stages = STAGES["pretrain"]
     run_name = "pretrain-{preset}"
 
+    def run_values(self):
+        return dict(super().run_values(), prompt=self.args.prompt)
+
     def data_files(self):
         paths = resolve_data_path(self.args.text, "TEXT_DATA", [[os.path.join(REPO_ROOT, VERDICT)]],
                                   flag="--text", what="text", many=True)
@@ -198,13 +179,11 @@ class PretrainPipeline(TaskPipeline):
     def stage_train(self):
         out = {}
         for backend in self.backends:
-            argv = ["scripts/pretrain.py", *self.common_train_flags(backend),
-                    "--text", *self.data_files(), "--seq_len", str(self.s["seq_len"]),
-                    "--stride", str(self.s["stride"]), "--valid_fraction",
-                    str(self.s["valid_fraction"]), "--weight_decay", "0.1",
-                    "--sample_every", str(self.s["sample_every"]), "--prompt", self.args.prompt,
-                    "--temperature", str(self.s["temperature"]), "--top_k", str(self.s["top_k"]),
-                    "--sample_tokens", str(self.s["sample_tokens"])]
+            argv = stage_argv("pretrain.py", dict(
+                self.common_train_flags(backend), text=self.data_files(),
+                **self.pick("seq_len", "stride", "valid_fraction"), weight_decay=0.1,
+                sample_every=self.s["sample_every"], prompt=self.args.prompt,
+                **self.pick("temperature", "top_k", "sample_tokens")))
             self.sh(argv, f"{backend}_train.log")
             with open(self.path(backend, "train_summary.json")) as f:
                 out[backend] = json.load(f)
@@ -216,14 +195,13 @@ class PretrainPipeline(TaskPipeline):
         for model_backend in self.backends:
             checkpoint = self.path(model_backend, f"model.{self.s['max_step']}.pt")
             for backend in self.backends:
-                argv = ["scripts/generate.py", "--backend", backend, "--device", self.s["device"],
-                        *self.shape_flags(), "--init_checkpoint", checkpoint, "--prompt",
-                        self.args.prompt, "--temperature", str(self.s["temperature"]),
-                        "--top_k", str(self.s["top_k"]), "--max_new_tokens",
-                        str(self.s["sample_tokens"]), "--seed", str(self.args.random_seed)]
-                if self.vocab_dir:
-                    argv += ["--vocab", self.vocab_dir]
-                text = self.capture(argv, f"sample_{model_backend}_model_by_{backend}.log")
+                argv = stage_argv("generate.py", dict(
+                    backend=backend, device=self.s["device"], **self.shape_flags(),
+                    init_checkpoint=checkpoint, prompt=self.args.prompt,
+                    **self.pick("temperature", "top_k"), max_new_tokens=self.s["sample_tokens"],
+                    seed=self.args.random_seed, vocab=self.vocab_dir))
+                text = self.sh(argv, f"sample_{model_backend}_model_by_{backend}.log",
+                               capture=True)
                 out[f"{model_backend} model, sampled by {backend}"] = text.strip()
         return out
 
@@ -292,15 +270,13 @@ class ClassifyPipeline(TaskPipeline):
     def stage_train(self):
         out = {}
         for backend in self.backends:
-            argv = ["scripts/classify_ft.py", *self.common_train_flags(backend),
-                    "--data", self.data_files()[0], "--max_len", str(self.s["max_len"]),
-                    "--fixed_width", "--trainable", self.s["trainable"], "--balance",
-                    self.s["balance"], "--weight_decay", "0.01"]
-            if self.s["lora_dim"]:
-                argv += ["--lora_dim", str(self.s["lora_dim"]), "--lora_alpha",
-                         str(2 * self.s["lora_dim"]), "--lora_dropout", "0.1"]
-            if self.args.exact_dropout:
-                argv.append("--shared_dropout")
+            lora = (dict(lora_dim=self.s["lora_dim"], lora_alpha=2 * self.s["lora_dim"],
+                         lora_dropout=0.1) if self.s["lora_dim"] else {})
+            argv = stage_argv("classify_ft.py", dict(
+                self.common_train_flags(backend), data=self.data_files()[0],
+                max_len=self.s["max_len"], fixed_width=True,
+                **self.pick("trainable", "balance"), weight_decay=0.01, **lora,
+                shared_dropout=self.args.exact_dropout))
             self.sh(argv, f"{backend}_train.log")
             with open(self.path(backend, "metrics.json")) as f:
                 out[backend] = json.load(f)
@@ -312,11 +288,9 @@ class ClassifyPipeline(TaskPipeline):
         for model_backend in self.backends:
             for backend in self.backends:
                 target = self.path(model_backend, f"test_metrics_by_{backend}.json")
-                argv = ["scripts/classify.py", "--backend", backend, "--device", self.s["device"],
-                        "--model_dir", self.path(model_backend), "--eval_file",
-                        self.path("data", "test.tsv"), "--json", target]
-                if self.vocab_dir:
-                    argv += ["--vocab", self.vocab_dir]
+                argv = stage_argv("classify.py", dict(
+                    backend=backend, device=self.s["device"], model_dir=self.path(model_backend),
+                    eval_file=self.path("data", "test.tsv"), json=target, vocab=self.vocab_dir))
                 self.sh(argv, f"evaluate_{model_backend}_by_{backend}.log")
                 with open(target) as f:
                     out[f"{model_backend} model, scored by {backend}"] = json.load(f)

@@ -4,7 +4,6 @@ Names, meanings and defaults follow microsoft/LoRA `examples/NLG/src/gpt2_ft.py`
 `add_optimizer_params`/`add_gpu_params` it uses), so its commands run here unchanged apart from
 `--backend`. Everything is checked before any work starts.
 """
-import argparse
 import os
 
 from shared.runtime.arg_types import (ArgumentProblem, fraction_below_one, non_negative_float,
@@ -18,6 +17,7 @@ from shared.runtime.preflight import output_dir_problems
 from shared.model.checkpoint_files import checkpoint_path_problem
 from shared.model.pretrained import checkpoint_config
 from shared.train.schedule import SCHEDULES
+from shared.runtime.config_parser import ConfigArgumentParser
 from shared.train.data_parallel import DEFAULT_TIMEOUT_S, setup_processes
 
 BACKENDS = ("torch", "jittor")
@@ -50,8 +50,8 @@ def add_launcher_args(parser):
 
 def build_parser(data_args=True, description=None):
     """`data_args=False`: no --train_data/--valid_data (tasks that add their own data flags)."""
-    p = argparse.ArgumentParser(description=description or "GPT-2 + LoRA fine-tuning "
-                                "(microsoft/LoRA gpt2_ft.py arguments) with a PyTorch or Jittor backend")
+    p = ConfigArgumentParser(description=description or "GPT-2 + LoRA fine-tuning "
+                             "(microsoft/LoRA gpt2_ft.py arguments) with a PyTorch or Jittor backend")
     p.add_argument("--backend", required=True, choices=BACKENDS)
     p.add_argument("--device", default=None, choices=["cpu", "cuda"],
                    help="default: cuda when available, else cpu")

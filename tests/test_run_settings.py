@@ -1,0 +1,154 @@
+"""One settings object per run (shared/pipeline/run_settings.py) and `--config FILE` on the stage
+scripts (shared/runtime/config_parser.py): a setting's way from the preset to the model, the
+run's run_config.json read back by a rerun, and the config file's values, precedence and errors."""
+import io
+import json
+import sys
+
+import pytest
+
+from shared.pipeline.engine import PRESETS, Pipeline
+from shared.pipeline.run_settings import RUN_CONFIG, RunSettings, stage_argv
+from shared.pipeline.stage_process import run_stage
+from shared.train.train_args import build_parser, model_config
+
+sys.path.insert(0, __file__.rsplit("/tests/", 1)[0] + "/scripts")
+from run_pipeline import build_parser as work_sh_parser  # noqa: E402
+
+
+def e2e_pipeline(tmp_path, e2e_dir, vocab_dir, *flags):
+    args = work_sh_parser().parse_args(
+        ["--preset", "micro", "--run", "r", "--runs_dir", str(tmp_path / "runs"),
+         "--data_dir", e2e_dir, "--vocab_dir", vocab_dir, *flags])
+    return Pipeline(args)
+
+
+def parsed_stage(argv):
+    """gpt2_ft.py's arguments for a pipeline argv (scripts/gpt2_ft.py first)."""
+    assert argv[0] == "scripts/gpt2_ft.py"
+    return build_parser().parse_args(argv[1:])
+
+
+@pytest.mark.parametrize("flags, rank", [((), PRESETS["e2e"]["micro"]["lora_dim"]),
+                                         (("--lora_dim", "8"), 8)])
+def test_lora_dim_goes_from_the_preset_to_the_model_in_one_hop(tmp_path, e2e_dir, vocab_dir,
+                                                               flags, rank):
+    pipeline = e2e_pipeline(tmp_path, e2e_dir, vocab_dir, *flags)
+    assert pipeline.settings["lora_dim"] == rank  # preset (or flag) -> RunSettings
+    argv = pipeline.lora_argv("torch")  # RunSettings -> argv, by the same name
+    assert argv[argv.index("--lora_dim") + 1] == str(rank)
+    args = parsed_stage(argv)  # argv -> gpt2_ft.py's arguments
+    assert args.lora_dim == rank
+    args.init_checkpoint = None  # the base the init stage would write; the shape is in the flags
+    assert model_config(args).lora_attn_dim == rank  # -> GPT2Config
+    # the same through a --config file holding the stage's settings
+    config = tmp_path / "stage.json"
+    config.write_text(json.dumps({"lora_dim": rank, "lora_alpha": pipeline.settings["lora_alpha"],
+                                  "train_data": "t.jsonl", "valid_data": "v.jsonl"}))
+    args = build_parser().parse_args(["--backend", "torch", "--config", str(config)])
+    assert model_config(args).lora_attn_dim == rank
+
+
+def test_every_e2e_stage_argv_comes_from_the_settings(tmp_path, e2e_dir, vocab_dir):
+    pipeline = e2e_pipeline(tmp_path, e2e_dir, vocab_dir, "--lr", "0.01", "--beam", "3")
+    lora = pipeline.lora_argv("jittor")
+    assert lora[lora.index("--lr") + 1] == "0.01" and "--shared_dropout" in lora
+    assert "--resume" not in lora  # nothing to resume yet
+    search = stage_argv("gpt2_beam.py", pipeline.search_flags())
+    assert search[search.index("--beam") + 1] == "3"
+    micro = PRESETS["e2e"]["micro"]
+    assert search[search.index("--seq_len") + 1] == str(micro["seq_len"] + micro["eval_len"])
+
+
+def test_stage_argv_spells_values_as_flags():
+    assert stage_argv("x.py", dict(a=1, b=None, c=True, d=False, e=[1, "z"], f=0.5, g=0),
+                      positional=["p"]) == [
+        "scripts/x.py", "p", "--a", "1", "--c", "--e", "1", "z", "--f", "0.5", "--g", "0"]
+
+
+def test_run_config_is_read_back_and_a_contradicting_flag_is_refused(tmp_path, e2e_dir,
+                                                                      vocab_dir):
+    first = e2e_pipeline(tmp_path, e2e_dir, vocab_dir, "--lora_dim", "8")
+    first.settings.write(first.run_dir)
+    stored = json.loads((tmp_path / "runs" / "r" / RUN_CONFIG).read_text())
+    assert stored["task"] == "e2e" and stored["preset"] == "micro"
+    assert stored["settings"]["lora_dim"] == 8 and stored["run"]["random_seed"] == 10
+    assert RunSettings.read(first.run_dir) == first.settings
+    # a rerun without the flag resumes with the stored value
+    assert e2e_pipeline(tmp_path, e2e_dir, vocab_dir).settings["lora_dim"] == 8
+    # the same value again is no contradiction; another is refused, naming both values
+    assert e2e_pipeline(tmp_path, e2e_dir, vocab_dir, "--lora_dim", "8").settings["lora_dim"] == 8
+    with pytest.raises(ValueError, match=r"--lora_dim 2 \(the run has 8\)"):
+        e2e_pipeline(tmp_path, e2e_dir, vocab_dir, "--lora_dim", "2")
+    with pytest.raises(ValueError, match=r"--random_seed 11 \(the run has 10\)"):
+        e2e_pipeline(tmp_path, e2e_dir, vocab_dir, "--random_seed", "11")
+    # --force starts the run over with the new values
+    again = e2e_pipeline(tmp_path, e2e_dir, vocab_dir, "--lora_dim", "2", "--force")
+    assert again.settings["lora_dim"] == 2
+
+
+def test_the_stage_runner_captures_stdout_and_logs_stderr(tmp_path):
+    out = io.StringIO()
+    with open(tmp_path / "log", "a") as log:
+        code = run_stage([sys.executable, "-c", "import sys; print('text');"
+                          "print('Compiling Operators', file=sys.stderr)"],
+                         out=out, log=log, stderr=log)
+    assert code == 0 and out.getvalue() == "text\n"
+    assert sorted((tmp_path / "log").read_text().split("\n")) == [
+        "", "Compiling Operators", "text"]
+
+
+# ----------------------------------------------------------------------------- --config FILE
+def write(tmp_path, text, name="c.json"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_config_values_are_the_defaults_and_flags_win(tmp_path):
+    path = write(tmp_path, json.dumps({"lr": 0.002, "lora_dim": 4, "correct_bias": True,
+                                       "train_data": "t", "valid_data": "v",
+                                       "scheduler": "cosine", "max_step": 9}))
+    args = build_parser().parse_args(["--backend", "torch", "--config", path, "--lr", "0.5"])
+    assert (args.lr, args.lora_dim, args.correct_bias, args.scheduler, args.max_step) == (
+        0.5, 4, True, "cosine", 9)
+    assert (args.train_data, args.valid_data) == ("t", "v")  # required flags, given by the file
+    plain = build_parser().parse_args(["--backend", "torch", "--train_data", "a",
+                                       "--valid_data", "b"])  # the parser's own defaults stay
+    assert (plain.lr, plain.lora_dim, plain.correct_bias) == (0.00001, None, False)
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"lora_dim": 4, "bogus": 1}', "c.json: unknown key 'bogus'"),
+    ('{"lora_dim": 4,\n "x": }', "c.json:2: not JSON"),
+    ('[1, 2]', "c.json: a --config file holds a JSON object"),
+    ('{"lora_dim": -1}', "c.json: key 'lora_dim': must be an integer >= 0"),
+    ('{"scheduler": "nope"}', "c.json: key 'scheduler': 'nope' is not one of"),
+    ('{"correct_bias": 1}', "c.json: key 'correct_bias': expected true or false"),
+    ('{"lr": true}', "c.json: key 'lr': true is not a value of this flag"),
+])
+def test_bad_config_files_are_usage_errors_naming_file_and_key(tmp_path, capsys, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["--backend", "torch", "--config", path])
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_missing_config_file_is_named(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--backend", "torch", "--config", str(tmp_path / "no.json")])
+    assert "no.json: --config file not found" in capsys.readouterr().err
+
+
+def test_every_stage_script_takes_config(tmp_path):
+    """Each script the pipelines start reads --config (list flags included)."""
+    import importlib
+    for name in ("gpt2_beam", "metric_intervals", "check_alignment",
+                 "diff_layers", "beam_divergence", "generate", "classify"):
+        module = importlib.import_module(name)
+        assert "--config" in module.build_parser().format_help(), name
+    from shared.tasks.pretrain_task import build_pretrain_parser
+    path = write(tmp_path, json.dumps({"text": ["a.txt", "b.txt"], "stride": 7}))
+    args = build_pretrain_parser().parse_args(["--backend", "torch", "--config", path])
+    assert args.text == ["a.txt", "b.txt"] and args.stride == 7
