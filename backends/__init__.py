@@ -3,9 +3,9 @@
 `training_backend(name)` gives shared/train/trainer.py its backend class; `load_inference_model(args)`
 builds the model an inference script names (shared/decode/inference_model.py holds its flags) with its
 backend's decoding functions; `classifier_backend(name)` and `load_classifier(...)` do the same
-for the classification task (scripts/classify_ft.py, scripts/classify.py), `reward_backend(name)`
-and `dpo_backend(name)` for preference tuning (scripts/reward_ft.py, scripts/dpo_ft.py). Each
-imports only the framework it is asked for.
+for the classification task (scripts/classify_ft.py, scripts/classify.py), `reward_backend(name)`,
+`dpo_backend(name)` and `ppo_backend(name)` for preference tuning (scripts/reward_ft.py,
+scripts/dpo_ft.py, scripts/ppo_ft.py). Each imports only the framework it is asked for.
 """
 from shared.tasks.classify_task import card_config
 from shared.decode.inference_model import InferenceModel, load_checkpoints
@@ -83,6 +83,17 @@ def dpo_backend(name: str):
     if name == "jittor":
         from jittor_impl.preference import DPOBackend
         return DPOBackend
+    raise ValueError(f"unknown backend {name!r}; choose one of {BACKENDS}")
+
+
+def ppo_backend(name: str):
+    """PPO's training backend class (`PPOBackend` of either twin)."""
+    if name == "torch":
+        from torch_impl.preference import PPOBackend
+        return PPOBackend
+    if name == "jittor":
+        from jittor_impl.preference import PPOBackend
+        return PPOBackend
     raise ValueError(f"unknown backend {name!r}; choose one of {BACKENDS}")
 
 

@@ -10,15 +10,21 @@ checkpoint and seed (the starting model), loss -log sigmoid(beta * ((pi_c - ref_
 (pi_r - ref_r))) with pi, ref the summed log-probabilities of the response tokens; at the first
 step, where the policy is the reference, it is ln 2. Both hand the trainer their metrics
 (implicit or predicted rewards of chosen and rejected, accuracy, margin) as device scalars.
-For PPO: `GPT2WithValueHead` (logits and a value per position in one pass) and `ppo_losses`
+For PPO: `GPT2WithValueHead` (logits and a value per position in one pass), `ppo_losses`
 (clipped policy and value losses from rollouts whose advantages and returns
-shared/train/ppo_math.py computed once, on the host).
+shared/train/ppo_math.py computed once, on the host) and `PPOBackend`, whose rollouts
+shared/tasks/ppo_task.py gathers (sampled responses, their log-probabilities under the policy and
+the frozen reference, values, the reward model's scores) and whose steps are PPO's minibatch
+updates.
 """
 
+from shared.model.checkpoint import load_for_model, read_checkpoint
 from shared.model.classifier_params import reward_trains
-from shared.model.value_head import init_value_head
+from shared.model.params import is_lora_name
+from shared.model.value_head import init_value_head, is_value_head_name, split_value_head
 
-from .classifier import ClassifierBackend
+from .classifier import ClassifierBackend, GPT2Classifier
+from .generate import generate
 from .lora import mark_trainable
 from .model import Conv1D, GPT2LMModel
 from .ops import DEFAULT_ATTENTION, cross_entropy, matmul_transpose
@@ -141,3 +147,104 @@ class GPT2WithValueHead(GPT2LMModel):
         hidden_states, _ = self.transformer(input_ids)
         logits = matmul_transpose(hidden_states, self.transformer.wte.weight)  # tied head
         return logits, self.v_head(hidden_states).reshape(hidden_states.shape[:2])
+
+
+class LanguageModelView:
+    """A GPT2WithValueHead seen as the plain language model generate.py drives (logits and the
+    KV cache, no values); it shares the model's weights."""
+
+    def __init__(self, model):
+        self.model, self.config = model, model.config
+
+    def eval(self):
+        self.model.eval()
+
+    def parameters(self):
+        return self.model.parameters()
+
+    def __call__(self, input_ids, past=None):
+        return GPT2LMModel.execute(self.model, input_ids, past=past)
+
+
+class PPOBackend(JittorBackend):
+    """JittorBackend training the policy (GPT2WithValueHead: its LoRA matrices and the value
+    head) with PPO's losses (+ `--ptx_coef` times the language-model loss of SFT rows) on the
+    minibatches shared/tasks/ppo_task.py builds; a frozen reference copy of the starting model
+    and the reward model (`reward_config`, set by the task) serve its rollouts. Held-out batches
+    (preference pairs) are scored by the policy's loss on their chosen responses."""
+
+    reward_config = None
+
+    def build_model(self, config, args):
+        self.clip_range, self.value_clip = args.clip_range, args.value_clip
+        self.vf_coef, self.ptx_coef = args.vf_coef, args.ptx_coef
+        self.reference = super().build_model(config, args)
+        mark_trainable(self.reference, lambda name: False)
+        self.reference.set_attention(args.attn or DEFAULT_ATTENTION)
+        self.reference.eval()
+        self.reward_model = GPT2Classifier(self.reward_config, 1).load_weight(args.reward_model)
+        mark_trainable(self.reward_model, lambda name: False)
+        self.reward_model.set_attention(args.attn or DEFAULT_ATTENTION)
+        self.reward_model.eval()
+        model = GPT2WithValueHead(config, seed=args.random_seed)
+        if args.init_checkpoint:
+            model.load_weight(args.init_checkpoint)
+        mark_trainable(model, lambda name: is_lora_name(name) or is_value_head_name(name))
+        return model
+
+    def batch_loss(self, data, label_smooth=0.0):
+        if "advantages" not in data:  # held-out pairs: the chosen responses' loss
+            half = data["input"].shape[0] // 2
+            logits, _ = self.forward(data["input"][:half])
+            return masked_mean(-token_logprobs(logits.float32(), data["target"][:half]), data["mask"][:half])
+        logits, values = self.forward(data["input"])
+        policy_loss, value_loss, metrics = ppo_losses(logits.float32(), values.float32(), data, self.clip_range, self.value_clip)
+        loss = policy_loss + self.vf_coef * value_loss
+        metrics.update(policy_loss=policy_loss.detach(), value_loss=value_loss.detach(),
+                       returns=masked_mean(data["returns"], data["mask"]))
+        if self.ptx_coef > 0:
+            ptx_logits, _ = self.forward(data["ptx_input"])
+            ptx_loss = masked_mean(-token_logprobs(ptx_logits.float32(), data["ptx_target"]), data["ptx_mask"])
+            loss = loss + self.ptx_coef * ptx_loss
+            metrics["ptx_loss"] = ptx_loss.detach()
+        for name in data:
+            if name.startswith("rollout_"):  # the rollout's statistics, logged with each step
+                metrics[name[len("rollout_"):]] = data[name].sum()
+        self.metrics = metrics
+        return loss
+
+    def sample(self, prompt_ids, settings, seed, num_samples=1, reference=False):
+        """Sampled responses of the policy (or the frozen reference) to one prompt."""
+        return generate(self.reference if reference else LanguageModelView(self.model), prompt_ids, settings, seed, num_samples)
+
+    def rollout_values(self, batch):
+        """(policy log-probabilities, reference log-probabilities, values) at every position of
+        `batch` (input, target), as float32 numpy arrays."""
+        self.model.eval()
+        data = self.to_device(batch)
+        with jt.no_grad(), self.autocast():
+            logits, values = self.model(data["input"])
+            ref_logits, _ = self.reference(data["input"])
+            out = (token_logprobs(logits.float32(), data["target"]),
+                   token_logprobs(ref_logits.float32(), data["target"]), values.float32())
+        return [x.numpy() for x in out]
+
+    def score(self, batch):
+        """The reward model's score of each row of `batch` (input, length), numpy."""
+        data = self.to_device(batch)
+        with jt.no_grad(), self.autocast():
+            rewards = self.reward_model(data["input"], data["length"]).reshape(-1).float32()
+        return rewards.numpy()
+
+    def state_numpy(self, lora_only):
+        """Intermediate checkpoints carry the value head; the final one is the plain policy
+        (a GPT-2 (+ LoRA) that generate.py and chat.py load)."""
+        state = super().state_numpy(lora_only)
+        if lora_only:
+            state.update({n: v for n, v in self.model.state_dict_numpy().items() if is_value_head_name(n)})
+        return {n: v for n, v in state.items() if lora_only or not is_value_head_name(n)}
+
+    def load_trainable_checkpoint(self, path):
+        body, head = split_value_head(read_checkpoint(path), self.config, path)
+        self.load_trainable(load_for_model(body, self.config, base_loaded=True, name=path))
+        self.model.load_state_numpy(head)

@@ -9,6 +9,8 @@ from collections import OrderedDict
 
 import numpy as np
 
+from shared.model.checkpoint_files import CheckpointError
+
 VALUE_HEAD_PREFIX = "v_head."
 
 
@@ -28,3 +30,25 @@ def init_value_head(config, seed) -> "OrderedDict[str, np.ndarray]":
 
 def is_value_head_name(name: str) -> bool:
     return name.startswith(VALUE_HEAD_PREFIX)
+
+
+def split_value_head(state: dict, config, source="<state dict>"):
+    """(GPT-2 part, value head) of a PPO checkpoint's state dict (keys with or without the
+    `module.` prefix that microsoft/LoRA's layout adds); the head must be whole and shaped for
+    `config`, since a resumed PPO run needs the values it learned."""
+    body, head = OrderedDict(), OrderedDict()
+    for key, value in state.items():
+        bare = key[len("module."):] if key.startswith("module.") else key
+        if is_value_head_name(bare):
+            head[bare] = np.asarray(value, dtype=np.float32)
+        else:
+            body[key] = value
+    expected = value_head_shapes(config)
+    problems = [f"{k} {tuple(np.shape(v))} != {expected[k]}" for k, v in head.items()
+                if k in expected and tuple(np.shape(v)) != expected[k]]
+    problems += [f"unexpected key {k}" for k in head if k not in expected]
+    problems += [f"missing key {k}" for k in expected if k not in head]
+    if problems:
+        raise CheckpointError(f"{source}: no value head for n_embd {config.n_embd} (a PPO run "
+                              f"resumes from its intermediate checkpoints): " + "; ".join(problems))
+    return body, head

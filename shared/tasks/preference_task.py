@@ -42,6 +42,23 @@ def build_preference_parser(task):
                       "ranked response pairs",
             "dpo": "Tune GPT-2 (+ LoRA) on ranked response pairs with DPO"}[task]
     p = build_parser(data_args=False, description=f"{what}, with the PyTorch or Jittor backend")
+    add_preference_data_flags(p)
+    t = p.add_argument_group(f"{task} settings")
+    if task == "reward":
+        t.add_argument("--margin", type=non_negative_float, default=0.0,
+                       help="loss -log sigmoid(r_chosen - r_rejected - margin)")
+        t.add_argument("--trainable", default=None, choices=TRAINABLE_PARTS,
+                       help="the trained part as for classify_ft.py (default: lora with "
+                            "--lora_dim > 0, else all)")
+    else:
+        t.add_argument("--beta", type=positive_float, default=0.1,
+                       help="DPO's beta: the strength of the pull towards the reference")
+    p.set_defaults(seq_len=256, valid_batch_size=8, eval_interval=100000, save_interval=100000)
+    return p
+
+
+def add_preference_data_flags(p):
+    """--data, --vocab and the split's flags (reward_ft.py, dpo_ft.py and ppo_ft.py share them)."""
     g = p.add_argument_group("preference data")
     g.add_argument("--data", default=None, help="JSON list of {instruction, input, chosen, "
                    f"rejected}} (default: ${PREFERENCE_ENV})")
@@ -57,18 +74,6 @@ def build_preference_parser(task):
                         "them; the source project's file holds six)")
     g.add_argument("--fixed_width", action="store_true", help="pad every batch to --seq_len "
                    "(one shape: Jittor compiles its kernels once)")
-    t = p.add_argument_group(f"{task} settings")
-    if task == "reward":
-        t.add_argument("--margin", type=non_negative_float, default=0.0,
-                       help="loss -log sigmoid(r_chosen - r_rejected - margin)")
-        t.add_argument("--trainable", default=None, choices=TRAINABLE_PARTS,
-                       help="the trained part as for classify_ft.py (default: lora with "
-                            "--lora_dim > 0, else all)")
-    else:
-        t.add_argument("--beta", type=positive_float, default=0.1,
-                       help="DPO's beta: the strength of the pull towards the reference")
-    p.set_defaults(seq_len=256, valid_batch_size=8, eval_interval=100000, save_interval=100000)
-    return p
 
 
 def preference_problems(args, task) -> list:
