@@ -673,6 +673,11 @@ ALLOWED = {
             '"""TorchBackend training the policy with the DPO loss against a frozen reference copy."""',
             'self.reference.to(self.device)',
             'token_logp = F.log_softmax(logits.detach().float32(), dim=-1)',
+            'return GPT2LMModel.forward(self.model, input_ids, past=past)',
+            'class PPOBackend(TorchBackend):',
+            'self.reward_model.to(self.device)',
+            'return [x.cpu().numpy() for x in out]',
+            'return rewards.cpu().numpy()',
         ],
         'jittor': [
             'from .runtime import jt',
@@ -681,6 +686,10 @@ ALLOWED = {
             '"""JittorBackend training the policy with the DPO loss against a frozen reference copy."""',
             'nn = jt.nn',
             'token_logp = nn.log_softmax(logits.detach().float32(), dim=-1)',
+            'return GPT2LMModel.execute(self.model, input_ids, past=past)',
+            'class PPOBackend(JittorBackend):',
+            'return [x.numpy() for x in out]',
+            'return rewards.numpy()',
         ],
     },
 }

@@ -167,8 +167,8 @@ class LanguageModelView:
 
 
 class PPOBackend(TorchBackend):
-    """TorchBackend training the policy (GPT2WithValueHead: its LoRA matrices and the value
-    head) with PPO's losses (+ `--ptx_coef` times the language-model loss of SFT rows) on the
+    """The training backend of the policy (GPT2WithValueHead: its LoRA matrices and the
+    value head) with PPO's losses (+ `--ptx_coef` times the language-model loss of SFT rows) on the
     minibatches shared/tasks/ppo_task.py builds; a frozen reference copy of the starting model
     and the reward model (`reward_config`, set by the task) serve its rollouts. Held-out batches
     (preference pairs) are scored by the policy's loss on their chosen responses."""
