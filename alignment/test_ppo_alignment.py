@@ -82,7 +82,7 @@ def test_rollout_and_step_agree(tmp_path, data_file, vocab_dir, reward_model):
     rollout's minibatch the same PPO loss, metrics and gradients in both backends."""
     def argv(backend):
         return ppo_argv(backend, data_file, vocab_dir, reward_model, tmp_path / backend,
-                        "--ptx_coef", "0.5", "--fixed_width")
+                        "--ptx_coef", "0.5", "--fixed_width", "--max_epoch", "1")
     t_backend, t_rollouts = build("torch", argv("torch"))
     t_state = t_rollouts.rollout(1, 7)
     batch = t_rollouts.minibatch(t_state, np.array([3, 0]), 1, 0)

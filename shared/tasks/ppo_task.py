@@ -356,11 +356,11 @@ class PPORollouts:
                              for i in range(min(examples, len(prompts)))]}
 
 
-def train_ppo(args, backend_for):
+def train_ppo(args, backend_for, on_step=None):
     """Split and encode --data, check the reward model, train with PPO
     (`backend_for(args.backend)`: a twin's PPOBackend), then compare the policy with the
     starting model on held-out prompts into WORK_DIR/ppo_eval.json; the run folder is locked
-    meanwhile."""
+    meanwhile. `on_step`: the trainer's per-step hook (tests)."""
     tokenizer = load_tokenizer(args.vocab)
     data = preference_datasets(args, tokenizer)  # bad data is refused before anything is written
     reward_config = reward_model_config(args.reward_model, model_config(args))
@@ -370,7 +370,7 @@ def train_ppo(args, backend_for):
     test_prompts, _ = fitting_prompts(data["test"], args.response_len, args.seq_len)
     with RunLock(args.work_dir):
         trainer = Trainer(args, trainer_backend(backend_for(args.backend), reward_config),
-                          datasets=(rollouts, data["valid"]),
+                          on_step=on_step, datasets=(rollouts, data["valid"]),
                           resume_keys=DATA_RESUME_KEYS + PPO_RESUME_KEYS)
         rollouts.backend = trainer.backend
         summary = trainer.train()
