@@ -114,6 +114,9 @@ def test_rollout_and_step_agree(tmp_path, data_file, vocab_dir, reward_model):
     assert sorted(t_grads) == sorted(j_grads) and len(t_grads) == 2 * 2 + 2  # LoRA A, B x 2 + v_head
     for name, grad in t_grads.items():
         scale = float(np.abs(grad).max())
+        if name.endswith("lora_A"):  # LoRA's B starts at zero, so A's first gradient is zero
+            assert scale == 0 and np.abs(j_grads[name]).max() == 0, name
+            continue
         assert scale > 0, f"no gradient reached {name}"
         compare(f"ppo/grad/{name}", j_grads[name], grad, GRAD_SCALE_TOL * scale, GRAD_RTOL)
 
@@ -146,8 +149,9 @@ def test_four_iterations_agree(tmp_path, data_file, vocab_dir, reward_model):
     assert [r["step"] for r in t_train] == [r["step"] for r in j_train] == list(range(1, 9))
     for name in ("loss", "reward", "kl", "kl_coef", "policy_loss", "value_loss", "returns",
                  "entropy", "response_length"):
+        # the KL is a sum of differences of log-probabilities near 0: its error is absolute
         compare(f"ppo-run/{name}", np.array([r[name] for r in j_train]),
-                np.array([r[name] for r in t_train]), 1e-6, LOSS_RTOL)
+                np.array([r[name] for r in t_train]), 1e-5 if name == "kl" else 1e-6, LOSS_RTOL)
     coefs = [r["kl_coef"] for r in t_train]
     assert len(set(coefs)) > 1  # the adaptive controller moved it
     # each iteration's rollout: the same tokens (the checkpoints at its end hold it)
