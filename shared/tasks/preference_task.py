@@ -14,6 +14,7 @@ margin).
 """
 from __future__ import annotations
 
+import json
 import os
 
 from shared.runtime.arg_types import (non_negative_float, open_fraction, positive_float,
@@ -30,6 +31,7 @@ from shared.train.trainer import Trainer
 PREFERENCE_ENV = "PREFERENCE_DATA"
 DATA_RESUME_KEYS = ("data", "split_seed", "valid_fraction", "test_fraction", "limit",
                     "drop_equal_pairs", "fixed_width")
+REWARD_CARD = "reward_model.json"  # what a judge or PPO reads to load the reward model
 TASKS = {"reward": {"resume_keys": ("margin", "trainable"), "eval_file": "reward_eval.json",
                     "prefix": "reward_"},
          "dpo": {"resume_keys": ("beta",), "eval_file": "dpo_eval.json", "prefix": "rewards_"}}
@@ -131,6 +133,30 @@ def score_pairs(backend, dataset) -> dict:
     return out
 
 
+def write_reward_card(args, summary) -> dict:
+    """WORK_DIR/reward_model.json: the reward model's shape and final checkpoint, in the layout
+    of classify_ft.py's model card (one output, `reward`), so `backends.load_classifier` builds
+    it for scoring responses (scripts/reward_judge.py)."""
+    card = {"labels": ["reward"], "checkpoint": os.path.basename(summary["final_checkpoint"]),
+            "model_card": args.model_card, "n_embd": args.n_embd, "n_layer": args.n_layer,
+            "n_head": args.n_head, "lora_dim": args.lora_dim, "lora_alpha": args.lora_alpha,
+            "seq_len": args.seq_len, "trainable": args.trainable, "backend": args.backend}
+    write_json(os.path.join(args.work_dir, REWARD_CARD), card)
+    return card
+
+
+def read_reward_card(model_dir) -> dict:
+    """The card `write_reward_card` left in `model_dir`, its checkpoint made a path."""
+    path = os.path.join(model_dir, REWARD_CARD)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} not found: the reward model must be the --work_dir of "
+                                f"a finished reward_ft.py run")
+    with open(path, encoding="utf-8") as f:
+        card = json.load(f)
+    card["checkpoint"] = os.path.join(model_dir, card["checkpoint"])
+    return card
+
+
 def train_and_score(args, task, backend_for):
     """Split and encode --data, train (`backend_for(args.backend)`: the task's backend class),
     score the final weights on the test split into WORK_DIR/reward_eval.json or dpo_eval.json;
@@ -152,6 +178,7 @@ def train_and_score(args, task, backend_for):
             result["beta"] = args.beta
         else:
             result.update(margin=args.margin, trainable=args.trainable)
+            write_reward_card(args, summary)
         write_json(os.path.join(args.work_dir, spec["eval_file"]), result)
     p = spec["prefix"]
     print(f"test: {scores['pairs']} pairs, loss {scores['loss']:.4f}, accuracy "
