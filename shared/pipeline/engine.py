@@ -100,13 +100,13 @@ PRESETS = {
         # SFT -> reward model -> DPO (shared/pipeline/preference_pipeline.py). cpu: a tiny GPT-2
         # trained from scratch on the prompts and chosen responses, well under 20 minutes on 2
         # cores; paper: GPT-2 medium as the source project tunes it (give --init_checkpoint).
-        "cpu": dict(device="cpu", model_card="gpt2.sm", n_embd=96, n_layer=3, n_head=4,
-                    seq_len=256, precision="fp32", base_steps=400, base_lr=0.002,
+        "cpu": dict(device="cpu", model_card="gpt2.sm", n_embd=64, n_layer=2, n_head=4,
+                    seq_len=256, precision="fp32", base_steps=200, base_lr=0.003,
                     base_batch_size=8, lora_dim=8, lora_alpha=32, lora_dropout=0.1,
-                    sft_steps=120, sft_lr=0.002, sft_batch_size=8, reward_steps=120,
-                    reward_lr=0.002, reward_batch_size=8, reward_trainable="lora",
-                    dpo_steps=100, dpo_lr=0.002, dpo_batch_size=8, beta=0.1, limit=None,
-                    judge_prompts=50, max_new_tokens=48, temperature=0.7, top_k=40),
+                    sft_steps=80, sft_lr=0.003, sft_batch_size=8, reward_steps=80,
+                    reward_lr=0.003, reward_batch_size=8, reward_trainable="lora",
+                    dpo_steps=80, dpo_lr=0.003, dpo_batch_size=8, beta=0.1, limit=None,
+                    judge_prompts=40, max_new_tokens=32, temperature=0.7, top_k=40),
         "paper": dict(device="cuda", model_card="gpt2.md", n_embd=None, n_layer=None,
                       n_head=None, seq_len=512, precision="bf16", base_steps=1500,
                       base_lr=0.0005, base_batch_size=16, lora_dim=8, lora_alpha=32,

@@ -37,6 +37,7 @@ import shutil
 import time
 
 from shared.model.checkpoint import load_for_model, save_checkpoint
+from shared.model.classifier_params import TRAINABLE_PARTS
 from shared.model.config import GPT2Config
 from shared.model.hf_export import merged_base_state
 from shared.pipeline.engine import PRESETS
@@ -46,6 +47,7 @@ from shared.runtime.arg_types import seed_int, setting_type
 from shared.runtime.atomic import write_json, write_text
 from shared.runtime.environment import devices, versions
 from shared.runtime.paths import REPO_ROOT, file_check, resolve_data_path
+from shared.train.train_args import BACKENDS, PRECISIONS
 
 DEFAULT_DATA = os.path.join(REPO_ROOT, "..", "shared", "data", "instruct",
                             "instruction-data-with-preference.json")
@@ -55,6 +57,8 @@ TUNED_KINDS = ("dpo",)  # stages whose policy the judge sets against the SFT mod
 SETTING_TYPES = {"device": str, "model_card": str, "precision": str, "reward_trainable": str,
                  "base_lr": float, "sft_lr": float, "reward_lr": float, "dpo_lr": float,
                  "lora_dropout": float, "beta": float, "temperature": float}
+CHOICES = {"reward_trainable": TRAINABLE_PARTS, "device": ("cpu", "cuda"),
+           "precision": PRECISIONS}
 EXAMPLES_SHOWN = 3
 LN2 = 0.6931471805599453
 
@@ -76,7 +80,8 @@ def build_parser(task="dpo"):
                    help=f"preference JSON (else ${PREFERENCE_ENV}, else ../shared/data/instruct/"
                         "instruction-data-with-preference.json)")
     p.add_argument("--vocab_dir", default=None, help="GPT-2 vocab (else GPT2_VOCAB_DIR)")
-    p.add_argument("--backends", default="torch,jittor", help="comma-separated")
+    p.add_argument("--backends", type=backend_list, default="torch,jittor",
+                   help="comma-separated")
     p.add_argument("--force", action="store_true", help="rerun every stage")
     p.add_argument("--force_stage", action="append", default=[], choices=stages,
                    help="rerun this stage and the ones after it")
@@ -89,8 +94,16 @@ def build_parser(task="dpo"):
     p.add_argument("--split_seed", type=seed_int, default=123)
     for key in sorted({k for preset in PRESETS[task].values() for k in preset}):
         p.add_argument(f"--{key}", type=setting_type(key, SETTING_TYPES.get(key, int)),
-                       default=None, help="override the preset's value")
+                       default=None, choices=CHOICES.get(key), help="override the preset's value")
     return p
+
+
+def backend_list(text):
+    """--backends: torch and/or jittor, comma-separated (checked before any folder is made)."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names or set(names) - set(BACKENDS):
+        raise argparse.ArgumentTypeError(f"must name torch and/or jittor, got {text!r}")
+    return text
 
 
 def resolve_data(flag):
