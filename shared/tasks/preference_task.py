@@ -14,19 +14,20 @@ margin).
 """
 from __future__ import annotations
 
-import json
 import os
 
-from shared.runtime.arg_types import (non_negative_float, open_fraction, positive_float,
-                                      positive_int, seed_int)
+from shared.runtime.arg_types import non_negative_float, positive_float
 from shared.runtime.atomic import write_json
 from shared.model.classifier_params import TRAINABLE_PARTS
 from shared.runtime.paths import DataDirError, file_check, resolve_data_path
 from shared.runtime.run_lock import RunLock
+from shared.tasks.classify_task import read_model_card, write_model_card
+from shared.tasks.instruct_task import add_split_args
 from shared.text.preference_data import PreferenceDataset, split_preference_entries
 from shared.text.tokenizer import load_tokenizer
-from shared.train.train_args import build_parser, lora_flag_problems
+from shared.train.train_args import build_parser, lora_flag_problems, validate
 from shared.train.trainer import Trainer
+from shared.train.training_script import run_training_script
 
 PREFERENCE_ENV = "PREFERENCE_DATA"
 DATA_RESUME_KEYS = ("data", "split_seed", "valid_fraction", "test_fraction", "limit",
@@ -48,12 +49,7 @@ def build_preference_parser(task):
     g.add_argument("--data", default=None, help="JSON list of {instruction, input, chosen, "
                    f"rejected}} (default: ${PREFERENCE_ENV})")
     g.add_argument("--vocab", default=None, help="GPT-2 vocab folder (default: GPT2_VOCAB_DIR)")
-    g.add_argument("--split_seed", type=seed_int, default=123,
-                   help="seed of the train/valid/test split (instruct_ft.py's)")
-    g.add_argument("--valid_fraction", type=open_fraction, default=0.05)
-    g.add_argument("--test_fraction", type=open_fraction, default=0.1)
-    g.add_argument("--limit", type=positive_int, default=None,
-                   help="use only the first N entries (default: all)")
+    add_split_args(g, "seed of the train/valid/test split (instruct_ft.py's)")
     g.add_argument("--drop_equal_pairs", action="store_true",
                    help="leave out entries whose chosen and rejected are equal (default: refuse "
                         "them; the source project's file holds six)")
@@ -134,27 +130,16 @@ def score_pairs(backend, dataset) -> dict:
 
 
 def write_reward_card(args, summary) -> dict:
-    """WORK_DIR/reward_model.json: the reward model's shape and final checkpoint, in the layout
+    """WORK_DIR/reward_model.json: the reward model's shape and final checkpoint in the layout
     of classify_ft.py's model card (one output, `reward`), so `backends.load_classifier` builds
     it for scoring responses (scripts/reward_judge.py)."""
-    card = {"labels": ["reward"], "checkpoint": os.path.basename(summary["final_checkpoint"]),
-            "model_card": args.model_card, "n_embd": args.n_embd, "n_layer": args.n_layer,
-            "n_head": args.n_head, "lora_dim": args.lora_dim, "lora_alpha": args.lora_alpha,
-            "seq_len": args.seq_len, "trainable": args.trainable, "backend": args.backend}
-    write_json(os.path.join(args.work_dir, REWARD_CARD), card)
-    return card
+    return write_model_card(args, summary, labels=("reward",), name=REWARD_CARD,
+                            seq_len=args.seq_len)
 
 
 def read_reward_card(model_dir) -> dict:
     """The card `write_reward_card` left in `model_dir`, its checkpoint made a path."""
-    path = os.path.join(model_dir, REWARD_CARD)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} not found: the reward model must be the --work_dir of "
-                                f"a finished reward_ft.py run")
-    with open(path, encoding="utf-8") as f:
-        card = json.load(f)
-    card["checkpoint"] = os.path.join(model_dir, card["checkpoint"])
-    return card
+    return read_model_card(model_dir, REWARD_CARD, "reward_ft.py", "--reward_model")
 
 
 def train_and_score(args, task, backend_for):
@@ -186,3 +171,16 @@ def train_and_score(args, task, backend_for):
           f"{scores[p + 'chosen']:.4f}, rejected {scores[p + 'rejected']:.4f}) -> "
           f"{os.path.join(args.work_dir, spec['eval_file'])}", flush=True)
     return result
+
+
+def run_preference_script(task, backend_for, argv=None):
+    """scripts/reward_ft.py's and scripts/dpo_ft.py's main: parse, check the task's arguments
+    and the trainer's (before the data is read; validate runs again in the trainer), train and
+    score with `backend_for(args.backend)`."""
+    parser = build_preference_parser(task)
+    args = parser.parse_args(argv)
+    problems = preference_problems(args, task)
+    if problems:
+        parser.error("bad arguments:\n  " + "\n  ".join(problems))
+    return run_training_script(parser, args, lambda: train_and_score(
+        validate(args, data_files=False), task, backend_for))
