@@ -12,20 +12,11 @@ accuracy goes to WORK_DIR/reward_eval.json.
 import sys
 
 from backends import reward_backend
-from shared.tasks.preference_task import build_preference_parser, preference_problems, train_and_score
-from shared.train.train_args import validate
-from shared.train.training_script import run_training_script
+from shared.tasks.preference_task import run_preference_script
 
 
 def main(argv=None):
-    parser = build_preference_parser("reward")
-    args = parser.parse_args(argv)
-    problems = preference_problems(args, "reward")
-    if problems:
-        parser.error("bad arguments:\n  " + "\n  ".join(problems))
-    # the trainer's checks too, before the data is read (validate runs again in the trainer)
-    return run_training_script(parser, args, lambda: train_and_score(
-        validate(args, data_files=False), "reward", reward_backend))
+    return run_preference_script("reward", reward_backend, argv)
 
 
 if __name__ == "__main__":

@@ -96,6 +96,33 @@ PRESETS = {
                       lora_dim=4, lora_alpha=16, lora_dropout=0.1, max_new_tokens=6, limit=60,
                       eval_limit=3, eval_interval=2, save_interval=2),
     },
+    "dpo": {
+        # SFT -> reward model -> DPO (shared/pipeline/preference_pipeline.py). cpu: a tiny GPT-2
+        # trained from scratch on the prompts and chosen responses, well under 20 minutes on 2
+        # cores; paper: GPT-2 medium as the source project tunes it (give --init_checkpoint).
+        "cpu": dict(device="cpu", model_card="gpt2.sm", n_embd=64, n_layer=2, n_head=4,
+                    seq_len=256, precision="fp32", base_steps=200, base_lr=0.003,
+                    base_batch_size=8, lora_dim=8, lora_alpha=32, lora_dropout=0.1,
+                    sft_steps=60, sft_lr=0.003, sft_batch_size=8, reward_steps=60,
+                    reward_lr=0.003, reward_batch_size=4, reward_trainable="lora",
+                    dpo_steps=60, dpo_lr=0.003, dpo_batch_size=4, beta=0.1, limit=None,
+                    judge_prompts=40, max_new_tokens=32, temperature=0.7, top_k=40),
+        "paper": dict(device="cuda", model_card="gpt2.md", n_embd=None, n_layer=None,
+                      n_head=None, seq_len=512, precision="bf16", base_steps=1500,
+                      base_lr=0.0005, base_batch_size=16, lora_dim=8, lora_alpha=32,
+                      lora_dropout=0.1, sft_steps=600, sft_lr=0.0005, sft_batch_size=8,
+                      reward_steps=600, reward_lr=0.0001, reward_batch_size=8,
+                      reward_trainable="lora", dpo_steps=600, dpo_lr=0.00005,
+                      dpo_batch_size=8, beta=0.1, limit=None, judge_prompts=None,
+                      max_new_tokens=96, temperature=0.7, top_k=40),
+        "micro": dict(device="cpu", model_card="gpt2.sm", n_embd=32, n_layer=2, n_head=2,
+                      seq_len=256, precision="fp32", base_steps=4, base_lr=0.003,
+                      base_batch_size=4, lora_dim=4, lora_alpha=16, lora_dropout=0.1,
+                      sft_steps=4, sft_lr=0.003, sft_batch_size=4, reward_steps=4,
+                      reward_lr=0.003, reward_batch_size=2, reward_trainable="lora",
+                      dpo_steps=4, dpo_lr=0.003, dpo_batch_size=2, beta=0.1, limit=80,
+                      judge_prompts=3, max_new_tokens=6, temperature=0.7, top_k=40),
+    },
     "pretrain": {
         # A few minutes on 2 idle CPU cores: a tiny GPT-2 trained from scratch on the-verdict.
         "cpu": dict(device="cpu", n_embd=48, n_layer=2, n_head=4, seq_len=48, stride=48,
@@ -138,10 +165,11 @@ def setting_types(task="e2e") -> dict:
     return {key: setting_type(key, kind) for key, kind in sorted(types.items())}
 
 
-def settings_from(args, task="e2e") -> RunSettings:
-    """The task's preset `args.preset` names (default: cuda when a GPU is present, else cpu) with
-    the values given on the command line in place of its own (shared/pipeline/run_settings.py)."""
-    return preset_settings(args, PRESETS[task], task, "cuda" if cuda_available() else "cpu")
+def settings_from(args, task="e2e", gpu_preset="cuda") -> RunSettings:
+    """The task's preset `args.preset` names (default: `gpu_preset` when a GPU is present, else
+    cpu) with the values given on the command line in place of its own
+    (shared/pipeline/run_settings.py)."""
+    return preset_settings(args, PRESETS[task], task, gpu_preset if cuda_available() else "cpu")
 
 
 def report_dir(args, run):
@@ -158,9 +186,10 @@ class Pipeline:
     task = "e2e"  # the key of its presets in PRESETS
     stages = STAGES  # the order stage() and run_all() follow (task pipelines have their own)
     run_name = "{preset}-default"  # the run folder's name unless --run names it
+    gpu_preset = "cuda"  # the preset of a run without --preset on a machine with a GPU
 
     def __init__(self, args):
-        self.open_run(args, settings_from(args, self.task), self.run_name)
+        self.open_run(args, settings_from(args, self.task, self.gpu_preset), self.run_name)
         self.find_data()
         self.make_run_folder(self.stage_folders())
         self.configure()

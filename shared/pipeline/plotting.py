@@ -108,3 +108,27 @@ def plot_lr_schedule(logs: Sequence[TrainLog], out_png, title: Optional[str] = N
     ax.set_ylabel("learning rate")
     ax.grid(True, alpha=0.3)
     return _save(fig, out_png)
+
+
+def plot_metric_panels(series: dict, metrics: Sequence[str], out_png,
+                       title: Optional[str] = None) -> str:
+    """One panel per metric, one line per run: `series` is {label: [(step, {metric: value})]}
+    (e.g. a training log's records; a missing metric leaves a gap). Returns the path written."""
+    fig, axes = _new_figure(len(metrics), [1] * len(metrics))
+    for ax, metric in zip(axes, metrics):
+        plotted = False
+        for i, (label, records) in enumerate(series.items()):
+            points = [(step, values[metric]) for step, values in records if metric in values]
+            if points:
+                ax.plot([s for s, _ in points], [v for _, v in points], color=f"C{i}",
+                        linewidth=1.0, label=label, **({"linestyle": "--"} if i else {}))
+                plotted = True
+        if plotted:
+            ax.legend(loc="best")
+        else:
+            _note(ax, f"no {metric} logged")
+        ax.set_ylabel(metric)
+        ax.grid(True, alpha=0.3)
+    axes[0].set_title(title or ", ".join(metrics))
+    axes[-1].set_xlabel("step")
+    return _save(fig, out_png)

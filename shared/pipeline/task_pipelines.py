@@ -11,6 +11,8 @@ classify  data (seeded splits written as label<TAB>text) -> train (scripts/class
           backends) -> evaluate (scripts/classify.py: each model scored on the test split by
           both backends) -> report
 instruct  shared/pipeline/instruct_pipeline.py (its own presets and stages), registered here
+dpo       shared/pipeline/preference_pipeline.py: SFT -> reward model -> DPO -> the reward
+          model's win rate of DPO over SFT, registered here
 Reports: report.md + report.json, loss plots, the raw training logs, in the run folder (or
 LOGS_DIR/<run> with --logs_dir).
 """
@@ -29,6 +31,8 @@ from shared.runtime.paths import REPO_ROOT, resolve_data_path
 from shared.pipeline.instruct_pipeline import InstructPipeline
 from shared.pipeline.instruct_pipeline import build_parser as build_instruct_parser
 from shared.pipeline.engine import PRESETS, Pipeline, run_to_end
+from shared.pipeline.preference_pipeline import PreferencePipeline
+from shared.pipeline.preference_pipeline import build_parser as build_preference_parser
 from shared.pipeline.run_settings import stage_argv
 
 VERDICT = os.path.join("..", "shared", "data", "text", "the-verdict.txt")
@@ -327,13 +331,15 @@ class ClassifyPipeline(TaskPipeline):
 
 
 PIPELINES = {"pretrain": PretrainPipeline, "classify": ClassifyPipeline,
-             "instruct": InstructPipeline}  # instruct: shared/pipeline/instruct_pipeline.py
+             "instruct": InstructPipeline,  # instruct: shared/pipeline/instruct_pipeline.py
+             "dpo": PreferencePipeline}  # dpo: shared/pipeline/preference_pipeline.py
+PARSERS = {"instruct": build_instruct_parser, "dpo": build_preference_parser}
 
 
 TASKS = ("e2e", *PIPELINES)  # work.sh --task: e2e is scripts/run_pipeline.py's own pipeline
 
 
 def main(task, argv):
-    parser = build_instruct_parser() if task == "instruct" else build_parser(task)
+    parser = PARSERS[task]() if task in PARSERS else build_parser(task)
     args = parser.parse_args(argv)
     return run_to_end(lambda: PIPELINES[task](args))

@@ -87,7 +87,9 @@ FLOAT_SETTINGS = {"lr": positive_float, "base_lr": positive_float,
                   "base_clip": non_negative_float,
                   "label_smooth": fraction_below_one, "lora_dropout": fraction_below_one,
                   "valid_fraction": open_fraction, "temperature": temperature,
-                  "top_p": top_p_mass, "repetition_penalty": positive_float}
+                  "top_p": top_p_mass, "repetition_penalty": positive_float,
+                  "sft_lr": positive_float, "reward_lr": positive_float,
+                  "dpo_lr": positive_float, "beta": positive_float}
 
 
 def setting_type(key: str, kind: type):

@@ -107,13 +107,15 @@ def evaluate(predict_logits, dataset) -> dict:
     return classification_metrics(dataset.labels, np.concatenate(predicted))
 
 
-def write_model_card(args, summary):
-    """WORK_DIR/classifier.json: the model shape, labels and final checkpoint for classify.py."""
-    card = {"labels": list(LABELS), "checkpoint": os.path.basename(summary["final_checkpoint"]),
+def write_model_card(args, summary, labels=LABELS, name=CARD_NAME, **extra):
+    """WORK_DIR/`name` (classifier.json): the model shape, labels and final checkpoint for
+    classify.py (and, one output named `reward`, a reward model for its judges); `extra`: the
+    task's own entries (classification's max_len)."""
+    card = {"labels": list(labels), "checkpoint": os.path.basename(summary["final_checkpoint"]),
             "model_card": args.model_card, "n_embd": args.n_embd, "n_layer": args.n_layer,
             "n_head": args.n_head, "lora_dim": args.lora_dim, "lora_alpha": args.lora_alpha,
-            "max_len": args.max_len, "trainable": args.trainable, "backend": args.backend}
-    write_json(os.path.join(args.work_dir, CARD_NAME), card)
+            **extra, "trainable": args.trainable, "backend": args.backend}
+    write_json(os.path.join(args.work_dir, name), card)
     return card
 
 
@@ -134,7 +136,7 @@ def train_and_score(args, backend_for):
         metrics.update(backend=args.backend, steps=summary["steps"],
                        valid_loss=summary["valid_loss"])
         write_json(os.path.join(args.work_dir, "metrics.json"), metrics)
-        write_model_card(args, summary)
+        write_model_card(args, summary, max_len=args.max_len)
     for name in ("valid", "test"):
         m = metrics[name]
         print(f"{name}: accuracy {m['accuracy']:.4f}, precision {m['precision']:.4f}, recall "
@@ -143,11 +145,14 @@ def train_and_score(args, backend_for):
     return metrics
 
 
-def read_model_card(model_dir) -> dict:
-    path = os.path.join(model_dir, CARD_NAME)
+def read_model_card(model_dir, name=CARD_NAME, made_by="classify_ft.py",
+                    flag="--model_dir") -> dict:
+    """The card `write_model_card` left in `model_dir` (given as `flag`), its checkpoint made a
+    path."""
+    path = os.path.join(model_dir, name)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} not found: --model_dir must be the --work_dir of a "
-                                f"finished classify_ft.py run")
+        raise FileNotFoundError(f"{path} not found: {flag} must be the --work_dir of a "
+                                f"finished {made_by} run")
     with open(path) as f:
         card = json.load(f)
     card["checkpoint"] = os.path.join(model_dir, card["checkpoint"])

@@ -31,6 +31,16 @@ DESCRIPTION = ("Instruction-tune GPT-2 (+ LoRA) on Alpaca-format JSON with the P
                "(ROUGE-L, perplexity)")
 
 
+def add_split_args(group, seed_help="seed of the train/valid/test split"):
+    """The flags of `instruct_data.split_entries`' split (instruct_ft.py's, and the preference
+    scripts', which split the same way) to an argument group."""
+    group.add_argument("--split_seed", type=seed_int, default=123, help=seed_help)
+    group.add_argument("--valid_fraction", type=open_fraction, default=0.05)
+    group.add_argument("--test_fraction", type=open_fraction, default=0.1)
+    group.add_argument("--limit", type=positive_int, default=None,
+                       help="use only the first N entries (default: all)")
+
+
 def build_instruct_parser():
     p = build_train_parser()
     p.description = DESCRIPTION
@@ -45,12 +55,7 @@ def build_instruct_parser():
     g.add_argument("--vocab", default=None, help="GPT-2 vocab folder (default: GPT2_VOCAB_DIR)")
     g.add_argument("--full_loss", action="store_true",
                    help="score every token (default: the response tokens only)")
-    g.add_argument("--split_seed", type=seed_int, default=123,
-                   help="seed of the train/valid/test split")
-    g.add_argument("--valid_fraction", type=open_fraction, default=0.05)
-    g.add_argument("--test_fraction", type=open_fraction, default=0.1)
-    g.add_argument("--limit", type=positive_int, default=None,
-                   help="use only the first N entries (default: all)")
+    add_split_args(g)
     g.add_argument("--no_eval", action="store_true", help="train only")
     g.add_argument("--eval_only", action="store_true",
                    help="score the finished run in --work_dir (no training)")

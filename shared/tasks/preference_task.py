@@ -16,20 +16,23 @@ from __future__ import annotations
 
 import os
 
-from shared.runtime.arg_types import (non_negative_float, open_fraction, positive_float,
-                                      positive_int, seed_int)
+from shared.runtime.arg_types import non_negative_float, positive_float
 from shared.runtime.atomic import write_json
 from shared.model.classifier_params import TRAINABLE_PARTS
 from shared.runtime.paths import DataDirError, file_check, resolve_data_path
 from shared.runtime.run_lock import RunLock
+from shared.tasks.classify_task import read_model_card, write_model_card
+from shared.tasks.instruct_task import add_split_args
 from shared.text.preference_data import PreferenceDataset, split_preference_entries
 from shared.text.tokenizer import load_tokenizer
-from shared.train.train_args import build_parser, lora_flag_problems
+from shared.train.train_args import build_parser, lora_flag_problems, validate
 from shared.train.trainer import Trainer
+from shared.train.training_script import run_training_script
 
 PREFERENCE_ENV = "PREFERENCE_DATA"
 DATA_RESUME_KEYS = ("data", "split_seed", "valid_fraction", "test_fraction", "limit",
                     "drop_equal_pairs", "fixed_width")
+REWARD_CARD = "reward_model.json"  # what a judge or PPO reads to load the reward model
 TASKS = {"reward": {"resume_keys": ("margin", "trainable"), "eval_file": "reward_eval.json",
                     "prefix": "reward_"},
          "dpo": {"resume_keys": ("beta",), "eval_file": "dpo_eval.json", "prefix": "rewards_"}}
@@ -63,12 +66,7 @@ def add_preference_data_flags(p):
     g.add_argument("--data", default=None, help="JSON list of {instruction, input, chosen, "
                    f"rejected}} (default: ${PREFERENCE_ENV})")
     g.add_argument("--vocab", default=None, help="GPT-2 vocab folder (default: GPT2_VOCAB_DIR)")
-    g.add_argument("--split_seed", type=seed_int, default=123,
-                   help="seed of the train/valid/test split (instruct_ft.py's)")
-    g.add_argument("--valid_fraction", type=open_fraction, default=0.05)
-    g.add_argument("--test_fraction", type=open_fraction, default=0.1)
-    g.add_argument("--limit", type=positive_int, default=None,
-                   help="use only the first N entries (default: all)")
+    add_split_args(g, "seed of the train/valid/test split (instruct_ft.py's)")
     g.add_argument("--drop_equal_pairs", action="store_true",
                    help="leave out entries whose chosen and rejected are equal (default: refuse "
                         "them; the source project's file holds six)")
@@ -136,6 +134,19 @@ def score_pairs(backend, dataset) -> dict:
     return out
 
 
+def write_reward_card(args, summary) -> dict:
+    """WORK_DIR/reward_model.json: the reward model's shape and final checkpoint in the layout
+    of classify_ft.py's model card (one output, `reward`), so `backends.load_classifier` builds
+    it for scoring responses (scripts/reward_judge.py)."""
+    return write_model_card(args, summary, labels=("reward",), name=REWARD_CARD,
+                            seq_len=args.seq_len)
+
+
+def read_reward_card(model_dir) -> dict:
+    """The card `write_reward_card` left in `model_dir`, its checkpoint made a path."""
+    return read_model_card(model_dir, REWARD_CARD, "reward_ft.py", "--reward_model")
+
+
 def train_and_score(args, task, backend_for):
     """Split and encode --data, train (`backend_for(args.backend)`: the task's backend class),
     score the final weights on the test split into WORK_DIR/reward_eval.json or dpo_eval.json;
@@ -157,6 +168,7 @@ def train_and_score(args, task, backend_for):
             result["beta"] = args.beta
         else:
             result.update(margin=args.margin, trainable=args.trainable)
+            write_reward_card(args, summary)
         write_json(os.path.join(args.work_dir, spec["eval_file"]), result)
     p = spec["prefix"]
     print(f"test: {scores['pairs']} pairs, loss {scores['loss']:.4f}, accuracy "
@@ -164,3 +176,16 @@ def train_and_score(args, task, backend_for):
           f"{scores[p + 'chosen']:.4f}, rejected {scores[p + 'rejected']:.4f}) -> "
           f"{os.path.join(args.work_dir, spec['eval_file'])}", flush=True)
     return result
+
+
+def run_preference_script(task, backend_for, argv=None):
+    """scripts/reward_ft.py's and scripts/dpo_ft.py's main: parse, check the task's arguments
+    and the trainer's (before the data is read; validate runs again in the trainer), train and
+    score with `backend_for(args.backend)`."""
+    parser = build_preference_parser(task)
+    args = parser.parse_args(argv)
+    problems = preference_problems(args, task)
+    if problems:
+        parser.error("bad arguments:\n  " + "\n  ".join(problems))
+    return run_training_script(parser, args, lambda: train_and_score(
+        validate(args, data_files=False), task, backend_for))

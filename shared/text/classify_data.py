@@ -18,12 +18,12 @@
 """
 from __future__ import annotations
 
-import math
 import os
 
 import numpy as np
 
 from shared.runtime.utf8_file import read_utf8
+from shared.text.seeded_batches import SeededBatches
 
 LABELS = ("ham", "spam")
 PAD_ID = 50256
@@ -135,8 +135,9 @@ def prepare_splits(path, seed, balance, fractions=(0.7, 0.1, 0.2)):
     return splits, weights
 
 
-class ClassifyDataset:
-    """Encoded (ids, label) examples batched for the trainer (`FTDataset`'s interface)."""
+class ClassifyDataset(SeededBatches):
+    """Encoded (ids, label) examples batched for the trainer (`FTDataset`'s interface, the
+    order of shared/text/seeded_batches.py)."""
 
     def __init__(self, examples, tokenizer, batch_size, max_len, name="data", fixed_width=False):
         if batch_size < 1 or max_len < 1:
@@ -159,7 +160,6 @@ class ClassifyDataset:
         if not self.ids:
             raise ClassifyDataError(f"{name}: no examples")
         self.num_examples = len(self.ids)
-        self.num_batches = math.ceil(self.num_examples / batch_size)
 
     def truncation_report(self) -> str:
         if not self.truncated:
@@ -194,17 +194,6 @@ class ClassifyDataset:
         return {"input": inputs,
                 "length": np.array([len(self.ids[i]) for i in indices], dtype=np.int64),
                 "label": np.array([self.labels[i] for i in indices], dtype=np.int64)}
-
-    def train_batches(self, epoch, seed, start_batch=0):
-        if epoch < 1:
-            raise ValueError(f"epochs count from 1, got {epoch}")
-        order = np.random.default_rng([seed, epoch]).permutation(self.num_examples).tolist()
-        for b in range(start_batch, self.num_batches):
-            yield self.collate(order[b * self.batch_size:(b + 1) * self.batch_size])
-
-    def eval_batches(self):
-        for start in range(0, self.num_examples, self.batch_size):
-            yield self.collate(range(start, min(start + self.batch_size, self.num_examples)))
 
 
 def classification_metrics(true_labels, predicted, num_classes=len(LABELS), labels=LABELS) -> dict:

@@ -25,6 +25,7 @@ import os
 import numpy as np
 
 from shared.runtime.atomic import atomic_open, write_json
+from shared.runtime.json_list import read_json_list
 from shared.text.tokenizer import EOT_ID
 
 SPLITS = ("train", "valid", "test")
@@ -52,23 +53,7 @@ def format_prompt(entry: dict) -> str:
 def read_entries(path) -> list:
     """The checked entries of an Alpaca JSON file, as dicts with instruction, input, output."""
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as exc:
-        raise InstructDataError(f"{path}: cannot read ({exc.strerror or exc})") from exc
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise InstructDataError(f"{path}: invalid UTF-8 at byte {exc.start}") from exc
-    except json.JSONDecodeError as exc:
-        raise InstructDataError(f"{path}:{exc.lineno}:{exc.colno}: invalid JSON ({exc.msg})") \
-            from exc
-    if not isinstance(data, list):
-        raise InstructDataError(f"{path}: expected a JSON list of entries, got a "
-                                f"{type(data).__name__}")
-    if not data:
-        raise InstructDataError(f"{path}: the list holds no entries")
+    data = read_json_list(path, InstructDataError)
     return [_checked(entry, f"{path}: entry {index}") for index, entry in enumerate(data)]
 
 

@@ -21,8 +21,8 @@ same order, padded with <|endoftext|> to the longest row (or to `seq_len` with `
   target (2B, W) int64   the next token at each position (padding: <|endoftext|>)
   mask   (2B, W) float32 1 where the target is a response token (the sequence log-probability
                          that DPO compares sums the log-probabilities under this mask)
-Training order in epoch e is the permutation `numpy.random.default_rng([seed, e])` (resumable);
-evaluation is sequential.
+Training order in epoch e is the permutation `numpy.random.default_rng([seed, e])` (resumable;
+shared/text/seeded_batches.py); evaluation is sequential.
 
 Bad input is a `PreferenceDataError` (a ValueError) naming the file and the entry index: a
 missing, empty or non-string `instruction`, `chosen` or `rejected`, and a pair whose chosen and
@@ -31,13 +31,13 @@ source project's file holds six).
 """
 from __future__ import annotations
 
-import json
-import math
 import os
 
 import numpy as np
 
 from shared.text.instruct_data import format_prompt, split_entries
+from shared.runtime.json_list import read_json_list
+from shared.text.seeded_batches import SeededBatches
 from shared.text.tokenizer import EOT_ID
 
 RESPONSE_KEYS = ("chosen", "rejected")
@@ -52,23 +52,7 @@ def read_preference_entries(path) -> list:
     rejected (strings, chosen and rejected non-empty; whether they differ is checked by
     `split_preference_entries`, which can leave equal ones out)."""
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as exc:
-        raise PreferenceDataError(f"{path}: cannot read ({exc.strerror or exc})") from exc
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise PreferenceDataError(f"{path}: invalid UTF-8 at byte {exc.start}") from exc
-    except json.JSONDecodeError as exc:
-        raise PreferenceDataError(f"{path}:{exc.lineno}:{exc.colno}: invalid JSON ({exc.msg})") \
-            from exc
-    if not isinstance(data, list):
-        raise PreferenceDataError(f"{path}: expected a JSON list of entries, got a "
-                                  f"{type(data).__name__}")
-    if not data:
-        raise PreferenceDataError(f"{path}: the list holds no entries")
+    data = read_json_list(path, PreferenceDataError)
     return [_checked(entry, f"{path}: entry {index}") for index, entry in enumerate(data)]
 
 
@@ -134,8 +118,9 @@ def encode_pair(entry: dict, tokenizer) -> tuple:
             tokenizer.encode(entry["rejected"]) + [EOT_ID])
 
 
-class PreferenceDataset:
-    """Encoded preference pairs batched for shared/train/trainer.py (`FTDataset`'s batch interface)."""
+class PreferenceDataset(SeededBatches):
+    """Encoded preference pairs batched for shared/train/trainer.py (`FTDataset`'s batch
+    interface, the order of shared/text/seeded_batches.py)."""
 
     def __init__(self, entries, tokenizer, batch_size, seq_len, name="data", fixed_width=False):
         if batch_size < 1 or seq_len < 2:
@@ -163,7 +148,6 @@ class PreferenceDataset:
         if not self.pairs:
             raise PreferenceDataError(self.no_pair_error(len(entries)))
         self.num_examples = len(self.pairs)
-        self.num_batches = math.ceil(self.num_examples / batch_size)
 
     def no_pair_error(self, n_entries) -> str:
         return (f"{self.name}: no pair of its {n_entries} entries fits --seq_len {self.seq_len}: "
@@ -209,14 +193,3 @@ class PreferenceDataset:
             mask[row, start - 1:len(ids) - 1] = 1.0  # positions whose next token is a response's
         return {"input": inputs, "length": np.array([len(r) for r in rows], dtype=np.int64),
                 "target": target, "mask": mask}
-
-    def train_batches(self, epoch, seed, start_batch=0):
-        if epoch < 1:
-            raise ValueError(f"epochs count from 1, got {epoch}")
-        order = np.random.default_rng([seed, epoch]).permutation(self.num_examples).tolist()
-        for b in range(start_batch, self.num_batches):
-            yield self.collate(order[b * self.batch_size:(b + 1) * self.batch_size])
-
-    def eval_batches(self):
-        for start in range(0, self.num_examples, self.batch_size):
-            yield self.collate(range(start, min(start + self.batch_size, self.num_examples)))

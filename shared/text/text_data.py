@@ -11,11 +11,10 @@ resumed run sees the same order; evaluation batches are sequential.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from shared.runtime.utf8_file import read_utf8
+from shared.text.seeded_batches import SeededBatches
 
 EOT_ID = 50256
 
@@ -61,8 +60,9 @@ def split_tail(tokens, valid_fraction: float, seq_len: int):
     return train, valid
 
 
-class WindowDataset:
-    """Windows over a token stream, batched as the trainer expects (`FTDataset`'s interface)."""
+class WindowDataset(SeededBatches):
+    """Windows over a token stream, batched as the trainer expects (`FTDataset`'s interface, the
+    order of shared/text/seeded_batches.py)."""
 
     def __init__(self, tokens, seq_len: int, stride: int, batch_size: int, name="text"):
         if seq_len < 1 or stride < 1 or batch_size < 1:
@@ -76,7 +76,6 @@ class WindowDataset:
                                 f"{seq_len + 1}")
         self.starts = list(range(0, len(self.tokens) - seq_len, stride))
         self.num_examples = len(self.starts)
-        self.num_batches = math.ceil(self.num_examples / batch_size)
 
     def covered_tokens(self) -> int:
         """How many tokens of the stream some window trains on (as input or target)."""
@@ -120,17 +119,3 @@ class WindowDataset:
         inputs = np.stack([self.tokens[s:s + self.seq_len] for s in starts])
         targets = np.stack([self.tokens[s + 1:s + self.seq_len + 1] for s in starts])
         return {"input": inputs, "target": targets, "mask": np.ones(inputs.shape, np.float32)}
-
-    def train_order(self, epoch: int, seed: int) -> list:
-        if epoch < 1:
-            raise ValueError(f"epochs count from 1, got {epoch}")
-        return np.random.default_rng([seed, epoch]).permutation(self.num_examples).tolist()
-
-    def train_batches(self, epoch, seed, start_batch=0):
-        order = self.train_order(epoch, seed)
-        for b in range(start_batch, self.num_batches):
-            yield self.collate(order[b * self.batch_size:(b + 1) * self.batch_size])
-
-    def eval_batches(self):
-        for start in range(0, self.num_examples, self.batch_size):
-            yield self.collate(range(start, min(start + self.batch_size, self.num_examples)))
