@@ -5,7 +5,7 @@ LoRA matrices and the value head; and four PPO iterations run side by side log t
 KL, losses and end on the same weights.
 
 A tiny GPT-2 (2 layers, 32 wide) with LoRA, seeded, no pretraining; the reward model is a tiny
-reward_ft.py run on the same data (its checkpoint and run_config.json). Tolerances (fp32, CPU):
+reward_ft.py run on the same data (its folder: reward_model.json and the checkpoint). Tolerances (fp32, CPU):
 losses and logged values 1e-5 relative, gradients 1e-4 of each tensor's scale, weights 1e-5.
 """
 import json
@@ -39,7 +39,7 @@ def reward_model(tmp_path_factory, data_file, vocab_dir):
     assert main(["--backend", "torch", "--data", data_file, "--vocab", vocab_dir, *TINY,
                  "--lora_dim", "0", "--max_step", "4", "--train_batch_size", "4", "--lr", "1e-3",
                  "--random_seed", "3", "--work_dir", str(work)]) == 0
-    return str(work / "model.4.pt")
+    return str(work)
 
 
 def ppo_argv(backend, data_file, vocab_dir, reward_model, work_dir, *extra):
@@ -54,7 +54,7 @@ def build(backend, argv):
     """(backend object, rollouts) as scripts/ppo_ft.py builds them, without training."""
     from backends import ppo_backend
     from shared.tasks.ppo_task import (PPORollouts, build_ppo_parser, ppo_problems,
-                                       reward_model_config, trainer_backend)
+                                       reward_model, trainer_backend)
     from shared.tasks.preference_task import preference_datasets
     from shared.text.tokenizer import load_tokenizer
     from shared.train.train_args import model_config, validate
@@ -63,7 +63,7 @@ def build(backend, argv):
     args = validate(args, data_files=False)
     data = preference_datasets(args, load_tokenizer(args.vocab))
     config = model_config(args)
-    cls = trainer_backend(ppo_backend(backend), reward_model_config(args.reward_model, config))
+    cls = trainer_backend(ppo_backend(backend), reward_model(args.reward_model, config))
     rollouts = PPORollouts(args, data["train"])
     rollouts.backend = cls(config, args)
     return rollouts.backend, rollouts

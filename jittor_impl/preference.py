@@ -168,12 +168,13 @@ class LanguageModelView:
 
 class PPOBackend(JittorBackend):
     """The training backend of the policy (GPT2WithValueHead: its LoRA matrices and the
-    value head) with PPO's losses (+ `--ptx_coef` times the language-model loss of SFT rows) on the
-    minibatches shared/tasks/ppo_task.py builds; a frozen reference copy of the starting model
-    and the reward model (`reward_config`, set by the task) serve its rollouts. Held-out batches
-    (preference pairs) are scored by the policy's loss on their chosen responses."""
+    value head) with PPO's losses (+ `--ptx_coef` times the language-model loss of SFT rows)
+    on the minibatches shared/tasks/ppo_task.py builds; a frozen reference copy of the
+    starting model and the reward model (`reward_config` and `reward_checkpoint`, set by the
+    task) serve its rollouts. Held-out batches (preference pairs) are scored by the policy's
+    loss on their chosen responses."""
 
-    reward_config = None
+    reward_config = reward_checkpoint = None
 
     def build_model(self, config, args):
         self.clip_range, self.value_clip = args.clip_range, args.value_clip
@@ -182,7 +183,7 @@ class PPOBackend(JittorBackend):
         mark_trainable(self.reference, lambda name: False)
         self.reference.set_attention(args.attn or DEFAULT_ATTENTION)
         self.reference.eval()
-        self.reward_model = GPT2Classifier(self.reward_config, 1).load_weight(args.reward_model)
+        self.reward_model = GPT2Classifier(self.reward_config, 1).load_weight(self.reward_checkpoint)
         mark_trainable(self.reward_model, lambda name: False)
         self.reward_model.set_attention(args.attn or DEFAULT_ATTENTION)
         self.reward_model.eval()

@@ -4,7 +4,7 @@ PyTorch or Jittor backend, e.g.
   python scripts/ppo_ft.py --backend torch \
       --data ../shared/data/instruct/instruction-data-with-preference.json --drop_equal_pairs \
       --init_checkpoint trained/instruct/model.N.pt --lora_dim 8 \
-      --reward_model trained/reward/model.M.pt --rollout_batch 16 --train_batch_size 4 \
+      --reward_model trained/reward --rollout_batch 16 --train_batch_size 4 \
       --response_len 32 --kl_coef 0.2 --lr 1e-4 --max_epoch 20 --work_dir trained/ppo
 The policy starts from --init_checkpoint (the SFT model with its LoRA weights, which it trains
 on, plus a value head); a frozen copy is the KL penalty's reference. An epoch is one PPO

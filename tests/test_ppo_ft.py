@@ -36,7 +36,7 @@ def reward_model(tmp_path_factory, data, vocab_dir):
     assert main(["--backend", "torch", "--data", data, "--vocab", vocab_dir, *TINY,
                  "--max_step", "2", "--train_batch_size", "4", "--lr", "1e-3",
                  "--work_dir", str(work)]) == 0
-    return str(work / "model.2.pt")
+    return str(work)
 
 
 def ppo_argv(data, vocab_dir, reward_model, work_dir, *extra):
@@ -93,19 +93,15 @@ def test_a_reward_model_that_does_not_fit_is_refused(tmp_path, data, vocab_dir, 
     from shared.model.checkpoint import read_checkpoint, save_checkpoint
     other = tmp_path / "small_vocab"
     other.mkdir()
-    shutil.copy(os.path.join(os.path.dirname(reward_model), "run_config.json"), other)
-    state = {k[len("module."):]: v for k, v in read_checkpoint(reward_model).items()}
+    shutil.copy(os.path.join(reward_model, "reward_model.json"), other)
+    state = {k[len("module."):]: v for k, v in
+             read_checkpoint(os.path.join(reward_model, "model.2.pt")).items()}
     state["transformer.wte.weight"] = state["transformer.wte.weight"][:1000]
     save_checkpoint(other / "model.2.pt", state)
-    status, err = run_main(ppo_argv(data, vocab_dir, str(other / "model.2.pt"), tmp_path / "w"),
-                           capsys)
+    status, err = run_main(ppo_argv(data, vocab_dir, str(other), tmp_path / "w"), capsys)
     assert status == 2 and "small_vocab/model.2.pt" in err and "1000 tokens" in err, err
-    alone = tmp_path / "alone"
-    alone.mkdir()
-    shutil.copy(reward_model, alone)
-    status, err = run_main(ppo_argv(data, vocab_dir, str(alone / "model.2.pt"), tmp_path / "w"),
-                           capsys)
-    assert status == 2 and "no run_config.json beside it" in err, err
+    status, err = run_main(ppo_argv(data, vocab_dir, str(tmp_path), tmp_path / "w"), capsys)
+    assert status == 2 and "no reward_model.json there" in err, err
     assert not os.path.exists(tmp_path / "w")
 
 

@@ -28,7 +28,6 @@ rate (ties count half), and example responses.
 """
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -43,8 +42,9 @@ from shared.runtime.arg_types import (int_at_least, non_negative_float, non_nega
 from shared.runtime.atomic import write_json
 from shared.runtime.run_lock import RunLock
 from shared.tasks.classify_task import card_config
-from shared.tasks.preference_task import (DATA_RESUME_KEYS, add_preference_data_flags,
-                                          preference_datasets, preference_problems)
+from shared.tasks.preference_task import (DATA_RESUME_KEYS, REWARD_CARD,
+                                          add_preference_data_flags, preference_datasets,
+                                          preference_problems, read_reward_card)
 from shared.text.tokenizer import EOT_ID, load_tokenizer
 from shared.train.ppo_math import KLController, gae, penalized_rewards, whiten
 from shared.train.train_args import build_parser, model_config
@@ -65,9 +65,9 @@ def build_ppo_parser():
                      "model (RLHF), with the PyTorch or Jittor backend")
     add_preference_data_flags(p)
     t = p.add_argument_group("PPO settings")
-    t.add_argument("--reward_model", required=True, metavar="PATH",
-                   help="reward model checkpoint written by reward_ft.py (its run_config.json "
-                        "beside it gives the model's shape)")
+    t.add_argument("--reward_model", required=True, metavar="DIR",
+                   help="a finished reward_ft.py run's --work_dir (its reward_model.json names "
+                        "the checkpoint and the model's shape)")
     t.add_argument("--rollout_batch", type=int_at_least(2), default=16,
                    help="prompts answered per PPO iteration (a multiple of --train_batch_size, "
                         "the minibatch)")
@@ -118,24 +118,18 @@ def ppo_problems(args) -> list:
     if args.response_len >= args.seq_len:
         problems.append(f"--response_len {args.response_len} leaves no room for a prompt in "
                         f"--seq_len {args.seq_len}")
-    if not os.path.isfile(args.reward_model):
-        problems.append(f"--reward_model {args.reward_model}: no such file")
+    if not os.path.isfile(os.path.join(args.reward_model, REWARD_CARD)):
+        problems.append(f"--reward_model {args.reward_model}: no {REWARD_CARD} there (give the "
+                        f"--work_dir of a finished reward_ft.py run)")
     return problems
 
 
-def reward_model_config(path, policy_config):
-    """The reward model's GPT2Config from the reward_ft.py run beside `path`, its checkpoint
-    checked against it (shapes, a one-output head) and against the policy's tokenizer size."""
-    run_config = os.path.join(os.path.dirname(os.path.abspath(path)), "run_config.json")
-    if not os.path.isfile(run_config):
-        raise CheckpointError(f"--reward_model {path}: no run_config.json beside it (a "
-                              f"reward_ft.py run folder holds one)")
-    with open(run_config) as f:
-        run = json.load(f)
-    if run.get("num_classes") != 1 or "margin" not in run:
-        raise CheckpointError(f"--reward_model {path}: {run_config} is not a reward_ft.py run's")
-    card = {"checkpoint": path, **{k: run.get(k) for k in (
-        "model_card", "n_embd", "n_layer", "n_head", "lora_dim", "lora_alpha")}}
+def reward_model(model_dir, policy_config) -> tuple:
+    """(GPT2Config, checkpoint path) of the reward model a reward_ft.py run left in `model_dir`
+    (its card), the checkpoint checked against them (shapes, one output) and against the
+    policy's tokenizer size."""
+    card = read_reward_card(model_dir)
+    path = card["checkpoint"]
     config = card_config(card)
     try:
         body, _ = split_head(read_checkpoint(path), config, 1, path)
@@ -145,21 +139,22 @@ def reward_model_config(path, policy_config):
                                   f"policy's has {policy_config.vocab_size}")
         load_for_model(body, config, False, path)
     except ValueError as exc:
-        raise CheckpointError(f"--reward_model {path}: {exc}") from exc
+        raise CheckpointError(f"--reward_model {model_dir}: {path}: {exc}") from exc
     if config.vocab_size != policy_config.vocab_size:
-        raise CheckpointError(f"--reward_model {path}: a reward model for a tokenizer of "
+        raise CheckpointError(f"--reward_model {model_dir}: a reward model for a tokenizer of "
                               f"{config.vocab_size} tokens; the policy's has "
                               f"{policy_config.vocab_size}")
-    return config
+    return config, path
 
 
-def trainer_backend(backend_cls, reward_config):
-    """`backend_cls` (a twin's PPOBackend) with the reward model's config and the rollout in its
-    trainer state, so that a resumed run trains on the same rollout with the same coefficient."""
+def trainer_backend(backend_cls, reward):
+    """`backend_cls` (a twin's PPOBackend) with the reward model (`reward`: its config and
+    checkpoint) and the rollout in its trainer state, so that a resumed run trains on the same
+    rollout with the same coefficient."""
 
     class PPOTrainerBackend(backend_cls):
         def __init__(self, config, args):
-            self.reward_config = reward_config
+            self.reward_config, self.reward_checkpoint = reward
             self.rollout_state = {}
             super().__init__(config, args)
 
@@ -178,9 +173,10 @@ def trainer_backend(backend_cls, reward_config):
 
 
 def fitting_prompts(dataset, response_len, seq_len) -> tuple:
-    """(prompt ids of `dataset`'s pairs that leave room for a response, how many do not)."""
+    """(prompt ids of `dataset`'s pairs that leave room for a response and the <|endoftext|>
+    the reward model reads, how many do not)."""
     prompts = [full[:start] for start, full, _ in dataset.pairs]
-    kept = [p for p in prompts if len(p) + response_len <= seq_len]
+    kept = [p for p in prompts if len(p) + response_len + 1 <= seq_len]
     return kept, len(prompts) - len(kept)
 
 
@@ -235,7 +231,7 @@ class PPORollouts:
         self.prompts, self.too_long = fitting_prompts(train_pairs, args.response_len, args.seq_len)
         if not self.prompts:
             raise TrainingError(f"{self.source}: no prompt leaves --response_len "
-                                f"{args.response_len} tokens within --seq_len {args.seq_len}")
+                                f"{args.response_len} + 1 tokens within --seq_len {args.seq_len}")
         self.per_pass = args.rollout_batch // args.train_batch_size
         self.num_batches = args.ppo_epochs * self.per_pass
         self.num_examples = args.rollout_batch
@@ -247,8 +243,8 @@ class PPORollouts:
         if not self.too_long:
             return ""
         return (f"{self.source}: {self.too_long} of {len(self.prompts) + self.too_long} prompts "
-                f"left out: prompt + --response_len {self.args.response_len} exceeds --seq_len "
-                f"{self.args.seq_len}")
+                f"left out: prompt + --response_len {self.args.response_len} + 1 exceeds "
+                f"--seq_len {self.args.seq_len}")
 
     def completion_report(self) -> str:
         return ""
@@ -263,6 +259,14 @@ class PPORollouts:
     def width(self, rows) -> "int | None":
         return self.args.seq_len if self.args.fixed_width else None
 
+    def score(self, prompts, responses) -> np.ndarray:
+        """The reward model's scores of prompt + response + <|endoftext|> (the layout it was
+        trained on: a response cut by --response_len gets the end token appended)."""
+        ended = [r if r and r[-1] == EOT_ID else list(r) + [EOT_ID] for r in responses]
+        batch = sequences(prompts, ended, self.width(prompts))
+        return np.asarray(self.backend.score({k: batch[k] for k in ("input", "length")}),
+                          dtype=np.float64)
+
     def rollout(self, iteration, seed) -> dict:
         """Iteration `iteration`'s rollout: sampled responses, their scores, log-probabilities,
         values, advantages and returns (arrays over sequence positions), its statistics."""
@@ -275,8 +279,7 @@ class PPORollouts:
         batch = sequences(prompts, responses, self.width(prompts))
         logprobs, ref_logprobs, values = self.backend.rollout_values(
             {k: batch[k] for k in ("input", "target")})
-        scores = np.asarray(self.backend.score({k: batch[k] for k in ("input", "length")}),
-                            dtype=np.float64)
+        scores = self.score(prompts, responses)
         start, lengths = batch["start"], np.array([len(r) for r in responses])
         width = int(lengths.max())
         mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.float64)
@@ -337,9 +340,7 @@ class PPORollouts:
         out, scores = {}, {}
         for who, reference in (("policy", False), ("start", True)):
             responses = self.respond(prompts, seeds, reference=reference)
-            batch = sequences(prompts, responses, self.width(prompts))
-            scores[who] = np.asarray(self.backend.score(
-                {k: batch[k] for k in ("input", "length")}), dtype=np.float64)
+            scores[who] = self.score(prompts, responses)
             out[who] = responses
         wins = (scores["policy"] > scores["start"]).mean() + \
             0.5 * (scores["policy"] == scores["start"]).mean()
@@ -363,13 +364,13 @@ def train_ppo(args, backend_for, on_step=None):
     meanwhile. `on_step`: the trainer's per-step hook (tests)."""
     tokenizer = load_tokenizer(args.vocab)
     data = preference_datasets(args, tokenizer)  # bad data is refused before anything is written
-    reward_config = reward_model_config(args.reward_model, model_config(args))
+    reward = reward_model(args.reward_model, model_config(args))
     rollouts = PPORollouts(args, data["train"])
     if rollouts.truncation_report():
         print(f"warning: {rollouts.truncation_report()}", flush=True)
     test_prompts, _ = fitting_prompts(data["test"], args.response_len, args.seq_len)
     with RunLock(args.work_dir):
-        trainer = Trainer(args, trainer_backend(backend_for(args.backend), reward_config),
+        trainer = Trainer(args, trainer_backend(backend_for(args.backend), reward),
                           on_step=on_step, datasets=(rollouts, data["valid"]),
                           resume_keys=DATA_RESUME_KEYS + PPO_RESUME_KEYS)
         rollouts.backend = trainer.backend
