@@ -3,7 +3,7 @@
 # (identical weights, data order and seeds) -> beam search + E2E metrics -> logits/gradient check
 # -> runs/<run>/report.md with loss-curve plots (--logs_dir DIR: DIR/<run>/ instead). `bash work.sh --help` lists every flag.
 # No arguments: a ~15-minute CPU run (or the GPU defaults when a CUDA GPU is present).
-# `--task pretrain|classify|instruct|dpo` runs those tasks instead (shared/pipeline/task_pipelines.py).
+# `--task pretrain|classify|instruct|dpo|rlhf` runs those tasks instead (shared/pipeline/task_pipelines.py).
 set -euo pipefail
 cd "$(dirname "$0")"
 # Offline data: E2E_DATA_DIR / GPT2_VOCAB_DIR (or --data_dir / --vocab_dir), else data/ from
@@ -16,7 +16,7 @@ if [ -z "${GPT2_VOCAB_DIR:-}" ] && [ ! -f data/gpt2/encoder.json ] && [ -f ../sh
   export GPT2_VOCAB_DIR="$(cd ../shared/data/gpt2 && pwd)"
   echo "work.sh: using GPT2_VOCAB_DIR=$GPT2_VOCAB_DIR"
 fi
-# The other tasks' data (bash work.sh --task pretrain|classify|instruct|dpo): TEXT_DATA /
+# The other tasks' data (bash work.sh --task pretrain|classify|instruct|dpo|rlhf): TEXT_DATA /
 # SMS_SPAM_DATA / INSTRUCT_DATA / PREFERENCE_DATA, else the shared copies beside the checkout.
 if [ -z "${TEXT_DATA:-}" ] && [ -f ../shared/data/text/the-verdict.txt ]; then
   export TEXT_DATA="$(cd ../shared/data/text && pwd)/the-verdict.txt"

@@ -1,4 +1,5 @@
-"""`bash work.sh --task dpo`: SFT -> reward model -> DPO on both backends, judged by the reward model.
+"""`bash work.sh --task dpo`: SFT -> reward model -> DPO on both backends, judged by the reward
+model; `--task rlhf`: the same with PPO against the reward model (scripts/ppo_ft.py) in DPO's place.
 
 Stages (the engine's stages.json: reruns skip finished stages, interrupted training resumes,
 `--force_stage` redoes a stage and the later ones, `--until` stops after one):
@@ -13,6 +14,8 @@ Stages (the engine's stages.json: reruns skip finished stages, interrupted train
   reward  scripts/reward_ft.py per backend from its SFT model: held-out pairwise accuracy
   dpo     scripts/dpo_ft.py per backend from its SFT model (the frozen reference), LoRA merged
           into BACKEND/dpo/policy.safetensors
+  ppo     (rlhf) scripts/ppo_ft.py per backend from its SFT model (the frozen reference)
+          against its reward model, LoRA merged into BACKEND/ppo/policy.safetensors
   judge   scripts/reward_judge.py per backend: the SFT model and every tuned policy answer the
           held-out prompts with the shared sampler and one seed; that backend's reward model
           scores them: the win rate of each tuned policy over SFT (ties half)
@@ -52,11 +55,13 @@ from shared.train.train_args import BACKENDS, PRECISIONS
 DEFAULT_DATA = os.path.join(REPO_ROOT, "..", "shared", "data", "instruct",
                             "instruction-data-with-preference.json")
 PREFERENCE_ENV = "PREFERENCE_DATA"
-TASK_STAGES = {"dpo": ("data", "init", "sft", "reward", "dpo", "judge", "report")}
-TUNED_KINDS = ("dpo",)  # stages whose policy the judge sets against the SFT model
+TASK_STAGES = {"dpo": ("data", "init", "sft", "reward", "dpo", "judge", "report"),
+               "rlhf": ("data", "init", "sft", "reward", "ppo", "judge", "report")}
+TUNED_KINDS = ("dpo", "ppo")  # stages whose policy the judge sets against the SFT model
 SETTING_TYPES = {"device": str, "model_card": str, "precision": str, "reward_trainable": str,
                  "base_lr": float, "sft_lr": float, "reward_lr": float, "dpo_lr": float,
-                 "lora_dropout": float, "beta": float, "temperature": float}
+                 "lora_dropout": float, "beta": float, "temperature": float, "ppo_lr": float,
+                 "kl_coef": float, "target_kl": float, "vf_coef": float}
 CHOICES = {"reward_trainable": TRAINABLE_PARTS, "device": ("cpu", "cuda"),
            "precision": PRECISIONS}
 EXAMPLES_SHOWN = 3
@@ -260,6 +265,23 @@ class PreferencePipeline(InstructPipeline):
                                                      self.policy_model(backend, "dpo"))
         return out
 
+    def stage_ppo(self):
+        out = {}
+        for backend in self.backends:
+            started = time.time()
+            flags = self.train_flags(
+                backend, "ppo", self.sft_model(backend), **self.data_flags(),
+                reward_model=self.path(backend, "reward"),
+                **self.pick("rollout_batch", "ppo_epochs", "kl_coef", "target_kl", "vf_coef",
+                            "temperature", "top_k"),
+                response_len=self.s["max_new_tokens"], eval_prompts=8)
+            self.sh(stage_argv("ppo_ft.py", flags), f"{backend}_ppo.log")
+            with open(self.path(backend, "ppo", "ppo_eval.json")) as f:
+                out[backend] = dict(json.load(f), seconds=time.time() - started)
+            out[backend]["model"] = self.merge_final(backend, "ppo",
+                                                     self.policy_model(backend, "ppo"))
+        return out
+
     def stage_judge(self):
         out = {}
         for backend in self.backends:
@@ -402,6 +424,53 @@ class PreferencePipeline(InstructPipeline):
                 + self.side_by_side(rows) + "\n\n![DPO curves](dpo.png)")
         return text, values
 
+    def section_ppo(self, plots):
+        from shared.pipeline.plotting import plot_metric_panels
+        records = {b: read_records(self.path(b, "ppo", "train_log.jsonl"))
+                   for b in self.backends}
+        plot_metric_panels(records, ("reward", "kl", "kl_coef", "loss"),
+                           os.path.join(self.log_dir, "ppo.png"),
+                           f"{self.run}: PPO, training steps, " + " vs ".join(self.backends))
+        plot_metric_panels(records, ("value_loss", "returns", "entropy", "clip_fraction"),
+                           os.path.join(self.log_dir, "ppo_details.png"),
+                           f"{self.run}: PPO's value loss, returns, entropy, clip fraction")
+        plots.update(ppo="ppo.png", ppo_details="ppo_details.png")
+        evals = self.per_backend("ppo")
+        values = {}
+        for b in self.backends:
+            first, last = records[b][0][1], records[b][-1][1]
+            values[b] = {"iterations": evals[b]["iterations"],
+                         "first_reward": first["reward"], "last_reward": last["reward"],
+                         "first_kl": first["kl"], "last_kl": last["kl"],
+                         "last_kl_coef": last["kl_coef"], "last_loss": last["loss"],
+                         "last_entropy": last["entropy"],
+                         "mean_clip_fraction": sum(r["clip_fraction"] for _, r in records[b])
+                         / len(records[b])}
+        values = self.with_difference(values)
+        if len(self.backends) == 2:  # step by step, the logged values of both chains
+            a, b = (dict(records[k]) for k in self.backends)
+            values["max_abs_difference_per_step"] = {
+                name: max(abs(a[s][name] - b[s][name]) for s in a if s in b)
+                for name in ("loss", "reward", "kl", "kl_coef", "value_loss", "entropy")}
+        rows = [(n, {b: values[b][n] for b in self.backends}) for n in values[self.backends[0]]]
+        s = self.s
+        steps_per_iteration = s["rollout_batch"] // s["ppo_batch_size"] * s["ppo_epochs"]
+        text = (f"## PPO\n\n`scripts/ppo_ft.py` from each backend's SFT model (the frozen "
+                f"reference; a new LoRA and value head are trained), against that backend's "
+                f"reward model: {s['ppo_steps']} steps = {s['ppo_steps'] // steps_per_iteration}"
+                f" iterations of {s['rollout_batch']} sampled responses (up to "
+                f"{s['max_new_tokens']} tokens, temperature {s['temperature']}, top-k "
+                f"{s['top_k']}) and {s['ppo_epochs']} passes of minibatches of "
+                f"{s['ppo_batch_size']}; KL coefficient {s['kl_coef']} adapted towards a KL of "
+                f"{s['target_kl']} per response. `reward` is the rollout's mean score, `kl` its "
+                "mean summed log(pi / ref) per response.\n\n" + self.side_by_side(rows)
+                + "\n\n![PPO reward, KL, KL coefficient, loss](ppo.png)\n\n"
+                "![PPO value loss, returns, entropy, clip fraction](ppo_details.png)")
+        if len(self.backends) == 2:
+            text += "\n\nLargest |torch - jittor| over the steps: " + ", ".join(
+                f"{k} {v:.3g}" for k, v in values["max_abs_difference_per_step"].items()) + "."
+        return text, values
+
     def section_judge(self, plots):
         judged = self.per_backend("judge")
         values, rows = {}, []
@@ -471,3 +540,10 @@ class PreferencePipeline(InstructPipeline):
                 "", "## Versions", "", markdown_table(["name", "value"],
                                                       _flatten(results["versions"]))]
         return "\n".join(head) + "\n\n" + "\n\n".join(sections) + "\n\n" + "\n".join(tail) + "\n"
+
+
+class RLHFPipeline(PreferencePipeline):
+    """`bash work.sh --task rlhf`: dpo's chain with PPO against the reward model in DPO's place."""
+    task = "rlhf"
+    stages = TASK_STAGES["rlhf"]
+    run_name = "rlhf-{preset}"

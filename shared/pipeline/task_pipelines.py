@@ -13,6 +13,7 @@ classify  data (seeded splits written as label<TAB>text) -> train (scripts/class
 instruct  shared/pipeline/instruct_pipeline.py (its own presets and stages), registered here
 dpo       shared/pipeline/preference_pipeline.py: SFT -> reward model -> DPO -> the reward
           model's win rate of DPO over SFT, registered here
+rlhf      the same file: SFT -> reward model -> PPO against it -> the win rate of PPO over SFT
 Reports: report.md + report.json, loss plots, the raw training logs, in the run folder (or
 LOGS_DIR/<run> with --logs_dir).
 """
@@ -31,7 +32,7 @@ from shared.runtime.paths import REPO_ROOT, resolve_data_path
 from shared.pipeline.instruct_pipeline import InstructPipeline
 from shared.pipeline.instruct_pipeline import build_parser as build_instruct_parser
 from shared.pipeline.engine import PRESETS, Pipeline, run_to_end
-from shared.pipeline.preference_pipeline import PreferencePipeline
+from shared.pipeline.preference_pipeline import PreferencePipeline, RLHFPipeline
 from shared.pipeline.preference_pipeline import build_parser as build_preference_parser
 from shared.pipeline.run_settings import stage_argv
 
@@ -332,8 +333,10 @@ class ClassifyPipeline(TaskPipeline):
 
 PIPELINES = {"pretrain": PretrainPipeline, "classify": ClassifyPipeline,
              "instruct": InstructPipeline,  # instruct: shared/pipeline/instruct_pipeline.py
-             "dpo": PreferencePipeline}  # dpo: shared/pipeline/preference_pipeline.py
-PARSERS = {"instruct": build_instruct_parser, "dpo": build_preference_parser}
+             "dpo": PreferencePipeline,  # dpo, rlhf: shared/pipeline/preference_pipeline.py
+             "rlhf": RLHFPipeline}
+PARSERS = {"instruct": build_instruct_parser, "dpo": build_preference_parser,
+           "rlhf": lambda: build_preference_parser("rlhf")}
 
 
 TASKS = ("e2e", *PIPELINES)  # work.sh --task: e2e is scripts/run_pipeline.py's own pipeline
