@@ -89,7 +89,9 @@ FLOAT_SETTINGS = {"lr": positive_float, "base_lr": positive_float,
                   "valid_fraction": open_fraction, "temperature": temperature,
                   "top_p": top_p_mass, "repetition_penalty": positive_float,
                   "sft_lr": positive_float, "reward_lr": positive_float,
-                  "dpo_lr": positive_float, "beta": positive_float}
+                  "dpo_lr": positive_float, "beta": positive_float,
+                  "ppo_lr": positive_float, "kl_coef": non_negative_float,
+                  "target_kl": positive_float, "vf_coef": non_negative_float}
 
 
 def setting_type(key: str, kind: type):
