@@ -256,14 +256,16 @@ class PPORollouts:
         return [with_eos(self.backend.sample(p, self.settings, s, 1, reference=reference)[0],
                          self.args.response_len) for p, s in zip(prompts, seeds)]
 
-    def width(self, rows) -> "int | None":
+    def width(self) -> "int | None":
+        """The rows' width: --seq_len with --fixed_width (one shape for Jittor), else the
+        longest row's."""
         return self.args.seq_len if self.args.fixed_width else None
 
     def score(self, prompts, responses) -> np.ndarray:
         """The reward model's scores of prompt + response + <|endoftext|> (the layout it was
         trained on: a response cut by --response_len gets the end token appended)."""
         ended = [r if r and r[-1] == EOT_ID else list(r) + [EOT_ID] for r in responses]
-        batch = sequences(prompts, ended, self.width(prompts))
+        batch = sequences(prompts, ended, self.width())
         return np.asarray(self.backend.score({k: batch[k] for k in ("input", "length")}),
                           dtype=np.float64)
 
@@ -276,7 +278,7 @@ class PPORollouts:
                            replace=len(self.prompts) < args.rollout_batch)
         prompts = [self.prompts[i] for i in picks]
         responses = self.respond(prompts, [row_seed(seed, iteration, r) for r in range(len(picks))])
-        batch = sequences(prompts, responses, self.width(prompts))
+        batch = sequences(prompts, responses, self.width())
         logprobs, ref_logprobs, values = self.backend.rollout_values(
             {k: batch[k] for k in ("input", "target")})
         scores = self.score(prompts, responses)
