@@ -179,6 +179,8 @@ class PPOBackend(JittorBackend):
     def build_model(self, config, args):
         self.clip_range, self.value_clip = args.clip_range, args.value_clip
         self.vf_coef, self.ptx_coef = args.vf_coef, args.ptx_coef
+        # the log-probabilities of the distribution the rollouts were sampled from (as TRL)
+        self.temperature = args.temperature or 1.0
         self.reference = super().build_model(config, args)
         mark_trainable(self.reference, lambda name: False)
         self.reference.set_attention(args.attn or DEFAULT_ATTENTION)
@@ -199,7 +201,7 @@ class PPOBackend(JittorBackend):
             logits, _ = self.forward(data["input"][:half])
             return masked_mean(-token_logprobs(logits.float32(), data["target"][:half]), data["mask"][:half])
         logits, values = self.forward(data["input"])
-        policy_loss, value_loss, metrics = ppo_losses(logits.float32(), values.float32(), data, self.clip_range, self.value_clip)
+        policy_loss, value_loss, metrics = ppo_losses(logits.float32() / self.temperature, values.float32(), data, self.clip_range, self.value_clip)
         loss = policy_loss + self.vf_coef * value_loss
         metrics.update(policy_loss=policy_loss.detach(), value_loss=value_loss.detach(),
                        returns=masked_mean(data["returns"], data["mask"]))
@@ -220,14 +222,15 @@ class PPOBackend(JittorBackend):
 
     def rollout_values(self, batch):
         """(policy log-probabilities, reference log-probabilities, values) at every position of
-        `batch` (input, target), as float32 numpy arrays."""
+        `batch` (input, target), as float32 numpy arrays; log-probabilities of the logits over
+        --temperature, the distribution the sampler drew from."""
         self.model.eval()
         data = self.to_device(batch)
         with jt.no_grad(), self.autocast():
             logits, values = self.model(data["input"])
             ref_logits, _ = self.reference(data["input"])
-            out = (token_logprobs(logits.float32(), data["target"]),
-                   token_logprobs(ref_logits.float32(), data["target"]), values.float32())
+            out = (token_logprobs(logits.float32() / self.temperature, data["target"]),
+                   token_logprobs(ref_logits.float32() / self.temperature, data["target"]), values.float32())
         return [x.numpy() for x in out]
 
     def score(self, batch):
