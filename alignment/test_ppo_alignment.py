@@ -133,11 +133,13 @@ def run(backend, argv):
 
 
 def test_four_iterations_agree(tmp_path, data_file, vocab_dir, reward_model):
-    """Four PPO iterations (adaptive KL coefficient, 2 minibatch steps each) in both backends:
-    the same rollouts (tokens), logged rewards, KL, coefficients and losses, the same weights."""
+    """Four PPO iterations (adaptive KL coefficient, tempered top-k sampling, 2 minibatch steps
+    each) in both backends: the same rollouts (tokens), logged rewards, KL, coefficients and
+    losses, the same weights."""
     from shared.model.checkpoint import read_checkpoint
     from shared.model.checkpoint import load_trainer_state
-    extra = ("--fixed_width", "--max_epoch", "4", "--target_kl", "0.5", "--kl_coef", "0.1", "--eval_prompts", "3",
+    extra = ("--fixed_width", "--max_epoch", "4", "--target_kl", "0.5", "--kl_coef", "0.1",
+             "--temperature", "0.8", "--top_k", "50", "--eval_prompts", "3",
              "--log_interval", "2", "--eval_interval", "4", "--save_interval", "4")
     t_records, t_scores, t_work = run("torch", ppo_argv("torch", data_file, vocab_dir, reward_model,
                                                         tmp_path / "torch", *extra))
