@@ -13,7 +13,6 @@ allocated tensors. Each measurement imports only the framework it measures.
 """
 import hashlib
 import re
-import threading
 import time
 from types import SimpleNamespace
 
@@ -22,6 +21,7 @@ import numpy as np
 from shared.pipeline.benchmark_plan import (PEERS, lora_config, summarize_kernels, synthetic_batch,
                                             training_rates)
 from shared.model.config import GPT2Config
+from shared.runtime.peak_memory import DevicePeakMemory
 
 from . import training_backend
 from .benchmark_peers import build_peer
@@ -43,40 +43,6 @@ def synchronize(backend):
     else:
         from jittor_impl.runtime import jt
         jt.sync_all(True)
-
-
-class DevicePeakMemory:
-    """Peak device memory in use by this process while it runs, polled through NVML every 5 ms
-    (device-wide use minus what was in use at the start: each measurement has the GPU alone).
-    NVML sees what the driver hands out, which no framework's own counter does."""
-
-    def __init__(self):
-        self.handle, self.base, self.peak = None, 0, 0
-        try:
-            import pynvml
-            pynvml.nvmlInit()
-            self.handle = pynvml.nvmlDeviceGetHandleByIndex(0)
-            self.read = lambda: pynvml.nvmlDeviceGetMemoryInfo(self.handle).used
-            self.base = self.peak = self.read()
-        except Exception:  # no NVML (CPU runs): no figure
-            self.handle = None
-            return
-        self.running = True
-        self.thread = threading.Thread(target=self._poll, daemon=True)
-        self.thread.start()
-
-    def _poll(self):
-        while self.running:
-            self.peak = max(self.peak, self.read())
-            time.sleep(0.005)
-
-    def stop_mib(self):
-        if self.handle is None:
-            return None
-        self.running = False
-        self.thread.join()
-        self.peak = max(self.peak, self.read())
-        return (self.peak - self.base) / 2 ** 20
 
 
 def torch_peak_allocated_mib():
