@@ -18,8 +18,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from shared.pipeline.benchmark_plan import (PEERS, lora_config, summarize_kernels, synthetic_batch,
-                                            training_rates)
+from shared.pipeline.benchmark_plan import (PEERS, lora_config, peft_config, split_variant,
+                                            summarize_kernels, synthetic_batch, training_rates)
 from shared.model.config import GPT2Config
 from shared.runtime.peak_memory import DevicePeakMemory
 
@@ -86,11 +86,12 @@ def bench_training(variant, card, args):
     of args.cards, also a kernel breakdown."""
     if variant in PEERS:
         return bench_peer(variant, card, args)
+    variant, method = split_variant(variant)  # "torch peft=prefix": torch's step, --peft prefix
     backend = variant.split("+")[0]
     if backend == "jittor":
         from jittor_impl import precision
         precision.set_fast_cuda_paths(variant != "jittor+tuner")
-    config = lora_config(card, args)
+    config = lora_config(card, args) if method is None else peft_config(card, args, method)
     trainer = training_backend(backend)(config, train_args(backend, args.device, args.precision,
                                                            compile=variant == "torch+compile"))
     batch = synthetic_batch(config, args)
@@ -103,7 +104,7 @@ def bench_training(variant, card, args):
 
     seconds, values = timed_steps(run_step, lambda: synchronize(backend), trainer.fetch, args)
     _finite(values, backend, card)
-    result = training_rates(config, seconds, args)
+    result = training_rates(config, seconds, args, method or "lora")
     if backend == "torch":
         result["peak_allocated_mib"] = torch_peak_allocated_mib()
     if args.profile and card in args.cards.split(","):
@@ -321,7 +322,7 @@ def measure(kind, name, card, args):
     if getattr(args, "device_mem_cap_gib", None):
         if memory is None or memory.handle is None:
             raise ValueError("--device_mem_cap_gib needs a CUDA device with NVML")
-        backend = "torch" if name in PEERS else name.split("+")[0]
+        backend = "torch" if name in PEERS else split_variant(name)[0].split("+")[0]
         cap = DeviceMemoryCap(backend, args.device_mem_cap_gib, memory)
     try:
         result = bench_training(name, card, args) if kind == "train" else bench_beam(name, card, args)
