@@ -104,7 +104,7 @@ PRESETS = {
         # warm-up 500, linear schedule, label smoothing 0.1, beam 10, length penalty 0.9,
         # no-repeat 4; LoRA r 4, alpha 32, dropout 0.1, lr 2e-4), 5 epochs of the offline
         # training split (3935 lines / 8 = 492 steps an epoch); pretrained GPT-2 M by
-        # --init_checkpoint. The other methods' learning rates and sizes: see docs/tasks.md.
+        # --init_checkpoint. The other methods' values are starting points (docs/tasks.md).
         "paper": dict(PEFT_COMMON, device="cuda", model_card="gpt2.md", n_embd=None, n_layer=None,
                       n_head=None, seq_len=512, precision="bf16", base_steps=800,
                       base_lr=0.0005, base_batch_size=16, max_step=2460, train_batch_size=8,
