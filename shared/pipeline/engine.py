@@ -85,10 +85,11 @@ PRESETS = {
     # work.sh --task peft (shared/pipeline/peft_pipeline.py): every --peft method from one base,
     # each with its own settings {method: its gpt2_ft.py flags, lr among them}).
     "peft": {
-        # Sixteen fine-tuning runs and searches within ~25 minutes on 2 CPU cores that other
-        # work shares: a 2-layer, 32-wide GPT-2 trained from scratch (150 steps), 20 steps per
-        # method and backend, beam 3 over the first 20 test MRs. A check of the machinery and
-        # of the backends' agreement, not of the methods' quality (the paper preset is that).
+        # Sixteen fine-tuning runs and searches on 2 CPU cores (34 minutes with the cores
+        # shared by a dozen other processes, logs/peft-cpu): a 2-layer, 32-wide GPT-2 trained
+        # from scratch (150 steps), 20 steps per method and backend, beam 3 over the first 20
+        # test MRs. A check of the machinery and of the backends' agreement, not of the
+        # methods' quality (the paper preset is that).
         "cpu": dict(PEFT_COMMON, device="cpu", model_card="gpt2.sm", n_embd=32, n_layer=2,
                     n_head=2, seq_len=64, precision="fp32", base_steps=150, base_lr=0.005,
                     base_batch_size=4, max_step=20, train_batch_size=4, warmup_step=2,
