@@ -5,7 +5,7 @@
    and waiting for it (jt.sync_all): a host-bound step grows less than the batch.
 2. Every kernel of two steps under jittor.profile_scope (which synchronises after each kernel),
    all rows with their element operations and shape, not only the benchmark's top 15.
-3. The same two steps seen by CUPTI through torch.profiler (no synchronisation between kernels,
+3. cProfile of three steps (where the host's time goes), and the same two steps seen by CUPTI through torch.profiler (no synchronisation between kernels,
    so real kernel times and the GPU's idle time), if torch's profiler can see Jittor's kernels.
 Writes anatomy.json and anatomy.md to the folder given (default $OUT)."""
 import json
@@ -69,6 +69,19 @@ def main():
             run8 = run_step
         else:
             del run_step
+    import cProfile
+    import io
+    import pstats
+    profiler = cProfile.Profile()  # the host's side: Python ops, Function.grad calls, jt.sync waits
+    jt.sync_all(True)
+    profiler.enable()
+    for i in range(3):
+        run8(50 + i)
+    jt.sync_all(True)
+    profiler.disable()
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(40)
+    result["host_profile_3_steps"] = text.getvalue()
     rows = []
     with jt.profile_scope(profiler_record_shape=1) as report:
         for i in range(2):
@@ -126,6 +139,8 @@ def main():
         lines += ["", f"CUPTI (torch.profiler): wall {c['wall_ms_per_step']:.1f} ms, GPU busy {c['busy_ms_per_step']:.1f} ms, "
                       f"{c['kernels_per_step']:.0f} kernels per step", "", "| kernel | ms | calls |", "|---|---|---|"]
         lines += [f"| {k[:110]} | {ms:.2f} | {n:g} |" for k, ms, n in c["top"]]
+    lines += ["", "cProfile of three synced steps at batch 8 (host time by function, tottime order):", "",
+              "```", result["host_profile_3_steps"].strip(), "```"]
     with open(os.path.join(out, "anatomy.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines[:12]))
