@@ -19,7 +19,7 @@ def build_parser():
         "and seeds: data, base model, LoRA fine-tuning, beam search, metrics, report, plots.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--task", default="e2e", choices=TASKS,
-                   help="e2e: this pipeline; pretrain / classify / instruct / dpo / rlhf: their own pipelines "
+                   help="e2e: this pipeline; pretrain / classify / instruct / peft / dpo / rlhf: their own pipelines "
                         "(`--task pretrain --help` lists their flags)")
     p.add_argument("--preset", choices=sorted(PRESETS["e2e"]), default=None,
                    help="defaults to use: cuda when a GPU is present, else cpu; micro is a "

@@ -68,6 +68,8 @@ def test_micro_dpo_pipeline_reports_both_chains_and_resumes(tmp_path, vocab_dir)
     assert "| test_reward_accuracy |" in md and "| dpo_win_rate |" in md
     assert "ln 2 = 0.693147: the check (within 1e-5) holds" in md
     assert md.count("- torch dpo (reward") == 3 and md.count("- jittor sft (reward") == 3
+    assert set(report["judge"]["identical_across_backends"]) == {"sft", "dpo"}
+    assert "Responses identical in both backends: sft " in md
     again = work(*argv)
     assert again.returncode == 0 and again.stdout.count("(done in an earlier run") == 7
     changed = work(*argv, "--beta", "0.2")

@@ -487,6 +487,16 @@ class PreferencePipeline(InstructPipeline):
                                       judged[b]["policies"][kind]["mean_reward"]})
         values = self.with_difference(values)
         rows = [(n, {b: values[b][n] for b in self.backends}) for n in values[self.backends[0]]]
+        responses = self.judged_responses()
+        agreement = ""
+        if len(self.backends) == 2:
+            a, b = (responses[name] for name in self.backends)
+            values["identical_across_backends"] = {
+                policy: sum(x["responses"][policy] == y["responses"][policy]
+                            for x, y in zip(a, b)) for policy in a[0]["responses"]}
+            agreement = ("Responses identical in both backends: " + ", ".join(
+                f"{policy} {count} of {len(a)}"
+                for policy, count in values["identical_across_backends"].items()) + ".\n\n")
         sampling = judged[self.backends[0]]["sampling"]
         text = ("## Win rate over the SFT model\n\nThe SFT model and each tuned policy answer the "
                 f"first {values[self.backends[0]]['prompts']} held-out test prompts "
@@ -495,15 +505,19 @@ class PreferencePipeline(InstructPipeline):
                 f"{sampling['max_new_tokens']} tokens, prompt i drawn with seed "
                 f"{sampling['seed']} + i for every policy); the backend's own reward model "
                 "scores each response. Win rate = (wins + ties / 2) / prompts.\n\n"
-                + self.side_by_side(rows) + "\n\n" + self.examples_md())
+                + self.side_by_side(rows) + "\n\n" + agreement + self.examples_md(responses))
         return text, values
 
-    def examples_md(self) -> str:
-        lines = ["### Example responses", ""]
-        responses = {}
+    def judged_responses(self) -> dict:
+        """{backend: the judge's records, one per prompt}."""
+        out = {}
         for b in self.backends:
             with open(self.path(b, "judge", "responses.jsonl"), encoding="utf-8") as f:
-                responses[b] = [json.loads(line) for line in f]
+                out[b] = [json.loads(line) for line in f]
+        return out
+
+    def examples_md(self, responses) -> str:
+        lines = ["### Example responses", ""]
         for index, row in enumerate(responses[self.backends[0]][:EXAMPLES_SHOWN]):
             prompt = row["instruction"] + (f" / input: {row['input']}" if row["input"] else "")
             lines += [f"**{index + 1}. {prompt}**", "", f"- chosen (data): {row['chosen']}"]

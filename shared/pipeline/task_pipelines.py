@@ -11,6 +11,7 @@ classify  data (seeded splits written as label<TAB>text) -> train (scripts/class
           backends) -> evaluate (scripts/classify.py: each model scored on the test split by
           both backends) -> report
 instruct  shared/pipeline/instruct_pipeline.py (its own presets and stages), registered here
+peft      shared/pipeline/peft_pipeline.py: every --peft method on E2E, a Table-3-style report
 dpo       shared/pipeline/preference_pipeline.py: SFT -> reward model -> DPO -> the reward
           model's win rate of DPO over SFT, registered here
 rlhf      the same file: SFT -> reward model -> PPO against it -> the win rate of PPO over SFT
@@ -24,6 +25,7 @@ import datetime
 import json
 import os
 import shutil
+import sys
 
 from shared.runtime.arg_types import seed_int, setting_type
 from shared.runtime.atomic import write_text
@@ -32,6 +34,8 @@ from shared.runtime.paths import REPO_ROOT, resolve_data_path
 from shared.pipeline.instruct_pipeline import InstructPipeline
 from shared.pipeline.instruct_pipeline import build_parser as build_instruct_parser
 from shared.pipeline.engine import PRESETS, Pipeline, run_to_end
+from shared.pipeline.peft_pipeline import PeftPipeline, parse_methods
+from shared.pipeline.peft_pipeline import build_parser as build_peft_parser
 from shared.pipeline.preference_pipeline import PreferencePipeline, RLHFPipeline
 from shared.pipeline.preference_pipeline import build_parser as build_preference_parser
 from shared.pipeline.run_settings import stage_argv
@@ -333,10 +337,11 @@ class ClassifyPipeline(TaskPipeline):
 
 PIPELINES = {"pretrain": PretrainPipeline, "classify": ClassifyPipeline,
              "instruct": InstructPipeline,  # instruct: shared/pipeline/instruct_pipeline.py
+             "peft": PeftPipeline,  # peft: shared/pipeline/peft_pipeline.py
              "dpo": PreferencePipeline,  # dpo, rlhf: shared/pipeline/preference_pipeline.py
              "rlhf": RLHFPipeline}
-PARSERS = {"instruct": build_instruct_parser, "dpo": build_preference_parser,
-           "rlhf": lambda: build_preference_parser("rlhf")}
+PARSERS = {"instruct": build_instruct_parser, "peft": build_peft_parser,
+           "dpo": build_preference_parser, "rlhf": lambda: build_preference_parser("rlhf")}
 
 
 TASKS = ("e2e", *PIPELINES)  # work.sh --task: e2e is scripts/run_pipeline.py's own pipeline
@@ -345,4 +350,10 @@ TASKS = ("e2e", *PIPELINES)  # work.sh --task: e2e is scripts/run_pipeline.py's 
 def main(task, argv):
     parser = PARSERS[task]() if task in PARSERS else build_parser(task)
     args = parser.parse_args(argv)
+    if task == "peft":  # a usage error: one line, status 2, before any folder is made
+        try:
+            parse_methods(args.methods)
+        except ValueError as exc:
+            print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+            return 2
     return run_to_end(lambda: PIPELINES[task](args))
