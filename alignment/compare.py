@@ -1,4 +1,4 @@
-"""Compare two traces (alignment.trace) tensor by tensor and say where the twins part.
+"""Compare two traces (alignment.model_trace) tensor by tensor and say where the twins part.
 
 Per tensor (`check_tensor`): max abs and max rel difference, relative L2 ||a-b||/||b|| (all three
 through shared.runtime.differences.difference, the project's one definition) and cosine of the test backend
@@ -28,7 +28,7 @@ error 0.11 vs 0.0038 at the first LoRA product, measured), so the bf16 compariso
 only (marked gpu), with K_BF16.
 
 Localization (`first_divergence`): forward, the first module in forward order whose output
-fails while its input passes, preferring the deepest such module (the parent of a failing
+(every tensor of it) fails while its input passes, preferring the deepest such module (the parent of a failing
 child fails too); backward, in backward order, the deepest module whose gradient w.r.t. its
 output passes while the gradient its backward produces (w.r.t. its input) fails, and when no
 module qualifies (a bug in an operation that belongs to no submodule, such as the tied head),
@@ -42,6 +42,8 @@ from typing import Optional
 import numpy as np
 
 from shared.runtime.differences import agree, difference
+
+from .model_trace import module_of
 
 K_FP32 = 8.0
 K_BF16 = 8.0  # the fp32 value until measured on CUDA (alignment/test_noise_floor.py, gpu)
@@ -120,7 +122,13 @@ class TraceComparison:
 
 
 def _status(records, kind):
-    return {r["name"]: r["passed"] for r in records if r["kind"] == kind}
+    """{call: whether all its tensors of `kind` pass} (a call's output tensors are judged together)."""
+    status = {}
+    for r in records:
+        if r["kind"] == kind:
+            call = module_of(r["name"])
+            status[call] = status.get(call, True) and r["passed"]
+    return status
 
 
 def _deepest_first(candidates, order):
