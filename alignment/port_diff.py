@@ -10,14 +10,17 @@ What it does, in order:
    (alignment.weight_transfer.assign_weights; `layer_map` names what differs);
 2. sets both models' mode (`train`), keeps the port's trainable parameters trainable in eval
    (Jittor's `eval()` stops every gradient) and turns dropout off;
-3. records every submodule's input and output, and the gradients w.r.t. them and every
-   parameter, in torch fp32, in Jittor and in torch float64 (the yardstick), at hook time
+3. records every submodule's input and every tensor of its output (tuples, lists and dicts of
+   tensors: `M.out[0]`, `M.out["key"]`), and the gradients w.r.t. them and every parameter,
+   in torch fp32, in Jittor and in torch float64 (the yardstick), at hook time
    (alignment.model_trace: safe against in-place operations and aliases, and each module's
    input gradient is its own contribution);
 4. compares every tensor by the noise-floor rule (alignment.compare: Jittor's error against
    float64 within k times torch fp32's own + 4 unit roundoffs) and localizes the first forward
    divergence (the deepest module whose input agrees and whose output does not) and backward
-   divergence (the deepest whose output gradient agrees and whose input gradient does not);
+   divergence (the deepest whose own input gradient, from the reference's gradient at its
+   output, does not agree; else the call enclosing the first output whose arriving gradient
+   does not, for code that is no submodule, such as a tied head);
    gives no backward verdict once the forward has diverged; recognises rounding-induced kink
    flips (alignment.kink_flips) and reports them as such, not as a divergence;
 5. compares buffers after the forward (BatchNorm's running statistics in train mode), and
