@@ -156,6 +156,10 @@ class _Recorder:
     def is_tensor(self, x):
         raise NotImplementedError
 
+    def tensor(self, array):
+        """A root input in this framework (floats in self.dtype, integers int64)."""
+        raise NotImplementedError
+
     def _watch(self, kind, name, x):
         raise NotImplementedError
 
