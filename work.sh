@@ -3,7 +3,7 @@
 # (identical weights, data order and seeds) -> beam search + E2E metrics -> logits/gradient check
 # -> runs/<run>/report.md with loss-curve plots (--logs_dir DIR: DIR/<run>/ instead). `bash work.sh --help` lists every flag.
 # No arguments: a ~15-minute CPU run (or the GPU defaults when a CUDA GPU is present).
-# `--task pretrain|classify|instruct` runs those tasks instead (shared/pipeline/task_pipelines.py).
+# `--task pretrain|classify|instruct|peft` runs those tasks instead (shared/pipeline/task_pipelines.py).
 set -euo pipefail
 cd "$(dirname "$0")"
 # Offline data: E2E_DATA_DIR / GPT2_VOCAB_DIR (or --data_dir / --vocab_dir), else data/ from

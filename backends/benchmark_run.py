@@ -12,7 +12,7 @@ import sys
 
 from shared.pipeline.benchmark_plan import (BEAM_BACKENDS, BEAM_SETTINGS, PEERS, beam_key,
                                             benchmark_environment, benchmark_settings, peak_tflops,
-                                            save)
+                                            peft_variants, save)
 
 from .benchmark_peers import peer_problem
 
@@ -144,6 +144,7 @@ def run_benchmark(script, argv, args):
     variants = [v for v in split(args.backends) if args.reference_src or not v.startswith("reference")]
     for card in split(args.cards):
         run.train(card, variants)
+        run.train(card, peft_variants(split(getattr(args, "peft_methods", "") or "")))
     if args.test_data:
         for card in split(args.beam_cards):
             run.beam(card, [b for b in BEAM_BACKENDS if b in variants], split(args.beam_caches))

@@ -13,15 +13,15 @@ allocated tensors. Each measurement imports only the framework it measures.
 """
 import hashlib
 import re
-import threading
 import time
 from types import SimpleNamespace
 
 import numpy as np
 
-from shared.pipeline.benchmark_plan import (PEERS, lora_config, summarize_kernels, synthetic_batch,
-                                            training_rates)
+from shared.pipeline.benchmark_plan import (PEERS, lora_config, peft_config, split_variant,
+                                            summarize_kernels, synthetic_batch, training_rates)
 from shared.model.config import GPT2Config
+from shared.runtime.peak_memory import DevicePeakMemory
 
 from . import training_backend
 from .benchmark_peers import build_peer
@@ -43,40 +43,6 @@ def synchronize(backend):
     else:
         from jittor_impl.runtime import jt
         jt.sync_all(True)
-
-
-class DevicePeakMemory:
-    """Peak device memory in use by this process while it runs, polled through NVML every 5 ms
-    (device-wide use minus what was in use at the start: each measurement has the GPU alone).
-    NVML sees what the driver hands out, which no framework's own counter does."""
-
-    def __init__(self):
-        self.handle, self.base, self.peak = None, 0, 0
-        try:
-            import pynvml
-            pynvml.nvmlInit()
-            self.handle = pynvml.nvmlDeviceGetHandleByIndex(0)
-            self.read = lambda: pynvml.nvmlDeviceGetMemoryInfo(self.handle).used
-            self.base = self.peak = self.read()
-        except Exception:  # no NVML (CPU runs): no figure
-            self.handle = None
-            return
-        self.running = True
-        self.thread = threading.Thread(target=self._poll, daemon=True)
-        self.thread.start()
-
-    def _poll(self):
-        while self.running:
-            self.peak = max(self.peak, self.read())
-            time.sleep(0.005)
-
-    def stop_mib(self):
-        if self.handle is None:
-            return None
-        self.running = False
-        self.thread.join()
-        self.peak = max(self.peak, self.read())
-        return (self.peak - self.base) / 2 ** 20
 
 
 def torch_peak_allocated_mib():
@@ -120,11 +86,12 @@ def bench_training(variant, card, args):
     of args.cards, also a kernel breakdown."""
     if variant in PEERS:
         return bench_peer(variant, card, args)
+    variant, method = split_variant(variant)  # "torch peft=prefix": torch's step, --peft prefix
     backend = variant.split("+")[0]
     if backend == "jittor":
         from jittor_impl import precision
         precision.set_fast_cuda_paths(variant != "jittor+tuner")
-    config = lora_config(card, args)
+    config = lora_config(card, args) if method is None else peft_config(card, args, method)
     trainer = training_backend(backend)(config, train_args(backend, args.device, args.precision,
                                                            compile=variant == "torch+compile"))
     batch = synthetic_batch(config, args)
@@ -137,7 +104,7 @@ def bench_training(variant, card, args):
 
     seconds, values = timed_steps(run_step, lambda: synchronize(backend), trainer.fetch, args)
     _finite(values, backend, card)
-    result = training_rates(config, seconds, args)
+    result = training_rates(config, seconds, args, method or "lora")
     if backend == "torch":
         result["peak_allocated_mib"] = torch_peak_allocated_mib()
     if args.profile and card in args.cards.split(","):
@@ -355,7 +322,7 @@ def measure(kind, name, card, args):
     if getattr(args, "device_mem_cap_gib", None):
         if memory is None or memory.handle is None:
             raise ValueError("--device_mem_cap_gib needs a CUDA device with NVML")
-        backend = "torch" if name in PEERS else name.split("+")[0]
+        backend = "torch" if name in PEERS else split_variant(name)[0].split("+")[0]
         cap = DeviceMemoryCap(backend, args.device_mem_cap_gib, memory)
     try:
         result = bench_training(name, card, args) if kind == "train" else bench_beam(name, card, args)

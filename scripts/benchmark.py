@@ -6,7 +6,9 @@ backends/benchmark_steps.py (torch eager, torch+compile, jittor, jittor+tuner) a
 backends/benchmark_peers.py (Hugging Face transformers + peft; microsoft/LoRA's own code with
 --reference_src), with model FLOPs and MFU as shared/pipeline/benchmark_plan.py counts them, peak device memory
 through NVML and torch's peak tensors, and ratios to torch eager and the best peer.
---extra_cards measures other model sizes with --extra_backends. Beam search: the E2E-offline
+--extra_cards measures other model sizes with --extra_backends; --peft_methods adds a row per
+fine-tuning method and backend ("torch peft=prefix"; FLOPs of full and top2 count their weight
+gradients). Beam search: the E2E-offline
 test split (630 MRs), beam 10, eval_len 64, no_repeat_ngram 4, randomly initialised weights.
 With --profile, two extra steps of each project variant (and one beam batch) run under the
 framework's profiler and the report lists where the device time goes. Each measurement runs in
@@ -21,6 +23,7 @@ from backends.benchmark_run import print_result, run_benchmark
 from shared.runtime.arg_types import non_negative_int, positive_float, positive_int
 from shared.pipeline.benchmark_plan import VARIANTS
 from shared.model.config import MODEL_CARDS, shape_flag_problems
+from shared.model.peft_methods import METHODS
 from shared.decode.decode_cache import CACHES
 from shared.runtime.environment import device_problems
 from shared.runtime.preflight import input_file_problems, output_file_problems
@@ -43,6 +46,9 @@ def parse_args(argv):
     p.add_argument("--extra_cards", default="gpt2.sm,gpt2.lg",
                    help="more model sizes, measured with --extra_backends only")
     p.add_argument("--extra_backends", default="torch,jittor")
+    p.add_argument("--peft_methods", default="",
+                   help="also one row per --peft method and backend (\"torch peft=prefix\"), "
+                        "each method at its flags' default sizes, on the --cards models")
     p.add_argument("--reference_src", default=None,
                    help="a checkout of github.com/microsoft/LoRA: adds its examples/NLG model as a peer")
     p.add_argument("--device", default="cuda", choices=["cpu", "cuda"])
@@ -73,7 +79,8 @@ def parse_args(argv):
     args = p.parse_args(argv)
     lists = (("--backends", args.backends, VARIANTS), ("--extra_backends", args.extra_backends, VARIANTS),
              ("--cards", args.cards, MODEL_CARDS), ("--extra_cards", args.extra_cards, MODEL_CARDS),
-             ("--beam_cards", args.beam_cards, MODEL_CARDS), ("--beam_caches", args.beam_caches, CACHES))
+             ("--beam_cards", args.beam_cards, MODEL_CARDS), ("--beam_caches", args.beam_caches, CACHES),
+             ("--peft_methods", args.peft_methods, METHODS))
     problems = [problem for flag, value, known in lists for problem in unknown_names(flag, value, known)]
     problems += [f"--{name} must be at least 1, got {getattr(args, name)}"
                  for name in ("seq_len", "batch_size", "steps", "beam_batch_size")

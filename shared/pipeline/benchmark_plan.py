@@ -26,6 +26,10 @@ PROJECT_VARIANTS = ("torch", "torch+compile", "jittor", "jittor+tuner")
 PEERS = ("hf+peft", "hf+peft+compile", "reference", "reference+bf16")
 VARIANTS = PROJECT_VARIANTS + PEERS
 BEAM_BACKENDS = ("torch", "jittor")
+# --peft_methods: one row per method and backend ("torch peft=prefix"), each method with the
+# default sizes of its flags (shared/model/peft_methods.py), LoRA r=4 as the rows above.
+PEFT_BACKENDS = ("torch", "jittor")
+PEFT_MARK = " peft="
 
 # The run's arguments the report needs, kept in the JSON record so it renders on its own.
 SETTINGS = ("seq_len", "batch_size", "steps", "warmup", "test_data", "beam_batch_size",
@@ -49,10 +53,34 @@ def lora_training_flops_per_token(config: GPT2Config, seq_len: int) -> float:
     return 4 * weights + 3 * attention
 
 
-def training_rates(config: GPT2Config, seconds: float, args) -> dict:
+def training_flops_per_token(config: GPT2Config, seq_len: int, method: str = "lora") -> float:
+    """Model FLOPs per token of `method`: LoRA's count, plus 2 per weight that gets a weight
+    gradient (all of them for full fine-tuning, the last two blocks' for top2; the other methods'
+    trainable weights are too few to count). Virtual tokens are not counted as tokens."""
+    flops = lora_training_flops_per_token(config, seq_len)
+    block = 12 * config.n_embd * config.n_embd
+    if method == "full":
+        return flops + 2 * (config.n_layer * block + config.n_embd * config.vocab_size)
+    if method == "top2":
+        return flops + 2 * min(2, config.n_layer) * block
+    return flops
+
+
+def peft_variants(methods) -> list:
+    """The rows of --peft_methods: each method in each backend, e.g. "torch peft=prefix"."""
+    return [f"{backend}{PEFT_MARK}{method}" for method in methods for backend in PEFT_BACKENDS]
+
+
+def split_variant(variant) -> "tuple[str, str | None]":
+    """(the project variant, the --peft method or None) of a row's name."""
+    name, _, method = variant.partition(PEFT_MARK)
+    return name, method or None
+
+
+def training_rates(config: GPT2Config, seconds: float, args, method: str = "lora") -> dict:
     """Tokens/s, step time and model TFLOP/s of args.steps timed steps that took `seconds`."""
     tokens = args.steps * args.batch_size * args.seq_len
-    flops = tokens * lora_training_flops_per_token(config, args.seq_len)
+    flops = tokens * training_flops_per_token(config, args.seq_len, method)
     return {"tokens_per_s": tokens / seconds, "step_ms": 1000 * seconds / args.steps,
             "model_tflops": flops / seconds / 1e12}
 
@@ -63,6 +91,18 @@ def lora_config(card, args) -> GPT2Config:
     return GPT2Config.from_model_card(card, n_embd=args.n_embd, n_layer=args.n_layer,
                                       n_head=args.n_head, lora_attn_dim=4, lora_attn_alpha=32,
                                       lora_dropout=0.1)
+
+
+def peft_config(card, args, method) -> GPT2Config:
+    """The benchmarked model of a --peft_methods row: LoRA as lora_config, the other methods
+    with their flags' default sizes (20 virtual tokens, adapters of width 16, ...)."""
+    if method == "lora":
+        return lora_config(card, args)
+    from shared.model.peft_methods import DEFAULTS, METHOD_FLAGS, PeftSettings
+    settings = None if method == "full" else PeftSettings(method, **{
+        key: DEFAULTS[key] for key, methods in METHOD_FLAGS.items() if method in methods})
+    return GPT2Config.from_model_card(card, n_embd=args.n_embd, n_layer=args.n_layer,
+                                      n_head=args.n_head, lora_attn_dim=0, peft=settings)
 
 
 def synthetic_batch(config: GPT2Config, args) -> dict:
@@ -132,7 +172,7 @@ def _training_table(training):
     rows = []
     for card, per in training.items():
         best_peer = max((r["tokens_per_s"] for v, r in per.items() if v in PEERS), default=None)
-        torch_rate = per["torch"]["tokens_per_s"] if "torch" in per else None
+        torch_rate = per["torch"]["tokens_per_s"] if "torch" in per else None  # LoRA, eager
         for variant, r in per.items():
             mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "n/a"
             rows.append([card, variant, f"{r['tokens_per_s']:,.0f}", f"{r['step_ms']:.1f}",

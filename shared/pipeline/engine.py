@@ -55,6 +55,10 @@ COMMON = dict(weight_decay=0.01, label_smooth=0.1, valid_batch_size=16, clip=0.0
               length_penalty=0.8, no_repeat_ngram_size=4, repetition_penalty=1.0,
               eos_token_id=628, check_batch_size=4, check_batches=2, divergence_queries=20,
               bootstrap_resamples=1000)
+# What --task peft takes of them (it has no check stage and no metric intervals).
+PEFT_COMMON = {k: v for k, v in COMMON.items()
+               if k not in ("check_batch_size", "check_batches", "divergence_queries",
+                            "bootstrap_resamples")}
 # work.sh's presets, one table keyed by task (--task e2e: scripts/run_pipeline.py): per task a
 # short CPU run on 2 cores, a GPU run that scales up, and a seconds-long smoke run. A preset holds
 # every setting of a run (and so the report's hyper-parameter table).
@@ -77,6 +81,56 @@ PRESETS = {
                       lora_dim=4, lora_alpha=16, lora_dropout=0.1, beam=2, eval_len=8,
                       beam_batch_size=8, test_limit=6, eval_interval=3, save_interval=3,
                       valid_batches=2),
+    },
+    # work.sh --task peft (shared/pipeline/peft_pipeline.py): every --peft method from one base,
+    # each with its own settings {method: its gpt2_ft.py flags, lr among them}).
+    "peft": {
+        # Sixteen fine-tuning runs and searches on 2 CPU cores (34 minutes with the cores
+        # shared by a dozen other processes, logs/peft-cpu): a 2-layer, 32-wide GPT-2 trained
+        # from scratch (150 steps), 20 steps per method and backend, beam 3 over the first 20
+        # test MRs. A check of the machinery and of the backends' agreement, not of the
+        # methods' quality (the paper preset is that).
+        "cpu": dict(PEFT_COMMON, device="cpu", model_card="gpt2.sm", n_embd=32, n_layer=2,
+                    n_head=2, seq_len=64, precision="fp32", base_steps=150, base_lr=0.005,
+                    base_batch_size=4, max_step=20, train_batch_size=4, warmup_step=2,
+                    log_interval=2, beam=3, eval_len=24, beam_batch_size=20, test_limit=20,
+                    eval_interval=10, save_interval=10, valid_batches=2, method_settings=dict(
+                        lora=dict(lr=0.01, lora_dim=4, lora_alpha=32, lora_dropout=0.1),
+                        full=dict(lr=0.001), top2=dict(lr=0.002), bitfit=dict(lr=0.01),
+                        adapter=dict(lr=0.005, adapter_dim=8),
+                        prompt=dict(lr=0.03, num_virtual_tokens=10, prompt_init="vocab"),
+                        ptuning=dict(lr=0.005, num_virtual_tokens=10, ptuning_encoder="mlp"),
+                        prefix=dict(lr=0.01, num_virtual_tokens=10, prefix_projection=0))),
+        # The LoRA paper's GPT-2 M E2E run (its Table 11: AdamW, weight decay 0.01, batch 8,
+        # warm-up 500, linear schedule, label smoothing 0.1, beam 10, length penalty 0.9,
+        # no-repeat 4; LoRA r 4, alpha 32, dropout 0.1, lr 2e-4), 5 epochs of the offline
+        # training split (3935 lines / 8 = 492 steps an epoch); pretrained GPT-2 M by
+        # --init_checkpoint. The other methods' values are starting points (docs/tasks.md).
+        "paper": dict(PEFT_COMMON, device="cuda", model_card="gpt2.md", n_embd=None, n_layer=None,
+                      n_head=None, seq_len=512, precision="bf16", base_steps=800,
+                      base_lr=0.0005, base_batch_size=16, max_step=2460, train_batch_size=8,
+                      warmup_step=500, beam=10, eval_len=64, beam_batch_size=126,
+                      test_limit=None, eval_interval=500, save_interval=500,
+                      valid_batches=None, method_settings=dict(
+                          lora=dict(lr=0.0002, lora_dim=4, lora_alpha=32, lora_dropout=0.1),
+                          full=dict(lr=0.00005), top2=dict(lr=0.00005), bitfit=dict(lr=0.001),
+                          adapter=dict(lr=0.0001, adapter_dim=8),
+                          prompt=dict(lr=0.03, num_virtual_tokens=20, prompt_init="vocab"),
+                          ptuning=dict(lr=0.001, num_virtual_tokens=20, ptuning_encoder="mlp"),
+                          prefix=dict(lr=0.00005, num_virtual_tokens=10, prefix_projection=512)),
+                      length_penalty=0.9),
+        # Seconds: the tests' smoke run.
+        "micro": dict(PEFT_COMMON, device="cpu", model_card="gpt2.sm", n_embd=32, n_layer=2, n_head=2,
+                      seq_len=64, precision="fp32", base_steps=6, base_lr=0.003,
+                      base_batch_size=4, max_step=6, train_batch_size=4, warmup_step=2, beam=2,
+                      eval_len=8, beam_batch_size=8, test_limit=6, eval_interval=3,
+                      save_interval=3, valid_batches=2, method_settings=dict(
+                          lora=dict(lr=0.003, lora_dim=4, lora_alpha=16, lora_dropout=0.1),
+                          full=dict(lr=0.003), top2=dict(lr=0.003), bitfit=dict(lr=0.003),
+                          adapter=dict(lr=0.003, adapter_dim=4),
+                          prompt=dict(lr=0.03, num_virtual_tokens=3, prompt_init="vocab"),
+                          ptuning=dict(lr=0.003, num_virtual_tokens=3, ptuning_encoder="mlp"),
+                          prefix=dict(lr=0.003, num_virtual_tokens=3, prefix_projection=0))),
     },
     "instruct": {
         "cpu": dict(device="cpu", model_card="gpt2.sm", n_embd=96, n_layer=3, n_head=4, seq_len=256,
@@ -133,6 +187,8 @@ def setting_types(task="e2e") -> dict:
     types = {}
     for preset in PRESETS[task].values():
         for key, value in preset.items():
+            if isinstance(value, dict):  # a table (peft's per-method flags), not one flag
+                continue
             if value is not None or key not in types:
                 types[key] = type(value) if value is not None else types.get(key, int)
     return {key: setting_type(key, kind) for key, kind in sorted(types.items())}

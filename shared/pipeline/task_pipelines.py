@@ -11,6 +11,7 @@ classify  data (seeded splits written as label<TAB>text) -> train (scripts/class
           backends) -> evaluate (scripts/classify.py: each model scored on the test split by
           both backends) -> report
 instruct  shared/pipeline/instruct_pipeline.py (its own presets and stages), registered here
+peft      shared/pipeline/peft_pipeline.py: every --peft method on E2E, a Table-3-style report
 Reports: report.md + report.json, loss plots, the raw training logs, in the run folder (or
 LOGS_DIR/<run> with --logs_dir).
 """
@@ -21,6 +22,7 @@ import datetime
 import json
 import os
 import shutil
+import sys
 
 from shared.runtime.arg_types import seed_int, setting_type
 from shared.runtime.atomic import write_text
@@ -29,6 +31,8 @@ from shared.runtime.paths import REPO_ROOT, resolve_data_path
 from shared.pipeline.instruct_pipeline import InstructPipeline
 from shared.pipeline.instruct_pipeline import build_parser as build_instruct_parser
 from shared.pipeline.engine import PRESETS, Pipeline, run_to_end
+from shared.pipeline.peft_pipeline import PeftPipeline, parse_methods
+from shared.pipeline.peft_pipeline import build_parser as build_peft_parser
 from shared.pipeline.run_settings import stage_argv
 
 VERDICT = os.path.join("..", "shared", "data", "text", "the-verdict.txt")
@@ -327,13 +331,21 @@ class ClassifyPipeline(TaskPipeline):
 
 
 PIPELINES = {"pretrain": PretrainPipeline, "classify": ClassifyPipeline,
-             "instruct": InstructPipeline}  # instruct: shared/pipeline/instruct_pipeline.py
+             "instruct": InstructPipeline,  # instruct: shared/pipeline/instruct_pipeline.py
+             "peft": PeftPipeline}  # peft: shared/pipeline/peft_pipeline.py
+PARSERS = {"instruct": build_instruct_parser, "peft": build_peft_parser}
 
 
 TASKS = ("e2e", *PIPELINES)  # work.sh --task: e2e is scripts/run_pipeline.py's own pipeline
 
 
 def main(task, argv):
-    parser = build_instruct_parser() if task == "instruct" else build_parser(task)
+    parser = PARSERS[task]() if task in PARSERS else build_parser(task)
     args = parser.parse_args(argv)
+    if task == "peft":  # a usage error: one line, status 2, before any folder is made
+        try:
+            parse_methods(args.methods)
+        except ValueError as exc:
+            print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+            return 2
     return run_to_end(lambda: PIPELINES[task](args))

@@ -41,6 +41,7 @@ from shared.model.pretrained import checkpoint_config, remove_config_beside, wri
 from shared.model.lora_settings import settings_from_config
 from shared.model.peft_methods import trainable_line
 from shared.runtime.run_lock import RunLock
+from shared.runtime.peak_memory import peak_rss_mib
 from shared.train.schedule import lr_at
 from shared.runtime.stop_signals import STOP_SIGNALS, signal_name, stop_signal_handler
 from shared.train.data_parallel import (NullLog, Watchdog, loss_share, main_process_lock,
@@ -354,6 +355,7 @@ class Trainer:
                    "valid_loss": self.last_valid["valid_loss"],
                    "valid_ppl": self.last_valid["valid_ppl"],
                    "trainable_params": self.parameter_counts[0], "all_params": self.parameter_counts[1],
+                   "peak_rss_mib": peak_rss_mib(),
                    **{k: v for k, v in self.last_valid.items()
                       if k.startswith("valid_") and k not in ("valid_loss", "valid_ppl")}}
         if self.processes.is_main:
