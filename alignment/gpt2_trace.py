@@ -1,5 +1,6 @@
-"""GPT-2 + LoRA twins for alignment.trace: build both from one numpy state, run them on one batch,
-and the float64 reference (the torch twin in float64).
+"""GPT-2 + LoRA twins for alignment.auto_diff: both built from one numpy state, and how
+auto_diff is called on them (`auto_diff_case`), the float64 reference being the torch twin in
+float64.
 
 Every parameter is made trainable while tracing (LoRA included), so that a gradient reaches
 every submodule's output and input: with only LoRA trainable, the hidden states before the
@@ -9,15 +10,12 @@ with `dropout=p` both twins draw their LoRA dropout masks from one shared.train.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 
 import numpy as np
 
 from shared.model.config import GPT2Config
 from shared.train.dropout import SharedDropout
-
-from .trace import trace_module
 
 ROOT_OUTPUTS = ("lm_head", "loss")  # the tied head's logits and the loss, computed by the root
 METHODS = ("lora_dropout", "lora_delta")  # c_attn's LoRA branch: transformer.h.N.attn.c_attn.lora_delta
@@ -54,39 +52,10 @@ def build_jittor(config: GPT2Config, state: dict, dropout: float = 0.0):
     model = GPT2LMModel(dataclasses.replace(config, lora_dropout=dropout))
     set_shared_dropout(model, shared_dropout(dropout))
     model.load_state_numpy(state)
-    model.train()  # Jittor's eval() would stop every parameter's gradient
+    model.train()  # Jittor's eval() would stop every parameter's gradient (auto_diff restarts them)
     for _, p in model.named_parameters():
         p.start_grad()
     return model
-
-
-def call(model, input_ids, labels, mask, label_smooth=0.0):
-    return model(input_ids, lm_labels=labels, lm_mask=mask, label_smooth=label_smooth)
-
-
-@contextlib.contextmanager
-def torch_float64_loss():
-    """The torch twin's loss casts logits to float32 (right for bf16 training, wrong for a float64
-    reference); inside this block it keeps float64. Same formula otherwise."""
-    import torch.nn.functional as F
-
-    import torch_impl.model as tm
-    original = tm.lm_loss
-
-    def lm_loss(logits, lm_labels, lm_mask=None, label_smooth=0.0):
-        flat = logits.reshape(-1, logits.size(-1))
-        smoothing = label_smooth if label_smooth > 0.0001 else 0.0
-        loss = F.cross_entropy(flat, lm_labels.reshape(-1), ignore_index=-1, reduction="none",
-                               label_smoothing=smoothing).view(lm_labels.shape)
-        if lm_mask is None:
-            lm_mask = loss.new_ones(loss.shape)
-        loss = loss * lm_mask
-        return loss.sum() / (lm_mask.sum() + 0.0001)
-    tm.lm_loss = lm_loss
-    try:
-        yield
-    finally:
-        tm.lm_loss = original
 
 
 def torch_bf16_autocast(device: str = "cpu"):
@@ -116,49 +85,26 @@ def random_batch(config: GPT2Config, batch: int = 2, seq: int = 16, seed: int = 
     return {"input_ids": ids[:, :-1], "labels": ids[:, 1:], "mask": mask}
 
 
-def trace_gpt2(config: GPT2Config, state: dict, inputs: dict, precision: str = "fp32",
-               device: str = "cpu", label_smooth: float = 0.0, jittor_model=None,
-               torch_model=None, with_reference: bool = True, dropout: float = 0.0):
-    """{"torch": Trace, "jittor": Trace, "float64": Trace or None} for one batch.
-
-    precision "fp32": both twins in float32; "bf16": both under their bf16 autocast (torch's CPU
-    autocast, Jittor's precision.autocast). The float64 reference is the torch twin in float64.
-    Pass `jittor_model`/`torch_model` to trace prepared (e.g. bug-planted) models."""
-    def run(model, **tensors):
-        return call(model, **tensors, label_smooth=label_smooth)
-    kw = dict(root_outputs=ROOT_OUTPUTS, methods=METHODS, device=device)
-    torch_ctx = (lambda: torch_bf16_autocast(device)) if precision == "bf16" else None
-    jittor_ctx = jittor_bf16_autocast if precision == "bf16" else None
-    tm = torch_model or build_torch(config, state, device=device, dropout=dropout)
-    jm = jittor_model or build_jittor(config, state, dropout=dropout)
-    out = {"torch": trace_module("torch", tm, inputs, run, context=torch_ctx, **kw),
-           "jittor": trace_module("jittor", jm, inputs, run, context=jittor_ctx, **kw),
-           "float64": None}
-    out["torch"].precision = out["jittor"].precision = precision
-    if with_reference:
-        ref = build_torch(config, state, dtype="float64", device=device, dropout=dropout)
-        out["float64"] = trace_module("torch", ref, inputs, run, dtype="float64",
-                                      context=torch_float64_loss, **kw)
-    return out
-
-
-def auto_diff_case(config: GPT2Config, state: dict, inputs: dict):
-    """(torch model, Jittor model, inputs, (torch loss, Jittor loss)) for alignment.auto_diff:
-    the twins from one state, `inputs` as random_batch gives them; the loss is the masked
-    cross-entropy of the logits, written once per framework outside the models (the torch
-    twin's own loss casts to float32, which would spoil the float64 reference)."""
-    vocab = config.vocab_size
-    onehot = np.eye(vocab, dtype=np.float64)[inputs["labels"]] * inputs["mask"][..., None]
-    count = float(inputs["mask"].sum())
-
-    def torch_loss(out):
-        import torch
-        logp = torch.log_softmax(out[0], dim=-1)
-        return -(logp * torch.as_tensor(onehot, dtype=logp.dtype)).sum() / count
-
-    def jittor_loss(out):  # vocabulary sums in float64, as jittor_impl's own loss does
-        from jittor_impl.runtime import jt
-        logp = jt.nn.log_softmax(out[0].float64(), dim=-1)
-        return -(logp * jt.array(onehot).cast(logp.dtype)).sum() / count
-    return (build_torch(config, state), build_jittor(config, state),
-            {"input_ids": inputs["input_ids"]}, (torch_loss, jittor_loss))
+def auto_diff_case(config: GPT2Config, state: dict, inputs: dict, label_smooth: float = 0.0,
+                   dropout: float = 0.0, precision: str = "fp32", device: str = "cpu",
+                   jittor_model=None):
+    """(torch model, Jittor model, inputs, options) for
+    `alignment.auto_diff(torch_model, jittor_model, inputs, **options)` on one batch (`inputs`
+    as random_batch and batch_inputs give them): the twins from one state (`jittor_model`: a
+    prepared, e.g. bug-planted, one instead), called as training calls them, so the loss is
+    each twin's own (`lm_loss`, the root's second output); LoRA's dropout and branch recorded
+    as `...c_attn.lora_dropout` and `...c_attn.lora_delta`; the root's outputs named `lm_head`
+    (the tied head's logits) and `loss`; GPT-2's noise-floor factor (alignment.compare's
+    K_FP32, or K_BF16 with precision "bf16": both twins under their bf16 autocast). With
+    `dropout` both twins draw LoRA's masks from one SharedDropout, in train mode."""
+    from .compare import K_BF16, K_FP32
+    feed = {"input_ids": np.asarray(inputs["input_ids"]), "lm_labels": np.asarray(inputs["labels"]),
+            "lm_mask": np.asarray(inputs["mask"], dtype=np.float32),
+            "label_smooth": float(label_smooth)}
+    options = dict(loss_fn=lambda out: out[1], train=dropout > 0, methods=METHODS,
+                   output_names=ROOT_OUTPUTS, precision=precision,
+                   k=K_BF16 if precision == "bf16" else K_FP32)
+    if precision == "bf16":
+        options["contexts"] = (lambda: torch_bf16_autocast(device), jittor_bf16_autocast)
+    return (build_torch(config, state, device=device, dropout=dropout),
+            jittor_model or build_jittor(config, state, dropout=dropout), feed, options)

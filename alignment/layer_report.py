@@ -1,58 +1,56 @@
-"""The per-layer report of scripts/diff_layers.py: one checkpoint in both twins and in float64,
-traced on real batches, compared tensor by tensor, written as DIR/diff_layers.{md,json,png}.
+"""The per-layer report of scripts/diff_layers.py: GPT-2's checkpoint through alignment.auto_diff
+(both twins and the float64 reference, traced on real batches, compared tensor by tensor),
+written as DIR/diff_layers.{md,json,png}. What is GPT-2's own here: the checkpoint, the batches
+(alignment.gpt2_trace.auto_diff_case says how auto_diff is called on the twins) and the table
+by block (`layer_of`).
 
-The JSON holds one record per compared tensor (alignment.compare.check_tensor's fields plus the
-batch) and a top-level "first_divergence": {"forward": module or null, "backward": module or
-null} with module names as in the checkpoints (e.g. transformer.h.3.mlp). The PNG plots each
-module's output error (forward) and output-gradient error (backward) against float64, on a log
-scale, for torch fp32 and Jittor: where the Jittor line leaves torch's, the twins part.
+The JSON holds one record per compared tensor (alignment.compare.check_tensor's fields, the
+batch, and "explained" where auto_diff accounts for a failure: gradients after a forward
+divergence, a kink flip) and a top-level "first_divergence": {"forward": module or null,
+"backward": module or null} with module names as in the checkpoints (e.g.
+transformer.h.3.mlp), the first over the batches. The PNG plots each module's output error
+(forward) and output-gradient error (backward) against float64, on a log scale, for torch fp32
+and Jittor: where the Jittor line leaves torch's, the twins part.
 """
 from __future__ import annotations
 
 import os
 import re
 
-from shared.runtime.atomic import atomic_group, atomic_path, write_json, write_text
+from shared.runtime.atomic import atomic_group, write_json, write_text
 
-from .compare import compare_traces
-from .gpt2_trace import batch_inputs, trace_gpt2
+from .gpt2_trace import auto_diff_case, batch_inputs
+from .port_diff import auto_diff, per_module
+from .port_diff_report import plot
 
 
 def run(config, state, batches, precision="fp32", device="cpu", label_smooth=0.0,
-        jittor_model_hook=None) -> dict:
-    """Trace and compare every batch; returns the JSON document (see module doc).
+        jittor_model_hook=None, dropout: float = 0.0) -> dict:
+    """auto_diff on every batch; returns the JSON document (see module doc).
     `jittor_model_hook(model)`: called on each Jittor model before tracing (bug planting)."""
     from .gpt2_trace import build_jittor
-    records, divergence, per_layer = [], {"forward": None, "backward": None}, {}
+    records, divergence, per_layer, notes, flips = [], {"forward": None, "backward": None}, {}, [], []
     order, rule = [], {}
     for index, batch in enumerate(batches):
-        jm = build_jittor(config, state)
+        jm = build_jittor(config, state, dropout=dropout)
         if jittor_model_hook:
             jittor_model_hook(jm)
-        traces = trace_gpt2(config, state, batch_inputs(batch), precision=precision,
-                            device=device, label_smooth=label_smooth, jittor_model=jm)
-        result = compare_traces(traces["jittor"], traces["torch"], traces["float64"])
+        tm, jm, inputs, options = auto_diff_case(config, state, batch_inputs(batch), label_smooth,
+                                                 dropout, precision, device, jittor_model=jm)
+        result = auto_diff(tm, jm, inputs, **options)
         order, rule = result.forward_order, result.rule
-        for r in result.records:
-            records.append(dict(r, batch=index))
-        for direction in ("forward", "backward"):
+        records += [dict(r, batch=index) for r in result.records]
+        for direction in divergence:
             divergence[direction] = divergence[direction] or result.first_divergence[direction]
-        for r in result.records:
-            if r["kind"] in ("outputs", "output_grads"):
-                row = per_layer.setdefault(r["name"], {"outputs": [0.0, 0.0], "output_grads": [0.0, 0.0]})
-                row[r["kind"]] = [max(row[r["kind"]][0], r["err_base"] or 0.0),
-                                  _worst(row[r["kind"]][1], r["err_test"], r)]
-    failing = [r for r in records if not r["passed"]]
+        per_module(result.records, per_layer)
+        notes += [f"batch {index}: {n}" for n in result.notes]
+        flips += [dict(f, batch=index) for f in result.kink_flips]
+    failing = [r for r in records if not r["passed"] and not r.get("explained")]
     return {"first_divergence": divergence, "passed": not failing, "failing": len(failing),
+            "explained": sum(1 for r in records if not r["passed"] and r.get("explained")),
             "compared": len(records), "precision": precision, "device": device, "rule": rule,
-            "forward_order": order, "per_module": per_layer, "records": records}
-
-
-def _worst(current, err, record):
-    """The larger error; None (written as null) once a value was non-finite or missing."""
-    if current is None or (err is None and not record["passed"]):
-        return None
-    return current if err is None else max(current, err)
+            "forward_order": order, "per_module": per_layer, "notes": notes, "kink_flips": flips,
+            "records": records}
 
 
 def _max(a, b):
@@ -88,17 +86,20 @@ def markdown(document: dict, title: str = "Per-layer differences", note: str = "
     rule = document["rule"]
     lines = [f"# {title}", "", note, "" if note else None,
              f"- precision {document['precision']} on {document['device']}; "
-             f"{document['compared']} tensors compared, {document['failing']} failing",
+             f"{document['compared']} tensors compared, {document['failing']} failing"
+             + (f", {document['explained']} more differ as explained by alignment.auto_diff "
+                "(see the notes)" if document.get("explained") else ""),
              f"- rule: Jittor's relative L2 error against float64 <= {rule.get('k')} x torch's "
              f"+ {rule.get('floor', 0):.2g} (alignment/compare.py)",
              f"- **first divergence: forward `{fd['forward']}`, backward `{fd['backward']}`**",
+             *[f"- note: {n}" for n in document.get("notes", [])],
              "", "## Worst error against float64 per layer (relative L2)", "",
              "| layer | forward torch | forward jittor | backward torch | backward jittor |",
              "|---|---|---|---|---|"]
     lines = [x for x in lines if x is not None]
     for layer, ft, fj, bt, bj in per_layer_worst(document):
         lines.append(f"| {layer} | {_fmt(ft)} | {_fmt(fj)} | {_fmt(bt)} | {_fmt(bj)} |")
-    failing = [r for r in document["records"] if not r["passed"]]
+    failing = [r for r in document["records"] if not r["passed"] and not r.get("explained")]
     lines += ["", f"## Failing tensors ({len(failing)})", ""]
     if failing:
         lines += ["| batch | kind | tensor | err jittor | err torch | bound | cosine | why |",
@@ -115,41 +116,6 @@ def markdown(document: dict, title: str = "Per-layer differences", note: str = "
     return "\n".join(lines) + "\n"
 
 
-def plot(document: dict, path: str):
-    """Per-module error against float64 (log scale), forward and backward, both backends."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    names = [n for n in document["forward_order"] if n in document["per_module"]]
-    fig, axes = plt.subplots(2, 1, figsize=(max(8, 0.32 * len(names)), 7), sharex=True)
-    floor = document["rule"].get("floor", 1e-12)
-    for ax, kind, title in ((axes[0], "outputs", "forward: module outputs"),
-                            (axes[1], "output_grads", "backward: gradients w.r.t. module outputs")):
-        t = [document["per_module"][n][kind][0] for n in names]
-        j = [document["per_module"][n][kind][1] for n in names]
-        finite = [v for v in t + j if v is not None] or [1.0]
-        top = max(max(finite) * 10, floor)
-        clip = lambda vs: [top if v is None else max(v, floor / 10) for v in vs]  # noqa: E731
-        ax.semilogy(range(len(names)), clip(t), "o-", label="torch fp32 vs float64")
-        ax.semilogy(range(len(names)), clip(j), "s--", label="jittor vs float64")
-        bad = [i for i, v in enumerate(j) if v is None]
-        if bad:
-            ax.semilogy(bad, [top] * len(bad), "rx", markersize=9, label="jittor non-finite")
-        ax.set_title(title)
-        ax.set_ylabel("relative L2 error")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(loc="best")
-        fd = document["first_divergence"]["forward" if kind == "outputs" else "backward"]
-        if fd in names:
-            ax.axvline(names.index(fd), color="red", alpha=0.5)
-    axes[1].set_xticks(range(len(names)))
-    axes[1].set_xticklabels([n.replace("transformer.", "") for n in names], rotation=90, fontsize=7)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-
-
 def write(document: dict, out_dir: str, title: str = "Per-layer differences", note: str = ""):
     document["per_layer_worst"] = [
         dict(zip(("layer", "forward_torch", "forward_jittor", "backward_torch", "backward_jittor"), row))
@@ -158,7 +124,8 @@ def write(document: dict, out_dir: str, title: str = "Per-layer differences", no
         os.makedirs(out_dir, exist_ok=True)
         write_json(os.path.join(out_dir, "diff_layers.json"), document)
         write_text(os.path.join(out_dir, "diff_layers.md"), markdown(document, title, note))
-        plot(document, os.path.join(out_dir, "diff_layers.png"))
+        plot(document, os.path.join(out_dir, "diff_layers.png"),
+             label=lambda name: name.replace("transformer.", ""))
         write_text(os.path.join(out_dir, "report_section.md"), per_layer_section(document))
 
 
@@ -212,12 +179,15 @@ def from_checkpoints(config, data, out_dir, init_checkpoint=None, lora_checkpoin
         runtime.use_device("cuda")
     dataset = FTDataset.from_file(data, batch_size, seq_len)
     chosen = [b for _, b in zip(range(batches), dataset.eval_batches())]
-    patch, hook, note = Patches(), None, ""
+    patch, hook, note, dropout = Patches(), None, "", 0.0
     if plant:
         hook = lambda model: MODEL_BUGS[plant][0](patch, model)  # noqa: E731
-        note = f"Planted bug (demonstration): **{plant}** in the Jittor twin."
+        dropout = MODEL_BUGS[plant][1]  # a dropout bug needs dropout on (masks shared by both twins)
+        note = f"Planted bug (demonstration): **{plant}** in the Jittor twin" + (
+            f" (LoRA dropout {dropout}, masks shared by both twins)." if dropout else ".")
     try:
-        document = run(config, state, chosen, precision, device, label_smooth, jittor_model_hook=hook)
+        document = run(config, state, chosen, precision, device, label_smooth,
+                       jittor_model_hook=hook, dropout=dropout)
     finally:
         patch.undo()
     document["checkpoint"] = {"init": init_checkpoint, "lora": lora_checkpoint, "data": data,

@@ -1,6 +1,6 @@
 """A second pair of twin modules for the trace harness: a 2-layer MLP with LayerNorm, written once
 in PyTorch and once in Jittor with the same structure and parameter names, so the tests show
-that alignment.trace works for any twins, not only GPT-2."""
+that alignment.model_trace works for any twins, not only GPT-2."""
 from __future__ import annotations
 
 import numpy as np
@@ -62,10 +62,6 @@ def jittor_mlp(state: dict):
     for name, value in state.items():
         params[name].assign(jt.array(value))
     return model
-
-
-def call(model, x, labels):
-    return model(x, labels)
 
 
 def batch(seed: int = 0, rows: int = 8) -> dict:

@@ -113,10 +113,16 @@ def plant_lora_scaling(mp, model):
 
 
 def plant_lora_merge(mp, model):
-    from jittor_impl.lora import MergedLinear, merge_lora
-    correct = MergedLinear.delta_weight
+    """The merge happens at the first forward, after alignment.auto_diff has copied torch's
+    (unmerged) weights in: merged at planting, the copy would undo it."""
+    from jittor_impl.lora import MergedLinear
+    correct, execute = MergedLinear.delta_weight, MergedLinear.execute
     mp.setattr(MergedLinear, "delta_weight", lambda self: correct(self) / self.scaling)  # scaling lost
-    merge_lora(model)
+
+    def merged_execute(self, x):
+        self.merge()  # once: a no-op when merged
+        return execute(self, x)
+    mp.setattr(MergedLinear, "execute", merged_execute)
 
 
 def plant_dropout_not_shared(mp, model):

@@ -10,14 +10,17 @@ What it does, in order:
    (alignment.weight_transfer.assign_weights; `layer_map` names what differs);
 2. sets both models' mode (`train`), keeps the port's trainable parameters trainable in eval
    (Jittor's `eval()` stops every gradient) and turns dropout off;
-3. records every submodule's input and output, and the gradients w.r.t. them and every
-   parameter, in torch fp32, in Jittor and in torch float64 (the yardstick), at hook time
+3. records every submodule's input and every tensor of its output (tuples, lists and dicts of
+   tensors: `M.out[0]`, `M.out["key"]`), and the gradients w.r.t. them and every parameter,
+   in torch fp32, in Jittor and in torch float64 (the yardstick), at hook time
    (alignment.model_trace: safe against in-place operations and aliases, and each module's
    input gradient is its own contribution);
 4. compares every tensor by the noise-floor rule (alignment.compare: Jittor's error against
    float64 within k times torch fp32's own + 4 unit roundoffs) and localizes the first forward
    divergence (the deepest module whose input agrees and whose output does not) and backward
-   divergence (the deepest whose output gradient agrees and whose input gradient does not);
+   divergence (the deepest whose own input gradient, from the reference's gradient at its
+   output, does not agree; else the call enclosing the first output whose arriving gradient
+   does not, for code that is no submodule, such as a tied head);
    gives no backward verdict once the forward has diverged; recognises rounding-induced kink
    flips (alignment.kink_flips) and reports them as such, not as a divergence;
 5. compares buffers after the forward (BatchNorm's running statistics in train mode), and
@@ -34,9 +37,9 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .compare import FLOORS, check_tensor, compare_traces
+from .compare import FLOORS, K_BF16, check_tensor, compare_traces
 from .kink_flips import flip, sparse_difference
-from .model_trace import ROOT, record
+from .model_trace import first_tensor, module_of, record
 from .weight_transfer import assign_weights, module_names
 
 # The noise-floor factor per model family, from the largest ratio of Jittor's error against
@@ -48,7 +51,7 @@ from .weight_transfer import assign_weights, module_names
 K_DEFAULT = 8.0  # GPT-2's (alignment/compare.py), which the ports in eval mode also keep to
 K_TRAIN_BATCHNORM = 64.0  # a model with BatchNorm in train mode (Jittor's batch statistics)
 GRADIENT_KINDS = ("output_grads", "input_grads", "param_grads")
-LOCAL_KINDS = ("local_input_grads", "local_param_grads")
+LOCAL_KINDS = ("local_input_grads", "local_param_grads", "local_output_grads")
 LOSS = "loss"  # the backward verdict when the loss functions' gradients differ
 OPTIMIZER_STATE = {"momentum_buffer": "values", "exp_avg": "m", "exp_avg_sq": "values"}
 
@@ -79,12 +82,20 @@ class AutoDiffResult:
         return asdict(self)
 
 
+PLAIN = (bool, int, float, str, type(None))  # input values passed to the models as they are
+
+
+def _input(value):
+    return value if isinstance(value, PLAIN) else np.asarray(value)
+
+
 def split_inputs(inputs):
-    """((positional arrays), {keyword arrays}) from a tuple/list, a dict or one array."""
+    """((positional arrays), {keyword arrays}) from a tuple/list, a dict or one array; Python
+    values (a flag, a number, None) among them are passed to both models as they are."""
     if isinstance(inputs, dict):
-        return (), {k: np.asarray(v) for k, v in inputs.items()}
+        return (), {k: _input(v) for k, v in inputs.items()}
     if isinstance(inputs, (tuple, list)):
-        return tuple(np.asarray(v) for v in inputs), {}
+        return tuple(_input(v) for v in inputs), {}
     if isinstance(inputs, np.ndarray):
         return (inputs,), {}
     raise TypeError("inputs: a tuple of positional numpy arrays or a dict of keyword arrays, "
@@ -92,9 +103,7 @@ def split_inputs(inputs):
 
 
 def _mean_of_output(out):
-    from .trace import _first_tensor
-    first = out if hasattr(out, "shape") else _first_tensor(out, lambda x: hasattr(x, "shape"))
-    return first.mean()
+    return first_tensor(out, lambda x: hasattr(x, "shape") and hasattr(x, "dtype")).mean()
 
 
 def loss_functions(loss_fn):
@@ -143,6 +152,7 @@ def prepared(torch_models, jittor_model, train: bool):
 def _module_index(order):
     index = {}
     for i, name in enumerate(order):
+        index.setdefault(name, i)
         index.setdefault(name.split("#")[0], i)
     return index
 
@@ -153,7 +163,7 @@ def _owner(tensor_name: str) -> str:
 
 def _record_position(record, index, order):
     """Forward position of what a record belongs to (a parameter or buffer: its module)."""
-    name = record["name"]
+    name = module_of(record["name"])
     if name in index or name.split("#")[0] in index:
         return index.get(name, index.get(name.split("#")[0]))
     if name.startswith("input."):
@@ -166,8 +176,14 @@ def _record_position(record, index, order):
 
 def _local_records(tl, jl, ref, k, floor):
     """The local pass compared: each module's own input gradient and each parameter's gradient,
-    both on the reference's incoming gradients (alignment.model_trace.record's `incoming`)."""
+    both on the reference's incoming gradients (alignment.model_trace.record's `incoming`), and
+    the gradient that arrives at each module's output from its consumers (the root's outputs
+    excepted: theirs is the loss function's)."""
     records = []
+    for name, r in ref.output_grads.items():
+        if module_of(name) not in ref.roots:
+            records.append(check_tensor(name, jl.output_grads.get(name), tl.output_grads.get(name),
+                                        r, k=k, floor=floor, kind="local_output_grads"))
     for name, r in ref.input_grads.items():
         records.append(check_tensor(name, jl.input_grads.get(name), tl.input_grads.get(name), r,
                                     k=k, floor=floor, kind="local_input_grads"))
@@ -204,8 +220,33 @@ def _backward_verdict(result, local, traces, torch_model, order):
                     jl.input_grads.get(name), ref.input_grads.get(name),
                     tl.input_grads.get(name)) is not None:  # pass through (an identity path)
                 by_name[name]["explained"] = f"kink flip at {found}"
+    arrived = _consumer_verdict(result, local, traces, order)
+    if arrived is not None:
+        return arrived
     bad = [r["name"] for r in local if r["kind"] == "local_param_grads" and not r["passed"]]
     return _owner(bad[0]) if bad else None
+
+
+def _consumer_verdict(result, local, traces, order):
+    """When every module's own input gradient agrees but the gradient arriving at some module's
+    output does not, the backward at fault is in the code that read that output and is no
+    submodule: its enclosing call's own code (the root's, named by its first output, for a tied
+    head). The first such output in backward order decides; a sparse difference after a
+    recognised kink flip is the flip's, not a fault."""
+    j, ref, jl, tl = traces
+    failing = {}
+    for r in local:
+        if r["kind"] == "local_output_grads" and not r["passed"] and not r.get("explained"):
+            if result.kink_flips and sparse_difference(
+                    jl.output_grads.get(r["name"]), ref.output_grads.get(r["name"]),
+                    tl.output_grads.get(r["name"])) is not None:
+                r["explained"] = f"kink flip at {result.kink_flips[0]['module']}"
+                continue
+            failing.setdefault(module_of(r["name"]), r)
+    for call in order[::-1]:
+        if call in failing:
+            return ref.parents.get(call) or (ref.roots[0] if ref.roots else None)
+    return None
 
 
 @contextlib.contextmanager
@@ -269,13 +310,13 @@ def _run_steps(torch_model, jittor_model, ref_model, mapping, split, losses, opt
     for step in range(1, steps + 1):
         for model, opt, dtype in ((torch_model, topt, torch.float32), (ref_model, ropt, torch.float64)):
             opt.zero_grad()
-            out = model(*[torch.as_tensor(a).to(dtype) if np.issubdtype(a.dtype, np.floating)
-                          else torch.as_tensor(a) for a in args],
-                        **{n: torch.as_tensor(a).to(dtype) if np.issubdtype(a.dtype, np.floating)
-                           else torch.as_tensor(a) for n, a in kw.items()})
+            tin = lambda a: a if isinstance(a, PLAIN) else (  # noqa: E731
+                torch.as_tensor(a).to(dtype) if np.issubdtype(a.dtype, np.floating) else torch.as_tensor(a))
+            out = model(*[tin(a) for a in args], **{n: tin(a) for n, a in kw.items()})
             losses[0](out).backward()
             opt.step()
-        jin = lambda a: jt.array(a.astype(np.float32) if np.issubdtype(a.dtype, np.floating) else a)  # noqa: E731
+        jin = lambda a: a if isinstance(a, PLAIN) else jt.array(  # noqa: E731
+            a.astype(np.float32) if np.issubdtype(a.dtype, np.floating) else a)
         jopt.step(losses[1](jittor_model(*[jin(a) for a in args], **{n: jin(a) for n, a in kw.items()})))
         jt.sync_all(True)
         suffix = f"@{step}"
@@ -325,46 +366,71 @@ def _optimizer_records(topt, ropt, jopt, torch_names, jittor_names, mapping, k, 
     return records
 
 
-def _per_module(records):
-    """{module: {"outputs": [torch err, jittor err], "output_grads": [...]}} for the plot."""
-    rows = {}
+def _worst(current, err, record):
+    """The larger error; None (written as null) once a value was non-finite or missing."""
+    if current is None or (err is None and not record["passed"]):
+        return None
+    return current if err is None else max(current, err)
+
+
+def per_module(records, rows=None) -> dict:
+    """{call: {"outputs": [torch err, jittor err], "output_grads": [...]}}: the worst error
+    against float64 over the call's output tensors (and over the records of several runs when
+    `rows` carries on from earlier ones), for the report's table and plot."""
+    rows = {} if rows is None else rows
     for r in records:
         if r["kind"] in ("outputs", "output_grads"):
-            row = rows.setdefault(r["name"], {"outputs": [0.0, 0.0], "output_grads": [0.0, 0.0]})
-            row[r["kind"]] = [r["err_base"] or 0.0,
-                              None if r["err_test"] is None and not r["passed"] else r["err_test"] or 0.0]
+            row = rows.setdefault(module_of(r["name"]),
+                                  {"outputs": [0.0, 0.0], "output_grads": [0.0, 0.0]})
+            row[r["kind"]] = [max(row[r["kind"]][0], r["err_base"] or 0.0),
+                              _worst(row[r["kind"]][1], r["err_test"], r)]
     return rows
 
 
 def auto_diff(torch_model, jittor_model, inputs, loss_fn=None, train: bool = False, steps: int = 0,
               optimizers=None, layer_map=None, out_dir: str = None, k: float = None,
-              title: str = "auto_diff: a PyTorch model and its Jittor port") -> AutoDiffResult:
+              title: str = "auto_diff: a PyTorch model and its Jittor port", methods=(),
+              output_names=(), precision: str = "fp32", contexts=None) -> AutoDiffResult:
     """Where `jittor_model` (a Jittor port) parts from `torch_model` on `inputs` (see module
     doc). `inputs`: a tuple of positional numpy arrays or a dict of keyword arrays; `loss_fn`:
     one callable valid on both outputs or a (torch_fn, jittor_fn) pair (default: the mean of
     the output); `optimizers`: a (torch_factory, jittor_factory) pair for `steps` > 0, each
     called with its model's trainable parameters; `layer_map`: torch -> Jittor names (see
     alignment.weight_transfer); `k`: the noise-floor factor (default K_DEFAULT, or
-    K_TRAIN_BATCHNORM for a model with BatchNorm in train mode)."""
+    K_TRAIN_BATCHNORM for a model with BatchNorm in train mode).
+
+    `methods`: names of methods recorded like submodules where a model has them (a computation
+    that is no module, e.g. LoRA's branch); `output_names`: names of the root's output tensors
+    in order (the root's own code is then blamed under the first); `precision` "bf16" judges by
+    the bf16 rule (alignment.compare's K_BF16 and floor) and `contexts`, a (torch, Jittor) pair
+    of context-manager factories (their autocasts), is entered around the torch and Jittor runs,
+    not the float64 reference's. The torch inputs go to the torch model's device."""
     split = split_inputs(inputs)
     losses = loss_functions(loss_fn)
     if steps < 0:
         raise ValueError(f"steps must be >= 0, not {steps}")
     if steps and optimizers is None:
         raise TypeError("steps > 0 needs optimizers=(torch_factory, jittor_factory)")
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be fp32 or bf16, not {precision!r}")
+    contexts = contexts or (None, None)
     mapping = assign_weights(torch_model, jittor_model, layer_map)
     ref_model = copy.deepcopy(torch_model).double()
     if k is None:
         batch_norm = any("BatchNorm" in type(m).__name__ for m in torch_model.modules())
-        k = K_TRAIN_BATCHNORM if train and batch_norm else K_DEFAULT
-    floor = FLOORS["float32"]
+        k = K_BF16 if precision == "bf16" else (
+            K_TRAIN_BATCHNORM if train and batch_norm else K_DEFAULT)
+    floor = FLOORS["bfloat16" if precision == "bf16" else "float32"]
     to_torch = {j: t for t, j in mapping.pairs.items()}
-    jittor_kw = dict(param_map=lambda n: to_torch.get(n, n),
+    names = dict(methods=tuple(methods), output_names=tuple(output_names))
+    torch_kw = dict(names, context=contexts[0])
+    jittor_kw = dict(names, param_map=lambda n: to_torch.get(n, n), context=contexts[1],
                      module_map=module_names(torch_model, layer_map))
     with prepared((torch_model, ref_model), jittor_model, train):
-        t = record("torch", torch_model, split, losses[0])
+        t = record("torch", torch_model, split, losses[0], **torch_kw)
         j = record("jittor", jittor_model, split, losses[1], **jittor_kw)
-        ref = record("torch", ref_model, split, losses[0], dtype="float64")
+        ref = record("torch", ref_model, split, losses[0], dtype="float64", **names)
+        t.precision = j.precision = precision
         comparison = compare_traces(j, t, ref, k=k, floor=floor)
         order = list(t.order)
         result = AutoDiffResult(first_divergence=dict(comparison.first_divergence),
@@ -373,7 +439,8 @@ def auto_diff(torch_model, jittor_model, inputs, loss_fn=None, train: bool = Fal
                                 skipped_weights=list(mapping.skipped), train=train, steps=steps)
         buffers = _buffer_records(torch_model, jittor_model, ref_model, mapping, k, floor, "buffers")
         with _buffers_kept(torch_model, jittor_model):  # the local pass runs the forward again
-            tl = record("torch", torch_model, split, losses[0], incoming=ref.output_grads)
+            tl = record("torch", torch_model, split, losses[0], incoming=ref.output_grads,
+                        **torch_kw)
             jl = record("jittor", jittor_model, split, losses[1], incoming=ref.output_grads,
                         **jittor_kw)
         local = _local_records(tl, jl, ref, k, floor)
@@ -384,8 +451,8 @@ def auto_diff(torch_model, jittor_model, inputs, loss_fn=None, train: bool = Fal
             result.notes.append(f"backward not judged: the forward pass already parts at "
                                 f"{fd['forward']}, so the gradients differ too")
             why = f"after the forward divergence at {fd['forward']}"
-        elif not next(r["passed"] for r in result.records
-                      if r["kind"] == "output_grads" and r["name"] == ROOT):
+        elif not all(r["passed"] for r in result.records
+                     if r["kind"] == "output_grads" and module_of(r["name"]) in t.roots):
             fd["backward"] = LOSS  # the gradient every module's backward starts from
             result.notes.append("the two loss functions' gradients w.r.t. the output differ")
             why = "after the loss function's gradient"
@@ -397,7 +464,7 @@ def auto_diff(torch_model, jittor_model, inputs, loss_fn=None, train: bool = Fal
             for r in result.records:  # differ by accumulation (or after a forward divergence)
                 if r["kind"] in GRADIENT_KINDS + LOCAL_KINDS and not r["passed"] and \
                         not r.get("explained") and not (r["kind"] == "output_grads" and
-                                                        r["name"] == ROOT):
+                                                        module_of(r["name"]) in t.roots):
                     r["explained"] = why
         for flipped in result.kink_flips:
             result.notes.append(f"kink flip at {flipped['module']} ({flipped['module_type']}: "
@@ -412,7 +479,7 @@ def auto_diff(torch_model, jittor_model, inputs, loss_fn=None, train: bool = Fal
                                                    split, losses, optimizers, steps, k, floor)
             result.records += step_records
     result.passed = not result.failing()
-    result.per_module = _per_module(result.records)
+    result.per_module = per_module(result.records)
     if out_dir:
         from .port_diff_report import write
         write(result, out_dir, title)

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import os
 
-from shared.runtime.atomic import atomic_group, write_json, write_text
-
-from .layer_report import plot
+from shared.runtime.atomic import atomic_group, atomic_path, write_json, write_text
 
 VERDICTS = (("forward", "the deepest module whose input agrees and whose output does not"),
             ("backward", "the deepest module whose output gradient agrees and whose own input "
@@ -59,6 +57,43 @@ def markdown(result, title: str) -> str:
     else:
         lines.append("none")
     return "\n".join(lines) + "\n"
+
+
+def plot(document: dict, path: str, label=lambda name: name):
+    """Each module's error against float64 (log scale), forward and backward, torch fp32 and
+    Jittor, from the result's JSON document (`per_module`, `forward_order`, `rule`,
+    `first_divergence`); `label(module)` writes the tick labels."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    names = [n for n in document["forward_order"] if n in document["per_module"]]
+    fig, axes = plt.subplots(2, 1, figsize=(max(8, 0.32 * len(names)), 7), sharex=True)
+    floor = document["rule"].get("floor", 1e-12)
+    for ax, kind, title in ((axes[0], "outputs", "forward: module outputs"),
+                            (axes[1], "output_grads", "backward: gradients w.r.t. module outputs")):
+        t = [document["per_module"][n][kind][0] for n in names]
+        j = [document["per_module"][n][kind][1] for n in names]
+        finite = [v for v in t + j if v is not None] or [1.0]
+        top = max(max(finite) * 10, floor)
+        clip = lambda vs: [top if v is None else max(v, floor / 10) for v in vs]  # noqa: E731
+        ax.semilogy(range(len(names)), clip(t), "o-", label="torch fp32 vs float64")
+        ax.semilogy(range(len(names)), clip(j), "s--", label="jittor vs float64")
+        bad = [i for i, v in enumerate(j) if v is None]
+        if bad:
+            ax.semilogy(bad, [top] * len(bad), "rx", markersize=9, label="jittor non-finite")
+        ax.set_title(title)
+        ax.set_ylabel("relative L2 error")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(loc="best")
+        fd = document["first_divergence"]["forward" if kind == "outputs" else "backward"]
+        if fd in names:
+            ax.axvline(names.index(fd), color="red", alpha=0.5)
+    axes[1].set_xticks(range(len(names)))
+    axes[1].set_xticklabels([label(n) for n in names], rotation=90, fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
 
 
 def write(result, out_dir: str, title: str):

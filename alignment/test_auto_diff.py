@@ -200,19 +200,88 @@ def test_gpt2_twins_through_auto_diff():
     from alignment.harness import seeded_state, tiny_config
     config = tiny_config(lora_dim=4)
     batch = gpt2_trace.random_batch(config, vocab=2000)
-    tm, jm, inputs, loss = gpt2_trace.auto_diff_case(config, seeded_state(config, 0), batch)
-    clean = auto_diff(tm, jm, inputs, loss_fn=loss)
+    tm, jm, inputs, options = gpt2_trace.auto_diff_case(config, seeded_state(config, 0), batch)
+    clean = auto_diff(tm, jm, inputs, **options)
     assert clean.passed, [r["name"] for r in clean.failing()]
+    assert clean.forward_order[-2:] == ["lm_head", "loss"]
+    assert "transformer.h.0.attn.c_attn.lora_delta" in clean.forward_order
     _, plant, _, expected = port_bugs.PORT_BUGS["GPT-2 LayerNorm statistics detached (backward only)"]
-    tm, jm, inputs, loss = gpt2_trace.auto_diff_case(config, seeded_state(config, 0), batch)
+    tm, jm, inputs, options = gpt2_trace.auto_diff_case(config, seeded_state(config, 0), batch)
     patches = Patches()
     plant(patches, jm)
     try:
-        result = auto_diff(tm, jm, inputs, loss_fn=loss)
+        result = auto_diff(tm, jm, inputs, **options)
     finally:
         patches.undo()
     assert result.first_divergence["forward"] is None
     assert result.first_divergence["backward"] == expected["backward"]
+
+
+def pair_twins(second_scale=1.0):
+    """A model whose submodule `pair` returns a tuple of two tensors, both used; in the Jittor
+    twin, `second_scale` != 1 changes the second only."""
+    import torch
+
+    from jittor_impl.runtime import jt
+
+    class TorchPair(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(6, 4), torch.nn.Linear(6, 4)
+
+        def forward(self, x):
+            return self.a(x), self.b(x)
+
+    class TorchModel(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pair, self.head = TorchPair(), torch.nn.Linear(4, 3)
+
+        def forward(self, x):
+            first, second = self.pair(x)
+            return self.head(first * second)
+
+    class JittorPair(jt.nn.Module):
+        def __init__(self):
+            self.a, self.b = jt.nn.Linear(6, 4), jt.nn.Linear(6, 4)
+
+        def execute(self, x):
+            return self.a(x), self.b(x) * second_scale
+
+    class JittorModel(jt.nn.Module):
+        def __init__(self):
+            self.pair, self.head = JittorPair(), jt.nn.Linear(4, 3)
+
+        def execute(self, x):
+            first, second = self.pair(x)
+            return self.head(first * second)
+    torch.manual_seed(0)
+    return TorchModel(), JittorModel()
+
+
+def test_every_tensor_output_is_traced():
+    """A bug that changes only the second tensor a submodule returns is found at that submodule
+    (tracing only the first output would pass `pair` and blame its consumer)."""
+    clean = auto_diff(*pair_twins(), (X,))
+    assert clean.passed, clean.failing()
+    names = {r["name"] for r in clean.records if r["kind"] == "outputs"}
+    assert {"pair.out[0]", "pair.out[1]", "pair.a", "pair.b", "head"} <= names
+    assert "pair" in clean.forward_order and "pair" in clean.per_module
+    result = auto_diff(*pair_twins(second_scale=1.5), (X,))
+    by_name = {r["name"]: r for r in result.records if r["kind"] == "outputs"}
+    assert by_name["pair.out[0]"]["passed"] and not by_name["pair.out[1]"]["passed"]
+    assert result.first_divergence["forward"] == "pair"
+
+
+def test_output_tensor_names():
+    from alignment.model_trace import map_tensors, module_of, tensor_items
+    is_tensor = lambda x: isinstance(x, np.ndarray)  # noqa: E731
+    a, b, c = np.zeros(1), np.ones(1), np.full(1, 2.0)
+    value = (a, {"key": b, "none": None}, [c, 3])
+    assert [p for p, _ in tensor_items(value, is_tensor)] == ['[0]', '[1]["key"]', "[2][0]"]
+    doubled = map_tensors(value, is_tensor, lambda path, x: x * 2)
+    assert doubled[1]["key"][0] == 2.0 and doubled[2][1] == 3 and doubled[1]["none"] is None
+    assert module_of('pair.out[1]["key"]') == "pair" and module_of("pair.b") == "pair.b"
 
 
 def test_ports_script_refuses_unknown_parts(capsys):

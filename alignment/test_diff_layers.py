@@ -1,5 +1,6 @@
-"""scripts/diff_layers.py end to end on a tiny seeded model: the report files, the JSON layout,
-a clean pass without bugs and a localized failure with a planted one."""
+"""scripts/diff_layers.py (GPT-2 through alignment.auto_diff) end to end on a tiny seeded model:
+the report files, the JSON layout, a clean pass without bugs and a localized failure with a
+planted one."""
 import importlib.util
 import json
 import os
@@ -28,7 +29,8 @@ def test_report_files_and_a_clean_pass(tmp_path, encoded):
     assert code == 0 and doc["passed"]
     assert doc["first_divergence"] == {"forward": None, "backward": None}
     kinds = {r["kind"] for r in doc["records"]}
-    assert kinds == {"outputs", "inputs", "output_grads", "input_grads", "param_grads"}
+    assert kinds == {"outputs", "inputs", "output_grads", "input_grads", "param_grads",
+                     "local_input_grads", "local_param_grads", "local_output_grads"}
     assert {"transformer.h.1.mlp", "transformer.h.0.attn.c_attn.lora_delta", "lm_head", "loss"} <= {
         r["name"] for r in doc["records"]}
     assert os.path.getsize(out / "diff_layers.png") > 10_000
@@ -38,7 +40,11 @@ def test_report_files_and_a_clean_pass(tmp_path, encoded):
 def test_planted_bug_is_localized_in_the_report(tmp_path, encoded):
     code, doc, out = run(tmp_path, encoded, "planted", ["--plant", "GELU exact instead of tanh"])
     assert code == 1 and not doc["passed"]
-    assert doc["first_divergence"]["forward"] == "transformer.h.0.mlp"
+    assert doc["first_divergence"] == {"forward": "transformer.h.0.mlp", "backward": None}
+    # the gradients after the forward divergence differ too: explained, not counted as failing
+    assert doc["explained"] > 0 and doc["failing"] == sum(
+        1 for r in doc["records"] if not r["passed"] and not r.get("explained"))
+    assert any("backward not judged" in n for n in doc["notes"])
     assert "GELU exact instead of tanh" in (out / "diff_layers.md").read_text()
 
 

@@ -1,6 +1,6 @@
 """The noise-floor rule's k, measured: Jittor's error against a float64 reference (the torch twin
-in float64) relative to torch fp32's own error, over seeds and every recorded tensor of a tiny
-GPT-2. Asserts that the measured worst ratio stays below the k that alignment/compare.py uses
+in float64) relative to torch fp32's own error, over seeds and every tensor of a tiny GPT-2 that
+alignment.auto_diff records end to end (as scripts/diff_layers.py calls it). Asserts that the measured worst ratio stays below the k that alignment/compare.py uses
 (with a margin, so k is not fitted to the last decimal) and prints the distribution.
 
 bf16: on the CPU, Jittor's bf16 products were ~95x less accurate than torch's CPU autocast (median ratio)
@@ -9,9 +9,11 @@ bf16: on the CPU, Jittor's bf16 products were ~95x less accurate than torch's CP
 import numpy as np
 import pytest
 
-from alignment.compare import FLOORS, K_BF16, K_FP32, compare_traces
-from alignment.gpt2_trace import random_batch, trace_gpt2
+from alignment import auto_diff
+from alignment.compare import FLOORS, K_BF16, K_FP32, KINDS
+from alignment.gpt2_trace import auto_diff_case, random_batch
 from alignment.harness import jittor_on, seeded_state, tiny_config
+from alignment.model_trace import module_of
 
 SEEDS = (0, 1, 2)
 # What issue 13 asks the trace to hold, per Block and at the root (module names as in checkpoints)
@@ -33,16 +35,18 @@ def ratios(precision, device, seeds=SEEDS):
     out, failing, missing, measured = [], [], set(), set()
     for seed in seeds:
         config = tiny_config(lora_dim=4)
-        traces = trace_gpt2(config, seeded_state(config, seed), random_batch(config, seed=seed, vocab=2000),
-                            precision=precision, device=device)
+        tm, jm, inputs, options = auto_diff_case(
+            config, seeded_state(config, seed), random_batch(config, seed=seed, vocab=2000),
+            precision=precision, device=device)
+        result = auto_diff(tm, jm, inputs, **options)
         required = required_modules(config)
-        missing |= set(required) - set(traces["torch"].order) - set(traces["jittor"].order)
-        result = compare_traces(traces["jittor"], traces["torch"], traces["float64"])
+        missing |= set(required) - set(result.forward_order)
         failing += [r["name"] for r in result.failing()]
-        above = [r for r in result.records if r["err_base"] is not None and r["err_base"] > floor]
+        above = [r for r in result.records if r["kind"] in KINDS
+                 and r["err_base"] is not None and r["err_base"] > floor]
         out += [r["err_test"] / r["err_base"] for r in above]
-        measured |= {(seed, r["name"], r["kind"]) for r in result.records
-                     if r["name"] in required and r["kind"] in MEASURED_KINDS
+        measured |= {(seed, module_of(r["name"]), r["kind"]) for r in result.records
+                     if module_of(r["name"]) in required and r["kind"] in MEASURED_KINDS
                      and r["err_base"] is not None}
     return np.array(out), failing, sorted(missing), measured
 

@@ -1,7 +1,8 @@
 """The harness proves its own power: typical port bugs are planted in the Jittor twin at test time
 (monkeypatching, no file edits) and each must be flagged and localized to the right module, step
-or quantity. Forward and backward bugs go through the per-layer trace with the float64
-noise-floor rule (alignment.trace/compare), optimizer and data-path bugs through one
+or quantity. Forward and backward bugs go through alignment.auto_diff as scripts/diff_layers.py
+calls it (alignment.gpt2_trace.auto_diff_case: the per-layer trace with the float64 noise-floor
+rule), optimizer and data-path bugs through one
 teacher-forced training step (alignment.drift), beam-search bugs through alignment.divergence_step.
 The kill rate is printed at the end (and written to $ALIGNMENT_REPORT_DIR/planted_bugs.json).
 """
@@ -12,12 +13,11 @@ import types
 import numpy as np
 import pytest
 
-from alignment.compare import compare_traces
+from alignment import auto_diff
 from alignment.drift import backend_args, run_drift
-from alignment.gpt2_trace import METHODS, ROOT_OUTPUTS, build_jittor, call, random_batch, trace_gpt2
+from alignment.gpt2_trace import auto_diff_case, build_jittor, random_batch
 from alignment.harness import seeded_state, tiny_config
 from alignment.planted_bugs import MODEL_BUGS
-from alignment.trace import trace_module
 from shared.runtime.atomic import write_json
 from shared.decode.beam_spec import BeamSettings
 from shared.model.config import GPT2Config
@@ -33,30 +33,23 @@ BEAM = BeamSettings(beam=4, eval_len=16, min_length=6, length_penalty=0.8, no_re
 @pytest.fixture(scope="module")
 def gpt2_case():
     config = tiny_config(lora_dim=4)
-    state = seeded_state(config, 0)
-    inputs = random_batch(config, seed=1, vocab=2000)
-    cache = {}
-
-    def reference(dropout):
-        if dropout not in cache:
-            cache[dropout] = trace_gpt2(config, state, inputs, dropout=dropout)
-        return cache[dropout]
-    return config, state, inputs, reference
+    return config, seeded_state(config, 0), random_batch(config, seed=1, vocab=2000)
 
 
 @pytest.mark.parametrize("bug", list(MODEL_BUGS))
 def test_model_bug_is_flagged_and_localized(bug, gpt2_case, monkeypatch):
-    config, state, inputs, reference = gpt2_case
+    config, state, inputs = gpt2_case
     plant, dropout, expected = MODEL_BUGS[bug]
-    ref = reference(dropout)
     model = build_jittor(config, state, dropout=dropout)
     plant(monkeypatch, model)
-    traced = trace_module("jittor", model, inputs, call, root_outputs=ROOT_OUTPUTS, methods=METHODS)
-    monkeypatch.undo()
-    result = compare_traces(traced, ref["torch"], ref["float64"])
-    where = result.first_divergence
-    RESULTS[bug] = (not result.passed(), where)
-    assert not result.passed(), f"{bug}: not flagged"
+    tm, jm, feed, options = auto_diff_case(config, state, inputs, dropout=dropout, jittor_model=model)
+    try:
+        result = auto_diff(tm, jm, feed, **options)
+    finally:
+        monkeypatch.undo()
+    where = {d: result.first_divergence[d] for d in ("forward", "backward")}
+    RESULTS[bug] = (not result.passed, where)
+    assert not result.passed, f"{bug}: not flagged"
     for direction, module in expected.items():
         assert where[direction] == module, f"{bug}: localized to {where}, expected {expected}"
 

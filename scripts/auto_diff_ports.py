@@ -43,23 +43,22 @@ def build_parser():
 
 
 def case(model: str, seed: int = 0):
-    """(torch model, Jittor model, inputs, loss_fn) of one model of the log."""
+    """(torch model, Jittor model, inputs, auto_diff's options) of one model of the log."""
     if model == "gpt2":
         from alignment import gpt2_trace
         from alignment.harness import seeded_state, tiny_config
         config = tiny_config(lora_dim=4)
         batch = gpt2_trace.random_batch(config, vocab=2000, seed=seed)
-        tm, jm, inputs, loss = gpt2_trace.auto_diff_case(config, seeded_state(config, seed), batch)
-        return tm, jm, inputs, loss
+        return gpt2_trace.auto_diff_case(config, seeded_state(config, seed), batch)
     from alignment import torchvision_ports
     tm, jm = torchvision_ports.build(model, seed=seed)
-    return tm, jm, (torchvision_ports.images(seed=seed),), None
+    return tm, jm, (torchvision_ports.images(seed=seed),), {}
 
 
 def run_case(model, seed=0, train=False, plant=None, correct=False, **kw):
     from alignment import auto_diff, port_bugs
     from alignment.planted_bugs import Patches
-    tm, jm, inputs, loss = case(model, seed)
+    tm, jm, inputs, options = case(model, seed)
     patches = Patches()
     try:
         if correct:
@@ -67,7 +66,7 @@ def run_case(model, seed=0, train=False, plant=None, correct=False, **kw):
         if plant:
             plant(patches, jm)
         start = time.time()
-        result = auto_diff(tm, jm, inputs, loss_fn=loss, train=train, **kw)
+        result = auto_diff(tm, jm, inputs, **dict(options, train=train, **kw))
     finally:
         patches.undo()
     return result, time.time() - start

@@ -84,6 +84,15 @@ def full_dir(tmp_path):
 
 
 @pytest.fixture
+def report_sized_full_dir(tmp_path):
+    """A 96 KiB file system: diff_layers' JSON (~67 KB) and Markdown fit, its plot does not."""
+    path = tmp_path / "full"
+    _mount(path, "size=96k")
+    yield path
+    _unmount(path)
+
+
+@pytest.fixture
 def read_only_dir(tmp_path):
     path = tmp_path / "ro"
     _mount(path, "size=64k,ro")
@@ -253,9 +262,10 @@ def test_diff_layers_checks_its_output_folder_first(traced, a_file, read_only_di
     one_error_line(diff_layers(data, read_only_dir / "o"), "--out", "read-only")
 
 
-def test_diff_layers_on_a_full_disk_writes_all_outputs_or_none(traced, full_dir):
-    """The JSON (~40 KB) and the Markdown fit, the plot (~100 KB) does not: none remains."""
+def test_diff_layers_on_a_full_disk_writes_all_outputs_or_none(traced, report_sized_full_dir):
+    """The JSON (~67 KB) and the Markdown fit, the plot (~100 KB) does not: none remains."""
     data, checkpoint = traced
+    full_dir = report_sized_full_dir
     proc = diff_layers(data, full_dir / "o", "--init_checkpoint", str(checkpoint))
     one_error_line(proc, full_dir / "o" / "diff_layers.png", "No space left on device")
     assert leftovers(full_dir) == [] and not (full_dir / "o").exists()
