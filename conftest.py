@@ -32,6 +32,16 @@ def vocab_dir():
 
 
 @pytest.fixture(scope="session")
+def preference_data():
+    """The Alpaca-format entries with chosen/rejected responses (PREFERENCE_DATA, else ../shared)."""
+    path = os.environ.get("PREFERENCE_DATA") or os.path.join(
+        ROOT, "..", "shared", "data", "instruct", "instruction-data-with-preference.json")
+    if not os.path.isfile(path):
+        pytest.skip("no instruction-data-with-preference.json (set PREFERENCE_DATA)")
+    return path
+
+
+@pytest.fixture(scope="session")
 def e2e_dir():
     return _dir_from_env("E2E_DATA_DIR", ["train.txt", "valid.txt", "test.txt"],
                          os.path.join(ROOT, "data", "e2e"))

@@ -16,34 +16,24 @@ import pytest
 
 from alignment.harness import compare, jittor_on
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOSS_RTOL, GRAD_SCALE_TOL, GRAD_RTOL, WEIGHT_ATOL = 1e-5, 1e-4, 1e-3, 1e-5
 TINY = ["--n_embd", "32", "--n_layer", "2", "--n_head", "2", "--seq_len", "128",
         "--drop_equal_pairs", "--limit", "40", "--attn", "math", "--no_progress", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
-def data_file():
-    path = os.environ.get("PREFERENCE_DATA") or os.path.join(
-        ROOT, "..", "shared", "data", "instruct", "instruction-data-with-preference.json")
-    if not os.path.isfile(path):
-        pytest.skip("no instruction-data-with-preference.json (set PREFERENCE_DATA)")
-    return path
-
-
-@pytest.fixture(scope="module")
-def reward_model(tmp_path_factory, data_file, vocab_dir):
+def reward_model(tmp_path_factory, preference_data, vocab_dir):
     """A tiny reward model trained for a few steps by reward_ft.py (torch)."""
     from scripts.reward_ft import main
     work = tmp_path_factory.mktemp("reward")
-    assert main(["--backend", "torch", "--data", data_file, "--vocab", vocab_dir, *TINY,
+    assert main(["--backend", "torch", "--data", preference_data, "--vocab", vocab_dir, *TINY,
                  "--lora_dim", "0", "--max_step", "4", "--train_batch_size", "4", "--lr", "1e-3",
                  "--random_seed", "3", "--work_dir", str(work)]) == 0
     return str(work)
 
 
-def ppo_argv(backend, data_file, vocab_dir, reward_model, work_dir, *extra):
-    return ["--backend", backend, "--data", data_file, "--vocab", vocab_dir, *TINY,
+def ppo_argv(backend, preference_data, vocab_dir, reward_model, work_dir, *extra):
+    return ["--backend", backend, "--data", preference_data, "--vocab", vocab_dir, *TINY,
             "--reward_model", reward_model, "--lora_dim", "4", "--lora_alpha", "16",
             "--rollout_batch", "4", "--train_batch_size", "2", "--response_len", "12",
             "--ppo_epochs", "1", "--lr", "0.01", "--random_seed", "7",
@@ -77,11 +67,11 @@ def gradients(backend_name, backend):
             for p, g in backend.optimizer.grads_of(group)}
 
 
-def test_rollout_and_step_agree(tmp_path, data_file, vocab_dir, reward_model):
+def test_rollout_and_step_agree(tmp_path, preference_data, vocab_dir, reward_model):
     """The same sampled tokens, scores, log-probabilities and values; then from the torch
     rollout's minibatch the same PPO loss, metrics and gradients in both backends."""
     def argv(backend):
-        return ppo_argv(backend, data_file, vocab_dir, reward_model, tmp_path / backend,
+        return ppo_argv(backend, preference_data, vocab_dir, reward_model, tmp_path / backend,
                         "--ptx_coef", "0.5", "--fixed_width", "--max_epoch", "1")
     t_backend, t_rollouts = build("torch", argv("torch"))
     t_state = t_rollouts.rollout(1, 7)
@@ -132,7 +122,7 @@ def run(backend, argv):
     return records, scores, work
 
 
-def test_four_iterations_agree(tmp_path, data_file, vocab_dir, reward_model):
+def test_four_iterations_agree(tmp_path, preference_data, vocab_dir, reward_model):
     """Four PPO iterations (adaptive KL coefficient, tempered top-k sampling, 2 minibatch steps
     each) in both backends: the same rollouts (tokens), logged rewards, KL, coefficients and
     losses, the same weights."""
@@ -141,10 +131,10 @@ def test_four_iterations_agree(tmp_path, data_file, vocab_dir, reward_model):
     extra = ("--fixed_width", "--max_epoch", "4", "--target_kl", "0.5", "--kl_coef", "0.1",
              "--temperature", "0.8", "--top_k", "50", "--eval_prompts", "3",
              "--log_interval", "2", "--eval_interval", "4", "--save_interval", "4")
-    t_records, t_scores, t_work = run("torch", ppo_argv("torch", data_file, vocab_dir, reward_model,
+    t_records, t_scores, t_work = run("torch", ppo_argv("torch", preference_data, vocab_dir, reward_model,
                                                         tmp_path / "torch", *extra))
     with jittor_on("cpu"):
-        j_records, j_scores, j_work = run("jittor", ppo_argv("jittor", data_file, vocab_dir,
+        j_records, j_scores, j_work = run("jittor", ppo_argv("jittor", preference_data, vocab_dir,
                                                              reward_model, tmp_path / "jittor", *extra))
     t_train = [r for r in t_records if r["kind"] == "train"]
     j_train = [r for r in j_records if r["kind"] == "train"]

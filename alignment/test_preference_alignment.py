@@ -23,23 +23,13 @@ from shared.model.classifier_params import init_head
 from shared.text.preference_data import PreferenceDataset, read_preference_entries
 from shared.text.tokenizer import load_tokenizer
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOSS_RTOL, GRAD_SCALE_TOL, GRAD_RTOL, WEIGHT_ATOL = 1e-5, 1e-4, 1e-3, 1e-5
 SEQ_LEN = 128
 
 
 @pytest.fixture(scope="module")
-def data_file():
-    path = os.environ.get("PREFERENCE_DATA") or os.path.join(
-        ROOT, "..", "shared", "data", "instruct", "instruction-data-with-preference.json")
-    if not os.path.isfile(path):
-        pytest.skip("no instruction-data-with-preference.json (set PREFERENCE_DATA)")
-    return path
-
-
-@pytest.fixture(scope="module")
-def batch(data_file, vocab_dir):
-    entries = read_preference_entries(data_file)[:3]  # entry 0 has an input
+def batch(preference_data, vocab_dir):
+    entries = read_preference_entries(preference_data)[:3]  # entry 0 has an input
     data = PreferenceDataset(entries, load_tokenizer(vocab_dir), 3, SEQ_LEN)
     return data.collate([0, 1, 2])
 
@@ -180,10 +170,10 @@ def test_dpo_starts_at_ln2(batch):
     compare_grads("dpo-ln2", t_grads, j_grads)
 
 
-def run_script(script, backend, data_file, vocab_dir, work_dir, extra):
+def run_script(script, backend, preference_data, vocab_dir, work_dir, extra):
     from importlib import import_module
     main = import_module(f"scripts.{script}").main
-    argv = ["--backend", backend, "--device", "cpu", "--data", data_file, "--drop_equal_pairs",
+    argv = ["--backend", backend, "--device", "cpu", "--data", preference_data, "--drop_equal_pairs",
             "--limit", "48", "--n_embd", "64", "--n_layer", "2", "--n_head", "4",
             "--lora_dim", "4", "--lora_alpha", "16", "--lora_dropout", "0.1", "--shared_dropout",
             "--seq_len", "96", "--fixed_width", "--train_batch_size", "4", "--valid_batch_size",
@@ -202,11 +192,11 @@ def run_script(script, backend, data_file, vocab_dir, work_dir, extra):
 @pytest.mark.parametrize("script,extra,prefix", [
     ("reward_ft", ("--margin", "0.2"), "reward_"),
     ("dpo_ft", ("--beta", "0.5"), "rewards_")], ids=["reward", "dpo"])
-def test_training_runs_agree_with_shared_dropout(tmp_path, data_file, vocab_dir, script, extra,
+def test_training_runs_agree_with_shared_dropout(tmp_path, preference_data, vocab_dir, script, extra,
                                                  prefix):
-    t_records, t_scores, t_weights = run_script(script, "torch", data_file, vocab_dir,
+    t_records, t_scores, t_weights = run_script(script, "torch", preference_data, vocab_dir,
                                                 tmp_path / "torch", extra)
-    j_records, j_scores, j_weights = run_script(script, "jittor", data_file, vocab_dir,
+    j_records, j_scores, j_weights = run_script(script, "jittor", preference_data, vocab_dir,
                                                 tmp_path / "jittor", extra)
     assert_task_runs_agree(script, (t_records, t_weights), (j_records, j_weights), 6, LOSS_RTOL,
                            WEIGHT_ATOL)
