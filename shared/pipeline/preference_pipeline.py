@@ -504,7 +504,8 @@ class PreferencePipeline(InstructPipeline):
                 f"{sampling['temperature']}, top-k {sampling['top_k']}, up to "
                 f"{sampling['max_new_tokens']} tokens, prompt i drawn with seed "
                 f"{sampling['seed']} + i for every policy); the backend's own reward model "
-                "scores each response. Win rate = (wins + ties / 2) / prompts.\n\n"
+                "scores each response. Win rate = (wins + ties / 2) / prompts; a response identical "
+                "to the SFT model's is a tie.\n\n"
                 + self.side_by_side(rows) + "\n\n" + agreement + self.examples_md(responses))
         return text, values
 

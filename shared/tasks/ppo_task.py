@@ -23,8 +23,9 @@ state (beside the optimizer's arrays, prefix `rollout/`), every draw is seeded b
 and the intermediate checkpoints hold the LoRA weights and the value head. The final checkpoint
 is the plain policy (GPT-2 + LoRA), which generate.py and chat.py load. After training,
 WORK_DIR/ppo_eval.json holds the reward model's mean score of the tuned policy's and the
-starting model's responses to held-out prompts (the same seeds for both), the policy's win
-rate (ties count half), and example responses.
+starting model's responses to held-out prompts (the same seeds for both), the policy's wins,
+ties (identical responses always tie) and losses, its win rate (ties count half), and example
+responses.
 """
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ from shared.tasks.classify_task import card_config
 from shared.tasks.preference_task import (DATA_RESUME_KEYS, REWARD_CARD,
                                           add_preference_data_flags, preference_datasets,
                                           preference_problems, read_reward_card)
+from shared.tasks.reward_judge import win_rate
 from shared.text.tokenizer import EOT_ID, load_tokenizer
 from shared.train.ppo_math import KLController, gae, penalized_rewards, whiten
 from shared.train.train_args import build_parser, model_config
@@ -336,7 +338,8 @@ class PPORollouts:
 
     def compare_with_start(self, prompts, tokenizer, examples=3) -> dict:
         """The policy's and the starting model's responses to `prompts` (the same draws),
-        scored by the reward model: mean scores, the policy's win rate, examples."""
+        scored by the reward model: mean scores, the policy's win rate (identical responses
+        tie), examples."""
         seed = self.args.random_seed
         seeds = [row_seed(seed, EVAL_SEED_TAG, r) for r in range(len(prompts))]
         out, scores = {}, {}
@@ -344,12 +347,12 @@ class PPORollouts:
             responses = self.respond(prompts, seeds, reference=reference)
             scores[who] = self.score(prompts, responses)
             out[who] = responses
-        wins = (scores["policy"] > scores["start"]).mean() + \
-            0.5 * (scores["policy"] == scores["start"]).mean()
+        rate = win_rate(scores["policy"], scores["start"],
+                        [a == b for a, b in zip(out["policy"], out["start"])])
         def text(ids):
             return tokenizer.decode([t for t in ids if t != EOT_ID])
         return {"prompts": len(prompts), "reward_policy": float(scores["policy"].mean()),
-                "reward_start": float(scores["start"].mean()), "win_rate": float(wins),
+                "reward_start": float(scores["start"].mean()), **rate,
                 "response_length_policy": float(np.mean([len(r) for r in out["policy"]])),
                 "response_length_start": float(np.mean([len(r) for r in out["start"]])),
                 "examples": [{"prompt": text(prompts[i]), "policy": text(out["policy"][i]),
