@@ -105,6 +105,29 @@ def test_a_reward_model_that_does_not_fit_is_refused(tmp_path, data, vocab_dir, 
     assert not os.path.exists(tmp_path / "w")
 
 
+def test_test_prompts_without_room_are_refused_before_training(tmp_path, vocab_dir,
+                                                               reward_model, capsys):
+    """Every test prompt leaves less than --response_len + 1 tokens (its pairs still fit, cut):
+    the held-out comparison would have nothing to compare, so the run is refused up front."""
+    from shared.text.instruct_data import format_prompt
+    from shared.text.preference_data import split_preference_entries
+    from shared.text.tokenizer import load_tokenizer
+    tok = load_tokenizer(vocab_dir)
+    items = entries()
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(items), encoding="utf-8")
+    for entry in split_preference_entries(str(path), 123)[0]["test"]:
+        item = items[entry["id"]]
+        while len(tok.encode(format_prompt(item))) < 60:  # 60 + 8 + 1 > --seq_len 64
+            item["instruction"] += " please"
+    path.write_text(json.dumps(items), encoding="utf-8")
+    status, err = run_main(ppo_argv(str(path), vocab_dir, reward_model, tmp_path / "w"), capsys)
+    assert status == 2, err
+    assert (f"prompts of the test split of {path}: none leaves --response_len 8 + 1 tokens "
+            f"within --seq_len 64") in err
+    assert not os.path.exists(tmp_path / "w")
+
+
 @pytest.mark.parametrize("lora_dim", ["4", "0"])
 def test_ppo_resumes_bit_exactly_after_a_stop(tmp_path, data, vocab_dir, reward_model, lora_dim):
     """LoRA (4) or every weight (0): the run stopped in its second iteration and resumed logs

@@ -145,3 +145,21 @@ def test_reward_judge_runs_a_reward_model_on_two_policies(tmp_path, vocab_dir):
     rows = [json.loads(line) for line in open(tmp_path / "judge" / "responses.jsonl")]
     assert len(rows) == 4 and set(rows[0]["responses"]) == {"sft", "dpo"}
     assert "dpo over sft: win rate" in proc.stdout
+    # a reward model for another tokenizer size: one line, status 2, nothing written
+    from shared.model.checkpoint import read_checkpoint
+    small = tmp_path / "small_vocab"
+    small.mkdir()
+    card = json.loads((tmp_path / "reward" / "reward_model.json").read_text())
+    (small / "reward_model.json").write_text(json.dumps(card))
+    state = {k.removeprefix("module."): v for k, v in
+             read_checkpoint(str(tmp_path / "reward" / card["checkpoint"])).items()}
+    state["transformer.wte.weight"] = state["transformer.wte.weight"][:1000]
+    save_checkpoint(str(small / card["checkpoint"]), state)
+    proc = run_judge(["--backend", "torch", "--device", "cpu", *TINY, "--data", data,
+                      "--policies", f"sft={tmp_path / 'a.safetensors'}",
+                      f"dpo={tmp_path / 'b.safetensors'}", "--reward_model", str(small),
+                      "--seq_len", "64", "--max_new_tokens", "5", "--vocab", vocab_dir,
+                      "--out", str(tmp_path / "other" / "judge.json")])
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "a reward model for a tokenizer of 1000 tokens; the policy's has 50257" in proc.stderr
+    assert not (tmp_path / "other").exists()

@@ -383,7 +383,16 @@ def train_ppo(args, backend_for, on_step=None):
     rollouts = PPORollouts(args, data["train"])
     if rollouts.truncation_report():
         print(f"warning: {rollouts.truncation_report()}", flush=True)
-    test_prompts, _ = fitting_prompts(data["test"], args.response_len, args.seq_len)
+    test_prompts, test_too_long = fitting_prompts(data["test"], args.response_len, args.seq_len)
+    if not test_prompts:  # refused now, not after training: the held-out comparison needs one
+        raise TrainingError(f"prompts of the test split of {args.data}: none leaves "
+                            f"--response_len {args.response_len} + 1 tokens within --seq_len "
+                            f"{args.seq_len} (the held-out comparison of ppo_eval.json)")
+    if test_too_long:
+        print(f"warning: prompts of the test split of {args.data}: {test_too_long} of "
+              f"{len(test_prompts) + test_too_long} left out of the held-out comparison: "
+              f"prompt + --response_len {args.response_len} + 1 exceeds --seq_len "
+              f"{args.seq_len}", flush=True)
     with RunLock(args.work_dir):
         trainer = Trainer(args, trainer_backend(backend_for(args.backend), reward),
                           on_step=on_step, datasets=(rollouts, data["valid"]),
@@ -391,6 +400,7 @@ def train_ppo(args, backend_for, on_step=None):
         rollouts.backend = trainer.backend
         summary = trainer.train()
         held_out = rollouts.compare_with_start(test_prompts[:args.eval_prompts], tokenizer)
+        held_out["prompts_too_long"] = test_too_long
         result = {"backend": args.backend, "checkpoint": summary["final_checkpoint"],
                   "steps": summary["steps"], "iterations": summary["epochs"],
                   "kl_coef": float(trainer.backend.rollout_state["kl_coef"][0]), "test": held_out,
