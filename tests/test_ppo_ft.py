@@ -144,7 +144,8 @@ def test_ppo_resumes_bit_exactly_after_a_stop(tmp_path, data, vocab_dir, reward_
         args = build_ppo_parser().parse_args(ppo_argv(
             data, vocab_dir, reward_model, work_dir, "--target_kl", "0.01", "--kl_horizon", "10",
             "--ptx_coef", "0.5", "--save_interval", "100", "--log_interval", "1",
-            "--eval_prompts", "2", "--lora_dim", lora_dim, *extra))
+            "--eval_prompts", "2", "--lora_dim", lora_dim, "--tensorboard", f"{work_dir}_tb",
+            *extra))
         assert ppo_problems(args) == []
         return validate(args, data_files=False)
 
@@ -179,6 +180,13 @@ def test_ppo_resumes_bit_exactly_after_a_stop(tmp_path, data, vocab_dir, reward_
     _, arrays = load_trainer_state(tmp_path / "cut" / "trainer_state.3.npz")
     assert arrays["value_head/v_head.weight"].shape == (32, 1)
     assert whole["test"] == cut["test"]
+    # TensorBoard: PPO's curves, every step once after the resume, as in the run through
+    from test_tensorboard_log import scalars
+    curves = [scalars(f"{tmp_path / d}_tb") for d in ("whole", "cut")]
+    for tag in ("train/loss", "train/reward", "train/kl", "train/entropy", "train/clip_fraction",
+                "train/value_loss", "train/returns"):
+        assert [s for s, _ in curves[0][tag]] == list(range(1, 7)), tag
+        assert curves[0][tag] == curves[1][tag], tag
     with open(tmp_path / "whole" / "train_summary.json") as f:
         summary = json.load(f)
     args = parse(tmp_path / "whole")
