@@ -143,7 +143,13 @@ class PreferencePipeline(InstructPipeline):
     gpu_preset = "paper"
 
     def find_data(self):
+        """The preference file, its entries checked and split before the run folder is made:
+        bad data (an entry without `chosen` or `rejected`, too few entries) is one line and
+        nothing written."""
+        from shared.text.preference_data import split_preference_entries
         self.data_file = resolve_data(self.args.data)
+        split_preference_entries(self.data_file, self.args.split_seed,
+                                 limit=self.s["limit"] or None, drop_equal=True)
 
     def stage_folders(self):
         folders = {"init": ["base"]}
