@@ -296,3 +296,66 @@ def test_ports_script_refuses_unknown_parts(capsys):
         script.main(["--out", "unused", "--parts", "planted,everything"])
     assert exit_info.value.code == 2
     assert "--parts: unknown ['everything']" in capsys.readouterr().err
+
+
+def gate_twins(plant=None):
+    """A model whose submodule `gate` takes two floating inputs, one inside a list and one by
+    keyword: gate([a], b=b) = a * sigmoid(b), b computed in the root's own code. `plant` in
+    the Jittor twin: "root" scales b where the root computes it (a forward bug in the second
+    input's path), "gate" halves gate's gradient w.r.t. b (a backward-only bug)."""
+    import torch
+
+    from jittor_impl.runtime import jt
+
+    class TorchGate(torch.nn.Module):
+        def forward(self, parts, b=None):
+            return parts[0] * torch.sigmoid(b)
+
+    class TorchModel(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin_a, self.lin_b = torch.nn.Linear(6, 4), torch.nn.Linear(6, 4)
+            self.gate, self.head = TorchGate(), torch.nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.head(self.gate([self.lin_a(x)], b=torch.tanh(self.lin_b(x))))
+
+    class JittorGate(jt.nn.Module):
+        def execute(self, parts, b=None):
+            if plant == "gate":  # forward right, gradient w.r.t. b halved
+                b = b * 0.5 + (b * 0.5).stop_grad()
+            return parts[0] * jt.sigmoid(b)
+
+    class JittorModel(jt.nn.Module):
+        def __init__(self):
+            self.lin_a, self.lin_b = jt.nn.Linear(6, 4), jt.nn.Linear(6, 4)
+            self.gate, self.head = JittorGate(), jt.nn.Linear(4, 3)
+
+        def execute(self, x):
+            b = jt.tanh(self.lin_b(x)) * (1.5 if plant == "root" else 1.0)
+            return self.head(self.gate([self.lin_a(x)], b=b))
+    torch.manual_seed(0)
+    return TorchModel(), JittorModel()
+
+
+def test_every_floating_input_is_traced():
+    """Both inputs of `gate` are recorded (`gate.in[0][0]`, `gate.in["b"]`), with their own
+    gradients; a bug in the second input's path is blamed where it is: forward, on the root's
+    code that computes b (not on gate, whose first input agrees), backward, on gate (its
+    gradient w.r.t. b), where tracing the first input alone blamed the root."""
+    clean = auto_diff(*gate_twins(), (X,))
+    assert clean.passed, clean.failing()
+    by_kind = {}
+    for r in clean.records:
+        by_kind.setdefault(r["kind"], set()).add(r["name"])
+    assert {"gate.in[0][0]", 'gate.in["b"]', "head", "lin_a"} <= by_kind["inputs"]
+    assert {"gate.in[0][0]", 'gate.in["b"]'} <= by_kind["local_input_grads"]
+    forward = auto_diff(*gate_twins("root"), (X,))
+    assert forward.first_divergence["forward"] == "output", forward.first_divergence
+    failing = {r["name"] for r in forward.failing("inputs")}
+    assert 'gate.in["b"]' in failing and "gate.in[0][0]" not in failing
+    backward = auto_diff(*gate_twins("gate"), (X,))
+    assert backward.first_divergence["forward"] is None
+    assert backward.first_divergence["backward"] == "gate", backward.first_divergence
+    bad = {r["name"] for r in backward.failing("local_input_grads")}
+    assert bad == {'gate.in["b"]'}, bad
