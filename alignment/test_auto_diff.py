@@ -75,12 +75,30 @@ def test_records_are_taken_at_hook_time(clean_eval):
     assert np.abs(trace.input_grads["layer1.0.conv1"]).sum() > 0
 
 
-def test_buffers_differ_in_train_mode_and_agree_once_corrected():
-    """The finding: Jittor's BatchNorm keeps the biased running variance."""
-    shipped = diff(train=True)
+def test_the_porting_page_runs_as_written(tmp_path, monkeypatch, capsys):
+    """docs/porting.md's lines, run as written in a scratch folder: the shipped port in train
+    mode, whose buffers part at bn1 (the finding: Jittor's BatchNorm keeps the biased running
+    variance), and the line it prints is the one the page shows."""
+    import os
+    import re
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "docs", "porting.md"), encoding="utf-8") as f:
+        snippet = re.search(r"```python\n(.*?)```", f.read(), re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(snippet, "docs/porting.md", "exec"), namespace)
+    printed = capsys.readouterr().out.strip().splitlines()[-1]
+    assert f"# {printed}\n" in snippet, printed
+    shipped = namespace["result"]
     assert shipped.first_divergence["forward"] is None
     assert shipped.first_divergence["buffers"] == "bn1"
     assert {r["name"].rsplit(".", 1)[1] for r in shipped.failing("buffers")} >= {"running_var"}
+    for name in ("auto_diff.md", "auto_diff.json", "auto_diff.png"):
+        assert (tmp_path / "runs" / "resnet18-diff" / name).stat().st_size > 0
+
+
+def test_buffers_agree_once_the_running_variance_is_corrected():
+    """The finding fixed (alignment.port_bugs.unbiased_running_var): the buffers agree."""
     corrected = diff(train=True, correct=True)
     assert corrected.first_divergence["buffers"] is None, corrected.failing("buffers")
     assert corrected.rule["k"] == 64.0  # K_TRAIN_BATCHNORM
