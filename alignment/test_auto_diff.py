@@ -377,3 +377,37 @@ def test_every_floating_input_is_traced():
     assert backward.first_divergence["backward"] == "gate", backward.first_divergence
     bad = {r["name"] for r in backward.failing("local_input_grads")}
     assert bad == {'gate.in["b"]'}, bad
+
+
+def test_keyword_inputs_and_a_loss_pair():
+    """Inputs as a dict of keyword arrays; a (torch_fn, jittor_fn) loss pair: agreeing losses
+    pass, and a Jittor loss whose gradient differs (3x: a sum over the 3 outputs instead of
+    their mean) is the backward verdict `loss`, the forward agreeing."""
+    square = (lambda out: (out * out).mean(), lambda out: (out * out).mean())
+    result = auto_diff(*gate_twins(), {"x": X}, loss_fn=square)
+    assert result.passed, result.failing()
+    assert "input.x" in {r["name"] for r in result.records if r["kind"] == "inputs"}
+    wrong = (square[0], lambda out: (out * out).sum() / out.shape[0])
+    result = auto_diff(*gate_twins(), {"x": X}, loss_fn=wrong)
+    assert result.first_divergence["forward"] is None
+    assert result.first_divergence["backward"] == "loss", result.first_divergence
+
+
+def test_steps_find_jittors_adam_eps_placement():
+    """Jittor's Adam adds eps before the bias correction (eps / sqrt(1 - beta2^t) in torch's
+    terms): with eps 1e-3 the weights part after step 1; with torch's placement
+    (port_bugs.torch_style_adam) weights and both moments agree."""
+    import torch
+
+    from jittor_impl.runtime import jt
+    torch_adam = lambda ps: torch.optim.Adam(ps, lr=0.1, eps=1e-3)  # noqa: E731
+    shipped = auto_diff(*mlp_twins(0.0), (X,), steps=1,
+                        optimizers=(torch_adam, lambda ps: jt.optim.Adam(ps, lr=0.1, eps=1e-3)))
+    assert shipped.first_divergence["forward"] is None
+    assert shipped.first_divergence["steps"].startswith("step 1:"), shipped.first_divergence
+    fixed = auto_diff(*mlp_twins(0.0), (X,), steps=2, optimizers=(
+        torch_adam, lambda ps: port_bugs.torch_style_adam(ps, lr=0.1, eps=1e-3)))
+    assert fixed.passed, fixed.failing()
+    state = {r["name"].rsplit("@", 1)[0].rsplit(".", 1)[1] for r in fixed.records
+             if r["kind"] == "step_optimizer"}
+    assert state == {"exp_avg", "exp_avg_sq"}
