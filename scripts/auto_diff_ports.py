@@ -14,7 +14,7 @@ batch):
 - every bug of alignment.port_bugs.PORT_BUGS: whether auto_diff flags it (kill) and where it
   localizes it, against where it was planted.
 Writes OUT/ports.md, OUT/ports.json and OUT/examples/<case>/auto_diff.{md,json,png}
-(about 40 minutes on 2 CPU cores).
+(30 minutes on 2 CPU cores shared with other work).
   python scripts/auto_diff_ports.py --out logs/auto-diff-cpu
 """
 import argparse
@@ -230,7 +230,7 @@ FINDINGS = [
     "float32 means (jittor/nn.py), where torch's kernels are more accurate: Jittor's error "
     "against float64 reaches 8.0x torch's in the local backward and 21.5x in the running "
     "statistics of MobileNetV2 in train mode (the noise-floor table), against at most 4.4x in "
-    "eval mode and 1.6x for GPT-2; hence k = 64 for BatchNorm networks in train mode.",
+    "eval mode and 3.3x for GPT-2; hence k = 64 for BatchNorm networks in train mode.",
     "**Kink flips are common in train mode**: 3 (ResNet-18) and 9 (MobileNetV2) over 3 seeds, "
     "each one element of a ReLU or ReLU6 whose input rounding put on the other side of the "
     "kink. They are recognised and explained; without that, every gradient upstream of them "
@@ -241,9 +241,9 @@ FINDINGS = [
     "the bias-corrected moment by sqrt(v / (1 - beta2^t)) + eps, `jittor.optim.Adam` divides m by "
     "sqrt(v) + eps and applies the bias corrections after, so its eps acts as "
     "eps / sqrt(1 - beta2^t), 31.6x torch's at step 1. Forward and backward agree; the weights "
-    "part after step 1 where gradients are small against that eps (the first is "
-    "`transformer.wte.weight`, whose rows of tokens that are not in the batch get tiny "
-    "gradients through the tied head). With torch's placement "
+    "part after step 1 wherever a gradient is not large against that eps, and Jittor's step "
+    "is shorter there (the first is `transformer.wte.weight`, the tied embedding and head, "
+    "whose gradient elements are small). With torch's placement "
     "(alignment.port_bugs.torch_style_adam) the weights and both moments agree after both steps.",
     "**torchvision 0.28 on a CPU-only torch** cannot load its C extension (the PyPI wheel is "
     "built against CUDA torch) and its import fails; alignment.torchvision_ports declares the "
