@@ -1,18 +1,22 @@
 """One settings object per run (shared/pipeline/run_settings.py) and `--config FILE` on the stage
 scripts (shared/runtime/config_parser.py): a setting's way from the preset to the model, the
 run's run_config.json read back by a rerun, and the config file's values, precedence and errors."""
+import dataclasses
 import io
 import json
 import sys
 
 import pytest
 
-from shared.pipeline.engine import PRESETS, Pipeline
+from shared.pipeline.engine import PRESETS, STAGES, Pipeline
 from shared.pipeline.run_settings import RUN_CONFIG, RunSettings, stage_argv
 from shared.pipeline.stage_process import run_stage
+from shared.runtime.config_parser import RUN_SETTINGS_KEYS
 from shared.train.train_args import build_parser, model_config
 
 sys.path.insert(0, __file__.rsplit("/tests/", 1)[0] + "/scripts")
+from gpt2_beam import build_parser as beam_parser  # noqa: E402
+from diff_layers import build_parser as diff_layers_parser  # noqa: E402
 from run_pipeline import build_parser as work_sh_parser  # noqa: E402
 
 
@@ -23,10 +27,12 @@ def e2e_pipeline(tmp_path, e2e_dir, vocab_dir, *flags):
     return Pipeline(args)
 
 
-def parsed_stage(argv):
-    """gpt2_ft.py's arguments for a pipeline argv (scripts/gpt2_ft.py first)."""
-    assert argv[0] == "scripts/gpt2_ft.py"
-    return build_parser().parse_args(argv[1:])
+def parsed_stage(argv, parser=None):
+    """A stage script's arguments for a pipeline argv, which starts it from the run's settings
+    file (scripts/SCRIPT --config RUN_DIR/run_config.json ...)."""
+    assert argv[0].startswith("scripts/") and argv[1] == "--config"
+    assert argv[2].endswith("/" + RUN_CONFIG)
+    return (parser or build_parser()).parse_args(argv[1:])
 
 
 @pytest.mark.parametrize("flags, rank", [((), PRESETS["e2e"]["micro"]["lora_dim"]),
@@ -35,9 +41,10 @@ def test_lora_dim_goes_from_the_preset_to_the_model_in_one_hop(tmp_path, e2e_dir
                                                                flags, rank):
     pipeline = e2e_pipeline(tmp_path, e2e_dir, vocab_dir, *flags)
     assert pipeline.settings["lora_dim"] == rank  # preset (or flag) -> RunSettings
-    argv = pipeline.lora_argv("torch")  # RunSettings -> argv, by the same name
-    assert argv[argv.index("--lora_dim") + 1] == str(rank)
-    args = parsed_stage(argv)  # argv -> gpt2_ft.py's arguments
+    pipeline.settings.write(pipeline.run_dir)  # RunSettings -> run_config.json
+    argv = pipeline.lora_argv("torch")
+    assert "--lora_dim" not in argv  # not the stage's own: it comes from the settings file
+    args = parsed_stage(argv)  # run_config.json -> gpt2_ft.py's arguments, by the same name
     assert args.lora_dim == rank
     args.init_checkpoint = None  # the base the init stage would write; the shape is in the flags
     assert model_config(args).lora_attn_dim == rank  # -> GPT2Config
@@ -51,13 +58,41 @@ def test_lora_dim_goes_from_the_preset_to_the_model_in_one_hop(tmp_path, e2e_dir
 
 def test_every_e2e_stage_argv_comes_from_the_settings(tmp_path, e2e_dir, vocab_dir):
     pipeline = e2e_pipeline(tmp_path, e2e_dir, vocab_dir, "--lr", "0.01", "--beam", "3")
+    pipeline.settings.write(pipeline.run_dir)
     lora = pipeline.lora_argv("jittor")
-    assert lora[lora.index("--lr") + 1] == "0.01" and "--shared_dropout" in lora
+    assert "--lr" not in lora and "--shared_dropout" in lora  # a setting / the stage's own
     assert "--resume" not in lora  # nothing to resume yet
-    search = stage_argv("gpt2_beam.py", pipeline.search_flags())
-    assert search[search.index("--beam") + 1] == "3"
+    args = parsed_stage(lora)
+    assert (args.lr, args.shared_dropout, args.backend) == (0.01, True, "jittor")
+    assert (args.label_smooth, args.attn) == (0.1, "math")  # the settings of those names
+    search = pipeline.command("gpt2_beam.py", pipeline.search_flags())
     micro = PRESETS["e2e"]["micro"]
-    assert search[search.index("--seq_len") + 1] == str(micro["seq_len"] + micro["eval_len"])
+    args = parsed_stage(search + ["--backend", "torch"], beam_parser())
+    assert args.beam == 3 and args.eos_token_id == [50256, micro["eos_token_id"]]  # appended
+    assert args.seq_len == micro["seq_len"] + micro["eval_len"]  # the stage's own value wins
+
+
+def test_a_run_config_gives_a_script_the_settings_named_like_its_flags(tmp_path, capsys):
+    """One rule for every script: the settings it has flags for; the others, null settings and
+    the run-wide values (`run`) are left alone; a flag on the command line wins."""
+    settings = RunSettings("e2e", "micro", dict(PRESETS["e2e"]["micro"], lora_dim=8, n_embd=None),
+                           {"random_seed": 99, "backends": ["torch"]})
+    settings.write(str(tmp_path))
+    path = str(tmp_path / RUN_CONFIG)
+    args = build_parser().parse_args(["--backend", "torch", "--config", path,
+                                      "--train_data", "t", "--valid_data", "v", "--lr", "0.5"])
+    assert (args.lora_dim, args.n_embd, args.lr) == (8, None, 0.5)
+    assert args.random_seed == 10  # the run's seed is not taken: each stage passes its own
+    layers = diff_layers_parser().parse_args(["--config", path, "--data", "d", "--out", "o"])
+    assert (layers.random_seed, layers.lora_dim) == (1, 8)
+    document = settings.to_json()
+    document["settings"]["lora_dim"] = -1
+    (tmp_path / "bad.json").write_text(json.dumps(document))
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["--backend", "torch", "--config", str(tmp_path / "bad.json")])
+    assert exc.value.code == 2
+    assert "bad.json: settings.lora_dim: must be an integer >= 0" in capsys.readouterr().err
+    assert tuple(f.name for f in dataclasses.fields(RunSettings)) == RUN_SETTINGS_KEYS
 
 
 def test_stage_argv_spells_values_as_flags():
@@ -152,3 +187,4 @@ def test_every_stage_script_takes_config(tmp_path):
     path = write(tmp_path, json.dumps({"text": ["a.txt", "b.txt"], "stride": 7}))
     args = build_pretrain_parser().parse_args(["--backend", "torch", "--config", path])
     assert args.text == ["a.txt", "b.txt"] and args.stride == 7
+

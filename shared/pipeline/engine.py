@@ -37,7 +37,7 @@ from shared.runtime.environment import cuda_available, devices, versions
 from shared.runtime.paths import REPO_ROOT, resolve_e2e_dir, resolve_vocab_dir
 from shared.model.pretrained import checkpoint_config, write_config_beside
 from shared.runtime.run_lock import RunLock
-from shared.pipeline.run_settings import RunSettings, resumed, stage_argv
+from shared.pipeline.run_settings import RUN_CONFIG, RunSettings, resumed, stage_argv
 from shared.pipeline.run_settings import settings_from as preset_settings
 from shared.pipeline.stage_process import run_stage
 from shared.runtime.entry_point import run_script
@@ -262,16 +262,14 @@ class Pipeline:
     def path(self, *parts):
         return os.path.join(self.run_dir, *parts)
 
-    def pick(self, *names):
-        """{name: the setting}: settings a stage script takes as flags of the same name."""
-        return {name: self.s[name] for name in names}
-
-    def shape_flags(self):
-        """The model's shape as the scripts' flags (None: the card's own value)."""
-        return self.pick("model_card", "n_embd", "n_layer", "n_head")
+    def command(self, script, flags, positional=()):
+        """The command of a stage: scripts/`script` started from the run's settings file
+        (RUN_DIR/run_config.json, which gives it every setting named like one of its flags)
+        with `flags`, the stage's own (run_settings.stage_argv)."""
+        return stage_argv(script, flags, positional, config=self.path(RUN_CONFIG))
 
     def sh(self, argv, log_name, launcher=None, capture=False):
-        """Run a project script (`stage_argv`'s list), streaming its output and keeping a copy in
+        """Run a project script (`command`'s list), streaming its output and keeping a copy in
         RUN_DIR/logs; a stop signal is passed on to it and ends the run once it has stopped
         (shared/pipeline/stage_process.py). The one stage runner: `capture` returns the script's
         stdout (kept in the log, not shown), its stderr going to the log only. `launcher`: what
@@ -351,14 +349,15 @@ class Pipeline:
         if self.args.init_checkpoint:
             return self.save_base(base, base_config)
         work, steps = self.path("base"), self.s["base_steps"]
-        argv = stage_argv("gpt2_ft.py", dict(
-            backend="torch", device=self.s["device"], train_data=self.path("data", "train.jsonl"),
-            valid_data=self.path("data", "valid.jsonl"), **self.shape_flags(), lora_dim=0,
-            train_batch_size=self.batch["base_batch_size"], **self.pick("valid_batch_size", "seq_len"),
-            lr=self.s["base_lr"], weight_decay=self.s["weight_decay"], correct_bias=True,
-            clip=self.s["base_clip"], warmup_step=max(1, steps // 20), max_step=steps,
-            scheduler=self.s["base_scheduler"], log_interval=max(1, steps // 10),
-            eval_interval=steps, save_interval=max(1, steps // 4), precision=self.s["precision"],
+        # full fine-tuning with the base_* settings, no label smoothing and the fused attention
+        # (the script's defaults) in place of the LoRA run's settings of those names
+        argv = self.command("gpt2_ft.py", dict(
+            backend="torch", train_data=self.path("data", "train.jsonl"),
+            valid_data=self.path("data", "valid.jsonl"), lora_dim=0, label_smooth=0.0,
+            attn="sdpa", train_batch_size=self.batch["base_batch_size"], lr=self.s["base_lr"],
+            correct_bias=True, clip=self.s["base_clip"], warmup_step=max(1, steps // 20),
+            max_step=steps, scheduler=self.s["base_scheduler"], log_interval=max(1, steps // 10),
+            eval_interval=steps, save_interval=max(1, steps // 4),
             random_seed=self.args.random_seed, work_dir=work,
             max_eval_batches=self.s["valid_batches"] or None, resume=self._has_checkpoint(work)))
         self.sh(argv, "base_train.log", launch_command("torch", self.nproc))
@@ -376,17 +375,12 @@ class Pipeline:
         with `seed` (default: --random_seed)."""
         folder = folder or backend
         seed = self.args.random_seed if seed is None else seed
-        return stage_argv("gpt2_ft.py", dict(
-            backend=backend, device=self.s["device"], train_data=self.path("data", "train.jsonl"),
-            valid_data=self.path("data", "valid.jsonl"), **self.shape_flags(),
+        return self.command("gpt2_ft.py", dict(
+            backend=backend, train_data=self.path("data", "train.jsonl"),
+            valid_data=self.path("data", "valid.jsonl"),
             init_checkpoint=self.path("base", "base.safetensors"),
-            **self.pick("lora_dim", "lora_alpha", "lora_dropout"),
-            train_batch_size=self.batch["train_batch_size"],
-            **self.pick("valid_batch_size", "seq_len", "lr", "weight_decay"),
-            correct_bias=True,
-            **self.pick("warmup_step", "max_step", "scheduler", "clip", "label_smooth",
-                        "log_interval", "eval_interval", "save_interval", "precision"),
-            random_seed=seed, work_dir=self.path(folder), attn=self.s["attn"],
+            train_batch_size=self.batch["train_batch_size"], correct_bias=True,
+            random_seed=seed, work_dir=self.path(folder),
             max_eval_batches=self.s["valid_batches"] or None,
             shared_dropout=self.args.exact_dropout, resume=self._has_checkpoint(self.path(folder))))
 
@@ -406,27 +400,23 @@ class Pipeline:
         return out
 
     def search_flags(self):
-        """The beam search's data, model shape and settings, as gpt2_beam.py and
-        beam_divergence.py take them."""
-        return dict(data=self.path("data", "test.jsonl"), **self.shape_flags(),
-                    **self.pick("lora_dim", "lora_alpha"),
-                    seq_len=self.s["seq_len"] + self.s["eval_len"],
-                    **self.pick("eval_len", "beam", "length_penalty", "no_repeat_ngram_size",
-                                "repetition_penalty", "eos_token_id"))
+        """The beam search's own flags beside the settings, as gpt2_beam.py and
+        beam_divergence.py take them: the test split, and room for the context and eval_len."""
+        return dict(data=self.path("data", "test.jsonl"),
+                    seq_len=self.s["seq_len"] + self.s["eval_len"])
 
     def stage_beam(self):
         out = {}
         for folder, backend, _ in self.runs():
             started = time.time()
             work = self.path(folder)
-            argv = stage_argv("gpt2_beam.py", dict(
-                backend=backend, device=self.s["device"],
-                init_checkpoint=os.path.join(work, f"model.{self.s['max_step']}.pt"),
+            argv = self.command("gpt2_beam.py", dict(
+                backend=backend, init_checkpoint=os.path.join(work, f"model.{self.s['max_step']}.pt"),
                 **self.search_flags(), batch_size=self.s["beam_batch_size"], work_dir=work,
                 output_file="predict.jsonl", unique_contexts=True))
             self.sh(argv, f"{folder}_beam.log")
             beam_seconds = time.time() - started
-            self.sh(stage_argv("gpt2_decode.py", dict(
+            self.sh(self.command("gpt2_decode.py", dict(
                 vocab=self.vocab_dir, sample_file=os.path.join(work, "predict.jsonl"),
                 input_file=self.path("data", "test_formatted.jsonl"),
                 output_ref_file=os.path.join(work, "e2e_ref.txt"),
@@ -439,7 +429,7 @@ class Pipeline:
         for backend in self.backends:
             started = time.time()
             work = self.path(backend)
-            score_argv = stage_argv(
+            score_argv = self.command(
                 "measure_scores.py", dict(python=True, json=os.path.join(work, "metrics.json"),
                                           no_meteor=self.args.no_meteor),
                 positional=[os.path.join(work, "e2e_ref.txt"), os.path.join(work, "e2e_pred.txt")])
@@ -455,7 +445,7 @@ class Pipeline:
         """Paired-bootstrap intervals of torch - jittor per metric, and the seed band (torch -
         torch of another seed) when the seed-band run exists; never without it."""
         pred = lambda folder: os.path.join(self.path(folder), "e2e_pred.txt")  # noqa: E731
-        argv = stage_argv("metric_intervals.py", dict(
+        argv = self.command("metric_intervals.py", dict(
             references=os.path.join(self.path("torch"), "e2e_ref.txt"), torch=pred("torch"),
             jittor=pred("jittor"), resamples=self.s["bootstrap_resamples"],
             out=self.path("metric_intervals"),
@@ -468,21 +458,17 @@ class Pipeline:
         same = dict(  # the checkpoints, data, shape and batches of the check and the trace
             init_checkpoint=self.path("base", "base.safetensors"),
             lora_checkpoint=self.path(backend, f"model.{self.s['max_step']}.pt"),
-            data=self.path("data", "valid.jsonl"), **self.shape_flags(),
-            **self.pick("lora_dim", "lora_alpha", "seq_len"),
-            batch_size=self.s["check_batch_size"], batches=self.s["check_batches"],
-            **self.pick("label_smooth", "device"))
+            data=self.path("data", "valid.jsonl"), batch_size=self.s["check_batch_size"],
+            batches=self.s["check_batches"])
         if len(self.backends) < 2:
             return {"skipped": "needs both backends"}
-        self.sh(stage_argv("check_alignment.py", dict(same, json=self.path("final_check.json"))),
+        self.sh(self.command("check_alignment.py", dict(same, json=self.path("final_check.json"))),
                 "final_check.log")
-        self.sh(stage_argv("diff_layers.py", dict(
-            same, precision=self.s["precision"], out=self.path("diff_layers"), exit_zero=True)),
-            "diff_layers.log")
+        self.sh(self.command("diff_layers.py", dict(
+            same, out=self.path("diff_layers"), exit_zero=True)), "diff_layers.log")
         final = f"model.{self.s['max_step']}.pt"
-        self.sh(stage_argv("beam_divergence.py", dict(
-            **self.search_flags(), device=self.s["device"],
-            torch_checkpoint=self.path("torch", final),
+        self.sh(self.command("beam_divergence.py", dict(
+            **self.search_flags(), torch_checkpoint=self.path("torch", final),
             jittor_checkpoint=self.path("jittor", final),
             torch_predictions=self.path("torch", "predict.jsonl"),
             jittor_predictions=self.path("jittor", "predict.jsonl"),

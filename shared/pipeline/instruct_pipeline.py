@@ -18,21 +18,20 @@ registers this pipeline for work.sh's --task dispatch.
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
 import shutil
 import time
 
-from shared.runtime.arg_types import seed_int, setting_type
+from shared.runtime.arg_types import seed_int
 from shared.runtime.atomic import write_text
 from shared.model.checkpoint import load_for_model, save_checkpoint
 from shared.model.config import GPT2Config
 from shared.runtime.environment import devices, versions
 from shared.runtime.paths import REPO_ROOT, file_check, resolve_data_path
-from shared.pipeline.engine import PRESETS, Pipeline
-from shared.pipeline.run_settings import stage_argv
+from shared.pipeline.engine import Pipeline
+from shared.pipeline.run_flags import run_parser
 
 STAGES = ("data", "init", "tune", "eval", "check", "report")
 DEFAULT_DATA = os.path.join(REPO_ROOT, "..", "shared", "data", "instruct", "instruction-data.json")
@@ -41,41 +40,20 @@ EXAMPLES_SHOWN = 5
 
 
 def build_parser():
-    p = argparse.ArgumentParser(
-        prog="work.sh --task instruct",
-        description="Instruction tuning (Alpaca JSON) on both backends from identical weights "
-                    "and seeds: data, base model, LoRA tuning, responses + ROUGE-L + "
-                    "perplexity, final check, report.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--preset", choices=sorted(PRESETS["instruct"]), default=None,
-                   help="cuda when a GPU is present, else cpu; micro is a smoke run")
-    p.add_argument("--run", default=None, help="run name (default: instruct-<preset>)")
-    p.add_argument("--runs_dir", default=os.path.join(REPO_ROOT, "runs"))
-    p.add_argument("--logs_dir", default=None,
-                   help="write the report and plots to LOGS_DIR/<run> (default: the run folder, "
-                        "so a plain run never replaces the committed results under logs/)")
+    p = run_parser("instruct", STAGES, InstructPipeline.run_name,
+                   "Instruction tuning (Alpaca JSON) on both backends from identical weights and "
+                   "seeds: data, base model, LoRA tuning, responses + ROUGE-L + perplexity, "
+                   "final check, report.",
+                   "pretrained GPT-2 (HF or microsoft/LoRA layout): skips base training",
+                   prog="work.sh --task instruct")
     p.add_argument("--data", default=None,
                    help="Alpaca JSON (else $INSTRUCT_DATA, else ../shared/data/instruct/"
                         "instruction-data.json)")
-    p.add_argument("--vocab_dir", default=None, help="GPT-2 vocab (else GPT2_VOCAB_DIR)")
-    p.add_argument("--backends", default="torch,jittor", help="comma-separated")
-    p.add_argument("--force", action="store_true", help="rerun every stage")
-    p.add_argument("--force_stage", action="append", default=[], choices=STAGES,
-                   help="rerun this stage and the ones after it")
-    p.add_argument("--until", default=None, choices=STAGES, help="stop after this stage")
-    p.add_argument("--init_checkpoint", default=None,
-                   help="pretrained GPT-2 (HF or microsoft/LoRA layout): skips base training")
     p.add_argument("--exact_dropout", action="store_true",
                    help="LoRA dropout masks from one backend-neutral generator")
     p.add_argument("--full_loss", action="store_true",
                    help="instruction tuning scores every token (default: the response only)")
-    p.add_argument("--random_seed", type=seed_int, default=10)
     p.add_argument("--split_seed", type=seed_int, default=123)
-    types = {"device": str, "model_card": str, "precision": str, "base_lr": float, "lr": float,
-             "lora_dropout": float}
-    for key in sorted({k for preset in PRESETS["instruct"].values() for k in preset}):
-        p.add_argument(f"--{key}", type=setting_type(key, types.get(key, int)), default=None,
-                       help="override the preset's value")
     return p
 
 
@@ -103,10 +81,6 @@ class InstructPipeline(Pipeline):
                     exact_dropout=self.args.exact_dropout, full_loss=self.args.full_loss,
                     split_seed=self.args.split_seed, data=self.data_file)
 
-    def data_flags(self):
-        return dict(data=self.data_file, split_seed=self.args.split_seed,
-                    limit=self.s["limit"] or None, vocab=self.vocab_dir)
-
     # ---------------------------------------------------------------------------- stages
     def stage_data(self):
         from shared.text.instruct_data import prepare_instruct
@@ -125,35 +99,28 @@ class InstructPipeline(Pipeline):
         if self.args.init_checkpoint:
             return self.save_base(base, base_config)
         work, steps = self.path("base"), self.s["base_steps"]
-        argv = stage_argv("gpt2_ft.py", dict(
-            backend="torch", device=self.s["device"],
-            train_data=self.path("data", "full", "train.jsonl"),
-            valid_data=self.path("data", "full", "valid.jsonl"), **self.shape_flags(),
-            lora_dim=0, train_batch_size=self.s["base_batch_size"], valid_batch_size=8,
-            seq_len=self.s["seq_len"], lr=self.s["base_lr"], weight_decay=0.01,
-            correct_bias=True, clip=1.0, warmup_step=max(1, steps // 20), max_step=steps,
-            scheduler="cosine", log_interval=max(1, steps // 10), eval_interval=steps,
-            save_interval=max(1, steps // 4), precision=self.s["precision"],
-            random_seed=self.args.random_seed, work_dir=work, no_progress=True,
-            resume=self._has_checkpoint(work)))
+        argv = self.command("gpt2_ft.py", dict(  # full fine-tuning with the base_* settings
+            backend="torch", train_data=self.path("data", "full", "train.jsonl"),
+            valid_data=self.path("data", "full", "valid.jsonl"), lora_dim=0,
+            train_batch_size=self.s["base_batch_size"], valid_batch_size=8,
+            lr=self.s["base_lr"], weight_decay=0.01, correct_bias=True, clip=1.0,
+            warmup_step=max(1, steps // 20), max_step=steps, scheduler="cosine",
+            log_interval=max(1, steps // 10), eval_interval=steps,
+            save_interval=max(1, steps // 4), random_seed=self.args.random_seed, work_dir=work,
+            no_progress=True, resume=self._has_checkpoint(work)))
         self.sh(argv, "base_train.log")
         save_checkpoint(base, load_for_model(self.path("base", f"model.{steps}.pt"), base_config))
         return {"base": base, "source": "trained from scratch (torch, full loss on train split)"}
 
     def tune_argv(self, backend, **extra):
         """instruct_ft.py's command for `backend`; `extra`: the stage's own flags."""
-        return stage_argv("instruct_ft.py", dict(
-            backend=backend, device=self.s["device"], **self.data_flags(),
-            data_out=self.path("data", "response"), **self.shape_flags(),
-            init_checkpoint=self.path("base", "base.safetensors"),
-            **self.pick("lora_dim", "lora_alpha", "lora_dropout", "train_batch_size"),
-            valid_batch_size=8, **self.pick("seq_len", "lr"), weight_decay=0.01,
-            correct_bias=True, clip=1.0, **self.pick("warmup_step", "max_step"),
-            scheduler="linear", log_interval=10,
-            **self.pick("eval_interval", "save_interval", "precision"),
+        return self.command("instruct_ft.py", dict(
+            backend=backend, data=self.data_file, split_seed=self.args.split_seed,
+            vocab=self.vocab_dir, data_out=self.path("data", "response"),
+            init_checkpoint=self.path("base", "base.safetensors"), valid_batch_size=8,
+            weight_decay=0.01, correct_bias=True, clip=1.0, scheduler="linear", log_interval=10,
             random_seed=self.args.random_seed, work_dir=self.path(backend), attn="math",
-            max_new_tokens=self.s["max_new_tokens"], no_progress=True, **extra,
-            eval_limit=self.s["eval_limit"] or None, full_loss=self.args.full_loss,
+            no_progress=True, **extra, full_loss=self.args.full_loss,
             shared_dropout=self.args.exact_dropout))
 
     def stage_tune(self):
@@ -179,12 +146,11 @@ class InstructPipeline(Pipeline):
     def stage_check(self):
         if len(self.backends) < 2:
             return {"skipped": "needs both backends"}
-        argv = stage_argv("check_alignment.py", dict(
+        argv = self.command("check_alignment.py", dict(
             init_checkpoint=self.path("base", "base.safetensors"),
             lora_checkpoint=self.path(self.backends[0], f"model.{self.s['max_step']}.pt"),
-            data=self.path("data", "response", "valid.jsonl"), **self.shape_flags(),
-            **self.pick("lora_dim", "lora_alpha", "seq_len"), batch_size=4, batches=2,
-            device=self.s["device"], json=self.path("final_check.json")))
+            data=self.path("data", "response", "valid.jsonl"), batch_size=4, batches=2,
+            json=self.path("final_check.json")))
         self.sh(argv, "final_check.log")
         return {"json": self.path("final_check.json")}
 
