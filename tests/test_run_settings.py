@@ -95,6 +95,18 @@ def test_a_run_config_gives_a_script_the_settings_named_like_its_flags(tmp_path,
     assert tuple(f.name for f in dataclasses.fields(RunSettings)) == RUN_SETTINGS_KEYS
 
 
+def test_a_rerun_with_another_nproc_is_refused_naming_both(tmp_path, e2e_dir, vocab_dir):
+    """N processes give one process's results to ~1e-6, not bit for bit: --nproc is a run's
+    setting, which a rerun must not change without --force."""
+    first = e2e_pipeline(tmp_path, e2e_dir, vocab_dir)
+    first.settings.write(first.run_dir)
+    assert first.settings.run["nproc"] == 1
+    with pytest.raises(ValueError, match=r"--nproc 2 \(the run has 1\)"):
+        e2e_pipeline(tmp_path, e2e_dir, vocab_dir, "--nproc", "2")
+    again = e2e_pipeline(tmp_path, e2e_dir, vocab_dir, "--nproc", "2", "--force")
+    assert again.settings.run["nproc"] == 2 and again.batch["train_batch_size"] == 2
+
+
 def test_stage_argv_spells_values_as_flags():
     assert stage_argv("x.py", dict(a=1, b=None, c=True, d=False, e=[1, "z"], f=0.5, g=0),
                       positional=["p"]) == [
@@ -188,3 +200,24 @@ def test_every_stage_script_takes_config(tmp_path):
     args = build_pretrain_parser().parse_args(["--backend", "torch", "--config", path])
     assert args.text == ["a.txt", "b.txt"] and args.stride == 7
 
+
+def test_the_work_sh_tasks_share_one_definition_of_the_common_flags():
+    """scripts/run_pipeline.py, task_pipelines.py and instruct_pipeline.py build their parsers on
+    run_flags.run_parser: the common flags with the same defaults, and one flag per setting of
+    the task's presets (and no other) in the settings group."""
+    from shared.pipeline.instruct_pipeline import build_parser as instruct_parser
+    from shared.pipeline.run_flags import run_parser
+    from shared.pipeline.task_pipelines import build_parser as task_parser
+
+    def split(parser):
+        group = next(g for g in parser._action_groups if g.title == "settings")
+        settings = {a.dest for a in group._group_actions}
+        return settings, {a.dest: a.default for a in parser._actions if a.dest not in settings}
+
+    _, common = split(run_parser("e2e", STAGES, "{preset}-x", "", ""))
+    for task, parser in (("e2e", work_sh_parser()), ("pretrain", task_parser("pretrain")),
+                         ("classify", task_parser("classify")), ("instruct", instruct_parser())):
+        settings, flags = split(parser)
+        assert settings == {key for preset in PRESETS[task].values() for key in preset}, task
+        assert {dest: flags.get(dest) for dest in common} == common, task
+        assert parser.parse_args(["--lr", "0.5"]).lr == 0.5

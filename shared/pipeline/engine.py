@@ -177,10 +177,12 @@ class Pipeline:
     def run_values(self):
         """The run-wide values of RunSettings.run (besides the preset's): what else changes the
         results of this task's run. Not the E2E folder: the same data may sit elsewhere on the
-        machine that finishes a run (--until on one machine, the rest on another)."""
+        machine that finishes a run (--until on one machine, the rest on another). --nproc is
+        one: N processes give one process's losses to ~1e-6, not bit for bit."""
         return dict(random_seed=self.args.random_seed, backends=self.backends,
                     init_checkpoint=self.args.init_checkpoint,
-                    exact_dropout=self.args.exact_dropout, seed_band=self.seed_band)
+                    exact_dropout=self.args.exact_dropout, seed_band=self.seed_band,
+                    nproc=self.args.nproc)
 
     def configure(self):
         """What the stages need once the run folder is there: the model's config, and the

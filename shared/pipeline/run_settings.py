@@ -100,8 +100,8 @@ def resumed(stored: RunSettings, args, presets, now: RunSettings) -> RunSettings
         raise ValueError(
             f"{RUN_CONFIG} of this run folder holds other settings than this command gives: "
             + "; ".join(f"--{key} {new} (the run has {old})" for key, old, new in conflicts)
-            + ". Rerun without those flags to resume it, add --force to start it over with the "
-              "new values, or name another --run")
+            + ". Rerun with the run's values to resume it (a setting left out takes the "
+              "run's), add --force to start it over with the new values, or name another --run")
     return RunSettings(task=stored.task, preset=stored.preset, settings=settings, run=stored.run)
 
 
