@@ -23,6 +23,7 @@ import datetime
 import io
 import json
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -279,14 +280,17 @@ class Pipeline:
         cmd = [*(launcher or [sys.executable]), *argv]
         os.makedirs(self.path("logs"), exist_ok=True)
         log_path = self.path("logs", log_name)
-        print("$ " + " ".join(argv), flush=True)
+        # the command that reruns the stage by hand, from the repository's root
+        shown = shlex.join(argv if cmd[:-len(argv)] == [sys.executable] else cmd)
+        print("$ " + shown, flush=True)
         stdout = io.StringIO() if capture else None
         with open(log_path, "a") as log:
+            log.write(f"$ {shown}\n")
             log.flush()
             code = run_stage(cmd, cwd=ROOT, env=self.stage_env(), log=log, out=stdout,
                              stderr=log if capture else None)
         if code != 0:
-            raise RuntimeError(f"`{' '.join(argv)}` failed with exit code {code} (log: {log_path})")
+            raise RuntimeError(f"`{shown}` failed with exit code {code} (log: {log_path})")
         return stdout.getvalue() if capture else None
 
     def stage_env(self):
