@@ -107,13 +107,13 @@ def _gelu_forward(x, out_type):
                    cuda_header=_HEADER, cuda_src=cuda)
 
 
-def _gelu_backward(x, grad):
+def _gelu_backward(x, grad, out_type=None):
     body = f"{_GELU_Z} float t = tanhf(z); y[i] = out0_type(float(g[i]) * ({_GELU_DY}));"
     cuda = _elementwise_cuda("jla_gelu_bwd", body).replace("IN1_P", "in1_p")
     cpu = _elementwise_cpu(body.replace("y[i]", "out0_p[i]").replace("g[i]", "in1_p[i]")
                            .replace("tanhf", "std::tanh").replace("fminf", "std::fmin")
                            .replace("fmaxf", "std::fmax"))
-    return jt.code(x.shape, x.dtype, [x, grad], cpu_header=_HEADER, cpu_src=cpu,
+    return jt.code(x.shape, out_type or x.dtype, [x, grad], cpu_header=_HEADER, cpu_src=cpu,
                    cuda_header=_HEADER, cuda_src=cuda)
 
 
@@ -121,14 +121,16 @@ class _Gelu(jt.Function):
     """Tanh GELU: one kernel forward, one backward (reads x and the output's gradient). Inside
     autocast the output is stored in the products' type: its one consumer, the MLP's second
     product, casts it so anyway (the same values, without a float32 copy and a cast kernel; torch's
-    autocast GELU, fed a bf16 product, returns bf16 too)."""
+    autocast GELU, fed a bf16 product, returns bf16 too). So is the gradient of x: x is the first
+    product's output plus its bias, and that product's backward casts the gradient to its type
+    anyway (the same rounding, without a float32 [rows, 4C] tensor and a cast kernel per layer)."""
 
     def execute(self, x):
-        self.x = x
-        return _gelu_forward(x, precision.compute_dtype() or x.dtype)
+        self.x, self.low = x, precision.compute_dtype()
+        return _gelu_forward(x, self.low or x.dtype)
 
     def grad(self, grad_output):
-        return _gelu_backward(self.x, grad_output)
+        return _gelu_backward(self.x, grad_output, self.low)
 
 
 def gelu(x):

@@ -35,6 +35,15 @@ def matmul_transpose(a, b):
     return precision.matmul_transpose(a, b, fused_kernels.wanted(a, "cross_entropy"))
 
 
+def lora_padded_B(lora_B, r):
+    """The (2r, 3e) block matrix [[B_q^T, 0, 0], [0, 0, B_v^T]] of a (2e, r) `lora_B` (rows: query,
+    value): lora.py's q/v update as one product. One gather (its backward one scatter-add), where
+    slices, transposes and concats took 8 setitem and 4 transpose kernels per layer each way."""
+    e = lora_B.shape[0] // 2
+    return lora_B.reindex([2 * r, 3 * e], [f"i0<{r} ? i1 : i1-{e}", f"i0<{r} ? i0 : i0-{r}"],
+                          overflow_value=0, overflow_conditions=[f"i0<{r} ? i1>={e} : i1<{2 * e}"])
+
+
 def batched_matmul_transpose(a, b):
     """a @ b^T over matching leading (batch, head) dimensions: attention scores q k^T."""
     return precision.batched_matmul_transpose(a, b)

@@ -76,6 +76,37 @@ def test_gelu_gradient_finite_at_large_inputs():
     np.testing.assert_allclose(d, [0.0, 0.0, 0.0, 0.5, 1.0, 1.0], atol=1e-6)
 
 
+def _gelu_grad_inside_autocast(x, g):
+    """(dx inside autocast, dx outside it) of the fused GELU for float32 x; the output's gradient
+    holds bf16 values in both (inside autocast it reaches GELU as bf16, as from the next product)."""
+    fused_kernels.set_fused_kernels("on")
+    out = []
+    for low in ("bfloat16", None):
+        xj, gj = jt.array(x), jt.array(g).cast("bfloat16").float32()
+        with precision.autocast(low):
+            y = ops.gelu(xj)
+        out.append(jt.grad((y.float32() * gj).sum(), xj))
+    return out
+
+
+def _check_gelu_grad_inside_autocast():
+    x, _, _, g = _inputs((6, 5, 64), seed=4)
+    low, full = _gelu_grad_inside_autocast(x, g)
+    # stored in the products' type: the float32 gradient rounded by this device's own cast
+    assert str(low.dtype) == "bfloat16" and str(full.dtype) == "float32"
+    np.testing.assert_array_equal(low.float32().numpy(), full.cast("bfloat16").float32().numpy())
+
+
+def test_gelu_gradient_inside_autocast_is_the_rounded_float32_one_cpu():
+    _check_gelu_grad_inside_autocast()
+
+
+@pytest.mark.gpu
+def test_gelu_gradient_inside_autocast_is_the_rounded_float32_one_cuda():
+    with jittor_on("cuda"):
+        _check_gelu_grad_inside_autocast()
+
+
 def test_switch_chooses_the_kernels():
     x = jt.ones((2, 4))
     fused_kernels.set_fused_kernels("auto")

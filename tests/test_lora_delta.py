@@ -58,12 +58,30 @@ def test_padded_form_matches_float32_form(delta):
     assert np.all(exact[0][..., e:2 * e] == 0) and np.all(padded[0][..., e:2 * e] == 0)  # key third
 
 
-def test_padded_B_layout():
-    layer = torch_lora.MergedLinear(IN, OUT, r=R, lora_alpha=8)
-    with torch.no_grad():
-        layer.lora_B.copy_(torch.arange(OUT // 3 * 2 * R, dtype=torch.float32).reshape(-1, R))
-    padded, e = layer.padded_B().detach().numpy(), OUT // 3
-    b = layer.lora_B.detach().numpy()
+def _padded_B(side, b):
+    """(padded B, gradient of sum(padded B * weights) with respect to lora_B) of either twin."""
+    weights = np.random.default_rng(3).normal(size=(2 * R, OUT)).astype(np.float32)
+    if side == "torch":
+        layer = torch_lora.MergedLinear(IN, OUT, r=R, lora_alpha=8)
+        with torch.no_grad():
+            layer.lora_B.copy_(torch.from_numpy(b))
+        padded = layer.padded_B()
+        (padded * torch.from_numpy(weights)).sum().backward()
+        return padded.detach().numpy(), layer.lora_B.grad.numpy(), weights
+    layer = jittor_lora.MergedLinear(IN, OUT, r=R, lora_alpha=8)
+    layer.lora_B.assign(jt.array(b))
+    padded = layer.padded_B()
+    return padded.numpy(), jt.grad((padded * jt.array(weights)).sum(), layer.lora_B).numpy(), weights
+
+
+@pytest.mark.parametrize("side", ["torch", "jittor"])
+def test_padded_B_layout(side):
+    """The block layout (jittor: one gather, torch: concats) and its gradient: each entry of lora_B
+    appears once, so its gradient is the weight at its place."""
+    b = np.arange(OUT // 3 * 2 * R, dtype=np.float32).reshape(-1, R) + 1
+    padded, grad, weights = _padded_B(side, b)
+    e = OUT // 3
     want = np.zeros((2 * R, OUT), np.float32)
     want[:R, :e], want[R:, 2 * e:] = b[:e].T, b[e:].T
     np.testing.assert_array_equal(padded, want)
+    np.testing.assert_array_equal(grad, np.concatenate([weights[:R, :e].T, weights[R:, 2 * e:].T]))

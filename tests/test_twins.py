@@ -189,6 +189,10 @@ ALLOWED = {
             'merged back: (B, T, E)."""',
             '"""Whether the products run in a 16-bit type (inside jt.autocast): where forms that',
             'return jt.is_autocast_enabled(x.device.type)',
+            'value): lora.py\'s q/v update as one product."""',
+            'b_q, b_v = lora_B[:e].transpose(0, 1), lora_B[e:].transpose(0, 1)  # (r, e) each',
+            'zeros = jt.zeros_like(b_q)',
+            'return jt.concat([jt.concat([b_q, zeros, zeros], dim=1), jt.concat([zeros, zeros, b_v], dim=1)], dim=0)',
         ],
         'jittor': [
             'differs between the frameworks stands here, once. The products and permutes take their',
@@ -291,6 +295,10 @@ ALLOWED = {
             'smooth = lse - shifted.float64().mean(dim=-1).float32()',
             'loss = (1.0 - smoothing) * loss + smoothing * smooth',
             'return jt.where(labels == -1, jt.zeros_like(loss), loss)',
+            'value): lora.py\'s q/v update as one product. One gather (its backward one scatter-add), where',
+            'slices, transposes and concats took 8 setitem and 4 transpose kernels per layer each way."""',
+            'return lora_B.reindex([2 * r, 3 * e], [f"i0<{r} ? i1 : i1-{e}", f"i0<{r} ? i0 : i0-{r}"],',
+            'overflow_value=0, overflow_conditions=[f"i0<{r} ? i1>={e} : i1<{2 * e}"])',
         ],
     },
     'optim.py': {

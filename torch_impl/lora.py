@@ -9,7 +9,7 @@ from torch import nn
 
 from shared.model.params import is_lora_name
 
-from .ops import dropout, matmul, mixed_precision, parameter
+from .ops import dropout, lora_padded_B, matmul, matmul_transpose, mixed_precision, parameter
 
 
 class MergedLinear(nn.Module):
@@ -41,20 +41,17 @@ class MergedLinear(nn.Module):
         one product with `padded_B` (no (..., 3e) concat of two deltas and zeros, no slices of
         after_a); float32 keeps the two products and the concat, whose rounding it is checked by."""
         r, e = self.r, self.out_features // 3
+        if mixed_precision(x):  # x A^T without a transposed copy of A, then the padded B
+            return matmul(matmul_transpose(x, self.lora_A), self.padded_B()) * self.scaling
         after_a = matmul(x, self.lora_A.transpose(0, 1))  # (..., 2r)
-        if mixed_precision(x):
-            return matmul(after_a, self.padded_B()) * self.scaling
         delta_q = matmul(after_a[..., :r], self.lora_B[:e].transpose(0, 1))
         delta_v = matmul(after_a[..., r:], self.lora_B[e:].transpose(0, 1))
         return torch.concat([delta_q, torch.zeros_like(delta_q), delta_v], dim=-1) * self.scaling
 
     def padded_B(self):
         """The (2r, 3e) block matrix [[B_q^T, 0, 0], [0, 0, B_v^T]]: after_a @ it is the delta of
-        all three thirds in one product (a few small kernels to build, against full-width copies)."""
-        e = self.out_features // 3
-        b_q, b_v = self.lora_B[:e].transpose(0, 1), self.lora_B[e:].transpose(0, 1)  # (r, e) each
-        zeros = torch.zeros_like(b_q)
-        return torch.concat([torch.concat([b_q, zeros, zeros], dim=1), torch.concat([zeros, zeros, b_v], dim=1)], dim=0)
+        all three thirds in one product (ops.lora_padded_B builds it)."""
+        return lora_padded_B(self.lora_B, self.r)
 
     def delta_weight(self):
         """The (in, out) update that merging adds to `weight`."""

@@ -28,6 +28,15 @@ def matmul_transpose(a, b):
     return F.linear(a, b)
 
 
+def lora_padded_B(lora_B, r):
+    """The (2r, 3e) block matrix [[B_q^T, 0, 0], [0, 0, B_v^T]] of a (2e, r) `lora_B` (rows: query,
+    value): lora.py's q/v update as one product."""
+    e = lora_B.shape[0] // 2
+    b_q, b_v = lora_B[:e].transpose(0, 1), lora_B[e:].transpose(0, 1)  # (r, e) each
+    zeros = torch.zeros_like(b_q)
+    return torch.concat([torch.concat([b_q, zeros, zeros], dim=1), torch.concat([zeros, zeros, b_v], dim=1)], dim=0)
+
+
 def batched_matmul_transpose(a, b):
     """a @ b^T over matching leading (batch, head) dimensions: attention scores q k^T."""
     return torch.matmul(a, b.transpose(-2, -1))
