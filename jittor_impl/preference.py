@@ -22,10 +22,10 @@ from .classifier import ClassifierBackend
 from .lora import mark_trainable
 from .model import Conv1D, GPT2LMModel
 from .ops import DEFAULT_ATTENTION, cross_entropy, matmul_transpose
-from .runtime import jt
-from .train import JittorBackend
+from .runtime import jt  # framework
+from .train import JittorBackend  # framework
 
-nn = jt.nn
+nn = jt.nn  # framework
 
 
 def log_sigmoid(x):
@@ -81,8 +81,8 @@ class RewardBackend(ClassifierBackend):
         return model
 
 
-class DPOBackend(JittorBackend):
-    """JittorBackend training the policy with the DPO loss against a frozen reference copy."""
+class DPOBackend(JittorBackend):  # framework
+    """JittorBackend training the policy with the DPO loss against a frozen reference copy."""  # framework
 
     def build_model(self, config, args):
         self.beta = args.beta
@@ -120,7 +120,7 @@ def ppo_losses(logits, values, batch, clip_range, value_clip):
     vf_losses = (values - batch["returns"]) ** 2
     vf_clipped = (values_clipped - batch["returns"]) ** 2
     value_loss = 0.5 * masked_mean(jt.maximum(vf_losses, vf_clipped), mask)
-    token_logp = nn.log_softmax(logits.detach().float32(), dim=-1)
+    token_logp = nn.log_softmax(logits.detach().float32(), dim=-1)  # framework
     metrics = {"clip_fraction": masked_mean((pg_clipped > pg_losses).float32(), mask).detach(),
                "value_clip_fraction": masked_mean(((values - batch["old_values"]).abs() > value_clip).float32(), mask).detach(),
                "approx_kl": (0.5 * masked_mean((logprobs - batch["old_logprobs"]) ** 2, mask)).detach(),

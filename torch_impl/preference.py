@@ -14,8 +14,8 @@ For PPO: `GPT2WithValueHead` (logits and a value per position in one pass) and `
 (clipped policy and value losses from rollouts whose advantages and returns
 shared/train/ppo_math.py computed once, on the host).
 """
-import torch
-import torch.nn.functional as F
+import torch  # framework
+import torch.nn.functional as F  # framework
 
 from shared.model.classifier_params import reward_trains
 from shared.model.value_head import init_value_head
@@ -24,7 +24,7 @@ from .classifier import ClassifierBackend
 from .lora import mark_trainable
 from .model import Conv1D, GPT2LMModel
 from .ops import DEFAULT_ATTENTION, cross_entropy, matmul_transpose
-from .train import TorchBackend
+from .train import TorchBackend  # framework
 
 
 def log_sigmoid(x):
@@ -80,8 +80,8 @@ class RewardBackend(ClassifierBackend):
         return model
 
 
-class DPOBackend(TorchBackend):
-    """TorchBackend training the policy with the DPO loss against a frozen reference copy."""
+class DPOBackend(TorchBackend):  # framework
+    """TorchBackend training the policy with the DPO loss against a frozen reference copy."""  # framework
 
     def build_model(self, config, args):
         self.beta = args.beta
@@ -89,7 +89,7 @@ class DPOBackend(TorchBackend):
         mark_trainable(self.reference, lambda name: False)
         self.reference.set_attention(args.attn or DEFAULT_ATTENTION)
         self.reference.eval()
-        self.reference.to(self.device)
+        self.reference.to(self.device)  # framework
         return super().build_model(config, args)
 
     def batch_loss(self, data, label_smooth=0.0):
@@ -120,7 +120,7 @@ def ppo_losses(logits, values, batch, clip_range, value_clip):
     vf_losses = (values - batch["returns"]) ** 2
     vf_clipped = (values_clipped - batch["returns"]) ** 2
     value_loss = 0.5 * masked_mean(torch.maximum(vf_losses, vf_clipped), mask)
-    token_logp = F.log_softmax(logits.detach().float(), dim=-1)
+    token_logp = F.log_softmax(logits.detach().float(), dim=-1)  # framework
     metrics = {"clip_fraction": masked_mean((pg_clipped > pg_losses).float(), mask).detach(),
                "value_clip_fraction": masked_mean(((values - batch["old_values"]).abs() > value_clip).float(), mask).detach(),
                "approx_kl": (0.5 * masked_mean((logprobs - batch["old_logprobs"]) ** 2, mask)).detach(),
