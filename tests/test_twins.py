@@ -3,22 +3,24 @@
 As transformers keeps its framework copies honest (`# Copied from` + utils/check_copies.py): each
 torch file is normalised (torch names mapped to their Jittor names by the table below, comments
 and blank lines dropped) and compared with its Jittor twin. A line where the frameworks genuinely
-differ carries a marker, in both files, on its own side:
+differ carries a marker at its end, in each file on that file's own lines (a few words of why are
+welcome; they may not contain `#`):
 
     import torch  # framework
     p.requires_grad = trains(name)  # framework: Jittor's eval() keeps its own record
 
-and the lines of a multi-line string (a docstring), where no comment can go, are marked by a
-comment line directly above the line that opens the string, numbering the string's lines from 1
-(the line with the opening quotes):
+Lines of a multi-line string (a docstring), where no comment can go, are marked by a comment line
+directly above the line that opens the string, numbering the string's lines from 1 (the line with
+the opening quotes; blank lines inside a range are skipped):
 
-    def freeze_except(model, trains):
-        # framework: docstring lines 1, 3-5
+    def mark_trainable(model, trains):
+        # framework: docstring lines 1-5
 
-The check: the unmarked lines of the two files must match line for line; the marked lines
-between two matching lines (a hunk) are compared with each other, and a marked line that matches
-a line of its twin's hunk is a stale marker. So every differing line is marked, every marked line
-differs, and each failure names file:line and the line.
+The check: the unmarked lines of the two files must match line for line; the marked lines between
+two matching lines (a hunk) are compared with each other, and a marked line that matches a line of
+its twin's hunk is a stale marker (a marked line equal to a line elsewhere in the twin still
+differs: it stands between other neighbours). So every differing line is marked, every marked
+line differs, and each failure names file:line and the line as written.
 """
 import difflib
 import io
@@ -284,6 +286,20 @@ def test_a_marked_line_equal_to_a_line_elsewhere_in_its_twin_still_differs(tmp_p
     jittor_text = "a = 1\nc = 3\nb = 2  # framework\n"
     write_twins(tmp_path, torch_text, jittor_text)
     assert twin_differences(str(tmp_path), "scale.py") == []
+
+
+def test_a_docstring_range_may_span_blank_lines(tmp_path):
+    torch_text = '"""One.\n\nTwo torch.\n"""\n'
+    jittor_text = '# framework: docstring lines 1-3\n"""One jittor.\n\nTwo jittor.\n"""\n'
+    write_twins(tmp_path, '# framework: docstring line 3\n' + torch_text, jittor_text)
+    assert twin_differences(str(tmp_path), "scale.py") == [
+        'torch_impl/scale.py:2: differs from its twin and carries no marker: """One.']
+    jittor_text = '# framework: docstring line 2\n"""One.\n\nTwo jittor.\n"""\n'
+    write_twins(tmp_path, '# framework: docstring line 3\n' + torch_text, jittor_text)
+    assert twin_differences(str(tmp_path), "scale.py") == [
+        "jittor_impl/scale.py:1: the marker names line 2 of the string, blank or starting with # "
+        "(never compared): # framework: docstring line 2",
+        "jittor_impl/scale.py:4: differs from its twin and carries no marker: Two jittor."]
 
 
 def test_malformed_markers_are_named(tmp_path):
