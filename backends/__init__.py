@@ -1,26 +1,43 @@
 """Pick a backend by name: the one package that imports both twins, so that shared/ imports none.
 
-`training_backend(name)` gives shared/train/trainer.py its backend class; `load_inference_model(args)`
+`training_backend(name)` gives shared/train/trainer.py its backend class (one row of TWIN_CLASSES,
+as are the classifier, reward and DPO backends); `load_inference_model(args)`
 builds the model an inference script names (shared/decode/inference_model.py holds its flags) with its
 backend's decoding functions; `classifier_backend(name)` and `load_classifier(...)` do the same
 for the classification task (scripts/classify_ft.py, scripts/classify.py), `reward_backend(name)`
 and `dpo_backend(name)` for preference tuning (scripts/reward_ft.py, scripts/dpo_ft.py). Each
 imports only the framework it is asked for.
 """
+import functools
+import importlib
+
 from shared.tasks.classify_task import card_config
 from shared.decode.inference_model import InferenceModel, load_checkpoints
 from shared.train.train_args import BACKENDS, model_config
 
 
-def training_backend(name: str):
-    """The training backend class (`TorchBackend` or `JittorBackend`) for shared/train/trainer.py."""
-    if name == "torch":
-        from torch_impl.train import TorchBackend
-        return TorchBackend
-    if name == "jittor":
-        from jittor_impl.train import JittorBackend
-        return JittorBackend
-    raise ValueError(f"unknown backend {name!r}; choose one of {BACKENDS}")
+# role -> (the twins' module, the class it holds): one row per kind of training backend.
+TWIN_CLASSES = {
+    "training": ("train", {"torch": "TorchBackend", "jittor": "JittorBackend"}),
+    "classifier": ("classifier", {"torch": "ClassifierBackend", "jittor": "ClassifierBackend"}),
+    "reward": ("preference", {"torch": "RewardBackend", "jittor": "RewardBackend"}),
+    "dpo": ("preference", {"torch": "DPOBackend", "jittor": "DPOBackend"}),
+}
+
+
+def twin_class(role: str, name: str):
+    """The class of `role` (a key of TWIN_CLASSES) in backend `name`'s twin, importing only that twin."""
+    module, classes = TWIN_CLASSES[role]
+    if name not in classes:
+        raise ValueError(f"unknown backend {name!r}; choose one of {BACKENDS}")
+    return getattr(importlib.import_module(f"{name}_impl.{module}"), classes[name])
+
+
+# The selectors the scripts take (`name -> class`), one per role.
+training_backend = functools.partial(twin_class, "training")
+classifier_backend = functools.partial(twin_class, "classifier")
+reward_backend = functools.partial(twin_class, "reward")
+dpo_backend = functools.partial(twin_class, "dpo")
 
 
 def load_inference_model(args) -> InferenceModel:
@@ -51,39 +68,6 @@ def load_inference_model(args) -> InferenceModel:
         raise ValueError(f"unknown backend {args.backend!r}; choose one of {BACKENDS}")
     model.eval()
     return InferenceModel(args.backend, model, beam.beam_search, generate.generate, to_numpy)
-
-
-def classifier_backend(name: str):
-    """The classification training backend class (`ClassifierBackend` of either twin)."""
-    if name == "torch":
-        from torch_impl.classifier import ClassifierBackend
-        return ClassifierBackend
-    if name == "jittor":
-        from jittor_impl.classifier import ClassifierBackend
-        return ClassifierBackend
-    raise ValueError(f"unknown backend {name!r}; choose one of {BACKENDS}")
-
-
-def reward_backend(name: str):
-    """The reward model's training backend class (`RewardBackend` of either twin)."""
-    if name == "torch":
-        from torch_impl.preference import RewardBackend
-        return RewardBackend
-    if name == "jittor":
-        from jittor_impl.preference import RewardBackend
-        return RewardBackend
-    raise ValueError(f"unknown backend {name!r}; choose one of {BACKENDS}")
-
-
-def dpo_backend(name: str):
-    """DPO's training backend class (`DPOBackend` of either twin)."""
-    if name == "torch":
-        from torch_impl.preference import DPOBackend
-        return DPOBackend
-    if name == "jittor":
-        from jittor_impl.preference import DPOBackend
-        return DPOBackend
-    raise ValueError(f"unknown backend {name!r}; choose one of {BACKENDS}")
 
 
 def load_classifier(backend: str, device: str, card: dict):
