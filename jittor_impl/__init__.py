@@ -1,3 +1,4 @@
+# framework: docstring lines 3-4
 """GPT-2 + LoRA in Jittor: the model, training, beam search and generation.
 
 Mirrors `torch_impl` name for name, so code switches backend by changing one import. Importing

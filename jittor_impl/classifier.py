@@ -1,3 +1,4 @@
+# framework: docstring line 7
 """GPT-2 as a text classifier, in Jittor (twin: torch_impl/classifier.py, same structure).
 
 The head (`score`, shared/model/classifier_params.py) reads the final hidden state of each row's last
@@ -15,27 +16,27 @@ from shared.model.params import init_state_dict, is_lora_name
 
 from .lora import mark_trainable
 from .model import Conv1D, GPT2Base, GPT2Model
-from .runtime import jt
-from .train import JittorBackend
+from .runtime import jt  # framework
+from .train import JittorBackend  # framework
 
-nn = jt.nn
+nn = jt.nn  # framework
 
 
 def last_token_states(hidden_states, lengths):
     """(B, T, E) hidden states -> (B, E) at position lengths - 1 of each row."""
     batch, width, embd = hidden_states.shape
-    rows = jt.arange(batch).int64() * width + lengths - 1
+    rows = jt.arange(batch).int64() * width + lengths - 1  # framework
     return hidden_states.reshape(batch * width, embd)[rows]
 
 
 def classification_loss(logits, labels, class_weights=None):
     """sum_i w[y_i] * -log p(y_i | x_i) / sum_i w[y_i]."""
-    logprobs = nn.log_softmax(logits.float32(), dim=-1)
+    logprobs = nn.log_softmax(logits.float32(), dim=-1)  # framework
     nll = -logprobs.gather(1, labels.reshape(-1, 1)).reshape(-1)
     if class_weights is None:
         weights = jt.ones_like(nll)
     else:
-        weights = jt.array(class_weights)[labels]
+        weights = jt.array(class_weights)[labels]  # framework
     return (nll * weights).sum() / weights.sum()
 
 
@@ -73,13 +74,13 @@ class GPT2Classifier(GPT2Base):
 
     def state_dict_numpy(self, lora_only: bool = False) -> dict:
         """Canonical {name: float32 array}; `lora_only` keeps LoRA and head weights."""
-        return {name: param.float32().numpy().copy()
+        return {name: param.float32().numpy().copy()  # framework
                 for name, param in self.named_parameters()
                 if not lora_only or is_lora_name(name) or is_head_name(name)}
 
 
-class ClassifierBackend(JittorBackend):
-    """JittorBackend training GPT2Classifier on {"input", "length", "label"} batches."""
+class ClassifierBackend(JittorBackend):  # framework
+    """JittorBackend training GPT2Classifier on {"input", "length", "label"} batches."""  # framework
 
     def build_model(self, config, args):
         model = GPT2Classifier(config, args.num_classes, seed=args.random_seed,
@@ -97,9 +98,9 @@ class ClassifierBackend(JittorBackend):
         """Class logits of one batch as a numpy array."""
         self.model.eval()
         data = self.to_device(batch)
-        with jt.no_grad(), self.autocast():
+        with jt.no_grad(), self.autocast():  # framework
             logits = self.forward(data["input"], data["length"])
-        return logits.float32().numpy()
+        return logits.float32().numpy()  # framework
 
     def load_trainable_checkpoint(self, path):
         self.model.load_weight(path, base_loaded=True)

@@ -7,7 +7,7 @@ without `len_past`): all samples share the prompt and advance one token per step
 from shared.model.peft_methods import input_positions
 from shared.decode.sampling import SampleStreams, SamplingSettings, prompt_batch
 
-from .runtime import jt
+from .runtime import jt  # framework
 
 
 def generate(model, prompt_ids, settings: SamplingSettings, seed: int, num_samples: int = 1,
@@ -22,11 +22,11 @@ def _generate(model, prompt_ids, settings, seed, num_samples, on_token):
     model.eval()
     prompt = prompt_batch(prompt_ids, settings, input_positions(model.config), num_samples)
     streams = SampleStreams(settings, seed, num_samples, on_token)
-    tokens = jt.array(prompt)
+    tokens = jt.array(prompt)  # framework
     past = None
     while True:
         logits, past = model(tokens, past=past)
-        feed = streams.step(logits[:, -1].float32().numpy())
+        feed = streams.step(logits[:, -1].float32().numpy())  # framework
         if streams.done:
             return streams.tokens
-        tokens = jt.array(feed[:, None])
+        tokens = jt.array(feed[:, None])  # framework

@@ -7,9 +7,9 @@ value thirds, `scaling = alpha / r`, dropout on the LoRA input only.
 from shared.model.params import is_lora_name
 
 from .ops import dropout, lora_padded_B, matmul, matmul_transpose, mixed_precision, parameter
-from .runtime import jt
+from .runtime import jt  # framework
 
-nn = jt.nn
+nn = jt.nn  # framework
 
 
 class MergedLinear(nn.Module):
@@ -33,7 +33,7 @@ class MergedLinear(nn.Module):
             return x
         if self.shared_dropout is not None:
             mask = self.shared_dropout.mask(self.layer_index, tuple(x.shape))
-            return x * jt.array(mask).cast(x.dtype)
+            return x * jt.array(mask).cast(x.dtype)  # framework
         return dropout(x, self.dropout_p)
 
     def lora_delta(self, x):
@@ -68,14 +68,14 @@ class MergedLinear(nn.Module):
 
     def merge(self):
         if self.r > 0 and not self.merged:
-            with jt.no_grad():
-                self.weight.assign(self.weight + self.delta_weight())
+            with jt.no_grad():  # framework
+                self.weight.assign(self.weight + self.delta_weight())  # framework
             self.merged = True
 
     def unmerge(self):
         if self.r > 0 and self.merged:
-            with jt.no_grad():
-                self.weight.assign(self.weight - self.delta_weight())
+            with jt.no_grad():  # framework
+                self.weight.assign(self.weight - self.delta_weight())  # framework
             self.merged = False
 
 
@@ -89,19 +89,20 @@ def mark_only_lora_as_trainable(model):
 
 
 def mark_trainable(model, trains):
+    # framework: docstring lines 1-5
     """Train the parameters whose name `trains(name)` accepts, freeze the others.
 
     Jittor's `eval()` stops the gradients of all parameters and records in `backup_grad_state`
     which were trainable; `train()` restores that record. The record is rewritten here too, or
     freezing a model in eval mode would be undone by its next `train()`."""
-    wanted = {}
+    wanted = {}  # framework
     for name, p in model.named_parameters():
-        p.requires_grad = wanted[id(p)] = trains(name)
-    for module in model.modules():
-        record = getattr(module, "backup_grad_state", None)
-        if record is not None:
-            for p in module.parameters():
-                record[id(p)] = wanted[id(p)]
+        p.requires_grad = wanted[id(p)] = trains(name)  # framework
+    for module in model.modules():  # framework
+        record = getattr(module, "backup_grad_state", None)  # framework
+        if record is not None:  # framework
+            for p in module.parameters():  # framework
+                record[id(p)] = wanted[id(p)]  # framework
 
 
 def merge_lora(model):

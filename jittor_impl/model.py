@@ -24,9 +24,9 @@ from .ops import (ATTENTION_IMPLS, DEFAULT_ATTENTION, batched_matmul_transpose, 
                   matmul_transpose, merge_heads, parameter, permute, qkv_attention, softmax,
                   split_heads)
 from .peft_modules import Adapter, PrefixEncoder, PromptEncoder, with_virtual_tokens
-from .runtime import jt
+from .runtime import jt  # framework
 
-nn = jt.nn
+nn = jt.nn  # framework
 MASK_VALUE = -1.0e10  # the reference's mask value
 
 
@@ -85,7 +85,7 @@ class Attention(nn.Module):
         b = causal_mask(nd, ns, w)  # float32, as the reference buffer: masks in fp32
         w = w * b - 1e10 * (1 - b)
         if len_kv is not None:
-            beyond = jt.arange(ns).reshape(1, ns) >= len_kv.reshape(-1, 1)
+            beyond = jt.arange(ns).reshape(1, ns) >= len_kv.reshape(-1, 1)  # framework
             w = w.masked_fill(beyond.reshape(-1, 1, 1, ns), MASK_VALUE)
         w = softmax(w, dim=-1)
         return matmul(w, v)
@@ -125,7 +125,7 @@ class Attention(nn.Module):
                 key = jt.concat((past_key, key), dim=-2)
                 value = jt.concat((past_value, value), dim=-2)
             else:  # write one token per row at its own position of a preallocated cache
-                rows = jt.arange(key.shape[0])
+                rows = jt.arange(key.shape[0])  # framework
                 past_key[rows, :, len_past, :] = key[:, :, 0, :]
                 past_value[rows, :, len_past, :] = value[:, :, 0, :]
                 key, value = past_key, past_value
@@ -195,7 +195,7 @@ class GPT2Model(nn.Module):
         if len_past is None:
             width = inputs_embeds.shape[1]
             check_width(past_length + width, self.wpe.num_embeddings)
-            position_ids = jt.arange(past_length, past_length + width).int64()
+            position_ids = jt.arange(past_length, past_length + width).int64()  # framework
             position_ids = position_ids.unsqueeze(0).expand(input_ids.shape[0], width)
         else:
             position_ids = len_past.unsqueeze(1)
@@ -245,7 +245,7 @@ class GPT2Base(nn.Module):
         params = dict(self.named_parameters())
         for name, value in state.items():
             param = params[name]
-            param.assign(jt.array(np.ascontiguousarray(value)).cast(param.dtype))
+            param.assign(jt.array(np.ascontiguousarray(value)).cast(param.dtype))  # framework
 
 
 class GPT2LMModel(GPT2Base):
@@ -262,7 +262,7 @@ class GPT2LMModel(GPT2Base):
     def execute(self, input_ids, lm_labels=None, lm_mask=None, past=None, len_past=None,
                 label_smooth=0.0):
         hidden_states, presents = self.transformer(input_ids, past=past, len_past=len_past)
-        lm_logits = matmul_transpose(hidden_states, self.transformer.wte.weight)  # tied head
+        lm_logits = matmul_transpose(hidden_states, self.transformer.wte.weight)  # tied head  # framework
         if lm_labels is None:
             return lm_logits, presents
         return lm_logits, lm_loss(lm_logits, lm_labels, lm_mask, label_smooth)
@@ -279,10 +279,10 @@ class GPT2LMModel(GPT2Base):
         for name, param in self.named_parameters():
             if lora_only and not is_lora_name(name):
                 continue
-            out[name] = param.float32().numpy().copy()
+            out[name] = param.float32().numpy().copy()  # framework
         for index, block in enumerate(self.transformer.h):
             layer = block.attn.c_attn
             if layer.merged and not lora_only:
                 unmerged = layer.weight - layer.delta_weight()
-                out[f"transformer.h.{index}.attn.c_attn.weight"] = unmerged.float32().numpy()
+                out[f"transformer.h.{index}.attn.c_attn.weight"] = unmerged.float32().numpy()  # framework
         return out

@@ -1,3 +1,4 @@
+# framework: docstring lines 3, 8
 """microsoft/LoRA's AdamW and global-norm clipping, in Jittor (twin: torch_impl/optim.py).
 
 The reference AdamW (examples/NLG/src/optimizer.py) differs from jittor.optim.AdamW: bias
@@ -11,7 +12,7 @@ import math
 
 import numpy as np
 
-from .runtime import jt
+from .runtime import jt  # framework
 
 
 class AdamW(jt.optim.Optimizer):
@@ -19,47 +20,47 @@ class AdamW(jt.optim.Optimizer):
                  correct_bias=True):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                         correct_bias=correct_bias)
-        super().__init__(params, lr)
-        for group in self.param_groups:
-            for key, value in defaults.items():
-                group.setdefault(key, value)
-        self.state = {}  # id(parameter) -> its moments, as torch.optim.Optimizer.state
+        super().__init__(params, lr)  # framework
+        for group in self.param_groups:  # framework
+            for key, value in defaults.items():  # framework
+                group.setdefault(key, value)  # framework
+        self.state = {}  # id(parameter) -> its moments, as torch.optim.Optimizer.state  # framework
 
     def param_state(self, p):
         """The moments of `p` ({"step", "exp_avg", "exp_avg_sq"}; empty before its first update)."""
-        return self.state.setdefault(id(p), {})
+        return self.state.setdefault(id(p), {})  # framework
 
     def grads_of(self, group):
         """(parameter, gradient) for the parameters of `group` that have a gradient."""
-        return [(p, g) for p, g in zip(group["params"], group["grads"]) if not p.is_stop_grad()]
+        return [(p, g) for p, g in zip(group["params"], group["grads"]) if not p.is_stop_grad()]  # framework
 
     def grads(self):
         return [grad for group in self.param_groups for _, grad in self.grads_of(group)]
 
-    def step(self, loss=None, retain_graph=False):
-        self.pre_step(loss, retain_graph)
+    def step(self, loss=None, retain_graph=False):  # framework
+        self.pre_step(loss, retain_graph)  # framework
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             for p, grad in self.grads_of(group):
                 state = self.param_state(p)
                 if len(state) == 0:
                     state["step"] = 0
-                    state["exp_avg"] = jt.zeros(p.shape, "float32").stop_grad()
-                    state["exp_avg_sq"] = jt.zeros(p.shape, "float32").stop_grad()
+                    state["exp_avg"] = jt.zeros(p.shape, "float32").stop_grad()  # framework
+                    state["exp_avg_sq"] = jt.zeros(p.shape, "float32").stop_grad()  # framework
                 exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
                 grad = grad.float32()
                 state["step"] += 1
-                exp_avg.update(exp_avg * beta1 + grad * (1.0 - beta1))
-                exp_avg_sq.update(exp_avg_sq * beta2 + grad * grad * (1.0 - beta2))
-                denom = exp_avg_sq.sqrt() + group["eps"]
+                exp_avg.update(exp_avg * beta1 + grad * (1.0 - beta1))  # framework
+                exp_avg_sq.update(exp_avg_sq * beta2 + grad * grad * (1.0 - beta2))  # framework
+                denom = exp_avg_sq.sqrt() + group["eps"]  # framework
                 step_size = group["lr"]
                 if group["correct_bias"]:
                     step_size *= math.sqrt(1.0 - beta2 ** state["step"]) / (1.0 - beta1 ** state["step"])
-                new_p = p - step_size * exp_avg / denom
+                new_p = p - step_size * exp_avg / denom  # framework
                 if group["weight_decay"] > 0.0:
-                    new_p = new_p - group["lr"] * group["weight_decay"] * new_p
-                p.update(new_p.cast(p.dtype))
-        self.post_step()
+                    new_p = new_p - group["lr"] * group["weight_decay"] * new_p  # framework
+                p.update(new_p.cast(p.dtype))  # framework
+        self.post_step()  # framework
 
     # ------------------------------------------------------------- state for checkpoints
     def state_numpy(self, named_params):
@@ -69,8 +70,8 @@ class AdamW(jt.optim.Optimizer):
         for name, p in named_params.items():
             state = self.param_state(p)
             if state:
-                out[f"exp_avg/{name}"] = state["exp_avg"].numpy()
-                out[f"exp_avg_sq/{name}"] = state["exp_avg_sq"].numpy()
+                out[f"exp_avg/{name}"] = state["exp_avg"].numpy()  # framework
+                out[f"exp_avg_sq/{name}"] = state["exp_avg_sq"].numpy()  # framework
                 out[f"step/{name}"] = np.array(state["step"], dtype=np.int64)
         return out
 
@@ -79,8 +80,8 @@ class AdamW(jt.optim.Optimizer):
             if f"step/{name}" in arrays:
                 state = self.param_state(p)
                 state["step"] = int(arrays[f"step/{name}"])
-                state["exp_avg"] = jt.array(arrays[f"exp_avg/{name}"]).stop_grad()
-                state["exp_avg_sq"] = jt.array(arrays[f"exp_avg_sq/{name}"]).stop_grad()
+                state["exp_avg"] = jt.array(arrays[f"exp_avg/{name}"]).stop_grad()  # framework
+                state["exp_avg_sq"] = jt.array(arrays[f"exp_avg_sq/{name}"]).stop_grad()  # framework
 
 
 def set_lr(optimizer, lr):
@@ -89,11 +90,11 @@ def set_lr(optimizer, lr):
 
 
 def grad_norm_and_clip(optimizer, max_norm):
-    """Global L2 norm of the accumulated gradients (a lazy scalar); clips when max_norm > 0."""
+    """Global L2 norm of the accumulated gradients (a lazy scalar); clips when max_norm > 0."""  # framework
     grads = optimizer.grads()
-    total_norm = jt.sqrt(sum((g.float32() * g.float32()).sum() for g in grads))
+    total_norm = jt.sqrt(sum((g.float32() * g.float32()).sum() for g in grads))  # framework
     if max_norm > 0:
-        clip_coef = jt.minimum(max_norm / (total_norm + 1e-6), 1.0)
+        clip_coef = jt.minimum(max_norm / (total_norm + 1e-6), 1.0)  # framework
         for g in grads:
-            g.update(g * clip_coef.cast(g.dtype))
+            g.update(g * clip_coef.cast(g.dtype))  # framework
     return total_norm

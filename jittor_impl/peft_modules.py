@@ -10,13 +10,13 @@ the model feeds them in: `with_virtual_tokens`, called by model.py's GPT2Model.
 from shared.model.peft_methods import encoder_width
 
 from .ops import gelu, matmul, matmul_transpose, parameter, permute
-from .runtime import jt
+from .runtime import jt  # framework
 
-nn = jt.nn
+nn = jt.nn  # framework
 
 
 def relu(x):
-    return jt.nn.relu(x)
+    return jt.nn.relu(x)  # framework
 
 
 class Table(nn.Module):

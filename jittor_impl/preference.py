@@ -27,10 +27,10 @@ from .generate import generate
 from .lora import mark_trainable
 from .model import Conv1D, GPT2LMModel
 from .ops import DEFAULT_ATTENTION, cross_entropy, matmul_transpose
-from .runtime import jt
-from .train import JittorBackend
+from .runtime import jt  # framework
+from .train import JittorBackend  # framework
 
-nn = jt.nn
+nn = jt.nn  # framework
 
 
 def log_sigmoid(x):
@@ -86,8 +86,8 @@ class RewardBackend(ClassifierBackend):
         return model
 
 
-class DPOBackend(JittorBackend):
-    """JittorBackend training the policy with the DPO loss against a frozen reference copy."""
+class DPOBackend(JittorBackend):  # framework
+    """JittorBackend training the policy with the DPO loss against a frozen reference copy."""  # framework
 
     def build_model(self, config, args):
         self.beta = args.beta
@@ -125,7 +125,7 @@ def ppo_losses(logits, values, batch, clip_range, value_clip):
     vf_losses = (values - batch["returns"]) ** 2
     vf_clipped = (values_clipped - batch["returns"]) ** 2
     value_loss = 0.5 * masked_mean(jt.maximum(vf_losses, vf_clipped), mask)
-    token_logp = nn.log_softmax(logits.detach().float32(), dim=-1)
+    token_logp = nn.log_softmax(logits.detach().float32(), dim=-1)  # framework
     metrics = {"clip_fraction": masked_mean((pg_clipped > pg_losses).float32(), mask).detach(),
                "value_clip_fraction": masked_mean(((values - batch["old_values"]).abs() > value_clip).float32(), mask).detach(),
                "approx_kl": (0.5 * masked_mean((logprobs - batch["old_logprobs"]) ** 2, mask)).detach(),
@@ -162,10 +162,10 @@ class LanguageModelView:
         return self.model.parameters()
 
     def __call__(self, input_ids, past=None):
-        return GPT2LMModel.execute(self.model, input_ids, past=past)
+        return GPT2LMModel.execute(self.model, input_ids, past=past)  # framework
 
 
-class PPOBackend(JittorBackend):
+class PPOBackend(JittorBackend):  # framework
     """The training backend of the policy (GPT2WithValueHead: its LoRA matrices, or with
     --lora_dim 0 every weight, and the value head) with PPO's losses (+ `--ptx_coef` times the
     language-model loss of SFT rows) on the minibatches shared/tasks/ppo_task.py builds; a
@@ -231,14 +231,14 @@ class PPOBackend(JittorBackend):
             ref_logits, _ = self.reference(data["input"])
             out = (token_logprobs(logits.float32() / self.temperature, data["target"]),
                    token_logprobs(ref_logits.float32() / self.temperature, data["target"]), values.float32())
-        return [x.numpy() for x in out]
+        return [x.numpy() for x in out]  # framework
 
     def score(self, batch):
         """The reward model's score of each row of `batch` (input, length), numpy."""
         data = self.to_device(batch)
         with jt.no_grad(), self.autocast():
             rewards = self.reward_model(data["input"], data["length"]).reshape(-1).float32()
-        return rewards.numpy()
+        return rewards.numpy()  # framework
 
     def state_numpy(self, lora_only):
         """Checkpoints hold the policy alone (a GPT-2 (+ LoRA) that generate.py and chat.py

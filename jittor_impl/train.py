@@ -1,3 +1,4 @@
+# framework: docstring lines 5-7
 """The Jittor side of training (twin: torch_impl/train.py); the loop is shared/train/trainer.py.
 
 A backend owns the model and optimizer on its device and does what depends on the framework:
@@ -16,30 +17,30 @@ from shared.train.seeding import step_seed
 from shared.model.params import optimizer_groups, trains
 from shared.train.data_parallel import dropout_rows, processes_of
 
-from . import runtime
+from . import runtime  # framework
 from .frozen_weights import store_frozen_weights
 from .generate import generate
 from .lora import mark_only_lora_as_trainable, mark_trainable, set_shared_dropout
 from .model import GPT2LMModel
 from .ops import DEFAULT_ATTENTION
-from .optim import AdamW, grad_norm_and_clip, set_lr
-from .precision import autocast
-from .runtime import jt
+from .optim import AdamW, grad_norm_and_clip, set_lr  # framework
+from .precision import autocast  # framework
+from .runtime import jt  # framework
 
-COMPUTE_DTYPES = {"bf16": "bfloat16"}
+COMPUTE_DTYPES = {"bf16": "bfloat16"}  # framework
 
 
-class JittorBackend:
-    name = "jittor"
+class JittorBackend:  # framework
+    name = "jittor"  # framework
 
     def __init__(self, config, args):
-        runtime.use_device(args.device)
-        if args.precision == "fp16":
-            raise ValueError("the jittor backend trains in fp32 or bf16 (--precision bf16); fp16 "
-                             "with loss scaling is available with --backend torch")
-        self.compute_dtype = COMPUTE_DTYPES.get(args.precision)
+        runtime.use_device(args.device)  # framework
+        if args.precision == "fp16":  # framework
+            raise ValueError("the jittor backend trains in fp32 or bf16 (--precision bf16); fp16 "  # framework
+                             "with loss scaling is available with --backend torch")  # framework
+        self.compute_dtype = COMPUTE_DTYPES.get(args.precision)  # framework
         self.processes = processes_of(args)
-        self.seed = args.random_seed
+        self.seed = args.random_seed  # framework
         self.config = config
         self.metrics = {}  # the last batch's task metrics (device scalars), see take_metrics
         self.model = self.build_model(config, args)
@@ -47,12 +48,12 @@ class JittorBackend:
         set_shared_dropout(self.model, self.shared_dropout)
         self.model.set_attention(args.attn or DEFAULT_ATTENTION)
         # the model, or under several processes its data-parallel wrapper
-        self.trained = self.join_processes(self.model, args)
-        self.forward = self.trained  # what forward passes run through (no compile step: Jittor fuses)
+        self.trained = self.join_processes(self.model, args)  # framework
+        self.forward = self.trained  # what forward passes run through (no compile step: Jittor fuses)  # framework
         # LoRA under mixed precision: frozen matrices cast once, not in every step
         self.exact_frozen = {}
-        if self.compute_dtype is not None and config.lora_attn_dim > 0 and jt.flags.use_cuda:
-            self.exact_frozen = store_frozen_weights(self.model, self.compute_dtype)
+        if self.compute_dtype is not None and config.lora_attn_dim > 0 and jt.flags.use_cuda:  # framework
+            self.exact_frozen = store_frozen_weights(self.model, self.compute_dtype)  # framework
         self.params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
         groups = optimizer_groups(list(self.params), args.weight_decay, args.no_decay_bias)
         self.optimizer = AdamW([{"params": [self.params[n] for n in names], "weight_decay": wd}
@@ -73,39 +74,40 @@ class JittorBackend:
         return model
 
     def join_processes(self, model, args):
+        # framework: docstring lines 1-2
         """Under mpirun: check that Jittor runs on its MPI with every rank; the model itself
         (Jittor's optimizer averages the gradients over the ranks in backward)."""
         if not self.processes.distributed:
             return model
-        if self.processes.launcher != "mpirun":
-            raise RuntimeError(f"--backend jittor trains on several processes under mpirun, "
+        if self.processes.launcher != "mpirun":  # framework
+            raise RuntimeError(f"--backend jittor trains on several processes under mpirun, "  # framework
                                f"not {self.processes.launcher}")
-        if not jt.in_mpi or jt.world_size != self.processes.world_size:
-            raise RuntimeError(f"Jittor's MPI is off (in_mpi {jt.in_mpi}, world size "
-                               f"{jt.world_size}): install OpenMPI's mpicc "
-                               f"(scripts/install.sh) and keep use_mpi unset or 1")
-        return model
+        if not jt.in_mpi or jt.world_size != self.processes.world_size:  # framework
+            raise RuntimeError(f"Jittor's MPI is off (in_mpi {jt.in_mpi}, world size "  # framework
+                               f"{jt.world_size}): install OpenMPI's mpicc "  # framework
+                               f"(scripts/install.sh) and keep use_mpi unset or 1")  # framework
+        return model  # framework
 
     def leave_processes(self):
-        """Leave the process group (after training, on every rank): MPI ends with the process."""
+        """Leave the process group (after training, on every rank): MPI ends with the process."""  # framework
 
     def all_reduce(self, values):
         """The sum over ranks of a float64 vector (host values in, numpy out)."""
-        total = jt.array(np.asarray(values, dtype=np.float64))
-        return total.mpi_all_reduce("add").numpy()
+        total = jt.array(np.asarray(values, dtype=np.float64))  # framework
+        return total.mpi_all_reduce("add").numpy()  # framework
 
     def gradient_sync(self, sync):
-        """Jittor's MPI optimizer averages every backward's gradients: nothing to skip."""
+        """Jittor's MPI optimizer averages every backward's gradients: nothing to skip."""  # framework
         return contextlib.nullcontext()
 
     def autocast(self):
-        return autocast(self.compute_dtype)
+        return autocast(self.compute_dtype)  # framework
 
     def to_device(self, batch):
-        return {k: jt.array(np.ascontiguousarray(v)) for k, v in batch.items()}
+        return {k: jt.array(np.ascontiguousarray(v)) for k, v in batch.items()}  # framework
 
     def set_step(self, step):
-        jt.set_seed(step_seed(self.seed, step))
+        jt.set_seed(step_seed(self.seed, step))  # framework
         if self.shared_dropout is not None:
             self.shared_dropout.set_step(step)
 
@@ -118,27 +120,27 @@ class JittorBackend:
         with self.gradient_sync(sync):
             with self.autocast():
                 loss = self.batch_loss(data, label_smooth)
-            self.optimizer.backward(loss * loss_scale)
-        loss = loss.detach()
-        jt.sync([loss] + list(self.metrics.values()))  # run the forward now, so its graph is not kept
-        return loss
+            self.optimizer.backward(loss * loss_scale)  # framework
+        loss = loss.detach()  # framework
+        jt.sync([loss] + list(self.metrics.values()))  # run the forward now, so its graph is not kept  # framework
+        return loss  # framework
 
     def update(self, lr, clip):
         """Clip, step with learning rate `lr`, zero the gradients; return the gradient norm."""
         set_lr(self.optimizer, lr)
         grad_norm = grad_norm_and_clip(self.optimizer, clip)
-        jt.sync([grad_norm])
+        jt.sync([grad_norm])  # framework
         self.optimizer.step()
-        jt.sync(list(self.params.values()))
+        jt.sync(list(self.params.values()))  # framework
         return grad_norm
 
     def eval_loss(self, batch):
         self.model.eval()
         data = self.to_device(batch)
-        with jt.no_grad(), self.autocast():
+        with jt.no_grad(), self.autocast():  # framework
             loss = self.batch_loss(data)
-        jt.sync([loss] + list(self.metrics.values()))
-        return loss
+        jt.sync([loss] + list(self.metrics.values()))  # framework
+        return loss  # framework
 
     def batch_loss(self, data, label_smooth=0.0):
         """The loss of one batch on device (the language-model loss; other tasks override)."""
@@ -153,10 +155,10 @@ class JittorBackend:
         return metrics
 
     def fetch(self, values):
-        """Lazy scalars -> Python floats in one transfer (the loop's only host sync)."""
+        """Lazy scalars -> Python floats in one transfer (the loop's only host sync)."""  # framework
         if not values:
             return []
-        return jt.concat([v.float32().reshape(1) for v in values]).numpy().tolist()
+        return jt.concat([v.float32().reshape(1) for v in values]).numpy().tolist()  # framework
 
     def sample(self, prompt_ids, settings, seed, num_samples=1):
         """Sampled continuations from the model being trained (shared/decode/sampling.py's draws)."""
@@ -168,7 +170,7 @@ class JittorBackend:
         return sum(sizes[n] for n in self.params), sum(sizes.values())
 
     def is_out_of_memory(self, exc):
-        return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+        return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()  # framework
 
     # ------------------------------------------------------------- state for checkpoints
     def state_numpy(self, lora_only):

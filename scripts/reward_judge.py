@@ -28,7 +28,7 @@ from shared.runtime.paths import file_check, resolve_data_path
 from shared.model.config import GPT2Config
 from shared.tasks.ppo_task import reward_model
 from shared.tasks.preference_task import PREFERENCE_ENV, read_reward_card
-from shared.tasks.reward_judge import held_out_prompts, judge
+from shared.tasks.judge_task import held_out_prompts, judge
 from shared.text.tokenizer import load_tokenizer
 from shared.train.train_args import BACKENDS, add_model_shape_args
 

@@ -5,58 +5,29 @@ The stages, presets and their engine live in shared/pipeline/engine.py; this scr
 (`bash work.sh --help` lists them) and runs it.
 """
 import argparse
-import os
 import sys
 
-from shared.runtime.arg_types import positive_int, seed_int
-from shared.pipeline.engine import PRESETS, ROOT, STAGES, Pipeline, run_to_end, setting_types
+from shared.runtime.arg_types import positive_int
+from shared.pipeline.engine import Pipeline, run_to_end
+from shared.pipeline.run_flags import run_parser
 from shared.pipeline.task_pipelines import TASKS
 
 
 def build_parser():
-    p = argparse.ArgumentParser(
-        prog="work.sh", description="End-to-end E2E run on both backends from identical weights "
-        "and seeds: data, base model, LoRA fine-tuning, beam search, metrics, report, plots.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = run_parser(Pipeline,
+                   "End-to-end E2E run on both backends from identical weights and seeds: data, "
+                   "base model, LoRA fine-tuning, beam search, metrics, report, plots.",
+                   "pretrained GPT-2 (HF or microsoft/LoRA layout): skips base training",
+                   exact_dropout=True, e2e_data=True)
     p.add_argument("--task", default="e2e", choices=TASKS,
                    help="e2e: this pipeline; pretrain / classify / instruct / peft / dpo / rlhf: their own pipelines "
                         "(`--task pretrain --help` lists their flags)")
-    p.add_argument("--preset", choices=sorted(PRESETS["e2e"]), default=None,
-                   help="defaults to use: cuda when a GPU is present, else cpu; micro is a "
-                        "seconds-long smoke run")
-    p.add_argument("--run", default=None, help="run name (default: <preset>-default)")
-    p.add_argument("--runs_dir", default=os.path.join(ROOT, "runs"))
-    p.add_argument("--logs_dir", default=None,
-                   help="write the report and plots to LOGS_DIR/<run> (default: the run folder, "
-                        "so a plain run never replaces the committed results under logs/)")
-    p.add_argument("--data_dir", default=None, help="E2E .txt folder (else E2E_DATA_DIR, data/e2e)")
-    p.add_argument("--vocab_dir", default=None, help="GPT-2 vocab (else GPT2_VOCAB_DIR, tiktoken)")
-    p.add_argument("--backends", default="torch,jittor", help="comma-separated")
-    p.add_argument("--force", action="store_true", help="rerun every stage")
-    p.add_argument("--force_stage", action="append", default=[], choices=STAGES,
-                   help="rerun this stage and the ones after it")
-    p.add_argument("--until", default=None, choices=STAGES,
-                   help="stop after this stage (e.g. generate on a GPU machine without Java, "
-                        "score elsewhere)")
-    p.add_argument("--init_checkpoint", default=None,
-                   help="pretrained GPT-2 (HF or microsoft/LoRA layout): skips base training")
-    dropout = p.add_mutually_exclusive_group()
-    dropout.add_argument("--exact_dropout", action="store_true", default=True,
-                         help="draw LoRA dropout masks from one backend-neutral generator, so the "
-                              "two runs match step for step (the default)")
-    dropout.add_argument("--framework_dropout", dest="exact_dropout", action="store_false",
-                         help="each framework draws its own masks: the runs drift apart like two "
-                              "seeds, to be judged against the seed band (--seed_band)")
     p.add_argument("--seed_band", action="store_true",
                    help="also fine-tune and search with torch at random_seed + 1, so the metric "
                         "intervals get a seed band (one more training run)")
-    p.add_argument("--no_meteor", action="store_true", help="skip METEOR (needs Java)")
-    p.add_argument("--random_seed", type=seed_int, default=10)
     p.add_argument("--nproc", type=positive_int, default=1,
                    help="train (base model and LoRA) on N processes: torchrun for torch, mpirun "
                         "for jittor; the preset's batches stay the global ones, N must divide them")
-    for key, kind in setting_types().items():
-        p.add_argument(f"--{key}", type=kind, default=None, help="override the preset's value")
     return p
 
 

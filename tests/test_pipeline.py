@@ -6,6 +6,7 @@ run stopped by SIGTERM leaves nothing running and resumes to the same results.
 """
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -114,6 +115,41 @@ def test_rerun_skips_finished_stages(pipeline_run):
     assert proc.stdout.count("done in an earlier run") == 7
 
 
+def test_each_stage_starts_from_the_run_config_and_its_logged_command_reruns_it(pipeline_run,
+                                                                              tmp_path):
+    """Every stage's logged command is `scripts/SCRIPT --config RUN_DIR/run_config.json` and the
+    stage's own flags; the scripts take the settings from the file by name, the stages' own
+    values win (the base model's training, the beam search's length); run by hand, the torch
+    beam search's command writes the pipeline's predictions again."""
+    base, _, stdout = pipeline_run
+    run_dir = base / "runs" / "smoke"
+    commands = [shlex.split(line[2:]) for line in stdout.splitlines()
+                if line.startswith("$ scripts/")]
+    assert len(commands) >= 14  # init, 3 x (lora, beam, decode), check x 3, scores, intervals
+    assert all(argv[1:3] == ["--config", str(run_dir / "run_config.json")] for argv in commands)
+    micro = json.loads((run_dir / "run_config.json").read_text())["settings"]
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    from gpt2_beam import build_parser as beam_parser
+    from shared.train.train_args import build_parser as train_parser
+    trainings = [train_parser().parse_args(argv[1:]) for argv in commands
+                 if argv[0] == "scripts/gpt2_ft.py"]
+    init, lora = trainings[0], trainings[1]  # the base model, then torch's LoRA run
+    assert (init.lr, init.clip, init.max_step, init.lora_dim, init.label_smooth) == (
+        micro["base_lr"], micro["base_clip"], micro["base_steps"], 0, 0.0)
+    assert (lora.lr, lora.clip, lora.max_step, lora.lora_dim, lora.label_smooth) == (
+        micro["lr"], micro["clip"], micro["max_step"], micro["lora_dim"], micro["label_smooth"])
+    assert init.n_embd == lora.n_embd == micro["n_embd"] and lora.attn == micro["attn"]
+    beam = next(argv for argv in commands if argv[0] == "scripts/gpt2_beam.py")
+    args = beam_parser().parse_args(beam[1:])
+    assert (args.beam, args.seq_len) == (micro["beam"], micro["seq_len"] + micro["eval_len"])
+    beam[beam.index("--work_dir") + 1] = str(tmp_path)
+    proc = subprocess.run([sys.executable, *beam], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    again = (tmp_path / "predict.jsonl").read_text()
+    assert again == (run_dir / "torch" / "predict.jsonl").read_text()
+
+
 def session_processes(sid):
     """PIDs of the live processes of session `sid` (zombies run nothing and are left out)."""
     pids = []
@@ -160,7 +196,8 @@ def test_sigterm_stops_training_cleanly_and_a_rerun_resumes_to_the_same_result(p
         assert second.returncode == 1
         assert f"is in use by pid {proc.pid}" in second.stderr
         assert os.path.realpath(tmp_path / "runs" / "stopped") in second.stderr
-        read_until(lambda line: line.startswith("$ scripts/gpt2_ft.py --backend jittor"))
+        read_until(lambda line: line.startswith("$ scripts/gpt2_ft.py --config")
+                   and "--backend jittor" in line)
         read_until(lambda line: line.startswith("| Eval   1 at step"))
         stage_pids = session_processes(proc.pid)
         proc.send_signal(signal.SIGTERM)

@@ -1,4 +1,4 @@
-"""The reward model's judgement of policies (shared/tasks/reward_judge.py): win rates with ties
+"""The reward model's judgement of policies (shared/tasks/judge_task.py): win rates with ties
 counted half and identical responses tied, the reward batches, the held-out prompts, the same seed for every policy, and
 scripts/reward_judge.py's refusals and a real run on a tiny reward model."""
 import json
@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from shared.tasks.reward_judge import held_out_prompts, judge, reward_batch, win_rate
+from shared.tasks.judge_task import held_out_prompts, judge, reward_batch, win_rate
 from shared.text.preference_data import split_preference_entries
 from shared.text.tokenizer import EOT_ID, load_tokenizer
 

@@ -1,3 +1,4 @@
+# framework: docstring line 3
 """GPT-2 + LoRA in PyTorch: the model, training, beam search and generation.
 
 Mirrors `jittor_impl` name for name, so code switches backend by changing one import.

@@ -1,3 +1,4 @@
+# framework: docstring line 7
 """GPT-2 as a text classifier, in PyTorch (twin: jittor_impl/classifier.py, same structure).
 
 The head (`score`, shared/model/classifier_params.py) reads the final hidden state of each row's last
@@ -7,8 +8,8 @@ the training backend of shared/train/trainer.py for this model: it builds the cl
 `--trainable` part and replaces the language-model loss; everything else is `TorchBackend`'s.
 """
 import numpy as np
-import torch
-import torch.nn.functional as F
+import torch  # framework
+import torch.nn.functional as F  # framework
 
 from shared.model.checkpoint import load_for_model, read_checkpoint
 from shared.model.classifier_params import init_head, is_head_name, is_trainable, split_head
@@ -17,24 +18,24 @@ from shared.model.params import init_state_dict, is_lora_name
 
 from .lora import mark_trainable
 from .model import Conv1D, GPT2Base, GPT2Model
-from .train import TorchBackend
+from .train import TorchBackend  # framework
 
 
 def last_token_states(hidden_states, lengths):
     """(B, T, E) hidden states -> (B, E) at position lengths - 1 of each row."""
     batch, width, embd = hidden_states.shape
-    rows = torch.arange(batch, device=hidden_states.device) * width + lengths - 1
+    rows = torch.arange(batch, device=hidden_states.device) * width + lengths - 1  # framework
     return hidden_states.reshape(batch * width, embd)[rows]
 
 
 def classification_loss(logits, labels, class_weights=None):
     """sum_i w[y_i] * -log p(y_i | x_i) / sum_i w[y_i]."""
-    logprobs = F.log_softmax(logits.float(), dim=-1)
+    logprobs = F.log_softmax(logits.float(), dim=-1)  # framework
     nll = -logprobs.gather(1, labels.reshape(-1, 1)).reshape(-1)
     if class_weights is None:
         weights = torch.ones_like(nll)
     else:
-        weights = torch.from_numpy(class_weights).to(nll.device)[labels]
+        weights = torch.from_numpy(class_weights).to(nll.device)[labels]  # framework
     return (nll * weights).sum() / weights.sum()
 
 
@@ -72,13 +73,13 @@ class GPT2Classifier(GPT2Base):
 
     def state_dict_numpy(self, lora_only: bool = False) -> dict:
         """Canonical {name: float32 array}; `lora_only` keeps LoRA and head weights."""
-        return {name: param.detach().float().cpu().numpy().copy()
+        return {name: param.detach().float().cpu().numpy().copy()  # framework
                 for name, param in self.named_parameters()
                 if not lora_only or is_lora_name(name) or is_head_name(name)}
 
 
-class ClassifierBackend(TorchBackend):
-    """TorchBackend training GPT2Classifier on {"input", "length", "label"} batches."""
+class ClassifierBackend(TorchBackend):  # framework
+    """TorchBackend training GPT2Classifier on {"input", "length", "label"} batches."""  # framework
 
     def build_model(self, config, args):
         model = GPT2Classifier(config, args.num_classes, seed=args.random_seed,
@@ -92,14 +93,14 @@ class ClassifierBackend(TorchBackend):
         _, loss = self.forward(data["input"], data["length"], data["label"])
         return loss
 
-    @torch.no_grad()
+    @torch.no_grad()  # framework
     def predict_logits(self, batch):
         """Class logits of one batch as a numpy array."""
         self.model.eval()
         data = self.to_device(batch)
-        with self.autocast():
+        with self.autocast():  # framework
             logits = self.forward(data["input"], data["length"])
-        return logits.float().cpu().numpy()
+        return logits.float().cpu().numpy()  # framework
 
     def load_trainable_checkpoint(self, path):
         self.model.load_weight(path, base_loaded=True)

@@ -4,7 +4,7 @@ The model runs here; filtering and the draw happen in numpy (`shared/decode/samp
 backends sample the same text from the same weights. The cache grows by concatenation (`past`
 without `len_past`): all samples share the prompt and advance one token per step.
 """
-import torch
+import torch  # framework
 
 from shared.model.peft_methods import input_positions
 from shared.decode.sampling import SampleStreams, SamplingSettings, prompt_batch
@@ -20,14 +20,14 @@ def generate(model, prompt_ids, settings: SamplingSettings, seed: int, num_sampl
 
 def _generate(model, prompt_ids, settings, seed, num_samples, on_token):
     model.eval()
-    device = next(model.parameters()).device
+    device = next(model.parameters()).device  # framework
     prompt = prompt_batch(prompt_ids, settings, input_positions(model.config), num_samples)
     streams = SampleStreams(settings, seed, num_samples, on_token)
-    tokens = torch.from_numpy(prompt).to(device)
+    tokens = torch.from_numpy(prompt).to(device)  # framework
     past = None
     while True:
         logits, past = model(tokens, past=past)
-        feed = streams.step(logits[:, -1].float().cpu().numpy())
+        feed = streams.step(logits[:, -1].float().cpu().numpy())  # framework
         if streams.done:
             return streams.tokens
-        tokens = torch.from_numpy(feed[:, None]).to(device)
+        tokens = torch.from_numpy(feed[:, None]).to(device)  # framework

@@ -4,8 +4,8 @@
 fan_in_fan_out=True)` does: a frozen (in, out) weight plus low-rank updates of the query and
 value thirds, `scaling = alpha / r`, dropout on the LoRA input only.
 """
-import torch
-from torch import nn
+import torch  # framework
+from torch import nn  # framework
 
 from shared.model.params import is_lora_name
 
@@ -33,7 +33,7 @@ class MergedLinear(nn.Module):
             return x
         if self.shared_dropout is not None:
             mask = self.shared_dropout.mask(self.layer_index, tuple(x.shape))
-            return x * torch.from_numpy(mask).to(device=x.device, dtype=x.dtype)
+            return x * torch.from_numpy(mask).to(device=x.device, dtype=x.dtype)  # framework
         return dropout(x, self.dropout_p)
 
     def lora_delta(self, x):
@@ -66,16 +66,16 @@ class MergedLinear(nn.Module):
             result = result + self.lora_delta(self.lora_dropout(x))
         return result
 
-    @torch.no_grad()
+    @torch.no_grad()  # framework
     def merge(self):
         if self.r > 0 and not self.merged:
-            self.weight += self.delta_weight()
+            self.weight += self.delta_weight()  # framework
             self.merged = True
 
-    @torch.no_grad()
+    @torch.no_grad()  # framework
     def unmerge(self):
         if self.r > 0 and self.merged:
-            self.weight -= self.delta_weight()
+            self.weight -= self.delta_weight()  # framework
             self.merged = False
 
 
@@ -89,9 +89,9 @@ def mark_only_lora_as_trainable(model):
 
 
 def mark_trainable(model, trains):
-    """Train the parameters whose name `trains(name)` accepts, freeze the others."""
+    """Train the parameters whose name `trains(name)` accepts, freeze the others."""  # framework
     for name, p in model.named_parameters():
-        p.requires_grad = trains(name)
+        p.requires_grad = trains(name)  # framework
 
 
 def merge_lora(model):

@@ -10,8 +10,8 @@ or beyond `len_past + 1` are masked, which lets rows of different lengths decode
 """
 
 import numpy as np
-import torch
-from torch import nn
+import torch  # framework
+from torch import nn  # framework
 
 from shared.text.batching import check_width
 from shared.model.checkpoint import load_for_model
@@ -84,7 +84,7 @@ class Attention(nn.Module):
         b = causal_mask(nd, ns, w)  # float32, as the reference buffer: masks in fp32
         w = w * b - 1e10 * (1 - b)
         if len_kv is not None:
-            beyond = torch.arange(ns, device=k.device).reshape(1, ns) >= len_kv.reshape(-1, 1)
+            beyond = torch.arange(ns, device=k.device).reshape(1, ns) >= len_kv.reshape(-1, 1)  # framework
             w = w.masked_fill(beyond.reshape(-1, 1, 1, ns), MASK_VALUE)
         w = softmax(w, dim=-1)
         return matmul(w, v)
@@ -124,7 +124,7 @@ class Attention(nn.Module):
                 key = torch.concat((past_key, key), dim=-2)
                 value = torch.concat((past_value, value), dim=-2)
             else:  # write one token per row at its own position of a preallocated cache
-                rows = torch.arange(key.shape[0], device=key.device)
+                rows = torch.arange(key.shape[0], device=key.device)  # framework
                 past_key[rows, :, len_past, :] = key[:, :, 0, :]
                 past_value[rows, :, len_past, :] = value[:, :, 0, :]
                 key, value = past_key, past_value
@@ -194,8 +194,8 @@ class GPT2Model(nn.Module):
         if len_past is None:
             width = inputs_embeds.shape[1]
             check_width(past_length + width, self.wpe.num_embeddings)
-            position_ids = torch.arange(past_length, past_length + width,
-                                        dtype=torch.long, device=input_ids.device)
+            position_ids = torch.arange(past_length, past_length + width,  # framework
+                                        dtype=torch.long, device=input_ids.device)  # framework
             position_ids = position_ids.unsqueeze(0).expand(input_ids.shape[0], width)
         else:
             position_ids = len_past.unsqueeze(1)
@@ -241,12 +241,12 @@ class GPT2Base(nn.Module):
             self.base_loaded = True
         return self
 
-    @torch.no_grad()
+    @torch.no_grad()  # framework
     def load_state_numpy(self, state: dict):
         params = dict(self.named_parameters())
         for name, value in state.items():
             param = params[name]
-            param.copy_(torch.from_numpy(np.ascontiguousarray(value)).to(param.dtype))
+            param.copy_(torch.from_numpy(np.ascontiguousarray(value)).to(param.dtype))  # framework
 
 
 class GPT2LMModel(GPT2Base):
@@ -258,14 +258,14 @@ class GPT2LMModel(GPT2Base):
         self.config = config
         self.transformer = GPT2Model(config)
         self.base_loaded = False  # True once pretrained base weights are in (LoRA-only loads need it)
-        self.padded_head = None  # the output head padded to aligned rows (frozen_weights.py)
+        self.padded_head = None  # the output head padded to aligned rows (frozen_weights.py)  # framework
         self.load_state_numpy(init_state_dict(config, seed))
 
     def forward(self, input_ids, lm_labels=None, lm_mask=None, past=None, len_past=None,
                 label_smooth=0.0):
         hidden_states, presents = self.transformer(input_ids, past=past, len_past=len_past)
-        head = self.transformer.wte.weight if self.padded_head is None else self.padded_head
-        lm_logits = matmul_transpose(hidden_states, head)[..., :self.config.vocab_size]  # tied head
+        head = self.transformer.wte.weight if self.padded_head is None else self.padded_head  # framework
+        lm_logits = matmul_transpose(hidden_states, head)[..., :self.config.vocab_size]  # tied head  # framework
         if lm_labels is None:
             return lm_logits, presents
         return lm_logits, lm_loss(lm_logits, lm_labels, lm_mask, label_smooth)
@@ -282,10 +282,10 @@ class GPT2LMModel(GPT2Base):
         for name, param in self.named_parameters():
             if lora_only and not is_lora_name(name):
                 continue
-            out[name] = param.detach().float().cpu().numpy().copy()
+            out[name] = param.detach().float().cpu().numpy().copy()  # framework
         for index, block in enumerate(self.transformer.h):
             layer = block.attn.c_attn
             if layer.merged and not lora_only:
                 unmerged = layer.weight - layer.delta_weight()
-                out[f"transformer.h.{index}.attn.c_attn.weight"] = unmerged.detach().float().cpu().numpy()
+                out[f"transformer.h.{index}.attn.c_attn.weight"] = unmerged.detach().float().cpu().numpy()  # framework
         return out

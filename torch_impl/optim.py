@@ -1,3 +1,4 @@
+# framework: docstring line 3
 """microsoft/LoRA's AdamW and global-norm clipping, in PyTorch (twin: jittor_impl/optim.py).
 
 The reference AdamW (examples/NLG/src/optimizer.py) differs from torch.optim.AdamW: bias
@@ -9,7 +10,7 @@ and save it under the same backend-neutral names (`state_numpy`), so either can 
 import math
 
 import numpy as np
-import torch
+import torch  # framework
 
 
 class AdamW(torch.optim.Optimizer):
@@ -17,41 +18,41 @@ class AdamW(torch.optim.Optimizer):
                  correct_bias=True):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
                         correct_bias=correct_bias)
-        super().__init__(params, defaults)
+        super().__init__(params, defaults)  # framework
 
     def param_state(self, p):
         """The moments of `p` ({"step", "exp_avg", "exp_avg_sq"}; empty before its first update)."""
-        return self.state[p]
+        return self.state[p]  # framework
 
     def grads_of(self, group):
         """(parameter, gradient) for the parameters of `group` that have a gradient."""
-        return [(p, p.grad) for p in group["params"] if p.grad is not None]
+        return [(p, p.grad) for p in group["params"] if p.grad is not None]  # framework
 
     def grads(self):
         return [grad for group in self.param_groups for _, grad in self.grads_of(group)]
 
-    @torch.no_grad()
-    def step(self, closure=None):
+    @torch.no_grad()  # framework
+    def step(self, closure=None):  # framework
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             for p, grad in self.grads_of(group):
                 state = self.param_state(p)
                 if len(state) == 0:
                     state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32)
-                    state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
+                    state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32)  # framework
+                    state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)  # framework
                 exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
                 grad = grad.float()
                 state["step"] += 1
-                exp_avg.mul_(beta1).add_(grad, alpha=1.0 - beta1)
-                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
-                denom = exp_avg_sq.sqrt().add_(group["eps"])
+                exp_avg.mul_(beta1).add_(grad, alpha=1.0 - beta1)  # framework
+                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)  # framework
+                denom = exp_avg_sq.sqrt().add_(group["eps"])  # framework
                 step_size = group["lr"]
                 if group["correct_bias"]:
                     step_size *= math.sqrt(1.0 - beta2 ** state["step"]) / (1.0 - beta1 ** state["step"])
-                p.addcdiv_(exp_avg, denom, value=-step_size)
+                p.addcdiv_(exp_avg, denom, value=-step_size)  # framework
                 if group["weight_decay"] > 0.0:
-                    p.add_(p, alpha=-group["lr"] * group["weight_decay"])
+                    p.add_(p, alpha=-group["lr"] * group["weight_decay"])  # framework
 
     # ------------------------------------------------------------- state for checkpoints
     def state_numpy(self, named_params):
@@ -61,8 +62,8 @@ class AdamW(torch.optim.Optimizer):
         for name, p in named_params.items():
             state = self.param_state(p)
             if state:
-                out[f"exp_avg/{name}"] = state["exp_avg"].cpu().numpy()
-                out[f"exp_avg_sq/{name}"] = state["exp_avg_sq"].cpu().numpy()
+                out[f"exp_avg/{name}"] = state["exp_avg"].cpu().numpy()  # framework
+                out[f"exp_avg_sq/{name}"] = state["exp_avg_sq"].cpu().numpy()  # framework
                 out[f"step/{name}"] = np.array(state["step"], dtype=np.int64)
         return out
 
@@ -71,8 +72,8 @@ class AdamW(torch.optim.Optimizer):
             if f"step/{name}" in arrays:
                 state = self.param_state(p)
                 state["step"] = int(arrays[f"step/{name}"])
-                state["exp_avg"] = torch.from_numpy(arrays[f"exp_avg/{name}"]).to(p.device)
-                state["exp_avg_sq"] = torch.from_numpy(arrays[f"exp_avg_sq/{name}"]).to(p.device)
+                state["exp_avg"] = torch.from_numpy(arrays[f"exp_avg/{name}"]).to(p.device)  # framework
+                state["exp_avg_sq"] = torch.from_numpy(arrays[f"exp_avg_sq/{name}"]).to(p.device)  # framework
 
 
 def set_lr(optimizer, lr):
@@ -81,11 +82,11 @@ def set_lr(optimizer, lr):
 
 
 def grad_norm_and_clip(optimizer, max_norm):
-    """Global L2 norm of the gradients (a device scalar, no host sync); clips when max_norm > 0."""
+    """Global L2 norm of the gradients (a device scalar, no host sync); clips when max_norm > 0."""  # framework
     grads = optimizer.grads()
-    total_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+    total_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))  # framework
     if max_norm > 0:
-        clip_coef = torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)
+        clip_coef = torch.clamp(max_norm / (total_norm + 1e-6), max=1.0)  # framework
         for g in grads:
-            g.mul_(clip_coef.to(g.dtype))
+            g.mul_(clip_coef.to(g.dtype))  # framework
     return total_norm

@@ -7,8 +7,8 @@ bidirectional 2-layer LSTM and an MLP for P-tuning) and the prefix encoder of pr
 Which parameters exist, their names and their seeded values: shared/model/peft_methods.py; how
 the model feeds them in: `with_virtual_tokens`, called by model.py's GPT2Model.
 """
-import torch
-from torch import nn
+import torch  # framework
+from torch import nn  # framework
 
 from shared.model.peft_methods import encoder_width
 
@@ -16,7 +16,7 @@ from .ops import gelu, matmul, matmul_transpose, parameter, permute
 
 
 def relu(x):
-    return torch.relu(x)
+    return torch.relu(x)  # framework
 
 
 class Table(nn.Module):

@@ -17,8 +17,8 @@ shared/tasks/ppo_task.py gathers (sampled responses, their log-probabilities und
 the frozen reference, values, the reward model's scores) and whose steps are PPO's minibatch
 updates.
 """
-import torch
-import torch.nn.functional as F
+import torch  # framework
+import torch.nn.functional as F  # framework
 
 from shared.model.classifier_params import reward_trains
 from shared.model.params import is_lora_name
@@ -29,7 +29,7 @@ from .generate import generate
 from .lora import mark_trainable
 from .model import Conv1D, GPT2LMModel
 from .ops import DEFAULT_ATTENTION, cross_entropy, matmul_transpose
-from .train import TorchBackend
+from .train import TorchBackend  # framework
 
 
 def log_sigmoid(x):
@@ -85,8 +85,8 @@ class RewardBackend(ClassifierBackend):
         return model
 
 
-class DPOBackend(TorchBackend):
-    """TorchBackend training the policy with the DPO loss against a frozen reference copy."""
+class DPOBackend(TorchBackend):  # framework
+    """TorchBackend training the policy with the DPO loss against a frozen reference copy."""  # framework
 
     def build_model(self, config, args):
         self.beta = args.beta
@@ -94,7 +94,7 @@ class DPOBackend(TorchBackend):
         mark_trainable(self.reference, lambda name: False)
         self.reference.set_attention(args.attn or DEFAULT_ATTENTION)
         self.reference.eval()
-        self.reference.to(self.device)
+        self.reference.to(self.device)  # framework
         return super().build_model(config, args)
 
     def batch_loss(self, data, label_smooth=0.0):
@@ -125,7 +125,7 @@ def ppo_losses(logits, values, batch, clip_range, value_clip):
     vf_losses = (values - batch["returns"]) ** 2
     vf_clipped = (values_clipped - batch["returns"]) ** 2
     value_loss = 0.5 * masked_mean(torch.maximum(vf_losses, vf_clipped), mask)
-    token_logp = F.log_softmax(logits.detach().float(), dim=-1)
+    token_logp = F.log_softmax(logits.detach().float(), dim=-1)  # framework
     metrics = {"clip_fraction": masked_mean((pg_clipped > pg_losses).float(), mask).detach(),
                "value_clip_fraction": masked_mean(((values - batch["old_values"]).abs() > value_clip).float(), mask).detach(),
                "approx_kl": (0.5 * masked_mean((logprobs - batch["old_logprobs"]) ** 2, mask)).detach(),
@@ -162,10 +162,10 @@ class LanguageModelView:
         return self.model.parameters()
 
     def __call__(self, input_ids, past=None):
-        return GPT2LMModel.forward(self.model, input_ids, past=past)
+        return GPT2LMModel.forward(self.model, input_ids, past=past)  # framework
 
 
-class PPOBackend(TorchBackend):
+class PPOBackend(TorchBackend):  # framework
     """The training backend of the policy (GPT2WithValueHead: its LoRA matrices, or with
     --lora_dim 0 every weight, and the value head) with PPO's losses (+ `--ptx_coef` times the
     language-model loss of SFT rows) on the minibatches shared/tasks/ppo_task.py builds; a
@@ -184,12 +184,12 @@ class PPOBackend(TorchBackend):
         mark_trainable(self.reference, lambda name: False)
         self.reference.set_attention(args.attn or DEFAULT_ATTENTION)
         self.reference.eval()
-        self.reference.to(self.device)
+        self.reference.to(self.device)  # framework
         self.reward_model = GPT2Classifier(self.reward_config, 1).load_weight(self.reward_checkpoint)
         mark_trainable(self.reward_model, lambda name: False)
         self.reward_model.set_attention(args.attn or DEFAULT_ATTENTION)
         self.reward_model.eval()
-        self.reward_model.to(self.device)
+        self.reward_model.to(self.device)  # framework
         model = GPT2WithValueHead(config, seed=args.random_seed)
         if args.init_checkpoint:
             model.load_weight(args.init_checkpoint)
@@ -233,14 +233,14 @@ class PPOBackend(TorchBackend):
             ref_logits, _ = self.reference(data["input"])
             out = (token_logprobs(logits.float() / self.temperature, data["target"]),
                    token_logprobs(ref_logits.float() / self.temperature, data["target"]), values.float())
-        return [x.cpu().numpy() for x in out]
+        return [x.cpu().numpy() for x in out]  # framework
 
     def score(self, batch):
         """The reward model's score of each row of `batch` (input, length), numpy."""
         data = self.to_device(batch)
         with torch.no_grad(), self.autocast():
             rewards = self.reward_model(data["input"], data["length"]).reshape(-1).float()
-        return rewards.cpu().numpy()
+        return rewards.cpu().numpy()  # framework
 
     def state_numpy(self, lora_only):
         """Checkpoints hold the policy alone (a GPT-2 (+ LoRA) that generate.py and chat.py

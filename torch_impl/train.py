@@ -1,3 +1,4 @@
+# framework: docstring lines 5-7
 """The PyTorch side of training (twin: jittor_impl/train.py); the loop is shared/train/trainer.py.
 
 A backend owns the model and optimizer on its device and does what depends on the framework:
@@ -7,12 +8,12 @@ and the weights/optimizer state as numpy for backend-neutral checkpoints. Under 
 trains through DistributedDataParallel, which averages the gradients over the ranks.
 """
 import contextlib
-import datetime
+import datetime  # framework
 
 import numpy as np
-import torch
-import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
+import torch  # framework
+import torch.distributed as dist  # framework
+from torch.nn.parallel import DistributedDataParallel  # framework
 
 from shared.model.checkpoint import load_for_model
 from shared.train.dropout import SharedDropout
@@ -22,47 +23,47 @@ from shared.train.data_parallel import dropout_rows, processes_of
 
 from .frozen_weights import store_frozen_weights
 # the reference AdamW and clipping, one kernel per operation for all tensors (fused_optim.py)
-from .fused_optim import ForeachAdamW as AdamW, foreach_grad_norm_and_clip as grad_norm_and_clip
+from .fused_optim import ForeachAdamW as AdamW, foreach_grad_norm_and_clip as grad_norm_and_clip  # framework
 from .generate import generate
 from .lora import mark_only_lora_as_trainable, mark_trainable, set_shared_dropout
 from .model import GPT2LMModel
 from .ops import DEFAULT_ATTENTION
-from .optim import set_lr
+from .optim import set_lr  # framework
 
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # framework
 
 
-class TorchBackend:
-    name = "torch"
+class TorchBackend:  # framework
+    name = "torch"  # framework
 
     def __init__(self, config, args):
-        if args.device == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("--device cuda requested but torch sees no CUDA GPU")
+        if args.device == "cuda" and not torch.cuda.is_available():  # framework
+            raise RuntimeError("--device cuda requested but torch sees no CUDA GPU")  # framework
         self.processes = processes_of(args)
-        self.device, self.seed = self.process_device(args.device), args.random_seed
+        self.device, self.seed = self.process_device(args.device), args.random_seed  # framework
         self.config = config
         self.metrics = {}  # the last batch's task metrics (device scalars), see take_metrics
         self.model = self.build_model(config, args)
         self.shared_dropout = SharedDropout(config.lora_dropout, args.random_seed, dropout_rows(args)) if args.shared_dropout else None
         set_shared_dropout(self.model, self.shared_dropout)
         self.model.set_attention(args.attn or DEFAULT_ATTENTION)
-        self.model.to(self.device)
-        self.autocast_dtype = AUTOCAST_DTYPES.get(args.precision)
+        self.model.to(self.device)  # framework
+        self.autocast_dtype = AUTOCAST_DTYPES.get(args.precision)  # framework
         # LoRA under mixed precision: frozen matrices cast once, not in every step
         self.exact_frozen = {}
-        if self.autocast_dtype is not None and config.lora_attn_dim > 0 and self.device.type == "cuda":
-            self.exact_frozen = store_frozen_weights(self.model, self.autocast_dtype)
+        if self.autocast_dtype is not None and config.lora_attn_dim > 0 and self.device.type == "cuda":  # framework
+            self.exact_frozen = store_frozen_weights(self.model, self.autocast_dtype)  # framework
         # the model, or under several processes its data-parallel wrapper
-        self.trained = self.join_processes(self.model, args)
+        self.trained = self.join_processes(self.model, args)  # framework
         # what forward passes run through: the model, or its torch.compile'd form; on CUDA
         # "reduce-overhead" also replays each step's kernels as CUDA graphs
-        self.compiled = bool(getattr(args, "compile", False))
-        if self.compiled:
-            mode = getattr(args, "compile_mode", None) or (
-                "reduce-overhead" if self.device.type == "cuda" else "default")
-            self.forward = torch.compile(self.trained, mode=mode)
-        else:
-            self.forward = self.trained
+        self.compiled = bool(getattr(args, "compile", False))  # framework
+        if self.compiled:  # framework
+            mode = getattr(args, "compile_mode", None) or (  # framework
+                "reduce-overhead" if self.device.type == "cuda" else "default")  # framework
+            self.forward = torch.compile(self.trained, mode=mode)  # framework
+        else:  # framework
+            self.forward = self.trained  # framework
         self.params = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
         groups = optimizer_groups(list(self.params), args.weight_decay, args.no_decay_bias)
         self.optimizer = AdamW([{"params": [self.params[n] for n in names], "weight_decay": wd}
@@ -70,7 +71,7 @@ class TorchBackend:
                                lr=args.lr, betas=(args.adam_beta1, args.adam_beta2),
                                eps=args.adam_epislon, weight_decay=args.weight_decay,
                                correct_bias=args.correct_bias)
-        self.scaler = torch.amp.GradScaler("cuda") if args.precision == "fp16" else None
+        self.scaler = torch.amp.GradScaler("cuda") if args.precision == "fp16" else None  # framework
 
     def build_model(self, config, args):
         """The model this backend trains, its trainable weights marked (other tasks override)."""
@@ -83,54 +84,56 @@ class TorchBackend:
             mark_trainable(model, trains(config))
         return model
 
-    def process_device(self, device):
-        """The device of this process: under several processes on GPUs, one GPU per rank."""
-        if device == "cuda" and self.processes.distributed:
-            torch.cuda.set_device(self.processes.local_rank)
-            return torch.device("cuda", self.processes.local_rank)
-        return torch.device(device)
+    def process_device(self, device):  # framework
+        """The device of this process: under several processes on GPUs, one GPU per rank."""  # framework
+        if device == "cuda" and self.processes.distributed:  # framework
+            torch.cuda.set_device(self.processes.local_rank)  # framework
+            return torch.device("cuda", self.processes.local_rank)  # framework
+        return torch.device(device)  # framework
 
     def join_processes(self, model, args):
+        # framework: docstring lines 1-2
         """Under torchrun: join the process group, return the model in DistributedDataParallel
         (it averages the gradients over the ranks in backward); else the model itself."""
         if not self.processes.distributed:
             return model
-        if self.processes.launcher != "torchrun":
-            raise RuntimeError(f"--backend torch trains on several processes under torchrun, "
+        if self.processes.launcher != "torchrun":  # framework
+            raise RuntimeError(f"--backend torch trains on several processes under torchrun, "  # framework
                                f"not {self.processes.launcher}")
-        dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo",
-                                timeout=datetime.timedelta(seconds=args.dist_timeout))
-        return DistributedDataParallel(model, device_ids=[self.device] if self.device.type == "cuda" else None,
-                                       forward_sync_buffers=False)  # constant buffers: no collective per forward
+        dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo",  # framework
+                                timeout=datetime.timedelta(seconds=args.dist_timeout))  # framework
+        return DistributedDataParallel(model, device_ids=[self.device] if self.device.type == "cuda" else None,  # framework
+                                       forward_sync_buffers=False)  # constant buffers: no collective per forward  # framework
 
     def leave_processes(self):
-        """Leave the process group (after training, on every rank)."""
-        if self.processes.distributed and dist.is_initialized():
-            dist.destroy_process_group()
+        """Leave the process group (after training, on every rank)."""  # framework
+        if self.processes.distributed and dist.is_initialized():  # framework
+            dist.destroy_process_group()  # framework
 
     def all_reduce(self, values):
         """The sum over ranks of a float64 vector (host values in, numpy out)."""
-        total = torch.tensor(np.asarray(values, dtype=np.float64), device=self.device)
-        dist.all_reduce(total)
-        return total.cpu().numpy()
+        total = torch.tensor(np.asarray(values, dtype=np.float64), device=self.device)  # framework
+        dist.all_reduce(total)  # framework
+        return total.cpu().numpy()  # framework
 
     def gradient_sync(self, sync):
+        # framework: docstring lines 1-2
         """No gradient averaging inside an accumulation window (DDP's no_sync); the update's
         micro-batch averages the accumulated sum."""
-        if sync or not self.processes.distributed:
+        if sync or not self.processes.distributed:  # framework
             return contextlib.nullcontext()
-        return self.trained.no_sync()
+        return self.trained.no_sync()  # framework
 
     def autocast(self):
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype,
-                              enabled=self.autocast_dtype is not None)
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype,  # framework
+                              enabled=self.autocast_dtype is not None)  # framework
 
     def to_device(self, batch):
-        return {k: torch.from_numpy(np.ascontiguousarray(v)).to(self.device, non_blocking=True)
-                for k, v in batch.items()}
+        return {k: torch.from_numpy(np.ascontiguousarray(v)).to(self.device, non_blocking=True)  # framework
+                for k, v in batch.items()}  # framework
 
     def set_step(self, step):
-        torch.manual_seed(step_seed(self.seed, step))
+        torch.manual_seed(step_seed(self.seed, step))  # framework
         if self.shared_dropout is not None:
             self.shared_dropout.set_step(step)
 
@@ -139,40 +142,40 @@ class TorchBackend:
         `sync`: under several processes, average the gradients over the ranks now (the
         micro-batch before an update)."""
         self.model.train()
-        if self.compiled:  # a pending gradient may live in CUDA-graph memory the next replay reuses
-            for p in self.params.values():
-                if p.grad is not None:
-                    p.grad = p.grad.clone()
+        if self.compiled:  # a pending gradient may live in CUDA-graph memory the next replay reuses  # framework
+            for p in self.params.values():  # framework
+                if p.grad is not None:  # framework
+                    p.grad = p.grad.clone()  # framework
         data = self.to_device(batch)
         with self.gradient_sync(sync):
             with self.autocast():
                 loss = self.batch_loss(data, label_smooth)
-            scaled = loss * loss_scale
-            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            scaled = loss * loss_scale  # framework
+            (self.scaler.scale(scaled) if self.scaler else scaled).backward()  # framework
         # a CUDA-graph replay reuses its output memory: keep a copy of the loss
-        return loss.detach().clone() if self.compiled else loss.detach()
+        return loss.detach().clone() if self.compiled else loss.detach()  # framework
 
     def update(self, lr, clip):
         """Clip, step with learning rate `lr`, zero the gradients; return the gradient norm."""
         set_lr(self.optimizer, lr)
-        if self.scaler:
-            self.scaler.unscale_(self.optimizer)
+        if self.scaler:  # framework
+            self.scaler.unscale_(self.optimizer)  # framework
         grad_norm = grad_norm_and_clip(self.optimizer, clip)
-        if self.scaler:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
+        if self.scaler:  # framework
+            self.scaler.step(self.optimizer)  # framework
+            self.scaler.update()  # framework
+        else:  # framework
             self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=True)  # framework
         return grad_norm
 
-    @torch.no_grad()
+    @torch.no_grad()  # framework
     def eval_loss(self, batch):
         self.model.eval()
         data = self.to_device(batch)
-        with self.autocast():
+        with self.autocast():  # framework
             loss = self.batch_loss(data)
-        return loss.clone() if self.compiled else loss
+        return loss.clone() if self.compiled else loss  # framework
 
     def batch_loss(self, data, label_smooth=0.0):
         """The loss of one batch on device (the language-model loss; other tasks override)."""
@@ -187,10 +190,10 @@ class TorchBackend:
         return metrics
 
     def fetch(self, values):
-        """Device scalars -> Python floats in one transfer (the loop's only host sync)."""
+        """Device scalars -> Python floats in one transfer (the loop's only host sync)."""  # framework
         if not values:
             return []
-        return torch.stack([v.float() for v in values]).cpu().tolist()
+        return torch.stack([v.float() for v in values]).cpu().tolist()  # framework
 
     def sample(self, prompt_ids, settings, seed, num_samples=1):
         """Sampled continuations from the model being trained (shared/decode/sampling.py's draws)."""
@@ -202,7 +205,7 @@ class TorchBackend:
         return sum(sizes[n] for n in self.params), sum(sizes.values())
 
     def is_out_of_memory(self, exc):
-        return isinstance(exc, torch.cuda.OutOfMemoryError)
+        return isinstance(exc, torch.cuda.OutOfMemoryError)  # framework
 
     # ------------------------------------------------------------- state for checkpoints
     def state_numpy(self, lora_only):

@@ -23,6 +23,7 @@ import datetime
 import io
 import json
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -37,7 +38,7 @@ from shared.runtime.environment import cuda_available, devices, versions
 from shared.runtime.paths import REPO_ROOT, resolve_e2e_dir, resolve_vocab_dir
 from shared.model.pretrained import checkpoint_config, write_config_beside
 from shared.runtime.run_lock import RunLock
-from shared.pipeline.run_settings import RunSettings, resumed, stage_argv
+from shared.pipeline.run_settings import RUN_CONFIG, RunSettings, resumed, stage_argv
 from shared.pipeline.run_settings import settings_from as preset_settings
 from shared.pipeline.stage_process import run_stage
 from shared.runtime.entry_point import run_script
@@ -59,6 +60,50 @@ COMMON = dict(weight_decay=0.01, label_smooth=0.1, valid_batch_size=16, clip=0.0
 PEFT_COMMON = {k: v for k, v in COMMON.items()
                if k not in ("check_batch_size", "check_batches", "divergence_queries",
                             "bootstrap_resamples")}
+# work.sh --task dpo's presets: SFT -> reward model -> DPO (shared/pipeline/preference_pipeline.py).
+# cpu: a tiny GPT-2 trained from scratch on the prompts and chosen responses, well under 20
+# minutes on 2 cores; paper: GPT-2 medium as the source project tunes it (give
+# --init_checkpoint).
+DPO_PRESETS = {
+    "cpu": dict(device="cpu", model_card="gpt2.sm", n_embd=64, n_layer=2, n_head=4,
+                seq_len=256, precision="fp32", base_steps=200, base_lr=0.003,
+                base_batch_size=8, lora_dim=8, lora_alpha=32, lora_dropout=0.1,
+                sft_steps=60, sft_lr=0.003, sft_batch_size=8, reward_steps=60,
+                reward_lr=0.003, reward_batch_size=4, reward_trainable="lora",
+                dpo_steps=60, dpo_lr=0.003, dpo_batch_size=4, beta=0.1, limit=None,
+                judge_prompts=40, max_new_tokens=32, temperature=0.7, top_k=40),
+    "paper": dict(device="cuda", model_card="gpt2.md", n_embd=None, n_layer=None,
+                  n_head=None, seq_len=512, precision="bf16", base_steps=1500,
+                  base_lr=0.0005, base_batch_size=16, lora_dim=8, lora_alpha=32,
+                  lora_dropout=0.1, sft_steps=600, sft_lr=0.0005, sft_batch_size=8,
+                  reward_steps=600, reward_lr=0.0001, reward_batch_size=8,
+                  reward_trainable="lora", dpo_steps=600, dpo_lr=0.00005,
+                  dpo_batch_size=8, beta=0.1, limit=None, judge_prompts=None,
+                  max_new_tokens=96, temperature=0.7, top_k=40),
+    "micro": dict(device="cpu", model_card="gpt2.sm", n_embd=32, n_layer=2, n_head=2,
+                  seq_len=256, precision="fp32", base_steps=4, base_lr=0.003,
+                  base_batch_size=4, lora_dim=4, lora_alpha=16, lora_dropout=0.1,
+                  sft_steps=4, sft_lr=0.003, sft_batch_size=4, reward_steps=4,
+                  reward_lr=0.003, reward_batch_size=2, reward_trainable="lora",
+                  dpo_steps=4, dpo_lr=0.003, dpo_batch_size=2, beta=0.1, limit=80,
+                  judge_prompts=3, max_new_tokens=6, temperature=0.7, top_k=40),
+}
+# DPO's own settings, which --task rlhf's presets have PPO's in place of.
+DPO_ONLY = ("dpo_steps", "dpo_lr", "dpo_batch_size", "beta")
+
+
+def rlhf_preset(dpo: dict, ppo: dict, **changes) -> dict:
+    """A preset of --task rlhf: `dpo` (its model, data, SFT, reward model and judge) with the PPO
+    settings `ppo` where DPO's own were, and the values `changes` in place of dpo's."""
+    out = {}
+    for key, value in dpo.items():
+        if key == DPO_ONLY[0]:
+            out.update(ppo)
+        if key not in DPO_ONLY:
+            out[key] = changes.get(key, value)
+    return out
+
+
 # work.sh's presets, one table keyed by task (--task e2e: scripts/run_pipeline.py): per task a
 # short CPU run on 2 cores, a GPU run that scales up, and a seconds-long smoke run. A preset holds
 # every setting of a run (and so the report's hyper-parameter table).
@@ -150,62 +195,22 @@ PRESETS = {
                       lora_dim=4, lora_alpha=16, lora_dropout=0.1, max_new_tokens=6, limit=60,
                       eval_limit=3, eval_interval=2, save_interval=2),
     },
-    "dpo": {
-        # SFT -> reward model -> DPO (shared/pipeline/preference_pipeline.py). cpu: a tiny GPT-2
-        # trained from scratch on the prompts and chosen responses, well under 20 minutes on 2
-        # cores; paper: GPT-2 medium as the source project tunes it (give --init_checkpoint).
-        "cpu": dict(device="cpu", model_card="gpt2.sm", n_embd=64, n_layer=2, n_head=4,
-                    seq_len=256, precision="fp32", base_steps=200, base_lr=0.003,
-                    base_batch_size=8, lora_dim=8, lora_alpha=32, lora_dropout=0.1,
-                    sft_steps=60, sft_lr=0.003, sft_batch_size=8, reward_steps=60,
-                    reward_lr=0.003, reward_batch_size=4, reward_trainable="lora",
-                    dpo_steps=60, dpo_lr=0.003, dpo_batch_size=4, beta=0.1, limit=None,
-                    judge_prompts=40, max_new_tokens=32, temperature=0.7, top_k=40),
-        "paper": dict(device="cuda", model_card="gpt2.md", n_embd=None, n_layer=None,
-                      n_head=None, seq_len=512, precision="bf16", base_steps=1500,
-                      base_lr=0.0005, base_batch_size=16, lora_dim=8, lora_alpha=32,
-                      lora_dropout=0.1, sft_steps=600, sft_lr=0.0005, sft_batch_size=8,
-                      reward_steps=600, reward_lr=0.0001, reward_batch_size=8,
-                      reward_trainable="lora", dpo_steps=600, dpo_lr=0.00005,
-                      dpo_batch_size=8, beta=0.1, limit=None, judge_prompts=None,
-                      max_new_tokens=96, temperature=0.7, top_k=40),
-        "micro": dict(device="cpu", model_card="gpt2.sm", n_embd=32, n_layer=2, n_head=2,
-                      seq_len=256, precision="fp32", base_steps=4, base_lr=0.003,
-                      base_batch_size=4, lora_dim=4, lora_alpha=16, lora_dropout=0.1,
-                      sft_steps=4, sft_lr=0.003, sft_batch_size=4, reward_steps=4,
-                      reward_lr=0.003, reward_batch_size=2, reward_trainable="lora",
-                      dpo_steps=4, dpo_lr=0.003, dpo_batch_size=2, beta=0.1, limit=80,
-                      judge_prompts=3, max_new_tokens=6, temperature=0.7, top_k=40),
-    },
+    "dpo": DPO_PRESETS,
+    # SFT -> reward model -> PPO (shared/pipeline/preference_pipeline.py): dpo's presets (the
+    # same model and stages before PPO) with PPO's settings in DPO's place, lora_dropout 0 and,
+    # on the CPU, shorter responses. A PPO iteration answers rollout_batch prompts
+    # (max_new_tokens each), then ppo_epochs passes of ppo_batch_size minibatches: cpu 12
+    # iterations of 4 steps.
     "rlhf": {
-        # SFT -> reward model -> PPO (shared/pipeline/preference_pipeline.py): dpo's model and
-        # stages before PPO. A PPO iteration answers rollout_batch prompts (max_new_tokens each),
-        # then ppo_epochs passes of ppo_batch_size minibatches: cpu 12 iterations of 4 steps.
-        "cpu": dict(device="cpu", model_card="gpt2.sm", n_embd=64, n_layer=2, n_head=4,
-                    seq_len=256, precision="fp32", base_steps=200, base_lr=0.003,
-                    base_batch_size=8, lora_dim=8, lora_alpha=32, lora_dropout=0.0,
-                    sft_steps=60, sft_lr=0.003, sft_batch_size=8, reward_steps=60,
-                    reward_lr=0.003, reward_batch_size=4, reward_trainable="lora",
-                    ppo_steps=48, ppo_lr=0.003, ppo_batch_size=4, rollout_batch=8, ppo_epochs=2,
-                    kl_coef=0.05, target_kl=6.0, vf_coef=0.1, limit=None, judge_prompts=40,
-                    max_new_tokens=24, temperature=0.7, top_k=40),
-        "paper": dict(device="cuda", model_card="gpt2.md", n_embd=None, n_layer=None,
-                      n_head=None, seq_len=512, precision="bf16", base_steps=1500,
-                      base_lr=0.0005, base_batch_size=16, lora_dim=8, lora_alpha=32,
-                      lora_dropout=0.0, sft_steps=600, sft_lr=0.0005, sft_batch_size=8,
-                      reward_steps=600, reward_lr=0.0001, reward_batch_size=8,
-                      reward_trainable="lora", ppo_steps=800, ppo_lr=0.00005, ppo_batch_size=8,
-                      rollout_batch=32, ppo_epochs=4, kl_coef=0.2, target_kl=6.0, vf_coef=0.1,
-                      limit=None, judge_prompts=None, max_new_tokens=96, temperature=0.7,
-                      top_k=40),
-        "micro": dict(device="cpu", model_card="gpt2.sm", n_embd=32, n_layer=2, n_head=2,
-                      seq_len=256, precision="fp32", base_steps=4, base_lr=0.003,
-                      base_batch_size=4, lora_dim=4, lora_alpha=16, lora_dropout=0.0,
-                      sft_steps=4, sft_lr=0.003, sft_batch_size=4, reward_steps=4,
-                      reward_lr=0.003, reward_batch_size=2, reward_trainable="lora",
-                      ppo_steps=4, ppo_lr=0.003, ppo_batch_size=2, rollout_batch=4, ppo_epochs=1,
-                      kl_coef=0.1, target_kl=6.0, vf_coef=0.1, limit=80, judge_prompts=3,
-                      max_new_tokens=6, temperature=0.7, top_k=40),
+        "cpu": rlhf_preset(DPO_PRESETS["cpu"], dict(
+            ppo_steps=48, ppo_lr=0.003, ppo_batch_size=4, rollout_batch=8, ppo_epochs=2,
+            kl_coef=0.05, target_kl=6.0, vf_coef=0.1), lora_dropout=0.0, max_new_tokens=24),
+        "paper": rlhf_preset(DPO_PRESETS["paper"], dict(
+            ppo_steps=800, ppo_lr=0.00005, ppo_batch_size=8, rollout_batch=32, ppo_epochs=4,
+            kl_coef=0.2, target_kl=6.0, vf_coef=0.1), lora_dropout=0.0),
+        "micro": rlhf_preset(DPO_PRESETS["micro"], dict(
+            ppo_steps=4, ppo_lr=0.003, ppo_batch_size=2, rollout_batch=4, ppo_epochs=1,
+            kl_coef=0.1, target_kl=6.0, vf_coef=0.1), lora_dropout=0.0),
     },
     "pretrain": {
         # A few minutes on 2 idle CPU cores: a tiny GPT-2 trained from scratch on the-verdict.
@@ -267,8 +272,9 @@ def report_dir(args, run):
 class Pipeline:
     """A run of work.sh: its settings (PRESETS[task] + flags: a RunSettings, written as
     RUN_DIR/run_config.json), folders, stages and their state. Task pipelines
-    (instruct_pipeline.py, task_pipelines.py) subclass it and override the hooks __init__ calls
-    (find_data, stage_folders, run_values, configure) and the stages."""
+    (task_pipelines.py, instruct_pipeline.py, peft_pipeline.py, preference_pipeline.py) subclass
+    it and override the hooks __init__ calls (find_data, stage_folders, run_values, configure)
+    and the stages; every stage runs through `sh` and every report through `publish_report`."""
     task = "e2e"  # the key of its presets in PRESETS
     stages = STAGES  # the order stage() and run_all() follow (task pipelines have their own)
     run_name = "{preset}-default"  # the run folder's name unless --run names it
@@ -292,10 +298,12 @@ class Pipeline:
     def run_values(self):
         """The run-wide values of RunSettings.run (besides the preset's): what else changes the
         results of this task's run. Not the E2E folder: the same data may sit elsewhere on the
-        machine that finishes a run (--until on one machine, the rest on another)."""
+        machine that finishes a run (--until on one machine, the rest on another). --nproc is
+        one: N processes give one process's losses to ~1e-6, not bit for bit."""
         return dict(random_seed=self.args.random_seed, backends=self.backends,
                     init_checkpoint=self.args.init_checkpoint,
-                    exact_dropout=self.args.exact_dropout, seed_band=self.seed_band)
+                    exact_dropout=self.args.exact_dropout, seed_band=self.seed_band,
+                    nproc=self.args.nproc)
 
     def configure(self):
         """What the stages need once the run folder is there: the model's config, and the
@@ -377,16 +385,14 @@ class Pipeline:
     def path(self, *parts):
         return os.path.join(self.run_dir, *parts)
 
-    def pick(self, *names):
-        """{name: the setting}: settings a stage script takes as flags of the same name."""
-        return {name: self.s[name] for name in names}
-
-    def shape_flags(self):
-        """The model's shape as the scripts' flags (None: the card's own value)."""
-        return self.pick("model_card", "n_embd", "n_layer", "n_head")
+    def command(self, script, flags, positional=()):
+        """The command of a stage: scripts/`script` started from the run's settings file
+        (RUN_DIR/run_config.json, which gives it every setting named like one of its flags)
+        with `flags`, the stage's own (run_settings.stage_argv)."""
+        return stage_argv(script, flags, positional, config=self.path(RUN_CONFIG))
 
     def sh(self, argv, log_name, launcher=None, capture=False):
-        """Run a project script (`stage_argv`'s list), streaming its output and keeping a copy in
+        """Run a project script (`command`'s list), streaming its output and keeping a copy in
         RUN_DIR/logs; a stop signal is passed on to it and ends the run once it has stopped
         (shared/pipeline/stage_process.py). The one stage runner: `capture` returns the script's
         stdout (kept in the log, not shown), its stderr going to the log only. `launcher`: what
@@ -394,14 +400,17 @@ class Pipeline:
         cmd = [*(launcher or [sys.executable]), *argv]
         os.makedirs(self.path("logs"), exist_ok=True)
         log_path = self.path("logs", log_name)
-        print("$ " + " ".join(argv), flush=True)
+        # the command that reruns the stage by hand, from the repository's root
+        shown = shlex.join(argv if cmd[:-len(argv)] == [sys.executable] else cmd)
+        print("$ " + shown, flush=True)
         stdout = io.StringIO() if capture else None
         with open(log_path, "a") as log:
+            log.write(f"$ {shown}\n")
             log.flush()
             code = run_stage(cmd, cwd=ROOT, env=self.stage_env(), log=log, out=stdout,
                              stderr=log if capture else None)
         if code != 0:
-            raise RuntimeError(f"`{' '.join(argv)}` failed with exit code {code} (log: {log_path})")
+            raise RuntimeError(f"`{shown}` failed with exit code {code} (log: {log_path})")
         return stdout.getvalue() if capture else None
 
     def stage_env(self):
@@ -466,14 +475,15 @@ class Pipeline:
         if self.args.init_checkpoint:
             return self.save_base(base, base_config)
         work, steps = self.path("base"), self.s["base_steps"]
-        argv = stage_argv("gpt2_ft.py", dict(
-            backend="torch", device=self.s["device"], train_data=self.path("data", "train.jsonl"),
-            valid_data=self.path("data", "valid.jsonl"), **self.shape_flags(), lora_dim=0,
-            train_batch_size=self.batch["base_batch_size"], **self.pick("valid_batch_size", "seq_len"),
-            lr=self.s["base_lr"], weight_decay=self.s["weight_decay"], correct_bias=True,
-            clip=self.s["base_clip"], warmup_step=max(1, steps // 20), max_step=steps,
-            scheduler=self.s["base_scheduler"], log_interval=max(1, steps // 10),
-            eval_interval=steps, save_interval=max(1, steps // 4), precision=self.s["precision"],
+        # full fine-tuning with the base_* settings, no label smoothing and the fused attention
+        # (the script's defaults) in place of the LoRA run's settings of those names
+        argv = self.command("gpt2_ft.py", dict(
+            backend="torch", train_data=self.path("data", "train.jsonl"),
+            valid_data=self.path("data", "valid.jsonl"), lora_dim=0, label_smooth=0.0,
+            attn="sdpa", train_batch_size=self.batch["base_batch_size"], lr=self.s["base_lr"],
+            correct_bias=True, clip=self.s["base_clip"], warmup_step=max(1, steps // 20),
+            max_step=steps, scheduler=self.s["base_scheduler"], log_interval=max(1, steps // 10),
+            eval_interval=steps, save_interval=max(1, steps // 4),
             random_seed=self.args.random_seed, work_dir=work,
             max_eval_batches=self.s["valid_batches"] or None, resume=self._has_checkpoint(work)))
         self.sh(argv, "base_train.log", launch_command("torch", self.nproc))
@@ -491,17 +501,12 @@ class Pipeline:
         with `seed` (default: --random_seed)."""
         folder = folder or backend
         seed = self.args.random_seed if seed is None else seed
-        return stage_argv("gpt2_ft.py", dict(
-            backend=backend, device=self.s["device"], train_data=self.path("data", "train.jsonl"),
-            valid_data=self.path("data", "valid.jsonl"), **self.shape_flags(),
+        return self.command("gpt2_ft.py", dict(
+            backend=backend, train_data=self.path("data", "train.jsonl"),
+            valid_data=self.path("data", "valid.jsonl"),
             init_checkpoint=self.path("base", "base.safetensors"),
-            **self.pick("lora_dim", "lora_alpha", "lora_dropout"),
-            train_batch_size=self.batch["train_batch_size"],
-            **self.pick("valid_batch_size", "seq_len", "lr", "weight_decay"),
-            correct_bias=True,
-            **self.pick("warmup_step", "max_step", "scheduler", "clip", "label_smooth",
-                        "log_interval", "eval_interval", "save_interval", "precision"),
-            random_seed=seed, work_dir=self.path(folder), attn=self.s["attn"],
+            train_batch_size=self.batch["train_batch_size"], correct_bias=True,
+            random_seed=seed, work_dir=self.path(folder),
             max_eval_batches=self.s["valid_batches"] or None,
             shared_dropout=self.args.exact_dropout, resume=self._has_checkpoint(self.path(folder))))
 
@@ -521,27 +526,23 @@ class Pipeline:
         return out
 
     def search_flags(self):
-        """The beam search's data, model shape and settings, as gpt2_beam.py and
-        beam_divergence.py take them."""
-        return dict(data=self.path("data", "test.jsonl"), **self.shape_flags(),
-                    **self.pick("lora_dim", "lora_alpha"),
-                    seq_len=self.s["seq_len"] + self.s["eval_len"],
-                    **self.pick("eval_len", "beam", "length_penalty", "no_repeat_ngram_size",
-                                "repetition_penalty", "eos_token_id"))
+        """The beam search's own flags beside the settings, as gpt2_beam.py and
+        beam_divergence.py take them: the test split, and room for the context and eval_len."""
+        return dict(data=self.path("data", "test.jsonl"),
+                    seq_len=self.s["seq_len"] + self.s["eval_len"])
 
     def stage_beam(self):
         out = {}
         for folder, backend, _ in self.runs():
             started = time.time()
             work = self.path(folder)
-            argv = stage_argv("gpt2_beam.py", dict(
-                backend=backend, device=self.s["device"],
-                init_checkpoint=os.path.join(work, f"model.{self.s['max_step']}.pt"),
+            argv = self.command("gpt2_beam.py", dict(
+                backend=backend, init_checkpoint=os.path.join(work, f"model.{self.s['max_step']}.pt"),
                 **self.search_flags(), batch_size=self.s["beam_batch_size"], work_dir=work,
                 output_file="predict.jsonl", unique_contexts=True))
             self.sh(argv, f"{folder}_beam.log")
             beam_seconds = time.time() - started
-            self.sh(stage_argv("gpt2_decode.py", dict(
+            self.sh(self.command("gpt2_decode.py", dict(
                 vocab=self.vocab_dir, sample_file=os.path.join(work, "predict.jsonl"),
                 input_file=self.path("data", "test_formatted.jsonl"),
                 output_ref_file=os.path.join(work, "e2e_ref.txt"),
@@ -554,7 +555,7 @@ class Pipeline:
         for backend in self.backends:
             started = time.time()
             work = self.path(backend)
-            score_argv = stage_argv(
+            score_argv = self.command(
                 "measure_scores.py", dict(python=True, json=os.path.join(work, "metrics.json"),
                                           no_meteor=self.args.no_meteor),
                 positional=[os.path.join(work, "e2e_ref.txt"), os.path.join(work, "e2e_pred.txt")])
@@ -570,7 +571,7 @@ class Pipeline:
         """Paired-bootstrap intervals of torch - jittor per metric, and the seed band (torch -
         torch of another seed) when the seed-band run exists; never without it."""
         pred = lambda folder: os.path.join(self.path(folder), "e2e_pred.txt")  # noqa: E731
-        argv = stage_argv("metric_intervals.py", dict(
+        argv = self.command("metric_intervals.py", dict(
             references=os.path.join(self.path("torch"), "e2e_ref.txt"), torch=pred("torch"),
             jittor=pred("jittor"), resamples=self.s["bootstrap_resamples"],
             out=self.path("metric_intervals"),
@@ -583,21 +584,17 @@ class Pipeline:
         same = dict(  # the checkpoints, data, shape and batches of the check and the trace
             init_checkpoint=self.path("base", "base.safetensors"),
             lora_checkpoint=self.path(backend, f"model.{self.s['max_step']}.pt"),
-            data=self.path("data", "valid.jsonl"), **self.shape_flags(),
-            **self.pick("lora_dim", "lora_alpha", "seq_len"),
-            batch_size=self.s["check_batch_size"], batches=self.s["check_batches"],
-            **self.pick("label_smooth", "device"))
+            data=self.path("data", "valid.jsonl"), batch_size=self.s["check_batch_size"],
+            batches=self.s["check_batches"])
         if len(self.backends) < 2:
             return {"skipped": "needs both backends"}
-        self.sh(stage_argv("check_alignment.py", dict(same, json=self.path("final_check.json"))),
+        self.sh(self.command("check_alignment.py", dict(same, json=self.path("final_check.json"))),
                 "final_check.log")
-        self.sh(stage_argv("diff_layers.py", dict(
-            same, precision=self.s["precision"], out=self.path("diff_layers"), exit_zero=True)),
-            "diff_layers.log")
+        self.sh(self.command("diff_layers.py", dict(
+            same, out=self.path("diff_layers"), exit_zero=True)), "diff_layers.log")
         final = f"model.{self.s['max_step']}.pt"
-        self.sh(stage_argv("beam_divergence.py", dict(
-            **self.search_flags(), device=self.s["device"],
-            torch_checkpoint=self.path("torch", final),
+        self.sh(self.command("beam_divergence.py", dict(
+            **self.search_flags(), torch_checkpoint=self.path("torch", final),
             jittor_checkpoint=self.path("jittor", final),
             torch_predictions=self.path("torch", "predict.jsonl"),
             jittor_predictions=self.path("jittor", "predict.jsonl"),
@@ -609,7 +606,6 @@ class Pipeline:
 
     def stage_report(self):
         from shared.pipeline.plotting import plot_loss_comparison, plot_lr_schedule
-        from shared.pipeline.report import write_report
         from shared.train.trainlog import loss_agreement, loss_table, read_log
         logs = {b: read_log(self.path(b), label=b) for b in self.backends}
         plots = {}
@@ -654,9 +650,7 @@ class Pipeline:
                             os.path.join(self.log_dir, f"{backend}_train_log.jsonl"))
             shutil.copyfile(self.path(backend, "e2e_pred.txt"),
                             os.path.join(self.log_dir, f"{backend}_e2e_pred.txt"))
-        write_report(self.log_dir, results)
-        print(f"report: {os.path.join(self.log_dir, 'report.md')}")
-        return {"report": os.path.join(self.log_dir, "report.md")}
+        return self.publish_report(results)
 
     def harness_results(self):
         """What the check and metrics stages' harness scripts (alignment/) wrote: their results
@@ -677,6 +671,25 @@ class Pipeline:
         if sections:
             out["harness_sections"] = sections
         return out
+
+    def report_results(self, **config) -> dict:
+        """The head of every task's report.json: the run, task, time, devices and versions, the
+        settings with the run-wide values `config`, and the stages' timings and status."""
+        return {
+            "run": self.run, "task": self.task,
+            "created": datetime.datetime.now().isoformat(timespec="seconds"),
+            "devices": devices(self.s["device"]), "versions": versions(),
+            "config": dict(self.s, **config),
+            "stages": [{"name": n, "seconds": round(v.get("seconds", 0.0), 1),
+                        "status": v["status"]} for n, v in self.state["stages"].items()]}
+
+    def publish_report(self, results, markdown=None) -> dict:
+        """report.json and report.md (`markdown`, else rendered from `results`) written atomically
+        in the report folder: the report stage's output."""
+        from shared.pipeline.report import write_report
+        _, md_path = write_report(self.log_dir, results, markdown)
+        print(f"report: {md_path}")
+        return {"report": md_path}
 
     def run_all(self):
         started = time.time()

@@ -18,21 +18,16 @@ registers this pipeline for work.sh's --task dispatch.
 """
 from __future__ import annotations
 
-import argparse
-import datetime
 import json
 import os
 import shutil
 import time
 
-from shared.runtime.arg_types import seed_int, setting_type
-from shared.runtime.atomic import write_text
 from shared.model.checkpoint import load_for_model, save_checkpoint
 from shared.model.config import GPT2Config
-from shared.runtime.environment import devices, versions
 from shared.runtime.paths import REPO_ROOT, file_check, resolve_data_path
-from shared.pipeline.engine import PRESETS, Pipeline
-from shared.pipeline.run_settings import stage_argv
+from shared.pipeline.engine import Pipeline
+from shared.pipeline.run_flags import run_parser
 
 STAGES = ("data", "init", "tune", "eval", "check", "report")
 DEFAULT_DATA = os.path.join(REPO_ROOT, "..", "shared", "data", "instruct", "instruction-data.json")
@@ -41,47 +36,25 @@ EXAMPLES_SHOWN = 5
 
 
 def build_parser():
-    p = argparse.ArgumentParser(
-        prog="work.sh --task instruct",
-        description="Instruction tuning (Alpaca JSON) on both backends from identical weights "
-                    "and seeds: data, base model, LoRA tuning, responses + ROUGE-L + "
-                    "perplexity, final check, report.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--preset", choices=sorted(PRESETS["instruct"]), default=None,
-                   help="cuda when a GPU is present, else cpu; micro is a smoke run")
-    p.add_argument("--run", default=None, help="run name (default: instruct-<preset>)")
-    p.add_argument("--runs_dir", default=os.path.join(REPO_ROOT, "runs"))
-    p.add_argument("--logs_dir", default=None,
-                   help="write the report and plots to LOGS_DIR/<run> (default: the run folder, "
-                        "so a plain run never replaces the committed results under logs/)")
+    p = run_parser(InstructPipeline,
+                   "Instruction tuning (Alpaca JSON) on both backends from identical weights and "
+                   "seeds: data, base model, LoRA tuning, responses + ROUGE-L + perplexity, "
+                   "final check, report.",
+                   "pretrained GPT-2 (HF or microsoft/LoRA layout): skips base training",
+                   prog="work.sh --task instruct", split_seed=True)
     p.add_argument("--data", default=None,
                    help="Alpaca JSON (else $INSTRUCT_DATA, else ../shared/data/instruct/"
                         "instruction-data.json)")
-    p.add_argument("--vocab_dir", default=None, help="GPT-2 vocab (else GPT2_VOCAB_DIR)")
-    p.add_argument("--backends", default="torch,jittor", help="comma-separated")
-    p.add_argument("--force", action="store_true", help="rerun every stage")
-    p.add_argument("--force_stage", action="append", default=[], choices=STAGES,
-                   help="rerun this stage and the ones after it")
-    p.add_argument("--until", default=None, choices=STAGES, help="stop after this stage")
-    p.add_argument("--init_checkpoint", default=None,
-                   help="pretrained GPT-2 (HF or microsoft/LoRA layout): skips base training")
-    p.add_argument("--exact_dropout", action="store_true",
-                   help="LoRA dropout masks from one backend-neutral generator")
     p.add_argument("--full_loss", action="store_true",
                    help="instruction tuning scores every token (default: the response only)")
-    p.add_argument("--random_seed", type=seed_int, default=10)
-    p.add_argument("--split_seed", type=seed_int, default=123)
-    types = {"device": str, "model_card": str, "precision": str, "base_lr": float, "lr": float,
-             "lora_dropout": float}
-    for key in sorted({k for preset in PRESETS["instruct"].values() for k in preset}):
-        p.add_argument(f"--{key}", type=setting_type(key, types.get(key, int)), default=None,
-                       help="override the preset's value")
     return p
 
 
-def resolve_data(flag):
-    return os.path.abspath(resolve_data_path(flag, "INSTRUCT_DATA", [DEFAULT_DATA], flag="--data",
-                                             what="instruction data", check=file_check))
+def resolve_data(flag, env="INSTRUCT_DATA", default=None, what="instruction data"):
+    """The data file of an Alpaca-style task: --data, else $`env`, else `default` (this task's
+    DEFAULT_DATA), checked to exist (resolve_data_path's rule)."""
+    return os.path.abspath(resolve_data_path(flag, env, [default or DEFAULT_DATA], flag="--data",
+                                             what=what, check=file_check))
 
 
 class InstructPipeline(Pipeline):
@@ -103,10 +76,6 @@ class InstructPipeline(Pipeline):
                     exact_dropout=self.args.exact_dropout, full_loss=self.args.full_loss,
                     split_seed=self.args.split_seed, data=self.data_file)
 
-    def data_flags(self):
-        return dict(data=self.data_file, split_seed=self.args.split_seed,
-                    limit=self.s["limit"] or None, vocab=self.vocab_dir)
-
     # ---------------------------------------------------------------------------- stages
     def stage_data(self):
         from shared.text.instruct_data import prepare_instruct
@@ -125,35 +94,28 @@ class InstructPipeline(Pipeline):
         if self.args.init_checkpoint:
             return self.save_base(base, base_config)
         work, steps = self.path("base"), self.s["base_steps"]
-        argv = stage_argv("gpt2_ft.py", dict(
-            backend="torch", device=self.s["device"],
-            train_data=self.path("data", "full", "train.jsonl"),
-            valid_data=self.path("data", "full", "valid.jsonl"), **self.shape_flags(),
-            lora_dim=0, train_batch_size=self.s["base_batch_size"], valid_batch_size=8,
-            seq_len=self.s["seq_len"], lr=self.s["base_lr"], weight_decay=0.01,
-            correct_bias=True, clip=1.0, warmup_step=max(1, steps // 20), max_step=steps,
-            scheduler="cosine", log_interval=max(1, steps // 10), eval_interval=steps,
-            save_interval=max(1, steps // 4), precision=self.s["precision"],
-            random_seed=self.args.random_seed, work_dir=work, no_progress=True,
-            resume=self._has_checkpoint(work)))
+        argv = self.command("gpt2_ft.py", dict(  # full fine-tuning with the base_* settings
+            backend="torch", train_data=self.path("data", "full", "train.jsonl"),
+            valid_data=self.path("data", "full", "valid.jsonl"), lora_dim=0,
+            train_batch_size=self.s["base_batch_size"], valid_batch_size=8,
+            lr=self.s["base_lr"], weight_decay=0.01, correct_bias=True, clip=1.0,
+            warmup_step=max(1, steps // 20), max_step=steps, scheduler="cosine",
+            log_interval=max(1, steps // 10), eval_interval=steps,
+            save_interval=max(1, steps // 4), random_seed=self.args.random_seed, work_dir=work,
+            no_progress=True, resume=self._has_checkpoint(work)))
         self.sh(argv, "base_train.log")
         save_checkpoint(base, load_for_model(self.path("base", f"model.{steps}.pt"), base_config))
         return {"base": base, "source": "trained from scratch (torch, full loss on train split)"}
 
     def tune_argv(self, backend, **extra):
         """instruct_ft.py's command for `backend`; `extra`: the stage's own flags."""
-        return stage_argv("instruct_ft.py", dict(
-            backend=backend, device=self.s["device"], **self.data_flags(),
-            data_out=self.path("data", "response"), **self.shape_flags(),
-            init_checkpoint=self.path("base", "base.safetensors"),
-            **self.pick("lora_dim", "lora_alpha", "lora_dropout", "train_batch_size"),
-            valid_batch_size=8, **self.pick("seq_len", "lr"), weight_decay=0.01,
-            correct_bias=True, clip=1.0, **self.pick("warmup_step", "max_step"),
-            scheduler="linear", log_interval=10,
-            **self.pick("eval_interval", "save_interval", "precision"),
+        return self.command("instruct_ft.py", dict(
+            backend=backend, data=self.data_file, split_seed=self.args.split_seed,
+            vocab=self.vocab_dir, data_out=self.path("data", "response"),
+            init_checkpoint=self.path("base", "base.safetensors"), valid_batch_size=8,
+            weight_decay=0.01, correct_bias=True, clip=1.0, scheduler="linear", log_interval=10,
             random_seed=self.args.random_seed, work_dir=self.path(backend), attn="math",
-            max_new_tokens=self.s["max_new_tokens"], no_progress=True, **extra,
-            eval_limit=self.s["eval_limit"] or None, full_loss=self.args.full_loss,
+            no_progress=True, **extra, full_loss=self.args.full_loss,
             shared_dropout=self.args.exact_dropout))
 
     def stage_tune(self):
@@ -179,18 +141,17 @@ class InstructPipeline(Pipeline):
     def stage_check(self):
         if len(self.backends) < 2:
             return {"skipped": "needs both backends"}
-        argv = stage_argv("check_alignment.py", dict(
+        argv = self.command("check_alignment.py", dict(
             init_checkpoint=self.path("base", "base.safetensors"),
             lora_checkpoint=self.path(self.backends[0], f"model.{self.s['max_step']}.pt"),
-            data=self.path("data", "response", "valid.jsonl"), **self.shape_flags(),
-            **self.pick("lora_dim", "lora_alpha", "seq_len"), batch_size=4, batches=2,
-            device=self.s["device"], json=self.path("final_check.json")))
+            data=self.path("data", "response", "valid.jsonl"), batch_size=4, batches=2,
+            json=self.path("final_check.json")))
         self.sh(argv, "final_check.log")
         return {"json": self.path("final_check.json")}
 
     def stage_report(self):
         from shared.pipeline.plotting import plot_loss_comparison, plot_lr_schedule
-        from shared.pipeline.report import render_report_md, write_report
+        from shared.pipeline.report import render_report_md
         from shared.train.trainlog import loss_agreement, loss_table, read_log
         logs = {b: read_log(self.path(b), label=b) for b in self.backends}
         pair = [logs[b] for b in self.backends] + [None]
@@ -212,20 +173,12 @@ class InstructPipeline(Pipeline):
         metrics = {b: {"ROUGE_L": e["rouge_l"], "test_ppl": e["test_ppl"],
                        "test_loss": e["test_loss"], "test_entries": e["test_entries"]}
                    for b, e in evals.items()}
-        results = {
-            "run": self.run, "created": datetime.datetime.now().isoformat(timespec="seconds"),
-            "task": "instruct", "devices": devices(self.s["device"]), "versions": versions(),
-            "config": dict(self.s, exact_dropout=self.args.exact_dropout,
-                           full_loss=self.args.full_loss, random_seed=self.args.random_seed,
-                           split_seed=self.args.split_seed, data=self.data_file,
-                           entries=self.state["stages"].get("data", {}).get("outputs", {})
-                           .get("entries"),
-                           init=self.state["stages"].get("init", {}).get("outputs", {})
-                           .get("source")),
-            "stages": [{"name": n, "seconds": round(v.get("seconds", 0.0), 1),
-                        "status": v["status"]} for n, v in self.state["stages"].items()],
-            "metrics": metrics, "plots": plots,
-        }
+        data, init = (self.state["stages"].get(n, {}).get("outputs", {}) for n in ("data", "init"))
+        results = dict(self.report_results(
+            exact_dropout=self.args.exact_dropout, full_loss=self.args.full_loss,
+            random_seed=self.args.random_seed, split_seed=self.args.split_seed,
+            data=self.data_file, entries=data.get("entries"), init=init.get("source")),
+            metrics=metrics, plots=plots)
         if len(self.backends) == 2:
             a, b = (logs[n] for n in self.backends)
             results["loss_agreement"] = loss_agreement(a, b)
@@ -237,11 +190,8 @@ class InstructPipeline(Pipeline):
             if os.path.isfile(self.path("final_check.json")):
                 with open(self.path("final_check.json")) as f:
                     results["final_check"] = json.load(f)
-        write_report(self.log_dir, results)
-        write_text(os.path.join(self.log_dir, "report.md"),
-                   render_report_md(results, self.log_dir) + self.examples_md(results, responses))
-        print(f"report: {os.path.join(self.log_dir, 'report.md')}")
-        return {"report": os.path.join(self.log_dir, "report.md")}
+        return self.publish_report(
+            results, render_report_md(results, self.log_dir) + self.examples_md(results, responses))
 
     def examples_md(self, results, responses) -> str:
         """Response agreement and the first test entries with each backend's response."""

@@ -18,24 +18,18 @@ Peak memory is the training process's peak RSS on the CPU and the device's peak 
 """
 from __future__ import annotations
 
-import argparse
-import datetime
 import json
 import os
 import shutil
 import time
 
-from shared.runtime.arg_types import seed_int
-from shared.runtime.atomic import write_json, write_text
 from shared.runtime.differences import beam_agreement
-from shared.runtime.environment import cuda_available, devices, versions
-from shared.runtime.paths import REPO_ROOT
 from shared.runtime.peak_memory import DevicePeakMemory
 from shared.model.config import GPT2Config
 from shared.model.peft_methods import METHODS, trainable_line
-from shared.pipeline.engine import PRESETS, Pipeline, setting_types
+from shared.pipeline.engine import Pipeline
 from shared.pipeline.report import format_value, markdown_table, render_report_md
-from shared.pipeline.run_settings import settings_from, stage_argv
+from shared.pipeline.run_flags import run_parser
 
 STAGES = ("data", "init", "tune", "beam", "metrics", "report")
 METRICS = ("BLEU", "NIST", "METEOR", "ROUGE_L", "CIDEr")
@@ -49,39 +43,15 @@ PAPER_TABLE_3 = {"full": (68.2, 8.62, 46.2, 71.0, 2.47, "354.92M"),
 
 
 def build_parser():
-    p = argparse.ArgumentParser(
-        prog="work.sh --task peft", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Every --peft method fine-tuned from one base on E2E with torch and with "
-                    "jittor (same data order, seeds, dropout masks): beam search, metrics, a "
-                    "Table-3-style report with loss curves per method.")
+    p = run_parser(PeftPipeline,
+                   "Every --peft method fine-tuned from one base on E2E with torch and with jittor "
+                   "(same data order, seeds, dropout masks): beam search, metrics, a "
+                   "Table-3-style report with loss curves per method.",
+                   "pretrained GPT-2 (HF or microsoft/LoRA layout): skips base training (the "
+                   "paper preset: GPT-2 M)", prog="work.sh --task peft", exact_dropout=True,
+                   e2e_data=True)
     p.add_argument("--methods", default=",".join(METHODS),
                    help="comma-separated --peft methods to run, in this order")
-    p.add_argument("--preset", choices=sorted(PRESETS["peft"]), default=None,
-                   help="paper when a GPU is present, else cpu; micro is a seconds-long smoke run")
-    p.add_argument("--run", default=None, help="run name (default: peft-<preset>)")
-    p.add_argument("--runs_dir", default=os.path.join(REPO_ROOT, "runs"))
-    p.add_argument("--logs_dir", default=None,
-                   help="write the report and plots to LOGS_DIR/<run> (default: the run folder, "
-                        "so a plain run never replaces the committed results under logs/)")
-    p.add_argument("--data_dir", default=None, help="E2E .txt folder (else E2E_DATA_DIR, data/e2e)")
-    p.add_argument("--vocab_dir", default=None, help="GPT-2 vocab (else GPT2_VOCAB_DIR)")
-    p.add_argument("--backends", default="torch,jittor", help="comma-separated")
-    p.add_argument("--force", action="store_true", help="rerun every stage")
-    p.add_argument("--force_stage", action="append", default=[], choices=STAGES,
-                   help="rerun this stage and the ones after it")
-    p.add_argument("--until", default=None, choices=STAGES, help="stop after this stage")
-    p.add_argument("--init_checkpoint", default=None,
-                   help="pretrained GPT-2 (HF or microsoft/LoRA layout): skips base training "
-                        "(the paper preset: GPT-2 M)")
-    dropout = p.add_mutually_exclusive_group()
-    dropout.add_argument("--exact_dropout", action="store_true", default=True,
-                         help="dropout masks from one backend-neutral generator (the default)")
-    dropout.add_argument("--framework_dropout", dest="exact_dropout", action="store_false",
-                         help="each framework draws its own dropout masks")
-    p.add_argument("--no_meteor", action="store_true", help="skip METEOR (needs Java)")
-    p.add_argument("--random_seed", type=seed_int, default=10)
-    for key, kind in setting_types("peft").items():
-        p.add_argument(f"--{key}", type=kind, default=None, help="override the preset's value")
     return p
 
 
@@ -108,22 +78,18 @@ class PeftPipeline(Pipeline):
     task = "peft"
     stages = STAGES
     run_name = "peft-{preset}"
+    gpu_preset = "paper"
 
-    def __init__(self, args):
-        self.open_run(args, settings_from(args, PRESETS[self.task], self.task,
-                                          "paper" if cuda_available() else "cpu"), self.run_name)
-        self.methods = parse_methods(args.methods)
-        missing = [m for m in self.methods if m not in self.settings.settings["method_settings"]]
+    def find_data(self):
+        """The E2E folder, and the methods to run (each must have its preset's settings),
+        before any folder is made."""
+        super().find_data()
+        self.seed_band = False
+        self.methods = parse_methods(self.args.methods)
+        missing = [m for m in self.methods if m not in self.s["method_settings"]]
         if missing:
             raise ValueError(f"--preset {self.settings.preset} has no settings for "
                              f"{', '.join(missing)}")
-        self.find_data()
-        self.make_run_folder(self.stage_folders())
-        self.configure()
-
-    def find_data(self):
-        super().find_data()
-        self.seed_band = False
 
     def run_values(self):
         return dict(random_seed=self.args.random_seed, backends=self.backends,
@@ -150,19 +116,17 @@ class PeftPipeline(Pipeline):
 
     # ---------------------------------------------------------------------------- stages
     def tune_argv(self, method, backend):
+        """gpt2_ft.py's command for `method` and `backend`: the run's settings from its settings
+        file, the method's own (its lr among them) as flags."""
         settings = self.s["method_settings"][method]
         work = self.path(method, backend)
-        return stage_argv("gpt2_ft.py", dict(
-            backend=backend, device=self.s["device"], train_data=self.path("data", "train.jsonl"),
-            valid_data=self.path("data", "valid.jsonl"), **self.shape_flags(),
+        return self.command("gpt2_ft.py", dict(
+            backend=backend, train_data=self.path("data", "train.jsonl"),
+            valid_data=self.path("data", "valid.jsonl"),
             init_checkpoint=self.path("base", "base.safetensors"),
             **method_flags(method, settings), train_batch_size=self.batch["train_batch_size"],
-            **self.pick("valid_batch_size", "seq_len"), lr=settings["lr"],
-            weight_decay=self.s["weight_decay"], correct_bias=True,
-            **self.pick("warmup_step", "max_step", "scheduler", "clip", "label_smooth",
-                        "log_interval", "eval_interval", "save_interval", "precision"),
-            random_seed=self.args.random_seed, work_dir=work, attn=self.s["attn"],
-            max_eval_batches=self.s["valid_batches"] or None, no_progress=True,
+            lr=settings["lr"], correct_bias=True, random_seed=self.args.random_seed,
+            work_dir=work, max_eval_batches=self.s["valid_batches"] or None, no_progress=True,
             shared_dropout=self.args.exact_dropout, resume=self._has_checkpoint(work)))
 
     def stage_tune(self):
@@ -189,19 +153,15 @@ class PeftPipeline(Pipeline):
                 continue
             started = time.time()
             lora = self.s["method_settings"][method] if method == "lora" else {}
-            argv = stage_argv("gpt2_beam.py", dict(
-                backend=backend, device=self.s["device"],
+            argv = self.command("gpt2_beam.py", dict(
+                backend=backend,
                 init_checkpoint=self.path(method, backend, f"model.{self.s['max_step']}.pt"),
-                data=self.path("data", "test.jsonl"), **self.shape_flags(),
                 **{k: lora[k] for k in ("lora_dim", "lora_alpha") if k in lora},
-                seq_len=self.s["seq_len"] + self.s["eval_len"],
-                **self.pick("eval_len", "beam", "length_penalty", "no_repeat_ngram_size",
-                            "repetition_penalty", "eos_token_id"),
-                batch_size=self.s["beam_batch_size"], work_dir=work, output_file="predict.jsonl",
-                unique_contexts=True, no_progress=True))
+                **self.search_flags(), batch_size=self.s["beam_batch_size"], work_dir=work,
+                output_file="predict.jsonl", unique_contexts=True, no_progress=True))
             self.sh(argv, f"{method}_{backend}_beam.log")
             beam_seconds = time.time() - started
-            self.sh(stage_argv("gpt2_decode.py", dict(
+            self.sh(self.command("gpt2_decode.py", dict(
                 vocab=self.vocab_dir, sample_file=os.path.join(work, "predict.jsonl"),
                 input_file=self.path("data", "test_formatted.jsonl"),
                 output_ref_file=os.path.join(work, "e2e_ref.txt"),
@@ -215,7 +175,7 @@ class PeftPipeline(Pipeline):
         out = {}
         for method, backend in self.units():
             work = self.path(method, backend, "beam")
-            self.sh(stage_argv("measure_scores.py", dict(
+            self.sh(self.command("measure_scores.py", dict(
                 python=True, json=os.path.join(work, "metrics.json"),
                 no_meteor=self.args.no_meteor),
                 positional=[os.path.join(work, "e2e_ref.txt"), os.path.join(work, "e2e_pred.txt")]),
@@ -302,7 +262,6 @@ class PeftPipeline(Pipeline):
 
     def stage_report(self):
         from shared.pipeline.plotting import plot_loss_comparison
-        from shared.pipeline.report import _json_default
         from shared.train.trainlog import read_log
         rows = self.rows()
         plots = {}
@@ -319,28 +278,17 @@ class PeftPipeline(Pipeline):
                                 os.path.join(self.log_dir, f"{method}_{backend}_e2e_pred.txt"))
         self.plot_base_loss(plots)
         test = self.state["stages"]["data"]["outputs"].get("test_limit")
-        results = {
-            "run": self.run, "task": self.task,
-            "created": datetime.datetime.now().isoformat(timespec="seconds"),
-            "devices": devices(self.s["device"]), "versions": versions(),
-            "config": dict(self.s, exact_dropout=self.args.exact_dropout,
-                           random_seed=self.args.random_seed, methods_run=self.methods,
-                           init=self.state["stages"]["init"]["outputs"].get("source")),
-            "test_mrs": test,
-            "stages": [{"name": n, "seconds": round(v.get("seconds", 0.0), 1),
-                        "status": v["status"]} for n, v in self.state["stages"].items()],
-            "methods": rows, "plots": plots}
+        results = self.report_results(
+            exact_dropout=self.args.exact_dropout, random_seed=self.args.random_seed,
+            methods_run=self.methods, init=self.state["stages"]["init"]["outputs"].get("source"))
+        results.update(test_mrs=test, methods=rows, plots=plots)
         sections = [self.summary_md(rows, test), "## Methods on E2E (Table 3 layout)\n\n"
                     + self.table_md(rows), "## Agreement of the backends per method\n\n"
                     + self.agreement_md(rows), self.paper_md()]
         _, _, tail = render_report_md(results, self.log_dir).partition("\n## ")
         markdown = "\n\n".join([f"# Report: {self.run}", f"Created {results['created']}.",
                                   *(s for s in sections if s), "## " + tail])
-        write_json(os.path.join(self.log_dir, "report.json"), json.loads(
-            json.dumps(results, default=_json_default)))
-        write_text(os.path.join(self.log_dir, "report.md"), markdown)
-        print(f"report: {os.path.join(self.log_dir, 'report.md')}")
-        return {"report": os.path.join(self.log_dir, "report.md")}
+        return self.publish_report(results, markdown)
 
     def summary_md(self, rows, test) -> str:
         scope = (f"the first {test} meaning representations of the test split" if test

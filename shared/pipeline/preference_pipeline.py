@@ -32,25 +32,18 @@ model of the preferred responses' distribution, as the DPO paper advises).
 """
 from __future__ import annotations
 
-import argparse
-import datetime
 import json
 import os
 import shutil
 import time
 
 from shared.model.checkpoint import load_for_model, save_checkpoint
-from shared.model.classifier_params import TRAINABLE_PARTS
 from shared.model.config import GPT2Config
 from shared.model.hf_export import merged_base_state
-from shared.pipeline.engine import PRESETS
-from shared.pipeline.instruct_pipeline import InstructPipeline
-from shared.pipeline.run_settings import stage_argv
-from shared.runtime.arg_types import seed_int, setting_type
-from shared.runtime.atomic import write_json, write_text
-from shared.runtime.environment import devices, versions
-from shared.runtime.paths import REPO_ROOT, file_check, resolve_data_path
-from shared.train.train_args import BACKENDS, PRECISIONS
+from shared.pipeline.instruct_pipeline import InstructPipeline, resolve_data
+from shared.pipeline.run_flags import run_parser
+from shared.runtime.atomic import write_json
+from shared.runtime.paths import REPO_ROOT
 
 DEFAULT_DATA = os.path.join(REPO_ROOT, "..", "shared", "data", "instruct",
                             "instruction-data-with-preference.json")
@@ -58,62 +51,20 @@ PREFERENCE_ENV = "PREFERENCE_DATA"
 TASK_STAGES = {"dpo": ("data", "init", "sft", "reward", "dpo", "judge", "report"),
                "rlhf": ("data", "init", "sft", "reward", "ppo", "judge", "report")}
 TUNED_KINDS = ("dpo", "ppo")  # stages whose policy the judge sets against the SFT model
-SETTING_TYPES = {"device": str, "model_card": str, "precision": str, "reward_trainable": str,
-                 "base_lr": float, "sft_lr": float, "reward_lr": float, "dpo_lr": float,
-                 "lora_dropout": float, "beta": float, "temperature": float, "ppo_lr": float,
-                 "kl_coef": float, "target_kl": float, "vf_coef": float}
-CHOICES = {"reward_trainable": TRAINABLE_PARTS, "device": ("cpu", "cuda"),
-           "precision": PRECISIONS}
 EXAMPLES_SHOWN = 3
 LN2 = 0.6931471805599453
 
 
 def build_parser(task="dpo"):
-    stages = TASK_STAGES[task]
-    p = argparse.ArgumentParser(
-        prog=f"work.sh --task {task}", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Preference tuning on both backends from identical weights and seeds: "
-                    f"stages {', '.join(stages)}; report in the run folder (or LOGS_DIR/<run>).")
-    p.add_argument("--preset", choices=sorted(PRESETS[task]), default=None,
-                   help="paper when a GPU is present, else cpu; micro is a smoke run")
-    p.add_argument("--run", default=None, help=f"run name (default: {task}-<preset>)")
-    p.add_argument("--runs_dir", default=os.path.join(REPO_ROOT, "runs"))
-    p.add_argument("--logs_dir", default=None,
-                   help="write the report and plots to LOGS_DIR/<run> (default: the run folder, "
-                        "so a plain run never replaces the committed results under logs/)")
+    p = run_parser(PIPELINES[task],
+                   "Preference tuning on both backends from identical weights and seeds: stages "
+                   f"{', '.join(TASK_STAGES[task])}; report in the run folder (or LOGS_DIR/<run>).",
+                   "pretrained GPT-2 (HF or microsoft/LoRA layout): skips base training",
+                   prog=f"work.sh --task {task}", split_seed=True)
     p.add_argument("--data", default=None,
                    help=f"preference JSON (else ${PREFERENCE_ENV}, else ../shared/data/instruct/"
                         "instruction-data-with-preference.json)")
-    p.add_argument("--vocab_dir", default=None, help="GPT-2 vocab (else GPT2_VOCAB_DIR)")
-    p.add_argument("--backends", type=backend_list, default="torch,jittor",
-                   help="comma-separated")
-    p.add_argument("--force", action="store_true", help="rerun every stage")
-    p.add_argument("--force_stage", action="append", default=[], choices=stages,
-                   help="rerun this stage and the ones after it")
-    p.add_argument("--until", default=None, choices=stages, help="stop after this stage")
-    p.add_argument("--init_checkpoint", default=None,
-                   help="pretrained GPT-2 (HF or microsoft/LoRA layout): skips base training")
-    p.add_argument("--exact_dropout", action="store_true",
-                   help="LoRA dropout masks from one backend-neutral generator")
-    p.add_argument("--random_seed", type=seed_int, default=10)
-    p.add_argument("--split_seed", type=seed_int, default=123)
-    for key in sorted({k for preset in PRESETS[task].values() for k in preset}):
-        p.add_argument(f"--{key}", type=setting_type(key, SETTING_TYPES.get(key, int)),
-                       default=None, choices=CHOICES.get(key), help="override the preset's value")
     return p
-
-
-def backend_list(text):
-    """--backends: torch and/or jittor, comma-separated (checked before any folder is made)."""
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    if not names or set(names) - set(BACKENDS):
-        raise argparse.ArgumentTypeError(f"must name torch and/or jittor, got {text!r}")
-    return text
-
-
-def resolve_data(flag):
-    return os.path.abspath(resolve_data_path(flag, PREFERENCE_ENV, [DEFAULT_DATA], flag="--data",
-                                             what="preference data", check=file_check))
 
 
 def differences(a, b):
@@ -147,7 +98,8 @@ class PreferencePipeline(InstructPipeline):
         bad data (an entry without `chosen` or `rejected`, too few entries) is one line and
         nothing written."""
         from shared.text.preference_data import split_preference_entries
-        self.data_file = resolve_data(self.args.data)
+        self.data_file = resolve_data(self.args.data, PREFERENCE_ENV, DEFAULT_DATA,
+                                      "preference data")
         split_preference_entries(self.data_file, self.args.split_seed,
                                  limit=self.s["limit"] or None, drop_equal=True)
 
@@ -168,23 +120,23 @@ class PreferencePipeline(InstructPipeline):
 
     # ------------------------------------------------------------------------------ flags
     def data_flags(self):
-        """The preference file as the preference scripts read it (equal pairs left out)."""
-        return dict(data=self.data_file, split_seed=self.args.split_seed,
-                    limit=self.s["limit"] or None, drop_equal_pairs=True, vocab=self.vocab_dir)
+        """The preference file as the preference scripts read it (equal pairs left out; --limit
+        from the run's settings file)."""
+        return dict(data=self.data_file, split_seed=self.args.split_seed, drop_equal_pairs=True,
+                    vocab=self.vocab_dir)
 
     def train_flags(self, backend, kind, init_checkpoint, **extra):
-        """gpt2_ft.py's model, optimizer and run flags of stage `kind` (its settings
-        KIND_steps, KIND_lr, KIND_batch_size) for `backend`, in BACKEND/KIND."""
+        """The training flags of stage `kind` for `backend`, in BACKEND/KIND, beside the run's
+        settings (the model's shape, LoRA, seq_len, precision: from its settings file): the
+        values of its settings KIND_steps, KIND_lr, KIND_batch_size under the script's names."""
         steps, work = self.s[f"{kind}_steps"], self.path(backend, kind)
         return dict(
-            backend=backend, device=self.s["device"], **self.shape_flags(),
-            init_checkpoint=init_checkpoint, **self.pick("lora_dim", "lora_alpha", "lora_dropout"),
+            backend=backend, init_checkpoint=init_checkpoint,
             train_batch_size=self.s[f"{kind}_batch_size"], valid_batch_size=8,
-            seq_len=self.s["seq_len"], lr=self.s[f"{kind}_lr"], weight_decay=0.01,
-            correct_bias=True, clip=1.0, warmup_step=max(1, steps // 10), max_step=steps,
-            scheduler="linear", log_interval=max(1, min(10, steps // 10)),
-            eval_interval=max(1, steps // 2), save_interval=max(1, steps // 2),
-            precision=self.s["precision"], random_seed=self.args.random_seed, work_dir=work,
+            lr=self.s[f"{kind}_lr"], weight_decay=0.01, correct_bias=True, clip=1.0,
+            warmup_step=max(1, steps // 10), max_step=steps, scheduler="linear",
+            log_interval=max(1, min(10, steps // 10)), eval_interval=max(1, steps // 2),
+            save_interval=max(1, steps // 2), random_seed=self.args.random_seed, work_dir=work,
             attn="math", no_progress=True, shared_dropout=self.args.exact_dropout,
             resume=self._has_checkpoint(work), **extra)
 
@@ -239,7 +191,7 @@ class PreferencePipeline(InstructPipeline):
                                      data=self.path("data", "sft.json"),
                                      split_seed=self.args.split_seed, vocab=self.vocab_dir,
                                      data_out=self.path("data", "response"), no_eval=True)
-            self.sh(stage_argv("instruct_ft.py", flags), f"{backend}_sft.log")
+            self.sh(self.command("instruct_ft.py", flags), f"{backend}_sft.log")
             out[backend] = {"model": self.merge_final(backend, "sft", self.sft_model(backend)),
                             "seconds": time.time() - started}
         return out
@@ -253,7 +205,7 @@ class PreferencePipeline(InstructPipeline):
                                      **self.data_flags(), trainable=trainable)
             if trainable != "lora":
                 flags.update(lora_dim=0, lora_alpha=None, lora_dropout=None)
-            self.sh(stage_argv("reward_ft.py", flags), f"{backend}_reward.log")
+            self.sh(self.command("reward_ft.py", flags), f"{backend}_reward.log")
             with open(self.path(backend, "reward", "reward_eval.json")) as f:
                 out[backend] = dict(json.load(f), seconds=time.time() - started)
         return out
@@ -263,8 +215,8 @@ class PreferencePipeline(InstructPipeline):
         for backend in self.backends:
             started = time.time()
             flags = self.train_flags(backend, "dpo", self.sft_model(backend),
-                                     **self.data_flags(), beta=self.s["beta"])
-            self.sh(stage_argv("dpo_ft.py", flags), f"{backend}_dpo.log")
+                                     **self.data_flags())  # --beta: the run's settings file
+            self.sh(self.command("dpo_ft.py", flags), f"{backend}_dpo.log")
             with open(self.path(backend, "dpo", "dpo_eval.json")) as f:
                 out[backend] = dict(json.load(f), seconds=time.time() - started)
             out[backend]["model"] = self.merge_final(backend, "dpo",
@@ -278,10 +230,8 @@ class PreferencePipeline(InstructPipeline):
             flags = self.train_flags(
                 backend, "ppo", self.sft_model(backend), **self.data_flags(),
                 reward_model=self.path(backend, "reward"),
-                **self.pick("rollout_batch", "ppo_epochs", "kl_coef", "target_kl", "vf_coef",
-                            "temperature", "top_k"),
                 response_len=self.s["max_new_tokens"], eval_prompts=8)
-            self.sh(stage_argv("ppo_ft.py", flags), f"{backend}_ppo.log")
+            self.sh(self.command("ppo_ft.py", flags), f"{backend}_ppo.log")
             with open(self.path(backend, "ppo", "ppo_eval.json")) as f:
                 out[backend] = dict(json.load(f), seconds=time.time() - started)
             out[backend]["model"] = self.merge_final(backend, "ppo",
@@ -296,12 +246,10 @@ class PreferencePipeline(InstructPipeline):
                 f"{kind}={self.policy_model(backend, kind)}" for kind in self.tuned_stages()]
             flags = self.data_flags()
             flags.pop("drop_equal_pairs")
-            argv = stage_argv("reward_judge.py", dict(
-                backend=backend, device=self.s["device"], **self.shape_flags(),
-                policies=policies, reward_model=self.path(backend, "reward"), **flags,
-                prompts=self.s["judge_prompts"] or None, seq_len=self.s["seq_len"],
-                **self.pick("temperature", "top_k", "max_new_tokens"),
-                seed=self.args.random_seed, out=self.path(backend, "judge", "judge.json")))
+            argv = self.command("reward_judge.py", dict(
+                backend=backend, policies=policies, reward_model=self.path(backend, "reward"),
+                **flags, prompts=self.s["judge_prompts"] or None, seed=self.args.random_seed,
+                out=self.path(backend, "judge", "judge.json")))
             self.sh(argv, f"{backend}_judge.log")
             with open(self.path(backend, "judge", "judge.json")) as f:
                 out[backend] = dict(json.load(f), seconds=time.time() - started)
@@ -309,17 +257,10 @@ class PreferencePipeline(InstructPipeline):
 
     # ---------------------------------------------------------------------------- report
     def stage_report(self):
-        results = {
-            "run": self.run, "task": self.task,
-            "created": datetime.datetime.now().isoformat(timespec="seconds"),
-            "devices": devices(self.s["device"]), "versions": versions(),
-            "config": dict(self.s, random_seed=self.args.random_seed,
-                           split_seed=self.args.split_seed, exact_dropout=self.args.exact_dropout,
-                           data=self.data_file, init=self.state["stages"].get("init", {})
-                           .get("outputs", {}).get("source")),
-            "stages": [{"name": n, "seconds": round(v.get("seconds", 0.0), 1),
-                        "status": v["status"]} for n, v in self.state["stages"].items()],
-            "plots": {}}
+        init = self.state["stages"].get("init", {}).get("outputs", {}).get("source")
+        results = dict(self.report_results(
+            random_seed=self.args.random_seed, split_seed=self.args.split_seed,
+            exact_dropout=self.args.exact_dropout, data=self.data_file, init=init), plots={})
         sections = []
         for kind in self.stages:
             section = getattr(self, f"section_{kind}", None)
@@ -333,10 +274,7 @@ class PreferencePipeline(InstructPipeline):
                                 os.path.join(self.log_dir, f"{backend}_{kind}_train_log.jsonl"))
             shutil.copyfile(self.path(backend, "judge", "responses.jsonl"),
                             os.path.join(self.log_dir, f"{backend}_judge_responses.jsonl"))
-        write_json(os.path.join(self.log_dir, "report.json"), results)
-        write_text(os.path.join(self.log_dir, "report.md"), self.render(results, sections))
-        print(f"report: {os.path.join(self.log_dir, 'report.md')}")
-        return {"report": os.path.join(self.log_dir, "report.md")}
+        return self.publish_report(results, self.render(results, sections))
 
     def side_by_side(self, rows) -> str:
         """A table of (name, {backend: value}) rows with torch - jittor when both ran."""
@@ -568,3 +506,6 @@ class RLHFPipeline(PreferencePipeline):
     task = "rlhf"
     stages = TASK_STAGES["rlhf"]
     run_name = "rlhf-{preset}"
+
+
+PIPELINES = {"dpo": PreferencePipeline, "rlhf": RLHFPipeline}

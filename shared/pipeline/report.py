@@ -240,10 +240,12 @@ def _json_default(value):
     raise TypeError(f"report results hold a {type(value).__name__}, which JSON cannot store")
 
 
-def write_report(run_dir, results: dict):
-    """Write `report.json` and `report.md` into `run_dir`; returns their paths."""
+def write_report(run_dir, results: dict, markdown=None):
+    """Write `report.json` and `report.md` (`markdown`, else rendered from `results`) into
+    `run_dir`, each atomically; returns their paths."""
     run_dir = os.fspath(run_dir)
-    markdown = render_report_md(results, run_dir)  # checks `results` before anything is written
+    if markdown is None:
+        markdown = render_report_md(results, run_dir)  # checks `results` before anything is written
     json_path = os.path.join(run_dir, "report.json")
     md_path = os.path.join(run_dir, "report.md")
     with atomic_open(json_path) as f:

@@ -7,9 +7,13 @@ The pipeline writes it atomically when the run starts; a rerun of the same folde
 takes the stored value of every setting its command line leaves out, and refuses a flag that
 contradicts it, naming both values (--force starts the run over with the new settings).
 
-`stage_argv` turns {flag: value} into a stage script's command line; every stage is started
-through it, so a setting goes by one name from the preset to the script's flag
-(`settings["lora_dim"]` -> `--lora_dim 4` -> train_args.model_config -> GPT2Config).
+`stage_argv` makes a stage script's command line: `--config RUN_DIR/run_config.json`, from which
+the script takes every setting named like one of its flags (shared/runtime/config_parser.py), and
+then the stage's own flags: its inputs and outputs, the run-wide values it needs (seed, dropout)
+and the values it uses in place of a setting of the same name (the base model's learning rate as
+--lr, the beam search's longer --seq_len). So a setting goes by one name from the preset to the
+script (`settings["lora_dim"]` -> run_config.json -> gpt2_ft.py's --lora_dim ->
+train_args.model_config -> GPT2Config), and the logged command reruns the stage by hand.
 """
 from __future__ import annotations
 
@@ -96,16 +100,18 @@ def resumed(stored: RunSettings, args, presets, now: RunSettings) -> RunSettings
         raise ValueError(
             f"{RUN_CONFIG} of this run folder holds other settings than this command gives: "
             + "; ".join(f"--{key} {new} (the run has {old})" for key, old, new in conflicts)
-            + ". Rerun without those flags to resume it, add --force to start it over with the "
-              "new values, or name another --run")
+            + ". Rerun with the run's values to resume it (a setting left out takes the "
+              "run's), add --force to start it over with the new values, or name another --run")
     return RunSettings(task=stored.task, preset=stored.preset, settings=settings, run=stored.run)
 
 
-def stage_argv(script, flags: dict, positional=()) -> list:
-    """The argv (after the interpreter) that starts scripts/`script` with `flags`: {name: value}
-    where None and False leave the flag out, True gives the bare switch, a list the flag and then
-    each item, anything else `--name str(value)`."""
-    argv = [os.path.join("scripts", script), *map(str, positional)]
+def stage_argv(script, flags: dict, positional=(), config=None) -> list:
+    """The argv (after the interpreter) that starts scripts/`script` with `--config config` (the
+    run's settings file) when given, then `positional` and `flags`: {name: value} where None and
+    False leave the flag out, True gives the bare switch, a list the flag and then each item,
+    anything else `--name str(value)`."""
+    argv = [os.path.join("scripts", script), *(["--config", str(config)] if config else []),
+            *map(str, positional)]
     for name, value in flags.items():
         if value is None or value is False:
             continue

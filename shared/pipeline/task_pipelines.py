@@ -20,48 +20,35 @@ LOGS_DIR/<run> with --logs_dir).
 """
 from __future__ import annotations
 
-import argparse
-import datetime
 import json
 import os
 import shutil
 import sys
 
-from shared.runtime.arg_types import seed_int, setting_type
 from shared.runtime.atomic import write_text
-from shared.runtime.environment import devices, versions
 from shared.runtime.paths import REPO_ROOT, resolve_data_path
 from shared.pipeline.instruct_pipeline import InstructPipeline
 from shared.pipeline.instruct_pipeline import build_parser as build_instruct_parser
-from shared.pipeline.engine import PRESETS, Pipeline, run_to_end
+from shared.pipeline.engine import Pipeline, run_to_end
 from shared.pipeline.peft_pipeline import PeftPipeline, parse_methods
 from shared.pipeline.peft_pipeline import build_parser as build_peft_parser
 from shared.pipeline.preference_pipeline import PreferencePipeline, RLHFPipeline
 from shared.pipeline.preference_pipeline import build_parser as build_preference_parser
-from shared.pipeline.run_settings import stage_argv
+from shared.pipeline.run_flags import run_parser
 
 VERDICT = os.path.join("..", "shared", "data", "text", "the-verdict.txt")
 SMS_SPAM = os.path.join("..", "shared", "data", "sms-spam", "SMSSpamCollection")
 
 STAGES = {"pretrain": ("data", "train", "sample", "report"),
           "classify": ("data", "train", "evaluate", "report")}
-TYPES = {"device": str, "lr": float, "valid_fraction": float, "temperature": float,
-         "trainable": str, "balance": str, "precision": str}
 
 
 def build_parser(task):
-    p = argparse.ArgumentParser(
-        prog=f"work.sh --task {task}", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description=f"The {task} task on both backends from identical weights and seeds: "
-                    f"stages {', '.join(STAGES[task])}; report in logs/<run>/.")
-    p.add_argument("--preset", choices=sorted(PRESETS[task]), default=None,
-                   help="cuda when a GPU is present, else cpu; micro is a seconds-long smoke run")
-    p.add_argument("--run", default=None, help=f"run name (default: {task}-<preset>)")
-    p.add_argument("--runs_dir", default=os.path.join(REPO_ROOT, "runs"))
-    p.add_argument("--logs_dir", default=None,
-                   help="write the report and plots to LOGS_DIR/<run> (default: the run folder, "
-                        "so a plain run never replaces the committed results under logs/)")
-    p.add_argument("--vocab_dir", default=None, help="GPT-2 vocab (else GPT2_VOCAB_DIR)")
+    p = run_parser(PIPELINES[task],
+                   f"The {task} task on both backends from identical weights and seeds: stages "
+                   f"{', '.join(STAGES[task])}; report in the run folder (or LOGS_DIR/<run>).",
+                   "start from these weights (default: a seeded random init)",
+                   prog=f"work.sh --task {task}")
     if task == "pretrain":
         p.add_argument("--text", nargs="+", default=None, help="UTF-8 text files (else "
                        "TEXT_DATA, else ../shared/data/text/the-verdict.txt)")
@@ -69,18 +56,6 @@ def build_parser(task):
     else:
         p.add_argument("--data", default=None, help="label<TAB>text file (else SMS_SPAM_DATA, "
                        "else ../shared/data/sms-spam/SMSSpamCollection)")
-    p.add_argument("--init_checkpoint", default=None, help="start from these weights "
-                   "(default: a seeded random init)")
-    p.add_argument("--backends", default="torch,jittor", help="comma-separated")
-    p.add_argument("--force", action="store_true", help="rerun every stage")
-    p.add_argument("--force_stage", action="append", default=[], choices=STAGES[task])
-    p.add_argument("--until", default=None, choices=STAGES[task])
-    p.add_argument("--exact_dropout", action="store_true",
-                   help="shared LoRA dropout masks (classify with --trainable lora)")
-    p.add_argument("--random_seed", type=seed_int, default=10)
-    for key in sorted({k for preset in PRESETS[task].values() for k in preset}):
-        p.add_argument(f"--{key}", type=setting_type(key, TYPES.get(key, int)), default=None,
-                       help="override the preset's value")
     return p
 
 
@@ -98,24 +73,20 @@ class TaskPipeline(Pipeline):
         return {"train": list(self.backends)}
 
     def configure(self):
-        """Nothing: the scripts get the model's shape as flags (shape_flags), not a config."""
+        """Nothing: the scripts take the model's shape from the run's settings file."""
 
     def run_values(self):
         return dict(random_seed=self.args.random_seed, backends=self.backends,
                     init_checkpoint=self.args.init_checkpoint,
                     exact_dropout=self.args.exact_dropout, data=self.data_files())
 
-    def shape_flags(self):
-        return self.pick("n_embd", "n_layer", "n_head")
-
     def common_train_flags(self, backend):
-        """The flags every task's training script takes (train_args.py), as {flag: value}."""
+        """The flags every task's training script takes (train_args.py) beside the run's
+        settings, as {flag: value}."""
         return dict(
-            backend=backend, device=self.s["device"], **self.shape_flags(),
-            precision=self.s["precision"], train_batch_size=self.s["batch_size"],
-            valid_batch_size=self.s["batch_size"], **self.pick("max_step", "warmup_step", "lr"),
-            scheduler="cosine", correct_bias=True, clip=1.0, log_interval=10,
-            eval_interval=self.s["eval_interval"], save_interval=self.s["eval_interval"],
+            backend=backend, train_batch_size=self.s["batch_size"],
+            valid_batch_size=self.s["batch_size"], scheduler="cosine", correct_bias=True,
+            clip=1.0, log_interval=10, save_interval=self.s["eval_interval"],
             random_seed=self.args.random_seed, work_dir=self.path(backend), no_progress=True,
             attn="math" if self.s["device"] == "cpu" or backend == "jittor" else None,
             vocab=self.vocab_dir, init_checkpoint=(os.path.abspath(self.args.init_checkpoint)
@@ -130,7 +101,7 @@ class TaskPipeline(Pipeline):
         """report.md/json: the E2E report's sections (metrics side by side, loss agreement,
         plots, settings, stage timings, devices, versions) plus the task's own sections."""
         from shared.pipeline.plotting import plot_loss_comparison, plot_lr_schedule
-        from shared.pipeline.report import _json_default, render_report_md
+        from shared.pipeline.report import render_report_md
         from shared.train.trainlog import loss_agreement, loss_table
         logs = self.training_logs()
         plots = {"loss": "loss.png", "lr": "lr.png"}
@@ -138,16 +109,11 @@ class TaskPipeline(Pipeline):
         plot_loss_comparison(pair[0], pair[1], os.path.join(self.log_dir, "loss.png"),
                              f"{self.run}: {title}, " + " vs ".join(self.backends))
         plot_lr_schedule(list(logs.values()), os.path.join(self.log_dir, "lr.png"))
-        results = {
-            "run": self.run, "task": self.task,
-            "created": datetime.datetime.now().isoformat(timespec="seconds"),
-            "devices": devices(self.s["device"]), "versions": versions(),
-            "config": dict(self.s, random_seed=self.args.random_seed,
-                           exact_dropout=self.args.exact_dropout, data=self.data_files(),
-                           init=self.args.init_checkpoint or "seeded random init (from scratch)"),
-            "stages": [{"name": n, "seconds": round(v.get("seconds", 0.0), 1),
-                        "status": v["status"]} for n, v in self.state["stages"].items()],
-            "metrics": metrics, "plots": plots, **extra_results}
+        results = dict(self.report_results(
+            random_seed=self.args.random_seed, exact_dropout=self.args.exact_dropout,
+            data=self.data_files(),
+            init=self.args.init_checkpoint or "seeded random init (from scratch)"),
+            metrics=metrics, plots=plots, **extra_results)
         if len(self.backends) == 2:
             results["loss_agreement"] = loss_agreement(*pair[:2])
             results["loss_table"] = loss_table(*pair[:2])
@@ -157,11 +123,7 @@ class TaskPipeline(Pipeline):
         markdown = render_report_md(results, self.log_dir)
         head, _, tail = markdown.partition("\n## ")
         markdown = head + "\n" + "\n\n".join(extra_sections) + "\n\n## " + tail
-        write_text(os.path.join(self.log_dir, "report.json"),
-                   json.dumps(results, indent=2, default=_json_default) + "\n")
-        write_text(os.path.join(self.log_dir, "report.md"), markdown)
-        print(f"report: {os.path.join(self.log_dir, 'report.md')}")
-        return {"report": os.path.join(self.log_dir, "report.md")}
+        return self.publish_report(results, markdown)
 
 
 class PretrainPipeline(TaskPipeline):
@@ -188,11 +150,9 @@ class PretrainPipeline(TaskPipeline):
     def stage_train(self):
         out = {}
         for backend in self.backends:
-            argv = stage_argv("pretrain.py", dict(
-                self.common_train_flags(backend), text=self.data_files(),
-                **self.pick("seq_len", "stride", "valid_fraction"), weight_decay=0.1,
-                sample_every=self.s["sample_every"], prompt=self.args.prompt,
-                **self.pick("temperature", "top_k", "sample_tokens")))
+            argv = self.command("pretrain.py", dict(
+                self.common_train_flags(backend), text=self.data_files(), weight_decay=0.1,
+                prompt=self.args.prompt))
             self.sh(argv, f"{backend}_train.log")
             with open(self.path(backend, "train_summary.json")) as f:
                 out[backend] = json.load(f)
@@ -204,10 +164,9 @@ class PretrainPipeline(TaskPipeline):
         for model_backend in self.backends:
             checkpoint = self.path(model_backend, f"model.{self.s['max_step']}.pt")
             for backend in self.backends:
-                argv = stage_argv("generate.py", dict(
-                    backend=backend, device=self.s["device"], **self.shape_flags(),
-                    init_checkpoint=checkpoint, prompt=self.args.prompt,
-                    **self.pick("temperature", "top_k"), max_new_tokens=self.s["sample_tokens"],
+                argv = self.command("generate.py", dict(
+                    backend=backend, init_checkpoint=checkpoint, prompt=self.args.prompt,
+                    max_new_tokens=self.s["sample_tokens"],
                     seed=self.args.random_seed, vocab=self.vocab_dir))
                 text = self.sh(argv, f"sample_{model_backend}_model_by_{backend}.log",
                                capture=True)
@@ -279,13 +238,11 @@ class ClassifyPipeline(TaskPipeline):
     def stage_train(self):
         out = {}
         for backend in self.backends:
-            lora = (dict(lora_dim=self.s["lora_dim"], lora_alpha=2 * self.s["lora_dim"],
-                         lora_dropout=0.1) if self.s["lora_dim"] else {})
-            argv = stage_argv("classify_ft.py", dict(
-                self.common_train_flags(backend), data=self.data_files()[0],
-                max_len=self.s["max_len"], fixed_width=True,
-                **self.pick("trainable", "balance"), weight_decay=0.01, **lora,
-                shared_dropout=self.args.exact_dropout))
+            lora = (dict(lora_alpha=2 * self.s["lora_dim"], lora_dropout=0.1)
+                    if self.s["lora_dim"] else {})  # --lora_dim: the run's settings file
+            argv = self.command("classify_ft.py", dict(
+                self.common_train_flags(backend), data=self.data_files()[0], fixed_width=True,
+                weight_decay=0.01, **lora, shared_dropout=self.args.exact_dropout))
             self.sh(argv, f"{backend}_train.log")
             with open(self.path(backend, "metrics.json")) as f:
                 out[backend] = json.load(f)
@@ -297,8 +254,8 @@ class ClassifyPipeline(TaskPipeline):
         for model_backend in self.backends:
             for backend in self.backends:
                 target = self.path(model_backend, f"test_metrics_by_{backend}.json")
-                argv = stage_argv("classify.py", dict(
-                    backend=backend, device=self.s["device"], model_dir=self.path(model_backend),
+                argv = self.command("classify.py", dict(
+                    backend=backend, model_dir=self.path(model_backend),
                     eval_file=self.path("data", "test.tsv"), json=target, vocab=self.vocab_dir))
                 self.sh(argv, f"evaluate_{model_backend}_by_{backend}.log")
                 with open(target) as f:

@@ -5,6 +5,12 @@ and a stage script can read them back instead of taking each value as a flag. Th
 the script's flag names without the dashes (`{"lora_dim": 4, "correct_bias": true}`); a flag given
 on the command line wins over the file; a key the script does not take, a value its flag's type or
 choices refuse, and JSON that does not parse are usage errors naming the file (and the key or line).
+
+A run's settings file (RUN_DIR/run_config.json: the keys task, preset, settings and run) is read by
+one rule: each script takes the values of `settings` (the preset's table with the user's flags)
+whose names are its flags and ignores the rest, and a null setting leaves the script's default.
+The run-wide values under `run` (seeds, backends, input files) are not flags of the stages: the
+pipeline passes what a stage needs of them on its command line, with the stage's own values.
 """
 from __future__ import annotations
 
@@ -14,9 +20,13 @@ import sys
 
 from shared.runtime.utf8_file import read_utf8
 
-CONFIG_HELP = ("JSON object of this script's flag values (keys: the flag names without --): "
-               "they become the defaults, and a flag given on the command line wins; unknown "
-               "keys are refused")
+CONFIG_HELP = ("JSON object of this script's flag values (keys: the flag names without --; "
+               "unknown keys are refused), or a work.sh run's run_config.json (its settings "
+               "named like this script's flags): they become the defaults, and a flag given on "
+               "the command line wins")
+
+
+RUN_SETTINGS_KEYS = ("task", "preset", "settings", "run")  # a run's settings file
 
 
 class ConfigFileError(ValueError):
@@ -48,6 +58,12 @@ def read_config(path) -> dict:
     return values
 
 
+def is_run_settings(values) -> bool:
+    """Whether a --config document is a run's settings (run_config.json), not a flag object."""
+    return (sorted(values) == sorted(RUN_SETTINGS_KEYS)
+            and all(isinstance(values[key], dict) for key in ("settings", "run")))
+
+
 def _checked(parser, action, value, where):
     """`value` as `action` would store it, or ConfigFileError naming `where` (file and key)."""
     if value is None:
@@ -56,10 +72,12 @@ def _checked(parser, action, value, where):
         if not isinstance(value, bool):
             raise ConfigFileError(f"{where}: expected true or false, got {value!r}")
         return action.const if value else action.default
-    many = action.nargs in ("+", "*") or isinstance(action.nargs, int) and action.nargs > 1
-    items = value if many else [value]
+    appended = isinstance(action, argparse._AppendAction)  # `--flag V` adds V to the default
+    many = (appended or action.nargs in ("+", "*")
+            or isinstance(action.nargs, int) and action.nargs > 1)
     if many and not isinstance(value, list):
-        raise ConfigFileError(f"{where}: expected a list, got {value!r}")
+        value = [value]  # one value, as `--flag VALUE` gives on the command line
+    items = value if many else [value]
     converted = []
     for item in items:
         if isinstance(item, (dict, list, bool)):
@@ -75,6 +93,8 @@ def _checked(parser, action, value, where):
             raise ConfigFileError(f"{where}: {item!r} is not one of "
                                   f"{', '.join(map(str, action.choices))}")
         converted.append(item)
+    if appended:  # as each item given once as `--flag ITEM`
+        return list(action.default or []) + converted
     return converted if many else converted[0]
 
 
@@ -86,8 +106,13 @@ def config_defaults(parser, path) -> dict:
               if option.startswith("--")}  # a flag's name (an alias too), else its dest
     for action in actions:
         by_key.setdefault(action.dest, action)
+    values = read_config(path)
+    if is_run_settings(values):  # the settings this script has flags for (module docstring)
+        return {by_key[key]: _checked(parser, by_key[key], value, f"{path}: settings.{key}")
+                for key, value in values["settings"].items()
+                if key in by_key and value is not None}
     out = {}
-    for key, value in read_config(path).items():
+    for key, value in values.items():
         action = by_key.get(key)
         if action is None:
             raise ConfigFileError(f"{path}: unknown key {key!r} ({parser.prog} has no --{key})")

@@ -49,7 +49,7 @@ from shared.tasks.classify_task import card_config
 from shared.tasks.preference_task import (DATA_RESUME_KEYS, REWARD_CARD,
                                           add_preference_data_flags, preference_datasets,
                                           preference_problems, read_reward_card)
-from shared.tasks.reward_judge import win_rate
+from shared.tasks.judge_task import win_rate
 from shared.text.tokenizer import EOT_ID, load_tokenizer
 from shared.train.ppo_math import KLController, gae, penalized_rewards, whiten
 from shared.train.train_args import build_parser, model_config
