@@ -143,3 +143,18 @@ def test_every_preset_gives_each_method_flags_gpt2_ft_accepts(preset, tmp_path):
         config = model_config(args)
         assert positions_problem(config, settings["seq_len"] + settings["eval_len"]) is None
         assert args.peft == method
+
+
+@pytest.mark.parametrize("method,tensors", [("prefix", 1), ("ptuning", 21)])
+def test_check_alignment_compares_the_gradients_of_the_method_s_parameters(
+        trained, encoded, tmp_path, method, tensors):
+    """scripts/check_alignment.py (work.sh's check) on a PEFT checkpoint: both backends, the
+    gradients of what the method trains only (the prefix table; the P-tuning LSTM encoder's
+    embedding, 16 LSTM tensors and its MLP's 4)."""
+    proc = script("check_alignment.py", "--init_checkpoint", trained[method], *SHAPE,
+                  "--data", str(encoded / "valid.jsonl"), "--seq_len", "64", "--batch_size", "4",
+                  "--batches", "1", "--device", "cpu", "--json", str(tmp_path / "check.json"))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    result = json.loads((tmp_path / "check.json").read_text())
+    assert result["grad_params"] == tensors
+    assert f"{tensors} trainable tensors, 1 batches of 4 on cpu: PASS" in proc.stdout
