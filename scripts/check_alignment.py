@@ -2,7 +2,8 @@
 """Load one checkpoint into both backends and compare what they compute on real batches.
 
 For each of `--batches` validation batches: logits, the masked loss, and the gradients of every
-trainable parameter (LoRA weights when --lora_dim > 0, all weights otherwise), with dropout off.
+trainable parameter (those the checkpoint's --peft method trains: LoRA weights when --lora_dim >
+0, a PEFT method's own, all weights otherwise), with dropout off.
 Prints the max abs differences and relative L2 distances (shared/runtime/differences.py) and writes them
 as JSON. Exit code 1 when a difference exceeds its tolerance (fp32 defaults: logits 1e-3 abs,
 loss 1e-5 rel, grads 1e-4 abs).
@@ -17,6 +18,7 @@ from shared.runtime.atomic import write_json
 from shared.text.batching import FTDataset
 from shared.runtime.differences import agree, difference
 from shared.model.config import seq_len_problem
+from shared.model.params import trains
 from shared.runtime.environment import default_device
 from shared.runtime.preflight import input_file_problems, output_file_problems
 from shared.runtime.entry_point import run_stoppable
@@ -43,13 +45,12 @@ def build_parser():
 
 
 def loaded_model(backend, config, args):
-    """The checkpoint(s) of `args` in `backend`'s model, only LoRA trainable when it has LoRA."""
+    """The checkpoint(s) of `args` in `backend`'s model, the method's parameters trainable."""
     model = backend.GPT2LMModel(config)
     model.load_weight(args.init_checkpoint)
     if args.lora_checkpoint:
         model.load_weight(args.lora_checkpoint)
-    if config.lora_attn_dim > 0:
-        backend.mark_only_lora_as_trainable(model)
+    backend.lora.mark_trainable(model, trains(config))
     return model
 
 
