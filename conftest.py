@@ -3,6 +3,7 @@
 Data comes from paths, never from copies in the repository: GPT2_VOCAB_DIR (encoder.json +
 vocab.bpe) and E2E_DATA_DIR ({train,valid,test}.txt). CI points them at ../shared/data.
 """
+import importlib.util
 import os
 
 import pytest
@@ -54,6 +55,39 @@ def encoded(tmp_path_factory, e2e_dir, vocab_dir):
     out = tmp_path_factory.mktemp("e2e_encoded")
     prepare_e2e(e2e_dir, str(out), vocab_dir=vocab_dir, splits=("train", "valid"))
     return out
+
+
+def load_script(name):
+    """scripts/NAME.py as a module (scripts/ is no package), imported once from its file."""
+    module = _SCRIPTS.get(name)
+    if module is None:
+        spec = importlib.util.spec_from_file_location(f"script_{name}",
+                                                      os.path.join(ROOT, "scripts", f"{name}.py"))
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _SCRIPTS[name] = module
+    return module
+
+
+_SCRIPTS = {}
+
+
+@pytest.fixture
+def run_in_process(capsys):
+    """`run(name, *argv)` calls scripts/NAME.py's main(argv) here and returns (exit status, stdout,
+    stderr). For tests whose claim is what a script computes, not how its process ends: a fresh
+    interpreter spends seconds importing torch and Jittor. Each entry point keeps real
+    subprocess tests elsewhere (users start them so)."""
+    def run(name, *argv):
+        main = load_script(name).main
+        capsys.readouterr()  # what the test printed before
+        try:
+            status = main([str(a) for a in argv])
+        except SystemExit as exc:  # argparse's usage errors
+            status = exc.code
+        out, err = capsys.readouterr()
+        return (0 if status is None else status), out, err
+    return run
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` selects by marker

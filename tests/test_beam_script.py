@@ -1,8 +1,5 @@
 """gpt2_beam.py --unique_contexts: generating once per distinct MR gives the same decoded files."""
 import json
-import os
-import subprocess
-import sys
 
 from shared.text.batching import FTDataset
 from shared.model.checkpoint import save_checkpoint
@@ -10,7 +7,6 @@ from shared.model.config import GPT2Config
 from shared.text.e2e_data import prepare_e2e
 from shared.model.params import init_state_dict
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_first_of_each_context_keeps_order_and_first_lines():
@@ -18,7 +14,8 @@ def test_first_of_each_context_keeps_order_and_first_lines():
     assert FTDataset(samples, batch_size=2, seq_len=8).first_of_each_context() == [0, 1, 3]
 
 
-def test_unique_contexts_gives_the_same_decoded_files(tmp_path, e2e_dir, vocab_dir):
+def test_unique_contexts_gives_the_same_decoded_files(tmp_path, e2e_dir, vocab_dir, run_in_process):
+    """In this process: the claim is about the files (the pipeline tests start both scripts)."""
     data = tmp_path / "data"
     prepare_e2e(e2e_dir, str(data), vocab_dir=vocab_dir, splits=("test",))
     for name in ("test.jsonl", "test_formatted.jsonl"):  # the first 40 lines: a few MRs, repeated
@@ -29,17 +26,18 @@ def test_unique_contexts_gives_the_same_decoded_files(tmp_path, e2e_dir, vocab_d
     outputs = {}
     for mode, extra in (("all", []), ("unique", ["--unique_contexts"])):
         work = tmp_path / mode
-        subprocess.run([sys.executable, "scripts/gpt2_beam.py", "--backend", "torch", "--device", "cpu",
-                        "--data", str(data / "test.jsonl"), "--n_embd", "32", "--n_layer", "1",
-                        "--n_head", "2", "--init_checkpoint", str(tmp_path / "model.safetensors"),
-                        "--batch_size", "7", "--seq_len", "96", "--eval_len", "6", "--beam", "2",
-                        "--work_dir", str(work), "--output_file", "p.jsonl", "--no_progress", *extra],
-                       cwd=ROOT, check=True, capture_output=True, text=True)
-        subprocess.run([sys.executable, "scripts/gpt2_decode.py", "--vocab", vocab_dir,
-                        "--sample_file", str(work / "p.jsonl"), "--input_file",
-                        str(data / "test_formatted.jsonl"), "--output_ref_file", str(work / "ref.txt"),
-                        "--output_pred_file", str(work / "pred.txt")],
-                       cwd=ROOT, check=True, capture_output=True, text=True)
+        status, _, err = run_in_process(
+            "gpt2_beam", "--backend", "torch", "--device", "cpu", "--data", data / "test.jsonl",
+            "--n_embd", "32", "--n_layer", "1", "--n_head", "2", "--init_checkpoint",
+            tmp_path / "model.safetensors", "--batch_size", "7", "--seq_len", "96", "--eval_len",
+            "6", "--beam", "2", "--work_dir", work, "--output_file", "p.jsonl", "--no_progress",
+            *extra)
+        assert status == 0, err
+        status, _, err = run_in_process(
+            "gpt2_decode", "--vocab", vocab_dir, "--sample_file", work / "p.jsonl", "--input_file",
+            data / "test_formatted.jsonl", "--output_ref_file", work / "ref.txt",
+            "--output_pred_file", work / "pred.txt")
+        assert status == 0, err
         outputs[mode] = ((work / "ref.txt").read_text(), (work / "pred.txt").read_text(),
                          [json.loads(line)["id"] for line in (work / "p.jsonl").read_text().splitlines()])
     assert outputs["all"][:2] == outputs["unique"][:2]

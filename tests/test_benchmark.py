@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from backends import benchmark_peers
 from backends.benchmark_steps import jittor_kernel_ops
 from shared.pipeline.benchmark_plan import render, summarize_kernels
@@ -24,16 +26,28 @@ def run_benchmark(*args):
                           capture_output=True, text=True, timeout=600)
 
 
-def test_cpu_run_writes_the_report_of_both_backends(tmp_path):
+def cpu_flags(test_data, out):
+    return ["--device", "cpu", "--precision", "fp32", "--backends", "torch,jittor,hf+peft",
+            "--cards", "gpt2.sm", "--extra_cards", "", "--n_embd", "32", "--n_layer", "1",
+            "--n_head", "2", "--seq_len", "16", "--batch_size", "2", "--steps", "2", "--warmup",
+            "1", "--profile", "--test_data", str(test_data), "--beam_cards", "gpt2.sm",
+            "--beam_batch_size", "2", "--out", str(out)]
+
+
+@pytest.fixture(scope="module")
+def cpu_run(tmp_path_factory):
+    """One tiny CPU run of everything (six measuring processes): read by the report test and
+    resumed by the resume test."""
+    tmp_path = tmp_path_factory.mktemp("benchmark")
     test_data = tmp_path / "test.jsonl"  # two MRs, the second repeated: two queries
     test_data.write_text("".join(json.dumps({"context": c, "completion": [13, 50256]}) + "\n"
                                  for c in ([464, 1332, 318], [40, 588], [40, 588])))
     out = tmp_path / "bench" / "benchmark.md"
-    proc = run_benchmark("--device", "cpu", "--precision", "fp32", "--backends", "torch,jittor,hf+peft",
-                         "--cards", "gpt2.sm", "--extra_cards", "", "--n_embd", "32", "--n_layer", "1",
-                         "--n_head", "2", "--seq_len", "16", "--batch_size", "2", "--steps", "2",
-                         "--warmup", "1", "--profile", "--test_data", str(test_data), "--beam_cards",
-                         "gpt2.sm", "--beam_batch_size", "2", "--out", str(out))
+    return test_data, out, run_benchmark(*cpu_flags(test_data, out))
+
+
+def test_cpu_run_writes_the_report_of_both_backends(cpu_run):
+    _, out, proc = cpu_run
     assert proc.returncode == 0, proc.stderr[-3000:]
     report, record = out.read_text(), json.loads(out.with_suffix(".json").read_text())
     assert report == render(record)
@@ -104,20 +118,26 @@ def test_jittor_kernels_are_named_by_their_operations():
     assert jittor_kernel_ops(key) == "cast float32>bfloat16, multiply, reduce add"
 
 
-def test_resume_keeps_what_was_measured_and_measures_the_rest(tmp_path):
+def test_resume_keeps_what_was_measured_and_measures_the_rest(cpu_run, tmp_path):
+    """The CPU run's record less its jittor training row (as a run stopped after torch's, or
+    whose jittor measurement failed, leaves it): --resume measures that row alone."""
+    test_data, full, _ = cpu_run
     out = tmp_path / "benchmark.md"
-    tiny = ["--device", "cpu", "--precision", "fp32", "--cards", "gpt2.sm", "--extra_cards", "",
-            "--n_embd", "32", "--n_layer", "1", "--n_head", "2", "--seq_len", "16",
-            "--batch_size", "2", "--steps", "1", "--warmup", "1", "--out", str(out)]
-    assert run_benchmark(*tiny, "--backends", "torch").returncode == 0
-    first = json.loads(out.with_suffix(".json").read_text())
-    proc = run_benchmark(*tiny, "--backends", "torch,jittor", "--resume")
+    first = json.loads(full.with_suffix(".json").read_text())
+    assert first["training"]["gpt2.sm"].pop("jittor")
+    out.with_suffix(".json").write_text(json.dumps(first))
+    flags = cpu_flags(test_data, out)
+    proc = run_benchmark(*flags, "--resume")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    progress = sorted(line.split()[:3] for line in proc.stdout.splitlines()
+                      if line.startswith(("train ", "beam ")))  # a line per measurement or skip
+    assert progress == [["train", "gpt2.sm", "hf+peft"], ["train", "gpt2.sm", "jittor"]], progress
     record = json.loads(out.with_suffix(".json").read_text())
     assert record["training"]["gpt2.sm"]["torch"] == first["training"]["gpt2.sm"]["torch"]
+    assert record["beam"] == first["beam"]
     assert record["training"]["gpt2.sm"]["jittor"]["tokens_per_s"] > 0
     assert record["sessions"] == 2 and "Measured in 2 runs" in out.read_text()
-    other = [a if a != "16" else "32" for a in tiny]  # another seq_len: refused, nothing written
-    proc = run_benchmark(*other, "--backends", "torch", "--resume")
+    other = [a if a != "16" else "32" for a in flags]  # another seq_len: refused, nothing written
+    proc = run_benchmark(*other, "--resume")
     assert proc.returncode == 2 and "seq_len=16" in proc.stderr and "32" in proc.stderr
     assert json.loads(out.with_suffix(".json").read_text()) == record

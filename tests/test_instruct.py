@@ -111,17 +111,17 @@ def test_crc32c_known_value():
     assert ((unmasked >> 17) | (unmasked << 15)) & 0xFFFFFFFF == 0xE3069283
 
 
-def test_instruct_ft_trains_scores_and_writes_tensorboard(tmp_path, vocab_dir):
+def test_instruct_ft_trains_scores_and_writes_tensorboard(tmp_path, vocab_dir, run_in_process):
+    """In this process (the bad-file test below and the instruct pipeline start the script)."""
     work = tmp_path / "run"
-    argv = [sys.executable, os.path.join(ROOT, "scripts", "instruct_ft.py"), "--backend", "torch",
-            "--device", "cpu", "--data", instruct_file(), "--limit", "40", "--n_embd", "32",
-            "--n_layer", "2", "--n_head", "2", "--lora_dim", "4", "--lora_alpha", "16",
-            "--max_step", "6", "--lr", "0.01", "--train_batch_size", "4", "--seq_len", "256",
-            "--log_interval", "2", "--eval_interval", "3", "--eval_limit", "2",
+    argv = ["--backend", "torch", "--device", "cpu", "--data", instruct_file(), "--limit", "40",
+            "--n_embd", "32", "--n_layer", "2", "--n_head", "2", "--lora_dim", "4",
+            "--lora_alpha", "16", "--max_step", "6", "--lr", "0.01", "--train_batch_size", "4",
+            "--seq_len", "256", "--log_interval", "2", "--eval_interval", "3", "--eval_limit", "2",
             "--max_new_tokens", "6", "--work_dir", str(work), "--no_progress",
             "--tensorboard", str(tmp_path / "tb"), "--vocab", vocab_dir]
-    out = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT)
-    assert out.returncode == 0, out.stdout + out.stderr
+    status, out, err = run_in_process("instruct_ft", *argv)
+    assert status == 0, out + err
     result = json.loads((work / "instruct_eval.json").read_text())
     assert result["test_entries"] == 2 and 0.0 <= result["rouge_l"] <= 1.0
     assert result["loss_on"] == "response tokens" and result["test_ppl"] > 1.0
@@ -139,9 +139,8 @@ def test_instruct_ft_trains_scores_and_writes_tensorboard(tmp_path, vocab_dir):
     np.testing.assert_allclose([v for _, v in scalars["train/loss"]], [v for _, v in train], rtol=1e-6)
     assert [s for s, _ in scalars["valid/loss"]] == [3, 6] and "train/lr" in scalars
     # --eval_only scores the finished run again, identically (greedy decoding)
-    again = subprocess.run(argv[:-4] + ["--eval_only", "--vocab", vocab_dir], capture_output=True,
-                           text=True, cwd=ROOT)
-    assert again.returncode == 0, again.stderr
+    status, _, err = run_in_process("instruct_ft", *argv[:-4], "--eval_only", "--vocab", vocab_dir)
+    assert status == 0, err
     assert json.loads((work / "instruct_eval.json").read_text()) == result
 
 

@@ -21,14 +21,18 @@ def instruct_file():
     return path
 
 
-def instruct_ft(work, vocab_dir, backend, *flags):
-    argv = [sys.executable, os.path.join(ROOT, "scripts", "instruct_ft.py"), "--backend", backend,
-            "--device", "cpu", "--data", instruct_file(), "--limit", "40",
+def instruct_argv(work, vocab_dir, backend, *flags):
+    return ["--backend", backend, "--device", "cpu", "--data", instruct_file(), "--limit", "40",
             *(x for k, v in SHAPE.items() for x in (f"--{k}", str(v))), "--max_step", "4",
             "--lr", "0.01", "--train_batch_size", "4", "--seq_len", "128", "--log_interval", "1",
             "--eval_interval", "4", "--max_eval_batches", "1", "--random_seed", "3",
             "--no_eval", "--attn", "math", "--work_dir", str(work), "--no_progress",
             "--vocab", vocab_dir, *flags]
+
+
+def instruct_ft(work, vocab_dir, backend, *flags):
+    argv = [sys.executable, os.path.join(ROOT, "scripts", "instruct_ft.py"),
+            *instruct_argv(work, vocab_dir, backend, *flags)]
     return subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=600)
 
 
@@ -37,13 +41,16 @@ def instruct_ft(work, vocab_dir, backend, *flags):
     ("adapter", ["--adapter_dim", "4"], 2 * 2 * (32 * 4 + 4 + 4 * 32 + 32)),
 ])
 def test_instruct_ft_trains_a_peft_method_alike_in_both_backends(tmp_path, vocab_dir, method,
-                                                                  flags, trainable):
+                                                                  flags, trainable, run_in_process):
+    """In this process (the refusals below, test_instruct.py and the instruct pipeline start the
+    script): the claim is what both backends compute."""
     losses = {}
     for backend in ("torch", "jittor"):
         work = tmp_path / backend
-        proc = instruct_ft(work, vocab_dir, backend, "--peft", method, *flags)
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-        assert f"trainable params: {trainable:,d} || all params: " in proc.stdout
+        status, out, err = run_in_process("instruct_ft", *instruct_argv(work, vocab_dir, backend,
+                                                                        "--peft", method, *flags))
+        assert status == 0, out[-2000:] + err[-2000:]
+        assert f"trainable params: {trainable:,d} || all params: " in out
         summary = json.loads((work / "train_summary.json").read_text())
         assert summary["trainable_params"] == trainable and summary["steps"] == 4
         with open(work / "train_log.jsonl") as f:

@@ -277,20 +277,21 @@ def test_a_prompt_adapter_of_another_base_is_refused_naming_the_file(tmp_path):
     assert "another base" in proc.stderr and not (tmp_path / "back.pt").exists()
 
 
-def test_beam_search_script_decodes_a_peft_checkpoint_alike_in_both_backends(tmp_path, encoded):
-    """gpt2_beam.py builds the prefix model from the checkpoint's own record (no --peft flag)."""
+def test_beam_search_script_decodes_a_peft_checkpoint_alike_in_both_backends(tmp_path, encoded,
+                                                                             run_in_process):
+    """gpt2_beam.py builds the prefix model from the checkpoint's own record (no --peft flag).
+    In this process: the claim is the outputs (the pipeline tests start the script)."""
     train(make_args(encoded, tmp_path / "run", "prefix"), backend_class("torch"))
     lines = (encoded / "valid.jsonl").read_text().splitlines(keepends=True)
     (tmp_path / "queries.jsonl").write_text("".join(lines[:80]))
     outputs = {}
     for backend in ("torch", "jittor"):
-        proc = subprocess.run(
-            [sys.executable, "scripts/gpt2_beam.py", "--backend", backend, "--device", "cpu",
-             "--data", str(tmp_path / "queries.jsonl"), "--n_embd", "32", "--n_layer", "2",
-             "--n_head", "2", "--init_checkpoint", str(tmp_path / "run" / "model.8.pt"),
-             "--seq_len", "64", "--eval_len", "6", "--beam", "3", "--batch_size", "8",
-             "--unique_contexts", "--work_dir", str(tmp_path / backend), "--no_progress"],
-            cwd=ROOT, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stderr
+        status, _, err = run_in_process(
+            "gpt2_beam", "--backend", backend, "--device", "cpu",
+            "--data", tmp_path / "queries.jsonl", "--n_embd", "32", "--n_layer", "2",
+            "--n_head", "2", "--init_checkpoint", tmp_path / "run" / "model.8.pt",
+            "--seq_len", "64", "--eval_len", "6", "--beam", "3", "--batch_size", "8",
+            "--unique_contexts", "--work_dir", tmp_path / backend, "--no_progress")
+        assert status == 0, err
         outputs[backend] = (tmp_path / backend / "beam_prediction.jsonl").read_text()
     assert outputs["torch"] == outputs["jittor"] and outputs["torch"].count("\n") >= 8
