@@ -17,7 +17,7 @@ from shared.model.params import optimizer_groups, trains
 from shared.train.data_parallel import dropout_rows, processes_of
 
 from . import runtime
-from .frozen_weights import store_frozen_weights
+from .frozen_weights import refresh_padded_head, store_frozen_weights
 from .generate import generate
 from .lora import mark_only_lora_as_trainable, mark_trainable, set_shared_dropout
 from .model import GPT2LMModel
@@ -183,6 +183,8 @@ class JittorBackend:
         self.model.load_state_numpy(state)
         for name in self.exact_frozen.keys() & state.keys():  # keep the exact copies current
             self.exact_frozen[name] = np.array(state[name], dtype=np.float32)
+        if getattr(self.model, "padded_head", None) is not None and "transformer.wte.weight" in state:
+            refresh_padded_head(self.model)  # a copy, not a view as in torch: made again
 
     def load_trainable_checkpoint(self, path):
         """Resume: the trainable weights saved at `path`, checked against the model."""
