@@ -18,11 +18,13 @@ from shared.train.data_parallel import dropout_rows, processes_of
 
 from . import runtime
 from .frozen_weights import refresh_padded_head, store_frozen_weights
+# the reference AdamW and clipping, two multi-tensor kernels for all tensors (fused_optim.py)
+from .fused_optim import ForeachAdamW as AdamW, foreach_grad_norm_and_clip as grad_norm_and_clip
 from .generate import generate
 from .lora import mark_only_lora_as_trainable, mark_trainable, set_shared_dropout
 from .model import GPT2LMModel
 from .ops import DEFAULT_ATTENTION
-from .optim import AdamW, grad_norm_and_clip, set_lr
+from .optim import set_lr
 from .precision import autocast
 from .runtime import jt
 
@@ -126,9 +128,9 @@ class JittorBackend:
     def update(self, lr, clip):
         """Clip, step with learning rate `lr`, zero the gradients; return the gradient norm."""
         set_lr(self.optimizer, lr)
-        grad_norm = grad_norm_and_clip(self.optimizer, clip)
-        jt.sync([grad_norm])
-        self.optimizer.step()
+        with self.autocast():  # the fused optimizer follows the step's precision (fused_optim.py)
+            grad_norm = grad_norm_and_clip(self.optimizer, clip)
+            self.optimizer.step()
         jt.sync(list(self.params.values()))
         return grad_norm
 

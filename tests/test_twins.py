@@ -361,8 +361,6 @@ ALLOWED = {
     'train.py': {
         'torch': [
             'import jt',
-            'from .fused_optim import ForeachAdamW as AdamW, foreach_grad_norm_and_clip as grad_norm_and_clip',
-            'from .optim import set_lr',
             'AUTOCAST_DTYPES = {"bf16": jt.bfloat16, "fp16": jt.float16}',
             'class TorchBackend:',
             'name = "jt"',
@@ -440,8 +438,8 @@ ALLOWED = {
             'from .frozen_weights import store_frozen_weights',
         ],
         'jittor': [
+            "with self.autocast():  # the fused optimizer follows the step's precision (fused_optim.py)",
             'from . import runtime',
-            'from .optim import AdamW, grad_norm_and_clip, set_lr',
             'from .precision import autocast',
             'from .runtime import jt',
             'COMPUTE_DTYPES = {"bf16": "bfloat16"}',
@@ -462,7 +460,6 @@ ALLOWED = {
             'loss = loss.detach()',
             'jt.sync([loss] + list(self.metrics.values()))  # run the forward now, so its graph is not kept',
             'return loss',
-            'jt.sync([grad_norm])',
             'jt.sync(list(self.params.values()))',
             'with jt.no_grad(), self.autocast():',
             'jt.sync([loss] + list(self.metrics.values()))',
