@@ -37,11 +37,12 @@ for stage in "$@"; do
     anatomy)  # step time at batch 4/8/16, every jittor kernel, CUPTI's view of the step, host cProfile
       timeout $(lim 200) python3 $HERE/jittor_step_anatomy.py "$W" > "$W/anatomy.log" 2>&1
       note "anatomy rc=$?"; clean "$W/anatomy.log" ;;
-    tests)  # the GPU tests named by $TESTS (default: all of alignment/ and tests/), $NPROC workers,
-            # leaving TESTS_RESERVE seconds of the call to the stages after it
+    tests)  # the GPU tests named by $TESTS (default: all of alignment/ and tests/) or, one node id
+            # a line, in the file $TESTS_FILE; $NPROC workers; TESTS_RESERVE seconds left to later stages
       want=$(( $(left) - ${TESTS_RESERVE:-0} ))
+      if [ -n "${TESTS_FILE:-}" ]; then mapfile -t SEL < "$TESTS_FILE"; else read -ra SEL <<< "${TESTS:-alignment/ tests/}"; fi
       set -o pipefail
-      timeout $(lim $want) python3 -m pytest ${TESTS:-alignment/ tests/} -m gpu -v -rfE -p no:cacheprovider \
+      timeout $(lim $want) python3 -m pytest "${SEL[@]}" -m gpu -v -rfE -p no:cacheprovider \
         -n ${NPROC:-14} --dist load --durations=0 2>&1 | stamp | grep -v "Compiling Operators\|SyntaxWarning" \
         > "$W/gpu-tests-$TAG.log"
       rc=$?; set +o pipefail
@@ -50,6 +51,10 @@ for stage in "$@"; do
       timeout $(lim 200) "${BENCH[@]}" --backends jittor,torch --cards gpt2.md --extra_cards "" --profile \
         --out "$REC/$TAG-bench.md" > "$W/$TAG-bench.log" 2>&1
       note "jittor+torch bench rc=$?"; clean "$W/$TAG-bench.log"; grep "^| gpt2" "$REC/$TAG-bench.md" ;;
+    jbench-exact)  # jittor alone, unprofiled, with the optimizer's exact loop (JLA_FUSED_OPS without it)
+      JLA_FUSED_OPS=gelu,layer_norm,softmax,attention,cross_entropy timeout $(lim 120) "${BENCH[@]}" \
+        --backends jittor --cards gpt2.md --extra_cards "" --out "$REC/$TAG-exact.md" > "$W/$TAG-exact.log" 2>&1
+      note "jittor exact-optimizer bench rc=$?"; clean "$W/$TAG-exact.log"; grep "^| gpt2" "$REC/$TAG-exact.md" ;;
     beam)  # beam search, 630 test MRs, both caches, both backends, profiled (resumes jbench's record)
       timeout $(lim 400) "${BENCH[@]}" --backends jittor,torch --cards gpt2.md --extra_cards "" --profile \
         --test_data "$D/e2e-jsonl/test.jsonl" --resume --out "$REC/$TAG-bench.md" > "$W/$TAG-beam.log" 2>&1
