@@ -40,12 +40,16 @@ for stage in "$@"; do
     tests)  # the GPU tests named by $TESTS (default: all of alignment/ and tests/) or, one node id
             # a line, in the file $TESTS_FILE; $NPROC workers; TESTS_RESERVE seconds left to later stages
       want=$(( $(left) - ${TESTS_RESERVE:-0} ))
-      if [ -n "${TESTS_FILE:-}" ]; then mapfile -t SEL < "$TESTS_FILE"; else read -ra SEL <<< "${TESTS:-alignment/ tests/}"; fi
+      if [ -n "${TESTS_FILE:-}" ]; then  # less the tests an earlier call on this machine passed
+        touch "$REC/passed.txt"; mapfile -t SEL < <(grep -vxFf "$REC/passed.txt" "$TESTS_FILE")
+      else read -ra SEL <<< "${TESTS:-alignment/ tests/}"; fi
+      note "tests: ${#SEL[@]} selected"
       set -o pipefail
       timeout $(lim $want) python3 -m pytest "${SEL[@]}" -m gpu -v -rfE -p no:cacheprovider \
         -n ${NPROC:-14} --dist load --durations=0 2>&1 | stamp | grep -v "Compiling Operators\|SyntaxWarning" \
         > "$W/gpu-tests-$TAG.log"
       rc=$?; set +o pipefail
+      grep -o " PASSED [^ ]*" "$W/gpu-tests-$TAG.log" | cut -d' ' -f3 >> "$REC/passed.txt"
       note "gpu tests rc=$rc: $(grep -c ' PASSED ' "$W/gpu-tests-$TAG.log") passed, $(grep -c ' FAILED \| ERROR ' "$W/gpu-tests-$TAG.log") failed; $(tail -1 "$W/gpu-tests-$TAG.log")" ;;
     jbench)  # jittor and torch, gpt2.md, profiled; the record beam resumes
       timeout $(lim 200) "${BENCH[@]}" --backends jittor,torch --cards gpt2.md --extra_cards "" --profile \
@@ -68,6 +72,12 @@ for stage in "$@"; do
         --extra_backends torch,jittor --profile --reference_src "$D/microsoft-LoRA" \
         --test_data "$D/e2e-jsonl/test.jsonl" --resume --out "$REC/final.md" > "$W/final-rest.log" 2>&1
       note "final rest rc=$?"; clean "$W/final-rest.log"; grep "^| gpt2" "$REC/final.md" ;;
+    peft)  # part 3: one row per PEFT method and backend on gpt2.md
+      timeout $(lim 540) "${BENCH[@]}" --backends $ALL --cards gpt2.md --extra_cards gpt2.sm,gpt2.lg \
+        --extra_backends torch,jittor --peft_methods lora,full,top2,bitfit,adapter,prompt,ptuning,prefix \
+        --profile --reference_src "$D/microsoft-LoRA" --test_data "$D/e2e-jsonl/test.jsonl" --resume \
+        --out "$REC/final.md" > "$W/final-peft.log" 2>&1
+      note "final peft rc=$?"; clean "$W/final-peft.log"; grep "^| gpt2" "$REC/final.md" ;;
     cap)
       timeout $(lim 170) "${BENCH[@]}" --backends jittor,torch --cards gpt2.md --extra_cards "" \
         --device_mem_cap_gib 8 --out "$W/cap8.md" > "$W/cap8.log" 2>&1
