@@ -51,10 +51,10 @@ for stage in "$@"; do
       rc=$?; set +o pipefail
       grep -o " PASSED [^ ]*" "$W/gpu-tests-$TAG.log" | cut -d' ' -f3 >> "$REC/passed.txt"
       note "gpu tests rc=$rc: $(grep -c ' PASSED ' "$W/gpu-tests-$TAG.log") passed, $(grep -c ' FAILED \| ERROR ' "$W/gpu-tests-$TAG.log") failed; $(tail -1 "$W/gpu-tests-$TAG.log")" ;;
-    jbench)  # jittor and torch, gpt2.md, profiled; the record beam resumes
+    jbench)  # jittor and torch, gpt2.md, profiled: the first rows of the final record (train resumes it)
       timeout $(lim 200) "${BENCH[@]}" --backends jittor,torch --cards gpt2.md --extra_cards "" --profile \
-        --out "$REC/$TAG-bench.md" > "$W/$TAG-bench.log" 2>&1
-      note "jittor+torch bench rc=$?"; clean "$W/$TAG-bench.log"; grep "^| gpt2" "$REC/$TAG-bench.md" ;;
+        --resume --out "$REC/final.md" > "$W/$TAG-bench.log" 2>&1
+      note "jittor+torch bench rc=$?"; clean "$W/$TAG-bench.log"; grep "^| gpt2" "$REC/final.md" ;;
     jbench-exact)  # jittor alone, unprofiled, with the optimizer's exact loop (JLA_FUSED_OPS without it)
       JLA_FUSED_OPS=gelu,layer_norm,softmax,attention,cross_entropy timeout $(lim 120) "${BENCH[@]}" \
         --backends jittor --cards gpt2.md --extra_cards "" --out "$REC/$TAG-exact.md" > "$W/$TAG-exact.log" 2>&1
