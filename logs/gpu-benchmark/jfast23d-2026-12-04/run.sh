@@ -45,9 +45,11 @@ for stage in "$@"; do
       else read -ra SEL <<< "${TESTS:-alignment/ tests/}"; fi
       note "tests: ${#SEL[@]} selected"
       set -o pipefail
-      timeout $(lim $want) python3 -m pytest "${SEL[@]}" -m gpu -v -rfE -p no:cacheprovider \
-        -n ${NPROC:-14} --dist load --durations=0 2>&1 | stamp | grep -v "Compiling Operators\|SyntaxWarning" \
-        > "$W/gpu-tests-$TAG.log"
+      # -k: pytest-xdist outlived its TERM by 40 s in call 2; --line-buffered: a killed grep loses
+      # its block buffer (call 2 and 4 kept only the first 8 KiB of their test logs)
+      timeout -k 10 $(lim $((want - 12))) python3 -m pytest "${SEL[@]}" -m gpu -v -rfE -p no:cacheprovider \
+        -n ${NPROC:-14} --dist load --durations=0 2>&1 | stamp \
+        | grep --line-buffered -v "Compiling Operators\|SyntaxWarning\|PytestBenchmarkWarning" > "$W/gpu-tests-$TAG.log"
       rc=$?; set +o pipefail
       grep -o " PASSED [^ ]*" "$W/gpu-tests-$TAG.log" | cut -d' ' -f3 >> "$REC/passed.txt"
       note "gpu tests rc=$rc: $(grep -c ' PASSED ' "$W/gpu-tests-$TAG.log") passed, $(grep -c ' FAILED \| ERROR ' "$W/gpu-tests-$TAG.log") failed; $(tail -1 "$W/gpu-tests-$TAG.log")" ;;
