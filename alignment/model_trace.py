@@ -2,15 +2,16 @@
 of its output, the gradients of the loss w.r.t. them and w.r.t. every trainable parameter.
 
 Three things make the records right on models this project did not write:
-- **in-place operations**: a forward pre-hook hands each submodule a fresh copy of its floating
-  inputs and a forward hook hands its caller a fresh copy of each output tensor (the copy is
+- **in-place operations**: a forward pre-hook hands each submodule a fresh copy of every
+  floating tensor among its inputs (positional and keyword, inside tuples, lists and dicts too)
+  and a forward hook hands its caller a fresh copy of each output tensor (the copy is
   what is recorded: its gradient is the consumers', not that of uses inside the module, such as
   attention's key returned as the cache), so `ReLU(inplace=True)` or `out += identity` change
   the copies, never a recorded tensor. Values
   are snapshotted at hook time (torch) or held as the node they were (Jittor, whose `+=` rebinds
   a Var to a new node). A torch gradient hook registered before an in-place change receives the
   gradient of the value before it, as wanted.
-- **a module's own gradient**: the copy of a module's input has that module as its only
+- **a module's own gradient**: the copy of each of a module's inputs has that module as its only
   consumer, so the gradient w.r.t. it is the module's own vector-Jacobian product of the
   gradient w.r.t. its output, not the total gradient of a tensor that a sibling branch (a
   ResNet block's downsample) also reads. Backward blame then lands on the branch that computes
@@ -22,7 +23,10 @@ Names. A module call is named as the module (`name#2`, `name#3`... when it runs 
 forward); a method tapped by `methods` (a computation that is no submodule, such as LoRA's
 branch) as `module.method`. A call that returns one tensor records it under the call's name;
 one that returns tuples, lists or dicts records each tensor as `call.out[0]`, `call.out[1][0]`,
-`call.out["key"]` (`module_of` gives the call back). The root's output is "output" (or the
+`call.out["key"]` (`module_of` gives the call back). Its inputs likewise: the one floating
+tensor of a call that takes one is recorded under the call's name; a call that takes several
+records each by its place among the arguments, `call.in[0]`, `call.in[1][0]` (positional),
+`call.in["mask"]` (keyword). The root's output is "output" (or the
 caller's `output_names`, one per output tensor in order) and its inputs "input.<position or
 keyword>". A module's hooks of its own are set aside while tracing and restored after.
 """
@@ -36,6 +40,7 @@ import numpy as np
 
 ROOT = "output"
 OUT = ".out["  # what separates a call's name from the path of one of its output tensors
+IN = ".in["  # ... and from the path of one of its input tensors, when it takes several
 
 
 @dataclass
@@ -58,10 +63,11 @@ class Trace:
 
 
 def module_of(tensor_name: str) -> str:
-    """The call an output tensor belongs to: `transformer.h.0.out[1][0]` -> `transformer.h.0`
-    (module names hold no "[", so the first OUT is the separator)."""
-    cut = tensor_name.find(OUT)
-    return tensor_name if cut < 0 else tensor_name[:cut]
+    """The call an output or input tensor belongs to: `transformer.h.0.out[1][0]` and
+    `attn.in["mask"]` -> `transformer.h.0` and `attn` (module names hold no "[", so the first
+    OUT or IN is the separator)."""
+    cuts = [c for c in (tensor_name.find(OUT), tensor_name.find(IN)) if c >= 0]
+    return tensor_name[:min(cuts)] if cuts else tensor_name
 
 
 def unique_name(name, taken):
@@ -99,6 +105,20 @@ def map_tensors(value, is_tensor, new, path: str = ""):
         return type(value)((k, map_tensors(v, is_tensor, new, f'{path}["{k}"]'))
                            for k, v in value.items())
     return value
+
+
+def argument_items(args, kw, is_tensor) -> list:
+    """[(path, tensor)] of every tensor among a call's arguments: "[0]", "[1][0]" for positional
+    ones, '["mask"]' for keyword ones (nested as tensor_items)."""
+    return tensor_items(list(args), is_tensor) + [
+        item for k, v in kw.items() for item in tensor_items(v, is_tensor, f'["{k}"]')]
+
+
+def input_names(call: str, paths) -> list:
+    """The record names of a call's floating inputs at `paths`: the call's own name for one,
+    `call.in<path>` for each of several (see module doc)."""
+    paths = list(paths)
+    return [call] if len(paths) == 1 else [f"{call}.in{p}" for p in paths]
 
 
 def first_tensor(value, is_tensor):
@@ -174,10 +194,12 @@ class _Recorder:
     # shared
     def _pre(self, key, name, args, kw):
         call = self.calls.begin(key, name)
-        args, kw = tuple(self._copy(a) for a in args), {k: self._copy(v) for k, v in kw.items()}
-        first = first_tensor((tuple(args), kw), self.is_tensor)
-        if first is not None and _is_float(first):
-            self._watch("in", call, first)
+        fresh = lambda path, x: self._copy(x)  # noqa: E731
+        args = map_tensors(tuple(args), self.is_tensor, fresh)
+        kw = map_tensors(dict(kw), self.is_tensor, fresh)
+        floats = [(p, x) for p, x in argument_items(args, kw, self.is_tensor) if _is_float(x)]
+        for input_name, (_, x) in zip(input_names(call, [p for p, _ in floats]), floats):
+            self._watch("in", input_name, x)
         return args, kw
 
     def _post(self, key, out):

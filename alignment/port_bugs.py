@@ -74,6 +74,33 @@ def unbiased_running_var(patches, model):
                 batch_norm_train(self, x, unbiased=True) if self.is_train else _bn_eval(self, x)))
 
 
+def torch_style_adam(params, lr: float, eps: float = 1e-8, betas=(0.9, 0.999)):
+    """jittor.optim.Adam with torch's placement of eps (the finding fixed): torch divides the
+    bias-corrected first moment by sqrt(v / (1 - beta2^t)) + eps; Jittor's Adam divides m by
+    sqrt(v) + eps and scales by sqrt(1 - beta2^t) / (1 - beta1^t) after, so its eps acts as
+    eps / sqrt(1 - beta2^t) (31.6x torch's at step 1 with beta2 0.999)."""
+    import math
+    jt = _jt()
+
+    class TorchStyleAdam(jt.optim.Adam):
+        def step(self, loss=None, retain_graph=False):
+            self.pre_step(loss, retain_graph)
+            n = float(self.n_step)
+            jt.flags.node_order = 1
+            for pg in self.param_groups:
+                b0, b1 = pg.get("betas", self.betas)
+                rate, eps_ = pg.get("lr", self.lr), pg.get("eps", self.eps)
+                for p, g, v, m in zip(pg["params"], pg["grads"], pg["values"], pg["m"]):
+                    if p.is_stop_grad():
+                        continue
+                    m.update(b0 * m + (1 - b0) * g)
+                    v.update(b1 * v + (1 - b1) * g * g)
+                    denominator = jt.sqrt(v) / math.sqrt(1 - b1 ** n) + eps_
+                    p.update(p - m * (rate / (1 - b0 ** n)) / denominator)
+            self.post_step()
+    return TorchStyleAdam(params, lr, eps=eps, betas=betas)
+
+
 def _bn_variant(**switches):
     def execute(self, x):
         return batch_norm_train(self, x, unbiased=True, **switches) if self.is_train \

@@ -10,24 +10,27 @@ What it does, in order:
    (alignment.weight_transfer.assign_weights; `layer_map` names what differs);
 2. sets both models' mode (`train`), keeps the port's trainable parameters trainable in eval
    (Jittor's `eval()` stops every gradient) and turns dropout off;
-3. records every submodule's input and every tensor of its output (tuples, lists and dicts of
-   tensors: `M.out[0]`, `M.out["key"]`), and the gradients w.r.t. them and every parameter,
-   in torch fp32, in Jittor and in torch float64 (the yardstick), at hook time
-   (alignment.model_trace: safe against in-place operations and aliases, and each module's
-   input gradient is its own contribution);
+3. records every floating tensor among each submodule's inputs (positional and keyword, in
+   tuples, lists and dicts too: `M` for the one input of a call, `M.in[1]`, `M.in["mask"]`
+   for several) and every tensor of its output (`M`, or `M.out[0]`, `M.out["key"]`), and the
+   gradients w.r.t. them and every parameter, in torch fp32, in Jittor and in torch float64
+   (the yardstick), at hook time (alignment.model_trace: safe against in-place operations and
+   aliases, and each module's input gradient is its own contribution);
 4. compares every tensor by the noise-floor rule (alignment.compare: Jittor's error against
    float64 within k times torch fp32's own + 4 unit roundoffs) and localizes the first forward
-   divergence (the deepest module whose input agrees and whose output does not) and backward
-   divergence (the deepest whose own input gradient, from the reference's gradient at its
-   output, does not agree; else the call enclosing the first output whose arriving gradient
-   does not, for code that is no submodule, such as a tied head);
+   divergence (the deepest module whose inputs agree and whose output does not; when a
+   module's input is the first value to part, the call enclosing it, whose own code computed
+   that input) and backward divergence (the deepest whose own gradient w.r.t. one of its
+   inputs, from the reference's gradient at its output, does not agree; else the call
+   enclosing the first output whose arriving gradient does not, for code that is no
+   submodule, such as a tied head);
    gives no backward verdict once the forward has diverged; recognises rounding-induced kink
    flips (alignment.kink_flips) and reports them as such, not as a divergence;
 5. compares buffers after the forward (BatchNorm's running statistics in train mode), and
    weights, buffers and optimizer state after each of `steps` optimizer steps;
 6. writes auto_diff.{md,json,png} to `out_dir` when given.
 
-k is measured per model family, not carried over from GPT-2 (see K_MEASURED).
+k is measured per model family, not carried over from GPT-2 (K_DEFAULT, K_TRAIN_BATCHNORM).
 """
 from __future__ import annotations
 
@@ -193,33 +196,54 @@ def _local_records(tl, jl, ref, k, floor):
     return records
 
 
+def _forward_verdict(verdict, records, parents, roots):
+    """alignment.compare's forward verdict, except where the module it names received a failing
+    input that no module before it produced: then the code that computed that input is at fault,
+    its enclosing call's own code (the root's, for code in the model's forward)."""
+    if verdict is None or verdict in roots:
+        return verdict
+    if any(r["kind"] == "inputs" and not r["passed"] and module_of(r["name"]) == verdict
+           for r in records):
+        return parents.get(verdict) or (roots[0] if roots else verdict)
+    return verdict
+
+
 def _backward_verdict(result, local, traces, torch_model, order):
-    """The deepest module, in backward order, whose own input gradient (local pass) fails, else
-    the owner of the first failing local parameter gradient, else None. A failure that is a
-    kink flip (alignment.kink_flips) is recorded as such and marked explained, with the modules
-    around it that pass on the same input (a Sequential whose first child it is)."""
+    """The deepest call, in backward order, whose own gradient w.r.t. one of its inputs (local
+    pass) fails, else the owner of the first failing local parameter gradient, else None. A
+    failure that is a kink flip (alignment.kink_flips) is recorded as such and marked explained,
+    with the modules around it that pass on the same input (a Sequential whose first child it
+    is)."""
     j, ref, jl, tl = traces
     modules = dict(torch_model.named_modules())
-    by_name = {r["name"]: r for r in local if r["kind"] == "local_input_grads"}
+    inputs = [r for r in local if r["kind"] == "local_input_grads"]
+
+    def failing(call=None):
+        return [r for r in inputs if not r["passed"] and not r.get("explained")
+                and (call is None or module_of(r["name"]) == call)]
     while True:
-        candidates = {r["name"] for r in by_name.values() if not r["passed"] and not r.get("explained")}
+        candidates = {module_of(r["name"]) for r in failing()}
         found = next((name for name in order[::-1] if name in candidates and not any(
             c != name and c.split("#")[0].startswith(name.split("#")[0] + ".") for c in candidates)),
             None)
         if found is None:
             break
-        flipped = flip(modules.get(found.split("#")[0]), j.inputs.get(found), ref.inputs.get(found),
-                       jl.input_grads.get(found), ref.input_grads.get(found),
-                       tl.input_grads.get(found))
+        bad = failing(found)
+        x = bad[0]["name"]  # a kinked module (an activation, a pooling) takes one input
+        flipped = None if len(bad) > 1 else flip(
+            modules.get(found.split("#")[0]), j.inputs.get(x), ref.inputs.get(x),
+            jl.input_grads.get(x), ref.input_grads.get(x), tl.input_grads.get(x))
         if flipped is None:
             return found
         result.kink_flips.append(dict(flipped, module=found))
-        by_name[found]["explained"] = f"kink flip at {found}"
+        bad[0]["explained"] = f"kink flip at {found}"
         for name in candidates - {found}:  # a module around it, where the flipped elements
-            if found.split("#")[0].startswith(name.split("#")[0] + ".") and sparse_difference(
-                    jl.input_grads.get(name), ref.input_grads.get(name),
-                    tl.input_grads.get(name)) is not None:  # pass through (an identity path)
-                by_name[name]["explained"] = f"kink flip at {found}"
+            if not found.split("#")[0].startswith(name.split("#")[0] + "."):
+                continue  # pass through (an identity path)
+            for r in failing(name):
+                if sparse_difference(jl.input_grads.get(r["name"]), ref.input_grads.get(r["name"]),
+                                     tl.input_grads.get(r["name"])) is not None:
+                    r["explained"] = f"kink flip at {found}"
     arrived = _consumer_verdict(result, local, traces, order)
     if arrived is not None:
         return arrived
@@ -446,6 +470,7 @@ def auto_diff(torch_model, jittor_model, inputs, loss_fn=None, train: bool = Fal
         local = _local_records(tl, jl, ref, k, floor)
         result.records += local
         fd = result.first_divergence
+        fd["forward"] = _forward_verdict(fd["forward"], result.records, ref.parents, ref.roots)
         if fd["forward"] is not None:
             fd["backward"] = None
             result.notes.append(f"backward not judged: the forward pass already parts at "

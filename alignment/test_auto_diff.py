@@ -75,12 +75,30 @@ def test_records_are_taken_at_hook_time(clean_eval):
     assert np.abs(trace.input_grads["layer1.0.conv1"]).sum() > 0
 
 
-def test_buffers_differ_in_train_mode_and_agree_once_corrected():
-    """The finding: Jittor's BatchNorm keeps the biased running variance."""
-    shipped = diff(train=True)
+def test_the_porting_page_runs_as_written(tmp_path, monkeypatch, capsys):
+    """docs/porting.md's lines, run as written in a scratch folder: the shipped port in train
+    mode, whose buffers part at bn1 (the finding: Jittor's BatchNorm keeps the biased running
+    variance), and the line it prints is the one the page shows."""
+    import os
+    import re
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "docs", "porting.md"), encoding="utf-8") as f:
+        snippet = re.search(r"```python\n(.*?)```", f.read(), re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(snippet, "docs/porting.md", "exec"), namespace)
+    printed = capsys.readouterr().out.strip().splitlines()[-1]
+    assert f"# {printed}\n" in snippet, printed
+    shipped = namespace["result"]
     assert shipped.first_divergence["forward"] is None
     assert shipped.first_divergence["buffers"] == "bn1"
     assert {r["name"].rsplit(".", 1)[1] for r in shipped.failing("buffers")} >= {"running_var"}
+    for name in ("auto_diff.md", "auto_diff.json", "auto_diff.png"):
+        assert (tmp_path / "runs" / "resnet18-diff" / name).stat().st_size > 0
+
+
+def test_buffers_agree_once_the_running_variance_is_corrected():
+    """The finding fixed (alignment.port_bugs.unbiased_running_var): the buffers agree."""
     corrected = diff(train=True, correct=True)
     assert corrected.first_divergence["buffers"] is None, corrected.failing("buffers")
     assert corrected.rule["k"] == 64.0  # K_TRAIN_BATCHNORM
@@ -296,3 +314,100 @@ def test_ports_script_refuses_unknown_parts(capsys):
         script.main(["--out", "unused", "--parts", "planted,everything"])
     assert exit_info.value.code == 2
     assert "--parts: unknown ['everything']" in capsys.readouterr().err
+
+
+def gate_twins(plant=None):
+    """A model whose submodule `gate` takes two floating inputs, one inside a list and one by
+    keyword: gate([a], b=b) = a * sigmoid(b), b computed in the root's own code. `plant` in
+    the Jittor twin: "root" scales b where the root computes it (a forward bug in the second
+    input's path), "gate" halves gate's gradient w.r.t. b (a backward-only bug)."""
+    import torch
+
+    from jittor_impl.runtime import jt
+
+    class TorchGate(torch.nn.Module):
+        def forward(self, parts, b=None):
+            return parts[0] * torch.sigmoid(b)
+
+    class TorchModel(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin_a, self.lin_b = torch.nn.Linear(6, 4), torch.nn.Linear(6, 4)
+            self.gate, self.head = TorchGate(), torch.nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.head(self.gate([self.lin_a(x)], b=torch.tanh(self.lin_b(x))))
+
+    class JittorGate(jt.nn.Module):
+        def execute(self, parts, b=None):
+            if plant == "gate":  # forward right, gradient w.r.t. b halved
+                b = b * 0.5 + (b * 0.5).stop_grad()
+            return parts[0] * jt.sigmoid(b)
+
+    class JittorModel(jt.nn.Module):
+        def __init__(self):
+            self.lin_a, self.lin_b = jt.nn.Linear(6, 4), jt.nn.Linear(6, 4)
+            self.gate, self.head = JittorGate(), jt.nn.Linear(4, 3)
+
+        def execute(self, x):
+            b = jt.tanh(self.lin_b(x)) * (1.5 if plant == "root" else 1.0)
+            return self.head(self.gate([self.lin_a(x)], b=b))
+    torch.manual_seed(0)
+    return TorchModel(), JittorModel()
+
+
+def test_every_floating_input_is_traced():
+    """Both inputs of `gate` are recorded (`gate.in[0][0]`, `gate.in["b"]`), with their own
+    gradients; a bug in the second input's path is blamed where it is: forward, on the root's
+    code that computes b (not on gate, whose first input agrees), backward, on gate (its
+    gradient w.r.t. b), where tracing the first input alone blamed the root."""
+    clean = auto_diff(*gate_twins(), (X,))
+    assert clean.passed, clean.failing()
+    by_kind = {}
+    for r in clean.records:
+        by_kind.setdefault(r["kind"], set()).add(r["name"])
+    assert {"gate.in[0][0]", 'gate.in["b"]', "head", "lin_a"} <= by_kind["inputs"]
+    assert {"gate.in[0][0]", 'gate.in["b"]'} <= by_kind["local_input_grads"]
+    forward = auto_diff(*gate_twins("root"), (X,))
+    assert forward.first_divergence["forward"] == "output", forward.first_divergence
+    failing = {r["name"] for r in forward.failing("inputs")}
+    assert 'gate.in["b"]' in failing and "gate.in[0][0]" not in failing
+    backward = auto_diff(*gate_twins("gate"), (X,))
+    assert backward.first_divergence["forward"] is None
+    assert backward.first_divergence["backward"] == "gate", backward.first_divergence
+    bad = {r["name"] for r in backward.failing("local_input_grads")}
+    assert bad == {'gate.in["b"]'}, bad
+
+
+def test_keyword_inputs_and_a_loss_pair():
+    """Inputs as a dict of keyword arrays; a (torch_fn, jittor_fn) loss pair: agreeing losses
+    pass, and a Jittor loss whose gradient differs (3x: a sum over the 3 outputs instead of
+    their mean) is the backward verdict `loss`, the forward agreeing."""
+    square = (lambda out: (out * out).mean(), lambda out: (out * out).mean())
+    result = auto_diff(*gate_twins(), {"x": X}, loss_fn=square)
+    assert result.passed, result.failing()
+    assert "input.x" in {r["name"] for r in result.records if r["kind"] == "inputs"}
+    wrong = (square[0], lambda out: (out * out).sum() / out.shape[0])
+    result = auto_diff(*gate_twins(), {"x": X}, loss_fn=wrong)
+    assert result.first_divergence["forward"] is None
+    assert result.first_divergence["backward"] == "loss", result.first_divergence
+
+
+def test_steps_find_jittors_adam_eps_placement():
+    """Jittor's Adam adds eps before the bias correction (eps / sqrt(1 - beta2^t) in torch's
+    terms): with eps 1e-3 the weights part after step 1; with torch's placement
+    (port_bugs.torch_style_adam) weights and both moments agree."""
+    import torch
+
+    from jittor_impl.runtime import jt
+    torch_adam = lambda ps: torch.optim.Adam(ps, lr=0.1, eps=1e-3)  # noqa: E731
+    shipped = auto_diff(*mlp_twins(0.0), (X,), steps=1,
+                        optimizers=(torch_adam, lambda ps: jt.optim.Adam(ps, lr=0.1, eps=1e-3)))
+    assert shipped.first_divergence["forward"] is None
+    assert shipped.first_divergence["steps"].startswith("step 1:"), shipped.first_divergence
+    fixed = auto_diff(*mlp_twins(0.0), (X,), steps=2, optimizers=(
+        torch_adam, lambda ps: port_bugs.torch_style_adam(ps, lr=0.1, eps=1e-3)))
+    assert fixed.passed, fixed.failing()
+    state = {r["name"].rsplit("@", 1)[0].rsplit(".", 1)[1] for r in fixed.records
+             if r["kind"] == "step_optimizer"}
+    assert state == {"exp_avg", "exp_avg_sq"}

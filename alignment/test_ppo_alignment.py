@@ -1,7 +1,7 @@
 """PPO (`scripts/ppo_ft.py`), both backends: a rollout from the same weights samples the same
 tokens and gets the same scores, log-probabilities and values; from one rollout (advantages and
 returns computed once, on the host) a PPO step gives the same loss, metrics and gradients of the
-LoRA matrices and the value head; and four PPO iterations run side by side log the same rewards,
+LoRA matrices and the value head (or, with --lora_dim 0, of every weight); and four PPO iterations run side by side log the same rewards,
 KL, losses and end on the same weights.
 
 A tiny GPT-2 (2 layers, 32 wide) with LoRA, seeded, no pretraining; the reward model is a tiny
@@ -67,12 +67,15 @@ def gradients(backend_name, backend):
             for p, g in backend.optimizer.grads_of(group)}
 
 
-def test_rollout_and_step_agree(tmp_path, preference_data, vocab_dir, reward_model):
+@pytest.mark.parametrize("lora_dim", ["4", "0"])
+def test_rollout_and_step_agree(tmp_path, preference_data, vocab_dir, reward_model, lora_dim):
     """The same sampled tokens, scores, log-probabilities and values; then from the torch
-    rollout's minibatch the same PPO loss, metrics and gradients in both backends."""
+    rollout's minibatch the same PPO loss, metrics and gradients in both backends, of the LoRA
+    matrices and the value head (4) or of every weight (0: the whole policy trains)."""
     def argv(backend):
         return ppo_argv(backend, preference_data, vocab_dir, reward_model, tmp_path / backend,
-                        "--ptx_coef", "0.5", "--fixed_width", "--max_epoch", "1")
+                        "--ptx_coef", "0.5", "--fixed_width", "--max_epoch", "1",
+                        "--lora_dim", lora_dim)
     t_backend, t_rollouts = build("torch", argv("torch"))
     t_state = t_rollouts.rollout(1, 7)
     batch = t_rollouts.minibatch(t_state, np.array([3, 0]), 1, 0)
@@ -101,7 +104,11 @@ def test_rollout_and_step_agree(tmp_path, preference_data, vocab_dir, reward_mod
     assert sorted(t_metrics) == sorted(j_metrics)
     for name in ("policy_loss", "value_loss", "ptx_loss", "returns", "reward", "kl"):
         compare(f"ppo/{name}", np.array(j_metrics[name]), np.array(t_metrics[name]), 1e-7, LOSS_RTOL)
-    assert sorted(t_grads) == sorted(j_grads) and len(t_grads) == 2 * 2 + 2  # LoRA A, B x 2 + v_head
+    assert sorted(t_grads) == sorted(j_grads)
+    if lora_dim == "0":  # every weight of the 2-layer model (12 a layer, 2 embeddings, 2 of
+        assert len(t_grads) == 2 * 12 + 2 + 2 + 2  # the final LayerNorm) and the value head
+    else:
+        assert len(t_grads) == 2 * 2 + 2  # LoRA A, B x 2 layers + v_head
     for name, grad in t_grads.items():
         scale = float(np.abs(grad).max())
         if name.endswith("lora_A"):  # LoRA's B starts at zero, so A's first gradient is zero

@@ -1,5 +1,6 @@
 """The benchmark's run: every measurement of backends/benchmark_steps.py in a fresh process, in order
-(the main cards' variants, beam search, the extra cards), the report saved after each one.
+(the main cards' variants, their --peft_methods and --preference_tasks rows, beam search, the
+extra cards), the report saved after each one.
 
 A fresh process per measurement: no memory held by the other framework's caches, and no
 interference between them (torch's eager steps ran ~1.6x slower with Jittor loaded). This
@@ -12,7 +13,7 @@ import sys
 
 from shared.pipeline.benchmark_plan import (BEAM_BACKENDS, BEAM_SETTINGS, PEERS, beam_key,
                                             benchmark_environment, benchmark_settings, peak_tflops,
-                                            peft_variants, save)
+                                            peft_variants, preference_variants, save)
 
 from .benchmark_peers import peer_problem
 
@@ -81,7 +82,7 @@ class BenchmarkRun:
                 raise ValueError(f"--resume: {path} was measured with {key}="
                                  f"{record['environment'].get(key)!r}, this run has "
                                  f"{self.results['environment'].get(key)!r}")
-        for part in ("training", "beam", "skipped"):
+        for part in ("training", "beam", "preference", "skipped"):
             if record.get(part):
                 self.results[part] = record[part]
         self.results["sessions"] = record.get("sessions", 1) + 1
@@ -123,6 +124,20 @@ class BenchmarkRun:
                   f"{r['step_ms']:7.1f} ms/step  {r['model_tflops']:6.1f} TFLOP/s  "
                   f"peak {r.get('peak_device_mib') or 0:8.0f} MiB", flush=True)
 
+    def preference(self, card, variants):
+        """The --preference_tasks rows ("torch task=dpo") of `card`."""
+        for variant in variants:
+            if variant in self.results.get("preference", {}).get(card, {}):
+                continue
+            r = self._measure("preference", variant, card, f"{card} {variant}")
+            if r is None:
+                continue
+            self.results.setdefault("preference", {}).setdefault(card, {})[variant] = r
+            save(self.results, self.args.out)
+            print(f"train {card:8s} {variant:16s} {r['tokens_per_s']:10,.0f} tok/s  "
+                  f"{r['step_ms']:7.1f} ms/step  peak {r.get('peak_device_mib') or 0:8.0f} MiB",
+                  flush=True)
+
     def beam(self, card, backends, caches):
         for name in (beam_key(backend, cache) for backend in backends for cache in caches):
             if self._measured("beam", card, name):
@@ -145,6 +160,7 @@ def run_benchmark(script, argv, args):
     for card in split(args.cards):
         run.train(card, variants)
         run.train(card, peft_variants(split(getattr(args, "peft_methods", "") or "")))
+        run.preference(card, preference_variants(split(getattr(args, "preference_tasks", "") or "")))
     if args.test_data:
         for card in split(args.beam_cards):
             run.beam(card, [b for b in BEAM_BACKENDS if b in variants], split(args.beam_caches))

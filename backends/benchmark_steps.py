@@ -18,8 +18,10 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from shared.pipeline.benchmark_plan import (PEERS, lora_config, peft_config, split_variant,
-                                            summarize_kernels, synthetic_batch, training_rates)
+from shared.pipeline.benchmark_plan import (PEERS, lora_config, peft_config,
+                                            split_preference_variant, split_variant,
+                                            summarize_kernels, synthetic_batch,
+                                            synthetic_preference_batch, training_rates)
 from shared.model.config import GPT2Config
 from shared.runtime.peak_memory import DevicePeakMemory
 
@@ -111,6 +113,79 @@ def bench_training(variant, card, args):
         result["profile"] = profile_steps(backend, run_step, args.warmup + args.steps + 1, 2)
     if backend == "jittor":
         precision.set_fast_cuda_paths(True)
+    del trainer
+    return result
+
+
+def preference_args(backend, task, args):
+    """A training step's arguments (train_args) plus the task's settings at the defaults of
+    scripts/reward_ft.py, dpo_ft.py or ppo_ft.py; the reward model trains LoRA and its head."""
+    from shared.tasks.ppo_task import build_ppo_parser
+    from shared.tasks.preference_task import build_preference_parser
+    out = train_args(backend, args.device, args.precision)
+    parser = build_ppo_parser() if task == "ppo" else build_preference_parser(task)
+    names = {"reward": ("margin",), "dpo": ("beta",),
+             "ppo": ("clip_range", "value_clip", "vf_coef", "ptx_coef", "temperature")}[task]
+    for name in names:
+        setattr(out, name, parser.get_default(name))
+    out.trainable, out.num_classes, out.class_weights = "lora", 1, None
+    return out
+
+
+def bench_preference(variant, card, args):
+    """Tokens/s and steps/s of a preference-tuning step ("torch task=dpo", see
+    shared/pipeline/benchmark_plan.py PREFERENCE_TASKS) on synthetic full-length batches of
+    --batch_size sequences: the reward model's pairwise loss (GPT-2 + LoRA + a scalar head), DPO
+    (the LoRA policy against its frozen reference) or PPO's minibatch update (the LoRA policy and
+    its value head, beside the frozen reference and a seeded reward model, as ppo_ft.py holds
+    them), with a rollout's scoring forwards (policy and reference log-probabilities, values,
+    the reward model's scores of the same rows) timed beside it, sampling left out."""
+    from shared.model.classifier_params import init_head
+    from shared.tasks.ppo_task import trainer_backend
+    from . import dpo_backend, ppo_backend, reward_backend
+    backend, task = split_preference_variant(variant)
+    if backend == "jittor":
+        from jittor_impl import precision
+        precision.set_fast_cuda_paths(True)
+    config = lora_config(card, args)
+    targs = preference_args(backend, task, args)
+    if task == "ppo":  # a reward model of the policy's shape, seeded (no file)
+        reward_config = GPT2Config(**dict(config.to_dict(), lora_attn_dim=0))
+        cls = trainer_backend(ppo_backend(backend), (reward_config, dict(init_head(reward_config, 1, 1))))
+    else:
+        cls = {"reward": reward_backend, "dpo": dpo_backend}[task](backend)
+    trainer = cls(config, targs)
+    batch = synthetic_preference_batch(config, args)
+    result = {}
+    if task == "ppo":
+        scored = {k: batch[k] for k in ("input", "target", "length")}
+
+        def rollout_forward(_):
+            trainer.score(scored)
+            return trainer.rollout_values(scored)
+
+        seconds, _ = timed_steps(rollout_forward, lambda: synchronize(backend), list, args)
+        result["rollout_scoring_ms"] = 1000 * seconds / args.steps
+        logprobs, _, values = rollout_forward(0)
+        advantages = np.random.default_rng(1).standard_normal(values.shape).astype(np.float32)
+        batch.update(old_logprobs=logprobs, old_values=values,
+                     advantages=advantages * batch["mask"],
+                     returns=(values + advantages) * batch["mask"])
+
+    def run_step(number):
+        trainer.set_step(number)
+        loss = trainer.forward_backward(batch, 1.0, 0.0)
+        trainer.update(2e-4, 1.0)
+        return loss
+
+    seconds, losses = timed_steps(run_step, lambda: synchronize(backend), trainer.fetch, args)
+    _finite(losses, variant, card)
+    tokens = args.steps * args.batch_size * args.seq_len
+    result.update(tokens_per_s=tokens / seconds, step_ms=1000 * seconds / args.steps,
+                  steps_per_s=args.steps / seconds, task=task, backend=backend,
+                  trainable_params=trainer.parameter_counts()[0])
+    if backend == "torch":
+        result["peak_allocated_mib"] = torch_peak_allocated_mib()
     del trainer
     return result
 
@@ -315,17 +390,20 @@ class DeviceMemoryCap:
 
 
 def measure(kind, name, card, args):
-    """One measurement ("train" a variant or "beam" a backend) with the process's peak device
-    memory added (None without NVML), under --device_mem_cap_gib when given."""
+    """One measurement ("train" a variant, "beam" a backend, "preference" a task's row) with
+    the process's peak device memory added (None without NVML), under --device_mem_cap_gib when
+    given."""
     memory = DevicePeakMemory() if args.device == "cuda" else None
     cap = None
     if getattr(args, "device_mem_cap_gib", None):
         if memory is None or memory.handle is None:
             raise ValueError("--device_mem_cap_gib needs a CUDA device with NVML")
-        backend = "torch" if name in PEERS else split_variant(name)[0].split("+")[0]
+        row = split_preference_variant(name) if kind == "preference" else split_variant(name)
+        backend = "torch" if name in PEERS else row[0].split("+")[0]
         cap = DeviceMemoryCap(backend, args.device_mem_cap_gib, memory)
     try:
-        result = bench_training(name, card, args) if kind == "train" else bench_beam(name, card, args)
+        bench = {"train": bench_training, "beam": bench_beam, "preference": bench_preference}
+        result = bench[kind](name, card, args)
     except Exception as exc:
         explained = cap.explain(exc) if cap else None
         if explained is not None:

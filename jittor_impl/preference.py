@@ -18,7 +18,6 @@ the frozen reference, values, the reward model's scores) and whose steps are PPO
 updates.
 """
 
-from shared.model.checkpoint import load_for_model, read_checkpoint
 from shared.model.classifier_params import reward_trains
 from shared.model.params import is_lora_name
 from shared.model.value_head import init_value_head, is_value_head_name, split_value_head
@@ -167,12 +166,12 @@ class LanguageModelView:
 
 
 class PPOBackend(JittorBackend):
-    """The training backend of the policy (GPT2WithValueHead: its LoRA matrices and the
-    value head) with PPO's losses (+ `--ptx_coef` times the language-model loss of SFT rows)
-    on the minibatches shared/tasks/ppo_task.py builds; a frozen reference copy of the
-    starting model and the reward model (`reward_config` and `reward_checkpoint`, set by the
-    task) serve its rollouts. Held-out batches (preference pairs) are scored by the policy's
-    loss on their chosen responses."""
+    """The training backend of the policy (GPT2WithValueHead: its LoRA matrices, or with
+    --lora_dim 0 every weight, and the value head) with PPO's losses (+ `--ptx_coef` times the
+    language-model loss of SFT rows) on the minibatches shared/tasks/ppo_task.py builds; a
+    frozen reference copy of the starting model and the reward model (`reward_config` and
+    `reward_checkpoint`, set by the task) serve its rollouts. Held-out batches (preference
+    pairs) are scored by the policy's loss on their chosen responses."""
 
     reward_config = reward_checkpoint = None
 
@@ -192,7 +191,8 @@ class PPOBackend(JittorBackend):
         model = GPT2WithValueHead(config, seed=args.random_seed)
         if args.init_checkpoint:
             model.load_weight(args.init_checkpoint)
-        mark_trainable(model, lambda name: is_lora_name(name) or is_value_head_name(name))
+        if config.lora_attn_dim > 0:  # else the whole policy trains, the reference stays
+            mark_trainable(model, lambda name: is_lora_name(name) or is_value_head_name(name))
         return model
 
     def batch_loss(self, data, label_smooth=0.0):
@@ -241,14 +241,13 @@ class PPOBackend(JittorBackend):
         return rewards.numpy()
 
     def state_numpy(self, lora_only):
-        """Intermediate checkpoints carry the value head; the final one is the plain policy
-        (a GPT-2 (+ LoRA) that generate.py and chat.py load)."""
-        state = super().state_numpy(lora_only)
-        if lora_only:
-            state.update({n: v for n, v in self.model.state_dict_numpy().items() if is_value_head_name(n)})
-        return {n: v for n, v in state.items() if lora_only or not is_value_head_name(n)}
+        """Checkpoints hold the policy alone (a GPT-2 (+ LoRA) that generate.py and chat.py
+        load); the value head travels in the trainer state (shared/tasks/ppo_task.py)."""
+        return {n: v for n, v in super().state_numpy(lora_only).items() if not is_value_head_name(n)}
 
-    def load_trainable_checkpoint(self, path):
-        body, head = split_value_head(read_checkpoint(path), self.config, path)
-        self.load_trainable(load_for_model(body, self.config, base_loaded=True, name=path))
-        self.model.load_state_numpy(head)
+    def value_head_numpy(self):
+        return {n: v for n, v in self.model.state_dict_numpy().items() if is_value_head_name(n)}
+
+    def load_value_head(self, state, source):
+        """The value head of `state` (checked: whole, shaped for the model) into the model."""
+        self.model.load_state_numpy(split_value_head(state, self.config, source)[1])

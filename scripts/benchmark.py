@@ -8,7 +8,9 @@ backends/benchmark_peers.py (Hugging Face transformers + peft; microsoft/LoRA's 
 through NVML and torch's peak tensors, and ratios to torch eager and the best peer.
 --extra_cards measures other model sizes with --extra_backends; --peft_methods adds a row per
 fine-tuning method and backend ("torch peft=prefix"; FLOPs of full and top2 count their weight
-gradients). Beam search: the E2E-offline
+gradients); --preference_tasks adds a row per preference-tuning step and backend ("torch task=dpo":
+the reward model, DPO, PPO's update with its rollout's scoring forwards beside it, tokens/s,
+steps/s and peak memory). Beam search: the E2E-offline
 test split (630 MRs), beam 10, eval_len 64, no_repeat_ngram 4, randomly initialised weights.
 With --profile, two extra steps of each project variant (and one beam batch) run under the
 framework's profiler and the report lists where the device time goes. Each measurement runs in
@@ -21,7 +23,7 @@ import sys
 from backends.benchmark_steps import measure
 from backends.benchmark_run import print_result, run_benchmark
 from shared.runtime.arg_types import non_negative_int, positive_float, positive_int
-from shared.pipeline.benchmark_plan import VARIANTS
+from shared.pipeline.benchmark_plan import PREFERENCE_TASKS, VARIANTS
 from shared.model.config import MODEL_CARDS, shape_flag_problems
 from shared.model.peft_methods import METHODS
 from shared.decode.decode_cache import CACHES
@@ -49,6 +51,10 @@ def parse_args(argv):
     p.add_argument("--peft_methods", default="",
                    help="also one row per --peft method and backend (\"torch peft=prefix\"), "
                         "each method at its flags' default sizes, on the --cards models")
+    p.add_argument("--preference_tasks", default="",
+                   help="also one row per preference-tuning task and backend (\"torch task=dpo\"): "
+                        + ", ".join(PREFERENCE_TASKS) + "; LoRA r=4, --batch_size sequences "
+                        "(reward and dpo: half chosen, half rejected), on the --cards models")
     p.add_argument("--reference_src", default=None,
                    help="a checkout of github.com/microsoft/LoRA: adds its examples/NLG model as a peer")
     p.add_argument("--device", default="cuda", choices=["cpu", "cuda"])
@@ -80,7 +86,8 @@ def parse_args(argv):
     lists = (("--backends", args.backends, VARIANTS), ("--extra_backends", args.extra_backends, VARIANTS),
              ("--cards", args.cards, MODEL_CARDS), ("--extra_cards", args.extra_cards, MODEL_CARDS),
              ("--beam_cards", args.beam_cards, MODEL_CARDS), ("--beam_caches", args.beam_caches, CACHES),
-             ("--peft_methods", args.peft_methods, METHODS))
+             ("--peft_methods", args.peft_methods, METHODS),
+             ("--preference_tasks", args.preference_tasks, PREFERENCE_TASKS))
     problems = [problem for flag, value, known in lists for problem in unknown_names(flag, value, known)]
     problems += [f"--{name} must be at least 1, got {getattr(args, name)}"
                  for name in ("seq_len", "batch_size", "steps", "beam_batch_size")
@@ -89,6 +96,10 @@ def parse_args(argv):
              for card in value.split(",") if card in MODEL_CARDS}
     problems += sorted({problem for card in cards
                         for problem in shape_flag_problems(args.n_embd, args.n_layer, args.n_head, card)})
+    pairwise = sorted(set(args.preference_tasks.split(",")) & {"reward", "dpo"})
+    if pairwise and args.batch_size % 2:
+        problems.append(f"--batch_size {args.batch_size} with --preference_tasks "
+                        f"{','.join(pairwise)}: must be even (chosen and rejected rows)")
     if args.device_mem_cap_gib is not None and args.device != "cuda":
         problems.append("--device_mem_cap_gib needs --device cuda")
     problems += device_problems(args.device)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Tune an instruction-tuned GPT-2 + LoRA with PPO against a reward model (RLHF's last step),
+"""Tune an instruction-tuned GPT-2 (+ LoRA) with PPO against a reward model (RLHF's last step),
 PyTorch or Jittor backend, e.g.
   python scripts/ppo_ft.py --backend torch \
       --data ../shared/data/instruct/instruction-data-with-preference.json --drop_equal_pairs \
@@ -7,7 +7,8 @@ PyTorch or Jittor backend, e.g.
       --reward_model trained/reward --rollout_batch 16 --train_batch_size 4 \
       --response_len 32 --kl_coef 0.2 --lr 1e-4 --max_epoch 20 --work_dir trained/ppo
 The policy starts from --init_checkpoint (the SFT model with its LoRA weights, which it trains
-on, plus a value head); a frozen copy is the KL penalty's reference. An epoch is one PPO
+on, plus a value head; --lora_dim 0 trains every weight); a frozen copy is the KL penalty's
+reference. An epoch is one PPO
 iteration: a rollout of --rollout_batch sampled responses scored by the reward model, then
 --ppo_epochs passes of minibatch updates (shared/tasks/ppo_task.py). Takes gpt2_ft.py's flags
 (no --train_data/--valid_data: the prompts come from --data and --split_seed); the tuned and the

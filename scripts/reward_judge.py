@@ -25,6 +25,8 @@ from shared.runtime.config_parser import ConfigArgumentParser
 from shared.runtime.entry_point import run_script
 from shared.runtime.environment import default_device
 from shared.runtime.paths import file_check, resolve_data_path
+from shared.model.config import GPT2Config
+from shared.tasks.ppo_task import reward_model
 from shared.tasks.preference_task import PREFERENCE_ENV, read_reward_card
 from shared.tasks.reward_judge import held_out_prompts, judge
 from shared.text.tokenizer import load_tokenizer
@@ -117,6 +119,9 @@ def main(argv=None):
             raise ValueError(f"{args.data}: no test prompt fits --seq_len {args.seq_len} with "
                              f"--max_new_tokens {args.max_new_tokens}")
         card = read_reward_card(args.reward_model)
+        # its checkpoint against its card, and its vocabulary against the policies' (one line)
+        reward_model(args.reward_model, GPT2Config.from_model_card(
+            args.model_card, n_embd=args.n_embd, n_layer=args.n_layer, n_head=args.n_head))
         predict = load_classifier(args.backend, args.device, card)
         policies = {name: sampler(args, path) for name, path in args.policies}
         result = judge(prompts, policies, lambda batch: predict(batch)[:, 0], settings, args.seed)

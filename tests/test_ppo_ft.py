@@ -79,7 +79,7 @@ def test_rollout_rows_hold_prompt_then_response_with_its_mask():
     (["--target_kl", "0"], "--target_kl: must be a finite number > 0"),
     (["--gamma", "1.5"], "--gamma: must be a finite number in [0, 1]"),
     (["--rollout_batch", "5"], "--rollout_batch 5 is not a multiple of --train_batch_size 2"),
-    (["--lora_dim", "0"], "--lora_dim must be > 0"),
+    (["--peft", "bitfit"], "--peft bitfit: PPO trains LoRA (--lora_dim > 0) or every weight"),
     (["--response_len", "64"], "--response_len 64 leaves no room for a prompt")])
 def test_bad_flags_are_one_line_writing_nothing(tmp_path, data, vocab_dir, reward_model, capsys,
                                                 flags, message):
@@ -105,20 +105,52 @@ def test_a_reward_model_that_does_not_fit_is_refused(tmp_path, data, vocab_dir, 
     assert not os.path.exists(tmp_path / "w")
 
 
-def test_ppo_resumes_bit_exactly_after_a_stop(tmp_path, data, vocab_dir, reward_model):
+def test_test_prompts_without_room_are_refused_before_training(tmp_path, vocab_dir,
+                                                               reward_model, capsys):
+    """Every test prompt leaves less than --response_len + 1 tokens (its pairs still fit, cut):
+    the held-out comparison would have nothing to compare, so the run is refused up front."""
+    from shared.text.instruct_data import format_prompt
+    from shared.text.preference_data import split_preference_entries
+    from shared.text.tokenizer import load_tokenizer
+    tok = load_tokenizer(vocab_dir)
+    items = entries()
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(items), encoding="utf-8")
+    for entry in split_preference_entries(str(path), 123)[0]["test"]:
+        item = items[entry["id"]]
+        while len(tok.encode(format_prompt(item))) < 60:  # 60 + 8 + 1 > --seq_len 64
+            item["instruction"] += " please"
+    path.write_text(json.dumps(items), encoding="utf-8")
+    status, err = run_main(ppo_argv(str(path), vocab_dir, reward_model, tmp_path / "w"), capsys)
+    assert status == 2, err
+    assert (f"prompts of the test split of {path}: none leaves --response_len 8 + 1 tokens "
+            f"within --seq_len 64") in err
+    assert not os.path.exists(tmp_path / "w")
+
+
+@pytest.mark.parametrize("lora_dim", ["4", "0"])
+def test_ppo_resumes_bit_exactly_after_a_stop(tmp_path, data, vocab_dir, reward_model, lora_dim):
+    """LoRA (4) or every weight (0): the run stopped in its second iteration and resumed logs
+    and ends as the one run through; the value head rides in the trainer state."""
     from backends import ppo_backend
-    from shared.model.checkpoint import read_checkpoint
+    from shared.model.checkpoint import (load_trainer_state, normalize_state_dict,
+                                         read_checkpoint)
+    from shared.model.params import init_state_dict
     from shared.tasks.ppo_task import build_ppo_parser, ppo_problems, train_ppo
-    from shared.train.train_args import validate
+    from shared.train.train_args import model_config, validate
     from shared.train.trainer import TrainingError, TrainingInterrupted
 
-    def train(work_dir, *extra, on_step=None):
+    def parse(work_dir, *extra):
         args = build_ppo_parser().parse_args(ppo_argv(
             data, vocab_dir, reward_model, work_dir, "--target_kl", "0.01", "--kl_horizon", "10",
             "--ptx_coef", "0.5", "--save_interval", "100", "--log_interval", "1",
-            "--eval_prompts", "2", *extra))
+            "--eval_prompts", "2", "--lora_dim", lora_dim, "--tensorboard", f"{work_dir}_tb",
+            *extra))
         assert ppo_problems(args) == []
-        return train_ppo(validate(args, data_files=False), ppo_backend, on_step=on_step)
+        return validate(args, data_files=False)
+
+    def train(work_dir, *extra, on_step=None):
+        return train_ppo(parse(work_dir, *extra), ppo_backend, on_step=on_step)
 
     def log(work_dir):
         with open(work_dir / "train_log.jsonl") as f:
@@ -141,7 +173,30 @@ def test_ppo_resumes_bit_exactly_after_a_stop(tmp_path, data, vocab_dir, reward_
     assert len({r[4] for r in records}) == 3  # the adaptive coefficient moved at each rollout
     weights = [read_checkpoint(tmp_path / d / "model.6.pt") for d in ("whole", "cut")]
     assert sorted(weights[0]) == sorted(weights[1])
-    assert not any(k.endswith("v_head.weight") for k in weights[0])  # the final: the policy only
+    assert not any("v_head" in k for k in weights[0])  # the final: the policy only
     assert all(np.array_equal(weights[0][k], weights[1][k]) for k in weights[0])
-    assert any(k.endswith("v_head.weight") for k in read_checkpoint(tmp_path / "cut" / "model.3.pt"))
+    middle = read_checkpoint(tmp_path / "cut" / "model.3.pt")
+    assert not any("v_head" in k for k in middle)
+    _, arrays = load_trainer_state(tmp_path / "cut" / "trainer_state.3.npz")
+    assert arrays["value_head/v_head.weight"].shape == (32, 1)
     assert whole["test"] == cut["test"]
+    # TensorBoard: PPO's curves, every step once after the resume, as in the run through
+    from test_tensorboard_log import scalars
+    curves = [scalars(f"{tmp_path / d}_tb") for d in ("whole", "cut")]
+    for tag in ("train/loss", "train/reward", "train/kl", "train/entropy", "train/clip_fraction",
+                "train/value_loss", "train/returns"):
+        assert [s for s, _ in curves[0][tag]] == list(range(1, 7)), tag
+        assert curves[0][tag] == curves[1][tag], tag
+    with open(tmp_path / "whole" / "train_summary.json") as f:
+        summary = json.load(f)
+    args = parse(tmp_path / "whole")
+    start = init_state_dict(model_config(args), args.random_seed)  # the seeded starting policy
+    if lora_dim == "0":  # every weight trained, the checkpoints hold the whole policy
+        assert summary["trainable_params"] == summary["all_params"]
+        assert not any("lora" in k for k in middle) and len(middle) == len(weights[0])
+        final = normalize_state_dict(weights[0], "model.6.pt")
+        changed = [k for k in start if not np.array_equal(start[k], final[k])]
+        assert "transformer.wte.weight" in changed and len(changed) > len(start) // 2
+    else:  # the LoRA matrices (and the value head) only
+        assert summary["trainable_params"] < summary["all_params"] // 10
+        assert middle and all("lora" in k for k in middle)

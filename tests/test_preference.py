@@ -1,5 +1,6 @@
 """Preference data (reading, splitting, batches, what the cut does) and the reward/DPO scripts'
-refusals of bad input, and a DPO run that resumes bit-exactly after a stop signal."""
+refusals of bad input, and DPO and reward-model runs that resume bit-exactly after a stop
+signal."""
 import json
 import os
 import signal
@@ -156,8 +157,12 @@ def test_a_reward_model_for_another_vocabulary_is_refused(tmp_path, vocab_dir, c
     assert status == 2 and "small_vocab.safetensors" in err and "1000" in err, err
 
 
-def test_dpo_resumes_bit_exactly_after_a_stop(tmp_path, vocab_dir):
-    from backends import dpo_backend
+@pytest.mark.parametrize("task,metric,changed", [
+    ("dpo", "rewards_margin", ("--beta", "0.2", "--beta: 0.1 -> 0.2")),
+    ("reward", "reward_margin", ("--margin", "0.5", "--margin: 0.0 -> 0.5"))])
+def test_dpo_and_reward_resume_bit_exactly_after_a_stop(tmp_path, vocab_dir, task, metric,
+                                                        changed):
+    from backends import dpo_backend, reward_backend
     from shared.model.checkpoint import read_checkpoint
     from shared.tasks.preference_task import (DATA_RESUME_KEYS, TASKS, build_preference_parser,
                                               preference_datasets, preference_problems)
@@ -165,21 +170,21 @@ def test_dpo_resumes_bit_exactly_after_a_stop(tmp_path, vocab_dir):
     data = write(tmp_path / "p.json", entries())
 
     def trainer(work_dir, *extra, on_step=None):
-        args = build_preference_parser("dpo").parse_args(
+        args = build_preference_parser(task).parse_args(
             ["--backend", "torch", "--device", "cpu", "--data", data, *TINY, "--lora_dim", "4",
              "--lora_dropout", "0.1", "--seq_len", "64", "--max_step", "6",
              "--train_batch_size", "4", "--lr", "0.01", "--save_interval", "2",
              "--eval_interval", "3", "--log_interval", "1", "--no_progress", "--attn", "math",
              "--work_dir", str(work_dir), *extra])
-        assert preference_problems(args, "dpo") == []
+        assert preference_problems(args, task) == []
         sets = preference_datasets(args, load_tokenizer(vocab_dir))
-        return Trainer(args, dpo_backend("torch"), on_step=on_step,
-                       datasets=(sets["train"], sets["valid"]),
-                       resume_keys=DATA_RESUME_KEYS + TASKS["dpo"]["resume_keys"])
+        backend = {"dpo": dpo_backend, "reward": reward_backend}[task]("torch")
+        return Trainer(args, backend, on_step=on_step, datasets=(sets["train"], sets["valid"]),
+                       resume_keys=DATA_RESUME_KEYS + TASKS[task]["resume_keys"])
 
     def log(work_dir):
         with open(work_dir / "train_log.jsonl") as f:
-            return [(r["step"], r["loss"], r["rewards_margin"]) for r in map(json.loads, f)
+            return [(r["step"], r["loss"], r[metric]) for r in map(json.loads, f)
                     if r["kind"] == "train"]
 
     trainer(tmp_path / "whole").train()
@@ -189,8 +194,8 @@ def test_dpo_resumes_bit_exactly_after_a_stop(tmp_path, vocab_dir):
             os.kill(os.getpid(), signal.SIGINT)
     with pytest.raises(TrainingInterrupted):
         trainer(tmp_path / "cut", on_step=interrupt).train()
-    with pytest.raises(Exception, match="--beta: 0.1 -> 0.2"):
-        trainer(tmp_path / "cut", "--resume", "--beta", "0.2").train()
+    with pytest.raises(Exception, match=changed[2]):
+        trainer(tmp_path / "cut", "--resume", *changed[:2]).train()
     trainer(tmp_path / "cut", "--resume").train()
     assert log(tmp_path / "cut") == log(tmp_path / "whole")
     assert [s for s, _, _ in log(tmp_path / "whole")] == list(range(1, 7))

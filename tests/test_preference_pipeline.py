@@ -32,6 +32,21 @@ def test_bad_flags_are_refused_in_one_line(tmp_path, flag, value, message):
     assert not (tmp_path / "runs" / "dpo-micro").exists()
 
 
+def test_bad_data_is_refused_before_the_run_folder_is_made(tmp_path):
+    entries = [{"instruction": f"Say {i}.", "input": "", "chosen": f"Yes {i}.",
+                "rejected": f"No {i}."} for i in range(40)]
+    del entries[3]["rejected"]
+    data = tmp_path / "p.json"
+    data.write_text(json.dumps(entries), encoding="utf-8")
+    proc = work("--preset", "micro", "--runs_dir", str(tmp_path / "runs"), "--data", str(data),
+                timeout=120)
+    assert proc.returncode == 1, proc.stderr  # work.sh's status for a stop on an error
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"work.sh: stopped: {data}: entry 3: has no 'rejected' (keys: ['chosen', 'input', "
+        f"'instruction'])")
+    assert not (tmp_path / "runs").exists()
+
+
 @pytest.mark.slow
 def test_micro_dpo_pipeline_reports_both_chains_and_resumes(tmp_path, vocab_dir):
     if not os.path.isfile(DATA):

@@ -1,5 +1,5 @@
 """The reward model's judgement of policies (shared/tasks/reward_judge.py): win rates with ties
-counted half, the reward batches, the held-out prompts, the same seed for every policy, and
+counted half and identical responses tied, the reward batches, the held-out prompts, the same seed for every policy, and
 scripts/reward_judge.py's refusals and a real run on a tiny reward model."""
 import json
 import os
@@ -36,6 +36,19 @@ def test_win_rate_counts_ties_half():
         win_rate([1.0], [1.0, 2.0])
 
 
+def test_identical_responses_tie_whatever_their_rewards():
+    """The same tokens scored a rounding error apart (in a batch padded otherwise) tie; a
+    different response with the same reward ties too; the rest are wins and losses."""
+    noise = 2.384185791015625e-07
+    rate = win_rate([1.0 + noise, 2.0, 3.0, 0.5, 4.0], [1.0, 2.0 + noise, 3.0, 1.0, 3.0],
+                    identical=[True, True, False, False, False])
+    assert rate == {"wins": 1, "ties": 3, "losses": 1, "win_rate": 0.5,
+                    "identical_responses": 2}
+    assert win_rate([1.0 + noise], [1.0])["win_rate"] == 1.0  # by rewards alone: a win
+    with pytest.raises(ValueError, match="one identical flag per prompt"):
+        win_rate([1.0, 2.0], [1.0, 2.0], identical=[True])
+
+
 def test_reward_batch_pads_with_eot_and_keeps_lengths():
     batch = reward_batch([[1, 2, 3], [4]])
     assert batch["input"].tolist() == [[1, 2, 3], [4, EOT_ID, EOT_ID]]
@@ -69,17 +82,18 @@ def test_judge_samples_every_policy_with_the_same_seed_and_scores_prompt_plus_re
                 "dpo": policy("dpo", lambda ids: [1] if ids == [12] else [2, 2])}
     scored = []
 
-    def score(batch):
+    def score(batch):  # longer answers win; the batch's width adds noise, as padding may
         scored.append(batch["input"].tolist())
-        return batch["length"].astype(np.float64)  # longer answers win
+        return batch["length"].astype(np.float64) + 1e-7 * batch["input"].shape[1]
     out = judge(prompts, policies, score, None, seed=5)
     assert seeds == {"sft": [5, 6], "dpo": [5, 6]}
     assert scored[0] == [[10, 11, 1, EOT_ID], [12, 1, EOT_ID, EOT_ID]]
     assert out["win_rates"]["dpo"] == {"wins": 1, "ties": 1, "losses": 0, "win_rate": 0.75,
                                        "identical_responses": 1}
     assert out["policies"]["dpo"]["mean_tokens"] == 1.5
-    assert [r["rewards"] for r in out["responses"]] == [{"sft": 4.0, "dpo": 5.0},
-                                                        {"sft": 3.0, "dpo": 3.0}]
+    rewards = [r["rewards"] for r in out["responses"]]
+    assert rewards[1]["dpo"] > rewards[1]["sft"]  # the same response, scored apart: a tie
+    assert np.allclose([[r["sft"], r["dpo"]] for r in rewards], [[4, 5], [3, 3]])
 
 
 def run_judge(args):
@@ -131,3 +145,21 @@ def test_reward_judge_runs_a_reward_model_on_two_policies(tmp_path, vocab_dir):
     rows = [json.loads(line) for line in open(tmp_path / "judge" / "responses.jsonl")]
     assert len(rows) == 4 and set(rows[0]["responses"]) == {"sft", "dpo"}
     assert "dpo over sft: win rate" in proc.stdout
+    # a reward model for another tokenizer size: one line, status 2, nothing written
+    from shared.model.checkpoint import read_checkpoint
+    small = tmp_path / "small_vocab"
+    small.mkdir()
+    card = json.loads((tmp_path / "reward" / "reward_model.json").read_text())
+    (small / "reward_model.json").write_text(json.dumps(card))
+    state = {k.removeprefix("module."): v for k, v in
+             read_checkpoint(str(tmp_path / "reward" / card["checkpoint"])).items()}
+    state["transformer.wte.weight"] = state["transformer.wte.weight"][:1000]
+    save_checkpoint(str(small / card["checkpoint"]), state)
+    proc = run_judge(["--backend", "torch", "--device", "cpu", *TINY, "--data", data,
+                      "--policies", f"sft={tmp_path / 'a.safetensors'}",
+                      f"dpo={tmp_path / 'b.safetensors'}", "--reward_model", str(small),
+                      "--seq_len", "64", "--max_new_tokens", "5", "--vocab", vocab_dir,
+                      "--out", str(tmp_path / "other" / "judge.json")])
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "a reward model for a tokenizer of 1000 tokens; the policy's has 50257" in proc.stderr
+    assert not (tmp_path / "other").exists()

@@ -33,9 +33,10 @@ def is_value_head_name(name: str) -> bool:
 
 
 def split_value_head(state: dict, config, source="<state dict>"):
-    """(GPT-2 part, value head) of a PPO checkpoint's state dict (keys with or without the
-    `module.` prefix that microsoft/LoRA's layout adds); the head must be whole and shaped for
-    `config`, since a resumed PPO run needs the values it learned."""
+    """(GPT-2 part, value head) of a state dict holding a value head (keys with or without the
+    `module.` prefix that microsoft/LoRA's layout adds; a PPO run's trainer state carries the
+    head); the head must be whole and shaped for `config`, since a resumed PPO run needs the
+    values it learned."""
     body, head = OrderedDict(), OrderedDict()
     for key, value in state.items():
         bare = key[len("module."):] if key.startswith("module.") else key
@@ -50,5 +51,5 @@ def split_value_head(state: dict, config, source="<state dict>"):
     problems += [f"missing key {k}" for k in expected if k not in head]
     if problems:
         raise CheckpointError(f"{source}: no value head for n_embd {config.n_embd} (a PPO run "
-                              f"resumes from its intermediate checkpoints): " + "; ".join(problems))
+                              f"resumes with the one it saved): " + "; ".join(problems))
     return body, head

@@ -16,6 +16,7 @@ import numpy as np
 from shared.runtime.atomic import write_json, write_text
 from shared.model.config import GPT2Config
 from shared.runtime import environment as probe
+from shared.text.tokenizer import EOT_ID
 from shared.pipeline.report import markdown_table
 
 PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}  # dense, SXM
@@ -30,6 +31,12 @@ BEAM_BACKENDS = ("torch", "jittor")
 # default sizes of its flags (shared/model/peft_methods.py), LoRA r=4 as the rows above.
 PEFT_BACKENDS = ("torch", "jittor")
 PEFT_MARK = " peft="
+
+# --preference_tasks: one row per preference-tuning step and backend ("torch task=dpo"): the
+# reward model's pairwise step, DPO's (the frozen reference's forward included) and PPO's
+# minibatch update (its rollout's scoring forwards timed beside it), LoRA r=4 as above.
+PREFERENCE_TASKS = ("reward", "dpo", "ppo")
+PREFERENCE_MARK = " task="
 
 # The run's arguments the report needs, kept in the JSON record so it renders on its own.
 SETTINGS = ("seq_len", "batch_size", "steps", "warmup", "test_data", "beam_batch_size",
@@ -77,6 +84,17 @@ def split_variant(variant) -> "tuple[str, str | None]":
     return name, method or None
 
 
+def preference_variants(tasks) -> list:
+    """The rows of --preference_tasks: each task in each backend, e.g. "torch task=dpo"."""
+    return [f"{backend}{PREFERENCE_MARK}{task}" for task in tasks for backend in PEFT_BACKENDS]
+
+
+def split_preference_variant(variant) -> "tuple[str, str]":
+    """(backend, task) of a --preference_tasks row's name."""
+    backend, _, task = variant.partition(PREFERENCE_MARK)
+    return backend, task
+
+
 def training_rates(config: GPT2Config, seconds: float, args, method: str = "lora") -> dict:
     """Tokens/s, step time and model TFLOP/s of args.steps timed steps that took `seconds`."""
     tokens = args.steps * args.batch_size * args.seq_len
@@ -112,6 +130,23 @@ def synthetic_batch(config: GPT2Config, args) -> dict:
     return {"input": rng.integers(0, config.vocab_size, shape),
             "target": rng.integers(0, config.vocab_size, shape),
             "mask": np.ones(shape, np.float32)}
+
+
+def synthetic_preference_batch(config: GPT2Config, args) -> dict:
+    """A full-length batch of --batch_size random sequences laid out as the preference tasks'
+    batches (shared/text/preference_data.py): the first half of each row is the prompt, the
+    rest the response (`mask` marks the positions whose next token is a response token), every
+    row --seq_len long. For the reward model and DPO the first half of the rows are the chosen
+    responses and the second half the rejected ones, so --batch_size must be even."""
+    rng = np.random.default_rng(0)
+    rows, width = args.batch_size, args.seq_len
+    inputs = rng.integers(0, config.vocab_size, (rows, width))
+    target = np.full((rows, width), EOT_ID, dtype=np.int64)
+    target[:, :-1] = inputs[:, 1:]
+    mask = np.zeros((rows, width), np.float32)
+    mask[:, width // 2 - 1:width - 1] = 1.0
+    return {"input": inputs, "target": target, "mask": mask,
+            "length": np.full(rows, width, dtype=np.int64)}
 
 
 # ---------------------------------------------------------------------------- kernel profiles
@@ -181,6 +216,35 @@ def _training_table(training):
                          _ratio(r["tokens_per_s"], best_peer)])
     return markdown_table(["model", "variant", "tokens/s", "step (ms)", "model TFLOP/s", "MFU",
                            "peak device GiB", "peak tensors GiB", "vs torch", "vs best peer"], rows)
+
+
+def _preference(results, settings):
+    """The --preference_tasks rows: one per model, task and backend."""
+    rows = []
+    for card, per in results["preference"].items():
+        for variant, r in per.items():
+            backend, task = split_preference_variant(variant)
+            torch_row = per.get(f"torch{PREFERENCE_MARK}{task}")
+            rows.append([card, task, backend, f"{r['tokens_per_s']:,.0f}", f"{r['step_ms']:.1f}",
+                         f"{r['steps_per_s']:.2f}",
+                         f"{r['rollout_scoring_ms']:.1f}" if "rollout_scoring_ms" in r else "",
+                         _gib(r.get("peak_device_mib")), _gib(r.get("peak_allocated_mib")),
+                         _ratio(r["tokens_per_s"], torch_row["tokens_per_s"])
+                         if torch_row and backend != "torch" else ""])
+    return ["", "## Preference tuning", "",
+            f"One training step of each task (--preference_tasks) on {settings['batch_size']} "
+            f"random sequences of {settings['seq_len']} tokens (the second half of each the "
+            "response), LoRA r=4: `reward` the reward model's pairwise loss (GPT-2 + a scalar head "
+            "on the last token; half the rows chosen, half rejected), `dpo` DPO's loss (the "
+            "policy's forward and backward and the frozen reference's forward), `ppo` PPO's "
+            "minibatch update (clipped policy and value losses; the frozen reference and the "
+            "reward model held beside the policy, as ppo_ft.py holds them). 'rollout scoring' "
+            "is one rollout's forwards over the same rows (the reward model's scores, the policy's "
+            "and the reference's log-probabilities and the values), sampling not included. "
+            "'jittor/torch' is the ratio of tokens/s.", "",
+            markdown_table(["model", "task", "backend", "tokens/s", "step (ms)", "steps/s",
+                            "rollout scoring (ms)", "peak device GiB", "peak tensors GiB",
+                            "jittor/torch"], rows)]
 
 
 def _profile_section(title, prof):
@@ -280,11 +344,14 @@ def render(results):
     if results.get("sessions", 1) > 1:
         lines += ["", f"Measured in {results['sessions']} runs of scripts/benchmark.py (--resume "
                   "keeps what an earlier run measured), each on a fresh machine of this GPU kind."]
-    lines += ["", _training_table(results["training"])]
+    if results["training"] or not results.get("preference"):
+        lines += ["", _training_table(results["training"])]
     if results.get("skipped"):
         lines += ["", "Not measured: " + "; ".join(f"{k}: {v}" for k, v in results["skipped"].items())]
     if results.get("failed"):
         lines += ["", "Variants that failed: " + "; ".join(f"{k}: {v}" for k, v in results["failed"].items())]
+    if results.get("preference"):
+        lines += _preference(results, settings)
     if any(r.get("profile") for per in results["training"].values() for r in per.values()):
         lines += _profiles(results, settings)
     if results.get("beam"):

@@ -143,7 +143,13 @@ class PreferencePipeline(InstructPipeline):
     gpu_preset = "paper"
 
     def find_data(self):
+        """The preference file, its entries checked and split before the run folder is made:
+        bad data (an entry without `chosen` or `rejected`, too few entries) is one line and
+        nothing written."""
+        from shared.text.preference_data import split_preference_entries
         self.data_file = resolve_data(self.args.data)
+        split_preference_entries(self.data_file, self.args.split_seed,
+                                 limit=self.s["limit"] or None, drop_equal=True)
 
     def stage_folders(self):
         folders = {"init": ["base"]}
@@ -504,7 +510,8 @@ class PreferencePipeline(InstructPipeline):
                 f"{sampling['temperature']}, top-k {sampling['top_k']}, up to "
                 f"{sampling['max_new_tokens']} tokens, prompt i drawn with seed "
                 f"{sampling['seed']} + i for every policy); the backend's own reward model "
-                "scores each response. Win rate = (wins + ties / 2) / prompts.\n\n"
+                "scores each response. Win rate = (wins + ties / 2) / prompts; a response identical "
+                "to the SFT model's is a tie.\n\n"
                 + self.side_by_side(rows) + "\n\n" + agreement + self.examples_md(responses))
         return text, values
 

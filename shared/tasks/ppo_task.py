@@ -18,13 +18,17 @@ split, the SFT data). The log's train records carry, beside the loss, the rollou
 used), `response_length`, and the step's `policy_loss`, `value_loss`, `returns`, `entropy`,
 `clip_fraction`, `value_clip_fraction`, `approx_kl` (and `ptx_loss`).
 
-Resuming is exact: the rollout being trained on and the KL coefficient travel in the trainer
-state (beside the optimizer's arrays, prefix `rollout/`), every draw is seeded by the iteration,
-and the intermediate checkpoints hold the LoRA weights and the value head. The final checkpoint
-is the plain policy (GPT-2 + LoRA), which generate.py and chat.py load. After training,
+The policy trains its LoRA matrices and the value head, or with `--lora_dim 0` every weight
+(the reference stays a frozen copy of the starting model either way).
+Resuming is exact: the rollout being trained on, the KL coefficient and the value head travel
+in the trainer state (beside the optimizer's arrays, prefixes `rollout/` and `value_head/`),
+every draw is seeded by the iteration, and the checkpoints hold the policy's trained weights
+(LoRA's, or all). The final checkpoint is the plain policy (GPT-2 (+ LoRA)), which generate.py
+and chat.py load. After training,
 WORK_DIR/ppo_eval.json holds the reward model's mean score of the tuned policy's and the
-starting model's responses to held-out prompts (the same seeds for both), the policy's win
-rate (ties count half), and example responses.
+starting model's responses to held-out prompts (the same seeds for both), the policy's wins,
+ties (identical responses always tie) and losses, its win rate (ties count half), and example
+responses.
 """
 from __future__ import annotations
 
@@ -45,6 +49,7 @@ from shared.tasks.classify_task import card_config
 from shared.tasks.preference_task import (DATA_RESUME_KEYS, REWARD_CARD,
                                           add_preference_data_flags, preference_datasets,
                                           preference_problems, read_reward_card)
+from shared.tasks.reward_judge import win_rate
 from shared.text.tokenizer import EOT_ID, load_tokenizer
 from shared.train.ppo_math import KLController, gae, penalized_rewards, whiten
 from shared.train.train_args import build_parser, model_config
@@ -54,6 +59,7 @@ PPO_RESUME_KEYS = ("reward_model", "rollout_batch", "response_len", "temperature
                    "top_p", "ppo_epochs", "kl_coef", "target_kl", "kl_horizon", "gamma", "lam",
                    "clip_range", "value_clip", "vf_coef", "ptx_coef")
 ROLLOUT_PREFIX = "rollout/"  # the rollout's arrays in the trainer state
+VALUE_HEAD_PREFIX = "value_head/"  # the value head's weights in the trainer state
 SEQUENCE_KEYS = ("input", "target", "mask", "old_logprobs", "old_values", "advantages", "returns")
 STATS = ("iteration", "reward", "kl", "kl_coef", "response_length")  # rollout_state["stats"]
 EVAL_SEED_TAG = 0  # held-out draws: (seed, 0, row); training iterations count from 1
@@ -61,8 +67,9 @@ EVAL_SEED_TAG = 0  # held-out draws: (seed, 0, row); training iterations count f
 
 def build_ppo_parser():
     """gpt2_ft.py's flags (no --train_data/--valid_data), the preference data's, and PPO's."""
-    p = build_parser(data_args=False, description="Tune GPT-2 + LoRA with PPO against a reward "
-                     "model (RLHF), with the PyTorch or Jittor backend")
+    p = build_parser(data_args=False, description="Tune GPT-2 (+ LoRA, or every weight with "
+                     "--lora_dim 0) with PPO against a reward model (RLHF), with the PyTorch or "
+                     "Jittor backend")
     add_preference_data_flags(p)
     t = p.add_argument_group("PPO settings")
     t.add_argument("--reward_model", required=True, metavar="DIR",
@@ -106,10 +113,9 @@ def build_ppo_parser():
 def ppo_problems(args) -> list:
     """PPO's argument problems besides the trainer's (which validate() finds)."""
     problems = preference_problems(args, "ppo")
-    if args.lora_dim <= 0:
-        problems.append("--lora_dim must be > 0: PPO trains LoRA matrices and a value head")
-    if getattr(args, "peft", None) not in (None, "lora"):
-        problems.append(f"--peft {args.peft}: PPO trains LoRA (--lora_dim) only")
+    if getattr(args, "peft", None) not in (None, "lora", "full"):
+        problems.append(f"--peft {args.peft}: PPO trains LoRA (--lora_dim > 0) or every "
+                        f"weight (--lora_dim 0) only")
     if args.rollout_batch % args.train_batch_size:
         problems.append(f"--rollout_batch {args.rollout_batch} is not a multiple of "
                         f"--train_batch_size {args.train_batch_size} (the PPO minibatch)")
@@ -149,8 +155,10 @@ def reward_model(model_dir, policy_config) -> tuple:
 
 def trainer_backend(backend_cls, reward):
     """`backend_cls` (a twin's PPOBackend) with the reward model (`reward`: its config and
-    checkpoint) and the rollout in its trainer state, so that a resumed run trains on the same
-    rollout with the same coefficient."""
+    checkpoint), and the rollout and the value head in its trainer state, so that a resumed run
+    trains on the same rollout with the same coefficient and values. (The head rides there, not
+    in model.N.pt, which stays the plain policy: LoRA weights, or with --lora_dim 0 the whole
+    model, and the final checkpoint is a policy whether the run trained LoRA or all weights.)"""
 
     class PPOTrainerBackend(backend_cls):
         def __init__(self, config, args):
@@ -161,13 +169,17 @@ def trainer_backend(backend_cls, reward):
         def optimizer_state(self):
             state = dict(super().optimizer_state())
             state.update({ROLLOUT_PREFIX + k: v for k, v in self.rollout_state.items()})
+            state.update({VALUE_HEAD_PREFIX + k: v for k, v in self.value_head_numpy().items()})
             return state
 
         def load_optimizer_state(self, arrays):
+            mine = (ROLLOUT_PREFIX, VALUE_HEAD_PREFIX)
             super().load_optimizer_state({k: v for k, v in arrays.items()
-                                          if not k.startswith(ROLLOUT_PREFIX)})
+                                          if not k.startswith(mine)})
             self.rollout_state = {k[len(ROLLOUT_PREFIX):]: np.array(v) for k, v in arrays.items()
                                   if k.startswith(ROLLOUT_PREFIX)}
+            self.load_value_head({k[len(VALUE_HEAD_PREFIX):]: v for k, v in arrays.items()
+                                  if k.startswith(VALUE_HEAD_PREFIX)}, "the trainer state")
 
     return PPOTrainerBackend
 
@@ -336,7 +348,8 @@ class PPORollouts:
 
     def compare_with_start(self, prompts, tokenizer, examples=3) -> dict:
         """The policy's and the starting model's responses to `prompts` (the same draws),
-        scored by the reward model: mean scores, the policy's win rate, examples."""
+        scored by the reward model: mean scores, the policy's win rate (identical responses
+        tie), examples."""
         seed = self.args.random_seed
         seeds = [row_seed(seed, EVAL_SEED_TAG, r) for r in range(len(prompts))]
         out, scores = {}, {}
@@ -344,12 +357,12 @@ class PPORollouts:
             responses = self.respond(prompts, seeds, reference=reference)
             scores[who] = self.score(prompts, responses)
             out[who] = responses
-        wins = (scores["policy"] > scores["start"]).mean() + \
-            0.5 * (scores["policy"] == scores["start"]).mean()
+        rate = win_rate(scores["policy"], scores["start"],
+                        [a == b for a, b in zip(out["policy"], out["start"])])
         def text(ids):
             return tokenizer.decode([t for t in ids if t != EOT_ID])
         return {"prompts": len(prompts), "reward_policy": float(scores["policy"].mean()),
-                "reward_start": float(scores["start"].mean()), "win_rate": float(wins),
+                "reward_start": float(scores["start"].mean()), **rate,
                 "response_length_policy": float(np.mean([len(r) for r in out["policy"]])),
                 "response_length_start": float(np.mean([len(r) for r in out["start"]])),
                 "examples": [{"prompt": text(prompts[i]), "policy": text(out["policy"][i]),
@@ -370,7 +383,16 @@ def train_ppo(args, backend_for, on_step=None):
     rollouts = PPORollouts(args, data["train"])
     if rollouts.truncation_report():
         print(f"warning: {rollouts.truncation_report()}", flush=True)
-    test_prompts, _ = fitting_prompts(data["test"], args.response_len, args.seq_len)
+    test_prompts, test_too_long = fitting_prompts(data["test"], args.response_len, args.seq_len)
+    if not test_prompts:  # refused now, not after training: the held-out comparison needs one
+        raise TrainingError(f"prompts of the test split of {args.data}: none leaves "
+                            f"--response_len {args.response_len} + 1 tokens within --seq_len "
+                            f"{args.seq_len} (the held-out comparison of ppo_eval.json)")
+    if test_too_long:
+        print(f"warning: prompts of the test split of {args.data}: {test_too_long} of "
+              f"{len(test_prompts) + test_too_long} left out of the held-out comparison: "
+              f"prompt + --response_len {args.response_len} + 1 exceeds --seq_len "
+              f"{args.seq_len}", flush=True)
     with RunLock(args.work_dir):
         trainer = Trainer(args, trainer_backend(backend_for(args.backend), reward),
                           on_step=on_step, datasets=(rollouts, data["valid"]),
@@ -378,6 +400,7 @@ def train_ppo(args, backend_for, on_step=None):
         rollouts.backend = trainer.backend
         summary = trainer.train()
         held_out = rollouts.compare_with_start(test_prompts[:args.eval_prompts], tokenizer)
+        held_out["prompts_too_long"] = test_too_long
         result = {"backend": args.backend, "checkpoint": summary["final_checkpoint"],
                   "steps": summary["steps"], "iterations": summary["epochs"],
                   "kl_coef": float(trainer.backend.rollout_state["kl_coef"][0]), "test": held_out,

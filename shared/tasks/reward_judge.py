@@ -6,7 +6,11 @@ reward_ft.py and dpo_ft.py hold out). Every policy answers every prompt with the
 sampler (shared/decode/sampling.py) from the same seed (`seed + prompt index`), so the draws are
 the same uniform numbers for each policy and each backend; the reward model scores prompt +
 response + <|endoftext|>, the sequence layout it was trained on. A policy wins a prompt when its
-response gets the higher reward, a tie (the same reward, e.g. the same response) counts half.
+response gets the higher reward; a tie counts half. Two identical responses (the same tokens) are
+a tie whatever their rewards: the reward model scores each policy's responses in batches of their
+own, padded to their own widths, so the same sequence can score a rounding error apart (a win or a
+loss by float noise otherwise). Ties are reported beside wins and losses, and how many of them
+were identical responses.
 Prompts whose tokens plus `max_new_tokens` do not fit `seq_len` are left out and counted.
 Everything here is backend-free: the script hands in the sampling and scoring functions.
 """
@@ -42,16 +46,25 @@ def reward_batch(sequences) -> dict:
     return {"input": inputs, "length": np.array([len(s) for s in sequences], dtype=np.int64)}
 
 
-def win_rate(tuned, baseline) -> dict:
+def win_rate(tuned, baseline, identical=None) -> dict:
     """Wins, ties, losses of `tuned` rewards over `baseline` rewards (same prompts) and the
-    win rate with ties counted half."""
+    win rate with ties counted half. `identical`: per prompt, whether the two responses are the
+    same tokens; those are ties whatever their rewards (`identical_responses` counts them)."""
     tuned, baseline = np.asarray(tuned, dtype=np.float64), np.asarray(baseline, dtype=np.float64)
     if tuned.shape != baseline.shape or tuned.size == 0:
         raise ValueError(f"need rewards of the same non-empty prompts, got {tuned.size} and "
                          f"{baseline.size}")
-    wins, ties = int((tuned > baseline).sum()), int((tuned == baseline).sum())
-    return {"wins": wins, "ties": ties, "losses": int(tuned.size) - wins - ties,
-            "win_rate": (wins + 0.5 * ties) / tuned.size}
+    same = np.zeros(tuned.shape, dtype=bool) if identical is None else \
+        np.asarray(identical, dtype=bool)
+    if same.shape != tuned.shape:
+        raise ValueError(f"need one identical flag per prompt, got {same.size} for {tuned.size}")
+    wins = int(((tuned > baseline) & ~same).sum())
+    ties = int(((tuned == baseline) | same).sum())
+    out = {"wins": wins, "ties": ties, "losses": int(tuned.size) - wins - ties,
+           "win_rate": (wins + 0.5 * ties) / tuned.size}
+    if identical is not None:
+        out["identical_responses"] = int(same.sum())
+    return out
 
 
 def judge(prompts, policies: dict, score, settings, seed, batch_size=8) -> dict:
@@ -82,9 +95,7 @@ def judge(prompts, policies: dict, score, settings, seed, batch_size=8) -> dict:
                       "mean_tokens": float(np.mean([len(r["tokens"][name]) for r in records]))}
                for name in names}
     baseline = [r["rewards"][names[0]] for r in records]
-    rates = {name: win_rate([r["rewards"][name] for r in records], baseline)
+    rates = {name: win_rate([r["rewards"][name] for r in records], baseline,
+                            [r["tokens"][name] == r["tokens"][names[0]] for r in records])
              for name in names[1:]}
-    for name in names[1:]:
-        rates[name]["identical_responses"] = sum(
-            r["tokens"][name] == r["tokens"][names[0]] for r in records)
     return {"responses": records, "policies": summary, "win_rates": rates}
