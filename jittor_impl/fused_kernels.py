@@ -33,7 +33,8 @@ _mode = [os.environ.get("JLA_FUSED_KERNELS", "auto")]
 if _mode[0] not in MODES:
     raise ValueError(f"JLA_FUSED_KERNELS must be one of {MODES}, got {_mode[0]!r}")
 
-OPS = ("gelu", "layer_norm", "softmax", "attention", "cross_entropy")  # attention: flash_attention.py
+OPS = ("gelu", "layer_norm", "softmax", "attention", "cross_entropy",
+       "optimizer")  # attention: flash_attention.py; optimizer: fused_optim.py
 _ops = set(filter(None, os.environ.get("JLA_FUSED_OPS", ",".join(OPS)).split(",")))
 if not _ops <= set(OPS):
     raise ValueError(f"JLA_FUSED_OPS names unknown ops {sorted(_ops - set(OPS))}; known: {OPS}")

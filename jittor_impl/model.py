@@ -257,12 +257,16 @@ class GPT2LMModel(GPT2Base):
         self.config = config
         self.transformer = GPT2Model(config)
         self.base_loaded = False  # True once pretrained base weights are in (LoRA-only loads need it)
+        self.padded_head = None  # the output head padded to aligned rows (frozen_weights.py)
         self.load_state_numpy(init_state_dict(config, seed))
 
     def execute(self, input_ids, lm_labels=None, lm_mask=None, past=None, len_past=None,
                 label_smooth=0.0):
         hidden_states, presents = self.transformer(input_ids, past=past, len_past=len_past)
-        lm_logits = matmul_transpose(hidden_states, self.transformer.wte.weight)  # tied head  # framework
+        head = self.transformer.wte.weight if self.padded_head is None else self.padded_head
+        lm_logits = matmul_transpose(hidden_states, head)  # tied head  # framework
+        if self.padded_head is not None:  # a slice is a copy in Jittor: taken only when padded  # framework
+            lm_logits = lm_logits[..., :self.config.vocab_size]  # framework
         if lm_labels is None:
             return lm_logits, presents
         return lm_logits, lm_loss(lm_logits, lm_labels, lm_mask, label_smooth)

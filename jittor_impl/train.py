@@ -18,12 +18,14 @@ from shared.model.params import optimizer_groups, trains
 from shared.train.data_parallel import dropout_rows, processes_of
 
 from . import runtime  # framework
-from .frozen_weights import store_frozen_weights
+from .frozen_weights import refresh_padded_head, store_frozen_weights  # framework
+# the reference AdamW and clipping, two multi-tensor kernels for all tensors (fused_optim.py)
+from .fused_optim import ForeachAdamW as AdamW, foreach_grad_norm_and_clip as grad_norm_and_clip
 from .generate import generate
 from .lora import mark_only_lora_as_trainable, mark_trainable, set_shared_dropout
 from .model import GPT2LMModel
 from .ops import DEFAULT_ATTENTION
-from .optim import AdamW, grad_norm_and_clip, set_lr  # framework
+from .optim import set_lr
 from .precision import autocast  # framework
 from .runtime import jt  # framework
 
@@ -128,9 +130,9 @@ class JittorBackend:  # framework
     def update(self, lr, clip):
         """Clip, step with learning rate `lr`, zero the gradients; return the gradient norm."""
         set_lr(self.optimizer, lr)
-        grad_norm = grad_norm_and_clip(self.optimizer, clip)
-        jt.sync([grad_norm])  # framework
-        self.optimizer.step()
+        with self.autocast():  # the fused optimizer follows the step's precision (fused_optim.py)  # framework
+            grad_norm = grad_norm_and_clip(self.optimizer, clip)
+            self.optimizer.step()
         jt.sync(list(self.params.values()))  # framework
         return grad_norm
 
@@ -185,6 +187,8 @@ class JittorBackend:  # framework
         self.model.load_state_numpy(state)
         for name in self.exact_frozen.keys() & state.keys():  # keep the exact copies current
             self.exact_frozen[name] = np.array(state[name], dtype=np.float32)
+        if getattr(self.model, "padded_head", None) is not None and "transformer.wte.weight" in state:  # framework
+            refresh_padded_head(self.model)  # a copy, not a view as in torch: made again  # framework
 
     def load_trainable_checkpoint(self, path):
         """Resume: the trainable weights saved at `path`, checked against the model."""

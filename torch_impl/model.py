@@ -258,13 +258,13 @@ class GPT2LMModel(GPT2Base):
         self.config = config
         self.transformer = GPT2Model(config)
         self.base_loaded = False  # True once pretrained base weights are in (LoRA-only loads need it)
-        self.padded_head = None  # the output head padded to aligned rows (frozen_weights.py)  # framework
+        self.padded_head = None  # the output head padded to aligned rows (frozen_weights.py)
         self.load_state_numpy(init_state_dict(config, seed))
 
     def forward(self, input_ids, lm_labels=None, lm_mask=None, past=None, len_past=None,
                 label_smooth=0.0):
         hidden_states, presents = self.transformer(input_ids, past=past, len_past=len_past)
-        head = self.transformer.wte.weight if self.padded_head is None else self.padded_head  # framework
+        head = self.transformer.wte.weight if self.padded_head is None else self.padded_head
         lm_logits = matmul_transpose(hidden_states, head)[..., :self.config.vocab_size]  # tied head  # framework
         if lm_labels is None:
             return lm_logits, presents
