@@ -83,6 +83,11 @@ def _check_numpy():
                           f"it computes wrong values silently. pip install 'numpy<2'")
 
 
+# Python's own SIGCHLD and SIGINT handlers as they were before Jittor's import replaced them
+# (SIG_IGN for SIGINT when the process was started in the background).
+PYTHON_SIGNAL_HANDLERS = {}
+
+
 def _import_jittor():
     """Import jittor, then give SIGCHLD and SIGINT back to Python: at load, Jittor's C++ core
     installs handlers that end the whole process when any child process dies by a signal (a JVM
@@ -92,6 +97,7 @@ def _import_jittor():
     _check_numpy()
     _CUDA_NOTE = configure_environment()
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGCHLD, signal.SIGINT)}
+    PYTHON_SIGNAL_HANDLERS.update(saved)
     try:
         import jittor
     except SystemExit as exc:  # jittor calls sys.exit after rebuilding jit_utils
