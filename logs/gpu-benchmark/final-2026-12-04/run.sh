@@ -5,8 +5,9 @@
 # gpt2/ (vocabulary), e2e-offline/, e2e-jsonl/test.jsonl (prepare_e2e.py's output) and
 # microsoft-LoRA/ (examples/NLG/src and loralib of microsoft/LoRA c4593f0)):
 #   BUDGET=560 TAG=a bash logs/gpu-benchmark/final-2026-12-04/run.sh STAGE...
-# The record starts from logs/benchmark.json (same settings, same GPU kind: --resume keeps its rows
-# and measures only what is missing). Everything lands in $OUT/w.
+# The record starts from $SEED (default logs/benchmark.json; a previous call's final.json carries on
+# from where that call stopped): same settings, same GPU kind, so --resume keeps its rows and
+# measures only what is missing. Everything lands in $OUT/w.
 set -u
 T0=$SECONDS
 BUDGET=${BUDGET:-560}
@@ -15,7 +16,7 @@ O=${OUT:-/tmp/out}; W=$O/w; mkdir -p "$W"
 D=$PWD/.device-data
 HERE=logs/gpu-benchmark/final-2026-12-04
 REC=/tmp/final-record; mkdir -p "$REC"
-[ -f "$REC/final.json" ] || cp logs/benchmark.json "$REC/final.json"
+[ -f "$REC/final.json" ] || cp "${SEED:-logs/benchmark.json}" "$REC/final.json"
 left() { echo $((BUDGET - (SECONDS - T0))); }
 note() { echo "[$((SECONDS - T0))s] $*" | tee -a "$W/progress.log"; }
 lim() { local want=$1 l; l=$(left); [ "$l" -lt "$want" ] && want=$l; [ "$want" -lt 1 ] && want=1; echo $want; }
@@ -52,13 +53,13 @@ for stage in "$@"; do
         --test_data "$D/e2e-jsonl/test.jsonl" --resume --out "$REC/final.md" > "$W/final-rest-$TAG.log" 2>&1
       note "final rest rc=$?"; clean "$W/final-rest-$TAG.log"; grep "^| gpt2" "$REC/final.md" ;;
     prefs)  # one row per PEFT method and per preference task, both backends, gpt2.md
-      timeout $(lim 400) "${BENCH[@]}" --backends $ALL --cards gpt2.md --extra_cards gpt2.sm,gpt2.lg \
+      timeout $(lim $(( $(left) - 5 ))) "${BENCH[@]}" --backends $ALL --cards gpt2.md --extra_cards gpt2.sm,gpt2.lg \
         --extra_backends torch,jittor --peft_methods lora,full,top2,bitfit,adapter,prompt,ptuning,prefix \
         --preference_tasks reward,dpo,ppo --profile --reference_src "$D/microsoft-LoRA" \
         --test_data "$D/e2e-jsonl/test.jsonl" --resume --out "$REC/final.md" > "$W/final-prefs-$TAG.log" 2>&1
       note "final peft+preference rc=$?"; clean "$W/final-prefs-$TAG.log"; grep "^| gpt2" "$REC/final.md" ;;
     cap)  # the paper configuration under an 8 GiB cap, both backends
-      timeout $(lim 170) "${BENCH[@]}" --backends jittor,torch --cards gpt2.md --extra_cards "" \
+      timeout $(lim ${CAP_S:-200}) "${BENCH[@]}" --backends jittor,torch --cards gpt2.md --extra_cards "" \
         --device_mem_cap_gib 8 --out "$REC/cap8.md" > "$W/cap8-$TAG.log" 2>&1
       note "cap8 rc=$?"; clean "$W/cap8-$TAG.log"; grep "^| gpt2" "$REC/cap8.md" ;;
     *) note "unknown stage $stage" ;;
