@@ -155,26 +155,33 @@ def _blocks(n):
     return -(-n // _ELEMS)
 
 
-def global_grad_norm(grads):
-    """sqrt(sum of every gradient's squares) as one op: a [1] float32 var."""
-    n = len(grads)
+def norm_sources(grads):
+    """(CUDA source, CPU source, number of partial sums) of `global_grad_norm`. A CUDA table holds
+    one gradient dtype (its pointers are typed), so tensors are chunked within each dtype."""
     cuda, cpu, partials = [], ["double total = 0.0;"], 0
-    for chunk in _chunks(list(range(n))):
-        first = partials
-        lines = [f"{{ jla_fo::NormTable<in{chunk[0]}_type> t; t.count = {len(chunk)}; int b = 0;"]
-        for j, i in enumerate(chunk):
-            lines.append(f"t.g[{j}] = in{i}_p; t.n[{j}] = in{i}->numel(); t.first[{j}] = b; "
-                         f"b += (int)((t.n[{j}] + jla_fo::ELEMS - 1) / jla_fo::ELEMS);")
-        lines.append(f"t.first[{len(chunk)}] = b;")
-        lines.append(f"if (b) jla_fo::sum_squares<<<b, jla_fo::THREADS>>>(t, out0_p + {first}); }}")
-        cuda += lines
-        partials += sum(_blocks(g.numel()) for g in (grads[i] for i in chunk))
-        cpu += [f"jla_fo::sum_squares(in{i}_p, in{i}->numel(), &total);" for i in chunk]
+    for group in _by_types(grads):
+        for chunk in _chunks(group):
+            first = partials
+            lines = [f"{{ jla_fo::NormTable<in{chunk[0]}_type> t; t.count = {len(chunk)}; int b = 0;"]
+            for j, i in enumerate(chunk):
+                lines.append(f"t.g[{j}] = in{i}_p; t.n[{j}] = in{i}->numel(); t.first[{j}] = b; "
+                             f"b += (int)((t.n[{j}] + jla_fo::ELEMS - 1) / jla_fo::ELEMS);")
+            lines.append(f"t.first[{len(chunk)}] = b;")
+            lines.append(f"if (b) jla_fo::sum_squares<<<b, jla_fo::THREADS>>>(t, out0_p + {first}); }}")
+            cuda += lines
+            partials += sum(_blocks(grads[i].numel()) for i in chunk)
+            cpu += [f"jla_fo::sum_squares(in{i}_p, in{i}->numel(), &total);" for i in chunk]
     cuda.append(f"jla_fo::norm_of_partials<<<1, jla_fo::THREADS>>>(out0_p, {partials}, out1_p);")
     cpu.append("out1_p[0] = std::sqrt((float)total);")
+    return "\n".join(cuda), "\n".join(cpu), partials
+
+
+def global_grad_norm(grads):
+    """sqrt(sum of every gradient's squares) as one op: a [1] float32 var."""
+    cuda, cpu, partials = norm_sources(grads)
     _, norm = jt.code([[max(partials, 1)], [1]], ["float32", "float32"], list(grads),
-                      cuda_header=_CUDA_HEADER, cuda_src="\n".join(cuda),
-                      cpu_header=_CPU_HEADER, cpu_src="\n".join(cpu))
+                      cuda_header=_CUDA_HEADER, cuda_src=cuda,
+                      cpu_header=_CPU_HEADER, cpu_src=cpu)
     return norm
 
 

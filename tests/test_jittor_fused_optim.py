@@ -2,12 +2,14 @@
 optim.py's exact loop: norms, weights and moments over several steps, on the CPU (their CPU
 sources) and, marked gpu, on CUDA; checkpoints resume across the two; the switch that picks them;
 and the count of ops an update runs."""
+import re
+
 import numpy as np
 import pytest
 
 from alignment.harness import jittor_on
 from jittor_impl import fused_kernels, precision
-from jittor_impl.fused_optim import ForeachAdamW, foreach_grad_norm_and_clip
+from jittor_impl.fused_optim import ForeachAdamW, foreach_grad_norm_and_clip, norm_sources
 from jittor_impl.optim import AdamW, grad_norm_and_clip
 from jittor_impl.runtime import jt
 
@@ -26,8 +28,16 @@ def _grads(rng, scale=10.0):
     return [(rng.standard_normal(s) * scale).astype(np.float32) for s in SHAPES]
 
 
+def _dtypes(dtype):
+    """Each tensor's dtype; "mixed": float32 and bfloat16 alternating, as a model with some bf16
+    parameters has gradients of both dtypes (it broke the CUDA norm kernel's typed table)."""
+    if dtype == "mixed":
+        return ["bfloat16" if i % 3 == 1 else "float32" for i in range(len(SHAPES))]
+    return [dtype] * len(SHAPES)
+
+
 def _optimizer(cls, start, kw, dtype="float32"):
-    params = [jt.array(a).cast(dtype) for a in start]
+    params = [jt.array(a).cast(t) for a, t in zip(start, _dtypes(dtype))]
     groups = [{"params": params[:30]}, {"params": params[30:], "weight_decay": 0.0}]
     return cls(groups, **kw), params
 
@@ -89,6 +99,31 @@ def test_fused_adamw_bf16_weights_cpu():
     weights differ by at most bf16's rounding of the same float32 update."""
     kw = dict(lr=2e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01, correct_bias=True)
     _check_equal(3, kw, 1.0, dtype="bfloat16", rtol=1e-2, atol=1e-2)
+
+
+def test_fused_adamw_mixed_dtypes_cpu():
+    """Gradients of two dtypes in one group: each kernel table holds one dtype, and the result is
+    the exact loop's."""
+    kw = dict(lr=2e-3, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.01, correct_bias=True)
+    _check_equal(3, kw, 1.0, dtype="mixed", rtol=1e-2, atol=1e-2)
+
+
+def test_norm_tables_hold_one_dtype():
+    """The CUDA source of the global norm: every table's gradients share the dtype its template
+    names, and every tensor is summed once (the CUDA compiler rejects a bf16 pointer in a float
+    table; the CPU source, one call per tensor, never showed it)."""
+    dtypes = _dtypes("mixed")
+    grads = [jt.zeros(s).cast(t) for s, t in zip(SHAPES, dtypes)]
+    cuda, _, partials = norm_sources(grads)
+    seen = []
+    for table in re.findall(r"NormTable<in(\d+)_type>(.*?)}", cuda, re.S):
+        first, body = int(table[0]), table[1]
+        members = [int(i) for i in re.findall(r"t\.g\[\d+\] = in(\d+)_p", body)]
+        assert {dtypes[i] for i in members} == {dtypes[first]}
+        seen += members
+    assert sorted(seen) == list(range(len(SHAPES)))
+    assert cuda.count("NormTable<") == 2  # one table of 27 float32 gradients, one of 13 bf16
+    assert partials == sum(-(-int(np.prod(s)) // 4096) for s in SHAPES)
 
 
 def test_checkpoint_resumes_across_the_two_paths_cpu():
@@ -162,7 +197,7 @@ def test_fused_update_runs_a_handful_of_ops_cpu():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "mixed"])
 def test_fused_adamw_equals_exact_loop_cuda(dtype):
     with jittor_on("cuda"):
         if not jt.flags.use_cuda:

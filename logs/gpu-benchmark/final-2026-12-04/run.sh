@@ -36,9 +36,10 @@ ALL=torch,torch+compile,jittor,hf+peft,hf+peft+compile,reference,reference+bf16
 for stage in "$@"; do
   case $stage in
     tests)  # the GPU tests listed in gpu-tests.txt less those passed in earlier calls (passed-*.txt
-            # here, and this machine's record); $NPROC workers
+            # here, and this machine's record), those matching $TESTS (a grep -E pattern) if set;
+            # $NPROC workers
       cat $HERE/passed-*.txt "$REC/passed.txt" 2>/dev/null | sort -u > /tmp/passed-so-far.txt
-      mapfile -t SEL < <(grep -vxFf /tmp/passed-so-far.txt $HERE/gpu-tests.txt)
+      mapfile -t SEL < <(grep -vxFf /tmp/passed-so-far.txt $HERE/gpu-tests.txt | grep -E "${TESTS:-.}")
       note "tests: ${#SEL[@]} selected"
       set -o pipefail
       timeout -k 10 $(lim $(( $(left) - 12 ))) python3 -m pytest "${SEL[@]}" -m gpu -v -rfE -p no:cacheprovider \
