@@ -42,7 +42,7 @@ for stage in "$@"; do
       mapfile -t SEL < <(grep -vxFf /tmp/passed-so-far.txt $HERE/gpu-tests.txt | grep -E "${TESTS:-.}")
       note "tests: ${#SEL[@]} selected"
       set -o pipefail
-      timeout -k 10 $(lim $(( $(left) - 12 ))) python3 -m pytest "${SEL[@]}" -m gpu -v -rfE -p no:cacheprovider \
+      timeout -k 10 $(lim ${TESTS_S:-$(( $(left) - 12 ))}) python3 -m pytest "${SEL[@]}" -m gpu -v -rfE -p no:cacheprovider \
         -n ${NPROC:-12} --dist load 2>&1 | stamp \
         | grep --line-buffered -v "Compiling Operators\|SyntaxWarning\|PytestBenchmarkWarning" > "$W/gpu-tests-$TAG.log"
       rc=$?; set +o pipefail
