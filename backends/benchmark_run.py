@@ -12,8 +12,8 @@ import subprocess
 import sys
 
 from shared.pipeline.benchmark_plan import (BEAM_BACKENDS, BEAM_SETTINGS, PEERS, beam_key,
-                                            benchmark_environment, benchmark_settings, peak_tflops,
-                                            peft_variants, preference_variants, save)
+                                            benchmark_environment, benchmark_settings, failure_summary,
+                                            peak_tflops, peft_variants, preference_variants, save)
 
 from .benchmark_peers import peer_problem
 
@@ -45,7 +45,9 @@ def measure_in_child(script, argv, kind, name, card):
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_PREFIX):
             return json.loads(line[len(RESULT_PREFIX):])
-    raise RuntimeError(f"exit {proc.returncode}: {(proc.stderr or proc.stdout).strip()[-600:]}")
+    raise RuntimeError(f"exit {proc.returncode}: {failure_summary(proc.stderr or proc.stdout)}")
+
+
 
 
 def split(names):
@@ -94,7 +96,7 @@ class BenchmarkRun:
         try:
             return measure_in_child(self.script, self.argv, kind, name, card)
         except Exception as exc:  # one failing variant must not lose the others' numbers
-            self.results["failed"][label] = f"{type(exc).__name__}: {str(exc)[:300]}"
+            self.results["failed"][label] = f"{type(exc).__name__}: {str(exc)[:700]}"
             print(f"{kind} {card} {name} FAILED: {exc}", flush=True)
             return None
 

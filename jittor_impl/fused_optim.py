@@ -9,7 +9,8 @@ these two ops the step ran 38.7 -> 37.7 ms and 1,181 -> 983 kernels there
 Here the global gradient norm is one `jt.code` op (per-block partial sums, then one block adds
 them in a fixed order: deterministic), and clipping plus the Adam update plus the decay of the
 updated weights are one more, over every tensor of a parameter group at once (up to 32 tensors
-per kernel launch, so the pointer table stays inside CUDA's 4 KB of kernel parameters). The
+per kernel launch, so the pointer table stays inside CUDA's 4 KB of kernel parameters; up to 192
+tensors per op, as Jittor's JIT fails on an op of 1,000 inputs or more: full fine-tuning). The
 arithmetic is optim.py's, in its order, in float32; the per-tensor state is the same, so
 checkpoints and `optimizer_state()` do not change. The clip is not applied to the gradients
 themselves: `foreach_grad_norm_and_clip` hands the norm to the next `step()`, which scales
@@ -27,6 +28,8 @@ from .optim import AdamW, grad_norm_and_clip
 from .runtime import jt
 
 _CHUNK = 32  # tensors per kernel launch
+_TENSORS_PER_OP = 192  # one jt.code op's share of a group's update: 4 inputs and 3 outputs each
+_GRADS_PER_OP = 960  # one op's gradients in the norm (Jittor's JIT fails from 1,000 inputs of one op)
 _ELEMS = 4096  # elements per CUDA block (and per partial sum of the norm)
 _THREADS = 256
 _DEVICE_TYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
@@ -177,7 +180,11 @@ def norm_sources(grads):
 
 
 def global_grad_norm(grads):
-    """sqrt(sum of every gradient's squares) as one op: a [1] float32 var."""
+    """sqrt(sum of every gradient's squares) as one op (one per 960 gradients, the squares
+    then added in order): a [1] float32 var."""
+    if len(grads) > _GRADS_PER_OP:
+        parts = [global_grad_norm(grads[i:i + _GRADS_PER_OP]) for i in range(0, len(grads), _GRADS_PER_OP)]
+        return sum(part * part for part in parts).sqrt()
     cuda, cpu, partials = norm_sources(grads)
     _, norm = jt.code([[max(partials, 1)], [1]], ["float32", "float32"], list(grads),
                       cuda_header=_CUDA_HEADER, cuda_src=cuda,
@@ -245,8 +252,7 @@ class ForeachAdamW(AdamW):
                     state["exp_avg"] = jt.zeros(p.shape, "float32").stop_grad()
                     state["exp_avg_sq"] = jt.zeros(p.shape, "float32").stop_grad()
                 state["step"] += 1
-            for count in sorted({self.param_state(p)["step"] for p, _ in pairs}):  # one in practice
-                chosen = [(p, g) for p, g in pairs if self.param_state(p)["step"] == count]
+            for count, chosen in self.ops_of(pairs):
                 states = [self.param_state(p) for p, _ in chosen]
                 step_size = group["lr"]
                 if group["correct_bias"]:
@@ -264,6 +270,14 @@ class ForeachAdamW(AdamW):
                     s["exp_avg"].update(m1)
                     s["exp_avg_sq"].update(v1)
         self.post_step()
+
+    def ops_of(self, pairs):
+        """(step count, up to 192 (param, grad) pairs) for each op of a group's update: one step
+        count per op (one count in practice), 192 tensors at most (_TENSORS_PER_OP)."""
+        for count in sorted({self.param_state(p)["step"] for p, _ in pairs}):
+            same = [(p, g) for p, g in pairs if self.param_state(p)["step"] == count]
+            for start in range(0, len(same), _TENSORS_PER_OP):
+                yield count, same[start:start + _TENSORS_PER_OP]
 
     def apply_pending_clip(self):
         """Scale the gradients by a clip handed over for the fused step, as optim.py does."""

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from backends import benchmark_peers
+from shared.pipeline.benchmark_plan import failure_summary
 from backends.benchmark_steps import jittor_kernel_ops
 from shared.pipeline.benchmark_plan import render, summarize_kernels
 
@@ -116,6 +117,19 @@ def test_jittor_kernels_are_named_by_their_operations():
            "«Tz:bfloat16«OP:multiply«opkey4:reduce«Tx:float32«Ty:float32«Tz:float32«OP:add«DIM=2"
            "«JIT:1«JIT_cpu:1«graph:000020,«var_info::111112«index_t:int32")
     assert jittor_kernel_ops(key) == "cast float32>bfloat16, multiply, reduce add"
+
+
+def test_failure_summary_keeps_what_went_wrong():
+    """A child's output as Jittor's JIT failure leaves it (coloured, ending in an nvcc command
+    line): the report keeps the exception and the reason, not the command."""
+    out = ("Traceback (most recent call last):\n  File \"train.py\", line 136, in update\n"
+           "RuntimeError: Wrong inputs arguments, Please refer to examples(help(jt.sync)).\n"
+           "Reason: \x1b[38;5;1m[f 1204 expr.cc:170] Check failed: is_unary_op.count(op)\x1b[m\n"
+           '"/root/.cache/bin/nvcc" "/root/.cache/jit/code__IN_SIZE__69_op.cc" -std=c++14 ' + "-I x " * 80)
+    summary = failure_summary(out)
+    assert summary == ("RuntimeError: Wrong inputs arguments, Please refer to examples(help(jt.sync)). / "
+                       "Reason: [f 1204 expr.cc:170] Check failed: is_unary_op.count(op)")
+    assert failure_summary("\x1b[1mkilled\x1b[m\n") == "killed"
 
 
 def test_resume_keeps_what_was_measured_and_measures_the_rest(cpu_run, tmp_path):

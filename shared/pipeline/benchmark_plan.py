@@ -10,6 +10,7 @@ N = non-embedding weights + the tied output head (n_embd x vocab). MFU = model F
 The report renders from the JSON record alone (its "settings" hold the run's arguments).
 """
 import os
+import re
 
 import numpy as np
 
@@ -321,6 +322,19 @@ def _beam(results, settings):
     return lines
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_TELLING = re.compile(r"^\s*(\w+(Error|Exception)\b|Reason:|.*Check failed)")
+
+
+def failure_summary(text, keep=3, width=200):
+    """The lines of a child's output that say what went wrong (exception lines, Jittor's
+    "Reason:" and "Check failed"), colour codes removed: a JIT failure's output ends in a
+    compiler command line that would otherwise fill the report."""
+    lines = [_ANSI.sub("", line).strip() for line in text.splitlines()]
+    telling = [line[:width] for line in lines if line and _TELLING.match(line)]
+    return " / ".join(telling[-keep:]) if telling else " ".join(" ".join(lines).split())[-width:]
+
+
 def render(results):
     """logs/benchmark.md from the JSON record (environment, settings and measurements)."""
     env, settings = results["environment"], results["settings"]
@@ -349,7 +363,8 @@ def render(results):
     if results.get("skipped"):
         lines += ["", "Not measured: " + "; ".join(f"{k}: {v}" for k, v in results["skipped"].items())]
     if results.get("failed"):
-        lines += ["", "Variants that failed: " + "; ".join(f"{k}: {v}" for k, v in results["failed"].items())]
+        lines += ["", "Variants that failed: " + "; ".join(f"{k}: {failure_summary(v)}"
+                                                          for k, v in results["failed"].items())]
     if results.get("preference"):
         lines += _preference(results, settings)
     if any(r.get("profile") for per in results["training"].values() for r in per.values()):
