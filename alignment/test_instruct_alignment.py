@@ -103,10 +103,10 @@ def test_instruct_training_runs_agree_with_shared_dropout(tmp_path, data_file, t
 def build_inference(backend, state, cfg):
     from shared.decode.inference_model import InferenceModel
     if backend == "torch":
-        from torch_impl.generate import generate
+        from torch_impl.sampler import generate
         model = build_torch(cfg, state, attention="math")
         return InferenceModel("torch", model, None, generate, lambda x: x.cpu().numpy())
-    from jittor_impl.generate import generate
+    from jittor_impl.sampler import generate
     return InferenceModel("jittor", build_jittor(cfg, state), None, generate, lambda x: x.numpy())
 
 

@@ -1,4 +1,4 @@
-"""Sampling generation (torch_impl/generate.py, jittor_impl/generate.py, scripts/generate.py):
+"""Sampling generation (torch_impl/sampler.py, jittor_impl/sampler.py, scripts/generate.py):
 the same weights and seed give the same text on both backends, and the cached generation
 draws what an uncached full forward would."""
 import os
@@ -31,10 +31,10 @@ def prompt_ids(vocab_dir):
 
 def build(backend, state):
     if backend == "torch":
-        from torch_impl.generate import generate
+        from torch_impl.sampler import generate
         from torch_impl.model import GPT2LMModel
     else:
-        from jittor_impl.generate import generate
+        from jittor_impl.sampler import generate
         from jittor_impl.model import GPT2LMModel
     model = GPT2LMModel(tiny_config())
     model.load_state_numpy(state)

@@ -21,7 +21,7 @@ from . import runtime  # framework
 from .frozen_weights import refresh_padded_head, store_frozen_weights  # framework
 # the reference AdamW and clipping, two multi-tensor kernels for all tensors (fused_optim.py)
 from .fused_optim import ForeachAdamW as AdamW, foreach_grad_norm_and_clip as grad_norm_and_clip
-from .generate import generate
+from .sampler import generate
 from .lora import mark_only_lora_as_trainable, mark_trainable, set_shared_dropout
 from .model import GPT2LMModel
 from .ops import DEFAULT_ATTENTION

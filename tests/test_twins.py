@@ -32,7 +32,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TWIN_FILES = ("__init__.py", "model.py", "lora.py", "ops.py", "optim.py", "train.py", "beam.py",
-              "generate.py", "classifier.py", "preference.py", "peft_modules.py")
+              "sampler.py", "classifier.py", "preference.py", "peft_modules.py")
 
 # torch name -> Jittor name, applied to the torch side before the comparison.
 NAME_MAP = [

@@ -25,7 +25,7 @@ from shared.model.params import is_lora_name
 from shared.model.value_head import init_value_head, is_value_head_name, split_value_head
 
 from .classifier import ClassifierBackend, GPT2Classifier
-from .generate import generate
+from .sampler import generate
 from .lora import mark_trainable
 from .model import Conv1D, GPT2LMModel
 from .ops import DEFAULT_ATTENTION, cross_entropy, matmul_transpose

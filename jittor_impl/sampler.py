@@ -1,4 +1,4 @@
-"""Sampling generation with a KV cache, in Jittor (twin: torch_impl/generate.py).
+"""Sampling generation with a KV cache, in Jittor (twin: torch_impl/sampler.py).
 
 The model runs here; filtering and the draw happen in numpy (`shared/decode/sampling.py`), so both
 backends sample the same text from the same weights. The cache grows by concatenation (`past`
