@@ -47,7 +47,7 @@ def load_inference_model(args) -> InferenceModel:
     config = model_config(args)
     if args.backend == "torch":
         import torch
-        from torch_impl import beam, generate
+        from torch_impl import beam, sampler
         from torch_impl.model import GPT2LMModel
         if args.device == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("--device cuda requested but torch sees no CUDA GPU")
@@ -58,7 +58,7 @@ def load_inference_model(args) -> InferenceModel:
         def to_numpy(x):
             return x.cpu().numpy()
     elif args.backend == "jittor":
-        from jittor_impl import beam, generate, runtime
+        from jittor_impl import beam, runtime, sampler
         from jittor_impl.model import GPT2LMModel
         runtime.use_device(args.device)
         model = GPT2LMModel(config)
@@ -69,7 +69,7 @@ def load_inference_model(args) -> InferenceModel:
     else:
         raise ValueError(f"unknown backend {args.backend!r}; choose one of {BACKENDS}")
     model.eval()
-    return InferenceModel(args.backend, model, beam.beam_search, generate.generate, to_numpy)
+    return InferenceModel(args.backend, model, beam.beam_search, sampler.generate, to_numpy)
 
 
 def load_classifier(backend: str, device: str, card: dict):
