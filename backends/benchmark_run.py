@@ -48,8 +48,6 @@ def measure_in_child(script, argv, kind, name, card):
     raise RuntimeError(f"exit {proc.returncode}: {failure_summary(proc.stderr or proc.stdout)}")
 
 
-
-
 def split(names):
     return [n for n in names.split(",") if n]
 

@@ -8,9 +8,8 @@ import sys
 import pytest
 
 from backends import benchmark_peers
-from shared.pipeline.benchmark_plan import failure_summary
 from backends.benchmark_steps import jittor_kernel_ops
-from shared.pipeline.benchmark_plan import render, summarize_kernels
+from shared.pipeline.benchmark_plan import failure_summary, render, summarize_kernels
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAINING_HEADER = ("| model | variant | tokens/s | step (ms) | model TFLOP/s | MFU | peak device GiB "
@@ -124,11 +123,15 @@ def test_failure_summary_keeps_what_went_wrong():
     line): the report keeps the exception and the reason, not the command."""
     out = ("Traceback (most recent call last):\n  File \"train.py\", line 136, in update\n"
            "RuntimeError: Wrong inputs arguments, Please refer to examples(help(jt.sync)).\n"
-           "Reason: \x1b[38;5;1m[f 1204 expr.cc:170] Check failed: is_unary_op.count(op)\x1b[m\n"
+           "Reason: \x1b[38;5;1m[f 1204 expr.cc:170] Check failed: is_unary_op.count(op)  Something wrong... "
+           "Could you please report this issue?\x1b[m\n"
            '"/root/.cache/bin/nvcc" "/root/.cache/jit/code__IN_SIZE__69_op.cc" -std=c++14 ' + "-I x " * 80)
     summary = failure_summary(out)
     assert summary == ("RuntimeError: Wrong inputs arguments, Please refer to examples(help(jt.sync)). / "
-                       "Reason: [f 1204 expr.cc:170] Check failed: is_unary_op.count(op)")
+                       "Reason: [f 1204 expr.cc:170] Check failed: is_unary_op.count(op)  Something wrong... "
+                       "Could you please report this issue?")
+    kept = f"RuntimeError: exit 1: {summary}"  # as the record keeps it: rendered unchanged
+    assert failure_summary(kept) == kept
     assert failure_summary("\x1b[1mkilled\x1b[m\n") == "killed"
 
 

@@ -329,8 +329,9 @@ _TELLING = re.compile(r"^\s*(\w+(Error|Exception)\b|Reason:|.*Check failed)")
 def failure_summary(text, keep=3, width=200):
     """The lines of a child's output that say what went wrong (exception lines, Jittor's
     "Reason:" and "Check failed"), colour codes removed: a JIT failure's output ends in a
-    compiler command line that would otherwise fill the report."""
-    lines = [_ANSI.sub("", line).strip() for line in text.splitlines()]
+    compiler command line that would otherwise fill the report. " / " parts count as lines, so a
+    summary kept in a record renders as it was kept."""
+    lines = [_ANSI.sub("", line).strip() for line in re.split(r"\n| / ", text)]
     telling = [line[:width] for line in lines if line and _TELLING.match(line)]
     return " / ".join(telling[-keep:]) if telling else " ".join(" ".join(lines).split())[-width:]
 
