@@ -24,8 +24,8 @@ def restore_mode():
     fused_kernels.set_fused_kernels(before)
 
 
-def _grads(rng, scale=10.0):
-    return [(rng.standard_normal(s) * scale).astype(np.float32) for s in SHAPES]
+def _grads(rng, scale=10.0, shapes=SHAPES):
+    return [(rng.standard_normal(s) * scale).astype(np.float32) for s in shapes]
 
 
 def _dtypes(dtype):
@@ -135,22 +135,18 @@ def test_full_finetuning_sized_group_cpu(monkeypatch):
     shapes = [(3,), (2, 5)] * 125
     start = [rng.standard_normal(s).astype(np.float32) for s in shapes]
     kw = dict(lr=2e-3, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01, correct_bias=True)
+    grad_rng = np.random.default_rng(12)
+    steps = [_grads(grad_rng, shapes=shapes) for _ in range(2)]
     fused_kernels.set_fused_kernels("on")
     runs = []
     for cls, exact in ((AdamW, True), (ForeachAdamW, False)):
         params = [jt.array(a) for a in start]
         opt = cls([{"params": params}], **kw)
-        norms = [_step(opt, params, grads, 1.0, exact)
-                 for grads in _fixed_grads(shapes, steps=2)]
+        norms = [_step(opt, params, grads, 1.0, exact) for grads in steps]
         runs.append((norms, [p.numpy() for p in params]))
     np.testing.assert_allclose(runs[1][0], runs[0][0], rtol=1e-5)
     for fast, ref in zip(runs[1][1], runs[0][1]):
         np.testing.assert_allclose(fast, ref, rtol=1e-5, atol=1e-6)
-
-
-def _fixed_grads(shapes, steps):
-    rng = np.random.default_rng(12)
-    return [[(rng.standard_normal(s) * 10).astype(np.float32) for s in shapes] for _ in range(steps)]
 
 
 def test_checkpoint_resumes_across_the_two_paths_cpu():
