@@ -14,6 +14,7 @@ from shared.decode.beam_spec import BeamSettings, length_divisor, padded_query_w
 from shared.decode.decode_cache import SharedPrefixCache, check_cache, generated_width
 from shared.model.peft_methods import input_positions, virtual_tokens
 
+from .row_gather import gather_rows  # framework
 from .runtime import jt  # framework
 
 NEG_INF = float("-inf")
@@ -140,7 +141,7 @@ def pad_cache(presents, extra):
 
 
 def reorder_cache(past, rows):
-    return [tuple(jt.index_select(x, 0, rows) for x in layer) for layer in past]  # framework
+    return [tuple(gather_rows(x, rows) for x in layer) for layer in past]  # framework
 
 
 def cache_state(past):  # framework
@@ -178,8 +179,8 @@ def reorder_generated(past, rows, cur_len, prefix_masked, eval_len):
     columns = jt.arange(width).int32()[None, :].expand(rows.shape[0], width)  # framework
     masked = jt.concat([prefix_masked, columns > cur_len], dim=1).reshape(rows.shape[0], 1, 1, -1)
     for layer in past:
-        layer.key = widen(jt.index_select(layer.key, 0, rows), width)  # framework
-        layer.value = widen(jt.index_select(layer.value, 0, rows), width)  # framework
+        layer.key = widen(gather_rows(layer.key, rows), width)  # framework
+        layer.value = widen(gather_rows(layer.value, rows), width)  # framework
         layer.masked, layer.step = masked, cur_len
     return past
 

@@ -14,7 +14,8 @@ scores' probabilities or of their gradient is made.
 When they are used (`set_fused_kernels` or the environment variable JLA_FUSED_KERNELS):
 - "auto": on CUDA, for bf16/fp16 inputs and inside `precision.autocast` (the
   mixed-precision step, whose tolerances they are tested within); never for the fp32 path,
-  which stays exactly as ops.py writes it.
+  which stays exactly as ops.py writes it. A kernel whose result is the exact path's bit for bit
+  (row_gather.py's copy) is taken on CUDA in fp32 too.
 - "on": always, on any device and type (the CPU tests compare them with the exact path so).
 - "off": never.
 JLA_FUSED_OPS (default: all of OPS) names the ops that take part, so one kernel can
@@ -34,7 +35,7 @@ if _mode[0] not in MODES:
     raise ValueError(f"JLA_FUSED_KERNELS must be one of {MODES}, got {_mode[0]!r}")
 
 OPS = ("gelu", "layer_norm", "softmax", "attention", "cross_entropy",
-       "optimizer")  # attention: flash_attention.py; optimizer: fused_optim.py
+       "optimizer", "gather")  # attention: flash_attention.py; optimizer: fused_optim.py; gather: row_gather.py
 _ops = set(filter(None, os.environ.get("JLA_FUSED_OPS", ",".join(OPS)).split(",")))
 if not _ops <= set(OPS):
     raise ValueError(f"JLA_FUSED_OPS names unknown ops {sorted(_ops - set(OPS))}; known: {OPS}")
@@ -59,6 +60,16 @@ def wanted(x, op) -> bool:
         return _mode[0] == "on"
     low = str(x.dtype) in _LOW_PRECISION or precision.compute_dtype() is not None
     return bool(jt.flags.use_cuda) and low
+
+
+def wanted_exact(x, op) -> bool:
+    """`wanted` for a kernel whose results equal the exact path's bit for bit (a copy): in "auto"
+    it is taken on CUDA whatever the precision, the fp32 path included."""
+    if op not in _ops:
+        return False
+    if _mode[0] != "auto":
+        return _mode[0] == "on"
+    return bool(jt.flags.use_cuda)
 
 
 _THREADS = 256
