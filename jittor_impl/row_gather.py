@@ -74,6 +74,10 @@ def gather_rows(x, rows):
     if not wanted_exact(x, "gather") or x.ndim == 0 or x.shape[0] == 0:
         return jt.index_select(x, 0, rows)
     rows = rows.int32().stop_grad()
-    return jt.code([rows.shape[0], *x.shape[1:]], x.dtype, [x.stop_grad(), rows],
-                   cpu_header=_CPU_HEADER, cpu_src=_CPU_SRC,
-                   cuda_header=_CUDA_HEADER, cuda_src=_CUDA_SRC)
+    y = jt.code([rows.shape[0], *x.shape[1:]], x.dtype, [x.stop_grad(), rows],
+                cpu_header=_CPU_HEADER, cpu_src=_CPU_SRC,
+                cuda_header=_CUDA_HEADER, cuda_src=_CUDA_SRC)
+    # A whole-range slice is a getitem that shares y's memory (no copy). Jittor writes a setitem in
+    # place only into the output of a getitem, setitem or broadcast; without it the decoding step's
+    # write of the new token's key and value copied the whole cache again (843 ms per beam batch).
+    return y[0:rows.shape[0]]

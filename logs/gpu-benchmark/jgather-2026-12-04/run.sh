@@ -39,8 +39,13 @@ for stage in "$@"; do
       rc=$?; clean "$W/gpu-tests-$TAG.log"
       note "gpu tests rc=$rc: $(grep -c ' PASSED ' "$W/gpu-tests-$TAG.log") passed, $(grep -c ' FAILED \| ERROR ' "$W/gpu-tests-$TAG.log") failed; $(tail -1 "$W/gpu-tests-$TAG.log")" ;;
     beam)
+      TEST=$D/e2e-jsonl/test.jsonl
+      if [ ! -f "$TEST" ]; then  # prepare_e2e.py's encoded splits, made here when not carried
+        python3 scripts/prepare_e2e.py --data_dir "$D/e2e-offline" --out_dir /tmp/e2e-jsonl --vocab "$D/gpt2" > "$W/prepare.log" 2>&1
+        TEST=/tmp/e2e-jsonl/test.jsonl; note "prepare_e2e rc=$?"
+      fi
       timeout $(lim ${BEAM_S:-300}) "${BENCH[@]}" --backends jittor,torch --cards "" --extra_cards "" \
-        --test_data "$D/e2e-jsonl/test.jsonl" --beam_caches ${CACHES:-per_row} --resume > "$W/beam-$TAG.log" 2>&1
+        --test_data "$TEST" --beam_caches ${CACHES:-per_row} --resume > "$W/beam-$TAG.log" 2>&1
       note "beam rc=$?"; clean "$W/beam-$TAG.log"; grep "^beam" "$W/beam-$TAG.log" ;;
     train)
       timeout $(lim ${TRAIN_S:-$(( $(left) - 5 ))}) "${BENCH[@]}" --backends jittor,torch+compile,torch \
