@@ -20,9 +20,8 @@ The kernels (`jt.code`, a CUDA and a CPU source each, backward through `jt.Funct
 The packed form (`packed_flash_attention`, model.py's self-attention through ops.qkv_attention)
 runs the same kernels on the fused projection's output qkv (B, T, 3C) = [q | k | v], each
 (B, T, H, D), read in place through strides (_STRIDES): the output is written as (B, T, H, D) =
-(B, T, C) in the compute type and the gradient as one (B, T, 3C) tensor in qkv's type (dk and dv
-rounded once from their float32 sums, dq from a float32 (B, T, C) buffer of atomic sums), so the
-split of qkv, the head permutes around the kernels and their backward copies are gone.
+(B, T, C) in the compute type and the gradient as one float32 (B, T, 3C) tensor, so the split of
+qkv, the head permutes around the kernels and their backward copies are gone.
 The operands are rounded to the compute type (bf16 inside precision.autocast("bfloat16"), else the
 input's 16-bit type) before the products, the probabilities and dS before theirs; every sum is
 float32. The CPU source computes the same function with the same roundings, row by row: the CPU
@@ -72,17 +71,13 @@ def _header(ct, d, cuda):
             + _STRIDES.replace("JLA_HD", ""))
 
 
-# Where row t of (batch b, head h) starts, for q, k and v (and dk, dv), the output (and its
-# gradient) and dq's float32 sums: b * xb + h * xh + t * xt. Separate inputs are contiguous
-# (B, H, T, D), dq as q; the packed layout is the fused projection's (B, T, 3, H, D) output, read in
-# place, its output (B, T, H, D), and dq's sums a (B, T, H, D) buffer of their own.
+# Where row t of (batch b, head h) starts, for q (and dq), k and v (and dk, dv), the output (and
+# its gradient): b * xb + h * xh + t * xt. Separate inputs are contiguous (B, H, T, D); the packed
+# layout is the fused projection's (B, T, 3, H, D) output, read in place, and its output (B, T, H, D).
 _STRIDES = """
 struct jla_strides {
-    long long qb, qh, qt, kb, kh, kt, ob, oh, ot, db, dh, dt;
+    long long qb, qh, qt, kb, kh, kt, ob, oh, ot;
     JLA_HD size_t q_base(int bh, int H) const { return (size_t)((bh / H) * qb + (bh % H) * qh); }
-    JLA_HD size_t dq_base(int bh, int H) const { return (size_t)((bh / H) * db + (bh % H) * dh); }
-    // rows that start on 8-element boundaries (16 bytes of a 16-bit type): jla_load8's wide copies
-    bool vectors() const { return JLA_D % 8 == 0 && (qb | qh | qt | kb | kh | kt | ob | oh | ot) % 8 == 0; }
     JLA_HD size_t k_base(int bh, int H) const { return (size_t)((bh / H) * kb + (bh % H) * kh); }
     JLA_HD size_t o_base(int bh, int H) const { return (size_t)((bh / H) * ob + (bh % H) * oh); }
 };
@@ -94,33 +89,13 @@ struct jla_strides {
 _SMEM_HELPERS = """
 __device__ __forceinline__ int jla_align(int bytes) { return (bytes + 127) & ~127; }
 __device__ __forceinline__ int jla_imin(int a, int b) { return a < b ? a : b; }
-// 8 consecutive elements of a row into shared memory, in the compute type (zeros where `in` is
-// false): one 16-byte copy when the source holds the compute type already and `vec` says every
-// address is 16-byte aligned (the same bits the conversion gives), else element by element.
-template <typename T>
-__device__ __forceinline__ void jla_load8(jla_ct* dst, const T* src, bool in, bool vec) {
-    #pragma unroll
-    for (int e = 0; e < 8; e++) dst[e] = jla_ct(in ? float(src[e]) : 0.f);
-}
-template <>
-__device__ __forceinline__ void jla_load8<jla_ct>(jla_ct* dst, const jla_ct* src, bool in, bool vec) {
-    if (vec) {
-        uint4 w = make_uint4(0u, 0u, 0u, 0u);
-        if (in) w = *(const uint4*)src;
-        *(uint4*)dst = w;
-        return;
-    }
-    #pragma unroll
-    for (int e = 0; e < 8; e++) dst[e] = jla_ct(in ? float(src[e]) : 0.f);
-}
 """
 
 _FWD_CUDA = _SMEM_HELPERS + """
 template <typename QT, typename KT, typename VT, typename OT>
 __global__ void __launch_bounds__(128) jla_flash_fwd(const QT* __restrict__ q,
         const KT* __restrict__ k, const VT* __restrict__ v, const int* __restrict__ len_kv,
-        OT* __restrict__ o, float* __restrict__ lse, int H, int Tq, int Tk, float scale, jla_strides st,
-        bool vec) {
+        OT* __restrict__ o, float* __restrict__ lse, int H, int Tq, int Tk, float scale, jla_strides st) {
     using namespace nvcuda;
     constexpr int D = JLA_D, LD = JLA_D + 8, LS = 64 + 4, LP = 64 + 8, LO = JLA_D + 4;
     extern __shared__ __align__(128) unsigned char smem[];
@@ -135,10 +110,9 @@ __global__ void __launch_bounds__(128) jla_flash_fwd(const QT* __restrict__ q,
     const int bh = blockIdx.y, q0 = blockIdx.x * 64, shift = Tk - Tq;
     const size_t qbase = st.q_base(bh, H), kbase = st.k_base(bh, H), obase = st.o_base(bh, H);
     const int klen = len_kv ? jla_imin(Tk, len_kv[bh / H]) : Tk;
-    for (int i = tid; i < 64 * D / 8; i += 128) {
-        int r = i / (D / 8), c = i % (D / 8) * 8;
-        bool in = q0 + r < Tq;
-        jla_load8(sQ + r * LD + c, q + qbase + (size_t)(in ? q0 + r : 0) * st.qt + c, in, vec);
+    for (int i = tid; i < 64 * D; i += 128) {
+        int r = i / D, c = i % D;
+        sQ[r * LD + c] = jla_ct(q0 + r < Tq ? float(q[qbase + (size_t)(q0 + r) * st.qt + c]) : 0.f);
     }
     for (int i = tid; i < 64 * LO; i += 128) sO[i] = 0.f;
     // this lane's softmax row within its warp's 16, and which half of the columns it takes
@@ -147,12 +121,11 @@ __global__ void __launch_bounds__(128) jla_flash_fwd(const QT* __restrict__ q,
     const int kend = jla_imin(klen, q0 + 63 + shift + 1);
     for (int k0 = 0; k0 < kend; k0 += 64) {
         __syncthreads();
-        for (int i = tid; i < 64 * D / 8; i += 128) {
-            int r = i / (D / 8), c = i % (D / 8) * 8;
+        for (int i = tid; i < 64 * D; i += 128) {
+            int r = i / D, c = i % D;
             bool in = k0 + r < Tk;
-            size_t at = kbase + (size_t)(in ? k0 + r : 0) * st.kt + c;
-            jla_load8(sK + r * LD + c, k + at, in, vec);
-            jla_load8(sV + r * LD + c, v + at, in, vec);
+            sK[r * LD + c] = jla_ct(in ? float(k[kbase + (size_t)(k0 + r) * st.kt + c]) : 0.f);
+            sV[r * LD + c] = jla_ct(in ? float(v[kbase + (size_t)(k0 + r) * st.kt + c]) : 0.f);
         }
         __syncthreads();
         float* wS = sS + warp * 16 * LS;
@@ -233,8 +206,7 @@ smem += 64 * (JLA_D + 4) * 4;
 auto kernel = jla_flash_fwd<jla_qt, jla_kt, jla_vt, out0_type>;
 cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
 dim3 grid((Tq + 63) / 64, B * H);
-bool vec = st.vectors() && (((size_t)Q | (size_t)K | (size_t)V) & 15) == 0;
-if (B * H && Tq) kernel<<<grid, 128, smem>>>(Q, K, V, LENKV, out0_p, out1_p, H, Tq, Tk, SCALE, st, vec);
+if (B * H && Tq) kernel<<<grid, 128, smem>>>(Q, K, V, LENKV, out0_p, out1_p, H, Tq, Tk, SCALE, st);
 """
 
 _DELTA_CUDA = """
@@ -257,7 +229,7 @@ __global__ void __launch_bounds__(128) jla_flash_bwd(const QT* __restrict__ q,
         const KT* __restrict__ k, const VT* __restrict__ v, const GT* __restrict__ go,
         const float* __restrict__ lse, const float* __restrict__ delta, const int* __restrict__ len_kv,
         float* __restrict__ dq, DKT* __restrict__ dk, DVT* __restrict__ dv,
-        int H, int Tq, int Tk, float scale, jla_strides st, bool vec) {
+        int H, int Tq, int Tk, float scale, jla_strides st) {
     using namespace nvcuda;
     constexpr int D = JLA_D, LD = JLA_D + 8, LS = 64 + 4, LP = 64 + 8, LO = JLA_D + 4;
     extern __shared__ __align__(128) unsigned char smem[];
@@ -276,14 +248,12 @@ __global__ void __launch_bounds__(128) jla_flash_bwd(const QT* __restrict__ q,
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     const int bh = blockIdx.y, k0 = blockIdx.x * 64, shift = Tk - Tq;
     const size_t qbase = st.q_base(bh, H), kbase = st.k_base(bh, H), obase = st.o_base(bh, H);
-    const size_t dqbase = st.dq_base(bh, H);
     const int klen = len_kv ? jla_imin(Tk, len_kv[bh / H]) : Tk;
-    for (int i = tid; i < 64 * D / 8; i += 128) {
-        int r = i / (D / 8), c = i % (D / 8) * 8;
+    for (int i = tid; i < 64 * D; i += 128) {
+        int r = i / D, c = i % D;
         bool in = k0 + r < Tk;
-        size_t at = kbase + (size_t)(in ? k0 + r : 0) * st.kt + c;
-        jla_load8(sK + r * LD + c, k + at, in, vec);
-        jla_load8(sV + r * LD + c, v + at, in, vec);
+        sK[r * LD + c] = jla_ct(in ? float(k[kbase + (size_t)(k0 + r) * st.kt + c]) : 0.f);
+        sV[r * LD + c] = jla_ct(in ? float(v[kbase + (size_t)(k0 + r) * st.kt + c]) : 0.f);
     }
     wmma::fragment<wmma::accumulator, 16, 16, 16, float> dk_acc[D / 16], dv_acc[D / 16];
     #pragma unroll
@@ -293,11 +263,11 @@ __global__ void __launch_bounds__(128) jla_flash_bwd(const QT* __restrict__ q,
     qstart = (qstart / 64) * 64;
     for (int q0 = (k0 < klen ? qstart : Tq); q0 < Tq; q0 += 64) {
         __syncthreads();
-        for (int i = tid; i < 64 * D / 8; i += 128) {
-            int r = i / (D / 8), c = i % (D / 8) * 8, t = q0 + r < Tq ? q0 + r : 0;
+        for (int i = tid; i < 64 * D; i += 128) {
+            int r = i / D, c = i % D;
             bool in = q0 + r < Tq;
-            jla_load8(sQ + r * LD + c, q + qbase + (size_t)t * st.qt + c, in, vec);
-            jla_load8(sG + r * LD + c, go + obase + (size_t)t * st.ot + c, in, vec);
+            sQ[r * LD + c] = jla_ct(in ? float(q[qbase + (size_t)(q0 + r) * st.qt + c]) : 0.f);
+            sG[r * LD + c] = jla_ct(in ? float(go[obase + (size_t)(q0 + r) * st.ot + c]) : 0.f);
         }
         if (tid < 64) {
             bool in = q0 + tid < Tq;
@@ -373,7 +343,7 @@ __global__ void __launch_bounds__(128) jla_flash_bwd(const QT* __restrict__ q,
         __syncwarp();
         for (int i = lane; i < 16 * D; i += 32) {
             int r = i / D, c = i % D, qq = q0 + warp * 16 + r;
-            if (qq < Tq) atomicAdd(dq + dqbase + (size_t)qq * st.dt + c, wF[r * LO + c] * scale);
+            if (qq < Tq) atomicAdd(dq + qbase + (size_t)qq * st.qt + c, wF[r * LO + c] * scale);
         }
     }
     __syncthreads();
@@ -409,8 +379,7 @@ smem += 2 * 64 * 4 + 128;
 auto kernel = jla_flash_bwd<jla_qt, jla_kt, jla_vt, jla_gt, jla_dkt, jla_dvt>;
 cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
 dim3 grid((Tk + 63) / 64, B * H);
-bool vec = st.vectors() && (((size_t)Q | (size_t)K | (size_t)V | (size_t)GO) & 15) == 0;
-if (B * H && Tk) kernel<<<grid, 128, smem>>>(Q, K, V, GO, LSE, DELTA, LENKV, DQ, DK, DV, H, Tq, Tk, SCALE, st, vec);
+if (B * H && Tk) kernel<<<grid, 128, smem>>>(Q, K, V, GO, LSE, DELTA, LENKV, DQ, DK, DV, H, Tq, Tk, SCALE, st);
 """
 
 # The CPU sources: the same function and roundings, one query row (forward) or one (batch, head)
@@ -463,7 +432,6 @@ for (int bh = 0; bh < B * H; bh++) {
     }
     for (int i = 0; i < Tq; i++) {
         size_t row = qbase + (size_t)i * st.qt, orow = obase + (size_t)i * st.ot;
-        size_t dqrow = st.dq_base(bh, H) + (size_t)i * st.dt;
         float delta = 0.f;
         for (int c = 0; c < D; c++) {
             delta += float(OSAVED[orow + c]) * float(GO[orow + c]);
@@ -485,7 +453,7 @@ for (int bh = 0; bh < B * H; bh++) {
                 dqa[c] += ds * kr[(size_t)j * D + c];
             }
         }
-        for (int c = 0; c < D; c++) DQ[dqrow + c] = dqa[c] * SCALE;
+        for (int c = 0; c < D; c++) DQ[row + c] = dqa[c] * SCALE;
     }
     for (int j = 0; j < Tk; j++) for (int c = 0; c < D; c++) {
         size_t at = kbase + (size_t)j * st.kt + c;
@@ -499,12 +467,11 @@ for (int bh = 0; bh < B * H; bh++) {
 # in the backward dO, the log-sum-exps, the saved output, dq, dk, dv, delta) and len_kv (or null).
 # Separate inputs: forward (q, k, v[, len_kv]) -> (out, lse); backward (q, k, v, dO, lse, out
 # [, len_kv]) -> (dq float32, dk, dv, delta). Packed: forward (qkv) -> (out (B, T, C) in the
-# compute type, lse); backward (qkv, dO, lse, out) -> (dqkv in qkv's type, dq's float32 sums, delta).
+# compute type, lse); backward (qkv, dO, lse, out) -> (dqkv float32, delta).
 _SEPARATE_SIZES = """
 int B = in0->shape[0], H = in0->shape[1], Tq = in0->shape[2], Tk = in1->shape[2];
 jla_strides st = {(long long)H * Tq * JLA_D, (long long)Tq * JLA_D, JLA_D, (long long)H * Tk * JLA_D,
-                  (long long)Tk * JLA_D, JLA_D, (long long)H * Tq * JLA_D, (long long)Tq * JLA_D, JLA_D,
-                  (long long)H * Tq * JLA_D, (long long)Tq * JLA_D, JLA_D};
+                  (long long)Tk * JLA_D, JLA_D, (long long)H * Tq * JLA_D, (long long)Tq * JLA_D, JLA_D};
 typedef in0_type jla_qt; typedef in1_type jla_kt; typedef in2_type jla_vt;
 const jla_qt* Q = in0_p; const jla_kt* K = in1_p; const jla_vt* V = in2_p;
 """
@@ -517,33 +484,15 @@ size_t dq_elems = (size_t)B * H * Tq * JLA_D;
 _PACKED_SIZES = """
 int B = in0->shape[0], Tq = in0->shape[1], Tk = Tq, C = in0->shape[2] / 3, H = C / JLA_D;
 jla_strides st = {(long long)Tq * 3 * C, JLA_D, 3 * C, (long long)Tq * 3 * C, JLA_D, 3 * C,
-                  (long long)Tq * C, JLA_D, C, (long long)Tq * C, JLA_D, C};
+                  (long long)Tq * C, JLA_D, C};
 typedef in0_type jla_qt; typedef in0_type jla_kt; typedef in0_type jla_vt;
 const jla_qt* Q = in0_p; const jla_kt* K = in0_p + C; const jla_vt* V = in0_p + 2 * C;
 """
 _PACKED_BWD = """
-typedef in1_type jla_gt; typedef out0_type jla_dkt; typedef out0_type jla_dvt;
+typedef in1_type jla_gt; typedef float jla_dkt; typedef float jla_dvt;
 const jla_gt* GO = in1_p; const float* LSE = in2_p; const in3_type* OSAVED = in3_p;
-jla_dkt* DK = out0_p + C; jla_dvt* DV = out0_p + 2 * C; float* DQ = out1_p; float* DELTA = out2_p;
-size_t dq_elems = (size_t)B * Tq * C;
-"""
-# The packed backward's last step: dq's float32 sums into the q third of dqkv, in dqkv's type (the
-# rounding the cast of a float32 dqkv made before, without a float32 (B, T, 3C) tensor).
-_DQ_STORE_CUDA = """
-template <typename OT>
-__global__ void jla_flash_dq_store(const float* __restrict__ dq, OT* __restrict__ dqkv, size_t n, int C) {
-    size_t stride = (size_t)blockDim.x * gridDim.x;
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
-        dqkv[(i / C) * 3 * C + i % C] = OT(dq[i]);
-}
-"""
-_DQ_STORE_LAUNCH = """
-int store_blocks = (int)((dq_elems + 255) / 256);
-if (store_blocks > 65536) store_blocks = 65536;
-if (dq_elems) jla_flash_dq_store<out0_type><<<store_blocks, 256>>>(DQ, out0_p, dq_elems, C);
-"""
-_DQ_STORE_CPU = """
-for (size_t i = 0; i < dq_elems; i++) out0_p[(i / C) * 3 * C + i % C] = out0_type(DQ[i]);
+float* DQ = out0_p; float* DK = out0_p + C; float* DV = out0_p + 2 * C; float* DELTA = out1_p;
+size_t dq_elems = (size_t)B * Tq * 3 * C;
 """
 
 
@@ -587,10 +536,8 @@ def _forward_packed(qkv, n_head, ct, scale):
 
 def _backward_packed(qkv, out, lse, grad, n_head, ct, scale):
     b, t, c3 = qkv.shape
-    return jt.code([qkv.shape, [b, t, c3 // 3], [b, n_head, t]], [qkv.dtype, "float32", "float32"],
-                   [qkv, grad, lse, out],
-                   **_sources(_DELTA_CUDA + _BWD_CUDA + _DQ_STORE_CUDA, _BWD_LAUNCH + _DQ_STORE_LAUNCH,
-                              _BWD_CPU + _DQ_STORE_CPU, ct, c3 // 3 // n_head, scale,
+    return jt.code([qkv.shape, [b, n_head, t]], ["float32", "float32"], [qkv, grad, lse, out],
+                   **_sources(_DELTA_CUDA + _BWD_CUDA, _BWD_LAUNCH, _BWD_CPU, ct, c3 // 3 // n_head, scale,
                               _PACKED_SIZES + _PACKED_BWD))
 
 
@@ -641,14 +588,14 @@ class _PackedFlashAttention(jt.Function):
 
     def grad(self, grad_output):
         qkv, out, lse = self.saved
-        dqkv, _, _ = _backward_packed(qkv, out, lse, grad_output, self.n_head, self.ct, self.scale)
-        return dqkv
+        dqkv, _ = _backward_packed(qkv, out, lse, grad_output, self.n_head, self.ct, self.scale)
+        return dqkv.cast(qkv.dtype)
 
 
 def packed_flash_attention(qkv, n_head, scale=None):
     """Causal self-attention of the fused projection's output qkv (B, T, 3C) = [q | k | v], each
     (B, T, H, D), read in place: the output (B, T, C) = (B, T, H, D) in the compute type, heads
-    already merged, and the gradient one (B, T, 3C) tensor in qkv's type, so the split of qkv and the
+    already merged, and the gradient one (B, T, 3C) float32 tensor, so the split of qkv and the
     head permutes around the kernels are no copies (see module; scale None: 1/sqrt(D))."""
     if not packed_supported(qkv, n_head):
         raise ValueError(f"packed_flash_attention: needs 16-bit compute (autocast or bf16/fp16 input) and "
