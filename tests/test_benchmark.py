@@ -71,6 +71,18 @@ def test_cpu_run_writes_the_report_of_both_backends(cpu_run):
         assert result["tokens_per_s"] > 0 and result["peak_device_mib"] is None
 
 
+def test_a_beam_only_record_renders_its_profiles_and_no_empty_training_table(cpu_run):
+    """A run of beam rows alone (--cards "" with --test_data) keeps its kernel profiles in the
+    report, and shows no training table without training rows."""
+    _, out, proc = cpu_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads(out.with_suffix(".json").read_text())
+    record["training"] = {}
+    report = render(record)
+    assert TRAINING_HEADER not in report and BEAM_HEADER in report
+    assert "### gpt2.sm beam search, jittor" in report and "## Where the time goes" in report
+
+
 def test_bad_flags_are_one_line_errors_before_any_measurement(tmp_path):
     proc = run_benchmark("--device", "cpu", "--backends", "torch,tensorflow", "--extra_cards",
                          "gpt2.xl", "--out", str(tmp_path / "b.md"))

@@ -359,7 +359,7 @@ def render(results):
     if results.get("sessions", 1) > 1:
         lines += ["", f"Measured in {results['sessions']} runs of scripts/benchmark.py (--resume "
                   "keeps what an earlier run measured), each on a fresh machine of this GPU kind."]
-    if results["training"] or not results.get("preference"):
+    if results["training"] or not (results.get("preference") or results.get("beam")):
         lines += ["", _training_table(results["training"])]
     if results.get("skipped"):
         lines += ["", "Not measured: " + "; ".join(f"{k}: {v}" for k, v in results["skipped"].items())]
@@ -368,7 +368,8 @@ def render(results):
                                                           for k, v in results["failed"].items())]
     if results.get("preference"):
         lines += _preference(results, settings)
-    if any(r.get("profile") for per in results["training"].values() for r in per.values()):
+    if any(r.get("profile") for part in ("training", "beam")
+           for per in results.get(part, {}).values() for r in per.values()):
         lines += _profiles(results, settings)
     if results.get("beam"):
         lines += _beam(results, settings)
