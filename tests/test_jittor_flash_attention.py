@@ -122,12 +122,12 @@ def test_flash_attention_cuda(case):
         _close(fused, _attention("on", q, k, v, g, len_kv, autocast="bfloat16"), 5e-3)
 
 
-def _qkv_attention(mode, qkv, g, n_head, autocast=None):
-    """Output and dqkv of ops.qkv_attention (the fused projection's output, packed) in fused-kernel
-    `mode`, as float32 numpy."""
+def _qkv_attention(mode, qkv, g, n_head, autocast=None, dtype="float32"):
+    """Output and dqkv of ops.qkv_attention (the fused projection's output, packed, stored as
+    `dtype`) in fused-kernel `mode`, as float32 numpy."""
     fused_kernels.set_fused_kernels(mode)
     with precision.autocast(autocast):
-        x = jt.array(qkv)
+        x = jt.array(qkv).cast(dtype)
         out = ops.qkv_attention(x, n_head)  # divisor None: sqrt(D)
         (grad,) = jt.grad((out.float32() * jt.array(g)).sum(), [x])
         return [out.float32().numpy(), grad.float32().numpy()]
@@ -182,3 +182,30 @@ def test_packed_flash_attention_cuda(case):
     _close(fused, exact, 2e-2, names=("out", "dqkv"))
     if b * h * t * t <= 200_000:
         _close(fused, _qkv_attention("on", qkv, g, h, autocast="bfloat16"), 5e-3, names=("out", "dqkv"))
+
+
+def _check_packed_bf16_input(case, mode):
+    """qkv stored in bf16, as the training step's projection leaves it (the kernels' 16-bit loads),
+    against float64 attention of the same bf16 values: output and dqkv within bf16's error."""
+    b, t, h, d = case
+    rng = np.random.default_rng(t + 7)
+    qkv = jt.array(rng.normal(size=(b, t, 3 * h * d)).astype(np.float32)).cast("bfloat16").float32().numpy()
+    g = rng.normal(size=(b, t, h * d)).astype(np.float32)
+    out, dqkv = _qkv_attention(mode, qkv, g, h, autocast="bfloat16", dtype="bfloat16")
+    split = lambda x: x.reshape(b, t, h, d).transpose(0, 2, 1, 3)  # noqa: E731
+    merge = lambda x: x.transpose(0, 2, 1, 3).reshape(b, t, h * d)  # noqa: E731
+    q, k, v = (split(qkv[..., i * h * d:(i + 1) * h * d]) for i in range(3))
+    o, dq, dk, dv = _numpy_reference(q, k, v, split(g))
+    _close([out, dqkv], [merge(o), np.concatenate([merge(dq), merge(dk), merge(dv)], axis=-1)], 2e-2,
+           names=("out", "dqkv"))
+
+
+def test_packed_flash_attention_bf16_input_cpu():
+    _check_packed_bf16_input(PACKED_CASES[0], "on")  # the CPU source, as CUDA's in "auto"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", [(8, 512, 16, 64), (2, 200, 4, 128)])
+def test_packed_flash_attention_bf16_input_cuda(case):
+    with jittor_on("cuda"):
+        _check_packed_bf16_input(case, "auto")
