@@ -9,7 +9,7 @@ batch of 105 MRs). Here each output row is copied as one block of 16-byte words 
 words when the row's size or the arrays' addresses are not multiples of 16), so the copy is exact
 for every dtype and is taken on CUDA in float32 too (`fused_kernels.wanted_exact`).
 No gradient: it serves the decoding loop, which runs under `jt.no_grad()`. An index out of range
-gives a row of zeros (Jittor's own getitem does not check either; a wild read is worse).
+gives a row of zeros rather than a read outside the array.
 """
 from .fused_kernels import wanted_exact
 from .runtime import jt
