@@ -52,24 +52,16 @@ def fused_kernels_mode() -> str:
     return _mode[0]
 
 
-def wanted(x, op) -> bool:
-    """Whether ops.py should take the fused kernel of `op` for input `x` (module docstring)."""
+def wanted(x, op, exact=False) -> bool:
+    """Whether ops.py should take the fused kernel of `op` for input `x` (module docstring);
+    `exact`: the kernel's result is the exact path's bit for bit (a copy), so "auto" takes it on
+    CUDA whatever the precision, the fp32 path included."""
     if op not in _ops:
         return False
     if _mode[0] != "auto":
         return _mode[0] == "on"
     low = str(x.dtype) in _LOW_PRECISION or precision.compute_dtype() is not None
-    return bool(jt.flags.use_cuda) and low
-
-
-def wanted_exact(x, op) -> bool:
-    """`wanted` for a kernel whose results equal the exact path's bit for bit (a copy): in "auto"
-    it is taken on CUDA whatever the precision, the fp32 path included."""
-    if op not in _ops:
-        return False
-    if _mode[0] != "auto":
-        return _mode[0] == "on"
-    return bool(jt.flags.use_cuda)
+    return bool(jt.flags.use_cuda) and (exact or low)
 
 
 _THREADS = 256

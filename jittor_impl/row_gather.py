@@ -7,11 +7,11 @@ Beam search reorders its whole key/value cache after every selection: `x[rows]` 
 torch's gather for the same bytes (logs/benchmark.md, Beam search: 1,533 ms against 737 ms per
 batch of 105 MRs). Here each output row is copied as one block of 16-byte words (4-byte or 1-byte
 words when the row's size or the arrays' addresses are not multiples of 16), so the copy is exact
-for every dtype and is taken on CUDA in float32 too (`fused_kernels.wanted_exact`).
+for every dtype and is taken on CUDA in float32 too (`fused_kernels.wanted(..., exact=True)`).
 No gradient: it serves the decoding loop, which runs under `jt.no_grad()`. An index out of range
 gives a row of zeros rather than a read outside the array.
 """
-from .fused_kernels import wanted_exact
+from .fused_kernels import wanted
 from .runtime import jt
 
 _THREADS = 256
@@ -43,7 +43,6 @@ int word = aligned % 16 == 0 ? 16 : aligned % 4 == 0 ? 4 : 1;
 size_t row_words = row_bytes / word;
 int per_row = (int)((row_words + {_THREADS} - 1) / {_THREADS});
 if (per_row > {_BLOCKS_PER_ROW}) per_row = {_BLOCKS_PER_ROW};
-if (per_row < 1) per_row = 1;
 dim3 grid(per_row, out_rows);
 const char* x = (const char*)in0_p;
 char* y = (char*)out0_p;
@@ -71,7 +70,7 @@ def gather_rows(x, rows):
     wide copy where `fused_kernels` allows the "gather" op, else Jittor's own index_select."""
     if rows.ndim != 1:
         raise ValueError(f"gather_rows: rows must be 1-d, got shape {list(rows.shape)}")
-    if not wanted_exact(x, "gather") or x.ndim == 0 or x.shape[0] == 0:
+    if not wanted(x, "gather", exact=True) or x.ndim == 0 or x.shape[0] == 0:
         return jt.index_select(x, 0, rows)
     rows = rows.int32().stop_grad()
     y = jt.code([rows.shape[0], *x.shape[1:]], x.dtype, [x.stop_grad(), rows],

@@ -136,6 +136,18 @@ def _qkv_attention(mode, qkv, g, n_head, autocast=None, dtype="float32"):
 PACKED_CASES = [(2, 70, 2, 64), (1, 9, 3, 32)]  # (B, T, H, D)
 
 
+def _split_heads(x, h):
+    """(B, T, H * D) -> (B, H, T, D)."""
+    b, t, c = x.shape
+    return x.reshape(b, t, h, c // h).transpose(0, 2, 1, 3)
+
+
+def _merge_heads(x):
+    """(B, H, T, D) -> (B, T, H * D)."""
+    b, h, t, d = x.shape
+    return x.transpose(0, 2, 1, 3).reshape(b, t, h * d)
+
+
 @pytest.mark.parametrize("case", PACKED_CASES)
 def test_packed_flash_attention_cpu_matches_exact_path(case):
     """The packed kernels read q, k, v in place from (B, T, 3C) and write (B, T, C): the same
@@ -148,12 +160,11 @@ def test_packed_flash_attention_cpu_matches_exact_path(case):
     packed = _qkv_attention("on", qkv, g, h, autocast="bfloat16")
     _close(packed, exact, 2e-2, names=("out", "dqkv"))
     # the separate kernels on the same q, k, v: equal up to the packed output's bf16 rounding
-    q, k, v = (qkv[..., i * h * d:(i + 1) * h * d].reshape(b, t, h, d).transpose(0, 2, 1, 3) for i in range(3))
-    gh = g.reshape(b, t, h, d).transpose(0, 2, 1, 3)
-    out, dq, dk, dv = _attention("on", q, k, v, gh, autocast="bfloat16")
-    merge = lambda x: x.transpose(0, 2, 1, 3).reshape(b, t, h * d)  # noqa: E731
-    _close([packed[0]], [merge(out)], 5e-3, names=("out",))
-    _close([packed[1]], [np.concatenate([merge(dq), merge(dk), merge(dv)], axis=-1)], 2e-2, names=("dqkv",))
+    q, k, v = (_split_heads(x, h) for x in np.split(qkv, 3, axis=-1))
+    out, dq, dk, dv = _attention("on", q, k, v, _split_heads(g, h), autocast="bfloat16")
+    _close([packed[0]], [_merge_heads(out)], 5e-3, names=("out",))
+    _close([packed[1]], [np.concatenate([_merge_heads(x) for x in (dq, dk, dv)], axis=-1)], 2e-2,
+           names=("dqkv",))
     assert packed[1].shape == qkv.shape
 
 
@@ -192,12 +203,10 @@ def _check_packed_bf16_input(case, mode):
     qkv = jt.array(rng.normal(size=(b, t, 3 * h * d)).astype(np.float32)).cast("bfloat16").float32().numpy()
     g = rng.normal(size=(b, t, h * d)).astype(np.float32)
     out, dqkv = _qkv_attention(mode, qkv, g, h, autocast="bfloat16", dtype="bfloat16")
-    split = lambda x: x.reshape(b, t, h, d).transpose(0, 2, 1, 3)  # noqa: E731
-    merge = lambda x: x.transpose(0, 2, 1, 3).reshape(b, t, h * d)  # noqa: E731
-    q, k, v = (split(qkv[..., i * h * d:(i + 1) * h * d]) for i in range(3))
-    o, dq, dk, dv = _numpy_reference(q, k, v, split(g))
-    _close([out, dqkv], [merge(o), np.concatenate([merge(dq), merge(dk), merge(dv)], axis=-1)], 2e-2,
-           names=("out", "dqkv"))
+    q, k, v = (_split_heads(x, h) for x in np.split(qkv, 3, axis=-1))
+    o, dq, dk, dv = _numpy_reference(q, k, v, _split_heads(g, h))
+    _close([out, dqkv], [_merge_heads(o), np.concatenate([_merge_heads(x) for x in (dq, dk, dv)], axis=-1)],
+           2e-2, names=("out", "dqkv"))
 
 
 def test_packed_flash_attention_bf16_input_cpu():

@@ -66,9 +66,9 @@ def test_gather_rows_out_of_range_row_is_zero_cpu():
 def test_gather_rows_takes_index_select_when_off_or_exact_auto_on_cpu():
     x = jt.array(np.ones((3, 4), dtype=np.float32))
     fused_kernels.set_fused_kernels("off")
-    assert not fused_kernels.wanted_exact(x, "gather")
+    assert not fused_kernels.wanted(x, "gather", exact=True)
     fused_kernels.set_fused_kernels("auto")  # a copy is exact: on CUDA in fp32 too, never on the CPU
-    assert fused_kernels.wanted_exact(x, "gather") == bool(jt.flags.use_cuda)
+    assert fused_kernels.wanted(x, "gather", exact=True) == bool(jt.flags.use_cuda)
     assert not fused_kernels.wanted(x, "gather")  # the mixed-precision rule would have said no
     with pytest.raises(ValueError, match="rows must be 1-d"):
         gather_rows(x, jt.array(np.zeros((2, 2), dtype=np.int32)))
