@@ -59,7 +59,12 @@ def _ct(name):
 def _header(ct, d, cuda):
     common = f"#include <cmath>\n#include <type/fp16_compute.h>\n#define JLA_D {d}\n"
     if cuda:
-        return common + f"#include <mma.h>\ntypedef {_ct(ct)} jla_ct;\n" + _STRIDES.replace("JLA_HD", "__host__ __device__")
+        pair = {"bfloat16": ("__nv_bfloat162", "__floats2bfloat162_rn", "bf16"),
+                "float16": ("__half2", "__floats2half2_rn", "f16")}[ct]
+        return (common + "#include <cuda_bf16.h>\n#include <cuda_fp16.h>\n"
+                f"typedef {_ct(ct)} jla_ct;\ntypedef {pair[0]} jla_ct2;\n#define JLA_MMA_T \"{pair[2]}\"\n"
+                f"__device__ __forceinline__ jla_ct2 jla_floats2(float a, float b) {{ return {pair[1]}(a, b); }}\n"
+                + _STRIDES.replace("JLA_HD", "__host__ __device__"))
     # The CPU source rounds as CUDA does (nearest even), not as Jittor's CPU bfloat16 (truncation).
     if ct == "bfloat16":
         rnd = ("inline float jla_round(float f) { unsigned u; std::memcpy(&u, &f, 4);"
@@ -80,133 +85,203 @@ struct jla_strides {
     JLA_HD size_t q_base(int bh, int H) const { return (size_t)((bh / H) * qb + (bh % H) * qh); }
     JLA_HD size_t k_base(int bh, int H) const { return (size_t)((bh / H) * kb + (bh % H) * kh); }
     JLA_HD size_t o_base(int bh, int H) const { return (size_t)((bh / H) * ob + (bh % H) * oh); }
+    // rows that start on 8-element boundaries (16 bytes of a 16-bit type): jla_load8's wide copies
+    bool vectors() const { return JLA_D % 8 == 0 && (qb | qh | qt | kb | kh | kt | ob | oh | ot) % 8 == 0; }
 };
 """
 
 
-# Shared-memory rows are padded by 8 16-bit (or 4 float) elements: 16-byte-aligned rows that
-# wmma can load (ldm a multiple of 8 / 4) and fewer bank conflicts.
+# Shared-memory rows are padded by 8 16-bit elements: 16-byte-aligned rows for ldmatrix, whose 8
+# row addresses then fall in different banks.
 _SMEM_HELPERS = """
-__device__ __forceinline__ int jla_align(int bytes) { return (bytes + 127) & ~127; }
 __device__ __forceinline__ int jla_imin(int a, int b) { return a < b ? a : b; }
+// 8 consecutive elements of a row into shared memory, in the compute type (zeros where `in` is
+// false): one 16-byte copy when the source holds the compute type already and `vec` says every
+// address is 16-byte aligned (the same bits the conversion gives), else element by element.
+template <typename T>
+__device__ __forceinline__ void jla_load8(jla_ct* dst, const T* src, bool in, bool vec) {
+    #pragma unroll
+    for (int e = 0; e < 8; e++) dst[e] = jla_ct(in ? float(src[e]) : 0.f);
+}
+template <>
+__device__ __forceinline__ void jla_load8<jla_ct>(jla_ct* dst, const jla_ct* src, bool in, bool vec) {
+    if (vec) {
+        uint4 w = make_uint4(0u, 0u, 0u, 0u);
+        if (in) w = *(const uint4*)src;
+        *(uint4*)dst = w;
+        return;
+    }
+    #pragma unroll
+    for (int e = 0; e < 8; e++) dst[e] = jla_ct(in ? float(src[e]) : 0.f);
+}
+// 64 rows (from row r0 of at most `rows`) of D elements each into a shared tile of row stride D + 8
+template <typename T>
+__device__ __forceinline__ void jla_load_tile(jla_ct* dst, const T* src, size_t base, long long stride,
+                                              int r0, int rows, int tid, bool vec) {
+    for (int i = tid; i < 64 * JLA_D / 8; i += 128) {
+        int r = i / (JLA_D / 8), c = i % (JLA_D / 8) * 8;
+        bool in = r0 + r < rows;
+        jla_load8(dst + r * (JLA_D + 8) + c, src + base + (size_t)(in ? r0 + r : 0) * stride + c, in, vec);
+    }
+}
+// Tensor-core fragments (PTX mma.sync m16n8k16, sm_80+): lane = 4 * g + t holds, of a 16x16 A
+// tile, rows g and g + 8 at columns 2t, 2t + 1 and 2t + 8, 2t + 9; of a 16x8 B tile, column g at
+// rows 2t, 2t + 1 and 2t + 8, 2t + 9; of the 16x8 float32 accumulator, rows g and g + 8 at columns
+// 2t, 2t + 1. ldmatrix loads four 8x8 tiles of shared memory (lanes 8i..8i+7 name tile i's rows),
+// .trans transposed.
+__device__ __forceinline__ void jla_ldm(unsigned* r, const jla_ct* p) {
+    unsigned a = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
+__device__ __forceinline__ void jla_ldm_t(unsigned* r, const jla_ct* p) {
+    unsigned a = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
+__device__ __forceinline__ void jla_mma(float* c, const unsigned* a, const unsigned* b) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." JLA_MMA_T "." JLA_MMA_T ".f32 "
+                 "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+// two floats rounded to the compute type (nearest even), low half first: one register of a fragment
+__device__ __forceinline__ unsigned jla_pack(float lo, float hi) {
+    jla_ct2 v = jla_floats2(lo, hi);
+    return *(unsigned*)&v;
+}
+// A fragments of a 16x16 tile stored row-major at p (row stride ld): rows from p, columns from 0
+__device__ __forceinline__ const jla_ct* jla_a_addr(const jla_ct* p, int ld, int lane) {
+    return p + (lane & 15) * ld + (lane >> 4) * 8;
+}
+// B fragments of two 8-wide column tiles (n, n + 8) x 16 of k, from a tile stored [n][k] (row
+// stride ld): b[0..1] for columns n..n+7, b[2..3] for n+8..n+15 (ldmatrix, no transpose)
+__device__ __forceinline__ const jla_ct* jla_bn_addr(const jla_ct* p, int ld, int lane) {
+    return p + ((lane & 7) + (lane >> 4) * 8) * ld + ((lane >> 3) & 1) * 8;
+}
+// the same from a tile stored [k][n] (ldmatrix .trans): the address pattern of an A tile
+#define jla_bk_addr jla_a_addr
 """
 
 _FWD_CUDA = _SMEM_HELPERS + """
 template <typename QT, typename KT, typename VT, typename OT>
 __global__ void __launch_bounds__(128) jla_flash_fwd(const QT* __restrict__ q,
         const KT* __restrict__ k, const VT* __restrict__ v, const int* __restrict__ len_kv,
-        OT* __restrict__ o, float* __restrict__ lse, int H, int Tq, int Tk, float scale, jla_strides st) {
-    using namespace nvcuda;
-    constexpr int D = JLA_D, LD = JLA_D + 8, LS = 64 + 4, LP = 64 + 8, LO = JLA_D + 4;
+        OT* __restrict__ o, float* __restrict__ lse, int H, int Tq, int Tk, float scale, jla_strides st,
+        bool vec) {
+    constexpr int D = JLA_D, LD = JLA_D + 8, NK = D / 16, ND = D / 8;
     extern __shared__ __align__(128) unsigned char smem[];
-    int off = 0;
-    jla_ct* sQ = (jla_ct*)(smem + off); off += jla_align(64 * LD * 2);
-    jla_ct* sK = (jla_ct*)(smem + off); off += jla_align(64 * LD * 2);
-    jla_ct* sV = (jla_ct*)(smem + off); off += jla_align(64 * LD * 2);
-    float* sS = (float*)(smem + off); off += jla_align(64 * LS * 4);
-    jla_ct* sP = (jla_ct*)(smem + off); off += jla_align(64 * LP * 2);
-    float* sO = (float*)(smem + off);
-    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    jla_ct* sQ = (jla_ct*)smem;
+    jla_ct* sK = sQ + 64 * LD;
+    jla_ct* sV = sK + 64 * LD;
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane >> 2, t = lane & 3;
     const int bh = blockIdx.y, q0 = blockIdx.x * 64, shift = Tk - Tq;
     const size_t qbase = st.q_base(bh, H), kbase = st.k_base(bh, H), obase = st.o_base(bh, H);
     const int klen = len_kv ? jla_imin(Tk, len_kv[bh / H]) : Tk;
-    for (int i = tid; i < 64 * D; i += 128) {
-        int r = i / D, c = i % D;
-        sQ[r * LD + c] = jla_ct(q0 + r < Tq ? float(q[qbase + (size_t)(q0 + r) * st.qt + c]) : 0.f);
-    }
-    for (int i = tid; i < 64 * LO; i += 128) sO[i] = 0.f;
-    // this lane's softmax row within its warp's 16, and which half of the columns it takes
-    const int row = lane >> 1, half = lane & 1, qrow = q0 + warp * 16 + row;
-    float m = -INFINITY, l = 0.f;
+    jla_load_tile(sQ, q, qbase, st.qt, q0, Tq, tid, vec);
+    __syncthreads();
+    // this warp's 16 query rows as A fragments, kept in registers for every key tile
+    unsigned qf[NK][4];
+    #pragma unroll
+    for (int kk = 0; kk < NK; kk++) jla_ldm(qf[kk], jla_a_addr(sQ + warp * 16 * LD + kk * 16, LD, lane));
+    const int row0 = q0 + warp * 16 + g;  // this lane's rows: row0 and row0 + 8
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, acc[ND][4];
+    #pragma unroll
+    for (int dn = 0; dn < ND; dn++) acc[dn][0] = acc[dn][1] = acc[dn][2] = acc[dn][3] = 0.f;
     const int kend = jla_imin(klen, q0 + 63 + shift + 1);
     for (int k0 = 0; k0 < kend; k0 += 64) {
         __syncthreads();
-        for (int i = tid; i < 64 * D; i += 128) {
-            int r = i / D, c = i % D;
-            bool in = k0 + r < Tk;
-            sK[r * LD + c] = jla_ct(in ? float(k[kbase + (size_t)(k0 + r) * st.kt + c]) : 0.f);
-            sV[r * LD + c] = jla_ct(in ? float(v[kbase + (size_t)(k0 + r) * st.kt + c]) : 0.f);
-        }
+        jla_load_tile(sK, k, kbase, st.kt, k0, Tk, tid, vec);
+        jla_load_tile(sV, v, kbase, st.kt, k0, Tk, tid, vec);
         __syncthreads();
-        float* wS = sS + warp * 16 * LS;
+        // s = q k^T for the tile's 64 keys: 8 column tiles of 8 keys
+        float s[8][4];
         #pragma unroll
-        for (int n = 0; n < 4; n++) {
-            wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-            wmma::fill_fragment(acc, 0.f);
+        for (int j = 0; j < 8; j++) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+        #pragma unroll
+        for (int kk = 0; kk < NK; kk++) {
             #pragma unroll
-            for (int kk = 0; kk < D / 16; kk++) {
-                wmma::fragment<wmma::matrix_a, 16, 16, 16, jla_ct, wmma::row_major> a;
-                wmma::fragment<wmma::matrix_b, 16, 16, 16, jla_ct, wmma::col_major> b;
-                wmma::load_matrix_sync(a, sQ + warp * 16 * LD + kk * 16, LD);
-                wmma::load_matrix_sync(b, sK + n * 16 * LD + kk * 16, LD);
-                wmma::mma_sync(acc, a, b, acc);
+            for (int np = 0; np < 4; np++) {
+                unsigned b[4];
+                jla_ldm(b, jla_bn_addr(sK + np * 16 * LD + kk * 16, LD, lane));
+                jla_mma(s[2 * np], qf[kk], b);
+                jla_mma(s[2 * np + 1], qf[kk], b + 2);
             }
-            wmma::store_matrix_sync(wS + n * 16, acc, LS, wmma::mem_row_major);
         }
-        __syncwarp();
-        // online softmax over this tile's 64 keys: two lanes per row, 32 columns each
-        float s[32], tmax = -INFINITY;
+        // online softmax: the 4 lanes of a row (t = 0..3) share its max and sum
+        float tmax[2] = {-INFINITY, -INFINITY};
         #pragma unroll
-        for (int i = 0; i < 32; i++) {
-            int c = half + 2 * i, key = k0 + c;
-            bool ok = key < klen && key <= qrow + shift;
-            s[i] = ok ? wS[row * LS + c] * scale : -INFINITY;
-            tmax = fmaxf(tmax, s[i]);
-        }
-        tmax = fmaxf(tmax, __shfl_xor_sync(0xffffffffu, tmax, 1));
-        float mnew = fmaxf(m, tmax);
-        float base = mnew == -INFINITY ? 0.f : mnew;
-        float alpha = m == -INFINITY ? 0.f : __expf(m - base);
-        float tsum = 0.f;
-        jla_ct* wP = sP + warp * 16 * LP;
-        #pragma unroll
-        for (int i = 0; i < 32; i++) {
-            float p = __expf(s[i] - base);
-            tsum += p;
-            wP[row * LP + half + 2 * i] = jla_ct(p);
-        }
-        tsum += __shfl_xor_sync(0xffffffffu, tsum, 1);
-        l = l * alpha + tsum;
-        m = mnew;
-        float* wO = sO + warp * 16 * LO;
-        for (int c = half; c < D; c += 2) wO[row * LO + c] *= alpha;
-        __syncwarp();
-        #pragma unroll
-        for (int dn = 0; dn < D / 16; dn++) {
-            wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-            wmma::load_matrix_sync(acc, wO + dn * 16, LO, wmma::mem_row_major);
+        for (int j = 0; j < 8; j++) {
             #pragma unroll
-            for (int kk = 0; kk < 4; kk++) {
-                wmma::fragment<wmma::matrix_a, 16, 16, 16, jla_ct, wmma::row_major> a;
-                wmma::fragment<wmma::matrix_b, 16, 16, 16, jla_ct, wmma::row_major> b;
-                wmma::load_matrix_sync(a, wP + kk * 16, LP);
-                wmma::load_matrix_sync(b, sV + kk * 16 * LD + dn * 16, LD);
-                wmma::mma_sync(acc, a, b, acc);
+            for (int e = 0; e < 4; e++) {
+                int key = k0 + j * 8 + 2 * t + (e & 1), row = row0 + (e >> 1) * 8;
+                bool ok = key < klen && key <= row + shift;
+                s[j][e] = ok ? s[j][e] * scale : -INFINITY;
+                tmax[e >> 1] = fmaxf(tmax[e >> 1], s[j][e]);
             }
-            wmma::store_matrix_sync(wO + dn * 16, acc, LO, wmma::mem_row_major);
         }
-        __syncwarp();
+        float base[2];
+        #pragma unroll
+        for (int i = 0; i < 2; i++) {
+            tmax[i] = fmaxf(tmax[i], __shfl_xor_sync(0xffffffffu, tmax[i], 1));
+            tmax[i] = fmaxf(tmax[i], __shfl_xor_sync(0xffffffffu, tmax[i], 2));
+            float mnew = fmaxf(m[i], tmax[i]);
+            base[i] = mnew == -INFINITY ? 0.f : mnew;
+            float alpha = m[i] == -INFINITY ? 0.f : __expf(m[i] - base[i]);
+            m[i] = mnew;
+            l[i] *= alpha;
+            #pragma unroll
+            for (int dn = 0; dn < ND; dn++) { acc[dn][2 * i] *= alpha; acc[dn][2 * i + 1] *= alpha; }
+        }
+        // p, rounded to the compute type, as the A fragments of p v (accumulator tiles 2kk, 2kk + 1
+        // are exactly A tile kk's registers); the sums take p unrounded
+        unsigned pf[4][4];
+        #pragma unroll
+        for (int j = 0; j < 8; j++) {
+            float p0 = __expf(s[j][0] - base[0]), p1 = __expf(s[j][1] - base[0]);
+            float p2 = __expf(s[j][2] - base[1]), p3 = __expf(s[j][3] - base[1]);
+            l[0] += p0 + p1;
+            l[1] += p2 + p3;
+            pf[j >> 1][(j & 1) * 2] = jla_pack(p0, p1);
+            pf[j >> 1][(j & 1) * 2 + 1] = jla_pack(p2, p3);
+        }
+        #pragma unroll
+        for (int kk = 0; kk < 4; kk++) {
+            #pragma unroll
+            for (int dp = 0; dp < ND / 2; dp++) {
+                unsigned b[4];
+                jla_ldm_t(b, jla_bk_addr(sV + kk * 16 * LD + dp * 16, LD, lane));
+                jla_mma(acc[2 * dp], pf[kk], b);
+                jla_mma(acc[2 * dp + 1], pf[kk], b + 2);
+            }
+        }
     }
-    __syncwarp();
-    if (qrow < Tq) {
-        float* wO = sO + warp * 16 * LO;
-        float inv = 1.f / l;
-        for (int c = half; c < D; c += 2) o[obase + (size_t)qrow * st.ot + c] = OT(wO[row * LO + c] * inv);
-        if (half == 0) lse[(size_t)bh * Tq + qrow] = m + logf(l);
+    #pragma unroll
+    for (int i = 0; i < 2; i++) {
+        l[i] += __shfl_xor_sync(0xffffffffu, l[i], 1);
+        l[i] += __shfl_xor_sync(0xffffffffu, l[i], 2);
+        int row = row0 + i * 8;
+        if (row < Tq) {
+            float inv = 1.f / l[i];
+            OT* orow = o + obase + (size_t)row * st.ot;
+            #pragma unroll
+            for (int dn = 0; dn < ND; dn++) {
+                orow[dn * 8 + 2 * t] = OT(acc[dn][2 * i] * inv);
+                orow[dn * 8 + 2 * t + 1] = OT(acc[dn][2 * i + 1] * inv);
+            }
+            if (t == 0) lse[(size_t)bh * Tq + row] = m[i] + logf(l[i]);
+        }
     }
 }
 """
 
 _FWD_LAUNCH = """
-int smem = 0;
-smem += 3 * ((64 * (JLA_D + 8) * 2 + 127) & ~127);
-smem += (64 * (64 + 4) * 4 + 127) & ~127;
-smem += (64 * (64 + 8) * 2 + 127) & ~127;
-smem += 64 * (JLA_D + 4) * 4;
+int smem = 3 * 64 * (JLA_D + 8) * 2;
 auto kernel = jla_flash_fwd<jla_qt, jla_kt, jla_vt, out0_type>;
 cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
 dim3 grid((Tq + 63) / 64, B * H);
-if (B * H && Tq) kernel<<<grid, 128, smem>>>(Q, K, V, LENKV, out0_p, out1_p, H, Tq, Tk, SCALE, st);
+bool vec = st.vectors() && (((size_t)Q | (size_t)K | (size_t)V) & 15) == 0;
+if (B * H && Tq) kernel<<<grid, 128, smem>>>(Q, K, V, LENKV, out0_p, out1_p, H, Tq, Tk, SCALE, st, vec);
 """
 
 _DELTA_CUDA = """
@@ -229,46 +304,44 @@ __global__ void __launch_bounds__(128) jla_flash_bwd(const QT* __restrict__ q,
         const KT* __restrict__ k, const VT* __restrict__ v, const GT* __restrict__ go,
         const float* __restrict__ lse, const float* __restrict__ delta, const int* __restrict__ len_kv,
         float* __restrict__ dq, DKT* __restrict__ dk, DVT* __restrict__ dv,
-        int H, int Tq, int Tk, float scale, jla_strides st) {
-    using namespace nvcuda;
-    constexpr int D = JLA_D, LD = JLA_D + 8, LS = 64 + 4, LP = 64 + 8, LO = JLA_D + 4;
+        int H, int Tq, int Tk, float scale, jla_strides st, bool vec) {
+    constexpr int D = JLA_D, LD = JLA_D + 8, LP = 64 + 8, NK = D / 16, ND = D / 8;
     extern __shared__ __align__(128) unsigned char smem[];
-    int off = 0;
-    jla_ct* sK = (jla_ct*)(smem + off); off += jla_align(64 * LD * 2);
-    jla_ct* sV = (jla_ct*)(smem + off); off += jla_align(64 * LD * 2);
-    jla_ct* sQ = (jla_ct*)(smem + off); off += jla_align(64 * LD * 2);
-    jla_ct* sG = (jla_ct*)(smem + off); off += jla_align(64 * LD * 2);
-    float* sS = (float*)(smem + off); off += jla_align(64 * LS * 4);
-    float* sdP = (float*)(smem + off); off += jla_align(64 * LS * 4);
-    jla_ct* sPT = (jla_ct*)(smem + off); off += jla_align(64 * LP * 2);
-    jla_ct* sdST = (jla_ct*)(smem + off); off += jla_align(64 * LP * 2);
-    float* sF = (float*)(smem + off); off += jla_align(64 * LO * 4);
-    float* sL = (float*)(smem + off); off += jla_align(64 * 4);
-    float* sDelta = (float*)(smem + off);
-    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    jla_ct* sK = (jla_ct*)smem;
+    jla_ct* sV = sK + 64 * LD;
+    jla_ct* sQ = sV + 64 * LD;
+    jla_ct* sG = sQ + 64 * LD;
+    jla_ct* sdS = sG + 64 * LD;              // dS^T of the tile: [key][query]
+    float* sL = (float*)(sdS + 64 * LP);
+    float* sDelta = sL + 64;
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane >> 2, t = lane & 3;
     const int bh = blockIdx.y, k0 = blockIdx.x * 64, shift = Tk - Tq;
     const size_t qbase = st.q_base(bh, H), kbase = st.k_base(bh, H), obase = st.o_base(bh, H);
     const int klen = len_kv ? jla_imin(Tk, len_kv[bh / H]) : Tk;
-    for (int i = tid; i < 64 * D; i += 128) {
-        int r = i / D, c = i % D;
-        bool in = k0 + r < Tk;
-        sK[r * LD + c] = jla_ct(in ? float(k[kbase + (size_t)(k0 + r) * st.kt + c]) : 0.f);
-        sV[r * LD + c] = jla_ct(in ? float(v[kbase + (size_t)(k0 + r) * st.kt + c]) : 0.f);
-    }
-    wmma::fragment<wmma::accumulator, 16, 16, 16, float> dk_acc[D / 16], dv_acc[D / 16];
+    jla_load_tile(sK, k, kbase, st.kt, k0, Tk, tid, vec);
+    jla_load_tile(sV, v, kbase, st.kt, k0, Tk, tid, vec);
+    __syncthreads();
+    // this warp's 16 keys of k and v as A fragments (rows: keys), kept for every query tile
+    unsigned kf[NK][4], vf[NK][4];
     #pragma unroll
-    for (int dn = 0; dn < D / 16; dn++) { wmma::fill_fragment(dk_acc[dn], 0.f); wmma::fill_fragment(dv_acc[dn], 0.f); }
+    for (int kk = 0; kk < NK; kk++) {
+        jla_ldm(kf[kk], jla_a_addr(sK + warp * 16 * LD + kk * 16, LD, lane));
+        jla_ldm(vf[kk], jla_a_addr(sV + warp * 16 * LD + kk * 16, LD, lane));
+    }
+    float dka[ND][4], dva[ND][4];
+    #pragma unroll
+    for (int dn = 0; dn < ND; dn++) {
+        dka[dn][0] = dka[dn][1] = dka[dn][2] = dka[dn][3] = 0.f;
+        dva[dn][0] = dva[dn][1] = dva[dn][2] = dva[dn][3] = 0.f;
+    }
+    const int key0 = k0 + warp * 16 + g;  // this lane's keys: key0 and key0 + 8
     int qstart = k0 - shift;
     if (qstart < 0) qstart = 0;
     qstart = (qstart / 64) * 64;
     for (int q0 = (k0 < klen ? qstart : Tq); q0 < Tq; q0 += 64) {
         __syncthreads();
-        for (int i = tid; i < 64 * D; i += 128) {
-            int r = i / D, c = i % D;
-            bool in = q0 + r < Tq;
-            sQ[r * LD + c] = jla_ct(in ? float(q[qbase + (size_t)(q0 + r) * st.qt + c]) : 0.f);
-            sG[r * LD + c] = jla_ct(in ? float(go[obase + (size_t)(q0 + r) * st.ot + c]) : 0.f);
-        }
+        jla_load_tile(sQ, q, qbase, st.qt, q0, Tq, tid, vec);
+        jla_load_tile(sG, go, obase, st.ot, q0, Tq, tid, vec);
         if (tid < 64) {
             bool in = q0 + tid < Tq;
             sL[tid] = in ? lse[(size_t)bh * Tq + q0 + tid] : 0.f;
@@ -276,92 +349,104 @@ __global__ void __launch_bounds__(128) jla_flash_bwd(const QT* __restrict__ q,
         }
         __syncthreads();
         // this warp's 16 keys against the tile's 64 queries: s^T = k q^T, dP^T = v dO^T
-        float* wS = sS + warp * 16 * LS;
-        float* wdP = sdP + warp * 16 * LS;
+        float s[8][4], dp[8][4];
         #pragma unroll
-        for (int n = 0; n < 4; n++) {
-            wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc, acc2;
-            wmma::fill_fragment(acc, 0.f);
-            wmma::fill_fragment(acc2, 0.f);
+        for (int j = 0; j < 8; j++) {
+            s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+            dp[j][0] = dp[j][1] = dp[j][2] = dp[j][3] = 0.f;
+        }
+        #pragma unroll
+        for (int kk = 0; kk < NK; kk++) {
             #pragma unroll
-            for (int kk = 0; kk < D / 16; kk++) {
-                wmma::fragment<wmma::matrix_a, 16, 16, 16, jla_ct, wmma::row_major> a;
-                wmma::fragment<wmma::matrix_b, 16, 16, 16, jla_ct, wmma::col_major> b;
-                wmma::load_matrix_sync(a, sK + warp * 16 * LD + kk * 16, LD);
-                wmma::load_matrix_sync(b, sQ + n * 16 * LD + kk * 16, LD);
-                wmma::mma_sync(acc, a, b, acc);
-                wmma::load_matrix_sync(a, sV + warp * 16 * LD + kk * 16, LD);
-                wmma::load_matrix_sync(b, sG + n * 16 * LD + kk * 16, LD);
-                wmma::mma_sync(acc2, a, b, acc2);
+            for (int np = 0; np < 4; np++) {
+                unsigned b[4];
+                jla_ldm(b, jla_bn_addr(sQ + np * 16 * LD + kk * 16, LD, lane));
+                jla_mma(s[2 * np], kf[kk], b);
+                jla_mma(s[2 * np + 1], kf[kk], b + 2);
+                jla_ldm(b, jla_bn_addr(sG + np * 16 * LD + kk * 16, LD, lane));
+                jla_mma(dp[2 * np], vf[kk], b);
+                jla_mma(dp[2 * np + 1], vf[kk], b + 2);
             }
-            wmma::store_matrix_sync(wS + n * 16, acc, LS, wmma::mem_row_major);
-            wmma::store_matrix_sync(wdP + n * 16, acc2, LS, wmma::mem_row_major);
         }
-        __syncwarp();
-        for (int i = lane; i < 16 * 64; i += 32) {
-            int r = i / 64, c = i % 64, key = k0 + warp * 16 + r, qq = q0 + c;
-            bool ok = key < klen && qq < Tq && key <= qq + shift;
-            float p = ok ? __expf(wS[r * LS + c] * scale - sL[c]) : 0.f;
-            jla_ct pr = jla_ct(p);
-            float ds = float(pr) * (wdP[r * LS + c] - sDelta[c]);
-            ds = ok ? ds : 0.f;
-            sPT[(warp * 16 + r) * LP + c] = pr;
-            sdST[(warp * 16 + r) * LP + c] = jla_ct(ds);
-        }
-        __syncwarp();
+        // p^T = exp(s^T - lse) and dS^T = p (dP^T - delta), rounded to the compute type, as A
+        // fragments (rows: keys; k: queries), and dS^T into shared memory for dQ
+        unsigned pf[4][4], sf[4][4];
         #pragma unroll
-        for (int dn = 0; dn < D / 16; dn++) {
+        for (int j = 0; j < 8; j++) {
+            float pv[4], dsv[4];
             #pragma unroll
-            for (int kk = 0; kk < 4; kk++) {
-                wmma::fragment<wmma::matrix_a, 16, 16, 16, jla_ct, wmma::row_major> a;
-                wmma::fragment<wmma::matrix_b, 16, 16, 16, jla_ct, wmma::row_major> b;
-                wmma::load_matrix_sync(a, sPT + warp * 16 * LP + kk * 16, LP);
-                wmma::load_matrix_sync(b, sG + kk * 16 * LD + dn * 16, LD);
-                wmma::mma_sync(dv_acc[dn], a, b, dv_acc[dn]);
-                wmma::load_matrix_sync(a, sdST + warp * 16 * LP + kk * 16, LP);
-                wmma::load_matrix_sync(b, sQ + kk * 16 * LD + dn * 16, LD);
-                wmma::mma_sync(dk_acc[dn], a, b, dk_acc[dn]);
+            for (int e = 0; e < 4; e++) {
+                int c = j * 8 + 2 * t + (e & 1), key = key0 + (e >> 1) * 8, qq = q0 + c;
+                bool ok = key < klen && qq < Tq && key <= qq + shift;
+                float p = ok ? __expf(s[j][e] * scale - sL[c]) : 0.f;
+                float pr = float(jla_ct(p));
+                pv[e] = pr;
+                dsv[e] = ok ? pr * (dp[j][e] - sDelta[c]) : 0.f;
+            }
+            pf[j >> 1][(j & 1) * 2] = jla_pack(pv[0], pv[1]);
+            pf[j >> 1][(j & 1) * 2 + 1] = jla_pack(pv[2], pv[3]);
+            unsigned lo = jla_pack(dsv[0], dsv[1]), hi = jla_pack(dsv[2], dsv[3]);
+            sf[j >> 1][(j & 1) * 2] = lo;
+            sf[j >> 1][(j & 1) * 2 + 1] = hi;
+            *(unsigned*)(sdS + (warp * 16 + g) * LP + j * 8 + 2 * t) = lo;
+            *(unsigned*)(sdS + (warp * 16 + g + 8) * LP + j * 8 + 2 * t) = hi;
+        }
+        // dV += p^T dO, dK += dS^T q over the tile's queries
+        #pragma unroll
+        for (int kk = 0; kk < 4; kk++) {
+            #pragma unroll
+            for (int dn = 0; dn < ND / 2; dn++) {
+                unsigned b[4];
+                jla_ldm_t(b, jla_bk_addr(sG + kk * 16 * LD + dn * 16, LD, lane));
+                jla_mma(dva[2 * dn], pf[kk], b);
+                jla_mma(dva[2 * dn + 1], pf[kk], b + 2);
+                jla_ldm_t(b, jla_bk_addr(sQ + kk * 16 * LD + dn * 16, LD, lane));
+                jla_mma(dka[2 * dn], sf[kk], b);
+                jla_mma(dka[2 * dn + 1], sf[kk], b + 2);
             }
         }
         __syncthreads();
-        // dQ of the tile's queries (this warp: 16 of them) += dS k, over the block's 64 keys
-        float* wF = sF + warp * 16 * LO;
+        // dQ of the tile's queries (this warp: 16 of them) += dS k over the block's 64 keys: A
+        // fragments of dS from its transpose in shared memory (ldmatrix .trans)
+        float dqa[ND][4];
         #pragma unroll
-        for (int dn = 0; dn < D / 16; dn++) {
-            wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-            wmma::fill_fragment(acc, 0.f);
+        for (int dn = 0; dn < ND; dn++) dqa[dn][0] = dqa[dn][1] = dqa[dn][2] = dqa[dn][3] = 0.f;
+        #pragma unroll
+        for (int kk = 0; kk < 4; kk++) {
+            unsigned a[4];
+            jla_ldm_t(a, jla_bn_addr(sdS + kk * 16 * LP + warp * 16, LP, lane));
             #pragma unroll
-            for (int kk = 0; kk < 4; kk++) {
-                wmma::fragment<wmma::matrix_a, 16, 16, 16, jla_ct, wmma::col_major> a;
-                wmma::fragment<wmma::matrix_b, 16, 16, 16, jla_ct, wmma::row_major> b;
-                wmma::load_matrix_sync(a, sdST + kk * 16 * LP + warp * 16, LP);
-                wmma::load_matrix_sync(b, sK + kk * 16 * LD + dn * 16, LD);
-                wmma::mma_sync(acc, a, b, acc);
+            for (int dn = 0; dn < ND / 2; dn++) {
+                unsigned b[4];
+                jla_ldm_t(b, jla_bk_addr(sK + kk * 16 * LD + dn * 16, LD, lane));
+                jla_mma(dqa[2 * dn], a, b);
+                jla_mma(dqa[2 * dn + 1], a, b + 2);
             }
-            wmma::store_matrix_sync(wF + dn * 16, acc, LO, wmma::mem_row_major);
         }
-        __syncwarp();
-        for (int i = lane; i < 16 * D; i += 32) {
-            int r = i / D, c = i % D, qq = q0 + warp * 16 + r;
-            if (qq < Tq) atomicAdd(dq + qbase + (size_t)qq * st.qt + c, wF[r * LO + c] * scale);
+        #pragma unroll
+        for (int i = 0; i < 2; i++) {
+            int qq = q0 + warp * 16 + g + i * 8;
+            if (qq >= Tq) continue;
+            float* row = dq + qbase + (size_t)qq * st.qt;
+            #pragma unroll
+            for (int dn = 0; dn < ND; dn++) {
+                atomicAdd(row + dn * 8 + 2 * t, dqa[dn][2 * i] * scale);
+                atomicAdd(row + dn * 8 + 2 * t + 1, dqa[dn][2 * i + 1] * scale);
+            }
         }
     }
-    __syncthreads();
-    float* wF = sF + warp * 16 * LO;
     #pragma unroll
-    for (int dn = 0; dn < D / 16; dn++) wmma::store_matrix_sync(wF + dn * 16, dk_acc[dn], LO, wmma::mem_row_major);
-    __syncwarp();
-    for (int i = lane; i < 16 * D; i += 32) {
-        int r = i / D, c = i % D, key = k0 + warp * 16 + r;
-        if (key < Tk) dk[kbase + (size_t)key * st.kt + c] = DKT(wF[r * LO + c] * scale);
-    }
-    __syncwarp();
-    #pragma unroll
-    for (int dn = 0; dn < D / 16; dn++) wmma::store_matrix_sync(wF + dn * 16, dv_acc[dn], LO, wmma::mem_row_major);
-    __syncwarp();
-    for (int i = lane; i < 16 * D; i += 32) {
-        int r = i / D, c = i % D, key = k0 + warp * 16 + r;
-        if (key < Tk) dv[kbase + (size_t)key * st.kt + c] = DVT(wF[r * LO + c]);
+    for (int i = 0; i < 2; i++) {
+        int key = key0 + i * 8;
+        if (key >= Tk) continue;
+        size_t at = kbase + (size_t)key * st.kt;
+        #pragma unroll
+        for (int dn = 0; dn < ND; dn++) {
+            dk[at + dn * 8 + 2 * t] = DKT(dka[dn][2 * i] * scale);
+            dk[at + dn * 8 + 2 * t + 1] = DKT(dka[dn][2 * i + 1] * scale);
+            dv[at + dn * 8 + 2 * t] = DVT(dva[dn][2 * i]);
+            dv[at + dn * 8 + 2 * t + 1] = DVT(dva[dn][2 * i + 1]);
+        }
     }
 }
 """
@@ -370,16 +455,12 @@ _BWD_LAUNCH = """
 int rows = B * H * Tq;
 cudaMemsetAsync(DQ, 0, dq_elems * sizeof(float), 0);
 if (rows) jla_flash_delta<<<(rows + 7) / 8, 256>>>(OSAVED, GO, DELTA, rows, H, Tq, st);
-int smem = 0;
-smem += 4 * ((64 * (JLA_D + 8) * 2 + 127) & ~127);
-smem += 2 * ((64 * (64 + 4) * 4 + 127) & ~127);
-smem += 2 * ((64 * (64 + 8) * 2 + 127) & ~127);
-smem += (64 * (JLA_D + 4) * 4 + 127) & ~127;
-smem += 2 * 64 * 4 + 128;
+int smem = 4 * 64 * (JLA_D + 8) * 2 + 64 * (64 + 8) * 2 + 2 * 64 * 4;
 auto kernel = jla_flash_bwd<jla_qt, jla_kt, jla_vt, jla_gt, jla_dkt, jla_dvt>;
 cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
 dim3 grid((Tk + 63) / 64, B * H);
-if (B * H && Tk) kernel<<<grid, 128, smem>>>(Q, K, V, GO, LSE, DELTA, LENKV, DQ, DK, DV, H, Tq, Tk, SCALE, st);
+bool vec = st.vectors() && (((size_t)Q | (size_t)K | (size_t)V | (size_t)GO) & 15) == 0;
+if (B * H && Tk) kernel<<<grid, 128, smem>>>(Q, K, V, GO, LSE, DELTA, LENKV, DQ, DK, DV, H, Tq, Tk, SCALE, st, vec);
 """
 
 # The CPU sources: the same function and roundings, one query row (forward) or one (batch, head)
