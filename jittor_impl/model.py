@@ -96,8 +96,8 @@ class Attention(nn.Module):
         the row's generated keys], the K rows of a query taking their products with its keys in
         one (K, head_dim) x (head_dim, width) product, so the shared keys are read once per query.
         Changes the order of fp32 sums against the per-row cache: beam.py's `cache` switch."""
-        cache.key[:, :, cache.step] = key[:, :, 0]
-        cache.value[:, :, cache.step] = value[:, :, 0]
+        cache.key[:, :, cache.step] = key.squeeze(2)
+        cache.value[:, :, cache.step] = value.squeeze(2)
         rows, n_head, _, head_dim = q.shape
         queries, width = cache.prefix_key.shape[0], cache.prefix_key.shape[2]
         grouped = permute(q.reshape(queries, rows // queries, n_head, head_dim), 0, 2, 1, 3)
@@ -126,8 +126,8 @@ class Attention(nn.Module):
                 value = jt.concat((past_value, value), dim=-2)
             else:  # write one token per row at its own position of a preallocated cache
                 rows = jt.arange(key.shape[0])  # framework
-                past_key[rows, :, len_past, :] = key[:, :, 0, :]
-                past_value[rows, :, len_past, :] = value[:, :, 0, :]
+                past_key[rows, :, len_past, :] = key.squeeze(2)  # one new token: a view, no copy
+                past_value[rows, :, len_past, :] = value.squeeze(2)
                 key, value = past_key, past_value
                 len_kv = len_past + 1
         present = (key, value)

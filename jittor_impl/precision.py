@@ -145,6 +145,9 @@ class _Permute(jt.Function):
 
 
 def permute(x, *order):
+    moved = [d for d in order if x.shape[d] != 1]
+    if moved == sorted(moved):  # only axes of size 1 move (heads of one decoded token): a reshape
+        return x.reshape([x.shape[d] for d in order])
     if _fast_cuda():
         return _Permute(order)(x)
     return x.permute(*order)

@@ -5,6 +5,7 @@
 # (gpt2/ vocabulary, e2e-offline/, e2e-jsonl/test.jsonl from prepare_e2e.py) carried:
 #   BUDGET=560 TAG=a bash logs/gpu-benchmark/jmma-2026-12-04/run.sh STAGE...
 # Stages (each under its own time limit so the call ends inside the tool's 10 minutes):
+#   probe  decode_ops_probe.py: Jittor's float32 LayerNorm and GELU at the beam search's decode shapes
 #   ab     attention_ab.py: the new attention kernels against the wmma ones (accuracy, speed); the
 #          later stages run only when its accuracy check passed
 #   tests  the GPU tests named in tests.txt here (a grep -E $TESTS narrows them), $NPROC workers
@@ -32,6 +33,9 @@ note "warmup rc=$?"
 BENCH=(python3 scripts/benchmark.py --steps 10 --warmup 5 --profile --out "$W/$TAG.md")
 for stage in "$@"; do
   case $stage in
+    probe)
+      timeout $(lim ${PROBE_S:-90}) python3 $HERE/decode_ops_probe.py > "$W/probe-$TAG.log" 2>&1
+      note "probe rc=$?"; clean "$W/probe-$TAG.log"; grep "ms per call\|vs 3-D" "$W/probe-$TAG.log" ;;
     ab)
       timeout $(lim ${AB_S:-200}) python3 $HERE/attention_ab.py > "$W/ab-$TAG.log" 2>&1
       rc=$?; clean "$W/ab-$TAG.log"; note "ab rc=$rc"; grep "^accuracy\|^speed" "$W/ab-$TAG.log"
