@@ -7,16 +7,22 @@ rows being the last Tq of Tk positions (row i sees keys j <= i + Tk - Tq, as the
 attention is the formula written out, which keeps the [B, H, T, T] scores, their probabilities
 and casts of both for the backward pass (about 5 GiB of a gpt2.md step at batch 8, seq 512).
 
-The kernels (`jt.code`, a CUDA and a CPU source each, backward through `jt.Function`):
-- forward: one block of 4 warps per 64 query rows of one (batch, head); key/value tiles of 64
-  rows pass through shared memory; q k^T and p v are tensor-core products (nvcuda::wmma, bf16 or
-  fp16 operands, float32 accumulation); the softmax is online (running max and sum per row in
-  float32), so no [T, T] tensor exists. Saved for the backward: the output and the per-row
+The kernels (`jt.code`, a CUDA and a CPU source each, backward through `jt.Function`) are written
+by hand, as Jittor 1.3.11 has no fused attention to call: tensor-core products
+through PTX `mma.sync` (m16n8k16, bf16 or fp16 operands, float32 accumulation, sm_80 and later),
+operands loaded from shared memory with `ldmatrix`, tiles copied in 16-byte words.
+- forward: one block of 4 warps per 64 query rows of one (batch, head); each warp keeps its 16
+  rows of q as fragments in registers; key/value tiles of 64 rows pass through shared memory. The
+  scores s = q k^T stay in registers, the softmax is online (running max and sum per row in
+  float32, the 4 lanes of a row sharing them by shuffles), and p, rounded, is already the operand
+  of p v (an accumulator tile's registers are an A fragment's), so no [T, T] tensor exists, not
+  even a tile of it in shared memory. Saved for the backward: the output and the per-row
   log-sum-exp (float32), nothing of size T^2.
-- backward: first delta = rowsum(dO * O) (float32), then one block per 64 keys, walking the query
-  tiles that can see them: it recomputes p = exp(s - lse), and accumulates dV += p^T dO and
-  dK += dS^T q in registers, dQ += dS k into a float32 buffer with atomic adds
-  (dS = p (dO v^T - delta)).
+- backward: first delta = rowsum(dO * O) (float32), then one block per 64 keys (each warp 16 of
+  them, their k and v as register fragments), walking the query tiles that can see them: it
+  recomputes p^T = exp(s^T - lse) and dS^T = p^T (v dO^T - delta) in registers, accumulates
+  dV += p^T dO and dK += dS^T q in registers, and dQ += dS k (dS^T through shared memory) into a
+  float32 buffer with atomic adds.
 The packed form (`packed_flash_attention`, model.py's self-attention through ops.qkv_attention)
 runs the same kernels on the fused projection's output qkv (B, T, 3C) = [q | k | v], each
 (B, T, H, D), read in place through strides (_STRIDES): the output is written as (B, T, H, D) =
