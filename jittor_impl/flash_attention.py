@@ -39,7 +39,6 @@ from .runtime import jt
 
 LOW_PRECISION = ("bfloat16", "float16")
 HEAD_DIMS = (16, 32, 48, 64, 80, 96, 112, 128)  # multiples of the 16-wide tensor-core tile
-_ROWS = 64  # query rows per forward block, keys per backward block (4 warps x 16)
 
 
 def compute_type(x):
@@ -48,8 +47,24 @@ def compute_type(x):
     return dtype if dtype in LOW_PRECISION else None
 
 
+MIN_CUDA_ARCH = 80  # mma.sync m16n8k16 with bf16/fp16 operands: Ampere and later
+
+
+def device_archs():
+    """The compute capabilities (e.g. [90]) of the GPUs Jittor compiles for; [] off CUDA."""
+    return list(jt.flags.cuda_archs) if jt.flags.use_cuda else []
+
+
+def runs_here() -> bool:
+    """Whether the kernels run on this device: on CUDA they need sm_80 or later (older cards,
+    e.g. a T4, keep ops.py's exact path); on the CPU their CPU source runs."""
+    return all(arch >= MIN_CUDA_ARCH for arch in device_archs())
+
+
 def supported(q, k, v, len_kv=None) -> bool:
     """Whether the kernels take these inputs (else ops.py keeps the exact path)."""
+    if not runs_here():
+        return False
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4 or compute_type(q) is None:
         return False
     b, h, tq, d = q.shape
@@ -650,7 +665,8 @@ def flash_attention(q, k, v, len_kv=None, scale=None):
     if not supported(q, k, v, len_kv):
         raise ValueError(f"flash_attention: needs 16-bit compute (autocast or bf16/fp16 inputs), "
                          f"q (B, H, Tq, D) with D in {HEAD_DIMS} and k, v (B, H, Tk>=Tq, D); got "
-                         f"q {list(q.shape)} {q.dtype}, k {list(k.shape)}, v {list(v.shape)}")
+                         f"q {list(q.shape)} {q.dtype}, k {list(k.shape)}, v {list(v.shape)}; on CUDA, "
+                         f"sm_{MIN_CUDA_ARCH} or later (this GPU: {device_archs()})")
     if len_kv is not None:
         len_kv = len_kv.int32().stop_grad()
     scale = 1.0 / float(q.shape[-1]) ** 0.5 if scale is None else float(scale)
@@ -659,6 +675,8 @@ def flash_attention(q, k, v, len_kv=None, scale=None):
 
 def packed_supported(qkv, n_head) -> bool:
     """Whether the packed kernels take this fused projection output (else ops.py splits it)."""
+    if not runs_here():
+        return False
     if qkv.ndim != 3 or compute_type(qkv) is None or qkv.shape[2] % (3 * n_head):
         return False
     return qkv.shape[2] // 3 // n_head in HEAD_DIMS and qkv.shape[1] > 0
@@ -687,7 +705,7 @@ def packed_flash_attention(qkv, n_head, scale=None):
     if not packed_supported(qkv, n_head):
         raise ValueError(f"packed_flash_attention: needs 16-bit compute (autocast or bf16/fp16 input) and "
                          f"qkv (B, T, 3 * n_head * D) with D in {HEAD_DIMS}; got qkv {list(qkv.shape)} "
-                         f"{qkv.dtype}, n_head {n_head}")
+                         f"{qkv.dtype}, n_head {n_head}; on CUDA, sm_{MIN_CUDA_ARCH} or later (this GPU: {device_archs()})")
     d = qkv.shape[2] // 3 // n_head
     scale = 1.0 / float(d) ** 0.5 if scale is None else float(scale)
     return _PackedFlashAttention(n_head, compute_type(qkv), scale)(qkv)

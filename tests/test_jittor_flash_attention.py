@@ -263,3 +263,16 @@ def test_cuda_sources_compile_for_hopper(unit, tmp_path):
     proc = subprocess.run([nvcc, "-arch=sm_90", "-std=c++17", "-I", include, "-c", str(source),
                            "-o", str(tmp_path / "unit.o")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("archs,takes", [([], True), ([86], True), ([90], True), ([75], False), ([75, 90], False)])
+def test_kernels_only_on_gpus_that_have_them(archs, takes, monkeypatch):
+    """mma.sync with bf16/fp16 operands needs sm_80: on an older GPU (a T4 is sm_75) ops.py keeps
+    the exact path instead of failing to compile the kernels."""
+    monkeypatch.setattr(flash_attention, "device_archs", lambda: archs)
+    x = jt.ones((1, 2, 8, 16)).cast("bfloat16")
+    assert flash_attention.supported(x, x, x) == takes
+    assert flash_attention.packed_supported(jt.ones((1, 8, 96)).cast("bfloat16"), 2) == takes
+    if not takes:
+        with pytest.raises(ValueError, match=r"sm_80 or later \(this GPU: \[75"):
+            flash_attention.flash_attention(x, x, x)
