@@ -182,6 +182,23 @@ __device__ __forceinline__ const jla_ct* jla_bn_addr(const jla_ct* p, int ld, in
 }
 // the same from a tile stored [k][n] (ldmatrix .trans): the address pattern of an A tile
 #define jla_bk_addr jla_a_addr
+template <int N>
+__device__ __forceinline__ void jla_zero(float (&acc)[N][4]) {
+    #pragma unroll
+    for (int i = 0; i < N; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+}
+// acc (16 x D) += a (one 16 x 16 A fragment) times 16 rows of a shared tile stored [k][n] (row
+// stride D + 8, read transposed by ldmatrix): p v, p^T dO, dS^T q, dS k
+__device__ __forceinline__ void jla_mma_cols(float (&acc)[JLA_D / 8][4], const unsigned* a,
+                                             const jla_ct* tile, int lane) {
+    #pragma unroll
+    for (int dn = 0; dn < JLA_D / 16; dn++) {
+        unsigned b[4];
+        jla_ldm_t(b, jla_bk_addr(tile + dn * 16, JLA_D + 8, lane));
+        jla_mma(acc[2 * dn], a, b);
+        jla_mma(acc[2 * dn + 1], a, b + 2);
+    }
+}
 """
 
 _FWD_CUDA = _SMEM_HELPERS + """
@@ -207,8 +224,7 @@ __global__ void __launch_bounds__(128) jla_flash_fwd(const QT* __restrict__ q,
     for (int kk = 0; kk < NK; kk++) jla_ldm(qf[kk], jla_a_addr(sQ + warp * 16 * LD + kk * 16, LD, lane));
     const int row0 = q0 + warp * 16 + g;  // this lane's rows: row0 and row0 + 8
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, acc[ND][4];
-    #pragma unroll
-    for (int dn = 0; dn < ND; dn++) acc[dn][0] = acc[dn][1] = acc[dn][2] = acc[dn][3] = 0.f;
+    jla_zero(acc);
     const int kend = jla_imin(klen, q0 + 63 + shift + 1);
     for (int k0 = 0; k0 < kend; k0 += 64) {
         __syncthreads();
@@ -217,8 +233,7 @@ __global__ void __launch_bounds__(128) jla_flash_fwd(const QT* __restrict__ q,
         __syncthreads();
         // s = q k^T for the tile's 64 keys: 8 column tiles of 8 keys
         float s[8][4];
-        #pragma unroll
-        for (int j = 0; j < 8; j++) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+        jla_zero(s);
         #pragma unroll
         for (int kk = 0; kk < NK; kk++) {
             #pragma unroll
@@ -267,15 +282,7 @@ __global__ void __launch_bounds__(128) jla_flash_fwd(const QT* __restrict__ q,
             pf[j >> 1][(j & 1) * 2 + 1] = jla_pack(p2, p3);
         }
         #pragma unroll
-        for (int kk = 0; kk < 4; kk++) {
-            #pragma unroll
-            for (int dp = 0; dp < ND / 2; dp++) {
-                unsigned b[4];
-                jla_ldm_t(b, jla_bk_addr(sV + kk * 16 * LD + dp * 16, LD, lane));
-                jla_mma(acc[2 * dp], pf[kk], b);
-                jla_mma(acc[2 * dp + 1], pf[kk], b + 2);
-            }
-        }
+        for (int kk = 0; kk < 4; kk++) jla_mma_cols(acc, pf[kk], sV + kk * 16 * LD, lane);
     }
     #pragma unroll
     for (int i = 0; i < 2; i++) {
@@ -350,11 +357,8 @@ __global__ void __launch_bounds__(128) jla_flash_bwd(const QT* __restrict__ q,
         jla_ldm(vf[kk], jla_a_addr(sV + warp * 16 * LD + kk * 16, LD, lane));
     }
     float dka[ND][4], dva[ND][4];
-    #pragma unroll
-    for (int dn = 0; dn < ND; dn++) {
-        dka[dn][0] = dka[dn][1] = dka[dn][2] = dka[dn][3] = 0.f;
-        dva[dn][0] = dva[dn][1] = dva[dn][2] = dva[dn][3] = 0.f;
-    }
+    jla_zero(dka);
+    jla_zero(dva);
     const int key0 = k0 + warp * 16 + g;  // this lane's keys: key0 and key0 + 8
     int qstart = k0 - shift;
     if (qstart < 0) qstart = 0;
@@ -371,11 +375,8 @@ __global__ void __launch_bounds__(128) jla_flash_bwd(const QT* __restrict__ q,
         __syncthreads();
         // this warp's 16 keys against the tile's 64 queries: s^T = k q^T, dP^T = v dO^T
         float s[8][4], dp[8][4];
-        #pragma unroll
-        for (int j = 0; j < 8; j++) {
-            s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
-            dp[j][0] = dp[j][1] = dp[j][2] = dp[j][3] = 0.f;
-        }
+        jla_zero(s);
+        jla_zero(dp);
         #pragma unroll
         for (int kk = 0; kk < NK; kk++) {
             #pragma unroll
@@ -415,34 +416,19 @@ __global__ void __launch_bounds__(128) jla_flash_bwd(const QT* __restrict__ q,
         // dV += p^T dO, dK += dS^T q over the tile's queries
         #pragma unroll
         for (int kk = 0; kk < 4; kk++) {
-            #pragma unroll
-            for (int dn = 0; dn < ND / 2; dn++) {
-                unsigned b[4];
-                jla_ldm_t(b, jla_bk_addr(sG + kk * 16 * LD + dn * 16, LD, lane));
-                jla_mma(dva[2 * dn], pf[kk], b);
-                jla_mma(dva[2 * dn + 1], pf[kk], b + 2);
-                jla_ldm_t(b, jla_bk_addr(sQ + kk * 16 * LD + dn * 16, LD, lane));
-                jla_mma(dka[2 * dn], sf[kk], b);
-                jla_mma(dka[2 * dn + 1], sf[kk], b + 2);
-            }
+            jla_mma_cols(dva, pf[kk], sG + kk * 16 * LD, lane);
+            jla_mma_cols(dka, sf[kk], sQ + kk * 16 * LD, lane);
         }
         __syncthreads();
         // dQ of the tile's queries (this warp: 16 of them) += dS k over the block's 64 keys: A
         // fragments of dS from its transpose in shared memory (ldmatrix .trans)
         float dqa[ND][4];
-        #pragma unroll
-        for (int dn = 0; dn < ND; dn++) dqa[dn][0] = dqa[dn][1] = dqa[dn][2] = dqa[dn][3] = 0.f;
+        jla_zero(dqa);
         #pragma unroll
         for (int kk = 0; kk < 4; kk++) {
             unsigned a[4];
             jla_ldm_t(a, jla_bn_addr(sdS + kk * 16 * LP + warp * 16, LP, lane));
-            #pragma unroll
-            for (int dn = 0; dn < ND / 2; dn++) {
-                unsigned b[4];
-                jla_ldm_t(b, jla_bk_addr(sK + kk * 16 * LD + dn * 16, LD, lane));
-                jla_mma(dqa[2 * dn], a, b);
-                jla_mma(dqa[2 * dn + 1], a, b + 2);
-            }
+            jla_mma_cols(dqa, a, sK + kk * 16 * LD, lane);
         }
         #pragma unroll
         for (int i = 0; i < 2; i++) {
