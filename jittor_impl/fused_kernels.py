@@ -13,9 +13,11 @@ scores' probabilities or of their gradient is made.
 
 When they are used (`set_fused_kernels` or the environment variable JLA_FUSED_KERNELS):
 - "auto": on CUDA, for bf16/fp16 inputs and inside `precision.autocast` (the
-  mixed-precision step, whose tolerances they are tested within); never for the fp32 path,
-  which stays exactly as ops.py writes it. A kernel whose result is the exact path's bit for bit
-  (row_gather.py's copy) is taken on CUDA in fp32 too.
+  mixed-precision step, whose tolerances they are tested within). In float32 only two kinds:
+  a kernel whose result is the exact path's bit for bit (row_gather.py's copy; the decoding
+  GELU), and, where no gradient is wanted (decoding), the LayerNorm forward, which does ops.py's
+  float32 arithmetic with only the order of each row's sums changed, an order Jittor's own CUDA
+  reductions (atomic adds) do not fix either. Float32 training stays exactly as ops.py writes it.
 - "on": always, on any device and type (the CPU tests compare them with the exact path so).
 - "off": never.
 JLA_FUSED_OPS (default: all of OPS) names the ops that take part, so one kernel can
@@ -137,7 +139,41 @@ class _Gelu(jt.Function):
         return _gelu_backward(self.x, grad_output, self.low)
 
 
+# ops.gelu's float32 arithmetic, op for op as Jittor's fused kernel of those ops computes it:
+# x^3 as pow(float, int) (on the CPU Jittor's std::pow(float, int) is a double, and so are the terms it feeds
+# until the clamp), 0.5 x taken before (1 + tanh). Compiled with Jittor's own flags it is that
+# kernel's result bit for bit (CPU and GPU tests), so "auto" takes it in float32 where no
+# gradient is wanted (decoding): Jittor's kernel of these ops took 0.07 ms a call at the beam's
+# decode shape on an H200 where torch's GELU takes 0.007 ms (logs/gpu-benchmark/jdecode-2026-12-04).
+_GELU_EXACT_CUDA = (f"float z = {_GELU_K}f * (v + {_GELU_C} * ::pow(v, 3)); "
+                    "z = ::min(::max(z, float32(-20.0)), float32(20.0)); "
+                    "y[i] = out0_type((0.5f * v) * (1.f + ::tanhf(z)));")
+_GELU_EXACT_CPU = (f"auto z = {_GELU_K}f * (v + {_GELU_C} * std::pow(v, 3)); "
+                   "float c = std::min(std::max(float32(z), float32(-20.0)), float32(20.0)); "
+                   "out0_p[i] = out0_type((0.5f * v) * (1.f + (float32) std::tanh(c)));")
+
+
+def _gelu_forward_exact(x):
+    cuda = _elementwise_cuda("jla_gelu_exact", _GELU_EXACT_CUDA).replace("in1_type", "out0_type") \
+        .replace("IN1_P", "out0_p")
+    return jt.code(x.shape, x.dtype, [x], cpu_header=_HEADER, cpu_src=_elementwise_cpu(_GELU_EXACT_CPU),
+                   cuda_header=_HEADER, cuda_src=cuda)
+
+
+def decoding_float32(x) -> bool:
+    """float32 with no gradient wanted (decoding, under `jt.no_grad()`): where a forward-only
+    kernel of ops.py's own float32 arithmetic stands in for Jittor's kernels of the same ops."""
+    return str(x.dtype) == "float32" and precision.compute_dtype() is None and bool(jt.flags.no_grad)
+
+
+def gelu_wanted(x) -> bool:
+    """`wanted(x, "gelu")`, and in float32 decoding too, where the kernel is the exact one."""
+    return wanted(x, "gelu", exact=decoding_float32(x))
+
+
 def gelu(x):
+    if decoding_float32(x):
+        return _gelu_forward_exact(x)
     return _Gelu()(x)
 
 
@@ -191,10 +227,12 @@ __global__ void jla_ln_fwd(in0_type* __restrict__ x, in1_type* __restrict__ w, i
     }}
     if (lane == 0) {{ mean[row] = u; rstd[row] = 1.f / sd; }}
 }}
-if ({rows}) jla_ln_fwd<<<({rows} + {_WARPS - 1}) / {_WARPS}, {_THREADS}>>>(in0_p, in1_p, in2_p, out0_p, out1_p, out2_p, {rows});
+int rows = in0->numel() / {c};  // at run time: the prompt's rows differ from batch to batch
+if (rows) jla_ln_fwd<<<(rows + {_WARPS - 1}) / {_WARPS}, {_THREADS}>>>(in0_p, in1_p, in2_p, out0_p, out1_p, out2_p, rows);
 """
     cpu = f"""
-for (size_t r = 0; r < {rows}; r++) {{
+size_t rows = in0->numel() / {c};
+for (size_t r = 0; r < rows; r++) {{
     size_t base = r * {c};
     float s = 0.f;
     for (int col = 0; col < {c}; col++) s += float(in0_p[base + col]);
@@ -342,10 +380,23 @@ class _LayerNorm(jt.Function):
         return dx, dw.cast(self.weight.dtype), db.cast(self.bias.dtype)
 
 
+def layer_norm_wanted(x) -> bool:
+    """`wanted(x, "layer_norm")`, and in float32 decoding too. There the forward is ops.py's
+    float32 arithmetic (two-pass mean and variance, the same normalising expression) with only
+    the order in which a row's terms are added differing: an order Jittor's own CUDA reductions
+    do not fix either (they add with atomics, so two runs differ in the last bits), while this
+    kernel adds the same way every run. Its error against float64 is the exact path's or smaller
+    (GPU test); Jittor's two reductions per norm took 0.12 ms a call at the beam's decode shape
+    on an H200, torch's LayerNorm 0.006 ms (logs/gpu-benchmark/jdecode-2026-12-04)."""
+    return wanted(x, "layer_norm", exact=decoding_float32(x))
+
+
 def layer_norm(x, weight, bias, eps):
     if x.shape[-1] != weight.shape[0] or weight.ndim != 1:
         raise ValueError(f"layer_norm: weight of shape {list(weight.shape)} does not fit the last "
                          f"axis of x {list(x.shape)}")
+    if decoding_float32(x):  # decoding: no statistics kept for a backward
+        return _ln_forward(x, weight, bias, float(eps))[0]
     return _LayerNorm(eps)(x, weight, bias)
 
 

@@ -12,7 +12,7 @@ import numpy as np  # framework
 
 from shared.text.batching import check_token_ids  # framework
 
-from . import flash_attention, fused_kernels, precision  # framework
+from . import decode_attention, flash_attention, fused_kernels, precision  # framework
 from .runtime import jt  # framework
 
 nn = jt.nn  # framework
@@ -87,11 +87,13 @@ def fused_attention(q, k, v, len_kv=None, divisor=None):
     """softmax(q k^T / divisor + causal mask) v (divisor None: sqrt(d)); with `len_kv`, keys at
     or beyond each row's length are masked too. Jittor 1.3.11 has no fused attention (its
     jittor.attention.scaled_dot_product_attention is the formula, unfused): mixed precision on
-    CUDA takes flash_attention.py's kernels (no [B, H, T, T] tensor); float32 computes exactly
-    the reference's formula, as model.py's `_attn_math`, so its results do not change."""
+    CUDA takes flash_attention.py's kernels (no [B, H, T, T] tensor); float32 computes the
+    reference's formula, as model.py's `_attn_math` (decoding on CUDA: decode_attention.py)."""
     divisor = math.sqrt(v.shape[-1]) if divisor is None else divisor  # framework
     if fused_kernels.wanted(q, "attention") and flash_attention.supported(q, k, v, len_kv):  # framework
         return flash_attention.flash_attention(q, k, v, len_kv=len_kv, scale=1.0 / divisor)  # framework
+    if decode_attention.wanted(q, k, len_kv):  # float32 decoding on CUDA: one kernel  # framework
+        return decode_attention.decode_attention(q, k, v, len_kv, divisor)  # framework
     w = batched_matmul_transpose(q, k)  # framework
     w = w / divisor  # framework
     nd, ns = w.shape[-2], w.shape[-1]  # framework
@@ -127,7 +129,7 @@ def layer_norm(x, weight, bias, eps):
     # framework: docstring lines 1-2
     """Two-pass variance, as torch: Jittor's nn.LayerNorm takes E[x^2] - E[x]^2, losing digits.
     Mixed precision on CUDA takes one fused kernel per pass (fused_kernels.py)."""
-    if fused_kernels.wanted(x, "layer_norm"):  # framework
+    if fused_kernels.layer_norm_wanted(x):  # framework
         return fused_kernels.layer_norm(x, weight, bias, eps)  # framework
     u = x.mean(-1, keepdims=True)  # framework
     s = ((x - u) * (x - u)).mean(-1, keepdims=True)  # framework
@@ -160,7 +162,7 @@ def gelu(x):
     Jittor 1.3.11's tanh backward is NaN for arguments beyond about +-45 on the CPU (found by
     scripts/diff_layers.py, logs/diff-layers-cpu), where the true gradient is 0.
     Mixed precision on CUDA takes one fused kernel per pass (fused_kernels.py)."""
-    if fused_kernels.wanted(x, "gelu"):  # framework
+    if fused_kernels.gelu_wanted(x):  # framework
         return fused_kernels.gelu(x)  # framework
     z = math.sqrt(2.0 / math.pi) * (x + 0.044715 * jt.pow(x, 3))  # framework
     return 0.5 * x * (1.0 + jt.tanh(jt.clamp(z, -20.0, 20.0)))  # framework

@@ -107,6 +107,93 @@ def test_gelu_gradient_inside_autocast_is_the_rounded_float32_one_cuda():
         _check_gelu_grad_inside_autocast()
 
 
+def _gelu_inputs():
+    """Values across GELU's range: ordinary and large, both signs, the clamp's edges, zeros,
+    subnormals and infinities."""
+    rng = np.random.default_rng(7)
+    edges = [0.0, -0.0, 1e-30, -1e-30, 1e-45, 7.5, -7.5, 8.0, -8.0, 50.0, -50.0, 1e4, -1e4,
+             3.4e38, -3.4e38, np.inf, -np.inf]
+    return np.concatenate([rng.normal(size=6000) * 3, rng.normal(size=2983) * 30, edges]).astype(np.float32)
+
+
+def _check_gelu_exact_form_is_the_exact_path():
+    """Decoding (float32, no gradient): the exact-form kernel gives ops.gelu's own bits."""
+    x = jt.array(_gelu_inputs().reshape(3, 1, -1))
+    with jt.no_grad():
+        fused_kernels.set_fused_kernels("off")
+        want = ops.gelu(x).numpy()
+        fused_kernels.set_fused_kernels("auto")
+        assert fused_kernels.gelu_wanted(x) == bool(jt.flags.use_cuda)
+        fused_kernels.set_fused_kernels("on")
+        got = ops.gelu(x).numpy()
+    np.testing.assert_array_equal(got.view(np.int32), want.view(np.int32))
+
+
+def test_gelu_exact_form_is_the_exact_path_bit_for_bit_cpu():
+    _check_gelu_exact_form_is_the_exact_path()
+
+
+@pytest.mark.gpu
+def test_gelu_exact_form_is_the_exact_path_bit_for_bit_cuda():
+    with jittor_on("cuda"):
+        _check_gelu_exact_form_is_the_exact_path()
+
+
+def test_gelu_exact_form_only_without_gradients():
+    """With a gradient wanted, or inside autocast, the float32 exact form is not taken."""
+    x = jt.ones((2, 4))
+    fused_kernels.set_fused_kernels("auto")
+    assert not fused_kernels.gelu_wanted(x)  # the CPU, gradients on
+    with jt.no_grad():
+        assert fused_kernels.gelu_wanted(x) == bool(jt.flags.use_cuda)
+        fused_kernels.set_fused_kernels("off")
+        assert not fused_kernels.gelu_wanted(x)
+    fused_kernels.set_fused_kernels("on")
+    y = ops.gelu(x)  # the training kernel: it has a backward
+    assert np.isfinite(jt.grad(y.sum(), x).numpy()).all()
+
+
+def _ln_decoding(mode, x, w, b):
+    fused_kernels.set_fused_kernels(mode)
+    with jt.no_grad():
+        return ops.layer_norm(jt.array(x), jt.array(w), jt.array(b), 1e-5).numpy()
+
+
+def test_layer_norm_decoding_form_matches_exact_path_cpu():
+    """Float32 decoding: the forward-only kernel's CPU source against ops.py's reductions (the
+    same float32 arithmetic, the sums in another order: agreement to float32's last digits)."""
+    fused_kernels.set_fused_kernels("auto")
+    with jt.no_grad():
+        assert not fused_kernels.layer_norm_wanted(jt.ones((2, 8)))  # "auto" on the CPU: no
+    for shape in ((5, 1, 1024), (3, 7, 80)):
+        x, w, b, _ = _inputs(shape, seed=shape[-1])
+        np.testing.assert_allclose(_ln_decoding("on", x, w, b), _ln_decoding("off", x, w, b),
+                                   rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_layer_norm_decoding_form_cuda_no_less_accurate_and_repeatable():
+    """Float32 decoding on CUDA: the kernel's sums run in another order than Jittor's atomic adds,
+    so the bits differ; against float64 its error is no larger than the exact path's (mean and
+    largest over 1050 rows of the model's widths), and unlike that path it repeats bit for bit."""
+    for width in (768, 1024, 1280):
+        x, w, b, _ = _inputs((1050, 1, width), seed=width)
+        x64 = x.astype(np.float64)
+        u = x64.mean(-1, keepdims=True)
+        ref = w * (x64 - u) / np.sqrt(((x64 - u) ** 2).mean(-1, keepdims=True) + 1e-5) + b
+        with jittor_on("cuda"):
+            fused_kernels.set_fused_kernels("auto")
+            assert fused_kernels.layer_norm_wanted(jt.array(x)) is False  # gradients on: exact path
+            with jt.no_grad():
+                assert fused_kernels.layer_norm_wanted(jt.array(x))
+            got = [_ln_decoding("auto", x, w, b) for _ in range(3)]
+            want = _ln_decoding("off", x, w, b)
+        assert all(np.array_equal(g, got[0]) for g in got)
+        err_got, err_want = np.abs(got[0] - ref), np.abs(want - ref)
+        assert err_got.mean() <= err_want.mean() * 1.05, (width, err_got.mean(), err_want.mean())
+        assert err_got.max() <= err_want.max() * 1.5, (width, err_got.max(), err_want.max())
+
+
 def test_switch_chooses_the_kernels():
     x = jt.ones((2, 4))
     fused_kernels.set_fused_kernels("auto")

@@ -1,0 +1,151 @@
+"""One float32 kernel for the attention of one new token per row against a cache (per-row beam
+search): scores, length mask, softmax and the weighted sum of values, each key and value read once.
+
+ops.fused_attention's float32 path at this shape is five kernels a layer on CUDA: cuBLAS's
+batched q k^T (which with one query row ran at a fifth of the memory's speed on an H200: 0.60 ms
+a call at 1050 rows x 16 heads x 128 keys, against 0.13 ms for p v over the same bytes), the
+division by the divisor, the mask, Jittor's softmax and p v. This kernel computes the same float32
+arithmetic in one pass: s_j = (q . k_j) / divisor, -1e10 at and beyond the row's `len_kv`
+(ops.py's `masked_fill`; its causal mask is all ones for one query row), then Jittor's softmax
+(max, expf(s - max), their sum, each divided by it) and sum_j p_j v_j. What differs from the path
+it replaces is only the order in which the dot products' and the sums' terms are added, an order
+neither cuBLAS nor Jittor promises (the float32 policy of fused_kernels.py): each block adds in a
+fixed order, so runs repeat bit for bit. Forward only: it serves decoding under `jt.no_grad()`.
+
+CUDA: one block of 128 threads per (row, head); thread j takes key j (and j + 128, ...), its dot
+product over the head's D features from float4 loads; block-wide max and sum by warp shuffles;
+for p v each thread owns one feature over a strided share of the keys, the shares added in order.
+The CPU source computes the same, row by row (the CPU tests compare it with the exact path).
+"""
+from . import fused_kernels
+from .runtime import jt
+
+_THREADS = 128
+MAX_KEYS = 8192  # the probabilities of one (row, head) sit in shared memory: 32 KiB
+
+
+def wanted(q, k, len_kv) -> bool:
+    """Whether ops.fused_attention should take this kernel: one query row per (row, head) in
+    float32 decoding (fused_kernels' rule), a `len_kv` mask, features a multiple of 4 (float4
+    loads), at most MAX_KEYS keys and 128 features."""
+    d = q.shape[-1]
+    shape_fits = (q.ndim == 4 and q.shape[-2] == 1 and len_kv is not None and d % 4 == 0
+                  and d <= _THREADS and 0 < k.shape[-2] <= MAX_KEYS)
+    decoding = fused_kernels.decoding_float32(q)  # no backward: never where gradients are wanted
+    return shape_fits and decoding and fused_kernels.wanted(q, "attention", exact=True)
+
+
+_BLOCK_REDUCE = """
+__device__ __forceinline__ float jla_block_reduce(float v, bool is_max, float* red) {
+    for (int o = 16; o > 0; o >>= 1) {
+        float other = __shfl_xor_sync(0xffffffffu, v, o);
+        v = is_max ? fmaxf(v, other) : v + other;
+    }
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    __syncthreads();  // red is reused: the last reduction's readers are done
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    v = red[0];
+    for (int w = 1; w < blockDim.x / 32; w++) v = is_max ? fmaxf(v, red[w]) : v + red[w];
+    return v;
+}
+"""
+
+
+def _cuda(d, divisor):
+    parts = _THREADS // d  # threads per feature in p v (d divides 128 for the model's widths)
+    return _BLOCK_REDUCE + f"""
+__global__ void jla_decode_attention(const float* __restrict__ q, const float* __restrict__ k,
+        const float* __restrict__ v, const int* __restrict__ len_kv, float* __restrict__ out,
+        int heads, int keys) {{
+    extern __shared__ float p[];  // keys scores, then probabilities
+    __shared__ float qs[{d}], red[32], acc_part[{_THREADS}];
+    size_t bh = blockIdx.x;
+    int len = len_kv[bh / heads];
+    const float* kb = k + bh * keys * {d};
+    const float* vb = v + bh * keys * {d};
+    if (threadIdx.x < {d}) qs[threadIdx.x] = q[bh * {d} + threadIdx.x];
+    __syncthreads();
+    float m = -INFINITY;
+    for (int j = threadIdx.x; j < keys; j += blockDim.x) {{
+        const float4* kr = reinterpret_cast<const float4*>(kb + (size_t)j * {d});
+        float dot = 0.f;
+        #pragma unroll
+        for (int c = 0; c < {d // 4}; c++) {{
+            float4 kk = kr[c];
+            dot += qs[4 * c] * kk.x;
+            dot += qs[4 * c + 1] * kk.y;
+            dot += qs[4 * c + 2] * kk.z;
+            dot += qs[4 * c + 3] * kk.w;
+        }}
+        float s = dot / float32({divisor!r});
+        if (j >= len) s = float32(-1e10);
+        p[j] = s;
+        m = fmaxf(m, s);
+    }}
+    m = jla_block_reduce(m, true, red);
+    float sum = 0.f;
+    for (int j = threadIdx.x; j < keys; j += blockDim.x) {{
+        float e = expf(p[j] - m);
+        p[j] = e;
+        sum += e;
+    }}
+    sum = jla_block_reduce(sum, false, red);
+    for (int j = threadIdx.x; j < keys; j += blockDim.x) p[j] = p[j] / sum;
+    __syncthreads();
+    int f = threadIdx.x % {d}, part = threadIdx.x / {d};
+    float a = 0.f;
+    if (part < {parts})
+        for (int j = part; j < keys; j += {parts}) a += p[j] * vb[(size_t)j * {d} + f];
+    acc_part[threadIdx.x] = a;
+    __syncthreads();
+    if (threadIdx.x < {d}) {{
+        float total = acc_part[threadIdx.x];
+        for (int r = 1; r < {parts}; r++) total += acc_part[r * {d} + threadIdx.x];
+        out[bh * {d} + threadIdx.x] = total;
+    }}
+}}
+int heads = in0->shape[1], keys = in1->shape[2];
+size_t blocks = in0->numel() / {d};
+if (blocks) jla_decode_attention<<<blocks, {_THREADS}, keys * sizeof(float)>>>(in0_p, in1_p, in2_p, in3_p, out0_p, heads, keys);
+"""
+
+
+def _cpu(d, divisor):
+    return f"""
+int heads = in0->shape[1], keys = in1->shape[2];
+size_t blocks = in0->numel() / {d};
+std::vector<float> p(keys);
+for (size_t bh = 0; bh < blocks; bh++) {{
+    int len = in3_p[bh / heads];
+    const float* qb = in0_p + bh * {d};
+    const float* kb = in1_p + bh * keys * {d};
+    const float* vb = in2_p + bh * keys * {d};
+    float m = -INFINITY;
+    for (int j = 0; j < keys; j++) {{
+        float dot = 0.f;
+        for (int c = 0; c < {d}; c++) dot += qb[c] * kb[(size_t)j * {d} + c];
+        float s = dot / float32({divisor!r});
+        if (j >= len) s = float32(-1e10);
+        p[j] = s;
+        m = std::max(m, s);
+    }}
+    float sum = 0.f;
+    for (int j = 0; j < keys; j++) {{ p[j] = std::exp(p[j] - m); sum += p[j]; }}
+    for (int j = 0; j < keys; j++) p[j] = p[j] / sum;
+    for (int c = 0; c < {d}; c++) {{
+        float a = 0.f;
+        for (int j = 0; j < keys; j++) a += p[j] * vb[(size_t)j * {d} + c];
+        out0_p[bh * {d} + c] = a;
+    }}
+}}
+"""
+
+
+def decode_attention(q, k, v, len_kv, divisor):
+    """softmax(q k^T / divisor, keys at or beyond len_kv[row] masked) v for float32 q (N, H, 1, D),
+    k and v (N, H, S, D), len_kv (N,): (N, H, 1, D)."""
+    d, divisor = q.shape[-1], float(divisor)
+    header = "#include <cmath>\n#include <vector>\n#include <algorithm>\n"
+    return jt.code(q.shape, "float32", [q, k, v, len_kv.int32()], cpu_header=header,
+                   cpu_src=_cpu(d, divisor), cuda_header=header, cuda_src=_cuda(d, divisor))
