@@ -25,14 +25,14 @@ MAX_KEYS = 8192  # the probabilities of one (row, head) sit in shared memory: 32
 
 
 def wanted(q, k, len_kv) -> bool:
-    """Whether ops.fused_attention should take this kernel: one query row per (row, head) in
-    float32 decoding (fused_kernels' rule), a `len_kv` mask, features a multiple of 4 (float4
+    """Whether ops.fused_attention should take this kernel (fused_kernels' op "decode_attention"):
+    one query row per (row, head) in float32 decoding, a `len_kv` mask, features a multiple of 4 (float4
     loads), at most MAX_KEYS keys and 128 features."""
     d = q.shape[-1]
     shape_fits = (q.ndim == 4 and q.shape[-2] == 1 and len_kv is not None and d % 4 == 0
                   and d <= _THREADS and 0 < k.shape[-2] <= MAX_KEYS)
     decoding = fused_kernels.decoding_float32(q)  # no backward: never where gradients are wanted
-    return shape_fits and decoding and fused_kernels.wanted(q, "attention", exact=True)
+    return shape_fits and decoding and fused_kernels.wanted(q, "decode_attention", exact=True)
 
 
 _BLOCK_REDUCE = """
