@@ -12,9 +12,10 @@ it replaces is only the order in which the dot products' and the sums' terms are
 neither cuBLAS nor Jittor promises (the float32 policy of fused_kernels.py): each block adds in a
 fixed order, so runs repeat bit for bit. Forward only: it serves decoding under `jt.no_grad()`.
 
-CUDA: one block of 128 threads per (row, head); thread j takes key j (and j + 128, ...), its dot
-product over the head's D features from float4 loads; block-wide max and sum by warp shuffles;
-for p v each thread owns one feature over a strided share of the keys, the shares added in order.
+CUDA: one block of 128 threads per (row, head). Scores: D/4 lanes (rounded up to a power of two)
+share a key, each multiplying one float4 of its row, so a warp reads whole rows (coalesced), and
+xor shuffles add the lanes' parts; block-wide max and sum by warp shuffles; for p v each thread
+owns one feature over a strided share of the keys, the shares added in order.
 The CPU source computes the same, row by row (the CPU tests compare it with the exact path).
 """
 from . import fused_kernels
@@ -54,34 +55,39 @@ __device__ __forceinline__ float jla_block_reduce(float v, bool is_max, float* r
 
 def _cuda(d, divisor):
     parts = _THREADS // d  # threads per feature in p v (d divides 128 for the model's widths)
+    words = d // 4  # float4 words of a key row
+    lanes = 1 << (words - 1).bit_length()  # lanes per key: a power of two, so xor shuffles stay in the group
     return _BLOCK_REDUCE + f"""
 __global__ void jla_decode_attention(const float* __restrict__ q, const float* __restrict__ k,
         const float* __restrict__ v, const int* __restrict__ len_kv, float* __restrict__ out,
         int heads, int keys) {{
     extern __shared__ float p[];  // keys scores, then probabilities
-    __shared__ float qs[{d}], red[32], acc_part[{_THREADS}];
+    __shared__ __align__(16) float qs[{d}];
+    __shared__ float red[32], acc_part[{_THREADS}];
     size_t bh = blockIdx.x;
     int len = len_kv[bh / heads];
     const float* kb = k + bh * keys * {d};
     const float* vb = v + bh * keys * {d};
     if (threadIdx.x < {d}) qs[threadIdx.x] = q[bh * {d} + threadIdx.x];
     __syncthreads();
+    // scores: {lanes} lanes per key, each a float4 of the row (coalesced), summed by xor shuffles
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, sub = lane / {lanes}, hl = lane % {lanes};
+    float4 q4 = hl < {words} ? reinterpret_cast<const float4*>(qs)[hl] : make_float4(0.f, 0.f, 0.f, 0.f);
     float m = -INFINITY;
-    for (int j = threadIdx.x; j < keys; j += blockDim.x) {{
-        const float4* kr = reinterpret_cast<const float4*>(kb + (size_t)j * {d});
-        float dot = 0.f;
-        #pragma unroll
-        for (int c = 0; c < {d // 4}; c++) {{
-            float4 kk = kr[c];
-            dot += qs[4 * c] * kk.x;
-            dot += qs[4 * c + 1] * kk.y;
-            dot += qs[4 * c + 2] * kk.z;
-            dot += qs[4 * c + 3] * kk.w;
+    for (int j0 = warp * {32 // lanes}; j0 < keys; j0 += (blockDim.x / 32) * {32 // lanes}) {{
+        int j = j0 + sub;
+        float part = 0.f;
+        if (j < keys && hl < {words}) {{
+            float4 kk = reinterpret_cast<const float4*>(kb + (size_t)j * {d})[hl];
+            part = q4.x * kk.x + q4.y * kk.y + q4.z * kk.z + q4.w * kk.w;
         }}
-        float s = dot / float32({divisor!r});
-        if (j >= len) s = float32(-1e10);
-        p[j] = s;
-        m = fmaxf(m, s);
+        for (int o = {lanes // 2}; o > 0; o >>= 1) part += __shfl_xor_sync(0xffffffffu, part, o);
+        if (hl == 0 && j < keys) {{
+            float s = part / float32({divisor!r});
+            if (j >= len) s = float32(-1e10);
+            p[j] = s;
+            m = fmaxf(m, s);
+        }}
     }}
     m = jla_block_reduce(m, true, red);
     float sum = 0.f;
