@@ -1,11 +1,11 @@
 """One float32 kernel for the attention of one new token per row against a cache (per-row beam
 search): scores, length mask, softmax and the weighted sum of values, each key and value read once.
 
-ops.fused_attention's float32 path at this shape is five kernels a layer on CUDA: cuBLAS's
+ops.fused_attention's float32 path at this shape is several kernels a layer on CUDA: cuBLAS's
 batched q k^T (which with one query row ran at a fifth of the memory's speed on an H200: 0.60 ms
 a call at 1050 rows x 16 heads x 128 keys, against 0.13 ms for p v over the same bytes), the
-division by the divisor, the mask, Jittor's softmax and p v. This kernel computes the same float32
-arithmetic in one pass: s_j = (q . k_j) / divisor, -1e10 at and beyond the row's `len_kv`
+division and masks, Jittor's softmax kernel and p v. This kernel does the same float32 arithmetic
+in one pass: s_j = (q . k_j) / divisor, -1e10 at and beyond the row's `len_kv`
 (ops.py's `masked_fill`; its causal mask is all ones for one query row), then Jittor's softmax
 (max, expf(s - max), their sum, each divided by it) and sum_j p_j v_j. What differs from the path
 it replaces is only the order in which the dot products' and the sums' terms are added, an order
@@ -27,8 +27,8 @@ MAX_KEYS = 8192  # the probabilities of one (row, head) sit in shared memory: 32
 
 def wanted(q, k, len_kv) -> bool:
     """Whether ops.fused_attention should take this kernel (fused_kernels' op "decode_attention"):
-    one query row per (row, head) in float32 decoding, a `len_kv` mask, features a multiple of 4 (float4
-    loads), at most MAX_KEYS keys and 128 features."""
+    one query row per (row, head) in float32 decoding, a `len_kv` mask, features a multiple of 4
+    (float4 loads), at most MAX_KEYS keys and 128 features."""
     d = q.shape[-1]
     shape_fits = (q.ndim == 4 and q.shape[-2] == 1 and len_kv is not None and d % 4 == 0
                   and d <= _THREADS and 0 < k.shape[-2] <= MAX_KEYS)
