@@ -36,12 +36,10 @@ def wanted(q, k, len_kv) -> bool:
     return shape_fits and decoding and fused_kernels.wanted(q, "decode_attention", exact=True)
 
 
-_BLOCK_REDUCE = """
+# a block's max or sum: fused_kernels' warp shuffles, then the warps' results in order
+_BLOCK_REDUCE = fused_kernels._WARP_SUM + fused_kernels._WARP_MAX + """
 __device__ __forceinline__ float jla_block_reduce(float v, bool is_max, float* red) {
-    for (int o = 16; o > 0; o >>= 1) {
-        float other = __shfl_xor_sync(0xffffffffu, v, o);
-        v = is_max ? fmaxf(v, other) : v + other;
-    }
+    v = is_max ? jla_warp_max(v) : jla_warp_sum(v);
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     __syncthreads();  // red is reused: the last reduction's readers are done
     if (lane == 0) red[warp] = v;

@@ -84,10 +84,12 @@ _GELU_DY = f"0.5f * (1.f + t) + 0.5f * v * (1.f - t * t) * {_GELU_K}f * (1.f + 3
 _HEADER = "#include <cmath>\n#include <type/fp16_compute.h>\n"
 
 
-def _elementwise_cuda(name, body):
-    """A grid-stride CUDA kernel over in0's elements; `body` sets out0_p[i] from v = in0_p[i]."""
+def _elementwise_cuda(name, body, grad_input=False):
+    """A grid-stride CUDA kernel over in0's elements; `body` sets y[i] from v = x[i] (and, with
+    `grad_input`, the gradient g = in1; without it g is the output's pointer, unused)."""
+    g_type, g_ptr = ("in1_type", "in1_p") if grad_input else ("out0_type", "out0_p")
     return f"""
-__global__ void {name}(in0_type* __restrict__ x, in1_type* __restrict__ g, out0_type* __restrict__ y, size_t n) {{
+__global__ void {name}(in0_type* __restrict__ x, {g_type}* __restrict__ g, out0_type* __restrict__ y, size_t n) {{
     size_t stride = (size_t)blockDim.x * gridDim.x;
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {{
         float v = float(x[i]);
@@ -97,7 +99,7 @@ __global__ void {name}(in0_type* __restrict__ x, in1_type* __restrict__ g, out0_
 size_t n = in0->numel();
 int blocks = (int)((n + {_THREADS} - 1) / {_THREADS});
 if (blocks > 65536) blocks = 65536;
-if (n) {name}<<<blocks, {_THREADS}>>>(in0_p, IN1_P, out0_p, n);
+if (n) {name}<<<blocks, {_THREADS}>>>(in0_p, {g_ptr}, out0_p, n);
 """
 
 
@@ -113,8 +115,7 @@ for (size_t i = 0; i < n; i++) {{
 
 def _gelu_forward(x, out_type):
     body = f"{_GELU_Z} float t = tanhf(z); y[i] = out0_type({_GELU_Y});"
-    cuda = _elementwise_cuda("jla_gelu_fwd", body).replace("in1_type", "out0_type") \
-        .replace("IN1_P", "out0_p")
+    cuda = _elementwise_cuda("jla_gelu_fwd", body)
     cpu = _elementwise_cpu(body.replace("y[i]", "out0_p[i]").replace("tanhf", "std::tanh")
                            .replace("fminf", "std::fmin").replace("fmaxf", "std::fmax"))
     return jt.code(x.shape, out_type, [x], cpu_header=_HEADER, cpu_src=cpu,
@@ -123,7 +124,7 @@ def _gelu_forward(x, out_type):
 
 def _gelu_backward(x, grad, out_type=None):
     body = f"{_GELU_Z} float t = tanhf(z); y[i] = out0_type(float(g[i]) * ({_GELU_DY}));"
-    cuda = _elementwise_cuda("jla_gelu_bwd", body).replace("IN1_P", "in1_p")
+    cuda = _elementwise_cuda("jla_gelu_bwd", body, grad_input=True)
     cpu = _elementwise_cpu(body.replace("y[i]", "out0_p[i]").replace("g[i]", "in1_p[i]")
                            .replace("tanhf", "std::tanh").replace("fminf", "std::fmin")
                            .replace("fmaxf", "std::fmax"))
@@ -163,10 +164,8 @@ _GELU_EXACT_CPU = (f"auto z = {_GELU_K}f * (v + {_GELU_C} * std::pow(v, 3)); "
 
 
 def _gelu_forward_exact(x):
-    cuda = _elementwise_cuda("jla_gelu_exact", _GELU_EXACT_CUDA).replace("in1_type", "out0_type") \
-        .replace("IN1_P", "out0_p")
     return jt.code(x.shape, x.dtype, [x], cpu_header=_HEADER, cpu_src=_elementwise_cpu(_GELU_EXACT_CPU),
-                   cuda_header=_HEADER, cuda_src=cuda)
+                   cuda_header=_HEADER, cuda_src=_elementwise_cuda("jla_gelu_exact", _GELU_EXACT_CUDA))
 
 
 def decoding_float32(x) -> bool:
@@ -401,8 +400,9 @@ def layer_norm_wanted(x) -> bool:
     the order in which a row's terms are added differing: an order Jittor's own CUDA reductions
     do not fix either (they add with atomics, so two runs differ in the last bits), while this
     kernel adds the same way every run. Against float64 it is no less accurate than the exact
-    path (GPU test, passed on an H200: mean error within 1.05x, largest within 1.5x); Jittor's two reductions per norm took 0.12 ms a call at the beam's decode shape
-    on an H200, torch's LayerNorm 0.006 ms (logs/gpu-benchmark/jmma-2026-12-04, call C)."""
+    path (GPU test, passed on an H200: mean error within 1.05x, largest within 1.5x); Jittor's
+    two reductions per norm took 0.12 ms a call at the beam's decode shape on an H200, torch's
+    LayerNorm 0.006 ms (logs/gpu-benchmark/jmma-2026-12-04, call C)."""
     return wanted(x, "layer_norm", exact=decoding_float32(x))
 
 
