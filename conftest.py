@@ -90,6 +90,36 @@ def run_in_process(capsys):
     return run
 
 
+@pytest.fixture
+def nvcc_compiles(tmp_path):
+    """`compiles(kernels, launch, inputs, outputs, header="", flags=())` asserts that a jt.code
+    CUDA source compiles for sm_90 as Jittor compiles it: `header`, then `kernels` (which may use
+    the Var types) at file scope, the `launch` code in a function, the names jt.code defines (inN, inN_p, inN_type, outN_p,
+    outN_type) declared for the input and output C types given. nvcc only, no GPU needed; skips
+    where nvcc is not on the PATH."""
+    import shutil
+    import subprocess
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        pytest.skip("nvcc not on PATH")
+
+    def compiles(kernels, launch, inputs, outputs, header="", flags=()):
+        from jittor_impl.runtime import jt
+        types = [f"typedef {t} in{i}_type;" for i, t in enumerate(inputs)] + \
+                [f"typedef {t} out{i}_type;" for i, t in enumerate(outputs)]
+        names = [f"struct {{ long long shape[4]; long long numel() {{ return 8; }} }} in{i}_v = "
+                 f"{{{{8, 512, 3072, 1}}}}, *in{i} = &in{i}_v; in{i}_type* in{i}_p = 0;"
+                 for i in range(len(inputs))] + [f"out{i}_type* out{i}_p = 0;" for i in range(len(outputs))]
+        source = tmp_path / "unit.cu"
+        source.write_text(header + "\n" + "\n".join(types) + "\n" + kernels + "\nvoid launch() {\n"
+                          + "\n".join(names) + "\n" + launch + "\n}\n")
+        include = os.path.join(os.path.dirname(jt.__file__), "src")  # type/fp16_compute.h
+        proc = subprocess.run([nvcc, "-arch=sm_90", "-std=c++17", *flags, "-I", include, "-c", str(source),
+                               "-o", str(tmp_path / "unit.o")], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return compiles
+
+
 @pytest.hookimpl(tryfirst=True)  # before `-m` selects by marker
 def pytest_collection_modifyitems(config, items):
     from shared.runtime.environment import cuda_available

@@ -121,23 +121,8 @@ def test_beam_search_same_with_the_decoding_kernels_cuda():
         np.testing.assert_array_equal(_beam_sequences("auto"), _beam_sequences("off"))
 
 
-def _file_scope_unit(source, inputs, outputs, name):
-    """A jt.code CUDA source as Jittor compiles it: kernels at file scope, the launch code in a
-    function, the Var names jt.code defines (inN, inN_p, inN_type, outN_p, outN_type) declared."""
-    types = [f"typedef {t} in{i}_type;" for i, t in enumerate(inputs)] + \
-            [f"typedef {t} out{i}_type;" for i, t in enumerate(outputs)]
-    names = [f"struct {{ long long shape[4]; long long numel() {{ return 8; }} }} in{i}_v = {{{{2, 2, 2, 2}}}}, "
-             f"*in{i} = &in{i}_v; in{i}_type* in{i}_p = 0;" for i in range(len(inputs))] + \
-            [f"out{i}_type* out{i}_p = 0;" for i in range(len(outputs))]
-    cut = source.rindex("\n}\n") + 3
-    return ("\n".join(types) + "\n" + source[:cut] + f"\nvoid launch_{name}() {{\n" + "\n".join(names)
-            + "\n" + source[cut:] + "\n}\n")
-
-
-
 def _gelu_exact_cuda():
-    return fused_kernels._elementwise_cuda("jla_gelu_exact", fused_kernels._GELU_EXACT_CUDA) \
-        .replace("in1_type", "out0_type").replace("IN1_P", "out0_p")
+    return fused_kernels._elementwise_cuda("jla_gelu_exact", fused_kernels._GELU_EXACT_CUDA)
 
 
 CUDA_UNITS = {  # name: (source, input types, output types)
@@ -148,20 +133,12 @@ CUDA_UNITS = {  # name: (source, input types, output types)
 
 
 @pytest.mark.parametrize("unit", list(CUDA_UNITS))
-def test_decoding_cuda_sources_compile_for_hopper(unit, tmp_path):
+def test_decoding_cuda_sources_compile_for_hopper(unit, nvcc_compiles):
     """The float32 decoding kernels' CUDA sources (LayerNorm's forward serves training too) compile
     for sm_90 with Jittor's fast-math flag (nvcc only, no GPU needed)."""
-    import os
-    import shutil
-    import subprocess
-    nvcc = shutil.which("nvcc")
-    if nvcc is None:
-        pytest.skip("nvcc not on PATH")
     make, inputs, outputs = CUDA_UNITS[unit]
-    source = tmp_path / "unit.cu"
-    source.write_text("typedef float float32;\n#include <cuda_runtime.h>\n#include <vector>\n"
-                      + fused_kernels._HEADER + _file_scope_unit(make(), inputs, outputs, unit))
-    include = os.path.join(os.path.dirname(jt.__file__), "src")  # type/fp16_compute.h
-    proc = subprocess.run([nvcc, "-arch=sm_90", "-std=c++17", "--use_fast_math", "-I", include, "-c",
-                           str(source), "-o", str(tmp_path / "unit.o")], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    source = make()
+    cut = source.rindex("\n}\n") + 3  # jt.code's source: the kernels, then the launch code
+    nvcc_compiles(source[:cut], source[cut:], inputs, outputs, flags=("--use_fast_math",),
+                  header="typedef float float32;\n#include <cuda_runtime.h>\n#include <vector>\n"
+                         + fused_kernels._HEADER)

@@ -220,17 +220,10 @@ def test_packed_flash_attention_bf16_input_cuda(case):
         _check_packed_bf16_input(case, "auto")
 
 
-def _translation_unit(sizes, kernels, launch, inputs, outputs, len_input=None, ct="bfloat16", d=64):
-    """One pass's CUDA source as jt.code would compile it: the header, then the launch code in a
-    function, the Var names jt.code defines (inN, inN_p, inN_type, outN_p, outN_type) declared."""
+def _sources(sizes, kernels, launch, inputs, outputs, len_input=None, ct="bfloat16", d=64):
+    """One pass's CUDA source as jt.code gets it (the kernels in its header), with its Var types."""
     src = flash_attention._sources(kernels, launch, "", ct, d, 0.125, sizes, len_input)
-    names = []
-    for i, t in enumerate(inputs):
-        names.append(f"typedef {t} in{i}_type; struct {{ long long shape[4]; }} in{i}_v = {{{{8, 512, 3072, 0}}}}, "
-                     f"*in{i} = &in{i}_v; in{i}_type* in{i}_p = 0;")
-    for i, t in enumerate(outputs):
-        names.append(f"typedef {t} out{i}_type; out{i}_type* out{i}_p = 0;")
-    return src["cuda_header"] + "\nvoid launch() {\n" + "\n".join(names) + "\n" + src["cuda_src"] + "\n}\n"
+    return "", src["cuda_src"], inputs, outputs, src["cuda_header"]
 
 
 BF16, HALF = "__nv_bfloat16", "__half"
@@ -248,21 +241,10 @@ CUDA_UNITS = {  # the passes as ops.py calls them: packed bf16 (training), separ
 
 
 @pytest.mark.parametrize("unit", list(CUDA_UNITS))
-def test_cuda_sources_compile_for_hopper(unit, tmp_path):
+def test_cuda_sources_compile_for_hopper(unit, nvcc_compiles):
     """The CUDA sources compile for sm_90 (nvcc only, no GPU needed): their inline PTX (ldmatrix,
     mma.sync) and templates are checked on every machine with nvcc, not only on the GPU one."""
-    import os
-    import shutil
-    import subprocess
-    nvcc = shutil.which("nvcc")
-    if nvcc is None:
-        pytest.skip("nvcc not on PATH")
-    source = tmp_path / "unit.cu"
-    source.write_text(_translation_unit(*CUDA_UNITS[unit]))
-    include = os.path.join(os.path.dirname(jt.__file__), "src")  # type/fp16_compute.h
-    proc = subprocess.run([nvcc, "-arch=sm_90", "-std=c++17", "-I", include, "-c", str(source),
-                           "-o", str(tmp_path / "unit.o")], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    nvcc_compiles(*_sources(*CUDA_UNITS[unit]))
 
 
 @pytest.mark.parametrize("archs,takes", [([], True), ([86], True), ([90], True), ([75], False), ([75, 90], False)])
