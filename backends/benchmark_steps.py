@@ -4,7 +4,8 @@ beam search, kernel profiles; each in its own process (backends/benchmark_run.py
 Training: the real training step of each backend (the backend objects of shared/train/trainer.py:
 forward, backward, clipping, the reference AdamW) on synthetic full-length batches, or a peer's
 step (backends/benchmark_peers.py) on the same batches. Variants: `torch` (eager),
-`torch+compile` (torch.compile, mode reduce-overhead: CUDA graphs), `jittor` (products as direct
+`torch+compile` (torch.compile, mode reduce-overhead: CUDA graphs), `torch+autotune` (mode
+max-autotune, only where --backends names it), `jittor` (products as direct
 cuBLAS calls, permutes as gathers: jittor_impl/precision.py) and `jittor+tuner` (both left to
 Jittor's own ops and fusion pass). Beam search: the test split, randomly initialised weights (so
 beams rarely stop early). Peak device memory is read through NVML (all the process holds: CUDA
@@ -18,7 +19,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from shared.pipeline.benchmark_plan import (PEERS, lora_config, peft_config,
+from shared.pipeline.benchmark_plan import (COMPILE_MODES, PEERS, lora_config, peft_config,
                                             split_preference_variant, split_variant,
                                             summarize_kernels, synthetic_batch,
                                             synthetic_preference_batch, training_rates)
@@ -29,10 +30,11 @@ from . import training_backend
 from .benchmark_peers import build_peer
 
 
-def train_args(backend, device, precision, seed=0, compile=False):
+def train_args(backend, device, precision, seed=0, variant=None):
+    """The training flags a measurement's backend is built with (`variant`: its row's name)."""
     return SimpleNamespace(backend=backend, device=device, precision=precision, random_seed=seed,
                            init_checkpoint=None, shared_dropout=False, attn=None, lr=2e-4,
-                           compile=compile,
+                           compile=variant in COMPILE_MODES, compile_mode=COMPILE_MODES.get(variant),
                            adam_beta1=0.9, adam_beta2=0.999, adam_epislon=1e-6,
                            weight_decay=0.01, no_decay_bias=False, correct_bias=True)
 
@@ -95,7 +97,7 @@ def bench_training(variant, card, args):
         precision.set_fast_cuda_paths(variant != "jittor+tuner")
     config = lora_config(card, args) if method is None else peft_config(card, args, method)
     trainer = training_backend(backend)(config, train_args(backend, args.device, args.precision,
-                                                           compile=variant == "torch+compile"))
+                                                           variant=variant))
     batch = synthetic_batch(config, args)
 
     def run_step(number):

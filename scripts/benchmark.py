@@ -2,7 +2,7 @@
 """Training and beam-search throughput of both backends and their peers, side by side, in one run.
 
 Training: each backend's real training step (LoRA r=4, seq_len 512, batch 8) in the variants of
-backends/benchmark_steps.py (torch eager, torch+compile, jittor, jittor+tuner) and the peers of
+backends/benchmark_steps.py (torch eager, torch+compile, jittor, jittor+tuner; torch+autotune when named) and the peers of
 backends/benchmark_peers.py (Hugging Face transformers + peft; microsoft/LoRA's own code with
 --reference_src), with model FLOPs and MFU as shared/pipeline/benchmark_plan.py counts them, peak device memory
 through NVML and torch's peak tensors, and ratios to torch eager and the best peer.
@@ -23,7 +23,7 @@ import sys
 from backends.benchmark_steps import measure
 from backends.benchmark_run import print_result, run_benchmark
 from shared.runtime.arg_types import non_negative_int, positive_float, positive_int
-from shared.pipeline.benchmark_plan import PREFERENCE_TASKS, VARIANTS
+from shared.pipeline.benchmark_plan import KNOWN_VARIANTS, OPT_IN_VARIANTS, PREFERENCE_TASKS, VARIANTS
 from shared.model.config import MODEL_CARDS, shape_flag_problems
 from shared.model.peft_methods import METHODS
 from shared.decode.decode_cache import CACHES
@@ -42,7 +42,8 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--backends", default=",".join(VARIANTS),
                    help="training variants to measure: " + ", ".join(VARIANTS) + " (beam search "
-                        "runs for the plain torch and jittor among them)")
+                        "runs for the plain torch and jittor among them); also, only when named: "
+                        + ", ".join(OPT_IN_VARIANTS) + " (torch.compile's max-autotune)")
     p.add_argument("--profile", action="store_true", help="add a per-kernel time breakdown")
     p.add_argument("--cards", default="gpt2.md")
     p.add_argument("--extra_cards", default="gpt2.sm,gpt2.lg",
@@ -83,7 +84,8 @@ def parse_args(argv):
                         "measure only what is missing or failed there")
     p.add_argument("--_measure", nargs=3, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    lists = (("--backends", args.backends, VARIANTS), ("--extra_backends", args.extra_backends, VARIANTS),
+    lists = (("--backends", args.backends, KNOWN_VARIANTS),
+             ("--extra_backends", args.extra_backends, KNOWN_VARIANTS),
              ("--cards", args.cards, MODEL_CARDS), ("--extra_cards", args.extra_cards, MODEL_CARDS),
              ("--beam_cards", args.beam_cards, MODEL_CARDS), ("--beam_caches", args.beam_caches, CACHES),
              ("--peft_methods", args.peft_methods, METHODS),

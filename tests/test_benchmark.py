@@ -84,8 +84,8 @@ def test_a_beam_only_record_renders_its_profiles_and_no_empty_training_table(cpu
 
 
 def test_bad_flags_are_one_line_errors_before_any_measurement(tmp_path):
-    proc = run_benchmark("--device", "cpu", "--backends", "torch,tensorflow", "--extra_cards",
-                         "gpt2.xl", "--out", str(tmp_path / "b.md"))
+    proc = run_benchmark("--device", "cpu", "--backends", "torch,torch+autotune,tensorflow",
+                         "--extra_cards", "gpt2.xl", "--out", str(tmp_path / "b.md"))
     assert proc.returncode == 2
     assert "--backends: unknown ['tensorflow']" in proc.stderr
     assert "--extra_cards: unknown ['gpt2.xl']" in proc.stderr

@@ -35,3 +35,14 @@ def test_both_backends_take_both_attention_paths(data_files, attn):
 
 def test_torch_compile_is_accepted(data_files):
     assert validate(parse(data_files, "--backend", "torch", "--compile")).compile
+
+
+def test_a_compile_mode_implies_compile(data_files):
+    args = validate(parse(data_files, "--backend", "torch", "--compile_mode", "max-autotune"))
+    assert args.compile and args.compile_mode == "max-autotune"
+    assert validate(parse(data_files, "--backend", "torch")).compile_mode is None
+
+
+def test_a_compile_mode_for_jittor_names_the_flag(data_files):
+    with pytest.raises(ArgumentProblem, match="--compile_mode exists for the torch backend only"):
+        validate(parse(data_files, "--backend", "jittor", "--compile_mode", "default"))

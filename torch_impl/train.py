@@ -56,11 +56,11 @@ class TorchBackend:  # framework
         # the model, or under several processes its data-parallel wrapper
         self.trained = self.join_processes(self.model, args)  # framework
         # what forward passes run through: the model, or its torch.compile'd form; on CUDA
-        # "reduce-overhead" also replays each step's kernels as CUDA graphs
-        self.compiled = bool(getattr(args, "compile", False))  # framework
+        # "reduce-overhead" (the default there) also replays each step's kernels as CUDA graphs
+        mode = getattr(args, "compile_mode", None)  # framework
+        self.compiled = bool(getattr(args, "compile", False)) or mode is not None  # framework
         if self.compiled:  # framework
-            mode = getattr(args, "compile_mode", None) or (  # framework
-                "reduce-overhead" if self.device.type == "cuda" else "default")  # framework
+            mode = mode or ("reduce-overhead" if self.device.type == "cuda" else "default")  # framework
             self.forward = torch.compile(self.trained, mode=mode)  # framework
         else:  # framework
             self.forward = self.trained  # framework

@@ -26,7 +26,13 @@ PEAK_BF16_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}  # dense, SXM
 # (backends/benchmark_peers.py builds them; the reference peers need --reference_src).
 PROJECT_VARIANTS = ("torch", "torch+compile", "jittor", "jittor+tuner")
 PEERS = ("hf+peft", "hf+peft+compile", "reference", "reference+bf16")
-VARIANTS = PROJECT_VARIANTS + PEERS
+VARIANTS = PROJECT_VARIANTS + PEERS  # the default --backends
+# measured only where --backends names them: max-autotune compiles for minutes
+OPT_IN_VARIANTS = ("torch+autotune",)
+KNOWN_VARIANTS = VARIANTS + OPT_IN_VARIANTS
+# the torch variants run through torch.compile, and the --compile_mode of each (None: the
+# training flag's default, reduce-overhead on CUDA)
+COMPILE_MODES = {"torch+compile": None, "torch+autotune": "max-autotune"}
 BEAM_BACKENDS = ("torch", "jittor")
 # --peft_methods: one row per method and backend ("torch peft=prefix"), each method with the
 # default sizes of its flags (shared/model/peft_methods.py), LoRA r=4 as the rows above.

@@ -22,6 +22,8 @@ from shared.train.data_parallel import DEFAULT_TIMEOUT_S, setup_processes
 
 BACKENDS = ("torch", "jittor")
 PRECISIONS = ("fp32", "bf16", "fp16")
+# torch.compile's modes; without --compile_mode: reduce-overhead on CUDA, default on the CPU
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def add_model_shape_args(parser):
@@ -108,6 +110,11 @@ def build_parser(data_args=True, description=None):
                    help="torch backend: run the model through torch.compile (fuses the "
                         "element-wise work, and on CUDA replays each step as CUDA graphs: "
                         "mode reduce-overhead; the first steps compile)")
+    p.add_argument("--compile_mode", default=None, choices=COMPILE_MODES,
+                   help="torch.compile's mode (implies --compile): max-autotune also times "
+                        "Triton's kernels for every product shape and fuses more into them "
+                        "(compiles for minutes); default: reduce-overhead on CUDA, default on "
+                        "the CPU")
     p.add_argument("--resume", action="store_true",
                    help="continue from the latest checkpoint in --work_dir")
     p.add_argument("--max_eval_batches", type=positive_int, default=None,
@@ -169,8 +176,10 @@ def validate(args, data_files=True):
         problems.append(f"--label_smooth must be in [0, 1), got {args.label_smooth}")
     if args.lora_dim < 0:
         problems.append(f"--lora_dim must be >= 0, got {args.lora_dim}")
+    args.compile = args.compile or args.compile_mode is not None
     if args.compile and args.backend == "jittor":
-        problems.append("--compile exists for the torch backend only (Jittor fuses by itself)")
+        flag = "--compile_mode" if args.compile_mode else "--compile"
+        problems.append(f"{flag} exists for the torch backend only (Jittor fuses by itself)")
     if args.device is None:
         args.device = default_device()
     if args.precision != "fp32" and args.device != "cuda":
