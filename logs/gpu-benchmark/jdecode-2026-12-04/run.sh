@@ -12,6 +12,9 @@
 #   tests   the GPU tests named in tests.txt here (a grep -E $TESTS narrows them), $NPROC workers
 #   beam    beam search rows, 630 test MRs, for $CACHES (default per_row), jittor and torch, profiled
 #   train   gpt2.md training rows of jittor, torch+compile and torch, profiled
+#   compile gpt2.md training rows of torch+compile (reduce-overhead) and torch+autotune
+#           (max-autotune), profiled: the torch --compile target (WARMUP=0 skips Jittor's warm-up);
+#           then, with time left, torch+autotune with inductor's coordinate-descent tuning too
 # Every row of one call lands in one record ($OUT/w/$TAG.md/.json): rows of one machine compare.
 set -u
 T0=$SECONDS
@@ -32,8 +35,10 @@ export GPT2_VOCAB_DIR=$D/gpt2 E2E_DATA_DIR=$D/e2e-offline
 export JLA_FUSED_OPS=${JLA_FUSED_OPS:-gelu,layer_norm,softmax,attention,cross_entropy,optimizer,gather,decode_attention,decode_gelu}
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv > "$W/gpu.txt" 2>&1
 note "start: $*"
-timeout $(lim 220) python3 scripts/jittor_warmup.py > "$W/warmup.log" 2>&1
-note "warmup rc=$?"
+if [ "${WARMUP:-1}" = 1 ]; then
+  timeout $(lim 220) python3 scripts/jittor_warmup.py > "$W/warmup.log" 2>&1
+  note "warmup rc=$?"
+fi
 BENCH=(python3 scripts/benchmark.py --steps 10 --warmup 5 --profile --out "$W/$TAG.md")
 BENCH_NP=(python3 scripts/benchmark.py --steps 10 --warmup 5 --out "$W/$TAG.md")
 for stage in "$@"; do
@@ -77,6 +82,16 @@ for stage in "$@"; do
       timeout $(lim ${TRAIN_S:-$(( $(left) - 5 ))}) "${BENCH[@]}" --backends jittor,torch+compile,torch \
         --cards gpt2.md --extra_cards "" --resume > "$W/train-$TAG.log" 2>&1
       note "train rc=$?"; clean "$W/train-$TAG.log"; grep "^| gpt2" "$W/$TAG.md" ;;
+    compile)
+      timeout $(lim ${COMPILE_S:-$(( $(left) - 5 ))}) "${BENCH[@]}" --backends torch+compile,torch+autotune \
+        --cards gpt2.md --extra_cards "" --resume > "$W/compile-$TAG.log" 2>&1
+      note "compile rc=$?"; clean "$W/compile-$TAG.log"; grep "^| gpt2" "$W/$TAG.md"
+      # inductor's coordinate-descent tuning of its own kernels on top, in a record of its own
+      if [ "$(left)" -gt 150 ]; then
+        TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1 timeout $(lim $(( $(left) - 5 ))) "${BENCH[@]/$TAG.md/$TAG-cdt.md}" \
+          --backends torch+autotune --cards gpt2.md --extra_cards "" --resume > "$W/compile-cdt-$TAG.log" 2>&1
+        note "compile cdt rc=$?"; clean "$W/compile-cdt-$TAG.log"; grep "^| gpt2" "$W/$TAG-cdt.md"
+      fi ;;
     *) note "unknown stage $stage" ;;
   esac
 done
