@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from shared.pipeline.benchmark_plan import (COMPILE_MODES, PEERS, lora_config, peft_config,
+from shared.pipeline.benchmark_plan import (COMPILED_VARIANTS, PEERS, lora_config, peft_config,
                                             split_preference_variant, split_variant,
                                             summarize_kernels, synthetic_batch,
                                             synthetic_preference_batch, training_rates)
@@ -34,7 +34,8 @@ def train_args(backend, device, precision, seed=0, variant=None):
     """The training flags a measurement's backend is built with (`variant`: its row's name)."""
     return SimpleNamespace(backend=backend, device=device, precision=precision, random_seed=seed,
                            init_checkpoint=None, shared_dropout=False, attn=None, lr=2e-4,
-                           compile=variant in COMPILE_MODES, compile_mode=COMPILE_MODES.get(variant),
+                           compile=variant in COMPILED_VARIANTS,
+                           compile_mode=COMPILED_VARIANTS.get(variant),
                            adam_beta1=0.9, adam_beta2=0.999, adam_epislon=1e-6,
                            weight_decay=0.01, no_decay_bias=False, correct_bias=True)
 

@@ -23,7 +23,8 @@ import sys
 from backends.benchmark_steps import measure
 from backends.benchmark_run import print_result, run_benchmark
 from shared.runtime.arg_types import non_negative_int, positive_float, positive_int
-from shared.pipeline.benchmark_plan import KNOWN_VARIANTS, OPT_IN_VARIANTS, PREFERENCE_TASKS, VARIANTS
+from shared.pipeline.benchmark_plan import (KNOWN_VARIANTS, OPT_IN_VARIANTS, PREFERENCE_TASKS,
+                                            VARIANTS)
 from shared.model.config import MODEL_CARDS, shape_flag_problems
 from shared.model.peft_methods import METHODS
 from shared.decode.decode_cache import CACHES

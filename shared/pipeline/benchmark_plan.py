@@ -32,7 +32,7 @@ OPT_IN_VARIANTS = ("torch+autotune",)
 KNOWN_VARIANTS = VARIANTS + OPT_IN_VARIANTS
 # the torch variants run through torch.compile, and the --compile_mode of each (None: the
 # training flag's default, reduce-overhead on CUDA)
-COMPILE_MODES = {"torch+compile": None, "torch+autotune": "max-autotune"}
+COMPILED_VARIANTS = {"torch+compile": None, "torch+autotune": "max-autotune"}
 BEAM_BACKENDS = ("torch", "jittor")
 # --peft_methods: one row per method and backend ("torch peft=prefix"), each method with the
 # default sizes of its flags (shared/model/peft_methods.py), LoRA r=4 as the rows above.
