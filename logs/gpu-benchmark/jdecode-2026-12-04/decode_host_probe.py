@@ -8,10 +8,14 @@ launches the step's kernels). Pass `async`: the loop as committed (`jt.sync` wit
 `device`: the same loop with `jt.sync_all(True)` after each step, so the GPU is idle while Python
 builds the next graph. If `async` takes about as long a step as `device`, something in the step
 already waits for the GPU and the build time is the gap; if it takes about the kernels' time,
-the build overlaps them. Usage:
+the build overlaps them. On CUDA a last pass runs one search under torch's profiler, whose CUPTI
+tracing sees the CUDA runtime and driver calls of every library in the process, Jittor's
+included: a synchronous call (a device synchronize, a blocking copy) per step says where the
+host waits. Usage:
   decode_host_probe.py TEST_JSONL BATCHES    gpt2.md, fp32, beam 10, batches of 105 MRs, CUDA
   decode_host_probe.py cpu                   a smoke run: a 24-layer, 32-wide model on the CPU
-Prints one `host` line per pass: ms per step of build, sync and wall.
+Prints one `host` line per pass (ms per step of build, sync and wall) and, on CUDA, one
+`host call` line per traced runtime or driver call (count per step, ms per step).
 """
 import sys
 import time
@@ -85,3 +89,27 @@ for mode in ("async", "device", "async"):  # async twice: the first pass also co
           f"jt.sync {clock['sync'] * 1e3 / n:.2f} ms, wall {wall * 1e3 / n:.2f} ms "
           f"({wall / len(batches):.3f} s per batch)", flush=True)
 print("host outputs equal across passes:", bool((outputs["async"] == outputs["device"]).all()))
+
+
+def traced_calls(batch, top=15):
+    """One search under torch's profiler (CUDA activity: CUPTI's runtime and driver records)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    torch.cuda.init()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        search(batch)
+        jt.sync_all(True)
+    steps = settings.eval_len
+    calls = [(event.key, event.count / steps, event.cpu_time_total / 1e3 / steps)
+             for event in prof.key_averages() if event.key.startswith("cu")]
+    for name, count, ms in sorted(calls, key=lambda c: -c[2])[:top]:
+        print(f"host call {name}: {count:.1f} per step, {ms:.3f} ms per step", flush=True)
+    if not calls:
+        print("host call: none traced (CUPTI saw no runtime or driver calls of Jittor's)")
+
+
+if jt.flags.use_cuda:
+    try:
+        traced_calls(batches[0])
+    except Exception as error:  # a probe: say why the trace is missing, keep the timings above
+        print(f"host call: the trace failed: {type(error).__name__}: {error}")
