@@ -7,9 +7,9 @@
 # Stages (each under its own time limit so the call ends inside the tool's 10 minutes):
 #   probe   decode_probe.py: the float32 decoding kernels against the exact path at the beam's
 #           shapes; an op whose CHECK fails is left out of the later stages (JLA_FUSED_OPS);
-#           then torch_decode_probe.py: the torch twin's per-row attention and other forms of it;
-#           then decode_host_probe.py: Jittor's per-step graph build and sync, with and without
-#           a device sync per step (does the GPU wait for Python?)
+#           then torch_decode_probe.py: the torch twin's per-row attention and other forms of it
+#   host    decode_host_probe.py: Jittor's per-step graph build and sync, with and without a
+#           device sync per step, and one search's CUDA calls traced (does the GPU wait for Python?)
 #   beamab  beam_ab.py (call A only): per-row beam search over $AB_BATCHES batches with candidate
 #           forms switched on one after another (Jittor), then the torch twin over the same batches
 #   tests   the GPU tests named in tests.txt here (a grep -E $TESTS narrows them), $NPROC workers
@@ -57,9 +57,11 @@ for stage in "$@"; do
       export JLA_FUSED_OPS=$keep; note "JLA_FUSED_OPS=$keep"
       # the torch twin's per-row attention at the same shapes: committed path and other forms
       timeout $(lim ${TPROBE_S:-90}) python3 $HERE/torch_decode_probe.py > "$W/torch-probe-$TAG.log" 2>&1
-      note "torch probe rc=$?"; grep "^torch decode" "$W/torch-probe-$TAG.log"
-      # does the GPU wait for Python between Jittor's decoding steps? (wall vs kernels)
-      timeout $(lim ${HPROBE_S:-100}) python3 $HERE/decode_host_probe.py $D/e2e-jsonl/test.jsonl ${HPROBE_BATCHES:-1} > "$W/host-probe-$TAG.log" 2>&1
+      note "torch probe rc=$?"; grep "^torch decode" "$W/torch-probe-$TAG.log" ;;
+    host)
+      # does the GPU wait for Python between Jittor's decoding steps? (wall vs kernels; after
+      # the beam stage, whose compiled kernels it reuses: in call B it ran out of time compiling)
+      timeout $(lim ${HPROBE_S:-150}) python3 $HERE/decode_host_probe.py $D/e2e-jsonl/test.jsonl ${HPROBE_BATCHES:-1} > "$W/host-probe-$TAG.log" 2>&1
       note "host probe rc=$?"; clean "$W/host-probe-$TAG.log"; grep "^host" "$W/host-probe-$TAG.log" ;;
     beamab)
       timeout $(lim ${AB_S:-300}) python3 $HERE/beam_ab.py $D/e2e-jsonl/test.jsonl ${AB_BATCHES:-2} > "$W/beamab-$TAG.log" 2>&1
