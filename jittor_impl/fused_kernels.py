@@ -41,9 +41,9 @@ if _mode[0] not in MODES:
 OPS = ("gelu", "layer_norm", "softmax", "attention", "cross_entropy", "optimizer", "gather",
        "decode_attention", "decode_gelu")  # attention: flash_attention.py; optimizer: fused_optim.py;
 # gather: row_gather.py; decode_attention: decode_attention.py; decode_gelu: the float32 decoding GELU
-# Left out unless JLA_FUSED_OPS names them: float32 decoding kernels whose CUDA sources compile
-# (nvcc, in the CPU suite) and pass their CPU tests but have not yet run on a GPU; they join the
-# default once their GPU tests pass (tests/test_jittor_decode_attention.py, test_jittor_fused_kernels.py).
+# Left out unless JLA_FUSED_OPS names them: float32 decoding kernels that pass their CPU tests and
+# their own GPU tests, but whose whole beam search has not yet run on a GPU; they join the default
+# once test_beam_search_same_with_the_decoding_kernels_cuda passes (tests/test_jittor_decode_attention.py).
 AWAITING_GPU_TESTS = ("decode_attention", "decode_gelu")
 DEFAULT_OPS = tuple(op for op in OPS if op not in AWAITING_GPU_TESTS)
 _ops = set(filter(None, os.environ.get("JLA_FUSED_OPS", ",".join(DEFAULT_OPS)).split(",")))
