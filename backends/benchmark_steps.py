@@ -19,6 +19,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from shared.decode.beam_spec import BeamSettings
 from shared.pipeline.benchmark_plan import (COMPILED_VARIANTS, PEERS, lora_config, peft_config,
                                             split_preference_variant, split_variant,
                                             summarize_kernels, synthetic_batch,
@@ -28,6 +29,12 @@ from shared.runtime.peak_memory import DevicePeakMemory
 
 from . import training_backend
 from .benchmark_peers import build_peer
+
+# the beam rows' decoding flags (gpt2_beam.py's, as the E2E recipe sets them); probes of the
+# decoding step under logs/gpu-benchmark take them from here so their shapes match the rows
+BEAM_SETTINGS = BeamSettings(beam=10, eval_len=64, min_length=0, length_penalty=0.8,
+                             no_repeat_ngram_size=4, repetition_penalty=1.0,
+                             eos_token_ids=(50256, 628))
 
 
 def train_args(backend, device, precision, seed=0, variant=None):
@@ -282,15 +289,12 @@ def bench_beam(name, card, args):
     """Time scripts/gpt2_beam.py's search over the test split, model already on the device;
     `name` is a backend, or backend+cache (shared.pipeline.benchmark_plan.beam_key) for another cache."""
     from shared.text.batching import FTDataset
-    from shared.decode.beam_spec import BeamSettings
     backend, _, cache = name.partition("+")
     cache = cache or "per_row"
     config = GPT2Config.from_model_card(card, n_embd=args.n_embd, n_layer=args.n_layer,
                                         n_head=args.n_head)
     dataset = FTDataset.from_file(args.test_data, args.beam_batch_size, 512, 64)
-    settings = BeamSettings(beam=10, eval_len=64, min_length=0, length_penalty=0.8,
-                            no_repeat_ngram_size=4, repetition_penalty=1.0,
-                            eos_token_ids=(50256, 628))
+    settings = BEAM_SETTINGS
     if backend == "torch":
         import torch
         from torch_impl import GPT2LMModel

@@ -22,15 +22,13 @@ import time
 
 import numpy as np
 
-from shared.decode.beam_spec import BeamSettings
+from backends.benchmark_steps import BEAM_SETTINGS as settings  # the beam rows' flags
 from shared.model.config import GPT2Config
 
 from jittor_impl import GPT2LMModel
 from jittor_impl import beam as jittor_beam
 from jittor_impl.runtime import jt, use_device
 
-settings = BeamSettings(beam=10, eval_len=64, min_length=0, length_penalty=0.8,
-                        no_repeat_ngram_size=4, repetition_penalty=1.0, eos_token_ids=(50256, 628))
 if sys.argv[1:] == ["cpu"]:
     config = GPT2Config(n_embd=32, n_layer=24, n_head=2, n_positions=256, n_ctx=256,
                         lora_attn_dim=4)
@@ -94,14 +92,16 @@ print("host outputs equal across passes:", bool((outputs["async"] == outputs["de
 def traced_calls(batch, top=15):
     """One search under torch's profiler (CUDA activity: CUPTI's runtime and driver records)."""
     import torch
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
     torch.cuda.init()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         search(batch)
         jt.sync_all(True)
     steps = settings.eval_len
-    calls = [(event.key, event.count / steps, event.cpu_time_total / 1e3 / steps)
-             for event in prof.key_averages() if event.key.startswith("cu")]
+    calls = [(event.key, event.count / steps, event.cpu_time_total / 1e3 / steps)  # host side:
+             for event in prof.key_averages()  # not kernels (cub::..., cutlass... start with cu too)
+             if event.device_type == DeviceType.CPU and event.key.startswith("cu")]
     for name, count, ms in sorted(calls, key=lambda c: -c[2])[:top]:
         print(f"host call {name}: {count:.1f} per step, {ms:.3f} ms per step", flush=True)
     if not calls:
