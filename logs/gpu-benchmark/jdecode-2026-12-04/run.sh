@@ -72,8 +72,12 @@ for stage in "$@"; do
     tests)
       mapfile -t SEL < <(grep -E "${TESTS:-.}" $HERE/tests.txt)
       note "tests: ${#SEL[@]} selected"
-      # pytest writes to a file, not a pipe: a pipe's reader killed by the limit lost logs before
-      timeout -k 10 $(lim ${TESTS_S:-240}) python3 -m pytest "${SEL[@]}" -m gpu -v -rfE -p no:cacheprovider \
+      # pytest writes to a file, not a pipe: a pipe's reader killed by the limit lost logs before.
+      # pytest-timeout fails a test 20 s before the stage's limit and prints its stack: where a
+      # test that does not finish spends its time (call C's whole-beam test did not say)
+      tl=$(lim ${TESTS_S:-240})
+      timeout -k 10 $tl python3 -m pytest "${SEL[@]}" -m gpu -v -rfE -p no:cacheprovider \
+        --timeout $(( tl > 60 ? tl - 20 : 40 )) --timeout_method thread --durations 0 \
         -n ${NPROC:-12} --dist load > "$W/gpu-tests-$TAG.log" 2>&1
       rc=$?; clean "$W/gpu-tests-$TAG.log"
       note "gpu tests rc=$rc: $(grep -c ' PASSED ' "$W/gpu-tests-$TAG.log") passed, $(grep -c ' FAILED \| ERROR ' "$W/gpu-tests-$TAG.log") failed; $(tail -1 "$W/gpu-tests-$TAG.log")" ;;
