@@ -73,8 +73,8 @@ for stage in "$@"; do
       mapfile -t SEL < <(grep -E "${TESTS:-.}" $HERE/tests.txt)
       note "tests: ${#SEL[@]} selected"
       # pytest writes to a file, not a pipe: a pipe's reader killed by the limit lost logs before.
-      # pytest-timeout fails a test 20 s before the stage's limit and prints its stack: where a
-      # test that does not finish spends its time (call C's whole-beam test did not say)
+      # pytest-timeout fails a test that runs for the stage's limit less 20 s and prints its stack:
+      # where a test that does not finish spends its time (call C's whole-beam test did not say)
       tl=$(lim ${TESTS_S:-240})
       timeout -k 10 $tl python3 -m pytest "${SEL[@]}" -m gpu -v -rfE -p no:cacheprovider \
         --timeout $(( tl > 60 ? tl - 20 : 40 )) --timeout_method thread --durations 0 \
