@@ -42,9 +42,9 @@ if [ "${WARMUP:-1}" = 1 ]; then
   timeout $(lim 220) python3 scripts/jittor_warmup.py > "$W/warmup.log" 2>&1
   note "warmup rc=$?"
 fi
-BENCH=(python3 scripts/benchmark.py --steps 10 --warmup 5 --out "$W/$TAG.md")
+BENCH_NP=(python3 scripts/benchmark.py --steps 10 --warmup 5 --out "$W/$TAG.md")  # no profile
+BENCH=("${BENCH_NP[@]}")
 [ "${PROFILE:-1}" = 1 ] && BENCH+=(--profile)  # PROFILE=0: rows only, when device time is short
-BENCH_NP=(python3 scripts/benchmark.py --steps 10 --warmup 5 --out "$W/$TAG.md")
 for stage in "$@"; do
   case $stage in
     probe)
