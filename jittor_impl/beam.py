@@ -14,6 +14,7 @@ from shared.decode.beam_spec import BeamSettings, length_divisor, padded_query_w
 from shared.decode.decode_cache import SharedPrefixCache, check_cache, generated_width
 from shared.model.peft_methods import input_positions, virtual_tokens
 
+from . import row_table  # framework
 from .row_gather import gather_rows  # framework
 from .runtime import jt  # framework
 
@@ -140,8 +141,15 @@ def pad_cache(presents, extra):
                   for x in layer) for layer in presents]
 
 
-def reorder_cache(past, rows):
-    return [tuple(gather_rows(x, rows) for x in layer) for layer in past]  # framework
+def reorder_cache(past, rows, column=None, in_place=False):  # framework
+    # framework: docstring lines 1-3
+    """`in_place` (row_table.wanted): after the first selection, which expands one row per query
+    into K, the rows are not copied but re-pointed (row_table.py); the next token of row n goes at
+    `column[n]`."""
+    if isinstance(past[0], row_table.RowTableCache):  # framework
+        return row_table.relink(past, rows, column)  # framework
+    past = [tuple(gather_rows(x, rows) for x in layer) for layer in past]  # framework
+    return row_table.link(past) if in_place else past  # framework
 
 
 def cache_state(past):  # framework
@@ -149,6 +157,8 @@ def cache_state(past):  # framework
     if isinstance(past[0], SharedPrefixCache):  # framework
         return [x for layer in past for x in (layer.prefix_key, layer.prefix_value, layer.key,  # framework
                                               layer.value, layer.masked)]  # framework
+    if isinstance(past[0], row_table.RowTableCache):  # framework
+        return [x for layer in past for x in (layer.key, layer.value)] + [past[0].rows_of]  # framework
     return [x for kv in past for x in kv]  # framework
 
 
@@ -214,6 +224,7 @@ def _beam_search(model, query, query_len, settings, cache):
     logits = logits[queries, query_len - 1]
     if cache == "per_row":
         past = pad_cache(presents, eval_len)
+        in_place = row_table.wanted(model, past)  # framework: read through a row table, not reordered
     else:
         past = shared_prefix_cache(presents, eval_len)
     row_len = query_len[:, None].expand(batch, beam).reshape(-1)
@@ -236,7 +247,7 @@ def _beam_search(model, query, query_len, settings, cache):
                                  eos_columns[token].reshape(batch, beam))
         if cur_len + 1 < eval_len:  # the new tokens go at position query_len + cur_len
             if cache == "per_row":
-                past = reorder_cache(past, source)
+                past = reorder_cache(past, source, row_len + virtual + cur_len, in_place)  # framework
             else:
                 past = reorder_generated(past, source, cur_len, prefix_masked, eval_len)
             logits, past = model(token[:, None], past=past, len_past=row_len + cur_len)

@@ -27,13 +27,18 @@ MAX_KEYS = 8192  # the probabilities of one (row, head) sit in shared memory: 32
 
 def wanted(q, k, len_kv) -> bool:
     """Whether ops.fused_attention should take this kernel (fused_kernels' op "decode_attention"):
-    one query row per (row, head) in float32 decoding, a `len_kv` mask, features a multiple of 4
-    (float4 loads), at most MAX_KEYS keys and 128 features."""
-    d = q.shape[-1]
-    shape_fits = (q.ndim == 4 and q.shape[-2] == 1 and len_kv is not None and d % 4 == 0
-                  and d <= _THREADS and 0 < k.shape[-2] <= MAX_KEYS)
-    decoding = fused_kernels.decoding_float32(q)  # no backward: never where gradients are wanted
-    return shape_fits and decoding and fused_kernels.wanted(q, "decode_attention", exact=True)
+    one query row per (row, head) against a cache `takes` takes, with a `len_kv` mask."""
+    one_row = q.ndim == 4 and q.shape[-2] == 1 and q.shape[-1] == k.shape[-1]
+    return one_row and len_kv is not None and fused_kernels.decoding_float32(q) and takes(k)
+
+
+def takes(k) -> bool:
+    """Whether the kernel takes one-row queries against the cache `k` (rows, heads, keys, D): float32
+    decoding, D a multiple of 4 (float4 loads) and at most 128, at most MAX_KEYS keys."""
+    d = k.shape[-1]
+    shape_fits = k.ndim == 4 and d % 4 == 0 and d <= _THREADS and 0 < k.shape[-2] <= MAX_KEYS
+    decoding = fused_kernels.decoding_float32(k)  # no backward: never where gradients are wanted
+    return shape_fits and decoding and fused_kernels.wanted(k, "decode_attention", exact=True)
 
 
 # a block's max or sum: fused_kernels' warp shuffles, then the warps' results in order
@@ -51,21 +56,27 @@ __device__ __forceinline__ float jla_block_reduce(float v, bool is_max, float* r
 """
 
 
-def _cuda(d, divisor):
+def _key_offset(d, linked):
+    """C expression: where key/value j of block (row n, head h) starts, in floats. `linked`: the
+    cache is read through a row table (row_table.py), `rows_of` (rows, keys): key j of row n sits
+    in row rows_of[n][j] of the cache."""
+    row = "(size_t)rows_of[(size_t)n * keys + j]" if linked else "(size_t)n"
+    return f"(({row} * heads + h) * keys + j) * {d}"
+
+
+def _cuda(d, divisor, linked=False):
     parts = _THREADS // d  # threads per feature in p v (d divides 128 for the model's widths)
     words = d // 4  # float4 words of a key row
     lanes = 1 << (words - 1).bit_length()  # lanes per key: a power of two, so xor shuffles stay in the group
     return _BLOCK_REDUCE + f"""
 __global__ void jla_decode_attention(const float* __restrict__ q, const float* __restrict__ k,
-        const float* __restrict__ v, const int* __restrict__ len_kv, float* __restrict__ out,
-        int heads, int keys) {{
+        const float* __restrict__ v, const int* __restrict__ len_kv, const int* __restrict__ rows_of,
+        float* __restrict__ out, int heads, int keys) {{
     extern __shared__ float p[];  // keys scores, then probabilities
     __shared__ __align__(16) float qs[{d}];
     __shared__ float red[32], acc_part[{_THREADS}];
-    size_t bh = blockIdx.x;
-    int len = len_kv[bh / heads];
-    const float* kb = k + bh * keys * {d};
-    const float* vb = v + bh * keys * {d};
+    size_t bh = blockIdx.x, n = bh / heads, h = bh % heads;
+    int len = len_kv[n];
     if (threadIdx.x < {d}) qs[threadIdx.x] = q[bh * {d} + threadIdx.x];
     __syncthreads();
     // scores: {lanes} lanes per key, each a float4 of the row (coalesced), summed by xor shuffles
@@ -76,7 +87,7 @@ __global__ void jla_decode_attention(const float* __restrict__ q, const float* _
         int j = j0 + sub;
         float part = 0.f;
         if (j < keys && hl < {words}) {{
-            float4 kk = reinterpret_cast<const float4*>(kb + (size_t)j * {d})[hl];
+            float4 kk = reinterpret_cast<const float4*>(k + {_key_offset(d, linked)})[hl];
             part = q4.x * kk.x + q4.y * kk.y + q4.z * kk.z + q4.w * kk.w;
         }}
         for (int o = {lanes // 2}; o > 0; o >>= 1) part += __shfl_xor_sync(0xffffffffu, part, o);
@@ -100,7 +111,7 @@ __global__ void jla_decode_attention(const float* __restrict__ q, const float* _
     int f = threadIdx.x % {d}, part = threadIdx.x / {d};
     float a = 0.f;
     if (part < {parts})
-        for (int j = part; j < keys; j += {parts}) a += p[j] * vb[(size_t)j * {d} + f];
+        for (int j = part; j < keys; j += {parts}) a += p[j] * v[{_key_offset(d, linked)} + f];
     acc_part[threadIdx.x] = a;
     __syncthreads();
     if (threadIdx.x < {d}) {{
@@ -111,24 +122,28 @@ __global__ void jla_decode_attention(const float* __restrict__ q, const float* _
 }}
 int heads = in0->shape[1], keys = in1->shape[2];
 size_t blocks = in0->numel() / {d};
-if (blocks) jla_decode_attention<<<blocks, {_THREADS}, keys * sizeof(float)>>>(in0_p, in1_p, in2_p, in3_p, out0_p, heads, keys);
+if (blocks) jla_decode_attention<<<blocks, {_THREADS}, keys * sizeof(float)>>>(in0_p, in1_p, in2_p, in3_p, {"in4_p" if linked else "nullptr"}, out0_p, heads, keys);
 """
 
 
-def _cpu(d, divisor):
+def _cpu(d, divisor, linked=False):
+    # where each key starts, in a table: the loops are the same code with or without a row table,
+    # so the compiler adds their terms in the same order (tests compare the two bit for bit)
     return f"""
 int heads = in0->shape[1], keys = in1->shape[2];
 size_t blocks = in0->numel() / {d};
+const int* rows_of = {"in4_p" if linked else "nullptr"};
 std::vector<float> p(keys);
+std::vector<size_t> at(keys);
 for (size_t bh = 0; bh < blocks; bh++) {{
-    int len = in3_p[bh / heads];
+    size_t n = bh / heads, h = bh % heads;
+    int len = in3_p[n];
     const float* qb = in0_p + bh * {d};
-    const float* kb = in1_p + bh * keys * {d};
-    const float* vb = in2_p + bh * keys * {d};
+    for (int j = 0; j < keys; j++) at[j] = {_key_offset(d, linked)};
     float m = -INFINITY;
     for (int j = 0; j < keys; j++) {{
         float dot = 0.f;
-        for (int c = 0; c < {d}; c++) dot += qb[c] * kb[(size_t)j * {d} + c];
+        for (int c = 0; c < {d}; c++) dot += qb[c] * in1_p[at[j] + c];
         float s = dot / float32({divisor!r});
         if (j >= len) s = float32(-1e10);
         p[j] = s;
@@ -139,17 +154,19 @@ for (size_t bh = 0; bh < blocks; bh++) {{
     for (int j = 0; j < keys; j++) p[j] = p[j] / sum;
     for (int c = 0; c < {d}; c++) {{
         float a = 0.f;
-        for (int j = 0; j < keys; j++) a += p[j] * vb[(size_t)j * {d} + c];
+        for (int j = 0; j < keys; j++) a += p[j] * in2_p[at[j] + c];
         out0_p[bh * {d} + c] = a;
     }}
 }}
 """
 
 
-def decode_attention(q, k, v, len_kv, divisor):
+def decode_attention(q, k, v, len_kv, divisor, rows_of=None):
     """softmax(q k^T / divisor, keys at or beyond len_kv[row] masked) v for float32 q (N, H, 1, D),
-    k and v (N, H, S, D), len_kv (N,): (N, H, 1, D)."""
-    d, divisor = q.shape[-1], float(divisor)
+    k and v (N, H, S, D), len_kv (N,): (N, H, 1, D). `rows_of` (N, S) int32: key and value j of
+    row n are read from row rows_of[n, j] of k and v (row_table.py), not from row n."""
+    d, divisor, linked = q.shape[-1], float(divisor), rows_of is not None
     header = "#include <cmath>\n#include <vector>\n#include <algorithm>\n"
-    return jt.code(q.shape, "float32", [q, k, v, len_kv.int32()], cpu_header=header,
-                   cpu_src=_cpu(d, divisor), cuda_header=header, cuda_src=_cuda(d, divisor))
+    inputs = [q, k, v, len_kv.int32()] + ([rows_of.int32()] if linked else [])
+    return jt.code(q.shape, "float32", inputs, cpu_header=header, cpu_src=_cpu(d, divisor, linked),
+                   cuda_header=header, cuda_src=_cuda(d, divisor, linked))

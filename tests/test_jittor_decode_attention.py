@@ -127,6 +127,8 @@ def _gelu_exact_cuda():
 
 CUDA_UNITS = {  # name: (source, input types, output types)
     "attention": (lambda: decode_attention._cuda(64, 8.0), ["float"] * 3 + ["int"], ["float"]),
+    "attention_row_table": (lambda: decode_attention._cuda(64, 8.0, linked=True), ["float"] * 3 + ["int"] * 2,
+                            ["float"]),
     "gelu": (_gelu_exact_cuda, ["float"], ["float"]),
     "layer_norm": (lambda: fused_kernels._ln_forward_cuda(1024, 1e-5), ["float"] * 3, ["float"] * 3),
 }

@@ -131,7 +131,7 @@ def pad_cache(presents, extra):
                   for x in layer) for layer in presents]
 
 
-def reorder_cache(past, rows):
+def reorder_cache(past, rows):  # framework: Jittor keeps the rows in place where it can
     return [tuple(x.index_select(0, rows) for x in layer) for layer in past]  # framework
 
 
@@ -220,7 +220,7 @@ def _beam_search(model, query, query_len, settings, cache):
                                  eos_columns[token].view(batch, beam))
         if cur_len + 1 < eval_len:  # the new tokens go at position query_len + cur_len
             if cache == "per_row":
-                past = reorder_cache(past, source)
+                past = reorder_cache(past, source)  # framework
             else:
                 past = reorder_generated(past, source, cur_len, prefix_masked, eval_len)
             logits, past = model(token[:, None], past=past, len_past=row_len + cur_len)

@@ -10,6 +10,8 @@
 #           then torch_decode_probe.py: the torch twin's per-row attention and other forms of it
 #   host    decode_host_probe.py: Jittor's per-step graph build and sync, with and without a
 #           device sync per step, and one search's CUDA calls traced (does the GPU wait for Python?)
+#   table   table_ab.py: per-row beam search with the decoding kernels, the cache reordered after
+#           each selection against read in place through a row table, one process, same batches
 #   beamab  beam_ab.py (call A only): per-row beam search over $AB_BATCHES batches with candidate
 #           forms switched on one after another (Jittor), then the torch twin over the same batches
 #   tests   the GPU tests named in tests.txt here (a grep -E $TESTS narrows them), $NPROC workers
@@ -69,6 +71,10 @@ for stage in "$@"; do
       note "beamab jittor rc=$?"
       timeout $(lim 90) python3 $HERE/beam_ab.py $D/e2e-jsonl/test.jsonl ${AB_BATCHES:-2} torch >> "$W/beamab-$TAG.log" 2>&1
       note "beamab torch rc=$?"; clean "$W/beamab-$TAG.log"; grep "per batch" "$W/beamab-$TAG.log" ;;
+    table)
+      # the per-row search with the decoding kernels, cache reordered vs read through a row table
+      timeout $(lim ${TABLE_S:-300}) python3 $HERE/table_ab.py $D/e2e-jsonl/test.jsonl ${TABLE_BATCHES:-2} > "$W/table-$TAG.log" 2>&1
+      note "table rc=$?"; clean "$W/table-$TAG.log"; grep "per batch\|outputs equal\|^profile" "$W/table-$TAG.log" ;;
     tests)
       mapfile -t SEL < <(grep -E "${TESTS:-.}" $HERE/tests.txt)
       note "tests: ${#SEL[@]} selected"

@@ -1,0 +1,129 @@
+"""Beam search's per-row cache read through a row table (jittor_impl/row_table.py) against the
+reordered cache it stands for: the table's bookkeeping over a run of selections, the decoding
+kernel reading through it (CPU source; marked gpu, CUDA) bit for bit against the same kernel on
+the reordered cache, and whole beam searches with and without the table."""
+import numpy as np
+import pytest
+
+from alignment.harness import jittor_on
+from jittor_impl import beam, decode_attention, fused_kernels, row_table
+from jittor_impl.runtime import jt
+from shared.decode.beam_spec import BeamSettings
+from shared.model.config import GPT2Config
+
+
+@pytest.fixture(autouse=True)
+def restore_mode():
+    """The mode restored after each test; the decoding attention taken part in it (it may be
+    one of the kernels awaiting their GPU tests)."""
+    before, ops_before = fused_kernels.fused_kernels_mode(), set(fused_kernels._ops)
+    fused_kernels._ops.add("decode_attention")
+    yield
+    fused_kernels.set_fused_kernels(before)
+    fused_kernels._ops.intersection_update(ops_before)
+
+
+def _selections(rows, steps, seed):
+    """A run of beam selections over `rows` rows: each step's source rows (two queries, rows of a
+    query picked from that query's rows only) and the column every row writes (the query's length
+    plus the step)."""
+    rng = np.random.default_rng(seed)
+    half = rows // 2
+    start = np.where(np.arange(rows) < half, 3, 5).astype(np.int32)  # the queries' lengths
+    for step in range(steps):
+        source = np.concatenate([rng.integers(0, half, half), rng.integers(half, rows, rows - half)])
+        yield source.astype(np.int32), start + step
+
+
+def test_relinked_table_reads_as_the_reordered_cache_cpu():
+    """Over 6 selections with writes, the table-read cache is the reordered one, every column."""
+    rows, heads, width, d = 6, 2, 12, 4
+    rng = np.random.default_rng(0)
+    key = rng.normal(size=(rows, heads, width, d)).astype(np.float32)
+    key[:, :, 3:] = 0  # the queries' keys in the first columns, zeros beyond
+    reordered = key.copy()
+    with jt.no_grad():
+        cache = row_table.link([(jt.array(key), jt.array(key))])
+        for source, column in _selections(rows, 6, seed=1):
+            reordered = reordered[source]
+            new = rng.normal(size=(rows, heads, d)).astype(np.float32)
+            reordered[np.arange(rows), :, column] = new
+            cache = row_table.relink(cache, jt.array(source), jt.array(column))
+            own = jt.arange(rows)
+            cache[0].key[own, :, jt.array(column), :] = jt.array(new)
+            got_key, _ = row_table.materialised(cache[0])
+            np.testing.assert_array_equal(got_key.numpy(), reordered)
+
+
+def _attention_both_ways(rows, heads, width, d, seed):
+    """The decoding kernel on a cache read through a random row table, and on that table's
+    reordered cache."""
+    rng = np.random.default_rng(seed)
+    q = rng.normal(size=(rows, heads, 1, d)).astype(np.float32) * 2
+    k, v = (rng.normal(size=(rows, heads, width, d)).astype(np.float32) for _ in range(2))
+    rows_of = rng.integers(0, rows, size=(rows, width)).astype(np.int32)
+    lengths = rng.integers(1, width + 1, size=rows).astype(np.int32)
+    with jt.no_grad():
+        cache = row_table.RowTableCache(jt.array(k), jt.array(v), jt.array(rows_of))
+        gathered_k, gathered_v = (x.numpy() for x in row_table.materialised(cache))
+        np.testing.assert_array_equal(gathered_k, k[rows_of, :, np.arange(width)[None, :]].transpose(0, 2, 1, 3))
+        args = [jt.array(q), cache.key, cache.value, jt.array(lengths)]
+        linked = decode_attention.decode_attention(*args, 8.0, rows_of=cache.rows_of).numpy()
+        plain = decode_attention.decode_attention(jt.array(q), jt.array(gathered_k), jt.array(gathered_v),
+                                                  jt.array(lengths), 8.0).numpy()
+    return linked, plain
+
+
+@pytest.mark.parametrize("rows,heads,width,d", [(5, 3, 37, 8), (4, 2, 130, 64), (3, 2, 9, 12)])
+def test_decode_attention_through_the_table_is_the_reordered_cpu(rows, heads, width, d):
+    linked, plain = _attention_both_ways(rows, heads, width, d, seed=width)
+    np.testing.assert_array_equal(linked, plain)
+
+
+@pytest.mark.gpu
+def test_decode_attention_through_the_table_is_the_reordered_cuda():
+    with jittor_on("cuda"):
+        linked, plain = _attention_both_ways(210, 16, 128, 64, seed=2)
+    np.testing.assert_array_equal(linked, plain)
+
+
+CONFIG = GPT2Config(vocab_size=97, n_positions=96, n_ctx=96, n_embd=64, n_layer=2, n_head=4)
+
+
+def _beam_sequences(mode, in_place, monkeypatch):
+    from jittor_impl.model import GPT2LMModel
+    rng = np.random.default_rng(6)
+    query = rng.integers(1, CONFIG.vocab_size, size=(4, 11))
+    query_len = np.array([11, 4, 7, 9])
+    settings = BeamSettings(beam=4, eval_len=24, no_repeat_ngram_size=3, eos_token_ids=(0,))
+    model = GPT2LMModel(CONFIG, seed=8)
+    fused_kernels.set_fused_kernels(mode)
+    wanted = row_table.wanted
+    calls = []
+    monkeypatch.setattr(row_table, "wanted", lambda *a: calls.append(wanted(*a)) or in_place)
+    sequences = beam.beam_search(model, query, query_len, settings, cache="per_row").numpy()
+    assert calls == [mode == "on" or (mode == "auto" and bool(jt.flags.use_cuda))]
+    return sequences
+
+
+def test_beam_search_same_through_the_table_cpu(monkeypatch):
+    """With the decoding kernel on, a search that keeps the cache in place equals one that
+    reorders it, and the path without the kernel."""
+    through = _beam_sequences("on", True, monkeypatch)
+    np.testing.assert_array_equal(through, _beam_sequences("on", False, monkeypatch))
+    np.testing.assert_array_equal(through, _beam_sequences("off", False, monkeypatch))
+
+
+def test_table_only_with_the_fused_attention():
+    """"math" attention keeps the reference's formula, so its cache is reordered as before."""
+    from jittor_impl.model import GPT2LMModel
+    fused_kernels.set_fused_kernels("on")
+    model = GPT2LMModel(CONFIG, seed=8)
+    with jt.no_grad():
+        past = [(jt.zeros((4, 4, 20, 16)), jt.zeros((4, 4, 20, 16)))]
+        assert row_table.wanted(model, past)
+        model.set_attention("math")
+        assert not row_table.wanted(model, past)
+        model.set_attention("sdpa")
+        fused_kernels.set_fused_kernels("off")
+        assert not row_table.wanted(model, past)
