@@ -10,6 +10,7 @@ from jittor_impl import beam, decode_attention, fused_kernels, row_table
 from jittor_impl.runtime import jt
 from shared.decode.beam_spec import BeamSettings
 from shared.model.config import GPT2Config
+from shared.model.peft_methods import PeftSettings
 
 
 @pytest.fixture(autouse=True)
@@ -87,16 +88,20 @@ def test_decode_attention_through_the_table_is_the_reordered_cuda():
     np.testing.assert_array_equal(linked, plain)
 
 
-CONFIG = GPT2Config(vocab_size=97, n_positions=96, n_ctx=96, n_embd=64, n_layer=2, n_head=4)
+SHAPE = dict(vocab_size=97, n_positions=96, n_ctx=96, n_embd=64, n_layer=2, n_head=4)
+CONFIG = GPT2Config(**SHAPE)
+# the methods whose virtual positions come first in the cache: its columns move by their number
+VIRTUAL = {"prefix": PeftSettings("prefix", num_virtual_tokens=4),
+           "prompt": PeftSettings("prompt", num_virtual_tokens=3)}
 
 
-def _beam_sequences(mode, in_place, monkeypatch):
+def _beam_sequences(mode, in_place, monkeypatch, config=CONFIG):
     from jittor_impl.model import GPT2LMModel
     rng = np.random.default_rng(6)
     query = rng.integers(1, CONFIG.vocab_size, size=(4, 11))
     query_len = np.array([11, 4, 7, 9])
     settings = BeamSettings(beam=4, eval_len=24, no_repeat_ngram_size=3, eos_token_ids=(0,))
-    model = GPT2LMModel(CONFIG, seed=8)
+    model = GPT2LMModel(config, seed=8)
     fused_kernels.set_fused_kernels(mode)
     wanted = row_table.wanted
     calls = []
@@ -112,6 +117,13 @@ def test_beam_search_same_through_the_table_cpu(monkeypatch):
     through = _beam_sequences("on", True, monkeypatch)
     np.testing.assert_array_equal(through, _beam_sequences("on", False, monkeypatch))
     np.testing.assert_array_equal(through, _beam_sequences("off", False, monkeypatch))
+
+
+@pytest.mark.parametrize("method", list(VIRTUAL))
+def test_beam_search_same_through_the_table_after_virtual_positions_cpu(method, monkeypatch):
+    config = GPT2Config(**SHAPE, peft=VIRTUAL[method])
+    through = _beam_sequences("on", True, monkeypatch, config)
+    np.testing.assert_array_equal(through, _beam_sequences("on", False, monkeypatch, config))
 
 
 def test_table_only_with_the_fused_attention():
