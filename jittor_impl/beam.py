@@ -149,7 +149,7 @@ def reorder_cache(past, rows, column=None, in_place=False):  # framework
     if isinstance(past[0], row_table.RowTableCache):  # framework
         return row_table.relink(past, rows, column)  # framework
     past = [tuple(gather_rows(x, rows) for x in layer) for layer in past]  # framework
-    return row_table.link(past) if in_place else past  # framework
+    return row_table.link(past, rows, column) if in_place else past  # framework
 
 
 def cache_state(past):  # framework

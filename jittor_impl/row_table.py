@@ -10,6 +10,9 @@ after the first step (which expands one row per query into K, a real copy) nothi
 key, one table for all layers. A selection gathers the table (rows x width integers), and each
 row then writes its new token's key and value in its own row, at a column no row has written yet
 (every row of a query is at the same column), so no key another row still reads is overwritten.
+The K rows of a query start as copies of one row, so they all read that one for the query's keys
+(the copies stay unread): on the GPU the K blocks of a query, which run together, can then find
+those keys in the L2 cache rather than read K copies from memory.
 The attention reads the same keys and values as from a reordered cache, in the same order, so
 the results are the reordered cache's bit for bit (tests/test_jittor_row_table.py).
 """
@@ -34,11 +37,17 @@ def wanted(model, past) -> bool:
     return fused and decode_attention.takes(past[0][0])
 
 
-def link(past):
-    """A per-row cache, as reordered after the first selection, as `RowTableCache`s: each row
-    reads its own row."""
-    rows, width = past[0][0].shape[0], past[0][0].shape[2]
-    rows_of = jt.arange(rows).int32()[:, None].expand(rows, width).clone()
+def link(past, rows, column):
+    """The per-row cache just after the first selection, as `RowTableCache`s. Row n there is a
+    copy of row `rows[n]` of the cache before it, so rows that copied the same row are the same:
+    each reads the first of them (the K beams of a query read one row, which the GPU's L2 cache
+    can then serve K times), except at `column[n]`, where it writes its next token in its own row."""
+    n, width = rows.shape[0], past[0][0].shape[2]
+    own = jt.arange(n).int32()
+    same = rows[None, :] == rows[:, None]
+    first = jt.ternary(same, own[None, :].expand(n, n), jt.full((n, n), n, dtype="int32")).min(dim=1)
+    rows_of = first[:, None].expand(n, width).clone()
+    rows_of[own, column] = own
     return [RowTableCache(key, value, rows_of) for key, value in past]
 
 

@@ -37,23 +37,28 @@ def _selections(rows, steps, seed):
 
 
 def test_relinked_table_reads_as_the_reordered_cache_cpu():
-    """Over 6 selections with writes, the table-read cache is the reordered one, every column."""
-    rows, heads, width, d = 6, 2, 12, 4
+    """From the first selection (one row per query into K) on, over 6 selections with writes,
+    the table-read cache is the reordered one, every column; the K rows of a query read the
+    query's keys from one row."""
+    queries, beam_k, heads, width, d = 2, 3, 2, 12, 4
+    rows = queries * beam_k
     rng = np.random.default_rng(0)
-    key = rng.normal(size=(rows, heads, width, d)).astype(np.float32)
-    key[:, :, 3:] = 0  # the queries' keys in the first columns, zeros beyond
-    reordered = key.copy()
+    prefill = rng.normal(size=(queries, heads, width, d)).astype(np.float32)
+    prefill[:, :, 5:] = 0  # the queries' keys in the first columns, zeros beyond
     with jt.no_grad():
-        cache = row_table.link([(jt.array(key), jt.array(key))])
-        for source, column in _selections(rows, 6, seed=1):
-            reordered = reordered[source]
+        cache = [(jt.array(prefill), jt.array(prefill))]
+        for step, (source, column) in enumerate(_selections(rows, 6, seed=1)):
+            if step == 0:  # each row continues its query's one row
+                source = np.repeat(np.arange(queries), beam_k).astype(np.int32)
+            reordered = (prefill if step == 0 else reordered)[source]
             new = rng.normal(size=(rows, heads, d)).astype(np.float32)
             reordered[np.arange(rows), :, column] = new
-            cache = row_table.relink(cache, jt.array(source), jt.array(column))
-            own = jt.arange(rows)
-            cache[0].key[own, :, jt.array(column), :] = jt.array(new)
+            cache = beam.reorder_cache(cache, jt.array(source), jt.array(column), in_place=True)
+            cache[0].key[jt.arange(rows), :, jt.array(column), :] = jt.array(new)
             got_key, _ = row_table.materialised(cache[0])
             np.testing.assert_array_equal(got_key.numpy(), reordered)
+            # column 0 holds a query key in every row: the first row of each query serves it
+            np.testing.assert_array_equal(cache[0].rows_of.numpy()[:, 0], [0, 0, 0, 3, 3, 3])
 
 
 def _attention_both_ways(rows, heads, width, d, seed):
