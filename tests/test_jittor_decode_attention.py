@@ -99,26 +99,28 @@ def test_decode_attention_cuda_no_less_accurate_and_repeatable():
 CONFIG = GPT2Config(vocab_size=97, n_positions=96, n_ctx=96, n_embd=64, n_layer=2, n_head=4)
 
 
-def _beam_sequences(mode):
+def beam_sequences(mode, config=CONFIG):
+    """The per-row beam search of 4 queries by a random 2-layer model of `config` (CONFIG's
+    vocabulary) in fused-kernel mode `mode` (test_jittor_row_table.py searches with it too)."""
     from jittor_impl import beam
     from jittor_impl.model import GPT2LMModel
     rng = np.random.default_rng(6)
     query = rng.integers(1, CONFIG.vocab_size, size=(4, 11))
     query_len = np.array([11, 4, 7, 9])
     settings = BeamSettings(beam=4, eval_len=24, no_repeat_ngram_size=3, eos_token_ids=(0,))
-    model = GPT2LMModel(CONFIG, seed=8)
+    model = GPT2LMModel(config, seed=8)
     fused_kernels.set_fused_kernels(mode)
     return beam.beam_search(model, query, query_len, settings, cache="per_row").numpy()
 
 
 def test_beam_search_same_with_the_decoding_kernels_cpu():
-    np.testing.assert_array_equal(_beam_sequences("on"), _beam_sequences("off"))
+    np.testing.assert_array_equal(beam_sequences("on"), beam_sequences("off"))
 
 
 @pytest.mark.gpu
 def test_beam_search_same_with_the_decoding_kernels_cuda():
     with jittor_on("cuda"):
-        np.testing.assert_array_equal(_beam_sequences("auto"), _beam_sequences("off"))
+        np.testing.assert_array_equal(beam_sequences("auto"), beam_sequences("off"))
 
 
 def _gelu_exact_cuda():

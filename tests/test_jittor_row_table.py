@@ -2,15 +2,16 @@
 reordered cache it stands for: the table's bookkeeping over a run of selections, the decoding
 kernel reading through it (CPU source; marked gpu, CUDA) bit for bit against the same kernel on
 the reordered cache, and whole beam searches with and without the table."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from alignment.harness import jittor_on
 from jittor_impl import beam, decode_attention, fused_kernels, row_table
 from jittor_impl.runtime import jt
-from shared.decode.beam_spec import BeamSettings
-from shared.model.config import GPT2Config
 from shared.model.peft_methods import PeftSettings
+from test_jittor_decode_attention import CONFIG, beam_sequences
 
 
 @pytest.fixture(autouse=True)
@@ -93,25 +94,18 @@ def test_decode_attention_through_the_table_is_the_reordered_cuda():
     np.testing.assert_array_equal(linked, plain)
 
 
-SHAPE = dict(vocab_size=97, n_positions=96, n_ctx=96, n_embd=64, n_layer=2, n_head=4)
-CONFIG = GPT2Config(**SHAPE)
 # the methods whose virtual positions come first in the cache: its columns move by their number
 VIRTUAL = {"prefix": PeftSettings("prefix", num_virtual_tokens=4),
            "prompt": PeftSettings("prompt", num_virtual_tokens=3)}
 
 
 def _beam_sequences(mode, in_place, monkeypatch, config=CONFIG):
-    from jittor_impl.model import GPT2LMModel
-    rng = np.random.default_rng(6)
-    query = rng.integers(1, CONFIG.vocab_size, size=(4, 11))
-    query_len = np.array([11, 4, 7, 9])
-    settings = BeamSettings(beam=4, eval_len=24, no_repeat_ngram_size=3, eos_token_ids=(0,))
-    model = GPT2LMModel(config, seed=8)
-    fused_kernels.set_fused_kernels(mode)
+    """test_jittor_decode_attention's search, the table taken (`in_place`) or not whatever
+    `row_table.wanted` says; it must have been asked once, and say yes where the kernel runs."""
     wanted = row_table.wanted
     calls = []
     monkeypatch.setattr(row_table, "wanted", lambda *a: calls.append(wanted(*a)) or in_place)
-    sequences = beam.beam_search(model, query, query_len, settings, cache="per_row").numpy()
+    sequences = beam_sequences(mode, config)
     assert calls == [mode == "on" or (mode == "auto" and bool(jt.flags.use_cuda))]
     return sequences
 
@@ -126,7 +120,7 @@ def test_beam_search_same_through_the_table_cpu(monkeypatch):
 
 @pytest.mark.parametrize("method", list(VIRTUAL))
 def test_beam_search_same_through_the_table_after_virtual_positions_cpu(method, monkeypatch):
-    config = GPT2Config(**SHAPE, peft=VIRTUAL[method])
+    config = replace(CONFIG, peft=VIRTUAL[method])
     through = _beam_sequences("on", True, monkeypatch, config)
     np.testing.assert_array_equal(through, _beam_sequences("on", False, monkeypatch, config))
 
