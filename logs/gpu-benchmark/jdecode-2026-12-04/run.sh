@@ -31,6 +31,12 @@ HERE=logs/gpu-benchmark/jdecode-2026-12-04
 left() { echo $((BUDGET - (SECONDS - T0))); }
 note() { echo "[$((SECONDS - T0))s] $*" | tee -a "$W/progress.log"; }
 lim() { local want=$1 l; l=$(left); [ "$l" -lt "$want" ] && want=$l; [ "$want" -lt 1 ] && want=1; echo $want; }
+TEST=$D/e2e-jsonl/test.jsonl
+test_split() {  # the encoded test split: carried, or made once with prepare_e2e.py where it is not
+  [ -f "$TEST" ] && return
+  python3 scripts/prepare_e2e.py --data_dir "$D/e2e-offline" --out_dir /tmp/e2e-jsonl --vocab "$D/gpt2" > "$W/prepare.log" 2>&1
+  note "prepare_e2e rc=$?"; TEST=/tmp/e2e-jsonl/test.jsonl
+}
 clean() { grep -v "Compiling Operators\|SyntaxWarning\|^\s*$" "$1" > "$1.tmp"; mv "$1.tmp" "$1"; }
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .device-wheels/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
@@ -62,18 +68,21 @@ for stage in "$@"; do
       timeout $(lim ${TPROBE_S:-90}) python3 $HERE/torch_decode_probe.py > "$W/torch-probe-$TAG.log" 2>&1
       note "torch probe rc=$?"; grep "^torch decode" "$W/torch-probe-$TAG.log" ;;
     host)
+      test_split
       # does the GPU wait for Python between Jittor's decoding steps? (wall vs kernels; after
       # the beam stage, whose compiled kernels it reuses: in call B it ran out of time compiling)
-      timeout $(lim ${HPROBE_S:-150}) python3 $HERE/decode_host_probe.py $D/e2e-jsonl/test.jsonl ${HPROBE_BATCHES:-1} > "$W/host-probe-$TAG.log" 2>&1
+      timeout $(lim ${HPROBE_S:-150}) python3 $HERE/decode_host_probe.py "$TEST" ${HPROBE_BATCHES:-1} > "$W/host-probe-$TAG.log" 2>&1
       note "host probe rc=$?"; clean "$W/host-probe-$TAG.log"; grep "^host" "$W/host-probe-$TAG.log" ;;
     beamab)
-      timeout $(lim ${AB_S:-300}) python3 $HERE/beam_ab.py $D/e2e-jsonl/test.jsonl ${AB_BATCHES:-2} > "$W/beamab-$TAG.log" 2>&1
+      test_split
+      timeout $(lim ${AB_S:-300}) python3 $HERE/beam_ab.py "$TEST" ${AB_BATCHES:-2} > "$W/beamab-$TAG.log" 2>&1
       note "beamab jittor rc=$?"
-      timeout $(lim 90) python3 $HERE/beam_ab.py $D/e2e-jsonl/test.jsonl ${AB_BATCHES:-2} torch >> "$W/beamab-$TAG.log" 2>&1
+      timeout $(lim 90) python3 $HERE/beam_ab.py "$TEST" ${AB_BATCHES:-2} torch >> "$W/beamab-$TAG.log" 2>&1
       note "beamab torch rc=$?"; clean "$W/beamab-$TAG.log"; grep "per batch" "$W/beamab-$TAG.log" ;;
     table)
+      test_split
       # the per-row search with the decoding kernels, cache reordered vs read through a row table
-      timeout $(lim ${TABLE_S:-300}) python3 $HERE/table_ab.py $D/e2e-jsonl/test.jsonl ${TABLE_BATCHES:-2} > "$W/table-$TAG.log" 2>&1
+      timeout $(lim ${TABLE_S:-300}) python3 $HERE/table_ab.py "$TEST" ${TABLE_BATCHES:-2} > "$W/table-$TAG.log" 2>&1
       note "table rc=$?"; clean "$W/table-$TAG.log"; grep "per batch\|outputs equal\|^profile" "$W/table-$TAG.log" ;;
     tests)
       mapfile -t SEL < <(grep -E "${TESTS:-.}" $HERE/tests.txt)
@@ -88,11 +97,7 @@ for stage in "$@"; do
       rc=$?; clean "$W/gpu-tests-$TAG.log"
       note "gpu tests rc=$rc: $(grep -c ' PASSED ' "$W/gpu-tests-$TAG.log") passed, $(grep -c ' FAILED \| ERROR ' "$W/gpu-tests-$TAG.log") failed; $(tail -1 "$W/gpu-tests-$TAG.log")" ;;
     beam)
-      TEST=$D/e2e-jsonl/test.jsonl
-      if [ ! -f "$TEST" ]; then  # prepare_e2e.py's encoded splits, made here when not carried
-        python3 scripts/prepare_e2e.py --data_dir "$D/e2e-offline" --out_dir /tmp/e2e-jsonl --vocab "$D/gpt2" > "$W/prepare.log" 2>&1
-        TEST=/tmp/e2e-jsonl/test.jsonl; note "prepare_e2e rc=$?"
-      fi
+      test_split
       # Jittor profiled (where its time goes now), torch not (its code did not change)
       timeout $(lim ${BEAM_S:-300}) "${BENCH[@]}" --backends jittor --cards "" --extra_cards "" \
         --test_data "$TEST" --beam_caches ${CACHES:-per_row} --resume > "$W/beam-$TAG.log" 2>&1
