@@ -22,8 +22,8 @@ When they are used (`set_fused_kernels` or the environment variable JLA_FUSED_KE
   Float32 training stays exactly as ops.py writes it.
 - "on": always, on any device and type (the CPU tests compare them with the exact path so).
 - "off": never.
-JLA_FUSED_OPS (default: DEFAULT_OPS, all of OPS but those awaiting their GPU tests) names the ops
-that take part, so one kernel can be left out (or measured alone) without touching the others.
+JLA_FUSED_OPS (default: all of OPS) names the ops that take part, so one kernel can be left out
+(or measured alone) without touching the others.
 """
 import math
 import os
@@ -41,12 +41,7 @@ if _mode[0] not in MODES:
 OPS = ("gelu", "layer_norm", "softmax", "attention", "cross_entropy", "optimizer", "gather",
        "decode_attention", "decode_gelu")  # attention: flash_attention.py; optimizer: fused_optim.py;
 # gather: row_gather.py; decode_attention: decode_attention.py; decode_gelu: the float32 decoding GELU
-# Left out unless JLA_FUSED_OPS names them: float32 decoding kernels that pass their CPU tests and
-# their own GPU tests, but whose whole beam search has not yet run on a GPU; they join the default
-# once test_beam_search_same_with_the_decoding_kernels_cuda passes (tests/test_jittor_decode_attention.py).
-AWAITING_GPU_TESTS = ("decode_attention", "decode_gelu")
-DEFAULT_OPS = tuple(op for op in OPS if op not in AWAITING_GPU_TESTS)
-_ops = set(filter(None, os.environ.get("JLA_FUSED_OPS", ",".join(DEFAULT_OPS)).split(",")))
+_ops = set(filter(None, os.environ.get("JLA_FUSED_OPS", ",".join(OPS)).split(",")))
 if not _ops <= set(OPS):
     raise ValueError(f"JLA_FUSED_OPS names unknown ops {sorted(_ops - set(OPS))}; known: {OPS}")
 _LOW_PRECISION = ("bfloat16", "float16")

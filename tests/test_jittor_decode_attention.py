@@ -12,27 +12,32 @@ from shared.decode.beam_spec import BeamSettings
 from shared.model.config import GPT2Config
 
 
+DECODING_OPS = ("decode_attention", "decode_gelu")
+
+
 @pytest.fixture(autouse=True)
 def restore_mode():
-    """The mode restored after each test; the decoding kernels awaiting their GPU tests (left out
-    of the default ops) taken part in it."""
+    """The mode and the ops restored after each test; the decoding kernels take part in it even
+    where JLA_FUSED_OPS leaves them out."""
     before, ops_before = fused_kernels.fused_kernels_mode(), set(fused_kernels._ops)
-    fused_kernels._ops.update(fused_kernels.AWAITING_GPU_TESTS)
+    fused_kernels._ops.update(DECODING_OPS)
     yield
     fused_kernels.set_fused_kernels(before)
-    fused_kernels._ops.intersection_update(ops_before)
+    fused_kernels._ops.clear()
+    fused_kernels._ops.update(ops_before)
 
 
-def test_kernels_awaiting_gpu_tests_are_not_default():
-    """Until their GPU tests have run, "auto" takes the float32 decoding attention and GELU only
-    where JLA_FUSED_OPS names them."""
-    assert set(fused_kernels.AWAITING_GPU_TESTS) == {"decode_attention", "decode_gelu"}
-    assert not set(fused_kernels.AWAITING_GPU_TESTS) & set(fused_kernels.DEFAULT_OPS)
-    fused_kernels._ops.difference_update(fused_kernels.AWAITING_GPU_TESTS)
+def test_decoding_kernels_are_default_and_can_be_left_out():
+    """The float32 decoding attention and GELU are fused ops like the others (taken by "auto" on
+    CUDA once their whole-beam GPU test passed); JLA_FUSED_OPS without them leaves them out."""
+    assert set(DECODING_OPS) <= set(fused_kernels.OPS)
     fused_kernels.set_fused_kernels("on")
     with jt.no_grad():
         q, k = jt.ones((2, 2, 1, 8)), jt.ones((2, 2, 5, 8))
-        assert not decode_attention.wanted(q, k, jt.array(np.array([5, 3], dtype=np.int32)))
+        len_kv = jt.array(np.array([5, 3], dtype=np.int32))
+        assert decode_attention.wanted(q, k, len_kv) and fused_kernels.gelu_wanted(q)
+        fused_kernels._ops.difference_update(DECODING_OPS)
+        assert not decode_attention.wanted(q, k, len_kv)
         assert not fused_kernels.gelu_wanted(q)
 
 

@@ -16,13 +16,14 @@ from test_jittor_decode_attention import CONFIG, beam_sequences
 
 @pytest.fixture(autouse=True)
 def restore_mode():
-    """The mode restored after each test; the decoding attention taken part in it (it may be
-    one of the kernels awaiting their GPU tests)."""
+    """The mode and the ops restored after each test; the decoding attention takes part in it
+    even where JLA_FUSED_OPS leaves it out."""
     before, ops_before = fused_kernels.fused_kernels_mode(), set(fused_kernels._ops)
     fused_kernels._ops.add("decode_attention")
     yield
     fused_kernels.set_fused_kernels(before)
-    fused_kernels._ops.intersection_update(ops_before)
+    fused_kernels._ops.clear()
+    fused_kernels._ops.update(ops_before)
 
 
 def _selections(rows, steps, seed):
