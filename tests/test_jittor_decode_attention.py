@@ -27,7 +27,7 @@ def restore_mode():
     fused_kernels._ops.update(ops_before)
 
 
-def test_decoding_kernels_are_default_and_can_be_left_out():
+def test_decoding_kernels_are_fused_ops_and_can_be_left_out():
     """The float32 decoding attention and GELU are fused ops like the others (taken by "auto" on
     CUDA once their whole-beam GPU test passed); JLA_FUSED_OPS without them leaves them out."""
     assert set(DECODING_OPS) <= set(fused_kernels.OPS)
