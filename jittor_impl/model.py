@@ -25,7 +25,6 @@ from .ops import (ATTENTION_IMPLS, DEFAULT_ATTENTION, batched_matmul_transpose, 
                   split_heads)
 from .peft_modules import Adapter, PrefixEncoder, PromptEncoder, with_virtual_tokens
 from . import row_table  # framework
-from .row_table import RowTableCache  # framework
 from .runtime import jt  # framework
 
 nn = jt.nn  # framework
@@ -120,7 +119,7 @@ class Attention(nn.Module):
         if isinstance(layer_past, SharedPrefixCache):  # the beam search's cache (beam.py)
             a = self._attn_shared_prefix(query, key, value, layer_past)
             return self.c_proj(merge_heads(a)), layer_past
-        if isinstance(layer_past, RowTableCache):  # framework: beam.py's per-row cache, not reordered
+        if isinstance(layer_past, row_table.RowTableCache):  # framework: beam.py's per-row cache, not reordered
             a = row_table.attend(layer_past, query, key, value, len_past, self.divisor)  # framework
             return self.c_proj(merge_heads(a)), layer_past  # framework
         len_kv = None

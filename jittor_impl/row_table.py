@@ -46,20 +46,25 @@ def link(past, rows, column):
     own = jt.arange(n).int32()
     same = rows[None, :] == rows[:, None]
     first = jt.ternary(same, own[None, :].expand(n, n), jt.full((n, n), n, dtype="int32")).min(dim=1)
-    rows_of = first[:, None].expand(n, width).clone()
-    rows_of[own, column] = own
+    rows_of = _writes_in_own_row(first[:, None].expand(n, width).clone(), column)
     return [RowTableCache(key, value, rows_of) for key, value in past]
 
 
 def relink(past, rows, column):
     """The cache after a selection: row n continues row `rows[n]`, whose keys it reads where
     that row read them, and writes its next token at `column[n]` in its own row."""
-    rows_of = jt.index_select(past[0].rows_of, 0, rows)
-    own = jt.arange(rows.shape[0]).int32()
-    rows_of[own, column] = own
+    rows_of = _writes_in_own_row(jt.index_select(past[0].rows_of, 0, rows), column)
     for layer in past:
         layer.rows_of = rows_of
     return past
+
+
+def _writes_in_own_row(rows_of, column):
+    """`rows_of` with row n's entry at `column[n]` pointing to row n: where it writes its next
+    token (no row another row reads from is written there)."""
+    own = jt.arange(rows_of.shape[0]).int32()
+    rows_of[own, column] = own
+    return rows_of
 
 
 def attend(cache, query, key, value, len_past, divisor):
