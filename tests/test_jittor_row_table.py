@@ -12,18 +12,7 @@ from jittor_impl import beam, decode_attention, fused_kernels, row_table
 from jittor_impl.runtime import jt
 from shared.model.peft_methods import PeftSettings
 from test_jittor_decode_attention import CONFIG, beam_sequences
-
-
-@pytest.fixture(autouse=True)
-def restore_mode():
-    """The mode and the ops restored after each test; the decoding attention takes part in it
-    even where JLA_FUSED_OPS leaves it out."""
-    before, ops_before = fused_kernels.fused_kernels_mode(), set(fused_kernels._ops)
-    fused_kernels._ops.add("decode_attention")
-    yield
-    fused_kernels.set_fused_kernels(before)
-    fused_kernels._ops.clear()
-    fused_kernels._ops.update(ops_before)
+from test_jittor_decode_attention import restore_mode  # noqa: F401 (autouse: mode and ops restored)
 
 
 def _selections(rows, steps, seed):
