@@ -211,7 +211,9 @@ def test_sigterm_to_one_rank_stops_every_rank_and_one_process_resumes(runs, tmp_
     assert "rank 1: SIGTERM: finishing the current update" in out
     assert out.count("rerun with --resume to continue") == 1, out
     step = int(out.split("stopped at step ")[1].split(";")[0])
-    assert step % 2 == 0 and 2 < step < MAX_STEP, out
+    # rank 0 prints step 2's line before that update's stop vote, so the signal may reach rank 1
+    # before its vote there (stop at step 2) or after it (a later update): both are updates
+    assert step % 2 == 0 and 2 <= step < MAX_STEP, out
     assert os.path.isfile(work / f"model.{step}.pt")
     assert not os.path.exists(work / f"model.{MAX_STEP}.pt")
     assert not os.path.exists(work / "run.lock")
